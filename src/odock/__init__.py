@@ -1,0 +1,1 @@
+"""Odock: an LLM gateway."""

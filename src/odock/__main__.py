@@ -1,0 +1,1 @@
+from odock.cli import main; main()

@@ -1,0 +1,116 @@
+"""Catalogue and ledger records: plain values the store returns and the pipeline reads.
+
+Secrets never appear here in clear except `ProviderRecord.api_key`, which the store decrypts on load and the
+provider layer uses only to build the upstream auth header.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+KeyType = Literal["ORGANISATION", "TEAM", "USER"]
+ProviderType = Literal["openai", "anthropic", "gemini", "vllm"]
+ModelType = Literal[
+    "chat", "reasoning", "image", "embeddings", "audio", "moderation", "transcription", "tts", "ocr"
+]
+
+
+class Organisation(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    timezone: str = "UTC"
+    policies: dict[str, Any] = {}
+
+
+class Team(msgspec.Struct, kw_only=True):
+    id: str
+    organisation_id: str
+    name: str
+    policies: dict[str, Any] = {}
+
+
+class User(msgspec.Struct, kw_only=True):
+    id: str
+    organisation_id: str
+    email: str
+    name: str = ""
+
+
+class ApiKeyRecord(msgspec.Struct, kw_only=True):
+    """An Odock API key as the gateway sees it; only the SHA-256 hash of the secret is stored."""
+
+    id: str
+    name: str
+    key_hash: str
+    key_preview: str
+    type: KeyType
+    organisation_id: str
+    team_id: str | None = None
+    user_id: str | None = None
+    expires_at: datetime | None = None  # timezone-aware UTC
+    revoked: bool = False
+    timezone: str = "UTC"
+    policies: dict[str, Any] = {}
+    rotation_count: int = 0
+    created_at: datetime | None = None
+
+
+class ProviderRecord(msgspec.Struct, kw_only=True):
+    id: str
+    organisation_id: str
+    name: str
+    type: ProviderType
+    base_url: str
+    api_key: str | None = None  # decrypted by the store; never logged or serialized by the admin API
+    timeout_ms: int | None = None
+    enabled: bool = True
+    config: dict[str, Any] = {}
+
+
+class ModelRecord(msgspec.Struct, kw_only=True):
+    id: str
+    organisation_id: str
+    name: str  # client-facing, unique per organisation
+    slug: str  # upstream model id
+    provider_id: str
+    type: ModelType = "chat"
+    capabilities: list[str] = []
+    # per million tokens in USD: input, output, cached_input, cache_write, reasoning; per_image; per_unit
+    pricing: dict[str, Any] = {}
+    policies: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+
+
+class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One call's ledger row (reference §12.1). Never the prompt, completion or a credential."""
+
+    request_id: str
+    created_at: datetime
+    organisation_id: str
+    api_key_id: str
+    route: str
+    status: int
+    outcome: Literal["success", "failed", "cancelled"]
+    team_id: str | None = None
+    user_id: str | None = None
+    model: str | None = None  # requested Odock name
+    model_slug: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_estimated: bool = False
+    latency_ms: int = 0
+    provider_request_id: str | None = None
+    error_code: str | None = None
+    cost_nanos: int | None = None
+    pricing: dict[str, Any] | None = None
+    raw_usage: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
