@@ -1,2 +1,21 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The `odock` command: serve the gateway, run the mock provider, manage the catalogue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the chosen command."""
+    from odock.commands import catalogue, serve
+    from odock.mock import cli as mock_cli
+
+    parser = argparse.ArgumentParser(prog="odock", description="Odock LLM gateway")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.add_parser(commands)
+    mock_cli.add_parser(commands)
+    catalogue.add_parsers(commands)
+    args = parser.parse_args(argv)
+    code = args.func(args)
+    sys.exit(code or 0)

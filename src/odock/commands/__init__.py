@@ -1,0 +1,1 @@
+"""Command-line commands (each module adds its sub-commands to the `odock` parser)."""

@@ -1,0 +1,1 @@
+"""Pipeline stages (auth, access, governance gates) run in the documented order (reference §2.2)."""

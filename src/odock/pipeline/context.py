@@ -1,0 +1,62 @@
+"""The per-call context every pipeline stage reads and fills in, from the edge to the usage record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from odock.model import GatewayRequest, Usage
+from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream attempt made by the router (kept in the usage record's routing metadata)."""
+
+    model: str
+    provider: str
+    outcome: str  # "success" | "failed"
+    error_class: str | None = None
+    status: int | None = None
+    latency_ms: int = 0
+
+
+@dataclass(slots=True)
+class CallContext:
+    request_id: str
+    route: str  # bounded route label, e.g. "openai.chat", "unified.chat", "anthropic.messages"
+    client_ip: str
+    started: float = field(default_factory=time.perf_counter)
+    # the provider family a native route pins ("openai", "anthropic", "gemini", "vllm"), None on /v1/llm/chat
+    required_provider: str | None = None
+    body_bytes: int = 0
+    # filled by auth
+    key: ApiKeyRecord | None = None
+    organisation: Organisation | None = None
+    team: Team | None = None
+    # filled by decode / access / model resolution
+    requested_model: str | None = None
+    request: GatewayRequest | None = None
+    model: ModelRecord | None = None
+    provider: ProviderRecord | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    estimated_input_tokens: int = 0
+    # governance receipts (rate-limit lease, token reservation, budget/quota reservations), opaque to the edge
+    governance: Any = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # filled by the router and the response path
+    attempts: list[Attempt] = field(default_factory=list)
+    answered_by: ModelRecord | None = None
+    answered_provider: ProviderRecord | None = None
+    usage: Usage | None = None
+    raw_usage: dict[str, Any] | None = None
+    provider_request_id: str | None = None
+    status: int = 0
+    error_code: str | None = None
+    outcome: str = "success"  # "success" | "failed" | "cancelled"
+    upstream_started: float | None = None
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)

@@ -1,0 +1,111 @@
+"""Gateway configuration from the environment (reference §14), read once at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import msgspec
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration ("250ms", "15s", "5m", "24h"; bare numbers are seconds) into seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    workers: int = 1
+    # embedded default: a SQLite file beside the working directory; cluster: postgresql://…
+    database_url: str = "sqlite:///./odock.db"
+    # empty: embedded mode (in-process counters, one process); set: cluster mode
+    redis_url: str = ""
+    admin_token: str = ""
+    # base64 32-byte key for provider credentials; embedded mode generates a key file beside the database
+    secret_key: str = ""
+    max_body_bytes: int = 32 * 1024 * 1024
+    read_timeout_s: float = 15.0
+    max_concurrent_requests: int = 0
+    trust_proxy_headers: bool = False
+    trusted_proxy_cidrs: list[str] = []
+    auth_cache_ttl_s: float = 300.0
+    auth_negative_cache_ttl_s: float = 30.0
+    model_cache_ttl_s: float = 300.0
+    catalogue_poll_interval_s: float = 1.0
+    usage_flush_interval_s: float = 0.5
+    usage_batch_size: int = 500
+    usage_buffer_max: int = 100_000
+    ratelimit_global_policy: dict[str, Any] = {}
+    redis_fail_open: bool = False
+    log_level: str = "info"
+    prometheus_enabled: bool = True
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.redis_url)
+
+
+def _env(name: str, *aliases: str) -> str | None:
+    for candidate in (name, *aliases):
+        value = os.environ.get(candidate)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from ODOCK_* and the reference's HTTP_*/AUTH_* variables; `overrides` win."""
+    values: dict[str, Any] = {}
+    readers: list[tuple[str, tuple[str, ...], Any]] = [
+        ("http_host", ("HTTP_HOST",), str),
+        ("http_port", ("HTTP_PORT",), int),
+        ("workers", ("ODOCK_WORKERS",), int),
+        ("database_url", ("ODOCK_DATABASE_URL", "POSTGRES_DSN"), str),
+        ("redis_url", ("ODOCK_REDIS_URL",), str),
+        ("admin_token", ("ODOCK_ADMIN_TOKEN",), str),
+        ("secret_key", ("ODOCK_SECRET_KEY",), str),
+        ("max_body_bytes", ("ODOCK_MAX_BODY_BYTES",), int),
+        ("read_timeout_s", ("HTTP_READ_TIMEOUT",), parse_duration),
+        ("max_concurrent_requests", ("HTTP_MAX_CONCURRENT_REQUESTS",), int),
+        ("trust_proxy_headers", ("HTTP_TRUST_PROXY_HEADERS",), _bool),
+        ("trusted_proxy_cidrs", ("HTTP_TRUSTED_PROXY_CIDRS",), lambda s: [c.strip() for c in s.split(",") if c.strip()]),
+        ("auth_cache_ttl_s", ("AUTH_CACHE_TTL",), parse_duration),
+        ("auth_negative_cache_ttl_s", ("AUTH_NEGATIVE_CACHE_TTL",), parse_duration),
+        ("model_cache_ttl_s", ("MODEL_CACHE_TTL",), parse_duration),
+        ("usage_flush_interval_s", ("ODOCK_USAGE_FLUSH_INTERVAL",), parse_duration),
+        ("usage_buffer_max", ("ODOCK_USAGE_BUFFER_MAX",), int),
+        ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
+        ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
+        ("log_level", ("ODOCK_LOG_LEVEL",), str),
+        ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+    ]
+    for field, names, convert in readers:
+        raw = _env(*names)
+        if raw is not None:
+            try:
+                values[field] = convert(raw)
+            except ValueError as exc:
+                raise SystemExit(f"invalid {names[0]}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    if not 0 < settings.http_port < 65536:
+        raise SystemExit(f"invalid HTTP_PORT: {settings.http_port}")
+    if settings.workers > 1 and not settings.cluster:
+        raise SystemExit(
+            "embedded mode runs exactly one process: its limits, budgets and caches live in memory. "
+            "Set ODOCK_REDIS_URL (and a PostgreSQL ODOCK_DATABASE_URL) to run several workers."
+        )
+    return settings
