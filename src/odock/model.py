@@ -101,7 +101,12 @@ class GatewayRequest(msgspec.Struct, omit_defaults=True):
 
 
 class Usage(msgspec.Struct, omit_defaults=True):
-    """Token usage with each class counted once: `input_tokens` excludes cached and cache-write tokens."""
+    """Token usage with each class counted once.
+
+    `input_tokens` excludes cached-read and cache-write input tokens (OpenAI's and Gemini's prompt counts include
+    cached tokens, so decoders subtract them). `output_tokens` includes reasoning tokens; `reasoning_tokens` is
+    the part of it spent thinking (OpenAI and Anthropic count it that way; Gemini decoders add thoughts in).
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
