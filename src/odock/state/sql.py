@@ -1,0 +1,367 @@
+"""SqlStore: the `Store` seam on SQLite (embedded) or PostgreSQL (cluster), through SQLAlchemy Core.
+
+Driver exceptions never leave this module's context managers: connection trouble becomes
+`DependencyUnavailable(code="store_unavailable")` and constraint violations a 409 `conflict`.
+Every catalogue mutation bumps `catalogue_version` in its own transaction; after commit the in-process
+listeners run (the gateway drops its caches), and other processes notice by polling `catalogue_version()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from odock.errors import DependencyUnavailable, GatewayError
+from odock.settings import Settings
+from odock.state import schema
+from odock.state.crypto import SecretBox, load_secret_box
+from odock.state.records import (
+    ApiKeyRecord,
+    ModelRecord,
+    Organisation,
+    ProviderRecord,
+    Team,
+    UsageRecord,
+    User,
+)
+
+log = logging.getLogger("odock.state")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+ChangeListener = Callable[[], Awaitable[None]]
+# PostgreSQL advisory lock id serialising concurrent `upgrade head` from several workers/hosts
+_MIGRATION_LOCK = 0x0D0C_0001
+# SQLite: wait this long for a competing writer instead of failing with "database is locked"
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalize_database_url(database_url: str) -> URL:
+    """Turn `sqlite:///…` / `postgresql://…` into the async driver URL (aiosqlite / asyncpg)."""
+    try:
+        url = make_url(database_url)
+    except exc.ArgumentError:
+        raise SystemExit("ODOCK_DATABASE_URL is not a valid database URL") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+asyncpg")
+    raise SystemExit(f"unsupported database {backend!r}: use sqlite:///path.db or postgresql://…")
+
+
+def _unavailable(error: BaseException) -> DependencyUnavailable:
+    orig = getattr(error, "orig", None) or error
+    # the driver's class and message, never the URL (it may hold a password)
+    return DependencyUnavailable(
+        f"the catalogue store is unavailable ({type(orig).__name__}: {str(orig).splitlines()[0][:200] if str(orig) else ''})",
+        "store_unavailable",
+    )
+
+
+@asynccontextmanager
+async def mapped_errors() -> AsyncIterator[None]:
+    """Map driver and connection failures to our errors."""
+    try:
+        yield
+    except exc.IntegrityError as error:
+        raise GatewayError(
+            "the change conflicts with existing data (duplicate name or still referenced)", "conflict", status=409
+        ) from error
+    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as error:
+        raise _unavailable(error) from error
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise _unavailable(error) from error
+        raise
+    except (OSError, ConnectionError, asyncio.TimeoutError) as error:
+        raise _unavailable(error) from error
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # take transaction control away from the driver so `begin` below decides DEFERRED vs IMMEDIATE
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # writers take the write lock up front: a deferred read-then-write transaction could otherwise fail
+    # with SQLITE_BUSY on lock upgrade, which busy_timeout cannot wait out
+    mode = "BEGIN IMMEDIATE" if connection.get_execution_options().get("odock_write") else "BEGIN"
+    connection.exec_driver_sql(mode)
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+    command.upgrade(config, "head")
+
+
+class SqlStore:
+    """The catalogue and ledger on one SQL database (implements `odock.state.store.Store`)."""
+
+    def __init__(self, engine: AsyncEngine, box: SecretBox) -> None:
+        self.engine = engine
+        self.box = box
+        self.dialect = engine.dialect.name
+        self._listeners: list[ChangeListener] = []
+
+    @classmethod
+    async def open(
+        cls, database_url: str, settings: Settings | None = None, *, migrate: bool = True
+    ) -> SqlStore:
+        """Connect, run the migrations to head, and return the store (SystemExit on bad configuration)."""
+        settings = settings or Settings()
+        url = normalize_database_url(database_url)
+        box = load_secret_box(settings.secret_key, database_url)
+        options: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite":
+            if url.database in (None, "", ":memory:"):
+                # one shared connection, or each pooled connection would see its own empty database
+                options["poolclass"] = StaticPool
+            else:
+                Path(url.database or "").expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            options.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_async_engine(url, **options)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        store = cls(engine, box)
+        try:
+            if migrate:
+                async with store.write() as conn:
+                    await conn.run_sync(_upgrade)
+            else:
+                await store.ping()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    # ------------------------------------------------------------------ connections and transactions
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a read transaction, with driver errors mapped."""
+        async with mapped_errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a write transaction (committed on success), with driver errors mapped."""
+        async with mapped_errors(), self.engine.connect() as conn:
+            conn = await conn.execution_options(odock_write=True)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def mutate(self) -> AsyncIterator[AsyncConnection]:
+        """A catalogue write transaction: bumps catalogue_version before commit, notifies listeners after."""
+        async with self.write() as conn:
+            yield conn
+            await conn.execute(
+                schema.catalogue_version.update()
+                .where(schema.catalogue_version.c.id == 1)
+                .values(version=schema.catalogue_version.c.version + 1)
+            )
+        await self._notify()
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Call `await listener()` after every committed catalogue mutation made through this store."""
+        self._listeners.append(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener()
+            except Exception:
+                # the change is committed; a failing cache hook must not turn it into an error
+                log.exception("catalogue change listener failed")
+
+    # ------------------------------------------------------------------ row → record
+
+    def organisation_from_row(self, row: Mapping[str, Any]) -> Organisation:
+        """Build an Organisation from a row."""
+        return Organisation(id=row["id"], name=row["name"], timezone=row["timezone"], policies=row["policies"] or {})
+
+    def team_from_row(self, row: Mapping[str, Any]) -> Team:
+        """Build a Team from a row."""
+        return Team(
+            id=row["id"], organisation_id=row["organisation_id"], name=row["name"], policies=row["policies"] or {}
+        )
+
+    def user_from_row(self, row: Mapping[str, Any]) -> User:
+        """Build a User from a row."""
+        return User(id=row["id"], organisation_id=row["organisation_id"], email=row["email"], name=row["name"])
+
+    def key_from_row(self, row: Mapping[str, Any]) -> ApiKeyRecord:
+        """Build an ApiKeyRecord from a row."""
+        return ApiKeyRecord(
+            id=row["id"],
+            name=row["name"],
+            key_hash=row["key_hash"],
+            key_preview=row["key_preview"],
+            type=row["type"],
+            organisation_id=row["organisation_id"],
+            team_id=row["team_id"],
+            user_id=row["user_id"],
+            expires_at=row["expires_at"],
+            revoked=bool(row["revoked"]),
+            timezone=row["timezone"],
+            policies=row["policies"] or {},
+            rotation_count=row["rotation_count"],
+            created_at=row["created_at"],
+        )
+
+    def provider_from_row(self, row: Mapping[str, Any]) -> ProviderRecord:
+        """Build a ProviderRecord from a row, decrypting its credential."""
+        encrypted = row["api_key_encrypted"]
+        return ProviderRecord(
+            id=row["id"],
+            organisation_id=row["organisation_id"],
+            name=row["name"],
+            type=row["type"],
+            base_url=row["base_url"],
+            api_key=self.box.decrypt(encrypted) if encrypted else None,
+            timeout_ms=row["timeout_ms"],
+            enabled=bool(row["enabled"]),
+            config=row["config"] or {},
+        )
+
+    def model_from_row(self, row: Mapping[str, Any]) -> ModelRecord:
+        """Build a ModelRecord from a row."""
+        return ModelRecord(
+            id=row["id"],
+            organisation_id=row["organisation_id"],
+            name=row["name"],
+            slug=row["slug"],
+            provider_id=row["provider_id"],
+            type=row["type"],
+            capabilities=list(row["capabilities"] or []),
+            pricing=row["pricing"] or {},
+            policies=row["policies"] or {},
+            config=row["config"] or {},
+        )
+
+    # ------------------------------------------------------------------ Store protocol
+
+    async def _one(self, query: sa.Select[Any]) -> Mapping[str, Any] | None:
+        async with self.read() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return row
+
+    async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """Return the key whose secret hashes to `key_hash`."""
+        row = await self._one(sa.select(schema.api_keys).where(schema.api_keys.c.key_hash == key_hash))
+        return self.key_from_row(row) if row else None
+
+    async def find_model(self, organisation_id: str, name: str) -> ModelRecord | None:
+        """Return the organisation's model called `name`."""
+        t = schema.models
+        row = await self._one(sa.select(t).where(t.c.organisation_id == organisation_id, t.c.name == name))
+        return self.model_from_row(row) if row else None
+
+    async def get_model(self, model_id: str) -> ModelRecord | None:
+        """Return the model with this id."""
+        row = await self._one(sa.select(schema.models).where(schema.models.c.id == model_id))
+        return self.model_from_row(row) if row else None
+
+    async def get_provider(self, provider_id: str) -> ProviderRecord | None:
+        """Return the provider with its credential decrypted."""
+        row = await self._one(sa.select(schema.providers).where(schema.providers.c.id == provider_id))
+        return self.provider_from_row(row) if row else None
+
+    async def granted_model_ids(self, api_key_id: str) -> frozenset[str]:
+        """Return the ids of the models this key may call."""
+        t = schema.key_model_grants
+        async with self.read() as conn:
+            rows = await conn.execute(sa.select(t.c.model_id).where(t.c.api_key_id == api_key_id))
+            return frozenset(row[0] for row in rows)
+
+    async def get_organisation(self, organisation_id: str) -> Organisation | None:
+        """Return the organisation with this id."""
+        t = schema.organisations
+        row = await self._one(sa.select(t).where(t.c.id == organisation_id))
+        return self.organisation_from_row(row) if row else None
+
+    async def get_team(self, team_id: str) -> Team | None:
+        """Return the team with this id."""
+        row = await self._one(sa.select(schema.teams).where(schema.teams.c.id == team_id))
+        return self.team_from_row(row) if row else None
+
+    async def get_user(self, user_id: str) -> User | None:
+        """Return the user with this id."""
+        row = await self._one(sa.select(schema.users).where(schema.users.c.id == user_id))
+        return self.user_from_row(row) if row else None
+
+    async def catalogue_version(self) -> int:
+        """Return the catalogue version counter (grows on every mutation, from any process)."""
+        t = schema.catalogue_version
+        async with self.read() as conn:
+            value = (await conn.execute(sa.select(t.c.version).where(t.c.id == 1))).scalar_one_or_none()
+        return int(value or 0)
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Insert usage rows in one statement; rows whose request_id is already stored are skipped."""
+        if not records:
+            return
+        rows = [_usage_row(record) for record in records]
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            statement: Any = pg_insert(schema.usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(schema.usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+        async with self.write() as conn:
+            await conn.execute(statement, rows)
+
+    async def ping(self) -> None:
+        """Raise DependencyUnavailable when the database cannot answer."""
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+_USAGE_FIELDS = tuple(UsageRecord.__struct_fields__)
+
+
+def _usage_row(record: UsageRecord) -> dict[str, Any]:
+    row = {name: getattr(record, name) for name in _USAGE_FIELDS}
+    for name in ("pricing", "raw_usage", "routing", "metadata"):
+        if row[name] is not None:
+            # JSON columns take plain builtins only
+            row[name] = msgspec.to_builtins(row[name])
+    return row
