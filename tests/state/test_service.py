@@ -1,0 +1,205 @@
+"""CatalogueService: CRUD, key lifecycle, ownership rules, grants, provider credential encryption."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from odock.errors import BadRequest, GatewayError, NotFound
+from odock.state import schema
+from odock.state.service import CatalogueService
+from odock.state.sql import SqlStore
+
+FUTURE = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+PAST = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+async def _catalogue(service: CatalogueService) -> None:
+    await service.create_organisation({"name": "acme"})
+    await service.create_team({"organisation": "acme", "name": "platform"})
+    await service.create_user({"organisation": "acme", "email": "dev@acme.test", "name": "Dev"})
+    await service.create_provider(
+        {"organisation": "acme", "name": "oa", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
+         "api_key": "sk-upstream-very-secret-1234"}
+    )
+    await service.create_model({"organisation": "acme", "name": "chat", "provider": "oa", "slug": "gpt-4o-mini"})
+
+
+async def test_key_create_stores_hash_not_secret(store: SqlStore, service: CatalogueService) -> None:
+    """A new key returns its secret once; the row holds the SHA-256 hash and a masked preview only."""
+    await _catalogue(service)
+    created = await service.create_key({"organisation": "acme", "name": "k1"})
+    assert created.secret.startswith("sk-odock-") and len(created.secret) > 40
+    async with store.read() as conn:
+        row = (await conn.execute(sa.select(schema.api_keys))).mappings().one()
+    assert created.secret not in str(dict(row))
+    assert row["key_hash"] == hashlib.sha256(created.secret.encode()).hexdigest()
+    found = await store.find_key(row["key_hash"])
+    assert found is not None and found.id == created.key.id and found.type == "ORGANISATION"
+    assert found.created_at is not None and found.created_at.tzinfo is not None
+    assert created.key.key_preview.endswith(created.secret[-4:]) and "…" in created.key.key_preview
+    assert not hasattr(created.key, "key_hash")
+
+
+async def test_key_rotation_in_place(store: SqlStore, service: CatalogueService) -> None:
+    """Rotation keeps the id, changes the secret, resets revealed, records history, and the old secret stops matching."""
+    await _catalogue(service)
+    created = await service.create_key({"organisation": "acme", "name": "k1", "expires_at": FUTURE.isoformat()})
+    rotated = await service.rotate_key("k1", organisation="acme", expires_at=None, rotated_by="admin")
+    assert rotated.key.id == created.key.id and rotated.secret != created.secret
+    assert rotated.key.rotation_count == 1 and rotated.key.expires_at is None and rotated.key.revealed is False
+    assert await store.find_key(hashlib.sha256(created.secret.encode()).hexdigest()) is None
+    assert await store.find_key(hashlib.sha256(rotated.secret.encode()).hexdigest()) is not None
+    history = await service.key_rotations(created.key.id)
+    assert len(history) == 1
+    assert history[0].previous_preview == created.key.key_preview and history[0].previous_expires_at == FUTURE
+    assert history[0].new_expires_at is None and history[0].rotated_by == "admin"
+
+
+async def test_expiry_rules(store: SqlStore, service: CatalogueService) -> None:
+    """A past expiry is refused on create and rotate; an expired key can still be rotated."""
+    await _catalogue(service)
+    with pytest.raises(BadRequest):
+        await service.create_key({"organisation": "acme", "name": "old", "expires_at": PAST.isoformat()})
+    created = await service.create_key({"organisation": "acme", "name": "k1"})
+    with pytest.raises(BadRequest):
+        await service.rotate_key(created.key.id, expires_at="2020-01-01T00:00:00Z")
+    # force the key into the past, as time would
+    async with store.write() as conn:
+        await conn.execute(schema.api_keys.update().values(expires_at=PAST))
+    rotated = await service.rotate_key(created.key.id, expires_at=FUTURE)
+    assert rotated.key.expires_at == FUTURE
+
+
+async def test_revoke_and_delete(store: SqlStore, service: CatalogueService) -> None:
+    """Revoke sets the flag without changing the secret; delete removes the key."""
+    await _catalogue(service)
+    created = await service.create_key({"organisation": "acme", "name": "k1"})
+    revoked = await service.revoke_key(created.key.id)
+    assert revoked.revoked is True and revoked.key_preview == created.key.key_preview
+    record = await store.find_key(hashlib.sha256(created.secret.encode()).hexdigest())
+    assert record is not None and record.revoked
+    await service.delete_key("k1", organisation="acme")
+    with pytest.raises(NotFound):
+        await service.get_key(created.key.id)
+
+
+@pytest.mark.parametrize(
+    ("data", "ok"),
+    [
+        ({"type": "ORGANISATION"}, True),
+        ({"type": "ORGANISATION", "team": "platform"}, False),
+        ({"type": "ORGANISATION", "user": "dev@acme.test"}, False),
+        ({"type": "TEAM", "team": "platform"}, True),
+        ({"type": "TEAM"}, False),
+        ({"type": "TEAM", "team": "platform", "user": "dev@acme.test"}, False),
+        ({"type": "USER", "user": "dev@acme.test"}, True),
+        ({"type": "USER"}, False),
+        ({"type": "USER", "user": "dev@acme.test", "team": "platform"}, False),
+        ({"type": "ADMIN"}, False),
+    ],
+)
+async def test_ownership_rules(service: CatalogueService, data: dict[str, str], ok: bool) -> None:
+    """ORGANISATION keys have no owner, TEAM keys exactly a team, USER keys exactly a user (reference §3.3)."""
+    await _catalogue(service)
+    request = {"organisation": "acme", "name": "k", **data}
+    if ok:
+        created = await service.create_key(request)
+        assert created.key.type == data["type"]
+        assert (created.key.team_id is not None) == (data["type"] == "TEAM")
+        assert (created.key.user_id is not None) == (data["type"] == "USER")
+    else:
+        with pytest.raises(BadRequest):
+            await service.create_key(request)
+
+
+async def test_grants(store: SqlStore, service: CatalogueService) -> None:
+    """Grants are deny-by-default, added and removed by name or id, limited to the key's organisation."""
+    await _catalogue(service)
+    key = (await service.create_key({"organisation": "acme", "name": "k1"})).key
+    assert await store.granted_model_ids(key.id) == frozenset()
+    granted = await service.add_grant(key.id, "chat")
+    assert [m.name for m in granted] == ["chat"]
+    assert await service.add_grant(key.id, granted[0].id) == granted
+    assert await store.granted_model_ids(key.id) == frozenset({granted[0].id})
+    await service.create_organisation({"name": "other"})
+    await service.create_provider({"organisation": "other", "name": "p", "type": "vllm", "base_url": "http://x/v1"})
+    foreign = await service.create_model({"organisation": "other", "name": "m", "provider": "p", "slug": "s"})
+    with pytest.raises(BadRequest) as info:
+        await service.add_grant(key.id, foreign.id)
+    assert info.value.code == "model_not_in_organisation"
+    with pytest.raises(NotFound):
+        await service.add_grant(key.id, "m")
+    await service.remove_grant(key.id, "chat")
+    assert await service.list_grants(key.id) == []
+    with pytest.raises(NotFound):
+        await service.remove_grant(key.id, "chat")
+    assert await service.set_grants(key.id, ["chat"]) is True
+    assert await service.set_grants(key.id, ["chat"]) is False
+
+
+async def test_provider_credential_encrypted_at_rest(store: SqlStore, service: CatalogueService) -> None:
+    """The provider api_key column holds an AES-GCM envelope; the store decrypts it; the service never shows it."""
+    await _catalogue(service)
+    info = (await service.list_providers("acme"))[0]
+    assert info.has_api_key and info.api_key_preview == "****1234"
+    assert "sk-upstream-very-secret" not in repr(info)
+    async with store.read() as conn:
+        raw = (await conn.execute(sa.select(schema.providers.c.api_key_encrypted))).scalar_one()
+    assert "sk-upstream-very-secret" not in raw and '"alg":"A256GCM"' in raw
+    loaded = await store.get_provider(info.id)
+    assert loaded is not None and loaded.api_key == "sk-upstream-very-secret-1234"
+    cleared = await service.update_provider(info.id, {"api_key": None})
+    assert not cleared.has_api_key
+    reloaded = await store.get_provider(info.id)
+    assert reloaded is not None and reloaded.api_key is None
+
+
+async def test_model_lookup_and_validation(store: SqlStore, service: CatalogueService) -> None:
+    """Models are found by (organisation, name); bad fields and unknown providers are 400/404."""
+    await _catalogue(service)
+    org = await service.get_organisation("acme")
+    model = await store.find_model(org.id, "chat")
+    assert model is not None and model.slug == "gpt-4o-mini" and model.type == "chat"
+    assert await store.find_model(org.id, "nope") is None
+    with pytest.raises(BadRequest):
+        await service.create_model({"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "type": "bad"})
+    with pytest.raises(BadRequest):
+        await service.create_model(
+            {"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "pricing": {"input": -1}}
+        )
+    with pytest.raises(NotFound):
+        await service.create_model({"organisation": "acme", "name": "x", "provider": "nope", "slug": "s"})
+    with pytest.raises(BadRequest, match="unknown field"):
+        await service.create_model({"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "colour": 1})
+    updated = await service.update_model("chat", {"slug": "gpt-4o", "capabilities": ["vision"]}, "acme")
+    assert updated.slug == "gpt-4o" and updated.capabilities == ["vision"]
+
+
+async def test_duplicates_and_references(store: SqlStore, service: CatalogueService) -> None:
+    """Duplicate names are 409 conflict; in-use providers, teams and users cannot be deleted; org delete cascades."""
+    await _catalogue(service)
+    for call in (
+        service.create_organisation({"name": "acme"}),
+        service.create_team({"organisation": "acme", "name": "platform"}),
+        service.create_user({"organisation": "acme", "email": "dev@acme.test"}),
+        service.create_model({"organisation": "acme", "name": "chat", "provider": "oa", "slug": "x"}),
+    ):
+        with pytest.raises(GatewayError) as info:
+            await call
+        assert (info.value.status, info.value.code) == (409, "conflict")
+    with pytest.raises(GatewayError) as info:
+        await service.delete_provider("oa", "acme")
+    assert info.value.status == 409
+    await service.create_key({"organisation": "acme", "name": "t", "type": "TEAM", "team": "platform"})
+    with pytest.raises(GatewayError):
+        await service.delete_team("platform", "acme")
+    key = await service.create_key({"organisation": "acme", "name": "k", "models": ["chat"]})
+    await service.delete_organisation("acme")
+    assert await service.list_organisations() == []
+    assert await store.granted_model_ids(key.key.id) == frozenset()
+    with pytest.raises(NotFound):
+        await service.get_team("platform")

@@ -1,0 +1,202 @@
+"""SqlStore: migrations, catalogue version and listeners, usage ledger, credential encryption, error mapping."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from odock.errors import DependencyUnavailable
+from odock.settings import Settings
+from odock.state import schema
+from odock.state.crypto import SecretBox, generate_key_text, load_secret_box
+from odock.state.records import UsageRecord
+from odock.state.service import CatalogueService
+from odock.state.sql import SqlStore, normalize_database_url
+
+
+async def test_migrations_create_the_schema(store: SqlStore) -> None:
+    """Opening a store runs 0001_catalogue: every catalogue table exists and matches the SQLAlchemy schema."""
+
+    def inspect(conn: sa.Connection) -> tuple[set[str], list[object], str | None]:
+        tables = set(sa.inspect(conn).get_table_names())
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return tables, diff, version
+
+    async with store.engine.connect() as conn:
+        tables, diff, version = await conn.run_sync(inspect)
+    assert set(schema.CATALOGUE_TABLES) <= tables
+    assert version == "0001_catalogue"
+    # the migration and the table definitions describe the same database
+    assert [d for d in diff if "governance" not in str(d)] == []
+
+
+async def test_reopen_is_idempotent_and_keeps_data(db: tuple[str, Settings]) -> None:
+    """A second open of the same database finds the schema at head and the data intact."""
+    first = await SqlStore.open(*db)
+    await CatalogueService(first).create_organisation({"name": "acme"})
+    await first.close()
+    second = await SqlStore.open(*db)
+    try:
+        assert [o.name for o in await CatalogueService(second).list_organisations()] == ["acme"]
+        assert await second.catalogue_version() == 1
+    finally:
+        await second.close()
+
+
+async def test_catalogue_version_bumps_and_listeners_run(store: SqlStore, service: CatalogueService) -> None:
+    """Every catalogue mutation bumps catalogue_version and then calls the registered listeners."""
+    calls: list[int] = []
+
+    async def listener() -> None:
+        calls.append(await store.catalogue_version())
+
+    store.add_change_listener(listener)
+    before = await store.catalogue_version()
+    org = await service.create_organisation({"name": "acme"})
+    await service.update_organisation(org.id, {"timezone": "Europe/Paris"})
+    assert await store.catalogue_version() == before + 2
+    assert calls == [before + 1, before + 2]
+    # reads do not bump
+    await service.list_organisations()
+    assert await store.catalogue_version() == before + 2
+    store.remove_change_listener(listener)
+    await service.delete_organisation("acme")
+    assert calls == [before + 1, before + 2]
+
+
+async def test_failed_mutation_does_not_bump(store: SqlStore, service: CatalogueService) -> None:
+    """A mutation that fails (duplicate) rolls back and leaves catalogue_version unchanged."""
+    await service.create_organisation({"name": "acme"})
+    version = await store.catalogue_version()
+    with pytest.raises(Exception):
+        await service.create_organisation({"name": "acme"})
+    assert await store.catalogue_version() == version
+
+
+def _usage(request_id: str, when: datetime, **fields: object) -> UsageRecord:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "created_at": when,
+        "organisation_id": "org_1",
+        "api_key_id": "key_1",
+        "route": "/v1/chat/completions",
+        "status": 200,
+        "outcome": "success",
+        "model": "chat",
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cost_nanos": 100,
+    }
+    values.update(fields)
+    return UsageRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
+    """insert_usage skips request ids already stored and keeps every field, JSON included."""
+    when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
+    record = _usage(
+        "req-1",
+        when,
+        team_id="team_1",
+        stream=True,
+        raw_usage={"prompt_tokens": 10},
+        routing={"attempts": [{"provider": "openai"}]},
+        metadata={"safety": "pass"},
+        pricing={"input": 0.15},
+    )
+    await store.insert_usage([record, _usage("req-2", when)])
+    await store.insert_usage([record, _usage("req-3", when)])
+    await store.insert_usage([])
+    async with store.read() as conn:
+        rows = (await conn.execute(sa.select(schema.usage_records).order_by("request_id"))).mappings().all()
+    assert [r["request_id"] for r in rows] == ["req-1", "req-2", "req-3"]
+    first = rows[0]
+    assert first["created_at"] == when and first["created_at"].tzinfo is not None
+    assert first["routing"] == {"attempts": [{"provider": "openai"}]}
+    assert first["raw_usage"] == {"prompt_tokens": 10} and first["stream"] is True
+    assert first["team_id"] == "team_1" and first["pricing"] == {"input": 0.15}
+
+
+async def test_usage_summary_groups_and_filters(store: SqlStore, service: CatalogueService) -> None:
+    """The usage summary sums requests, tokens and cost per group inside [since, until)."""
+    org = await service.create_organisation({"name": "acme"})
+    day1 = datetime(2026, 7, 1, 23, 0, tzinfo=UTC)
+    day2 = day1 + timedelta(hours=2)
+    await store.insert_usage(
+        [
+            _usage("a", day1, organisation_id=org.id, model="m1", cached_input_tokens=3, reasoning_tokens=1),
+            _usage("b", day2, organisation_id=org.id, model="m1"),
+            _usage("c", day2, organisation_id=org.id, model="m2", cost_nanos=None),
+            _usage("d", day2, organisation_id="other", model="m1"),
+        ]
+    )
+    by_model = await service.usage_summary("model", organisation="acme")
+    assert [(r.group, r.requests, r.input_tokens, r.cost_nanos) for r in by_model] == [
+        ("m1", 2, 20, 200),
+        ("m2", 1, 10, 0),
+    ]
+    assert by_model[0].cached_input_tokens == 3 and by_model[0].reasoning_tokens == 1
+    by_day = await service.usage_summary("day")
+    assert [(r.group, r.requests) for r in by_day] == [("2026-07-01", 1), ("2026-07-02", 3)]
+    window = await service.usage_summary("organisation", since="2026-07-02T00:00:00Z", until="2026-07-03")
+    assert {(r.group, r.requests) for r in window} == {(org.id, 2), ("other", 1)}
+
+
+def test_database_urls_are_normalized() -> None:
+    """sqlite and postgresql URLs get their async drivers; other schemes are refused."""
+    assert str(normalize_database_url("sqlite:///rel.db")) == "sqlite+aiosqlite:///rel.db"
+    assert str(normalize_database_url("sqlite:////abs/x.db")) == "sqlite+aiosqlite:////abs/x.db"
+    assert normalize_database_url("postgresql://u@h:5432/d").drivername == "postgresql+asyncpg"
+    with pytest.raises(SystemExit):
+        normalize_database_url("mysql://h/d")
+
+
+async def test_unreachable_postgres_is_store_unavailable() -> None:
+    """A database that cannot be reached raises DependencyUnavailable(store_unavailable), not a driver error."""
+    with pytest.raises(DependencyUnavailable) as info:
+        await SqlStore.open("postgresql://nobody@127.0.0.1:1/none", Settings(secret_key=generate_key_text()))
+    assert info.value.code == "store_unavailable" and info.value.status == 503
+
+
+async def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    """The embedded store runs SQLite in WAL mode with a busy timeout."""
+    store = await SqlStore.open(f"sqlite:///{tmp_path}/w.db", Settings())
+    try:
+        async with store.read() as conn:
+            assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert int((await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar() or 0) > 0
+    finally:
+        await store.close()
+
+
+def test_envelope_round_trip_and_wrong_key() -> None:
+    """The AES-GCM envelope decrypts with its key, has a fresh IV each time, and fails cleanly with another."""
+    box = SecretBox(os.urandom(32))
+    one, two = box.encrypt("sk-upstream-secret"), box.encrypt("sk-upstream-secret")
+    assert one != two and "sk-upstream-secret" not in one
+    assert '"alg":"A256GCM"' in one and '"v":1' in one
+    assert box.decrypt(one) == "sk-upstream-secret"
+    with pytest.raises(Exception) as info:
+        SecretBox(os.urandom(32)).decrypt(one)
+    assert "sk-upstream" not in str(info.value)
+
+
+def test_sqlite_key_file_and_postgres_refusal(tmp_path: Path) -> None:
+    """Without ODOCK_SECRET_KEY, SQLite gets a 0600 key file beside the database; PostgreSQL is refused."""
+    url = f"sqlite:///{tmp_path}/db/odock.db"
+    box = load_secret_box("", url)
+    key_file = tmp_path / "db" / "odock.db.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert load_secret_box("", url).decrypt(box.encrypt("x" * 20)) == "x" * 20
+    with pytest.raises(SystemExit, match="ODOCK_SECRET_KEY"):
+        load_secret_box("", "postgresql://h/d")
+    with pytest.raises(SystemExit, match="ODOCK_SECRET_KEY"):
+        load_secret_box("not-base64!", "postgresql://h/d")
