@@ -1,0 +1,45 @@
+"""Application assembly: the route table of the API page and the ASGI app uvicorn serves."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from odock.edge.app import Edge, Endpoint, Health, Metrics, Readiness
+from odock.edge.endpoints.chat import OpenAIChatEndpoint, UnifiedChatEndpoint
+from odock.gateway import Gateway
+from odock.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from odock.edge.http import ASGIApp
+
+
+def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
+    """Exact paths and path prefixes of every gateway route."""
+    exact: dict[str, Endpoint] = {
+        "/v1/health": Health(),
+        "/v1/healthz": Readiness(),
+        "/metrics": Metrics(),
+        "/v1/chat/completions": OpenAIChatEndpoint(),
+        "/v1/llm/chat": UnifiedChatEndpoint(),
+    }
+    prefixes: list[tuple[str, Endpoint]] = []
+    return exact, prefixes
+
+
+def admin_app_for(gw: Gateway) -> ASGIApp:
+    """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
+    from odock.admin.app import create_admin_app
+    from odock.state.service import CatalogueService
+
+    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token)
+
+
+def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:
+    """Build the ASGI app; the gateway's resources open in the lifespan startup."""
+    settings = settings or load_settings()
+
+    async def open_gateway() -> Gateway:
+        return gateway if gateway is not None else await Gateway.open(settings)
+
+    exact, prefixes = routes()
+    return Edge(open_gateway, exact, prefixes)

@@ -1,0 +1,68 @@
+"""`odock serve`: apply an optional catalogue file, then serve the gateway with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from odock import logs
+from odock.settings import load_settings
+
+log = logging.getLogger("odock.serve")
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser("serve", help="run the gateway (embedded SQLite default; cluster with Redis)")
+    parser.add_argument("--config", metavar="FILE", help="catalogue YAML applied before serving")
+    parser.add_argument("--host", help="listen address (HTTP_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (HTTP_PORT, default 8080)")
+    parser.add_argument("--workers", type=int, help="worker processes (cluster mode only; ODOCK_WORKERS)")
+    parser.set_defaults(func=run)
+
+
+async def _apply(settings: Any, path: str) -> None:
+    from odock.config_file import apply_config
+    from odock.state.service import CatalogueService
+    from odock.state.sql import SqlStore
+
+    store = await SqlStore.open(settings.database_url, settings)
+    try:
+        report = await apply_config(CatalogueService(store), path)
+        log.info("applied %s: %s", path, report)
+    finally:
+        await store.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
+    logs.configure(settings.log_level)
+    if args.config:
+        asyncio.run(_apply(settings, args.config))
+    # workers re-read settings from the environment; carry the command-line overrides there
+    os.environ["HTTP_HOST"], os.environ["HTTP_PORT"] = settings.http_host, str(settings.http_port)
+    mode = "cluster" if settings.cluster else "embedded"
+    log.info("odock gateway listening on %s:%d (%s mode, %d worker(s))", settings.http_host, settings.http_port,
+             mode, settings.workers)
+    if not settings.admin_token:
+        log.info("admin API disabled: set ODOCK_ADMIN_TOKEN to enable /admin")
+    uvicorn.run(
+        "odock.app:create_app",
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        limit_concurrency=settings.max_concurrent_requests or None,
+        timeout_keep_alive=60,
+        timeout_graceful_shutdown=30,
+    )
+    return 0

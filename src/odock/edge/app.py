@@ -1,0 +1,172 @@
+"""The edge: a raw ASGI app with a route table, request ids, one error renderer, health and metrics.
+
+Admin routes (`/admin/...`) go to the Starlette admin app mounted beside the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from odock import metrics
+from odock.dialects import openai_chat
+from odock.edge.http import ASGIApp, ClientDisconnected, Receive, Request, Scope, Send, render_error
+from odock.errors import DependencyUnavailable, GatewayError, MethodNotAllowed, NotFound
+
+if TYPE_CHECKING:
+    from odock.gateway import Gateway
+
+log = logging.getLogger("odock.edge")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class Endpoint(Protocol):
+    route: str
+    methods: tuple[str, ...]
+
+    def error_body(self, err: GatewayError) -> bytes: ...
+
+    async def handle(self, gw: Gateway, req: Request) -> None: ...
+
+
+class Health:
+    route = "health"
+    methods = ("GET", "HEAD")
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return openai_chat.error_body(err)
+
+    async def handle(self, gw: Gateway, req: Request) -> None:
+        await req.respond(200, b'{"status":"ok"}')
+
+
+class Readiness(Health):
+    route = "healthz"
+
+    async def handle(self, gw: Gateway, req: Request) -> None:
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            await gw.store.ping()
+            checks["store"] = "ok"
+        except DependencyUnavailable:
+            checks["store"], ok = "unavailable", False
+        if gw.redis is not None:
+            try:
+                await gw.redis.ping()
+                checks["redis"] = "ok"
+            except Exception:
+                checks["redis"], ok = "unavailable", False
+        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        await req.respond(200 if ok else 503, msgspec.json.encode(body))
+
+
+class Metrics(Health):
+    route = "metrics"
+    methods = ("GET",)
+
+    async def handle(self, gw: Gateway, req: Request) -> None:
+        if not gw.settings.prometheus_enabled:
+            raise NotFound("metrics are disabled", "not_found")
+        await req.respond(200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+
+
+class Edge:
+    """The ASGI application: lifespan, routing, request id, and the last-resort error renderer."""
+
+    def __init__(self, gateway_factory: Any, routes: dict[str, Endpoint],
+                 prefixes: list[tuple[str, Endpoint]], admin: ASGIApp | None = None) -> None:
+        self.gateway_factory = gateway_factory
+        self.gw: Gateway | None = None
+        self.routes = routes
+        self.prefixes = prefixes
+        self.admin = admin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.gw is None:
+                        self.gw = await self.gateway_factory()
+                    await self.gw.start()
+                    if self.admin is None:
+                        self.admin = self.gw_admin()
+                except BaseException as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.gw is not None:
+                    await self.gw.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def gw_admin(self) -> ASGIApp | None:
+        from odock.app import admin_app_for
+
+        assert self.gw is not None
+        return admin_app_for(self.gw)
+
+    def match(self, path: str) -> Endpoint | None:
+        endpoint = self.routes.get(path)
+        if endpoint is not None:
+            return endpoint
+        for prefix, candidate in self.prefixes:
+            if path.startswith(prefix):
+                return candidate
+        return None
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path.startswith("/admin") and self.admin is not None:
+            await self.admin(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        req = Request(scope, receive, send, request_id, headers)
+        endpoint = self.match(path)
+        label = endpoint.route if endpoint is not None else "unmatched"
+        metrics.IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            if endpoint is None:
+                raise NotFound(f"no route for {scope['method']} {path}", "not_found")
+            if scope["method"] not in endpoint.methods:
+                req.response_headers.append((b"allow", ", ".join(endpoint.methods).encode()))
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on {path}", "method_not_allowed")
+            assert self.gw is not None, "lifespan startup did not run"
+            await endpoint.handle(self.gw, req)
+        except GatewayError as err:
+            if not req.started:
+                body = endpoint.error_body(err) if endpoint is not None else openai_chat.error_body(err)
+                await req.respond(err.status, body, headers=render_error(err))
+        except ClientDisconnected:
+            pass
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id})
+            if not req.started:
+                err = GatewayError("internal gateway error", "internal_error")
+                await req.respond(500, openai_chat.error_body(err))
+            elif not req.finished:
+                await req.end()
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - started)
+            metrics.REQUESTS.labels(label, metrics.status_class(req.status or 500)).inc()

@@ -1,0 +1,102 @@
+"""The gateway's resources, owned by the ASGI lifespan: created once at start, closed on shutdown."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from odock.governance.pricing import cost_nanos
+from odock.pipeline.context import CallContext
+from odock.routing.policy import Routing
+from odock.settings import Settings
+from odock.state.catalogue import Catalogue
+from odock.transport.aiohttp_transport import AiohttpTransport
+from odock.transport.base import Transport
+from odock.usage import UsageRecorder
+
+if TYPE_CHECKING:
+    from odock.edge.http import Request
+    from odock.governance import Governance
+    from odock.state.sql import SqlStore
+
+log = logging.getLogger("odock.gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: SqlStore, *, transport: Transport | None = None,
+                 governance: Governance | None = None, redis: Any = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self.catalogue = Catalogue(
+            store,
+            key_ttl_s=settings.auth_cache_ttl_s,
+            negative_ttl_s=settings.auth_negative_cache_ttl_s,
+            model_ttl_s=settings.model_cache_ttl_s,
+        )
+        self.transport: Transport = transport or AiohttpTransport()
+        self.recorder = UsageRecorder(
+            store,
+            flush_interval_s=settings.usage_flush_interval_s,
+            batch_size=settings.usage_batch_size,
+            buffer_max=settings.usage_buffer_max,
+        )
+        self.governance = governance
+        self.routing = Routing()
+        self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Gateway:
+        """Open the store (running migrations), Redis in cluster mode, and governance."""
+        from odock.governance import Governance
+        from odock.state.sql import SqlStore
+
+        store = await SqlStore.open(settings.database_url, settings)
+        redis = None
+        if settings.cluster:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.from_url(settings.redis_url)
+        governance = await Governance.open(settings, database_url=settings.database_url, redis=redis)
+        return cls(settings, store, governance=governance, redis=redis)
+
+    async def start(self) -> None:
+        self.store.add_change_listener(self.catalogue.invalidate)
+        await self.catalogue.start(self.settings.catalogue_poll_interval_s)
+        self.recorder.start()
+
+    async def stop(self) -> None:
+        await self.catalogue.stop()
+        await self.recorder.stop()
+        if self.governance is not None:
+            await self.governance.close()
+        await self.transport.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.store.close()
+
+    def client_ip(self, req: Request) -> str:
+        """The socket peer, or the first untrusted hop of X-Forwarded-For behind a trusted proxy (§5.6)."""
+        peer = req.client_host()
+        if not self.settings.trust_proxy_headers or not self._is_trusted(peer):
+            return peer
+        forwarded = req.headers.get("x-forwarded-for")
+        if forwarded:
+            for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+                if not self._is_trusted(hop):
+                    return hop
+        return req.headers.get("x-real-ip") or peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def cost_of(self, ctx: CallContext) -> int | None:
+        model = ctx.answered_by or ctx.model
+        if ctx.usage is None or model is None or not model.pricing:
+            return None
+        return cost_nanos(model.pricing, ctx.usage)

@@ -1,0 +1,340 @@
+"""One LLM call through the documented stages (reference §2.2): admit (pre-auth gate, auth, early gate), decode,
+resolve (access, model/provider config, final gate), route + upstream, respond, finish (post-flight, usage).
+
+Endpoints call these steps in order; every step either passes, fills the context, or raises a GatewayError.
+`finish` always runs, so leases, reservations and the usage record never depend on how the call ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from odock import metrics
+from odock.edge.http import ClientDisconnected, Request
+from odock.errors import (
+    BadRequest,
+    DependencyUnavailable,
+    Forbidden,
+    GatewayError,
+    UpstreamError,
+)
+from odock.pipeline.context import CallContext
+from odock.providers.base import ProviderAdapter
+from odock.providers.registry import adapter_for
+from odock.routing.router import Candidate, RoutePlan, run_attempts
+from odock.state.records import UsageRecord
+from odock.transport.base import UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:
+    from odock.gateway import Gateway
+
+log = logging.getLogger("odock.call")
+T = TypeVar("T")
+
+# provider types that speak a family's wire format (reference §4.1: AZURE_OPENAI/CUSTOM are the OpenAI family)
+FAMILY = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
+          "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
+
+
+def family_of(provider_type: str) -> str:
+    return FAMILY.get(provider_type, provider_type)
+
+
+def estimate_tokens(size_bytes: int) -> int:
+    """A cheap input-token estimate for reservations (~4 bytes per token); usage is settled from the provider."""
+    return max(1, size_bytes // 4)
+
+
+class Call:
+    __slots__ = ("gw", "req", "ctx", "_governed")
+
+    def __init__(self, gw: Gateway, req: Request, route: str, required_provider: str | None) -> None:
+        self.gw = gw
+        self.req = req
+        self.ctx = CallContext(
+            request_id=req.request_id, route=route, client_ip=gw.client_ip(req),
+            required_provider=required_provider,
+        )
+        self._governed = False
+
+    # --- stage: admit ------------------------------------------------------------------------------------
+
+    def credential(self) -> str | None:
+        """The presented Odock key: Authorization Bearer > X-API-Key > x-goog-api-key > ?key= (reference §3.1)."""
+        headers = self.req.headers
+        auth = headers.get("authorization")
+        if auth:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        return headers.get("x-api-key") or headers.get("x-goog-api-key") or self.req.query("key")
+
+    async def admit(self) -> None:
+        """Pre-auth gate, authentication, early gate."""
+        gw, ctx = self.gw, self.ctx
+        if gw.governance is not None:
+            await gw.governance.pre_auth(ctx.client_ip)
+        key = await gw.catalogue.authenticate(self.credential())
+        ctx.key = key
+        ctx.organisation = await gw.catalogue.organisation(key.organisation_id)
+        if key.team_id:
+            ctx.team = await gw.catalogue.team(key.team_id)
+        length = self.req.headers.get("content-length")
+        ctx.body_bytes = int(length) if length and length.isdigit() else 0
+        if gw.governance is not None:
+            self._governed = True
+            await gw.governance.early(ctx)
+
+    # --- stage: decode -----------------------------------------------------------------------------------
+
+    async def read_body(self) -> bytes:
+        settings = self.gw.settings
+        body = await self.req.body(settings.max_body_bytes, settings.read_timeout_s)
+        self.ctx.body_bytes = len(body)
+        return body
+
+    async def read_json(self) -> dict[str, Any]:
+        """Read and parse a JSON object body (400 invalid_request_body when it is not one)."""
+        content_type = self.req.headers.get("content-type", "application/json")
+        if "json" not in content_type and content_type.split(";")[0].strip() not in ("", "text/plain"):
+            raise BadRequest(f"expected a JSON body, got Content-Type {content_type!r}", "invalid_request_body")
+        body = await self.read_body()
+        if not body:
+            raise BadRequest("request body is empty", "invalid_request_body")
+        try:
+            parsed = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_request_body") from None
+        if not isinstance(parsed, dict):
+            raise BadRequest("request body must be a JSON object", "invalid_request_body")
+        self.ctx.estimated_input_tokens = estimate_tokens(len(body))
+        return parsed
+
+    # --- stage: resolve ----------------------------------------------------------------------------------
+
+    async def resolve(self, name: str, provider_pin: str | None = None) -> Candidate:
+        """Model access, model/provider configuration, provider pinning, then the final gate."""
+        ctx, catalogue = self.ctx, self.gw.catalogue
+        assert ctx.key is not None
+        ctx.requested_model = name
+        try:
+            model = await catalogue.model(ctx.key.organisation_id, name)
+        except DependencyUnavailable:
+            raise DependencyUnavailable("model lookup unavailable", "model_lookup_unavailable") from None
+        if model is None:
+            raise BadRequest(f"model {name!r} is not configured", "model_not_found")
+        try:
+            grants = await catalogue.grants(ctx.key.id)
+        except DependencyUnavailable:
+            raise DependencyUnavailable("model access check unavailable", "model_access_unavailable") from None
+        if model.id not in grants:
+            raise Forbidden(f"this API key is not allowed to use model {name!r}", "model_not_allowed")
+        candidate = await self.candidate(model.id, model=model)
+        family = family_of(candidate.provider.type)
+        if ctx.required_provider is not None and family != ctx.required_provider:
+            raise BadRequest(
+                f"model {name!r} is served by a {family} provider; this route only reaches {ctx.required_provider}",
+                "provider_not_allowed",
+            )
+        if provider_pin is not None and provider_pin != family:
+            raise BadRequest(
+                f"provider {provider_pin!r} does not match model {name!r} (served by {family})",
+                "provider_not_allowed",
+            )
+        ctx.model, ctx.provider = candidate.model, candidate.provider
+        if self.gw.governance is not None:
+            await self.gw.governance.final(ctx)
+        return candidate
+
+    async def candidate(self, model_id: str, *, model: Any) -> Candidate:
+        """Check a model's provider is usable (configured, enabled, credential present)."""
+        provider = await self.gw.catalogue.provider(model.provider_id)
+        if provider is None:
+            raise BadRequest(f"model {model.name!r} has no provider", "provider_not_configured")
+        if not provider.enabled:
+            raise Forbidden(f"provider {provider.name!r} is disabled", "provider_disabled")
+        adapter = adapter_for(provider.type)
+        if adapter.requires_key and not provider.api_key:
+            raise BadRequest(f"provider {provider.name!r} has no API key configured",
+                             "provider_api_key_not_configured")
+        return Candidate(model=model, provider=provider)
+
+    async def plan(self, primary: Candidate) -> RoutePlan:
+        return await self.gw.routing.plan(self, primary)
+
+    # --- stage: upstream ---------------------------------------------------------------------------------
+
+    async def send(self, candidate: Candidate, url: str, body: bytes,
+                   headers: dict[str, str] | None = None) -> UpstreamResponse:
+        """POST to the upstream; a non-2xx answer becomes an UpstreamError (read whole, for the client)."""
+        adapter = adapter_for(candidate.provider.type)
+        request_headers = adapter.headers(candidate.provider)
+        if headers:
+            request_headers.update(headers)
+        return await self.send_request(adapter, candidate, UpstreamRequest(
+            "POST", url, request_headers, body, adapter.timeouts(candidate.provider)))
+
+    async def send_request(self, adapter: ProviderAdapter, candidate: Candidate,
+                           request: UpstreamRequest) -> UpstreamResponse:
+        if self.ctx.upstream_started is None:
+            import time
+
+            self.ctx.upstream_started = time.perf_counter()
+        resp = await self.gw.transport.send(request)
+        if resp.status >= 400:
+            data = await resp.read()
+            raise adapter.upstream_error(resp.status, data, resp.headers.get("content-type", ""))
+        self.ctx.provider_request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+        return resp
+
+    async def route(self, primary: Candidate, attempt: Callable[[Candidate], Awaitable[T]]) -> T:
+        plan = await self.plan(primary)
+        result = await run_attempts(self.ctx, plan, attempt, self.gw.routing.observe)
+        answered = self.ctx.answered_by
+        if answered is not None:
+            self.req.response_headers.append((b"x-odock-model", answered.name.encode()))
+        return result
+
+    # --- stage: respond ----------------------------------------------------------------------------------
+
+    def governed_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.gw.governance is None or not self._governed:
+            return []
+        return [(k.lower().encode(), v.encode()) for k, v in self.gw.governance.response_headers(self.ctx).items()]
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+        self.ctx.status = status
+        await self.req.respond(status, body, content_type, self.governed_headers())
+
+    async def stream(self, produce: AsyncIterator[bytes], fail: Callable[[GatewayError], bytes],
+                     content_type: bytes = b"text/event-stream") -> None:
+        """Stream `produce` to the client; cut the upstream when the client leaves; end a broken upstream
+        stream with an explicit error event (never a clean-looking end)."""
+        ctx, req = self.ctx, self.req
+        ctx.status = 200
+        await req.start_stream(200, content_type, self.governed_headers())
+
+        async def pump() -> None:
+            async for chunk in produce:
+                if chunk:
+                    await req.write(chunk)
+
+        pump_task = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(req.wait_disconnect())
+        try:
+            done, _ = await asyncio.wait({pump_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if pump_task not in done:
+                # the client left: cancelling the pump closes the upstream response (aiohttp releases it)
+                pump_task.cancel()
+                ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
+                req.mark_disconnected()
+                try:
+                    await pump_task
+                except (asyncio.CancelledError, Exception):
+                    pass
+                metrics.STREAMS.labels(ctx.route, "cancelled").inc()
+                return
+            try:
+                pump_task.result()
+            except ClientDisconnected:
+                ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
+                metrics.STREAMS.labels(ctx.route, "cancelled").inc()
+                return
+            except GatewayError as err:
+                ctx.outcome, ctx.error_code = "failed", err.code
+                log.warning("stream failed mid-way: %s", err.code, extra={"request_id": ctx.request_id})
+                metrics.STREAMS.labels(ctx.route, "failed").inc()
+                try:
+                    await req.write(fail(err))
+                except ClientDisconnected:
+                    return
+                await req.end()
+                return
+            metrics.STREAMS.labels(ctx.route, "completed").inc()
+            await req.end()
+        finally:
+            watcher.cancel()
+            if not pump_task.done():
+                pump_task.cancel()
+
+    # --- stage: finish -----------------------------------------------------------------------------------
+
+    def fail(self, err: GatewayError) -> None:
+        self.ctx.status = err.status
+        self.ctx.error_code = err.code
+        self.ctx.outcome = "failed"
+
+    async def finish(self) -> None:
+        """Post-flight (release leases, settle or release reservations) and the usage record; never raises."""
+        ctx, gw = self.ctx, self.gw
+        if ctx.key is None:
+            return
+        cost = gw.cost_of(ctx)
+        if self._governed and gw.governance is not None:
+            try:
+                await gw.governance.complete(ctx, cost)
+            except Exception:
+                log.exception("governance post-flight failed", extra={"request_id": ctx.request_id})
+        usage = ctx.usage
+        answered = ctx.answered_by or ctx.model
+        provider = ctx.answered_provider or ctx.provider
+        routing = None
+        if ctx.attempts:
+            routing = {
+                "decision": "rerouted" if len(ctx.attempts) > 1 else "direct",
+                "attempts": [
+                    {"model": a.model, "provider": a.provider, "outcome": a.outcome, "error_class": a.error_class,
+                     "status": a.status, "latency_ms": a.latency_ms}
+                    for a in ctx.attempts
+                ],
+            }
+        gw.recorder.record(UsageRecord(
+            request_id=ctx.request_id,
+            created_at=datetime.now(UTC),
+            organisation_id=ctx.key.organisation_id,
+            team_id=ctx.key.team_id,
+            user_id=ctx.key.user_id,
+            api_key_id=ctx.key.id,
+            route=ctx.route,
+            status=ctx.status or 500,
+            outcome=ctx.outcome if ctx.status < 400 or ctx.outcome != "success" else "failed",
+            model=ctx.requested_model,
+            model_slug=answered.slug if answered else None,
+            provider=provider.type if provider else None,
+            stream=ctx.stream,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cached_input_tokens=usage.cached_input_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            usage_estimated=usage.estimated if usage else False,
+            latency_ms=ctx.elapsed_ms(),
+            provider_request_id=ctx.provider_request_id,
+            error_code=ctx.error_code,
+            cost_nanos=cost,
+            pricing=answered.pricing if answered and answered.pricing else None,
+            raw_usage=ctx.raw_usage,
+            routing=routing,
+        ))
+        if usage is not None and provider is not None:
+            metrics.TOKENS.labels(provider.type, "input").inc(usage.total_input)
+            metrics.TOKENS.labels(provider.type, "output").inc(usage.output_tokens)
+
+
+def upstream_error_body(err: UpstreamError) -> dict[str, Any]:
+    """The upstream's own error, kept for the client (reference §10.8: 502 carries the upstream body)."""
+    if not err.upstream_body:
+        return {}
+    if "json" in err.upstream_content_type:
+        try:
+            return {"upstream_status": err.upstream_status, "upstream_error": msgspec.json.decode(err.upstream_body)}
+        except msgspec.DecodeError:
+            pass
+    return {"upstream_status": err.upstream_status,
+            "upstream_error": err.upstream_body[:2000].decode("utf-8", "replace")}

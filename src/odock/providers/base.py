@@ -1,0 +1,81 @@
+"""Provider adapters: per provider type, the upstream URL, auth headers, error mapping and chat dialect.
+
+Adapters are siblings behind one shape (uvicorn's protocols/http/*_impl habit) picked by `registry.adapter_for`.
+Bodies are built by the dialect modules; adapters never touch the transport.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import msgspec
+
+from odock.errors import UpstreamError
+from odock.state.records import ProviderRecord
+from odock.transport.base import Timeouts
+
+
+class ProviderAdapter:
+    """Defaults for an OpenAI-shaped upstream; sibling adapters override what differs."""
+
+    name = "openai"
+    # providers whose upstream rejects unauthenticated calls: a missing key is a configuration error (400)
+    requires_key = True
+    error_message_path: tuple[str, ...] = ("error", "message")
+
+    def chat_dialect(self) -> ModuleType:
+        from odock.dialects import openai_chat
+
+        return openai_chat
+
+    def url(self, provider: ProviderRecord, path: str) -> str:
+        return provider.base_url.rstrip("/") + path
+
+    def chat_url(self, provider: ProviderRecord, slug: str, stream: bool) -> str:
+        return self.url(provider, "/chat/completions")
+
+    def headers(self, provider: ProviderRecord) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        return headers
+
+    def timeouts(self, provider: ProviderRecord) -> Timeouts:
+        cfg = provider.config or {}
+        total = (provider.timeout_ms or 600_000) / 1000
+        return Timeouts(
+            connect_s=float(cfg.get("connect_timeout_ms", 10_000)) / 1000,
+            first_byte_s=float(cfg.get("first_byte_timeout_ms", provider.timeout_ms or 120_000)) / 1000,
+            total_s=total,
+        )
+
+    def upstream_error(self, status: int, body: bytes, content_type: str) -> UpstreamError:
+        """Map an upstream HTTP error to an UpstreamError whose `kind` drives failover triggers."""
+        message = body[:300].decode("utf-8", "replace")
+        parsed: Any = None
+        if "json" in content_type:
+            try:
+                parsed = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                parsed = None
+            node = parsed
+            for key in self.error_message_path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, str):
+                message = node
+        lowered = message.lower()
+        if status == 429 or "rate_limit" in lowered or "rate limit" in lowered:
+            kind = "rate_limit"
+        elif status >= 500:
+            kind = "5xx"
+        else:
+            kind = "4xx"
+        return UpstreamError(
+            f"upstream {self.name} returned {status}: {message}",
+            "upstream_error",
+            kind=kind,
+            upstream_status=status,
+            upstream_body=body,
+            upstream_content_type=content_type,
+        )

@@ -1,0 +1,28 @@
+"""Google Gemini (generativelanguage v1beta) upstreams."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from urllib.parse import quote
+
+from odock.providers.base import ProviderAdapter
+from odock.state.records import ProviderRecord
+
+
+class GeminiAdapter(ProviderAdapter):
+    name = "gemini"
+
+    def chat_dialect(self) -> ModuleType:
+        from odock.dialects import gemini
+
+        return gemini
+
+    def chat_url(self, provider: ProviderRecord, slug: str, stream: bool) -> str:
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return self.url(provider, f"/v1beta/models/{quote(slug, safe='')}:{method}")
+
+    def headers(self, provider: ProviderRecord) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if provider.api_key:
+            headers["x-goog-api-key"] = provider.api_key
+        return headers

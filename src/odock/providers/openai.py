@@ -1,0 +1,9 @@
+"""OpenAI (and OpenAI-compatible Azure/custom) upstreams."""
+
+from __future__ import annotations
+
+from odock.providers.base import ProviderAdapter
+
+
+class OpenAIAdapter(ProviderAdapter):
+    name = "openai"

@@ -1,0 +1,102 @@
+"""The router: which deployments to try for a call, in what order, and the attempt loop with failover.
+
+Failover happens only here, and only before anything reached the client: an attempt "succeeds" once the
+upstream answered with a 2xx status line, so a stream that later breaks is never retried (DESIGN principle 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from odock import metrics
+from odock.errors import GatewayError, UpstreamError
+from odock.pipeline.context import Attempt, CallContext
+from odock.state.records import ModelRecord, ProviderRecord
+
+T = TypeVar("T")
+
+DEFAULT_TRIGGERS = frozenset({"5xx", "timeout"})
+
+
+@dataclass(slots=True, frozen=True)
+class Candidate:
+    model: ModelRecord
+    provider: ProviderRecord
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    candidates: list[Candidate]
+    triggers: frozenset[str] = DEFAULT_TRIGGERS
+    max_retries: int = 0
+    retry_delay_s: float = 0.0
+    routed: bool = False  # True when a routing policy applied (smart routing on)
+
+
+def triggered(err: GatewayError, triggers: frozenset[str]) -> bool:
+    """Whether an attempt's failure may fail over under the configured `failoverOn` triggers."""
+    if not isinstance(err, UpstreamError):
+        return False
+    if "any" in triggers:
+        return True
+    kind = "timeout" if err.kind == "timeout" else err.kind
+    if kind in ("connect", "protocol"):
+        kind = "5xx"  # an unreachable or broken upstream is a server-side failure
+    return kind in triggers
+
+
+async def run_attempts(
+    ctx: CallContext,
+    plan: RoutePlan,
+    attempt: Callable[[Candidate], Awaitable[T]],
+    on_result: Callable[[Candidate, bool, float, GatewayError | None], None] | None = None,
+) -> T:
+    """Try candidates in plan order until one answers; record every attempt in ctx.attempts."""
+    budget = 1 + plan.max_retries
+    last: GatewayError | None = None
+    for number, candidate in enumerate(plan.candidates[:budget]):
+        if number and plan.retry_delay_s:
+            await asyncio.sleep(plan.retry_delay_s)
+        started = time.perf_counter()
+        try:
+            result = await attempt(candidate)
+        except GatewayError as err:
+            elapsed = time.perf_counter() - started
+            kind = err.kind if isinstance(err, UpstreamError) else err.code
+            ctx.attempts.append(
+                Attempt(model=candidate.model.name, provider=candidate.provider.type, outcome="failed",
+                        error_class=kind, status=getattr(err, "upstream_status", None) or err.status,
+                        latency_ms=int(elapsed * 1000))
+            )
+            metrics.PROVIDER_REQUESTS.labels(candidate.provider.type, "failed").inc()
+            metrics.PROVIDER_ERRORS.labels(candidate.provider.type, str(kind)).inc()
+            if on_result is not None:
+                on_result(candidate, False, elapsed, err)
+            last = err
+            if not triggered(err, plan.triggers):
+                break
+            continue
+        elapsed = time.perf_counter() - started
+        ctx.attempts.append(
+            Attempt(model=candidate.model.name, provider=candidate.provider.type, outcome="success",
+                    latency_ms=int(elapsed * 1000))
+        )
+        metrics.PROVIDER_REQUESTS.labels(candidate.provider.type, "success").inc()
+        metrics.PROVIDER_DURATION.labels(candidate.provider.type).observe(elapsed)
+        if on_result is not None:
+            on_result(candidate, True, elapsed, None)
+        ctx.answered_by = candidate.model
+        ctx.answered_provider = candidate.provider
+        if plan.routed:
+            metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))
+            metrics.ROUTING_DECISIONS.labels("rerouted" if number else "direct").inc()
+        return result
+    if plan.routed:
+        metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))
+        metrics.ROUTING_DECISIONS.labels("failed").inc()
+    assert last is not None
+    raise last

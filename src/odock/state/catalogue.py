@@ -1,0 +1,203 @@
+"""In-process catalogue cache: the hot path reads keys, models, providers and grants from here, never from SQL.
+
+Entries live for a TTL (a key's entry never outlives the key's expiry), unknown keys are cached negatively, and
+every entry is dropped at once when the catalogue changes: directly on an admin mutation in this process, and
+within `catalogue_poll_interval_s` for mutations made elsewhere (CLI, another process; cluster mode adds Redis
+pub/sub). While the store is unreachable, expired entries are served stale rather than failing known keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from odock.errors import DependencyUnavailable, Unauthorized
+from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
+from odock.state.store import Store
+
+log = logging.getLogger("odock.catalogue")
+T = TypeVar("T")
+_MISSING = object()
+
+
+class TTLCache(Generic[T]):
+    """A bounded dict of (value, expires_at); the oldest entries go first when it is full."""
+
+    __slots__ = ("_data", "_max")
+
+    def __init__(self, max_entries: int) -> None:
+        self._data: dict[Any, tuple[T, float]] = {}
+        self._max = max_entries
+
+    def get(self, key: Any, now: float) -> tuple[T, bool] | None:
+        """Return (value, fresh) or None when absent."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        return item[0], item[1] > now
+
+    def put(self, key: Any, value: T, expires_at: float) -> None:
+        if len(self._data) >= self._max and key not in self._data:
+            self._data.pop(next(iter(self._data)))
+        self._data[key] = (value, expires_at)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def hash_key(secret: str) -> str:
+    """SHA-256 hex of an API key secret: the only form in which keys are stored or used as cache keys."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Catalogue:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        key_ttl_s: float = 300.0,
+        negative_ttl_s: float = 30.0,
+        model_ttl_s: float = 300.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.key_ttl_s = key_ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.model_ttl_s = model_ttl_s
+        # key hash -> (record or None, expiry epoch or inf)
+        self._keys: TTLCache[tuple[ApiKeyRecord | None, float]] = TTLCache(max_entries)
+        self._models: TTLCache[ModelRecord | None] = TTLCache(max_entries)
+        self._providers: TTLCache[ProviderRecord | None] = TTLCache(max_entries)
+        self._grants: TTLCache[frozenset[str]] = TTLCache(max_entries)
+        self._orgs: TTLCache[Organisation | None] = TTLCache(max_entries)
+        self._teams: TTLCache[Team | None] = TTLCache(max_entries)
+        self._version: int | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.on_invalidate: list[Callable[[], Awaitable[None] | None]] = []
+
+    # --- lookups -------------------------------------------------------------------------------------------
+
+    async def _cached(
+        self, cache: TTLCache[Any], key: Any, load: Callable[[], Awaitable[Any]], ttl: float
+    ) -> Any:
+        now = time.monotonic()
+        hit = cache.get(key, now)
+        if hit is not None and hit[1]:
+            return hit[0]
+        try:
+            value = await load()
+        except DependencyUnavailable:
+            if hit is not None:
+                return hit[0]  # stale-if-error: a store outage must not fail what we already knew
+            raise
+        cache.put(key, value, now + ttl)
+        return value
+
+    async def authenticate(self, secret: str | None) -> ApiKeyRecord:
+        """Resolve a presented secret to its key, or raise 401 with the documented code."""
+        if not secret:
+            raise Unauthorized("missing API key", "unauthorized")
+        digest = hash_key(secret)
+        now = time.monotonic()
+        hit = self._keys.get(digest, now)
+        if hit is not None and hit[1]:
+            record, expires_epoch = hit[0]
+        else:
+            try:
+                record = await self.store.find_key(digest)
+            except DependencyUnavailable:
+                if hit is None:
+                    # an unknown key during an outage is 503, never 401 (peer lesson)
+                    raise DependencyUnavailable(
+                        "the key store is unreachable", "store_unavailable"
+                    ) from None
+                record, expires_epoch = hit[0]
+            else:
+                expires_epoch = record.expires_at.timestamp() if record and record.expires_at else float("inf")
+                ttl = self.key_ttl_s if record else self.negative_ttl_s
+                if record is not None and expires_epoch != float("inf"):
+                    # never cache a key past its expiry
+                    ttl = max(0.0, min(ttl, expires_epoch - time.time()))
+                self._keys.put(digest, (record, expires_epoch), now + ttl)
+        if record is None:
+            raise Unauthorized("invalid API key", "unauthorized")
+        if record.revoked:
+            raise Unauthorized("API key has been revoked", "api_key_revoked")
+        if expires_epoch <= time.time():
+            raise Unauthorized("API key has expired", "api_key_expired")
+        return record
+
+    async def model(self, organisation_id: str, name: str) -> ModelRecord | None:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._models,
+            (organisation_id, name),
+            lambda: self.store.find_model(organisation_id, name),
+            self.model_ttl_s,
+        )
+
+    async def provider(self, provider_id: str) -> ProviderRecord | None:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._providers, provider_id, lambda: self.store.get_provider(provider_id), self.model_ttl_s
+        )
+
+    async def grants(self, api_key_id: str) -> frozenset[str]:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._grants, api_key_id, lambda: self.store.granted_model_ids(api_key_id), self.key_ttl_s
+        )
+
+    async def organisation(self, organisation_id: str) -> Organisation | None:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._orgs, organisation_id, lambda: self.store.get_organisation(organisation_id), self.model_ttl_s
+        )
+
+    async def team(self, team_id: str) -> Team | None:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._teams, team_id, lambda: self.store.get_team(team_id), self.model_ttl_s
+        )
+
+    # --- invalidation --------------------------------------------------------------------------------------
+
+    async def invalidate(self) -> None:
+        """Drop every cached entry (catalogue mutations are rare; the next requests reload)."""
+        for cache in (self._keys, self._models, self._providers, self._grants, self._orgs, self._teams):
+            cache.clear()
+        for callback in self.on_invalidate:
+            result = callback()
+            if result is not None:
+                await result
+
+    async def _poll(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                version = await self.store.catalogue_version()
+            except DependencyUnavailable:
+                continue
+            except Exception:  # keep polling whatever a transient store error looks like
+                log.exception("catalogue version poll failed")
+                continue
+            if self._version is not None and version != self._version:
+                await self.invalidate()
+            self._version = version
+
+    async def start(self, poll_interval_s: float) -> None:
+        try:
+            self._version = await self.store.catalogue_version()
+        except DependencyUnavailable:
+            self._version = None
+        self._poller = asyncio.create_task(self._poll(poll_interval_s), name="catalogue-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
