@@ -1,0 +1,113 @@
+"""Failure/latency directives of the mock upstream: parsed from a header, the model string or a text marker."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+
+MARKER_RE = re.compile(r"\[\[mock\b([^\]]*)\]\]")
+_SPLIT_RE = re.compile(r"[\s,;&]+")
+
+
+class DirectiveError(ValueError):
+    """A directive that cannot be understood (unknown key or bad value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MockDefaults:
+    """Server-wide defaults applied to every request (the CLI flags)."""
+
+    latency_ms: float = 0.0
+    chunk_delay_ms: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    require_auth: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Per-request behaviour; None means "not given" so that later sources and defaults can fill in."""
+
+    status: int | None = None
+    fail_rate: float | None = None
+    latency_ms: float | None = None
+    chunk_delay_ms: float | None = None
+    chunks: int | None = None
+    cut_after: int | None = None
+    error_after: int | None = None
+    tool: str | None = None
+    thinking: bool | None = None
+    words: int | None = None
+    cached: int | None = None
+
+    def merged(self, other: Directives) -> Directives:
+        """Return self overridden by every field that `other` sets."""
+        changes = {f.name: getattr(other, f.name) for f in fields(other) if getattr(other, f.name) is not None}
+        return replace(self, **changes) if changes else self
+
+
+_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached"}
+_FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms"}
+
+
+def parse(text: str) -> Directives:
+    """Parse `key=value` pairs separated by spaces, commas, semicolons or `&`."""
+    values: dict[str, object] = {}
+    for token in _SPLIT_RE.split(text.strip()):
+        if not token:
+            continue
+        key, sep, raw = token.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep:
+            raise DirectiveError(f"mock directive {token!r} is not key=value")
+        try:
+            if key in _INT_KEYS:
+                number = int(raw)
+                if number < 0:
+                    raise ValueError
+                values[key] = number
+            elif key in _FLOAT_KEYS:
+                value = float(raw)
+                if value < 0 or (key == "fail_rate" and value > 1):
+                    raise ValueError
+                values[key] = value
+            elif key == "tool":
+                if not raw:
+                    raise ValueError
+                values[key] = raw
+            elif key == "thinking":
+                values[key] = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                raise DirectiveError(f"unknown mock directive {key!r}")
+        except ValueError:
+            raise DirectiveError(f"bad value for mock directive {key!r}: {raw!r}") from None
+    return Directives(**values)  # type: ignore[arg-type]
+
+
+def split_model(model: str) -> tuple[str, Directives]:
+    """Split `gpt-4o;status=503` into the bare model name and its directives."""
+    name, sep, rest = model.partition(";")
+    return (name, parse(rest)) if sep else (model, Directives())
+
+
+def from_text(text: str) -> Directives:
+    """Collect every `[[mock ...]]` marker of a text (later markers win)."""
+    result = Directives()
+    for match in MARKER_RE.finditer(text):
+        result = result.merged(parse(match.group(1)))
+    return result
+
+
+def strip_markers(text: str) -> str:
+    """Remove `[[mock ...]]` markers so they do not appear in the echoed answer."""
+    return MARKER_RE.sub(" ", text) if "[[" in text else text
+
+
+def resolve(model_directives: Directives, text: str, header: str | None) -> Directives:
+    """Combine the sources; precedence model < text marker < `x-mock` header."""
+    result = model_directives
+    if "[[" in text:
+        result = result.merged(from_text(text))
+    if header:
+        result = result.merged(parse(header))
+    return result

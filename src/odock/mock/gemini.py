@@ -1,0 +1,138 @@
+"""Gemini generateContent wire format: unary, SSE (`alt=sse`) and JSON-array streaming."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool
+from odock.mock.directives import Directives
+from odock.mock.wire import BadRequest, Call, MockRequest, Reply, StreamReply, dumps, int_or_none, new_id, sse
+
+ROUTE_RE = re.compile(r"^/(?:v1beta|v1|v1alpha)/models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)$")
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_payload(status: int, message: str) -> dict[str, Any]:
+    """Build Google's error object for a status."""
+    name = _STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+    return {"error": {"code": status, "message": message, "status": name}}
+
+
+def error_reply(status: int, message: str, code: str | None = None) -> Reply:
+    """Answer an error in Gemini's shape."""
+    return Reply(status, dumps(error_payload(status, message)))
+
+
+def usage(plan: Plan) -> dict[str, Any]:
+    """Build usageMetadata (prompt count includes cached tokens; thoughts are counted apart)."""
+    return {
+        "promptTokenCount": plan.input_tokens,
+        "candidatesTokenCount": plan.output_tokens,
+        "cachedContentTokenCount": plan.cached_tokens,
+        "thoughtsTokenCount": plan.reasoning_tokens,
+        "totalTokenCount": plan.input_tokens + plan.output_tokens + plan.reasoning_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": plan.input_tokens}],
+    }
+
+
+def _parts_text(parts: Any) -> str:
+    if not isinstance(parts, list):
+        return ""
+    return " ".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+
+def generate(req: MockRequest, model: str, stream: bool) -> Call:
+    """Handle :generateContent and :streamGenerateContent for a model taken from the path."""
+    body = req.json()
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    texts = [_parts_text(system.get("parts"))] if isinstance(system, dict) else []
+    user_text, last_tool = "", False
+    for content in contents:
+        if not isinstance(content, dict):
+            raise BadRequest("* GenerateContentRequest.contents: each content must be an object")
+        parts = content.get("parts")
+        text = _parts_text(parts)
+        texts.append(text)
+        last_tool = isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts)
+        if content.get("role", "user") == "user" and text:
+            user_text = text
+    all_text = "\n".join(texts)
+    tools: list[ToolSpec] = []
+    for tool in body.get("tools") or []:
+        for decl in (tool.get("functionDeclarations") or []) if isinstance(tool, dict) else []:
+            if isinstance(decl, dict) and isinstance(decl.get("name"), str):
+                params = decl.get("parametersJsonSchema") or decl.get("parameters")
+                tools.append(ToolSpec(decl["name"], params if isinstance(params, dict) else None))
+    fcc = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {})
+    mode = str(fcc.get("mode", "AUTO")).upper()
+    allowed = fcc.get("allowedFunctionNames") or []
+    choice = "none" if mode == "NONE" else (str(allowed[0]) if mode == "ANY" and len(allowed) == 1 else
+                                            "any" if mode == "ANY" else "auto")
+    config = body.get("generationConfig") or {}
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    json_mode = config.get("responseMimeType") == "application/json"
+    thinking_cfg = config.get("thinkingConfig") or {}
+    wants_thinking = isinstance(thinking_cfg, dict) and thinking_cfg.get("includeThoughts") is True
+    max_tokens = int_or_none(config.get("maxOutputTokens"))
+    sse_mode = req.query.get("alt") == "sse"
+
+    def make(d: Directives, name: str) -> Reply | StreamReply:
+        tool = choose_tool(tools, choice, d.tool, last_tool)
+        plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
+                          json_schema=schema if json_mode and isinstance(schema, dict) else None,
+                          json_mode=json_mode, tool=tool, thinking=wants_thinking)
+        rid = new_id("mock-")
+        finish = "MAX_TOKENS" if plan.truncated else "STOP"
+
+        def response(parts: list[dict[str, Any]], last: bool) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": name, "responseId": rid}
+            if last:
+                candidate["finishReason"] = finish
+                payload["usageMetadata"] = usage(plan)
+            return payload
+
+        thought_parts = [{"text": piece, "thought": True} for piece in plan.thinking_chunks]
+        if plan.tool:
+            answer_parts: list[dict[str, Any]] = [{"functionCall": {"name": plan.tool.name, "args": plan.tool_input}}]
+        else:
+            answer_parts = [{"text": piece} for piece in plan.chunks]
+        if not stream:
+            joined = [{"text": plan.thinking, "thought": True}] if plan.thinking else []
+            joined += answer_parts if plan.tool else [{"text": plan.text}]
+            return Reply(200, dumps(response(joined, True)))
+        steps = thought_parts + answer_parts
+        payloads = [response([part], i == len(steps) - 1) for i, part in enumerate(steps)]
+        if sse_mode:
+            events = [sse(p) for p in payloads]
+
+            def sse_error(_: int) -> bytes:
+                return sse(error_payload(500, "The mock upstream injected a stream error."))
+
+            return StreamReply(events, sse_error)
+        # Without alt=sse Google streams one JSON array, element by element.
+        events = [(b"[" if i == 0 else b",\r\n") + dumps(p) for i, p in enumerate(payloads)] + [b"]"]
+
+        def array_error(index: int) -> bytes:
+            body = dumps(error_payload(500, "The mock upstream injected a stream error."))
+            return (b"[" if index == 0 else b",\r\n") + body + b"]"
+
+        return StreamReply(events, array_error, content_type=b"application/json")
+
+    return Call(model, stream, user_text, make)
