@@ -1,0 +1,152 @@
+"""The Markdown summary of a results dict (what `python -m bench` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GATEWAYS = ("odock", "odock-cluster")
+PEERS = ("portkey", "litellm")
+TARGET_ADDED_P50_MS = 0.3
+TARGET_VS_PORTKEY = 2.0
+TARGET_VS_LITELLM = 15.0
+TARGET_SOAK_GROWTH_PCT = 10.0
+
+
+def _ms(us: float | None) -> str:
+    return "–" if us is None else f"{us / 1000:.3f}"
+
+
+def _n(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "–" if not a or not b else f"{a / b:.2f}×"
+
+
+def _get(runs: dict[str, Any], scenario: str, target: str, phase: str, key: str) -> Any:
+    return runs.get(scenario, {}).get(target, {}).get(phase, {}).get(key)
+
+
+def _mib(kb: int | None) -> str:
+    return "–" if kb is None else f"{kb / 1024:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Render the tables: direct vs gateway, peers, memory, soak, load generator, targets."""
+    runs: dict[str, Any] = results.get("runs", {})
+    out: list[str] = []
+    meta = results.get("meta", {})
+    out.append(f"## Odock benchmark — {meta.get('started', '')} — commit {meta.get('commit', '')}")
+    out.append(f"`{meta.get('command', '')}` · {meta.get('cpu_model', '')} · {meta.get('cpus')} CPUs · "
+               f"pinning {meta.get('pinning', {}).get('sut_cpu')}/{meta.get('pinning', {}).get('load_cpu')} · "
+               f"{meta.get('wrk', '')}")
+    out.append("")
+    out.append("### Direct to mock vs through the gateway (latency: 1 connection, sequential; req/s: "
+               f"{meta.get('options', {}).get('connections')} connections)")
+    out.append("")
+    out.append("| scenario | via | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | gateway/direct "
+               "| gateway CPU % | errors |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for sc, targets in runs.items():
+        d50 = _get(runs, sc, "direct", "latency", "p50_us")
+        d99 = _get(runs, sc, "direct", "latency", "p99_us")
+        drps = _get(runs, sc, "direct", "throughput", "rps")
+        out.append(f"| {sc} | direct | {_ms(d50)} | {_ms(d99)} | | | {_n(drps)} | | "
+                   f"{_get(runs, sc, 'direct', 'throughput', 'sut_cpu_pct') or '–'} (mock) | "
+                   f"{_get(runs, sc, 'direct', 'throughput', 'errors')} |")
+        for target in (*GATEWAYS, *PEERS):
+            if target not in targets:
+                continue
+            g50 = _get(runs, sc, target, "latency", "p50_us")
+            g99 = _get(runs, sc, target, "latency", "p99_us")
+            grps = _get(runs, sc, target, "throughput", "rps")
+            added50 = _ms(g50 - d50) if g50 is not None and d50 is not None else "–"
+            added99 = _ms(g99 - d99) if g99 is not None and d99 is not None else "–"
+            out.append(f"| {sc} | {target} | {_ms(g50)} | {_ms(g99)} | {added50} | {added99} | {_n(grps)} | "
+                       f"{_ratio(grps, drps)} | {_get(runs, sc, target, 'throughput', 'sut_cpu_pct')} | "
+                       f"{_get(runs, sc, target, 'throughput', 'errors')} |")
+    peer_rows = [sc for sc, t in runs.items() if any(p in t for p in PEERS)]
+    if peer_rows:
+        out.append("")
+        out.append("### Odock vs peers (same mock, same load generator, one worker each)")
+        out.append("")
+        out.append("| scenario | odock req/s | portkey req/s | litellm req/s | odock/portkey (≥2×) | "
+                   "odock/litellm (≥15×) | p50 ms odock / portkey / litellm |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
+        for sc in peer_rows:
+            r = {t: _get(runs, sc, t, "throughput", "rps") for t in ("odock", *PEERS)}
+            p = {t: _ms(_get(runs, sc, t, "latency", "p50_us")) for t in ("odock", *PEERS)}
+            out.append(f"| {sc} | {_n(r['odock'])} | {_n(r['portkey'])} | {_n(r['litellm'])} | "
+                       f"{_ratio(r['odock'], r['portkey'])} | {_ratio(r['odock'], r['litellm'])} | "
+                       f"{p['odock']} / {p['portkey']} / {p['litellm']} |")
+    memory = results.get("memory", {})
+    if memory:
+        out.append("")
+        out.append("### Memory (process tree, MiB)")
+        out.append("")
+        out.append("| process | RSS idle | RSS at end | peak (VmHWM) |")
+        out.append("|---|---:|---:|---:|")
+        for name, m in memory.items():
+            out.append(f"| {name} | {_mib(m.get('idle', {}).get('rss_kb'))} | {_mib(m.get('end', {}).get('rss_kb'))}"
+                       f" | {_mib(m.get('end', {}).get('hwm_kb'))} |")
+    soak = results.get("soak")
+    if soak:
+        out.append("")
+        out.append(f"### Soak ({soak['scenario']}, {soak['seconds']} s)")
+        out.append("")
+        out.append("| after requests | RSS MiB | peak MiB | req/s | errors |")
+        out.append("|---:|---:|---:|---:|---:|")
+        for m in soak["marks"]:
+            out.append(f"| {m['requests']:,} | {_mib(m['rss_kb'])} | {_mib(m['hwm_kb'])} | {_n(m['rps'])} | "
+                       f"{m['errors']} |")
+        out.append(f"\nRSS growth from the first to the last mark: **{soak['rss_growth_pct']:+.2f}%**")
+    lg = results.get("loadgen")
+    if lg:
+        out.append("")
+        out.append("### Load generator cost (direct to mock, client pinned to the load core)")
+        out.append("")
+        out.append("| connections | client | req/s | client CPU ms per 1k requests | p50 ms |")
+        out.append("|---|---|---:|---:|---:|")
+        for conns, pair in lg.items():
+            for client, r in pair.items():
+                out.append(f"| {conns[1:]} | {client} | {_n(r['rps'])} | {r['client_cpu_ms_per_1k']} | "
+                           f"{_ms(r['p50_us'])} |")
+    out.append("")
+    out.append("### Targets")
+    out.append("")
+    out.extend(_targets(results))
+    problems = results.get("problems", [])
+    if problems:
+        out.append("")
+        out.append("### Problems")
+        out.extend(f"- {p}" for p in problems)
+    return "\n".join(out)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    runs: dict[str, Any] = results.get("runs", {})
+    rows = ["| target | measured | verdict |", "|---|---|---|"]
+    for sc in ("openai-unary", "openai-stream"):
+        d = _get(runs, sc, "direct", "latency", "p50_us")
+        g = _get(runs, sc, "odock", "latency", "p50_us")
+        added = None if d is None or g is None else (g - d) / 1000
+        rows.append(f"| added p50 ≤ {TARGET_ADDED_P50_MS} ms ({sc}) | "
+                    f"{'–' if added is None else f'{added:.3f} ms'} | "
+                    f"{_verdict(None if added is None else added <= TARGET_ADDED_P50_MS)} |")
+        for peer, goal in (("portkey", TARGET_VS_PORTKEY), ("litellm", TARGET_VS_LITELLM)):
+            o = _get(runs, sc, "odock", "throughput", "rps")
+            p = _get(runs, sc, peer, "throughput", "rps")
+            ratio = o / p if o and p else None
+            rows.append(f"| req/s ≥ {goal:g}× {peer} ({sc}) | {'–' if ratio is None else f'{ratio:.2f}×'} | "
+                        f"{_verdict(None if ratio is None else ratio >= goal)} |")
+    soak = results.get("soak")
+    growth = soak["rss_growth_pct"] if soak else None
+    rows.append(f"| RSS after 300k within {TARGET_SOAK_GROWTH_PCT:g}% of after 100k | "
+                f"{'–' if growth is None else f'{growth:+.2f}%'} | "
+                f"{_verdict(None if growth is None else abs(growth) <= TARGET_SOAK_GROWTH_PCT)} |")
+    return rows

@@ -1,0 +1,427 @@
+"""`python -m bench`: mock + gateway (+ peers) on loopback, direct vs through-gateway, Markdown + JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import peers, report
+from bench.procs import Service, Supervisor, cores, cpu_seconds, free_port, http_get, http_post, memory_kb, pin_tree
+from bench.scenarios import (
+    CATALOGUES, KEY_ENV, UPSTREAM_KEY_ENV, CatalogueSpec, Call, Scenario, build_scenarios, select,
+)
+from bench.wrk import WrkResult, ensure_wrk, run_wrk
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput run (default 10)")
+    p.add_argument("--connections", type=int, default=32, help="connections of the throughput runs (default 32)")
+    p.add_argument("--requests", type=int, default=2000, help="sequential requests of each latency run (default 2000)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each target (default 2)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME|TAG",
+                   help="scenario names or tags (unary, stream, core, dialects, failover, governance); repeatable")
+    p.add_argument("--dialects", action="store_true", help="add the streamed route of every dialect")
+    p.add_argument("--failover", action="store_true", help="add the failover scenarios (1%% 503 primary)")
+    p.add_argument("--governance", action="store_true", help="add the limits-configured-not-hit scenarios")
+    p.add_argument("--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)")
+    p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
+    p.add_argument("--no-gateway", action="store_true", help="skip the Odock gateway (direct and peers only)")
+    p.add_argument("--soak", type=int, nargs="?", const=300_000, default=0, metavar="N",
+                   help="RSS after N/3 vs N requests through the gateway (default N=300000)")
+    p.add_argument("--loadgen-compare", action="store_true",
+                   help="measure wrk against the Python (aiohttp) load generator on the mock")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--mock-command", default="",
+                   help="run this instead of `odock mock-upstream` ({port} is replaced); for harness development")
+    p.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/<time>.json)")
+    return p.parse_args(argv)
+
+
+@dataclass
+class Ctx:
+    """What every measurement needs: options, the supervisor, the mock and the core layout."""
+
+    args: argparse.Namespace
+    sup: Supervisor
+    mock: Service
+    sut_cpu: int | None
+    load_cpu: int | None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mock_url(self) -> str:
+        return f"http://127.0.0.1:{self.mock.port}"
+
+    def note(self, text: str) -> None:
+        """Record and print a problem that skipped part of the run."""
+        print(f"! {text}", flush=True)
+        self.results.setdefault("problems", []).append(text)
+
+
+# --- measuring one target ---------------------------------------------------------------------------
+
+def _journal_size(ctx: Ctx) -> int | None:
+    """Return how many requests the mock journal holds (None when it has no journal)."""
+    try:
+        status, body = http_get(ctx.mock.port, "/_mock/requests")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    data = json.loads(body)
+    if isinstance(data, dict):
+        for k in ("requests", "items", "journal", "entries"):
+            if isinstance(data.get(k), list):
+                data = data[k]
+                break
+        else:
+            return int(data.get("count", data.get("total", -1)))
+    return len(data) if isinstance(data, list) else None
+
+
+def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
+    """Send one request, check it is a good answer and (when proxied) that it reached the mock."""
+    before = _journal_size(ctx) if via != "direct" else None
+    status, body = http_post(port, call.path, call.body, call.headers)
+    if status != 200 or call.expect not in body:
+        raise RuntimeError(f"{via} {call.path}: {status} {body[:300]!r}")
+    if via != "direct" and before is not None:
+        after = _journal_size(ctx)
+        # the journal may be a bounded ring: a change (not only growth) proves the request arrived
+        if after == before and before not in (0,):
+            raise RuntimeError(f"{via} answered but the mock journal did not change: is it proxying?")
+        if after == 0:
+            raise RuntimeError(f"{via} answered but the mock journal is empty: is it proxying?")
+
+
+def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
+    """Probe, warm up, then the 1-connection latency run and the N-connection throughput run."""
+    a = ctx.args
+    # the system under test gets its own core; the load generator (and the mock, when proxied) the other
+    pin_tree(ctx.mock.pid, ctx.sut_cpu if sut is None else ctx.load_cpu)
+    if sut is not None:
+        pin_tree(sut.pid, ctx.sut_cpu)
+    probe(ctx, port, call, target)
+    kw = {"cpu": ctx.load_cpu}
+    if a.warmup > 0:
+        run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
+                duration_s=a.warmup, **kw)
+    lat = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=1, duration_s=300,
+                  cap=a.requests, **kw)
+    sut_pid = (sut or ctx.mock).pid
+    c0, m0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), time.monotonic()
+    thr = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
+                  duration_s=a.duration, **kw)
+    wall = time.monotonic() - t0
+    out: dict[str, Any] = {"latency": lat.as_dict(), "throughput": thr.as_dict()}
+    tp = out["throughput"]
+    tp["sut_cpu_pct"] = round(100 * (cpu_seconds(sut_pid) - c0) / wall, 1)
+    if sut is not None:
+        tp["mock_cpu_pct"] = round(100 * (cpu_seconds(ctx.mock.pid) - m0) / wall, 1)
+    load = tp["client_cpu_s"] * 100 / wall + (tp.get("mock_cpu_pct", 0.0) if sut is not None else 0.0)
+    tp["load_core_pct"] = round(load, 1)
+    if ctx.load_cpu is not None and load > 90:
+        ctx.note(f"{target}: the load core was {load:.0f}% busy: the figure may be load-bound")
+    if sut is not None:
+        out["memory_after"] = memory_kb(sut.pid)
+    print(f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
+          f"{thr.rps:,.0f} req/s  errors {thr.errors}  sut cpu {tp['sut_cpu_pct']}%", flush=True)
+    return out
+
+
+def record(ctx: Ctx, scenario: Scenario, target: str, data: dict[str, Any]) -> None:
+    """Store one target's figures under the scenario."""
+    ctx.results.setdefault("runs", {}).setdefault(scenario.name, {})[target] = data
+
+
+def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None, port: int, call: Call) -> None:
+    """Measure, recording a failure as a problem instead of ending the whole run."""
+    try:
+        record(ctx, scenario, target, measure(ctx, target, sut, port, call))
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        ctx.note(f"{scenario.name} via {target}: {exc}")
+
+
+# --- the processes ------------------------------------------------------------------------------------
+
+def odock_available(command: str) -> str | None:
+    """Return None when `odock COMMAND` exists, else the reason it does not."""
+    proc = subprocess.run([sys.executable, "-m", "odock", command, "--help"], capture_output=True, timeout=60,
+                          cwd=REPO)
+    if proc.returncode == 0:
+        return None
+    return (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-1:][0] if (
+        proc.stderr or proc.stdout) else f"exit {proc.returncode}"
+
+
+def start_mock(sup: Supervisor, args: argparse.Namespace, cpu: int | None) -> Service:
+    """Start the mock provider and wait for /_mock/health."""
+    port = free_port()
+    if args.mock_command:
+        argv = [part.replace("{port}", str(port)) for part in args.mock_command.split()]
+    else:
+        argv = [sys.executable, "-m", "odock", "mock-upstream", "--host", "127.0.0.1", "--port", str(port)]
+    mock = sup.start("mock", argv, port, cpu=cpu, cwd=REPO)
+    mock.wait_ready("/_mock/health", timeout=60)
+    return mock
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_SERVER)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def start_gateway(ctx: Ctx, catalogue: str, env_extra: dict[str, str], name: str) -> Service:
+    """Write the catalogue YAML, start `odock serve` on a free port and wait for /v1/health."""
+    work = ctx.sup.workdir
+    cfg = work / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(CATALOGUES[catalogue](CatalogueSpec(ctx.mock_url)), sort_keys=False))
+    port = free_port()
+    env = {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "ODOCK_LOG_LEVEL": "warning", **env_extra}
+    env.setdefault("ODOCK_DATABASE_URL", f"sqlite:///{work / (name + '.db')}")
+    svc = ctx.sup.start(name, [sys.executable, "-m", "odock", "serve", "--config", str(cfg)], port, env=env,
+                        cpu=ctx.sut_cpu, cwd=work)
+    svc.wait_ready("/v1/health", timeout=90)
+    return svc
+
+
+def cluster_env(ctx: Ctx) -> tuple[dict[str, str], str]:
+    """Create a throwaway PostgreSQL database; return the cluster-mode environment and the database name."""
+    db = f"odock_bench_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{db}"'))
+    env = {"ODOCK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}", "ODOCK_REDIS_URL": REDIS_URL,
+           "ODOCK_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    return env, db
+
+
+def drop_db(db: str) -> None:
+    """Drop a throwaway database (best effort)."""
+    try:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    except Exception as exc:  # noqa: BLE001 - teardown must not mask the run's results
+        print(f"! could not drop database {db}: {exc}", flush=True)
+
+
+# --- phases -----------------------------------------------------------------------------------------
+
+def run_gateway(ctx: Ctx, scenarios: list[Scenario], cluster: bool) -> None:
+    """Measure every scenario through the gateway, one fresh gateway per catalogue."""
+    target = "odock-cluster" if cluster else "odock"
+    for catalogue in dict.fromkeys(sc.catalogue for sc in scenarios):
+        db = ""
+        svc = None
+        try:
+            env: dict[str, str] = {}
+            if cluster:
+                env, db = cluster_env(ctx)
+            svc = start_gateway(ctx, catalogue, env, f"{target}-{catalogue}")
+            mem: dict[str, Any] = {"idle": memory_kb(svc.pid)}
+            print(f"{target} [{catalogue}] up on :{svc.port} (pid {svc.pid})", flush=True)
+            for sc in (s for s in scenarios if s.catalogue == catalogue):
+                print(f"- {sc.name}", flush=True)
+                safe_measure(ctx, sc, target, svc, svc.port, sc.gateway)
+            mem["end"] = memory_kb(svc.pid)
+            ctx.results.setdefault("memory", {})[f"{target}[{catalogue}]"] = mem
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            ctx.note(f"{target} [{catalogue}]: {exc}")
+        finally:
+            if svc is not None:
+                ctx.sup.stop(svc)
+            if db:
+                drop_db(db)
+
+
+def run_direct(ctx: Ctx, scenarios: list[Scenario]) -> None:
+    """Measure every scenario's direct call to the mock."""
+    for sc in scenarios:
+        print(f"- {sc.name}", flush=True)
+        safe_measure(ctx, sc, "direct", None, ctx.mock.port, sc.direct)
+
+
+def run_peers(ctx: Ctx, scenarios: list[Scenario]) -> None:
+    """Measure the peer scenarios through LiteLLM and Portkey, one peer process at a time."""
+    ctx.results["peer_settings"] = json.loads(peers.describe_flags())
+    for name in ("portkey", "litellm"):
+        svc = None
+        try:
+            print(f"{name}: starting", flush=True)
+            if name == "litellm":
+                svc = peers.start_litellm(ctx.sup, ctx.mock_url, ctx.sut_cpu)
+            else:
+                svc = peers.start_portkey(ctx.sup, ctx.sut_cpu)
+            for sc in (s for s in scenarios if s.peers):
+                print(f"- {sc.name}", flush=True)
+                safe_measure(ctx, sc, name, svc, svc.port, peers.peer_call(name, sc, ctx.mock_url))
+            ctx.results.setdefault("memory", {})[name] = {"end": memory_kb(svc.pid)}
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            ctx.note(f"{name}: {exc}")
+        finally:
+            if svc is not None:
+                ctx.sup.stop(svc)
+
+
+def run_soak(ctx: Ctx, scenario: Scenario, total: int) -> None:
+    """Send `total` requests through a fresh gateway; compare RSS after a third of them and after all."""
+    svc = None
+    try:
+        svc = start_gateway(ctx, scenario.catalogue, {}, "odock-soak")
+        pin_tree(ctx.mock.pid, ctx.load_cpu)
+        call = scenario.gateway
+        probe(ctx, svc.port, call, "odock")
+        first = total // 3
+        marks: list[dict[str, Any]] = []
+        started = time.monotonic()
+        for cap in (first, total - first):
+            res = run_wrk(ctx.sup.workdir, svc.port, call.path, call.body, call.headers,
+                          connections=ctx.args.connections, duration_s=3600, cap=cap, cpu=ctx.load_cpu)
+            done = (marks[-1]["requests"] if marks else 0) + res.requests
+            marks.append({"requests": done, "errors": res.errors, "rps": round(res.rps, 1), **memory_kb(svc.pid)})
+            print(f"  soak: {done:,} requests, RSS {marks[-1]['rss_kb'] / 1024:.1f} MiB", flush=True)
+        growth = 100.0 * (marks[1]["rss_kb"] - marks[0]["rss_kb"]) / marks[0]["rss_kb"]
+        ctx.results["soak"] = {"scenario": scenario.name, "marks": marks, "rss_growth_pct": round(growth, 2),
+                               "seconds": round(time.monotonic() - started, 1)}
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        ctx.note(f"soak: {exc}")
+    finally:
+        if svc is not None:
+            ctx.sup.stop(svc)
+
+
+def run_loadgen_compare(ctx: Ctx, scenario: Scenario) -> None:
+    """Drive the mock with wrk and with the Python client alike; record what each costs the client."""
+    from bench import pyload
+
+    call = scenario.direct
+    pin_tree(ctx.mock.pid, ctx.sut_cpu)
+    out: dict[str, Any] = {}
+    for conns in (1, ctx.args.connections):
+        w = run_wrk(ctx.sup.workdir, ctx.mock.port, call.path, call.body, call.headers, connections=conns,
+                    duration_s=5, cpu=ctx.load_cpu)
+        py = pyload.run_subprocess(ctx.mock.port, call, conns, 5.0, ctx.load_cpu)
+        out[f"c{conns}"] = {"wrk": w.as_dict(), "python-aiohttp": py.as_dict()}
+        print(f"  c{conns}: wrk {w.rps:,.0f} req/s {w.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k | "
+              f"aiohttp {py.rps:,.0f} req/s {py.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k", flush=True)
+    ctx.results["loadgen"] = out
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None) -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, cwd=REPO, timeout=10)
+    wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, timeout=10)
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "commit": commit.stdout.decode().strip(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "pinning": {"sut_cpu": sut_cpu, "load_cpu": load_cpu,
+                    "rule": "system under test alone on sut_cpu; wrk (and the mock when proxied) on load_cpu"},
+        "wrk": (wrk_v.stdout or wrk_v.stderr).decode().splitlines()[0] if (wrk_v.stdout or wrk_v.stderr) else "",
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit status."""
+    args = parse_args(argv)
+    ensure_wrk(install=True)
+    avail = cores()
+    sut_cpu, load_cpu = (avail[0], avail[1]) if len(avail) >= 2 and not args.no_pin else (None, None)
+    key = "odk-bench-" + secrets.token_hex(16)
+    os.environ[KEY_ENV] = key
+    os.environ[UPSTREAM_KEY_ENV] = "sk-bench-upstream"
+    scenarios = select(build_scenarios(key, os.environ[UPSTREAM_KEY_ENV]), args.only,
+                       {t for t, on in (("dialects", args.dialects), ("failover", args.failover),
+                                        ("governance", args.governance)) if on})
+    # SIGTERM/SIGHUP end the run like Ctrl-C, so the finally below always stops every child
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="odock-bench-"))
+    sup = Supervisor(workdir)
+    results: dict[str, Any] = {"meta": _meta(args, sut_cpu, load_cpu), "scenarios": {
+        sc.name: {"tags": sorted(sc.tags), "catalogue": sc.catalogue, "path": sc.gateway.path, "stream": sc.stream,
+                  "note": sc.note} for sc in scenarios}}
+    try:
+        if not args.mock_command and (why := odock_available("mock-upstream")):
+            print(f"the mock provider is not available (`odock mock-upstream`): {why}", file=sys.stderr)
+            return 2
+        ctx = Ctx(args, sup, start_mock(sup, args, load_cpu), sut_cpu, load_cpu, results)
+        print(f"mock on :{ctx.mock.port}; pinning sut={sut_cpu} load={load_cpu}; workdir {workdir}", flush=True)
+        if args.loadgen_compare:
+            print("load generator cost (direct to mock)", flush=True)
+            run_loadgen_compare(ctx, scenarios[0] if scenarios else build_scenarios(key, "x")[0])
+        print("direct to mock", flush=True)
+        run_direct(ctx, scenarios)
+        gateway_ok = not args.no_gateway
+        if gateway_ok and (why := odock_available("serve")):
+            ctx.note(f"gateway not available (`odock serve`): {why}")
+            gateway_ok = False
+        if gateway_ok:
+            run_gateway(ctx, scenarios, cluster=False)
+            if args.cluster:
+                run_gateway(ctx, scenarios, cluster=True)
+        if args.peers:
+            run_peers(ctx, scenarios)
+        if args.soak and gateway_ok:
+            run_soak(ctx, next((s for s in scenarios if s.name == "openai-unary"), scenarios[0]), args.soak)
+    except KeyboardInterrupt:
+        results.setdefault("problems", []).append("interrupted")
+        print("interrupted: stopping every child process", file=sys.stderr)
+    finally:
+        sup.close()
+        if results.get("problems"):
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out = args.out or RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print()
+    print(report.markdown(results))
+    print(f"\nJSON: {out}")
+    return 1 if "interrupted" in results.get("problems", []) else 0
