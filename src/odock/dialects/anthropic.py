@@ -40,7 +40,12 @@ _STOP_IN = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-_STOP_OUT = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_STOP_OUT = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
 _EFFORTS = {"low", "medium", "high", "xhigh", "max"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -264,7 +269,10 @@ def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> Ga
     req.top_p = _opt_num(body, "top_p")
     req.top_k = _opt_int(body, "top_k")
     if body.get("stop_sequences") is not None:
-        req.stop = [_str(s, f"stop_sequences[{i}]") for i, s in enumerate(_list(body["stop_sequences"], "stop_sequences"))]
+        req.stop = [
+            _str(s, f"stop_sequences[{i}]")
+            for i, s in enumerate(_list(body["stop_sequences"], "stop_sequences"))
+        ]
     if body.get("metadata") is not None:
         req.metadata = dict(_dict(body["metadata"], "metadata"))
     if body.get("tools") is not None:
@@ -298,7 +306,10 @@ def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> Ga
             if fmt.get("type") != "json_schema":
                 raise _bad("output_config.format.type", "'json_schema'")
             schema = _dict(fmt.get("schema"), "output_config.format.schema")
-            req.response_format = {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+            req.response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": schema},
+            }
     return req
 
 
@@ -465,7 +476,9 @@ def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
             tool: dict[str, Any] = {"name": t.name}
             if t.description is not None:
                 tool["description"] = t.description
-            tool["input_schema"] = t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
+            tool["input_schema"] = (
+                t.parameters if t.parameters is not None else {"type": "object", "properties": {}}
+            )
             if t.strict is not None:
                 tool["strict"] = t.strict
             tools.append(tool)
@@ -548,11 +561,15 @@ def decode_response(body: dict[str, Any]) -> GatewayResponse:
         if kind == "text":
             blocks.append(ContentPart(type="text", text=block.get("text", "")))
         elif kind == "thinking":
-            blocks.append(ContentPart(type="thinking", text=block.get("thinking", ""), signature=block.get("signature")))
+            blocks.append(
+                ContentPart(type="thinking", text=block.get("thinking", ""), signature=block.get("signature"))
+            )
         elif kind == "redacted_thinking":
             blocks.append(ContentPart(type="redacted_thinking", data=block.get("data", "")))
         elif kind == "tool_use":
-            calls.append(ToolCall(id=block["id"], name=block["name"], arguments=_args_text(block.get("input", {}))))
+            calls.append(
+                ToolCall(id=block["id"], name=block["name"], arguments=_args_text(block.get("input", {})))
+            )
         # server-tool blocks (web search results, code execution…) stay in `raw`
     raw_usage = body.get("usage") or {}
     return GatewayResponse(
@@ -587,7 +604,9 @@ class StreamDecoder:
         try:
             data = json.loads(ev.data)
         except ValueError:
-            raise UpstreamError("anthropic stream: invalid JSON event", "upstream_error", kind="protocol") from None
+            raise UpstreamError(
+                "anthropic stream: invalid JSON event", "upstream_error", kind="protocol"
+            ) from None
         kind = data.get("type") or ev.event
         if kind == "message_start":
             msg = data.get("message") or {}
@@ -617,7 +636,9 @@ class StreamDecoder:
             if dtype == "input_json_delta":
                 tool = self._tool_index.get(int(data.get("index", 0)))
                 if tool is None:
-                    raise UpstreamError("anthropic stream: input_json_delta outside a tool_use block", kind="protocol")
+                    raise UpstreamError(
+                        "anthropic stream: input_json_delta outside a tool_use block", kind="protocol"
+                    )
                 return [ToolCallDelta(index=tool, arguments=delta.get("partial_json", ""))]
             if dtype == "thinking_delta":
                 return [ThinkingDelta(text=delta.get("thinking", ""))]
@@ -688,7 +709,9 @@ def encode_response(resp: GatewayResponse, *, model: str) -> bytes:
     elif resp.content:
         content.append({"type": "text", "text": resp.content})
     for call in resp.tool_calls or []:
-        content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input_loose(call.arguments)})
+        content.append(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input_loose(call.arguments)}
+        )
     body = {
         "id": _message_id(resp.id),
         "type": "message",
@@ -758,7 +781,11 @@ class StreamEncoder:
             if self._open != "text":
                 out += self._open_block("text", {"type": "text", "text": ""})
             out += self._emit(
-                {"type": "content_block_delta", "index": self._index, "delta": {"type": "text_delta", "text": ev.text}}
+                {
+                    "type": "content_block_delta",
+                    "index": self._index,
+                    "delta": {"type": "text_delta", "text": ev.text},
+                }
             )
         elif isinstance(ev, ThinkingDelta):
             if self._open != "thinking":
@@ -815,4 +842,3 @@ def error_body(err: GatewayError) -> bytes:
     for k, v in err.extra.items():
         error.setdefault(k, v)
     return _dumps({"type": "error", "error": error})
-
