@@ -60,6 +60,8 @@ def parse(text: str) -> Directives:
         key = key.strip().lower().replace("-", "_")
         if not sep:
             raise DirectiveError(f"mock directive {token!r} is not key=value")
+        if key not in _INT_KEYS and key not in _FLOAT_KEYS and key not in ("tool", "thinking"):
+            raise DirectiveError(f"unknown mock directive {key!r}")
         try:
             if key in _INT_KEYS:
                 number = int(raw)
@@ -75,10 +77,8 @@ def parse(text: str) -> Directives:
                 if not raw:
                     raise ValueError
                 values[key] = raw
-            elif key == "thinking":
-                values[key] = raw.lower() in ("1", "true", "yes", "on")
             else:
-                raise DirectiveError(f"unknown mock directive {key!r}")
+                values[key] = raw.lower() in ("1", "true", "yes", "on")
         except ValueError:
             raise DirectiveError(f"bad value for mock directive {key!r}: {raw!r}") from None
     return Directives(**values)  # type: ignore[arg-type]
