@@ -1,0 +1,695 @@
+"""The governance facade the pipeline calls: pre_auth → early → final → (upstream) → complete.
+
+Stages (reference §2.2, §5.3):
+  pre_auth   global policy: IP allow/block, then the global scope's RPS/RPM/burst (before any auth or DB work).
+  early      org/team/key IP rules; payload bytes and max_tokens (if known) on global/org/team/key; concurrency
+             lease on global/org/team/key; RPS/RPM/burst on org/team/key. One limiter round trip.
+  final      model scope joins: payload/max_tokens caps on every scope; model RPS/RPM/burst/concurrency; TPM
+             reservation (estimated input + max_tokens) on every scope — one limiter round trip; then one budget
+             and quota reservation over every active matching window (org → team/user → key).
+  complete   post-flight: drop leases, refund unused tokens, settle budgets/quotas to actual (or release).
+             Idempotent per call, never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, TooManyRequests
+from odock.governance import pricing
+from odock.governance.ledger import Item, LocalLedger, RedisLedger, WindowRef
+from odock.governance.limiter import Check, GateResult, Limiter, LocalLimiter, RedisLimiter
+from odock.governance.periods import window_at
+from odock.governance.policy import (
+    API_KEY,
+    DEFAULT_LEASE_TTL_S,
+    GLOBAL,
+    IP,
+    MODEL,
+    ORGANISATION,
+    TEAM,
+    Limits,
+    PolicyCache,
+    ip_denied,
+    parse_ip,
+    parse_policy,
+)
+from odock.governance.store import Budget, BudgetEvent, GovernanceStore, Quota
+from odock.pipeline.context import CallContext
+from odock.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+log = logging.getLogger("odock.governance")
+
+DECISIONS = Counter(
+    "odock_governance_decisions_total", "Governance gate decisions", ["ratelimit_stage", "decision"]
+)
+ERRORS = Counter(
+    "odock_governance_errors_total", "Governance failures handled without failing the call", ["stage"]
+)
+
+_OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
+_REDIS_ERRORS: tuple[type[BaseException], ...]
+try:
+    from redis.exceptions import RedisError
+
+    _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+except ImportError:  # pragma: no cover - redis is a locked dependency
+    _REDIS_ERRORS = (OSError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class Held:
+    """One budget/quota window held by a call, with how its actual amount is measured."""
+
+    item: Item
+    definition: Budget | Quota
+
+
+@dataclass(slots=True)
+class Receipt:
+    """What a call holds: leases, token reservations, the budget/quota reservation. Lives in ctx.governance."""
+
+    request_id: str
+    token: str
+    leases: list[tuple[Limiter, str]] = field(default_factory=list)
+    tokens: list[tuple[Limiter, str, int, int]] = field(
+        default_factory=list
+    )  # limiter, key, second, reserved
+    header: tuple[int, int, int] | None = None  # limit, remaining, reset seconds
+    ledger: LocalLedger | RedisLedger | None = None
+    reservation_id: str | None = None
+    held: list[Held] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def reserved_tokens(self) -> int:
+        return max((t[3] for t in self.tokens), default=0)
+
+
+class _Definitions:
+    """Active budgets and quotas by owner, held in memory and refreshed when the tables change."""
+
+    def __init__(self) -> None:
+        self.version: tuple[Any, ...] | None = None
+        self.budgets: dict[tuple[str, str], list[Budget]] = {}
+        self.quotas: dict[tuple[str, str], list[Quota]] = {}
+        self.budget_by_id: dict[str, Budget] = {}
+
+    async def load(self, store: GovernanceStore) -> None:
+        version = await store.definitions_version()
+        if version == self.version:
+            return
+        budgets: dict[tuple[str, str], list[Budget]] = {}
+        quotas: dict[tuple[str, str], list[Quota]] = {}
+        all_budgets = [b for b in await store.list_budgets() if b.active]
+        for b in all_budgets:
+            budgets.setdefault((b.owner_type, b.owner_id), []).append(b)
+        for q in await store.list_quotas():
+            if q.active:
+                quotas.setdefault((q.owner_type, q.owner_id), []).append(q)
+        self.budgets, self.quotas = budgets, quotas
+        self.budget_by_id = {b.id: b for b in all_budgets}
+        self.version = version
+
+
+class Governance:
+    """Rate limits, quotas and budgets for the gateway pipeline, embedded or cluster."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: GovernanceStore,
+        redis: redis.asyncio.Redis | None,
+        *,
+        owns_redis: bool,
+        key_prefix: str,
+        reservation_ttl_s: float,
+        reconcile_interval_s: float,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.redis = redis
+        self._owns_redis = owns_redis
+        self._policies = PolicyCache()
+        self.global_limits = parse_policy(settings.ratelimit_global_policy)
+        self.local_limiter = LocalLimiter()
+        self.local_ledger = LocalLedger(store, reservation_ttl_s=reservation_ttl_s)
+        self.redis_limiter: RedisLimiter | None = None
+        self.redis_ledger: RedisLedger | None = None
+        if redis is not None:
+            self.redis_limiter = RedisLimiter(redis, key_prefix)
+            self.redis_ledger = RedisLedger(redis, store, key_prefix, reservation_ttl_s=reservation_ttl_s)
+        self.definitions = _Definitions()
+        self._reconcile_interval = reconcile_interval_s
+        self._events: list[tuple[str, str, int, int, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        database_url: str,
+        redis: redis.asyncio.Redis | None,
+        key_prefix: str = "odock:gov",
+        reservation_ttl_s: float = 900.0,
+        reconcile_interval_s: float = 30.0,
+        create_tables: bool = False,
+    ) -> Governance:
+        """Connect, load budget/quota definitions, start the reconciliation task."""
+        owns = False
+        if redis is None and settings.cluster:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.from_url(settings.redis_url)
+            owns = True
+        store = GovernanceStore.from_url(database_url)
+        if create_tables:
+            await store.create_tables()
+        self = cls(
+            settings,
+            store,
+            redis,
+            owns_redis=owns,
+            key_prefix=key_prefix,
+            reservation_ttl_s=reservation_ttl_s,
+            reconcile_interval_s=reconcile_interval_s,
+        )
+        await self.definitions.load(store)
+        self._task = asyncio.create_task(self._background(), name="odock-governance")
+        return self
+
+    async def close(self) -> None:
+        """Stop the background task, flush settled charges and events, close connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._flush()
+        if self._owns_redis and self.redis is not None:
+            await self.redis.aclose()
+        await self.store.close()
+
+    # --- stages --------------------------------------------------------------------------------------------------
+
+    async def pre_auth(self, client_ip: str) -> None:
+        """Refuse blocked IPs (429 ip_not_allowed) and enforce the global request rate before auth."""
+        limits = self.global_limits
+        if limits.empty:
+            return
+        reason = ip_denied(limits, parse_ip(client_ip))
+        if reason is not None:
+            DECISIONS.labels("pre_auth", "deny").inc()
+            raise TooManyRequests(
+                "client IP is not allowed", "ip_not_allowed", extra={"scope": IP, "limit": reason}
+            )
+        checks = self._request_checks(GLOBAL, "-", limits, leases=False)
+        if checks:
+            result, _ = await self._gate(checks, uuid.uuid4().hex)
+            self._raise_if_denied("pre_auth", checks, result)
+
+    async def early(self, ctx: CallContext) -> None:
+        """Run the early gate: IP rules, payload, max_tokens, concurrency, burst, RPS, RPM."""
+        receipt = Receipt(ctx.request_id, uuid.uuid4().hex)
+        address = None
+        checks: list[Check] = []
+        for scope, ident, limits in self._scopes(ctx):
+            if scope != GLOBAL and (limits.allow or limits.block):
+                address = address or parse_ip(ctx.client_ip)
+                reason = ip_denied(limits, address)
+                if reason is not None:
+                    DECISIONS.labels("early", "deny").inc()
+                    raise TooManyRequests(
+                        "client IP is not allowed", "ip_not_allowed", extra={"scope": scope, "limit": reason}
+                    )
+            self._static_checks(scope, limits, ctx)
+            if scope == GLOBAL:  # the global request rate was counted in pre_auth
+                if limits.concurrency:
+                    checks.append(self._lease(scope, ident, limits))
+            else:
+                checks += self._request_checks(scope, ident, limits, leases=True)
+        if checks:
+            result, limiter = await self._gate(checks, receipt.token)
+            self._raise_if_denied("early", checks, result)
+            receipt.leases = [(limiter, c.key) for c in checks if c.kind == "L"]
+            receipt.header = _header(checks, result)
+        ctx.governance = receipt
+        DECISIONS.labels("early", "allow").inc()
+
+    async def final(self, ctx: CallContext) -> None:
+        """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
+        receipt = ctx.governance
+        if not isinstance(receipt, Receipt):
+            receipt = Receipt(ctx.request_id, uuid.uuid4().hex)
+            ctx.governance = receipt
+        scopes = self._scopes(ctx)
+        model_limits = self._policies.get(ctx.model.policies) if ctx.model is not None else Limits()
+        if ctx.model is not None:
+            scopes.append((MODEL, ctx.model.id, model_limits))
+        caps = []
+        for scope, _, limits in scopes:
+            self._static_checks(scope, limits, ctx)
+            if limits.max_tokens:
+                caps.append(limits.max_tokens)
+        out_tokens = ctx.max_tokens
+        if out_tokens is None:
+            # unknown max_tokens: reserve the tightest cap, else the model's own limit, else the default cap
+            configured = ctx.model.config.get("max_output_tokens") if ctx.model is not None else None
+            if caps:
+                out_tokens = min(caps)
+            elif isinstance(configured, int) and configured > 0:
+                out_tokens = configured
+            else:
+                out_tokens = pricing.DEFAULT_MAX_TOKENS
+        reserve_tokens = max(0, ctx.estimated_input_tokens) + out_tokens
+        checks: list[Check] = []
+        if ctx.model is not None:
+            checks += self._request_checks(MODEL, ctx.model.id, model_limits, leases=True)
+        for scope, ident, limits in scopes:
+            if limits.tpm:
+                checks.append(
+                    Check(
+                        "T",
+                        f"{scope}:{ident}:tpm",
+                        limits.tpm,
+                        reserve_tokens,
+                        "tpm_exceeded",
+                        scope,
+                        "tokens_per_minute",
+                    )
+                )
+        if checks:
+            result, limiter = await self._gate(checks, receipt.token)
+            self._raise_if_denied("final", checks, result)
+            second = result.now_ms // 1000
+            receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
+            receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
+            header = _header(checks, result)
+            if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
+                receipt.header = header
+        DECISIONS.labels("final", "allow").inc()
+        await self._reserve(ctx, receipt, out_tokens)
+
+    async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
+        """Post-flight: release leases, refund tokens, settle or release budgets/quotas. Never raises."""
+        receipt = ctx.governance
+        if not isinstance(receipt, Receipt) or receipt.done:
+            return
+        receipt.done = True
+        usage = ctx.usage
+        try:
+            actual_tokens = usage.total if usage is not None else 0
+            by_limiter: dict[int, tuple[Limiter, list[str], list[tuple[str, int, int]]]] = {}
+            for limiter, key in receipt.leases:
+                by_limiter.setdefault(id(limiter), (limiter, [], []))[1].append(key)
+            for limiter, key, second, reserved in receipt.tokens:
+                # refund what was not used; an under-estimate is charged, so the window stays exact
+                by_limiter.setdefault(id(limiter), (limiter, [], []))[2].append(
+                    (key, second, reserved - actual_tokens)
+                )
+            for limiter, leases, refunds in by_limiter.values():
+                try:
+                    await limiter.release(leases, refunds, receipt.token)
+                except Exception:
+                    ERRORS.labels("post_flight").inc()
+                    log.warning("rate-limit post-flight failed (leases expire by TTL)", exc_info=True)
+        except Exception:
+            ERRORS.labels("post_flight").inc()
+            log.warning("rate-limit post-flight failed", exc_info=True)
+        if receipt.ledger is None or receipt.reservation_id is None:
+            return
+        try:
+            actual = self._actuals(ctx, receipt, cost_nanos)
+            used = await receipt.ledger.settle(receipt.reservation_id, actual)
+            DECISIONS.labels("settle", "settled" if usage is not None else "released").inc()
+            if used:
+                self._threshold_events(receipt, actual, used)
+        except Exception:
+            ERRORS.labels("settle").inc()
+            log.warning("budget settle failed (reconciliation will release it)", exc_info=True)
+
+    def response_headers(self, ctx: CallContext) -> dict[str, str]:
+        """Return X-RateLimit-Limit/-Remaining/-Reset for the tightest request window the call passed."""
+        receipt = ctx.governance
+        if not isinstance(receipt, Receipt) or receipt.header is None:
+            return {}
+        limit, remaining, reset = receipt.header
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, remaining)),
+            "X-RateLimit-Reset": str(reset),
+        }
+
+    # --- queries -------------------------------------------------------------------------------------------------
+
+    async def budget_events(
+        self, *, budget_id: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[BudgetEvent]:
+        """Return recorded threshold crossings, newest first."""
+        await self._flush_events()
+        return await self.store.list_events(budget_id=budget_id, since=since, limit=limit)
+
+    async def window_state(self, window_key: str) -> tuple[int, int] | None:
+        """Return (used, reserved) of a window as the enforcing backend sees it."""
+        if self.redis_ledger is not None:
+            return await self.redis_ledger.snapshot(window_key)
+        return self.local_ledger.snapshot(window_key)
+
+    async def refresh_definitions(self) -> None:
+        """Reload budgets and quotas now (admin changes made in this process)."""
+        await self.definitions.load(self.store)
+
+    async def reconcile(self) -> int:
+        """Release stale reservations (and settle those already charged in the ledger); return how many."""
+        count = await self.local_ledger.reconcile()
+        if self.redis_ledger is not None:
+            count += await self.redis_ledger.reconcile()
+        self.local_limiter.prune()
+        return count
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    def _scopes(self, ctx: CallContext) -> list[tuple[str, str, Limits]]:
+        scopes = [(GLOBAL, "-", self.global_limits)]
+        if ctx.organisation is not None:
+            scopes.append((ORGANISATION, ctx.organisation.id, self._policies.get(ctx.organisation.policies)))
+        if ctx.team is not None:
+            scopes.append((TEAM, ctx.team.id, self._policies.get(ctx.team.policies)))
+        if ctx.key is not None:
+            scopes.append((API_KEY, ctx.key.id, self._policies.get(ctx.key.policies)))
+        return scopes
+
+    @staticmethod
+    def _static_checks(scope: str, limits: Limits, ctx: CallContext) -> None:
+        if limits.max_request_bytes and ctx.body_bytes > limits.max_request_bytes:
+            DECISIONS.labels("payload", "deny").inc()
+            raise TooManyRequests(
+                f"request body of {ctx.body_bytes} bytes exceeds the limit of {limits.max_request_bytes}",
+                "payload_too_large",
+                extra={"scope": scope, "limit": "max_request_bytes"},
+            )
+        if limits.max_tokens and ctx.max_tokens is not None and ctx.max_tokens > limits.max_tokens:
+            DECISIONS.labels("payload", "deny").inc()
+            raise TooManyRequests(
+                f"max_tokens {ctx.max_tokens} exceeds the limit of {limits.max_tokens}",
+                "max_tokens_exceeded",
+                extra={"scope": scope, "limit": "max_tokens"},
+            )
+
+    @staticmethod
+    def _lease(scope: str, ident: str, limits: Limits) -> Check:
+        ttl = limits.lease_ttl_s or DEFAULT_LEASE_TTL_S
+        return Check(
+            "L",
+            f"{scope}:{ident}:conc",
+            limits.concurrency,
+            ttl * 1000,
+            "concurrency_exceeded",
+            scope,
+            "concurrency",
+        )
+
+    def _request_checks(self, scope: str, ident: str, limits: Limits, *, leases: bool) -> list[Check]:
+        checks: list[Check] = []
+        if leases and limits.concurrency:
+            checks.append(self._lease(scope, ident, limits))
+        if limits.burst:
+            rate = float(limits.rps or (limits.rpm / 60 if limits.rpm else limits.burst))
+            checks.append(
+                Check("B", f"{scope}:{ident}:burst", limits.burst, rate, "burst_exceeded", scope, "burst")
+            )
+        if limits.rps:
+            checks.append(
+                Check(
+                    "W",
+                    f"{scope}:{ident}:rps",
+                    limits.rps,
+                    1000,
+                    "rps_exceeded",
+                    scope,
+                    "requests_per_second",
+                )
+            )
+        if limits.rpm:
+            checks.append(
+                Check(
+                    "W",
+                    f"{scope}:{ident}:rpm",
+                    limits.rpm,
+                    60000,
+                    "rpm_exceeded",
+                    scope,
+                    "requests_per_minute",
+                )
+            )
+        return checks
+
+    async def _gate(self, checks: list[Check], token: str) -> tuple[GateResult, Limiter]:
+        if self.redis_limiter is None:
+            return await self.local_limiter.gate(checks, token), self.local_limiter
+        try:
+            return await self.redis_limiter.gate(checks, token), self.redis_limiter
+        except _REDIS_ERRORS as exc:
+            ERRORS.labels("redis").inc()
+            if self.settings.redis_fail_open:
+                log.warning("Redis unavailable, using in-process limits (fail-open): %s", type(exc).__name__)
+                return await self.local_limiter.gate(checks, token), self.local_limiter
+            raise DependencyUnavailable("rate limiter unavailable", "rate_limit_unavailable") from exc
+
+    @staticmethod
+    def _raise_if_denied(stage: str, checks: list[Check], result: GateResult) -> None:
+        if result.ok:
+            return
+        DECISIONS.labels(stage, "deny").inc()
+        check = checks[result.denied]
+        retry = max(1, math.ceil(result.retry_ms / 1000))
+        raise TooManyRequests(
+            f"rate limit exceeded: {check.limit_name} ({check.limit}) for {check.scope}",
+            check.code,
+            extra={"scope": check.scope, "limit": check.limit_name, "retry_after": retry},
+            headers={"Retry-After": str(retry)},
+        )
+
+    def _owners(self, ctx: CallContext) -> list[tuple[str, str, str]]:
+        """(owner type, owner id, time zone) in enforcement order: org → team → user → key."""
+        org_tz = ctx.organisation.timezone if ctx.organisation is not None else "UTC"
+        owners: list[tuple[str, str, str]] = []
+        key = ctx.key
+        org_id = (
+            ctx.organisation.id if ctx.organisation is not None else (key.organisation_id if key else None)
+        )
+        if org_id:
+            owners.append(("ORG", org_id, org_tz))
+        if key is not None:
+            if key.team_id:
+                owners.append(("TEAM", key.team_id, org_tz))
+            if key.user_id:
+                owners.append(("USER", key.user_id, org_tz))
+            owners.append(("APIKEY", key.id, key.timezone or org_tz))
+        return owners
+
+    async def _reserve(self, ctx: CallContext, receipt: Receipt, out_tokens: int) -> None:
+        if receipt.ledger is not None:
+            return  # final() already reserved for this call
+        defs = self.definitions
+        if not defs.budgets and not defs.quotas:
+            return
+        now = datetime.now(UTC)
+        model_pricing = ctx.model.pricing if ctx.model is not None else {}
+        est_in = max(0, ctx.estimated_input_tokens)
+        worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens)
+        held: list[Held] = []
+        for owner_type, owner_id, tz in self._owners(ctx):
+            for budget in defs.budgets.get((owner_type, owner_id), ()):
+                ref = _window(budget, "b", budget.amount_nanos, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, worst), budget))
+            for quota in defs.quotas.get((owner_type, owner_id), ()):
+                ref = _window(quota, "q", quota.limit, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
+        if not held:
+            return
+        reservation_id = f"{ctx.request_id}/{receipt.token}"
+        items = [h.item for h in held]
+        ledger: LocalLedger | RedisLedger = self.redis_ledger or self.local_ledger
+        try:
+            denied = await ledger.reserve(reservation_id, items)
+        except _REDIS_ERRORS as exc:
+            if ledger is self.local_ledger:
+                raise
+            ERRORS.labels("redis").inc()
+            if not self.settings.redis_fail_open:
+                raise DependencyUnavailable("budget ledger unavailable", "rate_limit_unavailable") from exc
+            log.warning("Redis unavailable, using in-process budget windows (fail-open)")
+            ledger = self.local_ledger
+            denied = await ledger.reserve(reservation_id, items)
+        if denied >= 0:
+            DECISIONS.labels("budget", "deny").inc()
+            _deny(held[denied], now)
+        receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
+        DECISIONS.labels("budget", "reserved").inc()
+
+    def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
+        usage = ctx.usage
+        if usage is not None and cost_nanos is None and ctx.model is not None:
+            cost_nanos = pricing.cost_nanos(ctx.model.pricing, usage)
+        upstream = ctx.upstream_started is not None
+        failed = ctx.outcome == "failed" or ctx.status >= 400
+        actual: dict[str, int] = {}
+        for h in receipt.held:
+            d = h.definition
+            metric = d.metric if isinstance(d, Quota) else "COST"
+            if metric == "ERRORS":
+                amount = 1 if upstream and failed else 0
+            elif metric == "LATENCY_MS":
+                amount = ctx.elapsed_ms() if upstream else 0
+            elif usage is None and cost_nanos is None:
+                amount = 0  # failed before upstream, or no usage returned: release (reference §6.4 [INF])
+            elif metric == "COST":
+                amount = cost_nanos or 0
+            elif metric == "REQUESTS":
+                amount = 1
+            elif usage is None:
+                amount = 0
+            elif metric == "TOKENS":
+                amount = usage.total
+            elif metric == "TOKENS_IN":
+                amount = usage.total_input
+            else:  # TOKENS_OUT
+                amount = usage.output_tokens
+            actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + amount
+        return actual
+
+    def _threshold_events(self, receipt: Receipt, actual: dict[str, int], used: dict[str, int]) -> None:
+        for h in receipt.held:
+            d = h.definition
+            key = h.item.ref.key
+            if not isinstance(d, Budget) or key not in used or d.amount_nanos <= 0:
+                continue
+            after = used[key]
+            before = after - actual.get(key, 0)
+            for threshold in sorted(set(d.thresholds)):
+                mark = d.amount_nanos * threshold / 100
+                if before < mark <= after:
+                    self._events.append((d.id, key, threshold, after, d.amount_nanos))
+
+    async def _flush_events(self) -> None:
+        if self._events:
+            batch, self._events = self._events, []
+            try:
+                await self.store.record_events(batch)
+            except Exception:
+                self._events = batch + self._events
+                raise
+
+    async def _flush(self) -> None:
+        await self.local_ledger.flush()
+        await self._flush_events()
+
+    async def _background(self) -> None:
+        flush_every = max(0.05, self.settings.usage_flush_interval_s)
+        poll_every = max(0.1, self.settings.catalogue_poll_interval_s)
+        next_poll = next_reconcile = time.monotonic()
+        while True:
+            await asyncio.sleep(flush_every)
+            now = time.monotonic()
+            for name, work, due in (
+                ("flush", self._flush, True),
+                ("definitions", self.refresh_definitions, now >= next_poll),
+                ("reconcile", self.reconcile, now >= next_reconcile),
+            ):
+                if not due:
+                    continue
+                try:
+                    await work()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    ERRORS.labels(name).inc()
+                    log.warning("governance %s failed", name, exc_info=True)
+            if now >= next_poll:
+                next_poll = now + poll_every
+            if now >= next_reconcile:
+                next_reconcile = now + self._reconcile_interval
+
+
+def _header(checks: list[Check], result: GateResult) -> tuple[int, int, int] | None:
+    best: tuple[int, int, int] | None = None
+    for i, c in enumerate(checks):
+        if c.kind != "W" or i >= len(result.remaining):
+            continue
+        candidate = (c.limit, result.remaining[i], max(0, math.ceil(result.reset_ms[i] / 1000)))
+        if best is None or candidate[1] < best[1]:
+            best = candidate
+    return best
+
+
+def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz: str) -> WindowRef | None:
+    tz = d.timezone or owner_tz or "UTC"
+    try:
+        span = window_at(d.period, now, tz, d.start_at, d.end_at)
+    except ValueError:
+        log.warning("budget/quota %s has an invalid schedule; not enforced", d.id)
+        return None
+    if span is None:
+        return None
+    start, end = span
+    return WindowRef(
+        f"{prefix}:{d.id}:{int(start.timestamp())}",
+        "budget" if prefix == "b" else "quota",
+        d.id,
+        start,
+        end,
+        limit,
+    )
+
+
+def _quota_estimate(quota: Quota, est_in: int, out_tokens: int, worst: int) -> int:
+    metric = quota.metric
+    if metric == "REQUESTS":
+        return 1
+    if metric == "TOKENS":
+        return est_in + out_tokens
+    if metric == "TOKENS_IN":
+        return est_in
+    if metric == "TOKENS_OUT":
+        return out_tokens
+    if metric == "COST":
+        return worst
+    return 0  # ERRORS, LATENCY_MS: known only afterwards; blocked once used reaches the limit
+
+
+def _deny(held: Held, now: datetime) -> None:
+    d = held.definition
+    owner = _OWNER_SCOPE.get(d.owner_type, d.owner_type.lower())
+    retry = max(1, math.ceil((held.item.ref.end - now).total_seconds()))
+    if isinstance(d, Budget):
+        error: GatewayError = PaymentRequired(
+            f"budget '{d.name}' exceeded for this {d.period.lower()} window",
+            "budget_exceeded",
+            extra={"scope": owner, "budget_id": d.id, "retry_after": retry},
+        )
+    else:
+        error = TooManyRequests(
+            f"quota '{d.name}' ({d.metric}) exceeded for this {d.period.lower()} window",
+            "quota_exceeded",
+            extra={"scope": owner, "limit": d.metric.lower(), "quota_id": d.id, "retry_after": retry},
+            headers={"Retry-After": str(retry)},
+        )
+    raise error

@@ -1,0 +1,338 @@
+"""Budget and quota windows: atomic check-and-reserve across every matching window, settle, release.
+
+A window holds `used` (settled) and `reserved` (in flight). Reserve admits only if, for EVERY window,
+`used + reserved + amount <= limit` (an amount of 0 — ERRORS/LATENCY quotas, unpriced models — needs
+`used + reserved < limit`), then adds all amounts or none. Settle replaces each reserved amount by the actual one;
+release is a settle to zero. All three are idempotent per reservation id (`<request id>/<nonce>`: a client that
+reuses an X-Request-Id can never ride on another call's reservation).
+
+`LocalLedger` (embedded mode; also the cluster fail-open fallback): windows in memory, loaded once from SQL per
+window, checked and updated without awaiting (atomic under asyncio); settled charges written behind to SQL by
+`flush()`. Crash semantics: in-flight reservations die with the process (so do their calls); charges settled in
+the last flush interval are lost (the window under-counts by at most that much after restart).
+
+`RedisLedger` (cluster mode): windows `used`/`reserved` in Redis hashes, one Lua script per reserve and per
+settle; PostgreSQL is the durable ledger. Settle writes the charges to PostgreSQL FIRST (idempotent rows per
+reservation and window), then settles in Redis. A window missing in Redis is rebuilt from PostgreSQL's `used`.
+Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died between
+the two writes), otherwise releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from odock.governance.store import GovernanceStore
+
+log = logging.getLogger("odock.governance")
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRef:
+    """One budget or quota window (the definition's current period)."""
+
+    key: str  # "<b|q>:<definition id>:<start epoch s>"
+    kind: str  # "budget" | "quota"
+    definition_id: str
+    start: datetime
+    end: datetime
+    limit: int
+
+
+@dataclass(slots=True)
+class Item:
+    """One window to reserve `amount` in."""
+
+    ref: WindowRef
+    amount: int
+
+
+def _fits(used: int, reserved: int, amount: int, limit: int) -> bool:
+    if amount > 0:
+        return used + reserved + amount <= limit
+    return used + reserved < limit
+
+
+# --- embedded ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Window:
+    used: int
+    reserved: int
+    end: float  # epoch seconds
+
+
+class LocalLedger:
+    """Windows in process memory with SQL write-behind."""
+
+    def __init__(self, store: GovernanceStore, *, reservation_ttl_s: float) -> None:
+        self._store = store
+        self._ttl = reservation_ttl_s
+        self._windows: dict[str, _Window] = {}
+        self._reservations: dict[str, tuple[dict[str, int], float]] = {}
+        self._pending: list[tuple[str, str, int]] = []
+        self._load_lock = asyncio.Lock()
+
+    async def _load(self, refs: list[WindowRef]) -> None:
+        async with self._load_lock:
+            for ref in refs:
+                if ref.key not in self._windows:
+                    used = await self._store.window_used(
+                        ref.key, ref.kind, ref.definition_id, ref.start, ref.end, ref.limit
+                    )
+                    self._windows[ref.key] = _Window(used, 0, ref.end.timestamp())
+
+    async def reserve(self, reservation_id: str, items: list[Item]) -> int:
+        """Reserve every item or none; return -1 when admitted, else the index of the first full window."""
+        missing = [i.ref for i in items if i.ref.key not in self._windows]
+        if missing:
+            await self._load(missing)
+        # from here on nothing awaits: the check and the apply are one atomic step for the event loop
+        if reservation_id in self._reservations:
+            return -1
+        for index, item in enumerate(items):
+            w = self._windows[item.ref.key]
+            if not _fits(w.used, w.reserved, item.amount, item.ref.limit):
+                return index
+        for item in items:
+            self._windows[item.ref.key].reserved += item.amount
+        self._reservations[reservation_id] = (
+            {item.ref.key: item.amount for item in items},
+            time.monotonic() + self._ttl,
+        )
+        return -1
+
+    async def settle(self, reservation_id: str, actual: dict[str, int]) -> dict[str, int] | None:
+        """Replace the reservation by `actual` per window; return each window's new `used` (None: nothing held)."""
+        held = self._reservations.pop(reservation_id, None)
+        if held is None:
+            return None
+        result: dict[str, int] = {}
+        for key, estimate in held[0].items():
+            w = self._windows.get(key)
+            amount = actual.get(key, 0)
+            if w is not None:
+                w.reserved = max(0, w.reserved - estimate)
+                w.used += amount
+                result[key] = w.used
+            if amount:
+                self._pending.append((reservation_id, key, amount))
+        return result
+
+    async def release(self, reservation_id: str) -> None:
+        """Free a reservation without charging it."""
+        await self.settle(reservation_id, {})
+
+    def snapshot(self, key: str) -> tuple[int, int] | None:
+        """Return (used, reserved) of a loaded window (tests, admin)."""
+        w = self._windows.get(key)
+        return None if w is None else (w.used, w.reserved)
+
+    async def flush(self) -> None:
+        """Write settled charges to SQL; on failure keep them for the next flush."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._store.record_charges(batch)
+        except Exception:
+            self._pending = batch + self._pending
+            raise
+
+    async def reconcile(self) -> int:
+        """Release reservations older than the TTL and forget ended windows; return how many were released."""
+        now = time.monotonic()
+        stale = [rid for rid, (_, expiry) in self._reservations.items() if expiry <= now]
+        for rid in stale:
+            await self.release(rid)
+        wall = time.time()
+        for key in [k for k, w in self._windows.items() if w.end < wall - 86400 and not w.reserved]:
+            del self._windows[key]
+        return len(stale)
+
+
+# --- cluster -----------------------------------------------------------------------------------------------------
+
+RESERVE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {3} end
+local n = #KEYS - 2
+for i = 1, n do
+  local w = KEYS[2 + i]
+  if redis.call('EXISTS', w) == 0 then return {2, i} end
+  local h = redis.call('HMGET', w, 'used', 'reserved')
+  local used, reserved = tonumber(h[1]) or 0, tonumber(h[2]) or 0
+  local limit, amount = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  if amount > 0 then
+    if used + reserved + amount > limit then return {1, i} end
+  elseif used + reserved >= limit then return {1, i} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, n do
+  local w, amount = KEYS[2 + i], tonumber(ARGV[2 + 2 * i])
+  redis.call('HINCRBY', w, 'reserved', amount)
+  redis.call('HSET', KEYS[1], w, amount)
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return {0}
+"""
+
+SETTLE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local actual = {}
+for i = 2, #ARGV, 2 do actual[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local held = redis.call('HGETALL', KEYS[1])
+local out = {1}
+for j = 1, #held, 2 do
+  local w, estimate = held[j], tonumber(held[j + 1])
+  local amount = actual[w] or 0
+  if redis.call('EXISTS', w) == 1 then
+    local left = redis.call('HINCRBY', w, 'reserved', -estimate)
+    if left < 0 then redis.call('HSET', w, 'reserved', 0) end
+    out[#out + 1] = w
+    out[#out + 1] = redis.call('HINCRBY', w, 'used', amount)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return out
+"""
+
+INIT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'used', ARGV[1], 'reserved', 0)
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+ADD_USED_LUA = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HINCRBY', KEYS[i], 'used', ARGV[i]) end
+end
+return 1
+"""
+
+STALE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+
+# windows stay in Redis a day past their end, so late settles still find them
+_WINDOW_GRACE_MS = 86_400_000
+
+
+class RedisLedger:
+    """Windows in Redis (Lua, atomic across processes), settled amounts written through to PostgreSQL."""
+
+    def __init__(self, redis: Any, store: GovernanceStore, prefix: str, *, reservation_ttl_s: float) -> None:
+        self._redis = redis
+        self._store = store
+        self._prefix = prefix
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._expiry_key = f"{prefix}:rexp"
+        self._reserve = redis.register_script(RESERVE_LUA)
+        self._settle = redis.register_script(SETTLE_LUA)
+        self._init = redis.register_script(INIT_LUA)
+        self._add_used = redis.register_script(ADD_USED_LUA)
+        self._stale = redis.register_script(STALE_LUA)
+        # charges PostgreSQL refused; retried by reconcile() so the durable ledger catches up
+        self._unwritten: list[tuple[str, str, int]] = []
+
+    def window_key(self, key: str) -> str:
+        """Return the Redis key of a window."""
+        return f"{self._prefix}:w:{key}"
+
+    def _reservation_key(self, reservation_id: str) -> str:
+        return f"{self._prefix}:r:{reservation_id}"
+
+    async def _rebuild(self, ref: WindowRef) -> None:
+        used = await self._store.window_used(
+            ref.key, ref.kind, ref.definition_id, ref.start, ref.end, ref.limit
+        )
+        expire_at = int(ref.end.timestamp() * 1000) + _WINDOW_GRACE_MS
+        await self._init(keys=[self.window_key(ref.key)], args=[used, expire_at])
+
+    async def reserve(self, reservation_id: str, items: list[Item]) -> int:
+        """Reserve every item or none in one script; return -1 when admitted, else the first full window."""
+        keys = [self._reservation_key(reservation_id), self._expiry_key]
+        keys += [self.window_key(i.ref.key) for i in items]
+        args: list[Any] = [reservation_id, self._ttl_ms]
+        for item in items:
+            args += [item.ref.limit, item.amount]
+        for _ in range(4):  # bounded: each retry follows the rebuild of one missing window
+            reply = await self._reserve(keys=keys, args=args)
+            status = int(reply[0])
+            if status in (0, 3):
+                return -1
+            if status == 1:
+                return int(reply[1]) - 1
+            await self._rebuild(items[int(reply[1]) - 1].ref)
+        raise RuntimeError("budget windows could not be rebuilt in Redis")
+
+    async def settle(self, reservation_id: str, actual: dict[str, int]) -> dict[str, int] | None:
+        """Write charges to PostgreSQL, then settle in Redis; return each window's new `used` (None: not held)."""
+        charges = [(reservation_id, key, amount) for key, amount in actual.items() if amount]
+        fresh: list[bool] = []
+        try:
+            fresh = await self._store.record_charges(charges)
+        except Exception:
+            log.warning("governance ledger write failed; will retry", exc_info=True)
+            self._unwritten.extend(charges)
+            fresh = [True] * len(charges)
+        args: list[Any] = [reservation_id]
+        for key, amount in actual.items():
+            args += [self.window_key(key), amount]
+        reply = await self._settle(keys=[self._reservation_key(reservation_id), self._expiry_key], args=args)
+        if int(reply[0]) == 1:
+            strip = len(self._prefix) + 3
+            return {str(_text(reply[i]))[strip:]: int(reply[i + 1]) for i in range(1, len(reply), 2)}
+        # Not held in Redis: already settled (repeat call, or reconciliation) — or Redis lost it / a reconciler
+        # released it as stale. Only the latter leave charges that PostgreSQL had not seen: add those to `used`.
+        lost = [(key, amount) for (_, key, amount), new in zip(charges, fresh, strict=True) if new]
+        if lost:
+            await self._add_used(
+                keys=[self.window_key(k) for k, _ in lost], args=[amount for _, amount in lost]
+            )
+        return None
+
+    async def release(self, reservation_id: str) -> None:
+        """Free a reservation without charging it."""
+        await self.settle(reservation_id, {})
+
+    async def snapshot(self, key: str) -> tuple[int, int] | None:
+        """Return (used, reserved) of a window in Redis (tests, admin)."""
+        values = await self._redis.hmget(self.window_key(key), "used", "reserved")
+        if values[0] is None:
+            return None
+        return int(values[0]), int(values[1] or 0)
+
+    async def reconcile(self, batch: int = 100) -> int:
+        """Settle (from PostgreSQL charges) or release reservations past their TTL; return how many."""
+        if self._unwritten:
+            pending, self._unwritten = self._unwritten, []
+            try:
+                await self._store.record_charges(pending)
+            except Exception:
+                self._unwritten = pending + self._unwritten
+                log.warning("governance ledger retry failed", exc_info=True)
+        stale = await self._stale(keys=[self._expiry_key], args=[batch])
+        for raw in stale:
+            rid = str(_text(raw))
+            charges = await self._store.charges_for(rid)
+            args: list[Any] = [rid]
+            for key, amount in charges.items():
+                args += [self.window_key(key), amount]
+            await self._settle(keys=[self._reservation_key(rid), self._expiry_key], args=args)
+        return len(stale)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,307 @@
+"""Rate-limit counters: one gate call checks every scope's limits at once, then applies them all or none.
+
+Algorithms (identical in both backends):
+  W  sliding log (RPS, RPM): timestamps of admitted requests in the last window; admit while count < limit.
+     Exact — "100 per minute" means no 60 s interval ever holds more than 100 admissions.
+  B  token bucket (burst): capacity = burst, refilled at the scope's RPS (else RPM/60, else burst per second).
+  L  concurrency lease: request tokens with an expiry; admit while live leases < max; post-flight removes the
+     lease; a crashed process's leases expire after the lease TTL.
+  T  token window (TPM): per-second buckets over the last 60 s; admit while sum + reservation <= limit.
+     Post-flight refunds (reservation − actual) into the bucket it was charged to, so unused tokens come back
+     at once and the limit trips at exactly the configured value (no lockout from over-estimates).
+
+`RedisLimiter` runs the check-and-apply as ONE Lua script (one round trip per gate, clock from Redis `TIME`, so
+every process agrees on time). `LocalLimiter` does the same in process memory without awaiting, which makes it
+atomic under asyncio (embedded mode: one process, exact).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Kind = Literal["W", "B", "L", "T"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One limit of one scope instance."""
+
+    kind: Kind
+    key: str  # "<scope>:<id>:<limit>", prefixed by the backend
+    limit: int
+    param: float  # W: window ms; B: refill tokens per second; L: lease TTL ms; T: tokens to reserve
+    code: str  # deny code, e.g. "rpm_exceeded"
+    scope: str  # "global" | "organisation" | "team" | "api_key" | "model"
+    limit_name: str  # "requests_per_minute" | …
+
+
+@dataclass(slots=True)
+class GateResult:
+    """Outcome of one gate: admitted, or the index of the first refusing check and when to retry."""
+
+    ok: bool
+    now_ms: int
+    denied: int = -1
+    retry_ms: int = 0
+    # per check when admitted: what is left after this request, and ms until the window frees a slot
+    remaining: list[int] = field(default_factory=list)
+    reset_ms: list[int] = field(default_factory=list)
+
+
+class Limiter(Protocol):
+    async def gate(self, checks: list[Check], token: str) -> GateResult: ...
+
+    async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
+        """Remove lease `token` from each lease key; refund (key, second, tokens) into TPM buckets."""
+        ...
+
+
+# --- Redis -------------------------------------------------------------------------------------------------------
+
+GATE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sec = math.floor(now / 1000)
+local token = ARGV[1]
+local n = #KEYS
+local rem, reset = {}, {}
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
+  local kind, limit, param = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local key = KEYS[i]
+  if kind == 'W' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - param)
+    local count = redis.call('ZCARD', key)
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local free_at = param
+    if oldest[2] then free_at = tonumber(oldest[2]) + param - now end
+    if count >= limit then return {1, i, free_at} end
+    rem[i], reset[i] = limit - count - 1, free_at
+  elseif kind == 'L' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local count = redis.call('ZCARD', key)
+    if count >= limit then return {1, i, 1000} end
+    rem[i], reset[i] = limit - count - 1, 0
+  elseif kind == 'B' then
+    local h = redis.call('HMGET', key, 't', 'ts')
+    local tokens = limit
+    if h[1] then tokens = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * param / 1000) end
+    if tokens < 1 then return {1, i, math.ceil((1 - tokens) * 1000 / param)} end
+    rem[i], reset[i] = math.floor(tokens - 1), math.ceil((limit - tokens + 1) * 1000 / param)
+  elseif kind == 'T' then
+    local all = redis.call('HGETALL', key)
+    local sum, buckets = 0, {}
+    for j = 1, #all, 2 do
+      local s, v = tonumber(all[j]), tonumber(all[j + 1])
+      if s <= sec - 60 then redis.call('HDEL', key, all[j]) else
+        sum = sum + v
+        buckets[#buckets + 1] = {s, v}
+      end
+    end
+    if sum + param > limit then
+      local retry = 60000
+      if param <= limit then
+        table.sort(buckets, function(a, b) return a[1] < b[1] end)
+        local freed = 0
+        for _, b in ipairs(buckets) do
+          freed = freed + b[2]
+          if sum - freed + param <= limit then retry = (b[1] + 60) * 1000 - now break end
+        end
+      end
+      return {1, i, retry}
+    end
+    rem[i], reset[i] = limit - sum - param, 60000
+  end
+end
+local out = {0, now}
+for i = 1, n do
+  local base = 2 + (i - 1) * 3
+  local kind, limit, param = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local key = KEYS[i]
+  if kind == 'W' then
+    redis.call('ZADD', key, now, token)
+    redis.call('PEXPIRE', key, math.ceil(param) + 1000)
+  elseif kind == 'L' then
+    redis.call('ZADD', key, now + param, token)
+    redis.call('PEXPIRE', key, math.ceil(param) + 1000)
+  elseif kind == 'B' then
+    local h = redis.call('HMGET', key, 't', 'ts')
+    local tokens = limit
+    if h[1] then tokens = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * param / 1000) end
+    redis.call('HSET', key, 't', tostring(tokens - 1), 'ts', now)
+    redis.call('PEXPIRE', key, math.ceil(limit * 1000 / param) + 1000)
+  elseif kind == 'T' then
+    if param > 0 then redis.call('HINCRBY', key, sec, param) end
+    redis.call('PEXPIRE', key, 61000)
+  end
+  out[#out + 1] = rem[i]
+  out[#out + 1] = reset[i]
+end
+return out
+"""
+
+RELEASE_LUA = """
+local token = ARGV[1]
+local nl = tonumber(ARGV[2])
+for i = 1, nl do redis.call('ZREM', KEYS[i], token) end
+for i = nl + 1, #KEYS do
+  local base = 3 + (i - nl - 1) * 2
+  local field, amount = ARGV[base], tonumber(ARGV[base + 1])
+  local v = redis.call('HGET', KEYS[i], field)
+  if v then redis.call('HSET', KEYS[i], field, math.max(0, tonumber(v) - amount)) end
+end
+return 1
+"""
+
+
+class RedisLimiter:
+    """Cluster-wide counters in Redis; one EVALSHA per gate."""
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix + ":rl:"
+        self._gate = redis.register_script(GATE_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+
+    async def gate(self, checks: list[Check], token: str) -> GateResult:
+        """Check and apply every limit atomically in Redis."""
+        keys = [self._prefix + c.key for c in checks]
+        args: list[Any] = [token]
+        for c in checks:
+            args += [c.kind, c.limit, _num(c.param)]
+        reply = await self._gate(keys=keys, args=args)
+        if int(reply[0]) != 0:
+            return GateResult(False, 0, int(reply[1]) - 1, max(0, int(reply[2])))
+        now_ms = int(reply[1])
+        values = [int(v) for v in reply[2:]]
+        return GateResult(True, now_ms, remaining=values[0::2], reset_ms=values[1::2])
+
+    async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
+        """Drop leases and refund unused tokens in one round trip."""
+        if not leases and not refunds:
+            return
+        keys = [self._prefix + k for k in leases] + [self._prefix + r[0] for r in refunds]
+        args: list[Any] = [token, len(leases)]
+        for _, second, amount in refunds:
+            args += [second, amount]
+        await self._release(keys=keys, args=args)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# --- in process --------------------------------------------------------------------------------------------------
+
+
+class LocalLimiter:
+    """Exact counters in this process's memory (embedded mode, and the Redis fail-open fallback)."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, deque[int]] = {}
+        self._leases: dict[str, dict[str, int]] = {}
+        self._buckets: dict[str, list[float]] = {}
+        self._tokens: dict[str, dict[int, int]] = {}
+
+    async def gate(self, checks: list[Check], token: str) -> GateResult:
+        """Check and apply every limit; no await inside, so concurrent calls cannot interleave."""
+        return self.gate_now(checks, token, int(time.time() * 1000))
+
+    def gate_now(self, checks: list[Check], token: str, now: int) -> GateResult:
+        """`gate` at an explicit clock (ms since the epoch)."""
+        sec = now // 1000
+        remaining: list[int] = []
+        reset: list[int] = []
+        bucket_levels: dict[int, float] = {}
+        for i, c in enumerate(checks):
+            if c.kind == "W":
+                log = self._logs.setdefault(c.key, deque())
+                while log and log[0] <= now - c.param:
+                    log.popleft()
+                free_at = int(log[0] + c.param - now) if log else int(c.param)
+                if len(log) >= c.limit:
+                    return GateResult(False, now, i, free_at)
+                remaining.append(c.limit - len(log) - 1)
+                reset.append(free_at)
+            elif c.kind == "L":
+                leases = self._leases.setdefault(c.key, {})
+                for held, expiry in list(leases.items()):
+                    if expiry <= now:
+                        del leases[held]
+                if len(leases) >= c.limit:
+                    return GateResult(False, now, i, 1000)
+                remaining.append(c.limit - len(leases) - 1)
+                reset.append(0)
+            elif c.kind == "B":
+                state = self._buckets.get(c.key)
+                level = float(c.limit)
+                if state is not None:
+                    level = min(float(c.limit), state[0] + (now - state[1]) * c.param / 1000)
+                if level < 1:
+                    return GateResult(False, now, i, math.ceil((1 - level) * 1000 / c.param))
+                bucket_levels[i] = level
+                remaining.append(math.floor(level - 1))
+                reset.append(math.ceil((c.limit - level + 1) * 1000 / c.param))
+            else:  # "T"
+                buckets = self._tokens.setdefault(c.key, {})
+                for s in [s for s in buckets if s <= sec - 60]:
+                    del buckets[s]
+                total = sum(buckets.values())
+                amount = int(c.param)
+                if total + amount > c.limit:
+                    retry = 60000
+                    if amount <= c.limit:
+                        freed = 0
+                        for s in sorted(buckets):
+                            freed += buckets[s]
+                            if total - freed + amount <= c.limit:
+                                retry = (s + 60) * 1000 - now
+                                break
+                    return GateResult(False, now, i, retry)
+                remaining.append(c.limit - total - amount)
+                reset.append(60000)
+        for i, c in enumerate(checks):
+            if c.kind == "W":
+                self._logs[c.key].append(now)
+            elif c.kind == "L":
+                self._leases[c.key][token] = now + int(c.param)
+            elif c.kind == "B":
+                self._buckets[c.key] = [bucket_levels[i] - 1, float(now)]
+            elif c.param > 0:
+                buckets = self._tokens[c.key]
+                buckets[sec] = buckets.get(sec, 0) + int(c.param)
+        return GateResult(True, now, remaining=remaining, reset_ms=reset)
+
+    async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
+        """Drop leases and refund unused tokens."""
+        for key in leases:
+            held = self._leases.get(key)
+            if held is not None:
+                held.pop(token, None)
+        for key, second, amount in refunds:
+            buckets = self._tokens.get(key)
+            if buckets is not None and second in buckets:
+                buckets[second] = max(0, buckets[second] - amount)
+
+    def prune(self) -> None:
+        """Forget empty counters (called by the reconciliation task) so memory stays bounded."""
+        now = int(time.time() * 1000)
+        for key, log in list(self._logs.items()):
+            if not log or log[-1] <= now - 3_600_000:
+                del self._logs[key]
+        for key, leases in list(self._leases.items()):
+            for held, expiry in list(leases.items()):
+                if expiry <= now:
+                    del leases[held]
+            if not leases:
+                del self._leases[key]
+        for key, tokens in list(self._tokens.items()):
+            if not tokens or max(tokens) <= now // 1000 - 60:
+                del self._tokens[key]
+        for key, state in list(self._buckets.items()):
+            if state[1] <= now - 3_600_000:
+                del self._buckets[key]

@@ -1,0 +1,456 @@
+"""SQL access for governance: budget/quota definitions, durable windows, charges and threshold events.
+
+Never on the request hot path: definitions are loaded into memory and polled; windows are read once per window
+start; charges are written after the response (write-through in cluster mode, write-behind in embedded mode).
+Driver errors become `DependencyUnavailable("store_unavailable")`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from odock.errors import DependencyUnavailable
+from odock.governance.periods import Period
+from odock.governance.schema import budget_events, budgets, governance_charges, governance_windows, quotas
+
+OwnerType = Literal["ORG", "TEAM", "USER", "APIKEY"]
+Metric = Literal["REQUESTS", "TOKENS", "TOKENS_IN", "TOKENS_OUT", "ERRORS", "COST", "LATENCY_MS"]
+OWNER_TYPES: tuple[OwnerType, ...] = ("ORG", "TEAM", "USER", "APIKEY")
+METRICS: tuple[Metric, ...] = (
+    "REQUESTS",
+    "TOKENS",
+    "TOKENS_IN",
+    "TOKENS_OUT",
+    "ERRORS",
+    "COST",
+    "LATENCY_MS",
+)
+DEFAULT_THRESHOLDS = [50, 80, 90, 100]
+
+
+class Budget(msgspec.Struct, kw_only=True):
+    """A spend limit in nanos USD for one owner and period."""
+
+    id: str
+    name: str
+    owner_type: OwnerType
+    owner_id: str
+    period: Period
+    amount_nanos: int
+    organisation_id: str | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    timezone: str = ""  # "" = the owner's time zone (organisation's, or the API key's for APIKEY owners)
+    currency: str = "USD"
+    thresholds: list[int] = msgspec.field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    rollover: bool = False
+    active: bool = True
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Quota(msgspec.Struct, kw_only=True):
+    """A count limit (requests, tokens, errors, cost, latency) for one owner and period."""
+
+    id: str
+    name: str
+    owner_type: OwnerType
+    owner_id: str
+    period: Period
+    metric: Metric
+    limit: int
+    organisation_id: str | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    timezone: str = ""  # "" = the owner's time zone (organisation's, or the API key's for APIKEY owners)
+    rollover: bool = False
+    active: bool = True
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class BudgetEvent(msgspec.Struct, kw_only=True):
+    """A budget window crossed one of its thresholds."""
+
+    id: int
+    budget_id: str
+    window_key: str
+    threshold: int
+    used_nanos: int
+    amount_nanos: int
+    created_at: datetime
+
+
+def async_url(url: str) -> str:
+    """Map a plain database URL to its asyncio driver (aiosqlite / asyncpg)."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class GovernanceStore:
+    """Governance rows in SQLite or PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def from_url(cls, url: str) -> GovernanceStore:
+        """Create a store with its own engine for `url`."""
+        return cls(create_async_engine(async_url(url), pool_pre_ping=True))
+
+    async def close(self) -> None:
+        """Dispose of the engine's connections."""
+        await self.engine.dispose()
+
+    async def create_tables(self) -> None:
+        """Create the governance tables if missing (tests and tooling; production uses the migration)."""
+        from odock.governance.schema import GOVERNANCE_TABLES
+
+        await self._run(
+            lambda c: c.run_sync(
+                lambda sync: GOVERNANCE_TABLES[0].metadata.create_all(sync, tables=list(GOVERNANCE_TABLES))
+            )
+        )
+
+    async def _run(self, work: Any) -> Any:
+        try:
+            async with self.engine.begin() as conn:
+                return await work(conn)
+        except SQLAlchemyError as exc:
+            raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
+        except OSError as exc:
+            raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # --- definitions -----------------------------------------------------------------------------------------
+
+    async def definitions_version(self) -> tuple[Any, ...]:
+        """Return a value that changes whenever a budget or quota is created, updated or deleted."""
+
+        async def work(conn: AsyncConnection) -> tuple[Any, ...]:
+            b = (await conn.execute(sa.select(sa.func.count(), sa.func.max(budgets.c.updated_at)))).one()
+            q = (await conn.execute(sa.select(sa.func.count(), sa.func.max(quotas.c.updated_at)))).one()
+            return (b[0], str(b[1]), q[0], str(q[1]))
+
+        result: tuple[Any, ...] = await self._run(work)
+        return result
+
+    async def list_budgets(self, **filters: Any) -> list[Budget]:
+        """List budgets, optionally filtered by column equality (owner_type, owner_id, organisation_id, active)."""
+        rows = await self._select(budgets, filters)
+        return [self._budget(r) for r in rows]
+
+    async def list_quotas(self, **filters: Any) -> list[Quota]:
+        """List quotas, optionally filtered by column equality."""
+        rows = await self._select(quotas, filters)
+        return [self._quota(r) for r in rows]
+
+    async def _select(self, table: sa.Table, filters: dict[str, Any]) -> Sequence[sa.Row[Any]]:
+        query = sa.select(table).order_by(table.c.created_at, table.c.id)
+        for name, value in filters.items():
+            if value is not None:
+                query = query.where(table.c[name] == value)
+
+        async def work(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
+            return (await conn.execute(query)).all()
+
+        rows: Sequence[sa.Row[Any]] = await self._run(work)
+        return rows
+
+    @staticmethod
+    def _budget(row: sa.Row[Any]) -> Budget:
+        m = row._mapping
+        return Budget(
+            id=m["id"],
+            name=m["name"],
+            owner_type=m["owner_type"],
+            owner_id=m["owner_id"],
+            organisation_id=m["organisation_id"],
+            period=m["period"],
+            amount_nanos=int(m["amount_nanos"]),
+            start_at=_utc(m["start_at"]),
+            end_at=_utc(m["end_at"]),
+            timezone=m["timezone"],
+            currency=m["currency"],
+            thresholds=[int(t) for t in (m["thresholds"] or [])],
+            rollover=bool(m["rollover"]),
+            active=bool(m["active"]),
+            created_at=_utc(m["created_at"]),
+            updated_at=_utc(m["updated_at"]),
+        )
+
+    @staticmethod
+    def _quota(row: sa.Row[Any]) -> Quota:
+        m = row._mapping
+        return Quota(
+            id=m["id"],
+            name=m["name"],
+            owner_type=m["owner_type"],
+            owner_id=m["owner_id"],
+            organisation_id=m["organisation_id"],
+            period=m["period"],
+            metric=m["metric"],
+            limit=int(m["limit_value"]),
+            start_at=_utc(m["start_at"]),
+            end_at=_utc(m["end_at"]),
+            timezone=m["timezone"],
+            rollover=bool(m["rollover"]),
+            active=bool(m["active"]),
+            created_at=_utc(m["created_at"]),
+            updated_at=_utc(m["updated_at"]),
+        )
+
+    async def insert_budget(self, budget: Budget) -> Budget:
+        """Insert a budget (id generated when empty) and return it as stored."""
+        now = _now()
+        budget = msgspec.structs.replace(
+            budget,
+            id=budget.id or str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
+            start_at=_utc(budget.start_at),
+            end_at=_utc(budget.end_at),
+        )
+        values = msgspec.structs.asdict(budget)
+        await self._run(lambda c: c.execute(budgets.insert().values(**values)))
+        return budget
+
+    async def insert_quota(self, quota: Quota) -> Quota:
+        """Insert a quota (id generated when empty) and return it as stored."""
+        now = _now()
+        quota = msgspec.structs.replace(
+            quota,
+            id=quota.id or str(uuid.uuid4()),
+            created_at=now,
+            updated_at=now,
+            start_at=_utc(quota.start_at),
+            end_at=_utc(quota.end_at),
+        )
+        values = msgspec.structs.asdict(quota)
+        values["limit_value"] = values.pop("limit")
+        await self._run(lambda c: c.execute(quotas.insert().values(**values)))
+        return quota
+
+    async def update_budget(self, budget: Budget) -> Budget:
+        """Replace a stored budget's fields (by id)."""
+        budget = msgspec.structs.replace(
+            budget, updated_at=_now(), start_at=_utc(budget.start_at), end_at=_utc(budget.end_at)
+        )
+        values = msgspec.structs.asdict(budget)
+        values.pop("created_at")
+        await self._run(
+            lambda c: c.execute(budgets.update().where(budgets.c.id == budget.id).values(**values))
+        )
+        return budget
+
+    async def update_quota(self, quota: Quota) -> Quota:
+        """Replace a stored quota's fields (by id)."""
+        quota = msgspec.structs.replace(
+            quota, updated_at=_now(), start_at=_utc(quota.start_at), end_at=_utc(quota.end_at)
+        )
+        values = msgspec.structs.asdict(quota)
+        values.pop("created_at")
+        values["limit_value"] = values.pop("limit")
+        await self._run(lambda c: c.execute(quotas.update().where(quotas.c.id == quota.id).values(**values)))
+        return quota
+
+    async def delete(self, kind: Literal["budget", "quota"], definition_id: str) -> bool:
+        """Delete a budget or quota by id; return whether it existed."""
+        table = budgets if kind == "budget" else quotas
+
+        async def work(conn: AsyncConnection) -> bool:
+            result = await conn.execute(table.delete().where(table.c.id == definition_id))
+            return bool(result.rowcount)
+
+        deleted: bool = await self._run(work)
+        return deleted
+
+    # --- windows and charges ------------------------------------------------------------------------------------
+
+    async def window_used(
+        self, window_key: str, kind: str, definition_id: str, start: datetime, end: datetime, limit: int
+    ) -> int:
+        """Return the settled `used` of a window, creating its row (used 0) on first sight."""
+        insert = (
+            self._insert(governance_windows)
+            .values(
+                window_key=window_key,
+                kind=kind,
+                definition_id=definition_id,
+                start_at=start,
+                end_at=end,
+                limit_value=limit,
+                used=0,
+                updated_at=_now(),
+            )
+            .on_conflict_do_nothing(index_elements=["window_key"])
+        )
+
+        async def work(conn: AsyncConnection) -> int:
+            await conn.execute(insert)
+            row = (
+                await conn.execute(
+                    sa.select(governance_windows.c.used).where(governance_windows.c.window_key == window_key)
+                )
+            ).one()
+            return int(row[0])
+
+        used: int = await self._run(work)
+        return used
+
+    async def record_charges(self, charges: Iterable[tuple[str, str, int]]) -> list[bool]:
+        """Write (reservation_id, window_key, amount) charges once each; add new ones to the window's `used`."""
+        items = list(charges)
+        if not items:
+            return []
+
+        async def work(conn: AsyncConnection) -> list[bool]:
+            inserted: list[bool] = []
+            now = _now()
+            for reservation_id, window_key, amount in items:
+                result = await conn.execute(
+                    self._insert(governance_charges)
+                    .values(
+                        reservation_id=reservation_id, window_key=window_key, amount=amount, created_at=now
+                    )
+                    .on_conflict_do_nothing(index_elements=["reservation_id", "window_key"])
+                )
+                fresh = bool(result.rowcount)
+                inserted.append(fresh)
+                if fresh and amount:
+                    await conn.execute(
+                        governance_windows.update()
+                        .where(governance_windows.c.window_key == window_key)
+                        .values(used=governance_windows.c.used + amount, updated_at=now)
+                    )
+            return inserted
+
+        result: list[bool] = await self._run(work)
+        return result
+
+    async def charges_for(self, reservation_id: str) -> dict[str, int]:
+        """Return the settled charges of a reservation by window key (empty when never settled)."""
+
+        async def work(conn: AsyncConnection) -> dict[str, int]:
+            rows = await conn.execute(
+                sa.select(governance_charges.c.window_key, governance_charges.c.amount).where(
+                    governance_charges.c.reservation_id == reservation_id
+                )
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+        result: dict[str, int] = await self._run(work)
+        return result
+
+    async def windows(self, definition_id: str) -> list[dict[str, Any]]:
+        """Return a definition's stored windows, newest first (admin views)."""
+
+        async def work(conn: AsyncConnection) -> list[dict[str, Any]]:
+            rows = await conn.execute(
+                sa.select(governance_windows)
+                .where(governance_windows.c.definition_id == definition_id)
+                .order_by(governance_windows.c.start_at.desc())
+            )
+            return [
+                {
+                    "window_key": r.window_key,
+                    "start_at": _utc(r.start_at),
+                    "end_at": _utc(r.end_at),
+                    "limit": int(r.limit_value),
+                    "used": int(r.used),
+                }
+                for r in rows
+            ]
+
+        result: list[dict[str, Any]] = await self._run(work)
+        return result
+
+    # --- threshold events -----------------------------------------------------------------------------------------
+
+    async def record_events(self, events: Iterable[tuple[str, str, int, int, int]]) -> None:
+        """Insert (budget_id, window_key, threshold, used, amount) events; a repeated crossing is ignored."""
+        items = list(events)
+        if not items:
+            return
+        now = _now()
+
+        async def work(conn: AsyncConnection) -> None:
+            for budget_id, window_key, threshold, used, amount in items:
+                await conn.execute(
+                    self._insert(budget_events)
+                    .values(
+                        budget_id=budget_id,
+                        window_key=window_key,
+                        threshold=threshold,
+                        used_nanos=used,
+                        amount_nanos=amount,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["window_key", "threshold"])
+                )
+
+        await self._run(work)
+
+    async def list_events(
+        self, *, budget_id: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[BudgetEvent]:
+        """Return threshold events, newest first."""
+        query = sa.select(budget_events).order_by(
+            budget_events.c.created_at.desc(), budget_events.c.id.desc()
+        )
+        if budget_id is not None:
+            query = query.where(budget_events.c.budget_id == budget_id)
+        if since is not None:
+            query = query.where(budget_events.c.created_at >= since)
+        query = query.limit(max(1, min(limit, 1000)))
+
+        async def work(conn: AsyncConnection) -> list[BudgetEvent]:
+            rows = await conn.execute(query)
+            return [
+                BudgetEvent(
+                    id=int(r.id),
+                    budget_id=r.budget_id,
+                    window_key=r.window_key,
+                    threshold=int(r.threshold),
+                    used_nanos=int(r.used_nanos),
+                    amount_nanos=int(r.amount_nanos),
+                    created_at=_utc(r.created_at) or _now(),
+                )
+                for r in rows
+            ]
+
+        result: list[BudgetEvent] = await self._run(work)
+        return result
