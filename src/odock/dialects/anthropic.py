@@ -816,6 +816,8 @@ class StreamEncoder:
             self._stop = ev.stop_reason
         return out
 
+    event = events  # the chat dialect's spelling
+
     def finish(self) -> bytes:
         """End the stream cleanly: close the open block, message_delta (stop reason, usage), message_stop."""
         if self._done:

@@ -870,6 +870,8 @@ class StreamEncoder:
             return b""
         return self._chunk(self._parts_chunk(parts))
 
+    event = events  # the chat dialect's spelling
+
     def finish(self) -> bytes:
         """End cleanly: a last chunk with finishReason and usageMetadata (and `]` in JSON-array mode)."""
         if self._done:
