@@ -161,12 +161,10 @@ def _decode_input(raw: Any) -> list[Message]:
             ]
         elif kind == "function_call_output":
             output = item.get("output")
-            content: str | list[ContentPart] = (
-                output if isinstance(output, str) else _decode_parts(output, f"{field}.output")
-            )
+            result = output if isinstance(output, str) else _decode_parts(output, f"{field}.output")
             messages.append(
                 Message(
-                    role="tool", tool_call_id=_str(item.get("call_id"), f"{field}.call_id"), content=content
+                    role="tool", tool_call_id=_str(item.get("call_id"), f"{field}.call_id"), content=result
                 )
             )
         elif kind == "reasoning":
