@@ -50,7 +50,8 @@ def _bearer(req: MockRequest) -> str | None:
 
 
 OPENAI = Provider("openai", openai.error_reply, _bearer)
-ANTHROPIC = Provider("anthropic", anthropic.error_reply, lambda r: r.headers.get("x-api-key") or None,
+# Current Anthropic SDKs send the key as a bearer token; older ones (and most gateways) use x-api-key.
+ANTHROPIC = Provider("anthropic", anthropic.error_reply, lambda r: r.headers.get("x-api-key") or _bearer(r),
                      anthropic.check_headers)
 GEMINI = Provider("gemini", gemini.error_reply, lambda r: r.headers.get("x-goog-api-key") or r.query.get("key") or None)
 
