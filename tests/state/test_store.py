@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from odock.errors import DependencyUnavailable
+from odock.errors import DependencyUnavailable, GatewayError
 from odock.settings import Settings
 from odock.state import schema
 from odock.state.crypto import SecretBox, generate_key_text, load_secret_box
@@ -76,7 +76,7 @@ async def test_failed_mutation_does_not_bump(store: SqlStore, service: Catalogue
     """A mutation that fails (duplicate) rolls back and leaves catalogue_version unchanged."""
     await service.create_organisation({"name": "acme"})
     version = await store.catalogue_version()
-    with pytest.raises(Exception):
+    with pytest.raises(GatewayError):
         await service.create_organisation({"name": "acme"})
     assert await store.catalogue_version() == version
 
