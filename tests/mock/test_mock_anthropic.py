@@ -108,7 +108,7 @@ async def test_error_after_sends_error_event(client: anthropic.AsyncAnthropic) -
 
 async def test_cut_after_is_noticed(client: anthropic.AsyncAnthropic) -> None:
     """cut_after=4 ends the stream without message_stop; the SDK sees a broken body."""
-    with pytest.raises(Exception) as info:  # noqa: PT011 (the SDK's HTTP library names the error)
+    with pytest.raises(Exception) as info:
         async with client.messages.stream(model="claude;cut_after=4", max_tokens=100,
                                           messages=USER) as stream:  # type: ignore[arg-type]
             async for _ in stream:

@@ -48,6 +48,18 @@ def usage(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def get(holder: Any, camel: str) -> Any:
+    """Read a field in camelCase or snake_case (Google accepts both; SDKs send either when nested)."""
+    if not isinstance(holder, dict):
+        return None
+    value = holder.get(camel)
+    return value if value is not None else holder.get(_snake(camel))
+
+
 def _parts_text(parts: Any) -> str:
     if not isinstance(parts, list):
         return ""
@@ -60,7 +72,7 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
-    system = body.get("systemInstruction") or body.get("system_instruction")
+    system = get(body, "systemInstruction")
     texts = [_parts_text(system.get("parts"))] if isinstance(system, dict) else []
     user_text, last_tool = "", False
     for content in contents:
@@ -69,27 +81,26 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
         parts = content.get("parts")
         text = _parts_text(parts)
         texts.append(text)
-        last_tool = isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts)
+        last_tool = isinstance(parts, list) and any(get(p, "functionResponse") is not None for p in parts)
         if content.get("role", "user") == "user" and text:
             user_text = text
     all_text = "\n".join(texts)
     tools: list[ToolSpec] = []
     for tool in body.get("tools") or []:
-        for decl in (tool.get("functionDeclarations") or []) if isinstance(tool, dict) else []:
+        for decl in get(tool, "functionDeclarations") or []:
             if isinstance(decl, dict) and isinstance(decl.get("name"), str):
-                params = decl.get("parametersJsonSchema") or decl.get("parameters")
+                params = get(decl, "parametersJsonSchema") or decl.get("parameters")
                 tools.append(ToolSpec(decl["name"], params if isinstance(params, dict) else None))
-    fcc = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {})
-    mode = str(fcc.get("mode", "AUTO")).upper()
-    allowed = fcc.get("allowedFunctionNames") or []
+    fcc = get(get(body, "toolConfig"), "functionCallingConfig") or {}
+    mode = str(fcc.get("mode") or "AUTO").upper()
+    allowed = get(fcc, "allowedFunctionNames") or []
     choice = "none" if mode == "NONE" else (str(allowed[0]) if mode == "ANY" and len(allowed) == 1 else
                                             "any" if mode == "ANY" else "auto")
-    config = body.get("generationConfig") or {}
-    schema = config.get("responseJsonSchema") or config.get("responseSchema")
-    json_mode = config.get("responseMimeType") == "application/json"
-    thinking_cfg = config.get("thinkingConfig") or {}
-    wants_thinking = isinstance(thinking_cfg, dict) and thinking_cfg.get("includeThoughts") is True
-    max_tokens = int_or_none(config.get("maxOutputTokens"))
+    config = get(body, "generationConfig") or {}
+    schema = get(config, "responseJsonSchema") or get(config, "responseSchema")
+    json_mode = get(config, "responseMimeType") == "application/json"
+    wants_thinking = get(get(config, "thinkingConfig"), "includeThoughts") is True
+    max_tokens = int_or_none(get(config, "maxOutputTokens"))
     sse_mode = req.query.get("alt") == "sse"
 
     def make(d: Directives, name: str) -> Reply | StreamReply:
