@@ -51,14 +51,20 @@ def ensure_litellm() -> Path:
     return exe
 
 
+# @hono/node-server newer than 1.14.2 makes Portkey fail with "TypeError: immutable" (Portkey-AI/gateway#1389)
+HONO_PIN = "1.14.2"
+
+
 def ensure_portkey() -> Path:
-    """Return Portkey's node server entry, installing @portkey-ai/gateway with npm if missing."""
-    if PORTKEY_ENTRY.exists():
+    """Return Portkey's node server entry, installing @portkey-ai/gateway (and the working hono) if missing."""
+    hono = PORTKEY_DIR / "node_modules" / "@hono" / "node-server" / "package.json"
+    if PORTKEY_ENTRY.exists() and hono.exists() and json.loads(hono.read_text()).get("version") == HONO_PIN:
         return PORTKEY_ENTRY
     PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
     if not (PORTKEY_DIR / "package.json").exists():
         (PORTKEY_DIR / "package.json").write_text('{"name": "bench-portkey", "private": true}\n')
-    _run(["npm", "install", "--no-audit", "--no-fund", "@portkey-ai/gateway"], cwd=PORTKEY_DIR)
+    _run(["npm", "install", "--no-audit", "--no-fund", "@portkey-ai/gateway", f"@hono/node-server@{HONO_PIN}"],
+         cwd=PORTKEY_DIR)
     return PORTKEY_ENTRY
 
 

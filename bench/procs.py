@@ -83,6 +83,13 @@ def cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+def system_busy_seconds() -> float:
+    """Return the CPU seconds all CPUs spent busy since boot (everything but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+
+
 def memory_kb(root: int) -> dict[str, int]:
     """Return VmRSS and VmHWM (peak) in KiB, summed over `root`'s process tree."""
     out = {"rss_kb": 0, "hwm_kb": 0}

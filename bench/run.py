@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,11 +25,28 @@ from typing import Any
 import yaml
 
 from bench import peers, report
-from bench.procs import Service, Supervisor, cores, cpu_seconds, free_port, http_get, http_post, memory_kb, pin_tree
-from bench.scenarios import (
-    CATALOGUES, KEY_ENV, UPSTREAM_KEY_ENV, CatalogueSpec, Call, Scenario, build_scenarios, select,
+from bench.procs import (
+    Service,
+    Supervisor,
+    cores,
+    cpu_seconds,
+    free_port,
+    http_post,
+    memory_kb,
+    pin_tree,
+    system_busy_seconds,
 )
-from bench.wrk import WrkResult, ensure_wrk, run_wrk
+from bench.scenarios import (
+    CATALOGUES,
+    KEY_ENV,
+    UPSTREAM_KEY_ENV,
+    Call,
+    CatalogueSpec,
+    Scenario,
+    build_scenarios,
+    select,
+)
+from bench.wrk import ensure_wrk, run_wrk
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loadgen-compare", action="store_true",
                    help="measure wrk against the Python (aiohttp) load generator on the mock")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
-    p.add_argument("--mock-command", default="",
-                   help="run this instead of `odock mock-upstream` ({port} is replaced); for harness development")
+    p.add_argument("--odock-command", default="",
+                   help="the odock command to run (default: this Python with -m odock), e.g. while the CLI is "
+                        "being built")
     p.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/<time>.json)")
     return p.parse_args(argv)
 
@@ -84,38 +104,34 @@ class Ctx:
 
 # --- measuring one target ---------------------------------------------------------------------------
 
-def _journal_size(ctx: Ctx) -> int | None:
-    """Return how many requests the mock journal holds (None when it has no journal)."""
+def _journal(ctx: Ctx, method: str = "GET") -> list[dict[str, Any]]:
+    """Return (or with DELETE, clear) the mock's request journal."""
+    conn = http.client.HTTPConnection("127.0.0.1", ctx.mock.port, timeout=5)
     try:
-        status, body = http_get(ctx.mock.port, "/_mock/requests")
-    except OSError:
-        return None
-    if status != 200:
-        return None
-    data = json.loads(body)
-    if isinstance(data, dict):
-        for k in ("requests", "items", "journal", "entries"):
-            if isinstance(data.get(k), list):
-                data = data[k]
-                break
-        else:
-            return int(data.get("count", data.get("total", -1)))
-    return len(data) if isinstance(data, list) else None
+        conn.request(method, "/_mock/requests")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"mock journal: {method} answered {resp.status}")
+    requests: list[dict[str, Any]] = json.loads(body).get("requests", []) if method == "GET" else []
+    return requests
 
 
 def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
-    """Send one request, check it is a good answer and (when proxied) that it reached the mock."""
-    before = _journal_size(ctx) if via != "direct" else None
+    """Send one request, check it is a good answer and (when proxied) that the mock journal saw it."""
+    if via != "direct":
+        _journal(ctx, "DELETE")
     status, body = http_post(port, call.path, call.body, call.headers)
     if status != 200 or call.expect not in body:
         raise RuntimeError(f"{via} {call.path}: {status} {body[:300]!r}")
-    if via != "direct" and before is not None:
-        after = _journal_size(ctx)
-        # the journal may be a bounded ring: a change (not only growth) proves the request arrived
-        if after == before and before not in (0,):
-            raise RuntimeError(f"{via} answered but the mock journal did not change: is it proxying?")
-        if after == 0:
-            raise RuntimeError(f"{via} answered but the mock journal is empty: is it proxying?")
+    if via != "direct":
+        seen = _journal(ctx)
+        if not seen:
+            raise RuntimeError(f"{via} answered 200 but the mock journal is empty: it did not proxy to the mock")
+        print(f"  {via}: probe reached the mock ({len(seen)} upstream request(s): "
+              f"{', '.join(str(e.get('path')) for e in seen[:3])})", flush=True)
 
 
 def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
@@ -133,10 +149,11 @@ def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -
     lat = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=1, duration_s=300,
                   cap=a.requests, **kw)
     sut_pid = (sut or ctx.mock).pid
-    c0, m0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), time.monotonic()
+    c0, m0, s0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), system_busy_seconds(), time.monotonic()
     thr = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
                   duration_s=a.duration, **kw)
     wall = time.monotonic() - t0
+    busy = system_busy_seconds() - s0
     out: dict[str, Any] = {"latency": lat.as_dict(), "throughput": thr.as_dict()}
     tp = out["throughput"]
     tp["sut_cpu_pct"] = round(100 * (cpu_seconds(sut_pid) - c0) / wall, 1)
@@ -144,6 +161,11 @@ def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -
         tp["mock_cpu_pct"] = round(100 * (cpu_seconds(ctx.mock.pid) - m0) / wall, 1)
     load = tp["client_cpu_s"] * 100 / wall + (tp.get("mock_cpu_pct", 0.0) if sut is not None else 0.0)
     tp["load_core_pct"] = round(load, 1)
+    # CPU used by anything else on the machine (other test runs, builds): the run was not alone above ~10%
+    own = cpu_seconds(sut_pid) - c0 + tp["client_cpu_s"] + (cpu_seconds(ctx.mock.pid) - m0 if sut else 0.0)
+    tp["foreign_cpu_pct"] = round(max(0.0, busy - own) * 100 / wall, 1)
+    if tp["foreign_cpu_pct"] > 10:
+        ctx.note(f"{target}: other processes used {tp['foreign_cpu_pct']:.0f}% of a CPU during the run")
     if ctx.load_cpu is not None and load > 90:
         ctx.note(f"{target}: the load core was {load:.0f}% busy: the figure may be load-bound")
     if sut is not None:
@@ -168,23 +190,24 @@ def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None,
 
 # --- the processes ------------------------------------------------------------------------------------
 
-def odock_available(command: str) -> str | None:
+def odock_argv(args: argparse.Namespace) -> list[str]:
+    """Return the command that runs `odock`."""
+    return shlex.split(args.odock_command) if args.odock_command else [sys.executable, "-m", "odock"]
+
+
+def odock_available(args: argparse.Namespace, command: str) -> str | None:
     """Return None when `odock COMMAND` exists, else the reason it does not."""
-    proc = subprocess.run([sys.executable, "-m", "odock", command, "--help"], capture_output=True, timeout=60,
-                          cwd=REPO)
+    proc = subprocess.run([*odock_argv(args), command, "--help"], check=False, capture_output=True, timeout=60, cwd=REPO)
     if proc.returncode == 0:
         return None
-    return (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-1:][0] if (
-        proc.stderr or proc.stdout) else f"exit {proc.returncode}"
+    lines = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
 
 
 def start_mock(sup: Supervisor, args: argparse.Namespace, cpu: int | None) -> Service:
     """Start the mock provider and wait for /_mock/health."""
     port = free_port()
-    if args.mock_command:
-        argv = [part.replace("{port}", str(port)) for part in args.mock_command.split()]
-    else:
-        argv = [sys.executable, "-m", "odock", "mock-upstream", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*odock_argv(args), "mock-upstream", "--host", "127.0.0.1", "--port", str(port)]
     mock = sup.start("mock", argv, port, cpu=cpu, cwd=REPO)
     mock.wait_ready("/_mock/health", timeout=60)
     return mock
@@ -208,7 +231,7 @@ def start_gateway(ctx: Ctx, catalogue: str, env_extra: dict[str, str], name: str
     port = free_port()
     env = {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "ODOCK_LOG_LEVEL": "warning", **env_extra}
     env.setdefault("ODOCK_DATABASE_URL", f"sqlite:///{work / (name + '.db')}")
-    svc = ctx.sup.start(name, [sys.executable, "-m", "odock", "serve", "--config", str(cfg)], port, env=env,
+    svc = ctx.sup.start(name, [*odock_argv(ctx.args), "serve", "--config", str(cfg)], port, env=env,
                         cpu=ctx.sut_cpu, cwd=work)
     svc.wait_ready("/v1/health", timeout=90)
     return svc
@@ -336,8 +359,8 @@ def run_loadgen_compare(ctx: Ctx, scenario: Scenario) -> None:
 # --- main -------------------------------------------------------------------------------------------
 
 def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, cwd=REPO, timeout=10)
-    wrk_v = subprocess.run(["wrk", "--version"], capture_output=True, timeout=10)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, cwd=REPO, timeout=10)
+    wrk_v = subprocess.run(["wrk", "--version"], check=False, capture_output=True, timeout=10)
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
@@ -387,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         sc.name: {"tags": sorted(sc.tags), "catalogue": sc.catalogue, "path": sc.gateway.path, "stream": sc.stream,
                   "note": sc.note} for sc in scenarios}}
     try:
-        if not args.mock_command and (why := odock_available("mock-upstream")):
+        if why := odock_available(args, "mock-upstream"):
             print(f"the mock provider is not available (`odock mock-upstream`): {why}", file=sys.stderr)
             return 2
         ctx = Ctx(args, sup, start_mock(sup, args, load_cpu), sut_cpu, load_cpu, results)
@@ -398,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print("direct to mock", flush=True)
         run_direct(ctx, scenarios)
         gateway_ok = not args.no_gateway
-        if gateway_ok and (why := odock_available("serve")):
+        if gateway_ok and (why := odock_available(args, "serve")):
             ctx.note(f"gateway not available (`odock serve`): {why}")
             gateway_ok = False
         if gateway_ok:

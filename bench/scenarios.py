@@ -214,10 +214,6 @@ def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[S
     """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`."""
     picked = []
     for sc in scenarios:
-        if only and (sc.name in only or sc.tags & set(only)):
-            picked.append(sc)
-        elif not only and ("core" in sc.tags or sc.tags & tags):
-            picked.append(sc)
-        elif only and sc.tags & tags:
+        if only and (sc.name in only or sc.tags & set(only)) or not only and ("core" in sc.tags or sc.tags & tags) or only and sc.tags & tags:
             picked.append(sc)
     return picked
