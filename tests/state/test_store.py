@@ -200,3 +200,24 @@ def test_sqlite_key_file_and_postgres_refusal(tmp_path: Path) -> None:
         load_secret_box("", "postgresql://h/d")
     with pytest.raises(SystemExit, match="ODOCK_SECRET_KEY"):
         load_secret_box("not-base64!", "postgresql://h/d")
+
+
+async def test_concurrent_writers_and_opens(db: tuple[str, Settings]) -> None:
+    """Stores opened at once migrate once; concurrent mutations and usage inserts all succeed."""
+    import asyncio
+
+    stores = await asyncio.gather(SqlStore.open(*db), SqlStore.open(*db))
+    try:
+        first, second = (CatalogueService(s) for s in stores)
+        when = datetime(2026, 7, 1, tzinfo=UTC)
+        await asyncio.gather(
+            *(first.create_organisation({"name": f"org{i}"}) for i in range(8)),
+            *(second.create_organisation({"name": f"other{i}"}) for i in range(8)),
+            *(stores[i % 2].insert_usage([_usage(f"r{i}", when)]) for i in range(8)),
+        )
+        assert len(await first.list_organisations()) == 16
+        assert await stores[0].catalogue_version() == 16
+        assert sum(r.requests for r in await first.usage_summary("model")) == 8
+    finally:
+        for store in stores:
+            await store.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ log = logging.getLogger("odock.state")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 ChangeListener = Callable[[], Awaitable[None]]
+# a result row as a mapping (RowMapping keys may also be Column objects)
+RowLike = Mapping[Any, Any]
 # PostgreSQL advisory lock id serialising concurrent `upgrade head` from several workers/hosts
 _MIGRATION_LOCK = 0x0D0C_0001
 # SQLite: wait this long for a competing writer instead of failing with "database is locked"
@@ -86,7 +88,7 @@ async def mapped_errors() -> AsyncIterator[None]:
         if error.connection_invalidated:
             raise _unavailable(error) from error
         raise
-    except (OSError, ConnectionError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         raise _unavailable(error) from error
 
 
@@ -127,6 +129,9 @@ class SqlStore:
         self.box = box
         self.dialect = engine.dialect.name
         self._listeners: list[ChangeListener] = []
+        # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
+        # busy handler, which sleeps in growing steps while it waits
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     async def open(
@@ -172,10 +177,14 @@ class SqlStore:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a write transaction (committed on success), with driver errors mapped."""
-        async with mapped_errors(), self.engine.connect() as conn:
+        async with AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            await stack.enter_async_context(mapped_errors())
+            conn = await stack.enter_async_context(self.engine.connect())
             conn = await conn.execution_options(odock_write=True)
-            async with conn.begin():
-                yield conn
+            await stack.enter_async_context(conn.begin())
+            yield conn
 
     @asynccontextmanager
     async def mutate(self) -> AsyncIterator[AsyncConnection]:
@@ -208,21 +217,21 @@ class SqlStore:
 
     # ------------------------------------------------------------------ row → record
 
-    def organisation_from_row(self, row: Mapping[str, Any]) -> Organisation:
+    def organisation_from_row(self, row: RowLike) -> Organisation:
         """Build an Organisation from a row."""
         return Organisation(id=row["id"], name=row["name"], timezone=row["timezone"], policies=row["policies"] or {})
 
-    def team_from_row(self, row: Mapping[str, Any]) -> Team:
+    def team_from_row(self, row: RowLike) -> Team:
         """Build a Team from a row."""
         return Team(
             id=row["id"], organisation_id=row["organisation_id"], name=row["name"], policies=row["policies"] or {}
         )
 
-    def user_from_row(self, row: Mapping[str, Any]) -> User:
+    def user_from_row(self, row: RowLike) -> User:
         """Build a User from a row."""
         return User(id=row["id"], organisation_id=row["organisation_id"], email=row["email"], name=row["name"])
 
-    def key_from_row(self, row: Mapping[str, Any]) -> ApiKeyRecord:
+    def key_from_row(self, row: RowLike) -> ApiKeyRecord:
         """Build an ApiKeyRecord from a row."""
         return ApiKeyRecord(
             id=row["id"],
@@ -241,7 +250,7 @@ class SqlStore:
             created_at=row["created_at"],
         )
 
-    def provider_from_row(self, row: Mapping[str, Any]) -> ProviderRecord:
+    def provider_from_row(self, row: RowLike) -> ProviderRecord:
         """Build a ProviderRecord from a row, decrypting its credential."""
         encrypted = row["api_key_encrypted"]
         return ProviderRecord(
@@ -256,7 +265,7 @@ class SqlStore:
             config=row["config"] or {},
         )
 
-    def model_from_row(self, row: Mapping[str, Any]) -> ModelRecord:
+    def model_from_row(self, row: RowLike) -> ModelRecord:
         """Build a ModelRecord from a row."""
         return ModelRecord(
             id=row["id"],
@@ -273,9 +282,9 @@ class SqlStore:
 
     # ------------------------------------------------------------------ Store protocol
 
-    async def _one(self, query: sa.Select[Any]) -> Mapping[str, Any] | None:
+    async def _one(self, query: sa.Select[Any]) -> RowLike | None:
         async with self.read() as conn:
-            row = (await conn.execute(query)).mappings().first()
+            row: RowLike | None = (await conn.execute(query)).mappings().first()
         return row
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
