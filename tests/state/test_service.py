@@ -87,33 +87,38 @@ async def test_revoke_and_delete(store: SqlStore, service: CatalogueService) -> 
         await service.get_key(created.key.id)
 
 
-@pytest.mark.parametrize(
-    ("data", "ok"),
-    [
-        ({"type": "ORGANISATION"}, True),
-        ({"type": "ORGANISATION", "team": "platform"}, False),
-        ({"type": "ORGANISATION", "user": "dev@acme.test"}, False),
-        ({"type": "TEAM", "team": "platform"}, True),
-        ({"type": "TEAM"}, False),
-        ({"type": "TEAM", "team": "platform", "user": "dev@acme.test"}, False),
-        ({"type": "USER", "user": "dev@acme.test"}, True),
-        ({"type": "USER"}, False),
-        ({"type": "USER", "user": "dev@acme.test", "team": "platform"}, False),
-        ({"type": "ADMIN"}, False),
-    ],
-)
-async def test_ownership_rules(service: CatalogueService, data: dict[str, str], ok: bool) -> None:
+OWNERSHIP_CASES: list[tuple[dict[str, str], bool]] = [
+    ({"type": "ORGANISATION"}, True),
+    ({"type": "ORGANISATION", "team": "platform"}, False),
+    ({"type": "ORGANISATION", "user": "dev@acme.test"}, False),
+    ({"type": "TEAM", "team": "platform"}, True),
+    ({"type": "TEAM"}, False),
+    ({"type": "TEAM", "team": "platform", "user": "dev@acme.test"}, False),
+    ({"type": "USER", "user": "dev@acme.test"}, True),
+    ({"type": "USER"}, False),
+    ({"type": "USER", "user": "dev@acme.test", "team": "platform"}, False),
+    ({"type": "ADMIN"}, False),
+]
+
+
+async def test_ownership_rules(service: CatalogueService) -> None:
     """ORGANISATION keys have no owner, TEAM keys exactly a team, USER keys exactly a user (reference §3.3)."""
     await _catalogue(service)
-    request = {"organisation": "acme", "name": "k", **data}
-    if ok:
-        created = await service.create_key(request)
-        assert created.key.type == data["type"]
-        assert (created.key.team_id is not None) == (data["type"] == "TEAM")
-        assert (created.key.user_id is not None) == (data["type"] == "USER")
-    else:
-        with pytest.raises(BadRequest):
-            await service.create_key(request)
+    for i, (data, ok) in enumerate(OWNERSHIP_CASES):
+        request = {"organisation": "acme", "name": f"k{i}", **data}
+        if ok:
+            created = await service.create_key(request)
+            assert created.key.type == data["type"]
+            assert (created.key.team_id is not None) == (data["type"] == "TEAM")
+            assert (created.key.user_id is not None) == (data["type"] == "USER")
+        else:
+            with pytest.raises(BadRequest):
+                await service.create_key(request)
+    key = (await service.create_key({"organisation": "acme", "name": "move"})).key
+    with pytest.raises(BadRequest):
+        await service.update_key(key.id, {"type": "TEAM"})
+    moved = await service.update_key(key.id, {"type": "TEAM", "team": "platform"})
+    assert moved.type == "TEAM" and moved.team_id is not None
 
 
 async def test_grants(store: SqlStore, service: CatalogueService) -> None:
