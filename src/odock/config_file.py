@@ -52,6 +52,13 @@ class ApplyReport(msgspec.Struct, kw_only=True):
         """Tell whether anything was created or updated."""
         return bool(self.created or self.updated)
 
+    def __repr__(self) -> str:
+        # reports get logged: never let the generated secrets ride along
+        hidden = ", ".join(self.generated_secrets) or "none"
+        return f"ApplyReport({self.summary()}; generated secrets for: {hidden})"
+
+    __str__ = __repr__
+
     def summary(self) -> str:
         """Return a one-line summary."""
         if not self.changed:

@@ -128,3 +128,10 @@ def test_unknown_fields_and_bad_yaml(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "organisation: []\n"), ENV)
     with pytest.raises(ConfigFileError, match="not valid YAML"):
         load_config(_write(tmp_path, "organisations: [\n"), ENV)
+
+
+async def test_report_text_hides_generated_secrets(service: CatalogueService, tmp_path: Path) -> None:
+    """str()/repr() of the apply report (which callers log) never contain a generated secret."""
+    report = await apply_config(service, _write(tmp_path, FILE), ENV)
+    secret = report.generated_secrets["acme/team-key"]
+    assert secret not in str(report) and secret not in repr(report) and "acme/team-key" in str(report)
