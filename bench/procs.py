@@ -148,12 +148,13 @@ class Service:
         """Return whether the process is still running."""
         return self.popen.poll() is None
 
-    def tail(self, lines: int = 30) -> str:
-        """Return the end of the process log (for error messages)."""
+    def tail(self, lines: int = 8, chars: int = 1500) -> str:
+        """Return the end of the process log, bounded in lines and characters (for error messages)."""
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+            text = "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+        return text if len(text) <= chars else "…" + text[-chars:]
 
     def wait_ready(self, path: str, timeout: float = 60.0) -> None:
         """Poll GET `path` until it answers 200; raise with the log tail if it dies or times out."""

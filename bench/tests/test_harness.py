@@ -1,0 +1,159 @@
+"""Tests of the benchmark harness itself (no gateway needed): wrk driving, teardown, scenarios, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from bench import report
+from bench.procs import Supervisor, free_port, memory_kb, tree_pids
+from bench.scenarios import CATALOGUES, KEY_ENV, CatalogueSpec, build_scenarios, select
+from bench.wrk import lua_script, lua_string, run_wrk
+
+
+class _Echo(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, bytes, str | None]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Echo.seen.append((self.path, body, self.headers.get("x-odd")))
+        status = 503 if b"fail" in body else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def echo() -> Iterator[int]:
+    """A small HTTP server on loopback that records what it receives."""
+    _Echo.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+def test_lua_string_escapes_quotes_backslashes_and_non_ascii() -> None:
+    """Quotes, backslashes, newlines and UTF-8 bytes become decimal escapes; plain text stays."""
+    assert lua_string('a"b\\c\né') == '"a\\034b\\092c\\010\\195\\169"'
+    assert lua_string("plain text") == '"plain text"'
+
+
+def test_lua_script_sets_method_path_body_and_headers() -> None:
+    """The script posts the body to the path with every header."""
+    script = lua_script("/v1/x", b"{}", {"Authorization": "Bearer k"})
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.path = "/v1/x"' in script
+    assert 'wrk.headers["Authorization"] = "Bearer k"' in script
+
+
+@needs_wrk
+def test_wrk_sends_exact_body_and_headers_and_stops_at_cap(echo: int, tmp_path: Path) -> None:
+    """A capped run sends exactly `cap` requests with the body and headers, and ends long before -d."""
+    body = json.dumps({"q": 'quote " backslash \\ é'}).encode()
+    started = time.monotonic()
+    res = run_wrk(tmp_path, echo, "/p?alt=sse", body, {"Content-Type": "application/json", "x-odd": 'a"b'},
+                  connections=1, duration_s=30, cap=50)
+    assert time.monotonic() - started < 10
+    assert res.requests == 50
+    assert res.errors == 0
+    assert len(_Echo.seen) == 50
+    assert _Echo.seen[0] == ("/p?alt=sse", body, 'a"b')
+    assert res.p50_us > 0
+
+
+@needs_wrk
+def test_wrk_counts_non_2xx_answers_as_errors(echo: int, tmp_path: Path) -> None:
+    """Answers with an error status are counted in err_status."""
+    res = run_wrk(tmp_path, echo, "/", b'{"fail":1}', {}, connections=1, duration_s=30, cap=20)
+    assert res.err_status == res.requests == 20
+
+
+def test_supervisor_close_ends_the_whole_process_group(tmp_path: Path) -> None:
+    """close() ends a child and the grandchild it started."""
+    sup = Supervisor(tmp_path)
+    svc = sup.start("sleeper", ["sh", "-c", "sleep 60 & sleep 60"], free_port())
+    deadline = time.monotonic() + 5
+    while len(tree_pids(svc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    family = tree_pids(svc.pid)
+    assert len(family) >= 2
+    assert memory_kb(svc.pid)["rss_kb"] > 0
+    sup.close()
+    time.sleep(0.2)
+    alive = [pid for pid in family if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]]
+    assert alive == []
+
+
+def test_wait_ready_reports_a_child_that_exits(tmp_path: Path) -> None:
+    """A service that dies before answering raises with its log tail instead of waiting out the timeout."""
+    sup = Supervisor(tmp_path)
+    try:
+        svc = sup.start("dies", ["sh", "-c", "echo boom; exit 3"], free_port())
+        with pytest.raises(RuntimeError, match="boom"):
+            svc.wait_ready("/health", timeout=10)
+    finally:
+        sup.close()
+
+
+def test_every_catalogue_grants_its_models_and_keeps_secrets_in_env_references() -> None:
+    """Each catalogue's key is granted every model and no secret is inline."""
+    for name, build in CATALOGUES.items():
+        cat = build(CatalogueSpec("http://127.0.0.1:1"))
+        models = {m["name"] for m in cat["models"]}
+        assert set(cat["keys"][0]["models"]) == models, name
+        assert cat["keys"][0]["secret"] == "${" + KEY_ENV + "}"
+        assert all(p["api_key"].startswith("${") for p in cat["providers"])
+        providers = {p["name"] for p in cat["providers"]}
+        assert all(m["provider"] in providers for m in cat["models"])
+
+
+def test_select_defaults_to_core_and_adds_option_tags() -> None:
+    """No --only gives the core scenarios; option tags add theirs; --only picks by name or tag."""
+    all_ = build_scenarios("k", "u")
+    assert [s.name for s in select(all_, [], set())] == ["openai-unary", "openai-stream"]
+    assert {"anthropic-stream", "gemini-stream"} <= {s.name for s in select(all_, [], {"dialects"})}
+    assert [s.name for s in select(all_, ["unary"], set())] == [
+        s.name for s in all_ if "unary" in s.tags]
+    assert [s.name for s in select(all_, ["gemini-stream"], set())] == ["gemini-stream"]
+
+
+def _run(p50: int, rps: float) -> dict[str, dict[str, float]]:
+    return {"latency": {"p50_us": p50, "p99_us": p50 * 2}, "throughput": {"rps": rps, "errors": 0,
+                                                                          "sut_cpu_pct": 99.0}}
+
+
+def test_report_computes_added_latency_ratios_and_verdicts() -> None:
+    """Added p50 is gateway minus direct; peer ratios and soak growth get PASS/FAIL against the targets."""
+    results = {
+        "meta": {"options": {"connections": 32}},
+        "runs": {"openai-unary": {"direct": _run(100, 10_000), "odock": _run(350, 5_000),
+                                  "portkey": _run(2_000, 2_000), "litellm": _run(20_000, 400)}},
+        "soak": {"scenario": "openai-unary", "seconds": 1.0, "rss_growth_pct": 12.5, "marks": []},
+    }
+    text = report.markdown(results)
+    assert "| openai-unary | odock | 0.350 | 0.700 | 0.250 | 0.500 | 5,000 | 0.50× |" in text
+    assert "| req/s ≥ 2× portkey (openai-unary) | 2.50× | PASS |" in text
+    assert "| req/s ≥ 15× litellm (openai-unary) | 12.50× | FAIL |" in text
+    assert "| added p50 ≤ 0.3 ms (openai-unary) | 0.250 ms | PASS |" in text
+    assert "+12.50% | FAIL |" in text
