@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 
+import hypothesis  # noqa: F401  # imported early: its plugin's lazy import at session end trips a CPython 3.11 AST bug
 import pytest
 
 PG_HOST = os.environ.get("ODOCK_TEST_PG_HOST", "127.0.0.1")
