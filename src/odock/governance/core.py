@@ -525,7 +525,7 @@ class Governance:
                     held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
         if not held:
             return
-        reservation_id = f"{ctx.request_id}/{receipt.token}"
+        reservation_id = f"{ctx.request_id[:64]}/{receipt.token}"  # bounded: fits the ledger column
         items = [h.item for h in held]
         ledger: LocalLedger | RedisLedger = self.redis_ledger or self.local_ledger
         try:

@@ -14,51 +14,45 @@ gone simply never matches.
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Index,
     Integer,
-    MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
 )
 
-try:
-    from odock.state.schema import metadata
-except ImportError:  # the catalogue schema lands separately; stand alone until then
-    metadata = MetaData()
+from odock.state.schema import JsonType, UTCDateTime, metadata
 
 budgets = Table(
     "budgets",
     metadata,
-    Column("id", String(36), primary_key=True),
+    Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("owner_type", String(16), nullable=False),  # ORG | TEAM | USER | APIKEY
     Column("owner_id", String(64), nullable=False),
     Column("organisation_id", String(64), nullable=True),
     Column("period", String(16), nullable=False),  # DAILY | WEEKLY | MONTHLY | QUARTERLY
-    Column("start_at", DateTime(timezone=True), nullable=True),
-    Column("end_at", DateTime(timezone=True), nullable=True),
+    Column("start_at", UTCDateTime(), nullable=True),
+    Column("end_at", UTCDateTime(), nullable=True),
     Column("timezone", String(64), nullable=False, default=""),  # "" = the owner's time zone
     Column("currency", String(8), nullable=False, default="USD"),
     Column("amount_nanos", BigInteger, nullable=False),
-    Column("thresholds", JSON, nullable=False),
+    Column("thresholds", JsonType, nullable=False),
     Column("rollover", Boolean, nullable=False, default=False),
     Column("active", Boolean, nullable=False, default=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_budgets_owner", "owner_type", "owner_id"),
 )
 
 quotas = Table(
     "quotas",
     metadata,
-    Column("id", String(36), primary_key=True),
+    Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("owner_type", String(16), nullable=False),
     Column("owner_id", String(64), nullable=False),
@@ -68,13 +62,13 @@ quotas = Table(
     ),  # REQUESTS | TOKENS | TOKENS_IN | TOKENS_OUT | ERRORS | COST | LATENCY_MS
     Column("limit_value", BigInteger, nullable=False),
     Column("period", String(16), nullable=False),
-    Column("start_at", DateTime(timezone=True), nullable=True),
-    Column("end_at", DateTime(timezone=True), nullable=True),
+    Column("start_at", UTCDateTime(), nullable=True),
+    Column("end_at", UTCDateTime(), nullable=True),
     Column("timezone", String(64), nullable=False, default=""),  # "" = the owner's time zone
     Column("rollover", Boolean, nullable=False, default=False),
     Column("active", Boolean, nullable=False, default=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_quotas_owner", "owner_type", "owner_id"),
 )
 
@@ -83,12 +77,12 @@ governance_windows = Table(
     metadata,
     Column("window_key", String(128), primary_key=True),  # "<b|q>:<definition id>:<start epoch s>"
     Column("kind", String(8), nullable=False),  # budget | quota
-    Column("definition_id", String(36), nullable=False),
-    Column("start_at", DateTime(timezone=True), nullable=False),
-    Column("end_at", DateTime(timezone=True), nullable=False),
+    Column("definition_id", String(40), nullable=False),
+    Column("start_at", UTCDateTime(), nullable=False),
+    Column("end_at", UTCDateTime(), nullable=False),
     Column("limit_value", BigInteger, nullable=False),
     Column("used", BigInteger, nullable=False, default=0),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_governance_windows_definition", "definition_id", "start_at"),
 )
 
@@ -98,7 +92,7 @@ governance_charges = Table(
     Column("reservation_id", String(128), nullable=False),
     Column("window_key", String(128), nullable=False),
     Column("amount", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("reservation_id", "window_key", name="pk_governance_charges"),
 )
 
@@ -106,12 +100,12 @@ budget_events = Table(
     "budget_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("budget_id", String(36), nullable=False),
+    Column("budget_id", String(40), nullable=False),
     Column("window_key", String(128), nullable=False),
     Column("threshold", Integer, nullable=False),
     Column("used_nanos", BigInteger, nullable=False),
     Column("amount_nanos", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     UniqueConstraint("window_key", "threshold", name="uq_budget_events_window_threshold"),
     Index("ix_budget_events_budget", "budget_id", "created_at"),
 )

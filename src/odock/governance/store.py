@@ -89,16 +89,14 @@ class BudgetEvent(msgspec.Struct, kw_only=True):
     created_at: datetime
 
 
-def async_url(url: str) -> str:
-    """Map a plain database URL to its asyncio driver (aiosqlite / asyncpg)."""
-    for plain, driver in (
-        ("sqlite://", "sqlite+aiosqlite://"),
-        ("postgresql://", "postgresql+asyncpg://"),
-        ("postgres://", "postgresql+asyncpg://"),
-    ):
-        if url.startswith(plain):
-            return driver + url[len(plain) :]
-    return url
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # share the catalogue's SQLite file politely: wait for the other engine's writer instead of failing
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -121,7 +119,12 @@ class GovernanceStore:
     @classmethod
     def from_url(cls, url: str) -> GovernanceStore:
         """Create a store with its own engine for `url`."""
-        return cls(create_async_engine(async_url(url), pool_pre_ping=True))
+        from odock.state.sql import normalize_database_url
+
+        engine = create_async_engine(normalize_database_url(url), pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return cls(engine)
 
     async def close(self) -> None:
         """Dispose of the engine's connections."""
