@@ -22,20 +22,34 @@ from odock.state.sql import SqlStore, normalize_database_url
 
 
 async def test_migrations_create_the_schema(store: SqlStore) -> None:
-    """Opening a store runs 0001_catalogue: every catalogue table exists and matches the SQLAlchemy schema."""
+    """Opening a store upgrades to head: every catalogue table exists and matches the SQLAlchemy schema."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from odock.state.sql import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    scripts = ScriptDirectory.from_config(config)
+
+    def ours(name: str | None, type_: str, _parent: object) -> bool:
+        # later revisions (governance, …) own their tables and check them in their own tests
+        return type_ != "table" or name in schema.CATALOGUE_TABLES
 
     def inspect(conn: sa.Connection) -> tuple[set[str], list[object], str | None]:
         tables = set(sa.inspect(conn).get_table_names())
-        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": ours})
+        diff = compare_metadata(context, schema.metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         return tables, diff, version
 
     async with store.engine.connect() as conn:
         tables, diff, version = await conn.run_sync(inspect)
     assert set(schema.CATALOGUE_TABLES) <= tables
-    assert version == "0001_catalogue"
+    assert version == scripts.get_current_head()
+    assert "0001_catalogue" in {rev.revision for rev in scripts.walk_revisions()}
     # the migration and the table definitions describe the same database
-    assert [d for d in diff if "governance" not in str(d)] == []
+    assert diff == []
 
 
 async def test_reopen_is_idempotent_and_keeps_data(db: tuple[str, Settings]) -> None:
