@@ -49,6 +49,7 @@ class GatewayProcess:
             "ODOCK_ADMIN_TOKEN": self.admin_token,
             "ODOCK_USAGE_FLUSH_INTERVAL": "50ms",
             "ODOCK_LOG_LEVEL": "warning",
+            "HTTP_READ_TIMEOUT": "2s",
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

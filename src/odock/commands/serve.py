@@ -31,7 +31,10 @@ async def _apply(settings: Any, path: str) -> None:
     store = await SqlStore.open(settings.database_url, settings)
     try:
         report = await apply_config(CatalogueService(store), path)
-        log.info("applied %s: %s", path, report)
+        log.info("applied %s: %s", path, report.summary())
+        # keys created without a `secret:` reference get a generated secret, shown this once on stdout
+        for name, secret in report.generated_secrets.items():
+            print(f"new key {name}: {secret}", flush=True)
     finally:
         await store.close()
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 
 class SSEEvent:
-    __slots__ = ("event", "data")
+    __slots__ = ("data", "event")
 
     def __init__(self, event: str | None, data: str) -> None:
         self.event = event
@@ -19,7 +19,7 @@ class SSEEvent:
 class SSEParser:
     """Feed raw bytes as they arrive; get complete events out. Handles \\n, \\r\\n and split chunks."""
 
-    __slots__ = ("_buffer", "_event", "_data")
+    __slots__ = ("_buffer", "_data", "_event")
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -42,8 +42,7 @@ class SSEParser:
             if line.startswith(":"):
                 continue
             name, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
+            value = value.removeprefix(" ")
             if name == "data":
                 self._data.append(value)
             elif name == "event":
