@@ -28,6 +28,13 @@ def _get(runs: dict[str, Any], scenario: str, target: str, phase: str, key: str)
     return runs.get(scenario, {}).get(target, {}).get(phase, {}).get(key)
 
 
+def _errors(runs: dict[str, Any], scenario: str, target: str) -> str:
+    tp = runs.get(scenario, {}).get(target, {}).get("throughput")
+    if not tp or not tp.get("requests"):
+        return "–"
+    return f"{tp['errors']:,} of {tp['requests']:,} ({100 * tp['errors'] / tp['requests']:.2f}%)"
+
+
 def _mib(kb: int | None) -> str:
     return "–" if kb is None else f"{kb / 1024:.1f}"
 
@@ -80,6 +87,18 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {sc} | {_n(r['odock'])} | {_n(r['portkey'])} | {_n(r['litellm'])} | "
                        f"{_ratio(r['odock'], r['portkey'])} | {_ratio(r['odock'], r['litellm'])} | "
                        f"{p['odock']} / {p['portkey']} / {p['litellm']} |")
+    failover = [sc for sc in runs if sc.startswith("failover-") and sc != "failover-healthy-unary"]
+    if failover:
+        healthy = _get(runs, "failover-healthy-unary", "odock", "throughput", "rps")
+        out.append("")
+        out.append("### Failover (primary answers 503 to 1% of calls, healthy fallback)")
+        out.append("")
+        out.append("| scenario | direct errors | odock client errors | odock req/s | vs healthy model (same gateway) |")
+        out.append("|---|---:|---:|---:|---:|")
+        for sc in failover:
+            out.append(f"| {sc} | {_errors(runs, sc, 'direct')} | {_errors(runs, sc, 'odock')} | "
+                       f"{_n(_get(runs, sc, 'odock', 'throughput', 'rps'))} | "
+                       f"{_ratio(_get(runs, sc, 'odock', 'throughput', 'rps'), healthy)} |")
     memory = results.get("memory", {})
     if memory:
         out.append("")

@@ -134,7 +134,7 @@ def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
               f"{', '.join(str(e.get('path')) for e in seen[:3])})", flush=True)
 
 
-def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
+def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
     """Probe, warm up, then the 1-connection latency run and the N-connection throughput run."""
     a = ctx.args
     # the system under test gets its own core; the load generator (and the mock, when proxied) the other
@@ -165,9 +165,9 @@ def measure(ctx: Ctx, target: str, sut: Service | None, port: int, call: Call) -
     own = cpu_seconds(sut_pid) - c0 + tp["client_cpu_s"] + (cpu_seconds(ctx.mock.pid) - m0 if sut else 0.0)
     tp["foreign_cpu_pct"] = round(max(0.0, busy - own) * 100 / wall, 1)
     if tp["foreign_cpu_pct"] > 10:
-        ctx.note(f"{target}: other processes used {tp['foreign_cpu_pct']:.0f}% of a CPU during the run")
+        ctx.note(f"{scenario} via {target}: other processes used {tp['foreign_cpu_pct']:.0f}% of a CPU during the run")
     if ctx.load_cpu is not None and load > 90:
-        ctx.note(f"{target}: the load core was {load:.0f}% busy: the figure may be load-bound")
+        ctx.note(f"{scenario} via {target}: the load core was {load:.0f}% busy: the figure may be load-bound")
     if sut is not None:
         out["memory_after"] = memory_kb(sut.pid)
     print(f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
@@ -183,7 +183,7 @@ def record(ctx: Ctx, scenario: Scenario, target: str, data: dict[str, Any]) -> N
 def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None, port: int, call: Call) -> None:
     """Measure, recording a failure as a problem instead of ending the whole run."""
     try:
-        record(ctx, scenario, target, measure(ctx, target, sut, port, call))
+        record(ctx, scenario, target, measure(ctx, scenario.name, target, sut, port, call))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         ctx.note(f"{scenario.name} via {target}: {exc}")
 
