@@ -2,6 +2,7 @@
 
 Failover happens only here, and only before anything reached the client: an attempt "succeeds" once the
 upstream answered with a 2xx status line, so a stream that later breaks is never retried (DESIGN principle 4).
+The plan itself (candidates, order, triggers) comes from `odock.routing.policy.Routing.plan`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import TypeVar
 from odock import metrics
 from odock.errors import GatewayError, UpstreamError
 from odock.pipeline.context import Attempt, CallContext
+from odock.routing.strategies import DEFAULT_TRIGGERS
 from odock.state.records import ModelRecord, ProviderRecord
 
 T = TypeVar("T")
 
-DEFAULT_TRIGGERS = frozenset({"5xx", "timeout"})
+__all__ = ["DEFAULT_TRIGGERS", "Candidate", "RoutePlan", "attempt_sequence", "run_attempts", "triggered"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,9 +34,17 @@ class Candidate:
 class RoutePlan:
     candidates: list[Candidate]
     triggers: frozenset[str] = DEFAULT_TRIGGERS
-    max_retries: int = 0
+    max_retries: int = 0  # attempts after the first; past the last candidate they start again from the first
     retry_delay_s: float = 0.0
     routed: bool = False  # True when a routing policy applied (smart routing on)
+
+
+def attempt_sequence(plan: RoutePlan) -> list[Candidate]:
+    """The deployments tried, in order: 1 + max_retries attempts cycling through the plan's candidates."""
+    count = len(plan.candidates)
+    if count == 0:
+        return []
+    return [plan.candidates[i % count] for i in range(1 + max(0, plan.max_retries))]
 
 
 def triggered(err: GatewayError, triggers: frozenset[str]) -> bool:
@@ -56,9 +66,8 @@ async def run_attempts(
     on_result: Callable[[Candidate, bool, float, GatewayError | None], None] | None = None,
 ) -> T:
     """Try candidates in plan order until one answers; record every attempt in ctx.attempts."""
-    budget = 1 + plan.max_retries
     last: GatewayError | None = None
-    for number, candidate in enumerate(plan.candidates[:budget]):
+    for number, candidate in enumerate(attempt_sequence(plan)):
         if number and plan.retry_delay_s:
             await asyncio.sleep(plan.retry_delay_s)
         started = time.perf_counter()
