@@ -137,6 +137,9 @@ def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
 def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
     """Probe, warm up, then the 1-connection latency run and the N-connection throughput run."""
     a = ctx.args
+    ensure_mock(ctx)
+    if sut is not None and not sut.alive():
+        raise RuntimeError(f"{sut.name} is not running (exit {sut.popen.returncode}): {sut.tail(3)}")
     # the system under test gets its own core; the load generator (and the mock, when proxied) the other
     pin_tree(ctx.mock.pid, ctx.sut_cpu if sut is None else ctx.load_cpu)
     if sut is not None:
@@ -180,11 +183,22 @@ def record(ctx: Ctx, scenario: Scenario, target: str, data: dict[str, Any]) -> N
     ctx.results.setdefault("runs", {}).setdefault(scenario.name, {})[target] = data
 
 
+def ensure_mock(ctx: Ctx) -> None:
+    """Restart the mock if it died (noting how), so one lost process does not void the rest of the run."""
+    if ctx.mock.alive():
+        return
+    ctx.note(f"the mock exited (status {ctx.mock.popen.returncode}; negative = killed by that signal): restarted")
+    ctx.sup.stop(ctx.mock)
+    ctx.mock = start_mock(ctx.sup, ctx.args, ctx.load_cpu)
+
+
 def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None, port: int, call: Call) -> None:
     """Measure, recording a failure as a problem instead of ending the whole run."""
     try:
         record(ctx, scenario, target, measure(ctx, scenario.name, target, sut, port, call))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        if sut is not None and not sut.alive():
+            exc = RuntimeError(f"{exc} ({sut.name} exited with status {sut.popen.returncode})")
         ctx.note(f"{scenario.name} via {target}: {exc}")
 
 
