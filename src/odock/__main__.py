@@ -1,1 +1,5 @@
-from odock.cli import main; main()
+"""`python -m odock` runs the `odock` command."""
+
+from odock.cli import main
+
+main()

@@ -116,7 +116,7 @@ class UsageRecorder:
         while self._queue:
             try:
                 await self.flush()
-            except Exception:
+            except DependencyUnavailable:
                 if time.monotonic() > deadline:
                     log.error("shutdown: %d usage records could not be written", len(self._queue))
                     return

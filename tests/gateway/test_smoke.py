@@ -97,15 +97,19 @@ async def test_unified_unary(gateway: GatewayProcess, seeded: dict[str, Any]) ->
 
 
 async def test_unified_stream_is_openai_chunks(gateway: GatewayProcess, seeded: dict[str, Any]) -> None:
-    """/v1/llm/chat streamed answers chat.completion.chunk SSE that the openai SDK parses, ending with [DONE]."""
-    async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        async with http.stream("POST", "/v1/llm/chat", headers={"Authorization": f"Bearer {seeded['secret']}"},
-                               json={"model": "gpt-test", "stream": True,
-                                     "messages": [{"role": "user", "content": "hi"}]}) as resp:
-            body = b"".join([part async for part in resp.aiter_bytes()])
+    """/v1/llm/chat streamed answers chat.completion.chunk SSE (each valid for the openai SDK) ending with [DONE]."""
+    from openai.types.chat import ChatCompletionChunk
+
+    headers = {"Authorization": f"Bearer {seeded['secret']}"}
+    body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(base_url=gateway.base_url) as http, \
+            http.stream("POST", "/v1/llm/chat", headers=headers, json=body) as resp:
+        raw = b"".join([part async for part in resp.aiter_bytes()])
     assert resp.status_code == 200
-    assert body.rstrip().endswith(b"data: [DONE]")
-    assert b"chat.completion.chunk" in body
+    events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [ChatCompletionChunk.model_validate_json(e) for e in events[:-1]]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Mock reply")
 
 
 async def test_metrics_and_health(gateway: GatewayProcess, seeded: dict[str, Any]) -> None:

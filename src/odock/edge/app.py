@@ -37,7 +37,7 @@ class Endpoint(Protocol):
 
 class Health:
     route = "health"
-    methods = ("GET", "HEAD")
+    methods: tuple[str, ...] = ("GET", "HEAD")
 
     def error_body(self, err: GatewayError) -> bytes:
         return openai_chat.error_body(err)
@@ -61,7 +61,7 @@ class Readiness(Health):
             try:
                 await gw.redis.ping()
                 checks["redis"] = "ok"
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to answer PING means "not ready"
                 checks["redis"], ok = "unavailable", False
         body = {"status": "ok" if ok else "unavailable", "checks": checks}
         await req.respond(200 if ok else 503, msgspec.json.encode(body))
@@ -69,7 +69,7 @@ class Readiness(Health):
 
 class Metrics(Health):
     route = "metrics"
-    methods = ("GET",)
+    methods: tuple[str, ...] = ("GET",)
 
     async def handle(self, gw: Gateway, req: Request) -> None:
         if not gw.settings.prometheus_enabled:
@@ -162,8 +162,8 @@ class Edge:
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             if not req.started:
-                err = GatewayError("internal gateway error", "internal_error")
-                await req.respond(500, openai_chat.error_body(err))
+                internal = GatewayError("internal gateway error", "internal_error")
+                await req.respond(500, openai_chat.error_body(internal))
             elif not req.finished:
                 await req.end()
         finally:

@@ -23,8 +23,19 @@ class ClientDisconnected(Exception):
 class Request:
     """One HTTP exchange: lazily read body, one response (unary or streamed)."""
 
-    __slots__ = ("scope", "receive", "send", "headers", "request_id", "started", "finished", "response_headers",
-                 "_query", "_disconnected", "status")
+    __slots__ = (
+        "_disconnected",
+        "_query",
+        "finished",
+        "headers",
+        "receive",
+        "request_id",
+        "response_headers",
+        "scope",
+        "send",
+        "started",
+        "status",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, request_id: str,
                  headers: dict[str, str]) -> None:

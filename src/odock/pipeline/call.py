@@ -8,6 +8,7 @@ Endpoints call these steps in order; every step either passes, fills the context
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -52,7 +53,7 @@ def estimate_tokens(size_bytes: int) -> int:
 
 
 class Call:
-    __slots__ = ("gw", "req", "ctx", "_governed")
+    __slots__ = ("_governed", "ctx", "gw", "req")
 
     def __init__(self, gw: Gateway, req: Request, route: str, required_provider: str | None) -> None:
         self.gw = gw
@@ -232,10 +233,8 @@ class Call:
                 pump_task.cancel()
                 ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
                 req.mark_disconnected()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, GatewayError, ClientDisconnected):
                     await pump_task
-                except (asyncio.CancelledError, Exception):
-                    pass
                 metrics.STREAMS.labels(ctx.route, "cancelled").inc()
                 return
             try:
@@ -301,7 +300,7 @@ class Call:
             api_key_id=ctx.key.id,
             route=ctx.route,
             status=ctx.status or 500,
-            outcome=ctx.outcome if ctx.status < 400 or ctx.outcome != "success" else "failed",
+            outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
             model=ctx.requested_model,
             model_slug=answered.slug if answered else None,
             provider=provider.type if provider else None,

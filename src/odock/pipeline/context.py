@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from odock.model import GatewayRequest, Usage
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
@@ -55,7 +55,7 @@ class CallContext:
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None
-    outcome: str = "success"  # "success" | "failed" | "cancelled"
+    outcome: Literal["success", "failed", "cancelled"] = "success"
     upstream_started: float | None = None
 
     def elapsed_ms(self) -> int:

@@ -17,7 +17,7 @@ _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class AiohttpResponse:
-    __slots__ = ("status", "headers", "_resp", "_deadline")
+    __slots__ = ("_deadline", "_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, deadline: float) -> None:
         self._resp = resp

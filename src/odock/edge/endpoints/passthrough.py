@@ -42,11 +42,11 @@ async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bo
         if end < 0:
             continue
         ready, buffer = buffer[: end + 2], buffer[end + 2 :]
-        out = []
+        out: list[bytes] = []
         for event in ready.split(b"\n\n"):
             if not event:
                 continue
-            if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
+            if event.startswith((b"data: [DONE]", b"data:[DONE]")):
                 done = True
             elif b'"usage":{' in event or b'"usage": {' in event:
                 payload = msgspec.json.decode(event[event.index(b"{"):])
