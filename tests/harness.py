@@ -117,7 +117,16 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
     for name, (provider, slug) in models.items():
         await service.create_model({"organisation": org, "name": name, "provider": provider, "slug": slug,
                                     "type": "chat", "pricing": {"input": 1.0, "output": 2.0}})
-    granted = [m for m in models if m != "gpt-ungranted"]
+    # non-chat models of the native routes (embeddings, images, vLLM audio)
+    typed_models = {
+        "embed-test": ("mock-openai", "text-embedding-3-small", "embeddings"),
+        "image-test": ("mock-openai", "gpt-image-1", "image"),
+        "vllm-whisper": ("mock-vllm", "openai/whisper-large-v3", "transcription"),
+    }
+    for name, (provider, slug, mtype) in typed_models.items():
+        await service.create_model({"organisation": org, "name": name, "provider": provider, "slug": slug,
+                                    "type": mtype, "pricing": {"input": 1.0, "output": 2.0}})
+    granted = [m for m in models if m != "gpt-ungranted"] + list(typed_models)
     created = await service.create_key({"organisation": org, "name": "main", "type": "ORGANISATION",
                                         "models": granted})
     return {"org": org, "secret": created.secret, "key_id": created.key.id, "models": models}

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from odock.edge.app import Edge, Endpoint, Health, Metrics, Readiness
+from odock.edge.endpoints.anthropic import messages_endpoint
 from odock.edge.endpoints.chat import OpenAIChatEndpoint, UnifiedChatEndpoint
+from odock.edge.endpoints.gemini import PREFIX as GEMINI_PREFIX
+from odock.edge.endpoints.gemini import GeminiEndpoint
+from odock.edge.endpoints.openai_media import openai_media_routes
+from odock.edge.endpoints.responses import responses_endpoint
+from odock.edge.endpoints.vllm import vllm_routes
 from odock.gateway import Gateway
 from odock.settings import Settings, load_settings
 
@@ -21,8 +27,12 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
         "/metrics": Metrics(),
         "/v1/chat/completions": OpenAIChatEndpoint(),
         "/v1/llm/chat": UnifiedChatEndpoint(),
+        "/v1/responses": responses_endpoint(),
+        "/v1/messages": messages_endpoint(),
     }
-    prefixes: list[tuple[str, Endpoint]] = []
+    exact.update(openai_media_routes())
+    exact.update(vllm_routes())
+    prefixes: list[tuple[str, Endpoint]] = [(GEMINI_PREFIX, GeminiEndpoint())]
     return exact, prefixes
 
 

@@ -1,0 +1,147 @@
+"""`POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (Gemini, pinned to the gemini family).
+
+Registered under the prefix `/v1beta/models/`; `{model}` is the Odock model name and becomes the slug in the
+upstream URL. The body is forwarded as-is (the model lives in the URL). The upstream is always streamed with
+`alt=sse`; a client asking `alt=sse` gets those events untouched, any other client gets Gemini's streamed JSON
+array built from the same chunk payloads. Usage comes from `usageMetadata` (cumulative: the last one wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+
+from odock.dialects import gemini
+from odock.dialects.sse import sse
+from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.openai_media import (
+    check_family,
+    check_provider_field,
+    relay_unary,
+    sse_data,
+    sse_frames,
+)
+from odock.errors import BadRequest, GatewayError, UpstreamError
+from odock.pipeline.call import Call
+from odock.providers.registry import adapter_for
+from odock.routing.router import Candidate
+from odock.transport.base import UpstreamResponse
+
+PREFIX = "/v1beta/models/"
+METHODS = {"generateContent": False, "streamGenerateContent": True}
+
+
+def parse_path(path: str) -> tuple[str, bool]:
+    """Split `/v1beta/models/{model}:{method}` into (model, stream), or raise 400 invalid_request."""
+    rest = unquote(path[len(PREFIX):]) if path.startswith(PREFIX) else ""
+    model, sep, method = rest.rpartition(":")
+    if not sep:
+        raise BadRequest(f"expected {PREFIX}{{model}}:generateContent or :streamGenerateContent, got {path!r}",
+                         "invalid_request")
+    if not model.strip():
+        raise BadRequest("the model is missing from the path", "invalid_request")
+    if method not in METHODS:
+        raise BadRequest(f"unsupported method {method!r}: use generateContent or streamGenerateContent",
+                         "invalid_request")
+    return model, METHODS[method]
+
+
+def requested_max_tokens(body: dict[str, Any]) -> int | None:
+    """`generationConfig.maxOutputTokens` (for token reservations)."""
+    config = body.get("generationConfig")
+    value = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class GeminiRelay:
+    """Forward Gemini stream chunks as SSE or as a JSON array; peek usage; end a broken stream explicitly."""
+
+    def __init__(self, json_array: bool) -> None:
+        self.json_array = json_array
+        self.sent = 0
+
+    def _element(self, payload: bytes) -> bytes:
+        self.sent += 1
+        return (b"[" if self.sent == 1 else b"\n,") + payload
+
+    async def relay(self, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
+        """Yield the upstream chunks as they arrive; raise on an upstream error chunk or a cut."""
+        ctx = call.ctx
+        finished = False
+        async for events in sse_frames(resp):
+            out: list[bytes] = []
+            for event in events:
+                payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+                if not payload:
+                    continue
+                if b'"usageMetadata"' in payload or b'"finishReason"' in payload or payload.startswith(b'{"error"'):
+                    data = sse_data(event)
+                    if not isinstance(data, dict):
+                        raise UpstreamError("gemini stream: invalid JSON chunk", kind="protocol")
+                    if "error" in data:
+                        if out:
+                            yield b"".join(out)
+                        err = data["error"] if isinstance(data["error"], dict) else {}
+                        raise UpstreamError(f"upstream error mid-stream: {err.get('message', 'unknown error')}",
+                                            kind="5xx", upstream_body=payload)
+                    usage = data.get("usageMetadata")
+                    if isinstance(usage, dict):
+                        ctx.raw_usage, ctx.usage = usage, gemini.usage_from(usage)
+                    candidates = data.get("candidates") or []
+                    if any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+                        finished = True
+                elif b'"blockReason"' in payload:
+                    finished = True  # a blocked prompt ends the stream with promptFeedback only
+                out.append(self._element(payload) if self.json_array else event + b"\n\n")
+            if out:
+                yield b"".join(out)
+        if not finished:
+            raise UpstreamError("upstream stream ended before its final chunk", kind="protocol")
+        if self.json_array:
+            yield b"\n]" if self.sent else b"[]"
+
+    def fail(self, err: GatewayError) -> bytes:
+        """An explicit Gemini error object (the SDK raises on a chunk holding `error`)."""
+        body = gemini.error_body(err)
+        if not self.json_array:
+            return sse(body)
+        return self._element(body) + b"\n]"
+
+
+class GeminiEndpoint(LLMEndpoint):
+    """Gemini generateContent / streamGenerateContent, same-dialect forward."""
+
+    route = "gemini.generate"
+    required_provider = "gemini"
+
+    def error_body(self, err: GatewayError) -> bytes:
+        """Render an error as a Google API error."""
+        return gemini.error_body(err)
+
+    async def serve(self, call: Call) -> None:
+        await call.admit()
+        name, stream = parse_path(call.req.path)
+        body = await call.read_json()
+        check_provider_field(body, "gemini")
+        ctx = call.ctx
+        ctx.stream = stream
+        ctx.max_tokens = requested_max_tokens(body)
+        primary = await call.resolve(name)
+        payload = msgspec.json.encode(body)  # forwarded as-is: the model is in the URL
+
+        async def attempt(candidate: Candidate) -> UpstreamResponse:
+            check_family(candidate, "gemini")
+            adapter = adapter_for(candidate.provider.type)
+            url = adapter.chat_url(candidate.provider, candidate.model.slug, stream)
+            return await call.send(candidate, url, payload)
+
+        resp = await call.route(primary, attempt)
+        if not stream:
+            await relay_unary(call, resp, "usageMetadata", gemini.usage_from)
+            return
+        relay = GeminiRelay(json_array=call.req.query("alt") != "sse")
+        content_type = b"application/json" if relay.json_array else b"text/event-stream"
+        await call.stream(relay.relay(call, resp), relay.fail, content_type)

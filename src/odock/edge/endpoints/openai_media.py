@@ -1,0 +1,373 @@
+"""Native same-dialect forwarders shared by every provider-native route, and the OpenAI media routes built on them.
+
+`ForwardEndpoint` is the one JSON passthrough: read the client's JSON, rewrite only `model` to the slug, POST it
+to one upstream path of the pinned provider family, relay the upstream answer raw (usage peeked, never re-encoded),
+and for streaming routes hand the upstream stream to a relay that forwards bytes as they arrive.
+`MultipartForwardEndpoint` does the same for multipart/form-data uploads without decoding the file parts.
+
+Routes here: `POST /v1/embeddings`, `/v1/images/generations` (JSON), `/v1/images/edits`, `/v1/images/variations`
+(multipart), all pinned to the openai family (reference §10.2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from odock.dialects import openai_chat, openai_responses
+from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
+from odock.errors import BadRequest, GatewayError, UpstreamError
+from odock.model import Usage
+from odock.pipeline.call import Call, estimate_tokens, family_of
+from odock.providers.registry import adapter_for
+from odock.routing.router import Candidate
+from odock.transport.base import UpstreamResponse
+
+_encode = msgspec.json.encode
+
+FailFn = Callable[[GatewayError], bytes]
+# a started stream: (bytes to forward as they come, the error event that ends a broken stream)
+StreamRelay = Callable[[Call, UpstreamResponse], tuple[AsyncIterator[bytes], FailFn]]
+# called before the upstream call when the client asked for a stream; may edit the body; returns the relay
+StreamStart = Callable[[dict[str, Any]], StreamRelay]
+UsageFn = Callable[[dict[str, Any]], Usage | None]
+MAX_MODEL_NAME_BYTES = 256
+
+
+def usage_any(raw: dict[str, Any]) -> Usage | None:
+    """Normalize whichever OpenAI-family usage shape an answer carries (chat/embeddings, images/responses,
+    or vLLM's total-only rerank usage); None when it counts no tokens (e.g. audio `duration` usage)."""
+    if "prompt_tokens" in raw or "completion_tokens" in raw:
+        return openai_chat.usage_from(raw)
+    if "input_tokens" in raw or "output_tokens" in raw:
+        return openai_responses.usage_from(raw)
+    total = raw.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return Usage(input_tokens=total)
+    return None
+
+
+def model_of(body: dict[str, Any]) -> str:
+    """The requested Odock model name of a JSON body (400 invalid_request when absent)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("'model' is required and must be a non-empty string", "invalid_request")
+    return model
+
+
+def check_provider_field(body: dict[str, Any], family: str) -> None:
+    """Drop a body `provider` pin; a pin to another family is 400 provider_not_allowed (RequiredProvider)."""
+    pin = body.pop("provider", None)
+    if pin is not None and pin != family:
+        raise BadRequest(f"provider {pin!r} is not allowed on a {family} route", "provider_not_allowed")
+
+
+def check_family(candidate: Candidate, family: str) -> None:
+    """A same-dialect forward can only reach the route's family (a routing fallback of another family cannot)."""
+    got = family_of(candidate.provider.type)
+    if got != family:
+        raise BadRequest(f"model {candidate.model.name!r} is served by a {got} provider; this route only "
+                         f"reaches {family}", "provider_not_allowed")
+
+
+def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
+    """The client headers a route forwards upstream (only those named; never credentials)."""
+    headers = call.req.headers
+    return {name: headers[name] for name in names if headers.get(name)}
+
+
+async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage: UsageFn) -> None:
+    """Relay a unary upstream answer byte for byte, capturing its usage when it is JSON."""
+    data = await resp.read()
+    content_type = resp.headers.get("content-type", "application/json")
+    if "json" in content_type:
+        try:
+            parsed = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise UpstreamError("upstream answered with invalid JSON", kind="protocol") from None
+        raw = parsed.get(usage_key) if isinstance(parsed, dict) else None
+        if isinstance(raw, dict):
+            call.ctx.raw_usage = raw
+            call.ctx.usage = usage(raw)
+    await call.respond(200, data, content_type.encode("latin-1"))
+
+
+def openai_stream(body: dict[str, Any]) -> StreamRelay:
+    """OpenAI chat/completions SSE: ask the upstream for usage, pass the events through, drop the usage-only
+    chunk the client did not ask for, and require `[DONE]`."""
+    show = want_stream_usage(body)
+    ask_for_stream_usage(body)
+
+    def relay(call: Call, resp: UpstreamResponse) -> tuple[AsyncIterator[bytes], FailFn]:
+        return openai_sse(call, resp, show_usage_chunk=show), _openai_fail
+
+    return relay
+
+
+def _openai_fail(err: GatewayError) -> bytes:
+    return openai_chat.StreamEncoder(model="", request_id="").fail(err)
+
+
+async def sse_frames(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+    """Group upstream SSE bytes into complete events (line endings normalized to \\n, blank-line separator
+    removed), one list per received chunk that completed at least one event; a trailing unterminated event is
+    yielded at the end."""
+    buffer = b""
+    async for chunk in resp.iter_chunks():
+        buffer += chunk
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):
+                continue  # a CRLF split across chunks: wait for its LF
+            buffer = buffer.replace(b"\r\n", b"\n")
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            continue
+        ready, buffer = buffer[:end], buffer[end + 2:]
+        events = [event for event in ready.split(b"\n\n") if event.strip()]
+        if events:
+            yield events
+    if buffer.strip():
+        yield [buffer.rstrip(b"\r\n")]
+
+
+_DATA_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
+
+
+def sse_name(event: bytes) -> str:
+    """The event's name: its `event:` line, else the `type` of its JSON data (first occurrence)."""
+    if event.startswith(b"event:"):
+        line = event.split(b"\n", 1)[0]
+        return line[6:].strip().decode("utf-8", "replace")
+    match = _DATA_TYPE.search(event)
+    return match.group(1).decode("utf-8", "replace") if match else ""
+
+
+def sse_data(event: bytes) -> Any:
+    """Decode the JSON data of one SSE event (multi-line data joined), None when it is not JSON."""
+    lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    try:
+        return msgspec.json.decode(b"\n".join(lines))
+    except msgspec.DecodeError:
+        return None
+
+
+class ForwardEndpoint(LLMEndpoint):
+    """A native JSON route forwarded to one upstream path of its family with only `model` rewritten."""
+
+    def __init__(self, route: str, path: str, family: str, *, usage: UsageFn = usage_any,
+                 usage_key: str = "usage", stream: StreamStart | None = None,
+                 max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
+                 validate: Callable[[dict[str, Any]], None] | None = None,
+                 forward_headers: tuple[str, ...] = (),
+                 error: Callable[[GatewayError], bytes] | None = None) -> None:
+        self.route = route
+        self.path = path
+        self.required_provider = family
+        self.usage = usage
+        self.usage_key = usage_key
+        self.stream_start = stream
+        self.max_tokens = max_tokens
+        self.validate = validate
+        self.forward_headers = forward_headers
+        self._error = error or openai_chat.error_body
+
+    def error_body(self, err: GatewayError) -> bytes:
+        """Render an error in the route's dialect."""
+        return self._error(err)
+
+    async def serve(self, call: Call) -> None:
+        await call.admit()
+        body = await call.read_json()
+        family = self.required_provider
+        assert family is not None
+        check_provider_field(body, family)
+        name = model_of(body)
+        if self.validate is not None:
+            self.validate(body)
+        ctx = call.ctx
+        relay: StreamRelay | None = None
+        if body.get("stream") is True:
+            if self.stream_start is None:
+                raise BadRequest(f"streaming is not supported on {call.req.path}", "invalid_request")
+            ctx.stream = True
+            relay = self.stream_start(body)
+        if self.max_tokens is not None:
+            ctx.max_tokens = self.max_tokens(body)
+        primary = await call.resolve(name)
+        extra = copy_headers(call, self.forward_headers)
+
+        async def attempt(candidate: Candidate) -> UpstreamResponse:
+            check_family(candidate, family)
+            body["model"] = candidate.model.slug
+            url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
+            return await call.send(candidate, url, _encode(body), extra)
+
+        resp = await call.route(primary, attempt)
+        if relay is None:
+            await relay_unary(call, resp, self.usage_key, self.usage)
+        else:
+            produce, fail = relay(call, resp)
+            await call.stream(produce, fail)
+
+
+# --- multipart/form-data ------------------------------------------------------------------------------------
+
+_PARAM = re.compile(r';\s*([A-Za-z0-9_*\-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_PARTS = 1000
+
+
+def header_param(value: str, key: str) -> str | None:
+    """A parameter of a header value (`boundary`, `name`, `filename`), unquoted."""
+    for name, raw in _PARAM.findall(value):
+        if name.lower() == key:
+            raw = raw.strip()
+            if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+                raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            return str(raw)
+    return None
+
+
+@dataclass(slots=True, frozen=True)
+class FormPart:
+    """One part of a multipart body, located by offsets into the body (the data itself is never copied)."""
+
+    name: str
+    filename: str | None
+    start: int
+    end: int
+
+
+def _malformed(why: str) -> BadRequest:
+    return BadRequest(f"malformed multipart/form-data body: {why}", "invalid_request_body")
+
+
+def multipart_boundary(content_type: str) -> str:
+    """The boundary of a multipart/form-data Content-Type (400 invalid_request_body otherwise)."""
+    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+        raise BadRequest(f"expected a multipart/form-data body, got Content-Type {content_type!r}",
+                         "invalid_request_body")
+    boundary = header_param(content_type, "boundary")
+    if not boundary or len(boundary) > 70:
+        raise _malformed("missing or invalid boundary")
+    return boundary
+
+
+def scan_multipart(boundary: str, body: bytes) -> list[FormPart]:
+    """Locate every part of a multipart body by offset (RFC 7578 framing), or raise 400 invalid_request_body."""
+    delimiter = b"--" + boundary.encode("latin-1")
+    separator = b"\r\n" + delimiter
+    if body.startswith(delimiter):
+        pos = len(delimiter)
+    else:
+        first = body.find(separator)  # a preamble before the first delimiter is allowed
+        if first < 0:
+            raise _malformed("no opening boundary")
+        pos = first + len(separator)
+    parts: list[FormPart] = []
+    while True:
+        if body.startswith(b"--", pos):
+            return parts
+        if not body.startswith(b"\r\n", pos):
+            raise _malformed("bad boundary line")
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0 or head_end - pos > MAX_PART_HEADER_BYTES:
+            raise _malformed("part without headers")
+        data_start = head_end + 4
+        end = body.find(separator, data_start)
+        if end < 0:
+            raise _malformed("truncated (no closing boundary)")
+        disposition = ""
+        for line in body[pos + 2:head_end].decode("utf-8", "replace").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                disposition = value.strip()
+        name = header_param(disposition, "name")
+        if not name:
+            raise _malformed("part without a name")
+        parts.append(FormPart(name, header_param(disposition, "filename"), data_start, end))
+        if len(parts) > MAX_PARTS:
+            raise _malformed("too many parts")
+        pos = end + len(separator)
+
+
+class MultipartForwardEndpoint(LLMEndpoint):
+    """A native multipart upload forwarded as the received body, with only the `model` field's value spliced.
+
+    The received buffer is the only copy of the files: splicing the slug builds the upstream body and the
+    received one is released, so the upload is held once while the upstream call runs."""
+
+    def __init__(self, route: str, path: str, family: str, *, file_fields: tuple[str, ...],
+                 usage: UsageFn = usage_any) -> None:
+        self.route = route
+        self.path = path
+        self.required_provider = family
+        self.file_fields = file_fields
+        self.usage = usage
+
+    async def serve(self, call: Call) -> None:
+        await call.admit()
+        content_type = call.req.headers.get("content-type", "")
+        boundary = multipart_boundary(content_type)
+        received = await call.read_body()
+        parts = scan_multipart(boundary, received)
+        models = [p for p in parts if p.name == "model" and p.filename is None]
+        if len(models) != 1:
+            raise BadRequest("exactly one 'model' form field is required", "invalid_request")
+        field = models[0]
+        if field.end - field.start > MAX_MODEL_NAME_BYTES:
+            raise BadRequest(f"'model' exceeds {MAX_MODEL_NAME_BYTES} bytes", "invalid_request")
+        name = received[field.start:field.end].decode("utf-8", "replace").strip()
+        if not name:
+            raise BadRequest("'model' must be a non-empty string", "invalid_request")
+        if not any(p.name in self.file_fields and p.filename is not None for p in parts):
+            wanted = " or ".join(repr(f) for f in self.file_fields)
+            raise BadRequest(f"a file part named {wanted} is required", "invalid_request")
+        if any(p.name == "stream" and received[p.start:p.end].strip().lower() == b"true" for p in parts):
+            raise BadRequest(f"streaming is not supported on {call.req.path}", "invalid_request")
+        prompt = next((p for p in parts if p.name == "prompt" and p.filename is None), None)
+        call.ctx.estimated_input_tokens = estimate_tokens(prompt.end - prompt.start if prompt else 0)
+        family = self.required_provider
+        assert family is not None
+        primary = await call.resolve(name)
+        # from here on only `upload` holds the files; each attempt re-splices only when its slug differs
+        upload, upload_end = received, field.end
+        del received
+        start = field.start
+        forward = {"Content-Type": content_type}
+
+        async def attempt(candidate: Candidate) -> UpstreamResponse:
+            nonlocal upload, upload_end
+            check_family(candidate, family)
+            slug = candidate.model.slug.encode()
+            if b"\r" in slug or b"\n" in slug:
+                raise BadRequest("model slug cannot be sent in a form field", "provider_type_unsupported")
+            if upload[start:upload_end] != slug:
+                with memoryview(upload) as view:
+                    upload = b"".join((view[:start], slug, view[upload_end:]))
+                upload_end = start + len(slug)
+            url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
+            return await call.send(candidate, url, upload, forward)
+
+        resp = await call.route(primary, attempt)
+        upload = b""
+        await relay_unary(call, resp, "usage", self.usage)
+
+
+def openai_media_routes() -> dict[str, LLMEndpoint]:
+    """The OpenAI embeddings and images routes."""
+    return {
+        "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai"),
+        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai"),
+        "/v1/images/edits": MultipartForwardEndpoint("openai.images.edits", "/images/edits", "openai",
+                                                     file_fields=("image", "image[]")),
+        "/v1/images/variations": MultipartForwardEndpoint("openai.images.variations", "/images/variations", "openai",
+                                                          file_fields=("image",)),
+    }
