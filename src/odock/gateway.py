@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from odock.governance.pricing import cost_nanos
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
+INVALIDATION_CHANNEL = os.environ.get("CACHE_INVALIDATION_CHANNEL", "odock:cache-invalidation")
 
 
 class Gateway:
@@ -44,6 +48,7 @@ class Gateway:
         )
         self.governance = governance
         self.routing = Routing()
+        self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 
     @classmethod
@@ -64,9 +69,37 @@ class Gateway:
     async def start(self) -> None:
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
+        if self.redis is not None:
+            # cluster mode: a mutation made through any process's admin API reaches every process at once;
+            # the store's version poll stays as the safety net (and covers CLI changes)
+            self.store.add_change_listener(self._publish_invalidation)
+            self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
         self.recorder.start()
 
+    async def _publish_invalidation(self) -> None:
+        try:
+            await self.redis.publish(INVALIDATION_CHANNEL, b"catalogue")
+        except Exception:  # noqa: BLE001 - the version poll still propagates the change within a second
+            log.warning("could not publish a cache invalidation")
+
+    async def _subscribe_invalidations(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(INVALIDATION_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self.catalogue.invalidate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis blips: resubscribe; the version poll covers the gap
+                await asyncio.sleep(1.0)
+
     async def stop(self) -> None:
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._subscriber
         await self.catalogue.stop()
         await self.recorder.stop()
         if self.governance is not None:

@@ -73,6 +73,14 @@ def _unavailable(error: BaseException) -> DependencyUnavailable:
     )
 
 
+def _unavailable_state(error: exc.DBAPIError) -> bool:
+    """SQLSTATE classes meaning the server is unreachable or refusing work: 08 connection, 53 resources,
+    57 operator intervention (shutdown, admin termination)."""
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("08", "53", "57")
+
+
 @asynccontextmanager
 async def mapped_errors() -> AsyncIterator[None]:
     """Map driver and connection failures to our errors."""
@@ -85,7 +93,8 @@ async def mapped_errors() -> AsyncIterator[None]:
     except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as error:
         raise _unavailable(error) from error
     except exc.DBAPIError as error:
-        if error.connection_invalidated:
+        if error.connection_invalidated or error.statement is None or _unavailable_state(error):
+            # no statement: the error came while connecting (e.g. "database is not accepting connections")
             raise _unavailable(error) from error
         raise
     except (TimeoutError, OSError) as error:

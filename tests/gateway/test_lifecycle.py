@@ -1,0 +1,95 @@
+"""Process lifecycle: usage records survive a graceful shutdown, and a store outage neither loses records nor
+turns valid keys into 401s."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import sqlalchemy as sa
+
+from odock.mock.testing import MockServer
+from odock.state import schema
+from odock.state.service import CatalogueService
+from tests.harness import GatewayProcess, seed_basic
+
+BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def count_usage(service: CatalogueService) -> int:
+    async with service.store.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(schema.usage_records))).scalar_one())
+
+
+async def test_graceful_shutdown_flushes_usage(tmp_path: Path, mock: MockServer) -> None:
+    """Records still queued when SIGTERM arrives are written before the process exits."""
+    proc = GatewayProcess(tmp_path, env={"ODOCK_USAGE_FLUSH_INTERVAL": "10m"})
+    service = await proc.open_service()
+    try:
+        seeded = await seed_basic(service, mock.base_url)
+        proc.start()
+        async with httpx.AsyncClient(base_url=proc.base_url,
+                                     headers={"Authorization": f"Bearer {seeded['secret']}"}) as http:
+            for _ in range(20):
+                assert (await http.post("/v1/chat/completions", json=BODY)).status_code == 200
+        assert await count_usage(service) == 0  # the 10-minute flush interval has not come yet
+        # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
+        assert proc.stop() in (0, -signal.SIGTERM)
+        assert await count_usage(service) == 20
+    finally:
+        proc.stop()
+        await service.store.close()
+
+
+async def set_connections(server_url: str, database: str, allowed: bool) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                               database)
+    finally:
+        await conn.close()
+
+
+async def test_store_outage(tmp_path: Path, mock: MockServer, postgres_url: str,
+                            postgres_server_url: str) -> None:
+    """During a database outage: cached keys keep working, an unknown key gets 503 (never 401), readiness is
+    503, and the usage records of the outage are written once the database is back."""
+    database = postgres_url.rsplit("/", 1)[1]
+    proc = GatewayProcess(tmp_path, database_url=postgres_url)
+    service = await proc.open_service()
+    try:
+        seeded = await seed_basic(service, mock.base_url)
+        proc.start()
+        auth = {"Authorization": f"Bearer {seeded['secret']}"}
+        async with httpx.AsyncClient(base_url=proc.base_url, timeout=20) as http:
+            assert (await http.post("/v1/chat/completions", json=BODY, headers=auth)).status_code == 200
+            await asyncio.sleep(0.3)
+            before = await count_usage(service)
+            await set_connections(postgres_server_url, database, False)
+            try:
+                during = [await http.post("/v1/chat/completions", json=BODY, headers=auth) for _ in range(5)]
+                unknown = await http.post("/v1/chat/completions", json=BODY,
+                                          headers={"Authorization": "Bearer sk-odock-unknown"})
+                ready = await http.get("/v1/healthz")
+            finally:
+                await set_connections(postgres_server_url, database, True)
+            assert [r.status_code for r in during] == [200] * 5
+            assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "store_unavailable"
+            assert ready.status_code == 503
+            deadline = time.monotonic() + 15
+            while await count_usage(service) < before + 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert await count_usage(service) == before + 5
+            assert (await http.get("/v1/healthz")).status_code == 200
+    finally:
+        proc.stop()
+        await service.store.close()
+
+
