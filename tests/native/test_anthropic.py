@@ -81,12 +81,11 @@ async def test_stream_tool_use_with_input_json_delta(gateway: GatewayProcess, ke
 
 async def test_stream_thinking(gateway: GatewayProcess, key: str) -> None:
     """Extended thinking streams thinking deltas and a signature before the text."""
-    async with client(gateway, key) as c:
-        async with c.messages.stream(
-            model="claude-test", max_tokens=2048, messages=USER,  # type: ignore[arg-type]
-            thinking={"type": "enabled", "budget_tokens": 1024},
-        ) as stream:
-            final = await stream.get_final_message()
+    async with client(gateway, key) as c, c.messages.stream(
+        model="claude-test", max_tokens=2048, messages=USER,  # type: ignore[arg-type]
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    ) as stream:
+        final = await stream.get_final_message()
     kinds = [b.type for b in final.content]
     assert kinds[0] == "thinking" and "text" in kinds
     assert final.content[0].thinking and final.content[0].signature  # type: ignore[union-attr]
