@@ -9,6 +9,13 @@ import json
 import uuid
 from typing import Any
 
+from odock.dialects.fields import bad as _bad
+from odock.dialects.fields import count as _int
+from odock.dialects.fields import dumps as _dumps
+from odock.dialects.fields import expect_dict as _dict
+from odock.dialects.fields import expect_list as _list
+from odock.dialects.fields import expect_str as _str
+from odock.dialects.fields import loads, unsupported
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -65,30 +72,8 @@ _ERROR_TYPES = {
 # --- small validation helpers -------------------------------------------------------------------------------
 
 
-def _bad(field: str, expected: str) -> BadRequest:
-    return BadRequest(f"{field}: expected {expected}", "invalid_request")
-
-
 def _unsupported(field: str) -> BadRequest:
-    return BadRequest(f"{field} is not supported by {PROVIDER}", "invalid_request")
-
-
-def _dict(v: Any, field: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _bad(field, "an object")
-    return v
-
-
-def _list(v: Any, field: str) -> list[Any]:
-    if not isinstance(v, list):
-        raise _bad(field, "an array")
-    return v
-
-
-def _str(v: Any, field: str) -> str:
-    if not isinstance(v, str):
-        raise _bad(field, "a string")
-    return v
+    return unsupported(field, PROVIDER)
 
 
 def _opt_num(body: dict[str, Any], key: str) -> float | None:
@@ -113,10 +98,6 @@ def _args_text(value: Any) -> str:
     # Anthropic streams tool input as JSON text with ", " / ": " separators; serializing the unary `input`
     # the same way makes unary and streamed arguments byte-identical.
     return json.dumps(value, ensure_ascii=False)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # --- client side: decode a request --------------------------------------------------------------------------
@@ -530,10 +511,6 @@ def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
 # --- upstream side: decode a response and a stream ----------------------------------------------------------
 
 
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
 def usage_from(raw: dict[str, Any]) -> Usage:
     """Normalize an Anthropic `usage` object (input_tokens already excludes cache reads and writes)."""
     details = raw.get("output_tokens_details")
@@ -602,7 +579,7 @@ class StreamDecoder:
         if not ev.data:
             return []
         try:
-            data = json.loads(ev.data)
+            data = loads(ev.data)
         except ValueError:
             raise UpstreamError(
                 "anthropic stream: invalid JSON event", "upstream_error", kind="protocol"

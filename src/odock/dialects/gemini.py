@@ -11,6 +11,13 @@ import mimetypes
 import uuid
 from typing import Any
 
+from odock.dialects.fields import bad as _bad
+from odock.dialects.fields import count as _int
+from odock.dialects.fields import dumps as _dumps
+from odock.dialects.fields import expect_dict as _dict
+from odock.dialects.fields import expect_list as _list
+from odock.dialects.fields import expect_str as _str
+from odock.dialects.fields import loads, unsupported
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -71,30 +78,8 @@ _STATUS_NAMES = {
 }
 
 
-def _bad(field: str, expected: str) -> BadRequest:
-    return BadRequest(f"{field}: expected {expected}", "invalid_request")
-
-
 def _unsupported(field: str) -> BadRequest:
-    return BadRequest(f"{field} is not supported by {PROVIDER}", "invalid_request")
-
-
-def _dict(v: Any, field: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _bad(field, "an object")
-    return v
-
-
-def _list(v: Any, field: str) -> list[Any]:
-    if not isinstance(v, list):
-        raise _bad(field, "an array")
-    return v
-
-
-def _str(v: Any, field: str) -> str:
-    if not isinstance(v, str):
-        raise _bad(field, "a string")
-    return v
+    return unsupported(field, PROVIDER)
 
 
 def _num(v: Any, field: str) -> float:
@@ -112,10 +97,6 @@ def _intv(v: Any, field: str) -> int:
 def _args_text(args: Any) -> str:
     # Gemini sends whole argument objects (never fragments), so one serialization serves unary and stream.
     return json.dumps(args if args is not None else {}, ensure_ascii=False)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _lower_schema(schema: Any) -> Any:
@@ -600,10 +581,6 @@ def _encode_tool_choice(tc: str | dict[str, Any]) -> dict[str, Any]:
 # --- upstream side: decode a response and a stream ----------------------------------------------------------
 
 
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
 def usage_from(raw: dict[str, Any]) -> Usage:
     """Normalize Gemini `usageMetadata` (prompt count includes cached tokens; thoughts are added to output)."""
     cached = _int(raw.get("cachedContentTokenCount"))
@@ -697,7 +674,7 @@ class StreamDecoder:
         if not ev.data or ev.data.strip() in ("[", "]", ","):
             return []
         try:
-            data = json.loads(ev.data)
+            data = loads(ev.data)
         except ValueError:
             raise UpstreamError(
                 "gemini stream: invalid JSON chunk", "upstream_error", kind="protocol"

@@ -10,6 +10,12 @@ import time
 import uuid
 from typing import Any
 
+from odock.dialects.fields import bad as _bad
+from odock.dialects.fields import count as _int
+from odock.dialects.fields import dumps as _dumps
+from odock.dialects.fields import expect_dict as _dict
+from odock.dialects.fields import expect_list as _list
+from odock.dialects.fields import expect_str as _str
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -41,30 +47,8 @@ _ERROR_TYPES = {
 }
 
 
-def _bad(field: str, expected: str) -> BadRequest:
-    return BadRequest(f"{field}: expected {expected}", "invalid_request")
-
-
 def _unsupported(field: str) -> BadRequest:
     return BadRequest(f"{field} is not supported by openai responses", "invalid_request")
-
-
-def _dict(v: Any, field: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _bad(field, "an object")
-    return v
-
-
-def _list(v: Any, field: str) -> list[Any]:
-    if not isinstance(v, list):
-        raise _bad(field, "an array")
-    return v
-
-
-def _str(v: Any, field: str) -> str:
-    if not isinstance(v, str):
-        raise _bad(field, "a string")
-    return v
 
 
 def _num(body: dict[str, Any], key: str) -> float | None:
@@ -74,10 +58,6 @@ def _num(body: dict[str, Any], key: str) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad(key, "a number")
     return float(v)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # --- client side: decode a request --------------------------------------------------------------------------
@@ -401,10 +381,6 @@ def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
 
 
 # --- upstream side: decode a response and a stream ----------------------------------------------------------
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def usage_from(raw: dict[str, Any]) -> Usage:
