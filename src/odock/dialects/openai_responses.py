@@ -5,7 +5,6 @@ Wire format source: the `openai` SDK's `types.responses` (ResponseCreateParams, 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -16,6 +15,7 @@ from odock.dialects.fields import dumps as _dumps
 from odock.dialects.fields import expect_dict as _dict
 from odock.dialects.fields import expect_list as _list
 from odock.dialects.fields import expect_str as _str
+from odock.dialects.fields import loads
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -454,7 +454,7 @@ class StreamDecoder:
         if not ev.data or ev.data == "[DONE]":
             return []
         try:
-            data = json.loads(ev.data)
+            data = loads(ev.data)
         except ValueError:
             raise UpstreamError("openai responses stream: invalid JSON event", kind="protocol") from None
         kind = data.get("type") or ev.event
