@@ -136,11 +136,14 @@ def models_since(mock: MockServer, seq: int) -> list[str]:
 
 
 async def chat(gateway: GatewayProcess, secret: str, model: str, *, path: str = "/v1/chat/completions",
-               text: str = "hello", timeout: float = 10.0, **extra: Any) -> httpx.Response:
-    """One unary chat call through the live gateway."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=timeout) as http:
-        return await http.post(path, headers={"Authorization": f"Bearer {secret}"},
-                               json={"model": model, "messages": [{"role": "user", "content": text}], **extra})
+               text: str = "hello", http: httpx.AsyncClient | None = None, **extra: Any) -> httpx.Response:
+    """One unary chat call through the live gateway (on `http` when given, else a fresh client)."""
+    payload = {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    headers = {"Authorization": f"Bearer {secret}"}
+    if http is not None:
+        return await http.post(path, headers=headers, json=payload)
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10.0) as client:
+        return await client.post(path, headers=headers, json=payload)
 
 
 async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0) -> dict[str, Any]:

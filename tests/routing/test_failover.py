@@ -54,13 +54,15 @@ async def test_trigger_table_every_strategy(gateway: GatewayProcess, service: Ca
                 }
                 if triggers is not None:
                     policy["failoverOn"] = triggers
-                cases.append((strategy, triggers, kind, await make_key(service, policy)))
+                cases.append((strategy, triggers, kind, await make_key(service, policy, models=[first, second])))
     seq = last_seq(mock)
-    responses = await asyncio.gather(*(chat(gateway, secret, FAILING[kind][0]) for _s, _t, kind, secret in cases))
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        responses = await asyncio.gather(*(chat(gateway, secret, FAILING[kind][0], http=http)
+                                           for _s, _t, kind, secret in cases))
+    records = await asyncio.gather(*(wait_usage(service, r.headers["x-request-id"]) for r in responses))
     expected_calls: Counter[str] = Counter()
-    for (strategy, triggers, kind, _secret), resp in zip(cases, responses, strict=True):
+    for (strategy, triggers, kind, _secret), resp, record in zip(cases, responses, records, strict=True):
         assert resp.status_code >= 400, (strategy, triggers, kind)
-        record = await wait_usage(service, resp.headers["x-request-id"])
         attempts = attempts_of(record)
         want = 2 if fails_over(kind, triggers) else 1
         assert len(attempts) == want, (strategy, triggers, kind, attempts)
@@ -250,13 +252,9 @@ async def test_weighted_spreads_by_weight(gateway: GatewayProcess, service: Cata
     secret = await make_key(service, {"strategy": "weighted", "candidates": [{"modelName": "w-a", "weight": 3},
                                                                             {"modelName": "w-b", "weight": 1}]})
     seq = last_seq(mock)
-    sem = asyncio.Semaphore(8)
-
-    async def one() -> None:
-        async with sem:
-            assert (await chat(gateway, secret, "w-a")).status_code == 200
-
-    await asyncio.gather(*(one() for _ in range(120)))
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        replies = await asyncio.gather(*(chat(gateway, secret, "w-a", http=http) for _ in range(120)))
+    assert all(r.status_code == 200 for r in replies)
     counts = Counter(models_since(mock, seq))
     assert counts["w-a"] + counts["w-b"] == 120
     assert 70 <= counts["w-a"] <= 108, counts  # expectation 90, sd ~4.7
