@@ -69,15 +69,16 @@ async def test_client_disconnect_stops_upstream(gateway: GatewayProcess, service
     events) and the usage record is written with outcome cancelled."""
     secret = await make_key(service, {"candidates": ["good-a", "good-b"]})
     seq = last_seq(mock)
-    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
-        async with http.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                               json={"model": "good-a", "stream": True, "messages": [
-                                   {"role": "user", "content": "slowly [[mock chunk_delay_ms=40 chunks=60]]"}]},
-                               ) as resp:
-            assert resp.status_code == 200
-            request_id = resp.headers["x-request-id"]
-            async for _chunk in resp.aiter_bytes():
-                break  # the first bytes arrived: leave
+    body = {"model": "good-a", "stream": True,
+            "messages": [{"role": "user", "content": "slowly [[mock chunk_delay_ms=40 chunks=60]]"}]}
+    async with (
+        httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http,
+        http.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}, json=body) as resp,
+    ):
+        assert resp.status_code == 200
+        request_id = resp.headers["x-request-id"]
+        async for _chunk in resp.aiter_bytes():
+            break  # the first bytes arrived: leave
     entry: dict[str, Any] = {}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
