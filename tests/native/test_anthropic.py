@@ -51,11 +51,12 @@ async def test_bearer_key_is_accepted(gateway: GatewayProcess, key: str) -> None
 
 async def test_stream_text_and_usage(gateway: GatewayProcess, key: str, service: CatalogueService) -> None:
     """The messages.stream() helper accumulates the passed-through events; stream usage is recorded."""
-    async with client(gateway, key) as c:
-        async with c.messages.stream(model="claude-test", max_tokens=64, messages=USER) as stream:  # type: ignore[arg-type]
-            text = "".join([t async for t in stream.text_stream])
-            final = await stream.get_final_message()
-            request_id = stream.response.headers["x-request-id"]
+    async with client(gateway, key) as c, c.messages.stream(
+        model="claude-test", max_tokens=64, messages=USER,  # type: ignore[arg-type]
+    ) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
     assert text and final.content[0].type == "text" and final.content[0].text == text
     record = await wait_usage(service, request_id)
     assert record["stream"] and record["output_tokens"] == final.usage.output_tokens > 0

@@ -127,7 +127,7 @@ async def test_images_edit_and_variation_multipart(
     upstream = last_request(mock, "/v1/images/variations")
     assert upstream["model"] == "gpt-image-1" and "image" in upstream["keys"]
     assert last_request(mock, "/v1/images/edits")["model"] == "gpt-image-1"
-    assert edited.data and edited.data[0].b64_json
+    assert edited.data and edited.data[0].b64_json and variation.parse().data
     record = await wait_usage(service, raw.headers["x-request-id"])
     assert record["route"] == "openai.images.edits" and record["model_slug"] == "gpt-image-1"
 
