@@ -329,3 +329,13 @@ async def test_native_route_without_native_fallback_filters_candidates(
     resp = await chat(gateway, secret, "nat-bad")
     assert resp.headers["x-odock-model"] == "good-a"
     assert models_since(mock, seq) == ["nat-bad", "good-a"]
+
+
+async def test_malformed_policy_routes_directly(gateway: GatewayProcess, service: CatalogueService,
+                                                mock: MockServer) -> None:
+    """A routing policy the gateway cannot understand never breaks calls: the requested model is called
+    directly (and a warning logged), no candidate is tried."""
+    secret = await make_key(service, {"strategy": "fastest", "candidates": ["good-a"]})
+    seq = last_seq(mock)
+    resp = await chat(gateway, secret, "e5-a")
+    assert resp.status_code == 502 and models_since(mock, seq) == ["e5-a"]
