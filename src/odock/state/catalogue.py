@@ -142,6 +142,11 @@ class Catalogue:
             self.model_ttl_s,
         )
 
+    async def model_by_id(self, model_id: str) -> ModelRecord | None:
+        return await self._cached(  # type: ignore[no-any-return]
+            self._models, ("id", model_id), lambda: self.store.get_model(model_id), self.model_ttl_s
+        )
+
     async def provider(self, provider_id: str) -> ProviderRecord | None:
         return await self._cached(  # type: ignore[no-any-return]
             self._providers, provider_id, lambda: self.store.get_provider(provider_id), self.model_ttl_s

@@ -54,7 +54,7 @@ class VLLMModelsEndpoint:
             await gw.governance.pre_auth(call.ctx.client_ip)
         key = await gw.catalogue.authenticate(call.credential())
         granted = await gw.catalogue.grants(key.id)
-        models = await asyncio.gather(*(gw.store.get_model(model_id) for model_id in sorted(granted)))
+        models = await asyncio.gather(*(gw.catalogue.model_by_id(model_id) for model_id in sorted(granted)))
         data: list[dict[str, Any]] = []
         for model in models:
             if model is None or model.organisation_id != key.organisation_id:
