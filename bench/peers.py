@@ -56,16 +56,26 @@ HONO_PIN = "1.14.2"
 
 
 def ensure_portkey() -> Path:
-    """Return Portkey's node server entry, installing @portkey-ai/gateway (and the working hono) if missing."""
-    hono = PORTKEY_DIR / "node_modules" / "@hono" / "node-server" / "package.json"
-    if PORTKEY_ENTRY.exists() and hono.exists() and json.loads(hono.read_text()).get("version") == HONO_PIN:
+    """Return Portkey's node server entry, installing @portkey-ai/gateway (with the working hono) if missing."""
+    if PORTKEY_ENTRY.exists() and _hono_versions() == {HONO_PIN}:
         return PORTKEY_ENTRY
     PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
-    if not (PORTKEY_DIR / "package.json").exists():
-        (PORTKEY_DIR / "package.json").write_text('{"name": "bench-portkey", "private": true}\n')
-    _run(["npm", "install", "--no-audit", "--no-fund", "@portkey-ai/gateway", f"@hono/node-server@{HONO_PIN}"],
-         cwd=PORTKEY_DIR)
+    # an override, not only a top-level pin: npm otherwise nests a newer copy under the gateway package
+    manifest = {"name": "bench-portkey", "private": True,
+                "dependencies": {"@portkey-ai/gateway": "^1.15.2", "@hono/node-server": HONO_PIN},
+                "overrides": {"@hono/node-server": "$@hono/node-server"}}
+    (PORTKEY_DIR / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(PORTKEY_DIR / "node_modules", ignore_errors=True)
+    (PORTKEY_DIR / "package-lock.json").unlink(missing_ok=True)
+    _run(["npm", "install", "--no-audit", "--no-fund"], cwd=PORTKEY_DIR)
+    if _hono_versions() != {HONO_PIN}:
+        raise RuntimeError(f"Portkey install: @hono/node-server versions {_hono_versions()}, wanted {HONO_PIN}")
     return PORTKEY_ENTRY
+
+
+def _hono_versions() -> set[str]:
+    found = (PORTKEY_DIR / "node_modules").glob("**/@hono/node-server/package.json")
+    return {str(json.loads(p.read_text()).get("version")) for p in found}
 
 
 def litellm_config(mock_url: str) -> dict[str, object]:
