@@ -145,16 +145,16 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
     if sut is not None:
         pin_tree(sut.pid, ctx.sut_cpu)
     probe(ctx, port, call, target)
-    kw = {"cpu": ctx.load_cpu}
+    cpu = ctx.load_cpu
     if a.warmup > 0:
         run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
-                duration_s=a.warmup, **kw)
+                duration_s=a.warmup, cpu=cpu)
     lat = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=1, duration_s=300,
-                  cap=a.requests, **kw)
+                  cap=a.requests, cpu=cpu)
     sut_pid = (sut or ctx.mock).pid
     c0, m0, s0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), system_busy_seconds(), time.monotonic()
     thr = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
-                  duration_s=a.duration, **kw)
+                  duration_s=a.duration, cpu=cpu)
     wall = time.monotonic() - t0
     busy = system_busy_seconds() - s0
     out: dict[str, Any] = {"latency": lat.as_dict(), "throughput": thr.as_dict()}
@@ -228,7 +228,7 @@ def start_mock(sup: Supervisor, args: argparse.Namespace, cpu: int | None) -> Se
 
 
 async def _pg_admin(sql: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(PG_SERVER)
     try:
