@@ -47,7 +47,8 @@ class Gateway:
             buffer_max=settings.usage_buffer_max,
         )
         self.governance = governance
-        self.routing = Routing()
+        self.routing = Routing(cooldown_failures=settings.routing_cooldown_failures,
+                               cooldown_s=settings.routing_cooldown_s)
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 

@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, kw_only=True):
     usage_buffer_max: int = 100_000
     ratelimit_global_policy: dict[str, Any] = {}
     redis_fail_open: bool = False
+    routing_cooldown_failures: int = 3
+    routing_cooldown_s: float = 30.0
     log_level: str = "info"
     prometheus_enabled: bool = True
 
@@ -89,6 +91,8 @@ def load_settings(**overrides: Any) -> Settings:
         ("usage_buffer_max", ("ODOCK_USAGE_BUFFER_MAX",), int),
         ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
+        ("routing_cooldown_failures", ("ODOCK_ROUTING_COOLDOWN_FAILURES",), int),
+        ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
     ]

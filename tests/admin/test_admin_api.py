@@ -152,3 +152,13 @@ async def test_usage_report(client: httpx.AsyncClient, store: SqlStore) -> None:
     ]
     empty = await client.get("/admin/usage", params={"since": "2026-07-02"})
     assert empty.json()["data"] == []
+
+
+async def test_malformed_routing_policy_is_refused(client: httpx.AsyncClient) -> None:
+    """A key policy with an unknown routing strategy is 400 invalid_policy, not stored to be ignored later."""
+    await client.post("/admin/organisations", json={"name": "route-org"})
+    resp = await client.post("/admin/keys", json={
+        "organisation": "route-org", "name": "k", "type": "ORGANISATION",
+        "policies": {"routing": {"chat": {"strategy": "fastest-please", "candidates": []}}}})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid_policy"

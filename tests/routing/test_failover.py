@@ -4,6 +4,7 @@ candidate eligibility (grants, type, family) and timeouts."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
 from collections import Counter
@@ -335,7 +336,17 @@ async def test_malformed_policy_routes_directly(gateway: GatewayProcess, service
                                                 mock: MockServer) -> None:
     """A routing policy the gateway cannot understand never breaks calls: the requested model is called
     directly (and a warning logged), no candidate is tried."""
-    secret = await make_key(service, {"strategy": "fastest", "candidates": ["good-a"]})
+    import sqlalchemy as sa
+
+    from odock.state import schema
+
+    secret = await make_key(service, None)
+    # the admin paths refuse such a policy now; one stored before that (or by hand) must still not break calls
+    key_hash = hashlib.sha256(secret.encode()).hexdigest()
+    async with service.store.mutate() as conn:
+        await conn.execute(sa.update(schema.api_keys).where(schema.api_keys.c.key_hash == key_hash).values(
+            policies={"routing": {"chat": {"strategy": "fastest", "candidates": ["good-a"]}}}))
+    await asyncio.sleep(1.2)  # the gateway's catalogue version poll picks the change up
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "e5-a")
     assert resp.status_code == 502 and models_since(mock, seq) == ["e5-a"]

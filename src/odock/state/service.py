@@ -178,6 +178,17 @@ def _object(value: Any, field: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _policies(value: Any) -> dict[str, Any]:
+    """A policy envelope, refused at write time when its routing section is malformed (it would be ignored)."""
+    from odock.routing.strategies import validate_routing
+
+    policies = _object(value, "policies")
+    problems = validate_routing(policies)
+    if problems:
+        raise BadRequest("; ".join(problems), "invalid_policy")
+    return policies
+
+
 def _bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"{field} must be true or false")
@@ -366,7 +377,7 @@ class CatalogueService:
             "id": _new_id("org"),
             "name": _text(_required(data, "name", "organisation"), "name"),
             "timezone": _timezone(data.get("timezone") or "UTC"),
-            "policies": _object(data.get("policies"), "policies"),
+            "policies": _policies(data.get("policies")),
         }
         t = schema.organisations
         async with self.store.mutate() as conn:
@@ -397,7 +408,7 @@ class CatalogueService:
         if "timezone" in changes:
             values["timezone"] = _timezone(changes["timezone"])
         if "policies" in changes:
-            values["policies"] = _object(changes["policies"], "policies")
+            values["policies"] = _policies(changes["policies"])
         t = schema.organisations
         async with self.store.mutate() as conn:
             row = await self._org_row(conn, ref)
@@ -423,7 +434,7 @@ class CatalogueService:
         """Create a team (`organisation`, `name`, optional `policies`)."""
         _fields(data, TEAM_FIELDS, "team")
         name = _text(_required(data, "name", "team"), "name")
-        policies = _object(data.get("policies"), "policies")
+        policies = _policies(data.get("policies"))
         t = schema.teams
         async with self.store.mutate() as conn:
             org = await self._org_row(conn, _required(data, "organisation", "team"))
@@ -456,7 +467,7 @@ class CatalogueService:
         if "name" in changes:
             values["name"] = _text(changes["name"], "name")
         if "policies" in changes:
-            values["policies"] = _object(changes["policies"], "policies")
+            values["policies"] = _policies(changes["policies"])
         t = schema.teams
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "team", ref, organisation)
@@ -645,7 +656,7 @@ class CatalogueService:
             "type": _choice(data.get("type") or "chat", "type", MODEL_TYPES),
             "capabilities": _capabilities(data.get("capabilities")),
             "pricing": _pricing(data.get("pricing")),
-            "policies": _object(data.get("policies"), "policies"),
+            "policies": _policies(data.get("policies")),
             "config": _object(data.get("config"), "config"),
         }
         t = schema.models
@@ -690,7 +701,7 @@ class CatalogueService:
         if "pricing" in changes:
             values["pricing"] = _pricing(changes["pricing"])
         if "policies" in changes:
-            values["policies"] = _object(changes["policies"], "policies")
+            values["policies"] = _policies(changes["policies"])
         if "config" in changes:
             values["config"] = _object(changes["config"], "config")
         t = schema.models
@@ -742,7 +753,7 @@ class CatalogueService:
         name = _text(_required(data, "name", "key"), "name")
         key_type = _choice(data.get("type") or "ORGANISATION", "type", KEY_TYPES)
         expires_at = _future(data.get("expires_at"))
-        policies = _object(data.get("policies"), "policies")
+        policies = _policies(data.get("policies"))
         secret = self._secret(data.get("secret"))
         models = data.get("models")
         if models is not None and not isinstance(models, list):
@@ -829,7 +840,7 @@ class CatalogueService:
             if "timezone" in changes:
                 values["timezone"] = _timezone(changes["timezone"])
             if "policies" in changes:
-                values["policies"] = _object(changes["policies"], "policies")
+                values["policies"] = _policies(changes["policies"])
             if "revoked" in changes:
                 values["revoked"] = _bool(changes["revoked"], "revoked")
             if values:
