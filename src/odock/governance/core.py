@@ -156,6 +156,7 @@ class Governance:
         self._reconcile_interval = reconcile_interval_s
         self._events: list[tuple[str, str, int, int, int]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @classmethod
     async def open(
@@ -195,9 +196,14 @@ class Governance:
     async def close(self) -> None:
         """Stop the background task, flush settled charges and events, close connections."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # let the loop finish its current step: cancelling a driver call mid-query can wedge its connection
+            self._stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=5.0)
+            except (TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         with contextlib.suppress(Exception):
             await self._flush()
@@ -606,8 +612,11 @@ class Governance:
         flush_every = max(0.05, self.settings.usage_flush_interval_s)
         poll_every = max(0.1, self.settings.catalogue_poll_interval_s)
         next_poll = next_reconcile = time.monotonic()
-        while True:
-            await asyncio.sleep(flush_every)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=flush_every)
+            if self._stop.is_set():
+                return
             now = time.monotonic()
             for name, work, due in (
                 ("flush", self._flush, True),

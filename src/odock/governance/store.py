@@ -121,7 +121,16 @@ class GovernanceStore:
         """Create a store with its own engine for `url`."""
         from odock.state.sql import normalize_database_url
 
-        engine = create_async_engine(normalize_database_url(url), pool_pre_ping=True)
+        target = normalize_database_url(url)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if target.get_backend_name() == "postgresql":
+            # bounded waits: a stuck lock or query becomes an error (503), never a hung post-flight
+            options["connect_args"] = {
+                "timeout": 5,
+                "command_timeout": 15,
+                "server_settings": {"lock_timeout": "5000", "statement_timeout": "15000"},
+            }
+        engine = create_async_engine(target, **options)
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)
