@@ -14,6 +14,7 @@ from odock.edge.endpoints.responses import responses_endpoint
 from odock.edge.endpoints.vllm import vllm_routes
 from odock.gateway import Gateway
 from odock.settings import Settings, load_settings
+from odock.state.service import CatalogueService
 
 if TYPE_CHECKING:
     from odock.edge.http import ASGIApp
@@ -39,9 +40,13 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
 def admin_app_for(gw: Gateway) -> ASGIApp:
     """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
     from odock.admin.app import create_admin_app
-    from odock.state.service import CatalogueService
+    from odock.governance.admin import admin_for, admin_routes
 
-    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token)
+    # budget and quota changes reload this process's definitions at once (others poll)
+    on_change = gw.governance.refresh_definitions if gw.governance is not None else None
+    governance = admin_for(gw.store, on_change=on_change)
+    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, admin_routes(governance))
+
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

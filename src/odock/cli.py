@@ -9,6 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
     from odock.commands import catalogue, serve
+    from odock.governance import cli as governance_cli
     from odock.mock import cli as mock_cli
 
     parser = argparse.ArgumentParser(prog="odock", description="Odock LLM gateway")
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_parser(commands)
     mock_cli.add_parser(commands)
     catalogue.add_parsers(commands)
+    governance_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     code = args.func(args)
     sys.exit(code or 0)

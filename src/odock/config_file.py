@@ -23,7 +23,7 @@ from odock.state.service import CatalogueService, parse_datetime
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ONLY_REF = re.compile(r"^\s*\$\{[A-Za-z_][A-Za-z0-9_]*\}\s*$")
 
-_SECTIONS = {"organisations", "providers", "models", "keys"}
+_SECTIONS = {"organisations", "providers", "models", "keys", "budgets", "quotas"}
 _ORG = {"name", "timezone", "policies", "teams", "users"}
 _TEAM = {"name", "policies"}
 _USER = {"email", "name"}
@@ -280,4 +280,11 @@ async def apply_config(
         if models is not None and await service.set_grants(key.id, list(models)):
             changes["models"] = models
         record("key", label, changes)
+    if document.get("budgets") or document.get("quotas"):
+        from odock.governance.admin import admin_for, apply_governance
+
+        governed = await apply_governance(document, service=admin_for(service.store))
+        report.created += governed["created"]
+        report.updated += governed["updated"]
+        report.unchanged += governed["unchanged"]
     return report

@@ -45,6 +45,14 @@ USAGE_FLUSH_ERRORS = Counter(
 USAGE_DROPPED = Counter(
     "gateway_usage_dropped_total", "Usage records dropped because the buffer was full", registry=REGISTRY
 )
+RATELIMIT_DECISIONS = Counter(
+    "gateway_ratelimit_decisions_total", "Governance gate decisions (rate limits, quotas, budgets)",
+    ["ratelimit_stage", "decision"], registry=REGISTRY,
+)
+GOVERNANCE_ERRORS = Counter(
+    "gateway_governance_errors_total", "Governance failures handled without failing the call", ["stage"],
+    registry=REGISTRY,
+)
 TOKENS = Counter("gateway_tokens_total", "Tokens by class", ["provider", "class"], registry=REGISTRY)
 
 

@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, kw_only=True):
     usage_buffer_max: int = 100_000
     ratelimit_global_policy: dict[str, Any] = {}
     redis_fail_open: bool = False
+    # a reservation older than this belongs to a crashed process; reconciliation releases it every interval
+    reservation_ttl_s: float = 900.0
+    reconcile_interval_s: float = 30.0
     routing_cooldown_failures: int = 3
     routing_cooldown_s: float = 30.0
     log_level: str = "info"
@@ -91,6 +94,8 @@ def load_settings(**overrides: Any) -> Settings:
         ("usage_buffer_max", ("ODOCK_USAGE_BUFFER_MAX",), int),
         ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
+        ("reservation_ttl_s", ("ODOCK_RESERVATION_TTL",), parse_duration),
+        ("reconcile_interval_s", ("ODOCK_RECONCILE_INTERVAL",), parse_duration),
         ("routing_cooldown_failures", ("ODOCK_ROUTING_COOLDOWN_FAILURES",), int),
         ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),

@@ -7,7 +7,7 @@ and answers 404 `admin_disabled`. Errors are `{"error": {"code": …, "message":
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from odock.errors import BadRequest, GatewayError
@@ -120,8 +120,9 @@ def _crud_routes(
     ]
 
 
-def create_admin_app(service: CatalogueService, admin_token: str) -> ASGIApp:
-    """Build the admin ASGI app; every route lives under /admin/."""
+def create_admin_app(service: CatalogueService, admin_token: str,
+                     extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard)."""
     s = service
 
     async def list_orgs(_organisation: str | None) -> Any:
@@ -213,6 +214,7 @@ def create_admin_app(service: CatalogueService, admin_token: str) -> ASGIApp:
         Route("/admin/keys/{ref}/grants", grants, methods=["GET", "POST"]),
         Route("/admin/keys/{ref}/grants/{model}", grant_item, methods=["DELETE"]),
         Route("/admin/usage", usage, methods=["GET"]),
+        *extra_routes,
     ]
 
     async def gateway_error(_request: Request, exc: Exception) -> Response:

@@ -36,6 +36,7 @@ from odock.governance.store import (
 
 if TYPE_CHECKING:
     from odock.state.service import CatalogueService
+    from odock.state.sql import SqlStore
 
 ChangeHook = Callable[[], Awaitable[None]]
 _COMMON = {
@@ -424,3 +425,10 @@ def admin_routes(service: GovernanceAdmin) -> list[Route]:
     return (
         crud("budgets") + crud("quotas") + [Route("/admin/budget-events", _guarded(events), methods=["GET"])]
     )
+
+
+def admin_for(store: SqlStore, *, on_change: ChangeHook | None = None) -> GovernanceAdmin:
+    """Budgets and quotas management over the catalogue's database (owners resolved by name through it)."""
+    from odock.state.service import CatalogueService
+
+    return GovernanceAdmin(GovernanceStore(store.engine), catalogue=CatalogueService(store), on_change=on_change)

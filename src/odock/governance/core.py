@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
-
+from odock import metrics
 from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, TooManyRequests
 from odock.governance import pricing
 from odock.governance.ledger import Item, LocalLedger, RedisLedger, WindowRef
@@ -53,12 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odock.governance")
 
-DECISIONS = Counter(
-    "odock_governance_decisions_total", "Governance gate decisions", ["ratelimit_stage", "decision"]
-)
-ERRORS = Counter(
-    "odock_governance_errors_total", "Governance failures handled without failing the call", ["stage"]
-)
+DECISIONS = metrics.RATELIMIT_DECISIONS
+ERRORS = metrics.GOVERNANCE_ERRORS
 
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
 _REDIS_ERRORS: tuple[type[BaseException], ...]
@@ -166,8 +161,8 @@ class Governance:
         database_url: str,
         redis: redis.asyncio.Redis | None,
         key_prefix: str = "odock:gov",
-        reservation_ttl_s: float = 900.0,
-        reconcile_interval_s: float = 30.0,
+        reservation_ttl_s: float | None = None,
+        reconcile_interval_s: float | None = None,
         create_tables: bool = False,
     ) -> Governance:
         """Connect, load budget/quota definitions, start the reconciliation task."""
@@ -186,8 +181,11 @@ class Governance:
             redis,
             owns_redis=owns,
             key_prefix=key_prefix,
-            reservation_ttl_s=reservation_ttl_s,
-            reconcile_interval_s=reconcile_interval_s,
+            # explicit arguments win over the settings (ODOCK_RESERVATION_TTL, ODOCK_RECONCILE_INTERVAL)
+            reservation_ttl_s=settings.reservation_ttl_s if reservation_ttl_s is None else reservation_ttl_s,
+            reconcile_interval_s=(
+                settings.reconcile_interval_s if reconcile_interval_s is None else reconcile_interval_s
+            ),
         )
         await self.definitions.load(store)
         self._task = asyncio.create_task(self._background(), name="odock-governance")
