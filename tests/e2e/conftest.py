@@ -177,3 +177,25 @@ def cluster(tmp_path: Path, postgres_url: str, e2e_redis: str) -> Iterator[Clust
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def org_usage_rows(gw: GatewayProcess, org_id: str) -> list[dict[str, Any]]:
+    """Every stored usage record of one organisation (read straight from the gateway's database)."""
+    import sqlalchemy as sa
+
+    from odock.state import schema
+
+    service = await gw.open_service()
+    try:
+        table = schema.usage_records
+        async with service.store.read() as conn:
+            rows = (await conn.execute(sa.select(table).where(table.c.organisation_id == org_id))).mappings().all()
+        return [dict(r) for r in rows]
+    finally:
+        await service.store.close()
+
+
+async def budget_used(gw: GatewayProcess, budget_id: str) -> int:
+    """The settled `used` of a budget's current window, from the admin windows route (the durable ledger)."""
+    windows = (await admin(gw, "GET", f"/admin/budgets/{budget_id}/windows")).json()
+    return int(windows[0]["used"]) if windows else 0
