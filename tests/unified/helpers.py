@@ -146,7 +146,7 @@ WEATHER_TOOL = {
         },
     },
 }
-WEATHER_SCHEMA = {
+WEATHER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "temperature": {"type": "number"}, "sunny": {"type": "boolean"}},
     "required": ["city", "temperature", "sunny"],
