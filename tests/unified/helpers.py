@@ -152,6 +152,10 @@ WEATHER_SCHEMA: dict[str, Any] = {
     "required": ["city", "temperature", "sunny"],
     "additionalProperties": False,
 }
+TIME_TOOL = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 WEATHER_QUESTION = {"role": "user", "content": "What is the weather in Paris right now?"}
 
@@ -189,3 +193,19 @@ def json_answer(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [SYSTEM, {"role": "user", "content": "Weather in Paris as JSON."}],
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": "weather", "strict": True, "schema": WEATHER_SCHEMA}}}
+
+
+def truncated(model: str) -> dict[str, Any]:
+    """A `max_tokens` below the mock's 12-word answer: cut at the limit, stop reason "length"."""
+    return {**plain(model), "max_tokens": 5}
+
+
+def no_tool(model: str) -> dict[str, Any]:
+    """Tools offered but `tool_choice: none`: a text answer."""
+    return {**tool_call(model), "tool_choice": "none"}
+
+
+def forced_tool(model: str) -> dict[str, Any]:
+    """Two tools offered, the second one forced by name."""
+    return {**tool_call(model), "tools": [WEATHER_TOOL, TIME_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
