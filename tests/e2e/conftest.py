@@ -22,10 +22,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from odock.mock.testing import MockServer
+from tests.conftest import REDIS_HOST, REDIS_PORT, require_service
 from tests.harness import GatewayProcess
 
 # a Redis database of its own, flushed around every cluster test (the gateway's keys are not prefixable per test)
 E2E_REDIS_DB = 11
+E2E_SHARED_REDIS_DB = 12  # the module-shared pair's
 # USD per million tokens; input 0 makes a call's worst case exactly max_tokens × output rate, so when the mock
 # answers exactly max_tokens words the settled cost equals the reservation (deterministic budget arithmetic)
 EXACT_PRICING = {"input": 0, "output": 2.0}
@@ -156,6 +158,59 @@ async def e2e_redis(redis_url: str) -> AsyncIterator[str]:
 
 
 ClusterFactory = Callable[..., GatewayProcess]
+
+
+def _flush_redis(url: str) -> None:
+    async def flush() -> None:
+        client = aioredis.from_url(url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
+    asyncio.run(flush())
+
+
+def _pg_admin(server_url: str, sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def shared_pair(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str,
+                mock: MockServer) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two live processes (A, B) on one fresh PostgreSQL database and one flushed Redis database, shared by a
+    module's tests (each test brings its own tenant); starting a pair costs ~4 s on this machine."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{E2E_SHARED_REDIS_DB}"
+    name = f"odock_e2e_{uuid.uuid4().hex[:12]}"
+    database_url = postgres_server_url.rsplit("/", 1)[0] + f"/{name}"
+    _pg_admin(postgres_server_url, f'CREATE DATABASE "{name}"')
+    _flush_redis(redis_url)
+    secret_key = base64.b64encode(os.urandom(32)).decode()
+    root = tmp_path_factory.mktemp("e2e-pair")
+    procs = []
+    try:
+        for index in range(2):
+            workdir = root / f"gw{index}"
+            workdir.mkdir()
+            proc = GatewayProcess(workdir, database_url=database_url, redis_url=redis_url, secret_key=secret_key)
+            procs.append(proc)
+            proc.start()  # one after the other: the first runs the migrations
+        yield procs[0], procs[1]
+    finally:
+        for proc in procs:
+            proc.stop()
+        _flush_redis(redis_url)
+        _pg_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture()
