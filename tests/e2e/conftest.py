@@ -172,7 +172,7 @@ def _flush_redis(url: str) -> None:
 
 
 def _pg_admin(server_url: str, sql: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     async def run() -> None:
         conn = await asyncpg.connect(server_url)
