@@ -16,11 +16,11 @@ import pytest
 from tests.harness import GatewayProcess
 from tests.unified.helpers import (
     MODELS,
-    forced_tool,
     PROVIDER_OF,
     WEATHER_SCHEMA,
     Answer,
     ask,
+    forced_tool,
     image,
     json_answer,
     no_tool,
@@ -109,6 +109,8 @@ async def test_stream_matches_unary(http: httpx.AsyncClient, key: str, model: st
     streamed = await answer(http, key, model, conversation, "stream")
     assert streamed.content == one.content
     assert [c.name for c in streamed.tool_calls] == [c.name for c in one.tool_calls]
+    # ids too: the mock derives them from the request, and Gemini (which has none) gets the same synthesized ones
+    assert [c.id for c in streamed.tool_calls] == [c.id for c in one.tool_calls]
     assert [c.arguments.encode() for c in streamed.tool_calls] == [c.arguments.encode() for c in one.tool_calls]
     assert streamed.stop == one.stop
     assert (streamed.input_tokens, streamed.output_tokens) == (one.input_tokens, one.output_tokens)

@@ -59,8 +59,8 @@ async def test_top_k_reaches_vllm(http: httpx.AsyncClient, key: str) -> None:
 
 # (model, cut_after, text deltas the client gets before the cut): the Anthropic stream opens with message_start and
 # ping, so a cut after two events comes before any text; after five events two text deltas are through. Gemini
-# sends one text part per event.
-CUTS = [("claude-test", 2, 0), ("claude-test", 5, 2), ("gemini-test", 2, 2)]
+# sends one text part per event; the OpenAI family opens with a role chunk, then one text piece per chunk.
+CUTS = [("claude-test", 2, 0), ("claude-test", 5, 2), ("gemini-test", 2, 2), ("gpt-test", 2, 1), ("vllm-test", 2, 1)]
 FULL_TEXT = "Mock reply to: Tell me more alpha bravo charlie delta echo foxtrot"
 
 
@@ -88,6 +88,21 @@ async def test_cut_stream_ends_with_error_event(
     record = await wait_usage(service, resp.headers["x-request-id"])
     assert record["outcome"] == "failed" and record["stream"] is True
     assert record["error_code"] == last["error"]["code"]
+
+
+@pytest.mark.parametrize("model", ("claude-test", "gemini-test"))
+async def test_upstream_error_event_becomes_client_error_event(
+    http: httpx.AsyncClient, key: str, service: CatalogueService, model: str
+) -> None:
+    """An error event the upstream sends mid-stream (its own dialect) reaches the client as an OpenAI error event."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Tell me more [[mock error_after=4 chunks=6]]"}]}
+    resp, events = await stream_events(http, key, body)
+    assert "[DONE]" not in events
+    last = httpx.Response(200, content=events[-1]).json()
+    assert set(last) == {"error"} and last["error"]["code"] == "upstream_error"
+    assert all(ChatCompletionChunk.model_validate_json(e).choices for e in events[:-1])
+    record = await wait_usage(service, resp.headers["x-request-id"])
+    assert record["outcome"] == "failed" and record["error_code"] == "upstream_error"
 
 
 @pytest.mark.parametrize(("model", "cut_after", "deltas"), CUTS)

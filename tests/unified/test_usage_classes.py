@@ -10,7 +10,7 @@ import pytest
 
 from odock.state.service import CatalogueService
 from tests.harness import GatewayProcess, wait_usage
-from tests.unified.helpers import MODELS, PROVIDER_OF, ask
+from tests.unified.helpers import MODELS, PROVIDER_OF, ask, plain, reassemble, stream_events
 
 CACHED = 5
 USER_TEXT = "Hello there [[mock cached=5 thinking=1]]"
@@ -73,3 +73,18 @@ def test_anthropic_thinking_tokens_are_reasoning() -> None:
     got = usage_from({"input_tokens": 3, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0,
                       "output_tokens": 21, "output_tokens_details": {"thinking_tokens": 9}})
     assert (got.input_tokens, got.cached_input_tokens, got.output_tokens, got.reasoning_tokens) == (3, 5, 21, 9)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_stream_without_usage_request_is_still_billed(
+    http: httpx.AsyncClient, key: str, service: CatalogueService, model: str
+) -> None:
+    """A stream without include_usage carries no usage chunk, yet its record has the provider's exact usage."""
+    asked = await ask(http, key, plain(model), "stream")
+    resp, events = await stream_events(http, key, plain(model))
+    silent = reassemble(events)
+    assert (silent.input_tokens, silent.output_tokens) == (None, None)
+    assert silent.content == asked.content and silent.stop == asked.stop
+    record = await wait_usage(service, resp.headers["x-request-id"])
+    assert record["usage_estimated"] is False
+    assert (record["input_tokens"], record["output_tokens"]) == (asked.input_tokens, asked.output_tokens)
