@@ -50,6 +50,29 @@ async def test_untranslatable_field_is_refused(
     assert len(mock.requests) == before, "a refused request must not reach the upstream"
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "https://img.test/cat.png", "detail": "high"}}
+STRICT_TOOL = {"type": "function", "function": {"name": "f", "strict": True,
+                                                "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize(("model", "extra", "needle"), [
+    ("claude-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
+    ("gemini-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
+    ("claude-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
+    ("gemini-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
+    ("gemini-test", {"messages": HELLO, "tools": [STRICT_TOOL]}, "strict"),
+])
+async def test_openai_only_hints_are_refused_not_dropped(
+    http: httpx.AsyncClient, key: str, mock: Any, model: str, extra: dict[str, Any], needle: str
+) -> None:
+    """A message name, an image detail or a strict tool that the target cannot carry is refused by name."""
+    before = len(mock.requests)
+    resp = await http.post("/v1/llm/chat", headers=headers(key), json={"model": model, **extra})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid_request" and needle in resp.json()["error"]["message"]
+    assert len(mock.requests) == before
+
+
 async def test_top_k_reaches_vllm(http: httpx.AsyncClient, key: str) -> None:
     """top_k is refused for OpenAI but carried to vLLM (which has it), so the refusal is per target, not global."""
     resp = await http.post("/v1/llm/chat", headers=headers(key),

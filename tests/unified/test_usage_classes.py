@@ -51,19 +51,7 @@ async def test_cached_and_reasoning_tokens(
     assert record["output_tokens"] == ANSWER_WORDS + REASONING
     assert record["usage_estimated"] is False
     assert record["reasoning_tokens"] == got.reasoning_tokens
-    if PROVIDER_OF[model] == "anthropic" and got.reasoning_tokens == 0 and not _mock_reports_thinking_tokens():
-        # Anthropic reports reasoning as usage.output_tokens_details.thinking_tokens (a part of output_tokens);
-        # the mock's Anthropic usage leaves that object out, so there is nothing to carry through. The decoder
-        # side is covered by test_anthropic_thinking_tokens_are_reasoning below.
-        pytest.xfail("mock Anthropic usage has no output_tokens_details.thinking_tokens")
     assert got.reasoning_tokens == REASONING
-
-
-def _mock_reports_thinking_tokens() -> bool:
-    from odock.mock.anthropic import usage
-    from odock.mock.content import Plan
-
-    return "output_tokens_details" in usage(Plan(reasoning_tokens=1))
 
 
 def test_anthropic_thinking_tokens_are_reasoning() -> None:

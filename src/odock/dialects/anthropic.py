@@ -15,7 +15,7 @@ from odock.dialects.fields import dumps as _dumps
 from odock.dialects.fields import expect_dict as _dict
 from odock.dialects.fields import expect_list as _list
 from odock.dialects.fields import expect_str as _str
-from odock.dialects.fields import loads, unsupported
+from odock.dialects.fields import loads, refuse_openai_only_hints, unsupported
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -428,6 +428,7 @@ def _encode_tool_choice(tc: str | dict[str, Any]) -> dict[str, Any]:
 
 def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
     """Build the Anthropic Messages body for `req` (model = the provider's slug)."""
+    refuse_openai_only_hints(req, PROVIDER)
     system, messages, system_plain = _encode_messages(req)
     body: dict[str, Any] = {"model": slug, "max_tokens": req.max_tokens or DEFAULT_MAX_TOKENS}
     if system:

@@ -42,6 +42,18 @@ def expect_str(v: Any, field: str) -> str:
     return v
 
 
+def refuse_openai_only_hints(req: Any, provider: str) -> None:
+    """Refuse the OpenAI hints that Anthropic and Gemini cannot carry: a participant `name` on a message and a
+    non-default image `detail` (refused by name rather than dropped, like every untranslatable field)."""
+    for i, m in enumerate(req.messages):
+        if m.name and m.role != "tool":
+            raise unsupported(f"messages[{i}].name", provider)
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type == "image" and part.detail not in (None, "auto"):
+                    raise unsupported(f"messages[{i}].content[{j}].image_url.detail", provider)
+
+
 def count(v: Any) -> int:
     """A token count from a provider's usage object; anything but an int counts as 0."""
     return v if isinstance(v, int) and not isinstance(v, bool) else 0

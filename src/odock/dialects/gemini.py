@@ -17,7 +17,7 @@ from odock.dialects.fields import dumps as _dumps
 from odock.dialects.fields import expect_dict as _dict
 from odock.dialects.fields import expect_list as _list
 from odock.dialects.fields import expect_str as _str
-from odock.dialects.fields import loads, unsupported
+from odock.dialects.fields import loads, refuse_openai_only_hints, unsupported
 from odock.dialects.sse import SSEEvent, sse
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -455,6 +455,7 @@ def _function_response(m: Message, name: str) -> dict[str, Any]:
 def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
     """Build the Gemini generateContent body for `req` (the slug goes in the URL, not here)."""
     del slug  # Gemini names the model in the URL path
+    refuse_openai_only_hints(req, PROVIDER)
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}
@@ -543,7 +544,9 @@ def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
     if req.tools:
         decls = []
         for t in req.tools:
-            # `strict` has no Gemini counterpart; the schema itself is still sent (documented behaviour)
+            if t.strict:
+                # Gemini has no strict schema adherence switch: refuse rather than promise what it cannot keep
+                raise _unsupported(f"tools[{t.name}].strict")
             decl: dict[str, Any] = {"name": t.name}
             if t.description is not None:
                 decl["description"] = t.description

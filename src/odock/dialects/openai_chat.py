@@ -225,9 +225,10 @@ def _encode_parts(content: str | list[ContentPart] | None) -> Any:
     return out
 
 
-def encode_request(req: GatewayRequest, *, slug: str, allow_top_k: bool = False) -> dict[str, Any]:
-    """Encode a normalized request as an OpenAI chat body for an OpenAI-family upstream."""
-    if req.top_k is not None and not allow_top_k:
+def encode_request(req: GatewayRequest, *, slug: str, vllm: bool = False) -> dict[str, Any]:
+    """Encode a normalized request as an OpenAI chat body for OpenAI (or, with `vllm`, a vLLM server:
+    `top_k` allowed, the output cap sent as `max_tokens`)."""
+    if req.top_k is not None and not vllm:
         raise BadRequest("top_k is not supported by openai", "invalid_request")
     messages: list[dict[str, Any]] = []
     for m in req.messages:
@@ -251,7 +252,8 @@ def encode_request(req: GatewayRequest, *, slug: str, allow_top_k: bool = False)
     if req.top_k is not None:
         body["top_k"] = req.top_k
     if req.max_tokens is not None:
-        body["max_tokens"] = req.max_tokens
+        # OpenAI deprecated max_tokens (o-series models refuse it); vLLM documents max_tokens
+        body["max_tokens" if vllm else "max_completion_tokens"] = req.max_tokens
     if req.stop:
         body["stop"] = req.stop
     if req.tools:

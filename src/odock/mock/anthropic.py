@@ -62,13 +62,17 @@ def _signature(text: str) -> str:
 
 def usage(plan: Plan) -> dict[str, Any]:
     """Build Anthropic usage: input_tokens excludes cache reads; output includes thinking."""
-    return {
+    out: dict[str, Any] = {
         "input_tokens": max(0, plan.input_tokens - plan.cached_tokens),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": plan.cached_tokens,
         "output_tokens": plan.output_tokens + plan.reasoning_tokens,
         "service_tier": "standard",
     }
+    if plan.reasoning_tokens:
+        # the reasoning part of output_tokens, as Anthropic reports it (a breakdown, not an extra class)
+        out["output_tokens_details"] = {"thinking_tokens": plan.reasoning_tokens}
+    return out
 
 
 def _stop_reason(plan: Plan) -> str:

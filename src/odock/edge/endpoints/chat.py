@@ -132,7 +132,7 @@ class UnifiedChatEndpoint(LLMEndpoint):
             slug = candidate.model.slug
             if dialect is openai_chat:
                 upstream = openai_chat.encode_request(
-                    request, slug=slug, allow_top_k=family_of(candidate.provider.type) == "vllm")
+                    request, slug=slug, vllm=family_of(candidate.provider.type) == "vllm")
             else:
                 upstream = dialect.encode_request(request, slug=slug)
             url = adapter.chat_url(candidate.provider, slug, ctx.stream)
