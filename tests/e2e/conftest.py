@@ -132,9 +132,9 @@ async def eventually(probe: Callable[[], Any], *, timeout: float = 5.0, interval
         await asyncio.sleep(interval)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def embedded(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[GatewayProcess]:
-    """One live embedded gateway (SQLite, in-process limits) shared by a module's tests; tenants isolate them."""
+    """One live embedded gateway (SQLite, in-process limits) shared by the e2e tests; tenants isolate them."""
     gw = GatewayProcess(tmp_path_factory.mktemp("e2e-embedded"))
     gw.start()
     try:
