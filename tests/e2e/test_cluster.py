@@ -74,8 +74,7 @@ async def test_rpm_is_exact_across_processes(shared_pair: Pair, mock: MockServer
 
 
 async def test_concurrency_never_exceeded_across_processes(shared_pair: Pair, mock: MockServer) -> None:
-    """Concurrency 3 with a slow upstream: each wave of 12 calls over both processes admits 3, the upstream never
-    sees more than 3 at once, and the slots come back after completion."""
+    """Concurrency 3 over both processes: each wave admits 3, the upstream never sees more than 3 at once."""
     a, b = shared_pair
     tenant, _ = await tenant_on(shared_pair, mock, key_policies=limits(concurrency=3))
     latency_s = 0.6
@@ -91,8 +90,7 @@ async def test_concurrency_never_exceeded_across_processes(shared_pair: Pair, mo
 
 
 async def test_tpm_refund_across_processes(shared_pair: Pair, mock: MockServer) -> None:
-    """TPM 1000: a call reserving ~650 tokens on A blocks the same call on B while in flight; once A settles and
-    refunds the unused tokens, the call fits on B."""
+    """TPM 1000: A's in-flight reservation blocks the same call on B; after A refunds unused tokens it fits."""
     a, b = shared_pair
     tenant, _ = await tenant_on(shared_pair, mock, key_policies=limits(tpm=1000))
     fast = chat_body(max_tokens=600, words=5, pad=120)
@@ -115,8 +113,7 @@ async def _arrived(mock: MockServer, tenant: Tenant, count: int) -> bool:
 
 
 async def test_budget_never_overspent_across_processes(shared_pair: Pair, mock: MockServer) -> None:
-    """100 concurrent calls over both processes on a budget fitting 7 at worst case: 7 answered 200, the rest
-    402, and the settled spend in PostgreSQL is exactly 7 calls, never above the budget."""
+    """100 concurrent calls over both processes on a budget fitting 7: 7 × 200, 93 × 402, spend <= budget."""
     k = 7
     amount = k * WORST + WORST - 1
     a, b = shared_pair

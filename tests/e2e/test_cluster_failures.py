@@ -43,8 +43,7 @@ FAST_RECONCILE = {"ODOCK_RESERVATION_TTL": "1s", "ODOCK_RECONCILE_INTERVAL": "20
 
 async def test_killed_process_reservation_released_and_acknowledged_usage_kept(
         cluster: ClusterFactory, mock: MockServer) -> None:
-    """A's in-flight reservation (A SIGKILLed mid-call) is released by B's reconciliation, so the budget is usable
-    again; calls answered before the kill are all in the usage ledger; a restarted process sees the settled spend."""
+    """A SIGKILLed mid-call: B's reconciliation frees A's reservation; acknowledged usage records are all kept."""
     a, b = cluster(FAST_RECONCILE), cluster(FAST_RECONCILE)
     await asyncio.to_thread(a.start)
     tenant = await make_tenant(a, mock.base_url)
@@ -103,9 +102,8 @@ ASK: dict[str, Any] = {"model": "chat", "messages": [{"role": "user", "content":
 
 
 async def test_redis_unreachable_at_start(cluster: ClusterFactory, mock: MockServer) -> None:
-    """With Redis unreachable the gateway still starts (liveness 200, readiness 503); governed calls fail closed
-    with 503 rate_limit_unavailable, ungoverned ones pass; ODOCK_REDIS_FAIL_OPEN=true enforces in-process limits
-    and budgets instead."""
+    """Redis down at start: governed calls fail closed (503); ODOCK_REDIS_FAIL_OPEN=true enforces local limits."""
+    # the gateway still starts (liveness 200, readiness 503); calls with no limit and no budget never need Redis
     dead = f"redis://127.0.0.1:{_closed_port()}/0"
     closed = cluster(redis_url=dead)
     opened = cluster({"ODOCK_REDIS_FAIL_OPEN": "true"}, redis_url=dead)
@@ -172,8 +170,7 @@ def _wait_listening(port: int) -> None:
 
 async def test_redis_lost_while_serving(cluster: ClusterFactory, mock: MockServer,
                                         own_redis: tuple[str, subprocess.Popen[bytes], list[str]]) -> None:
-    """Redis dies after start: governed calls turn 503 rate_limit_unavailable (never unlimited) and come back
-    once Redis is reachable again."""
+    """Redis lost after start: governed calls get 503 rate_limit_unavailable, and pass again once it is back."""
     url, redis_proc, command = own_redis
     gw = cluster(redis_url=url)
     await asyncio.to_thread(gw.start)
