@@ -14,7 +14,6 @@ from odock.pipeline.context import CallContext
 from odock.routing.policy import Routing
 from odock.settings import Settings
 from odock.state.catalogue import Catalogue
-from odock.transport.aiohttp_transport import AiohttpTransport
 from odock.transport.base import Transport
 from odock.usage import UsageRecorder
 
@@ -24,6 +23,17 @@ if TYPE_CHECKING:
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
+
+
+def new_transport(kind: str) -> Transport:
+    """The upstream HTTP client: the lean HTTP/1.1 client by default, aiohttp on request."""
+    if kind == "aiohttp":
+        from odock.transport.aiohttp_transport import AiohttpTransport
+
+        return AiohttpTransport()
+    from odock.transport.http11 import Http11Transport
+
+    return Http11Transport()
 INVALIDATION_CHANNEL = os.environ.get("CACHE_INVALIDATION_CHANNEL", "odock:cache-invalidation")
 
 
@@ -39,7 +49,7 @@ class Gateway:
             negative_ttl_s=settings.auth_negative_cache_ttl_s,
             model_ttl_s=settings.model_cache_ttl_s,
         )
-        self.transport: Transport = transport or AiohttpTransport()
+        self.transport: Transport = transport or new_transport(settings.upstream_client)
         self.recorder = UsageRecorder(
             store,
             flush_interval_s=settings.usage_flush_interval_s,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -58,3 +61,9 @@ TOKENS = Counter("gateway_tokens_total", "Tokens by class", ["provider", "class"
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, cached: label sets are bounded and `labels()` costs a lock per call."""
+    return metric.labels(*values)

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, kw_only=True):
     reconcile_interval_s: float = 30.0
     routing_cooldown_failures: int = 3
     routing_cooldown_s: float = 30.0
+    # "http11" (the lean default transport) or "aiohttp"
+    upstream_client: str = "http11"
     log_level: str = "info"
     prometheus_enabled: bool = True
 
@@ -99,6 +101,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("routing_cooldown_failures", ("ODOCK_ROUTING_COOLDOWN_FAILURES",), int),
         ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),
+        ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
     ]
     for field, names, convert in readers:
@@ -112,6 +115,8 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings(**values)
     if not 0 < settings.http_port < 65536:
         raise SystemExit(f"invalid HTTP_PORT: {settings.http_port}")
+    if settings.upstream_client not in ("http11", "aiohttp"):
+        raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
     if settings.workers > 1 and not settings.cluster:
         raise SystemExit(
             "embedded mode runs exactly one process: its limits, budgets and caches live in memory. "

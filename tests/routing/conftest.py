@@ -6,9 +6,6 @@ Every model's upstream slug starts with its own name, so the mock journal (which
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,7 +15,10 @@ import pytest
 
 from odock.mock.testing import MockServer, mock_server
 from odock.state.service import CatalogueService
-from tests.harness import GatewayProcess, usage_record
+from tests.harness import (
+    GatewayProcess,
+    wait_usage,  # noqa: F401  (re-exported for the tests of this folder)
+)
 
 FIRST_BYTE_TIMEOUT_MS = 150
 SLOW_MS = 700
@@ -144,19 +144,6 @@ async def chat(gateway: GatewayProcess, secret: str, model: str, *, path: str = 
         return await http.post(path, headers=headers, json=payload)
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10.0) as client:
         return await client.post(path, headers=headers, json=payload)
-
-
-async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Poll the ledger until the gateway's batch writer stored the call's usage record."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = await usage_record(service.store, request_id)
-        if row is not None:
-            if isinstance(row.get("routing"), str):
-                row["routing"] = json.loads(row["routing"])
-            return row
-        await asyncio.sleep(0.03)
-    raise AssertionError(f"no usage record for {request_id}")
 
 
 def attempts_of(record: dict[str, Any]) -> list[tuple[str, str, str | None]]:

@@ -6,9 +6,9 @@ Admin routes (`/admin/...`) go to the Starlette admin app mounted beside the hot
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -139,7 +139,7 @@ class Edge:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()
         req = Request(scope, receive, send, request_id, headers)
         endpoint = self.match(path)
         label = endpoint.route if endpoint is not None else "unmatched"
@@ -168,5 +168,5 @@ class Edge:
                 await req.end()
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - started)
-            metrics.REQUESTS.labels(label, metrics.status_class(req.status or 500)).inc()
+            metrics.child(metrics.REQUEST_DURATION, label).observe(time.perf_counter() - started)
+            metrics.child(metrics.REQUESTS, label, metrics.status_class(req.status or 500)).inc()

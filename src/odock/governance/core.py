@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -218,18 +218,18 @@ class Governance:
             return
         reason = ip_denied(limits, parse_ip(client_ip))
         if reason is not None:
-            DECISIONS.labels("pre_auth", "deny").inc()
+            metrics.child(DECISIONS, "pre_auth", "deny").inc()
             raise TooManyRequests(
                 "client IP is not allowed", "ip_not_allowed", extra={"scope": IP, "limit": reason}
             )
         checks = self._request_checks(GLOBAL, "-", limits, leases=False)
         if checks:
-            result, _ = await self._gate(checks, uuid.uuid4().hex)
+            result, _ = await self._gate(checks, os.urandom(16).hex())
             self._raise_if_denied("pre_auth", checks, result)
 
     async def early(self, ctx: CallContext) -> None:
         """Run the early gate: IP rules, payload, max_tokens, concurrency, burst, RPS, RPM."""
-        receipt = Receipt(ctx.request_id, uuid.uuid4().hex)
+        receipt = Receipt(ctx.request_id, os.urandom(16).hex())
         address = None
         checks: list[Check] = []
         for scope, ident, limits in self._scopes(ctx):
@@ -237,7 +237,7 @@ class Governance:
                 address = address or parse_ip(ctx.client_ip)
                 reason = ip_denied(limits, address)
                 if reason is not None:
-                    DECISIONS.labels("early", "deny").inc()
+                    metrics.child(DECISIONS, "early", "deny").inc()
                     raise TooManyRequests(
                         "client IP is not allowed", "ip_not_allowed", extra={"scope": scope, "limit": reason}
                     )
@@ -253,13 +253,13 @@ class Governance:
             receipt.leases = [(limiter, c.key) for c in checks if c.kind == "L"]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
-        DECISIONS.labels("early", "allow").inc()
+        metrics.child(DECISIONS, "early", "allow").inc()
 
     async def final(self, ctx: CallContext) -> None:
         """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
         receipt = ctx.governance
         if not isinstance(receipt, Receipt):
-            receipt = Receipt(ctx.request_id, uuid.uuid4().hex)
+            receipt = Receipt(ctx.request_id, os.urandom(16).hex())
             ctx.governance = receipt
         scopes = self._scopes(ctx)
         model_limits = self._policies.get(ctx.model.policies) if ctx.model is not None else Limits()
@@ -306,7 +306,7 @@ class Governance:
             header = _header(checks, result)
             if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
                 receipt.header = header
-        DECISIONS.labels("final", "allow").inc()
+        metrics.child(DECISIONS, "final", "allow").inc()
         await self._reserve(ctx, receipt, out_tokens)
 
     async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
@@ -330,21 +330,21 @@ class Governance:
                 try:
                     await limiter.release(leases, refunds, receipt.token)
                 except Exception:
-                    ERRORS.labels("post_flight").inc()
+                    metrics.child(ERRORS, "post_flight").inc()
                     log.warning("rate-limit post-flight failed (leases expire by TTL)", exc_info=True)
         except Exception:
-            ERRORS.labels("post_flight").inc()
+            metrics.child(ERRORS, "post_flight").inc()
             log.warning("rate-limit post-flight failed", exc_info=True)
         if receipt.ledger is None or receipt.reservation_id is None:
             return
         try:
             actual = self._actuals(ctx, receipt, cost_nanos)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
-            DECISIONS.labels("settle", "settled" if usage is not None else "released").inc()
+            metrics.child(DECISIONS, "settle", "settled" if usage is not None else "released").inc()
             if used:
                 self._threshold_events(receipt, actual, used)
         except Exception:
-            ERRORS.labels("settle").inc()
+            metrics.child(ERRORS, "settle").inc()
             log.warning("budget settle failed (reconciliation will release it)", exc_info=True)
 
     def response_headers(self, ctx: CallContext) -> dict[str, str]:
@@ -401,14 +401,14 @@ class Governance:
     @staticmethod
     def _static_checks(scope: str, limits: Limits, ctx: CallContext) -> None:
         if limits.max_request_bytes and ctx.body_bytes > limits.max_request_bytes:
-            DECISIONS.labels("payload", "deny").inc()
+            metrics.child(DECISIONS, "payload", "deny").inc()
             raise TooManyRequests(
                 f"request body of {ctx.body_bytes} bytes exceeds the limit of {limits.max_request_bytes}",
                 "payload_too_large",
                 extra={"scope": scope, "limit": "max_request_bytes"},
             )
         if limits.max_tokens and ctx.max_tokens is not None and ctx.max_tokens > limits.max_tokens:
-            DECISIONS.labels("payload", "deny").inc()
+            metrics.child(DECISIONS, "payload", "deny").inc()
             raise TooManyRequests(
                 f"max_tokens {ctx.max_tokens} exceeds the limit of {limits.max_tokens}",
                 "max_tokens_exceeded",
@@ -469,7 +469,7 @@ class Governance:
         try:
             return await self.redis_limiter.gate(checks, token), self.redis_limiter
         except _REDIS_ERRORS as exc:
-            ERRORS.labels("redis").inc()
+            metrics.child(ERRORS, "redis").inc()
             if self.settings.redis_fail_open:
                 log.warning("Redis unavailable, using in-process limits (fail-open): %s", type(exc).__name__)
                 return await self.local_limiter.gate(checks, token), self.local_limiter
@@ -479,7 +479,7 @@ class Governance:
     def _raise_if_denied(stage: str, checks: list[Check], result: GateResult) -> None:
         if result.ok:
             return
-        DECISIONS.labels(stage, "deny").inc()
+        metrics.child(DECISIONS, stage, "deny").inc()
         check = checks[result.denied]
         retry = max(1, math.ceil(result.retry_ms / 1000))
         raise TooManyRequests(
@@ -537,17 +537,17 @@ class Governance:
         except _REDIS_ERRORS as exc:
             if ledger is self.local_ledger:
                 raise
-            ERRORS.labels("redis").inc()
+            metrics.child(ERRORS, "redis").inc()
             if not self.settings.redis_fail_open:
                 raise DependencyUnavailable("budget ledger unavailable", "rate_limit_unavailable") from exc
             log.warning("Redis unavailable, using in-process budget windows (fail-open)")
             ledger = self.local_ledger
             denied = await ledger.reserve(reservation_id, items)
         if denied >= 0:
-            DECISIONS.labels("budget", "deny").inc()
+            metrics.child(DECISIONS, "budget", "deny").inc()
             _deny(held[denied], now)
         receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
-        DECISIONS.labels("budget", "reserved").inc()
+        metrics.child(DECISIONS, "budget", "reserved").inc()
 
     def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
         usage = ctx.usage
@@ -628,7 +628,7 @@ class Governance:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    ERRORS.labels(name).inc()
+                    metrics.child(ERRORS, name).inc()
                     log.warning("governance %s failed", name, exc_info=True)
             if now >= next_poll:
                 next_poll = now + poll_every

@@ -235,25 +235,25 @@ class Call:
                 req.mark_disconnected()
                 with contextlib.suppress(asyncio.CancelledError, GatewayError, ClientDisconnected):
                     await pump_task
-                metrics.STREAMS.labels(ctx.route, "cancelled").inc()
+                metrics.child(metrics.STREAMS, ctx.route, "cancelled").inc()
                 return
             try:
                 pump_task.result()
             except ClientDisconnected:
                 ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
-                metrics.STREAMS.labels(ctx.route, "cancelled").inc()
+                metrics.child(metrics.STREAMS, ctx.route, "cancelled").inc()
                 return
             except GatewayError as err:
                 ctx.outcome, ctx.error_code = "failed", err.code
                 log.warning("stream failed mid-way: %s", err.code, extra={"request_id": ctx.request_id})
-                metrics.STREAMS.labels(ctx.route, "failed").inc()
+                metrics.child(metrics.STREAMS, ctx.route, "failed").inc()
                 try:
                     await req.write(fail(err))
                 except ClientDisconnected:
                     return
                 await req.end()
                 return
-            metrics.STREAMS.labels(ctx.route, "completed").inc()
+            metrics.child(metrics.STREAMS, ctx.route, "completed").inc()
             await req.end()
         finally:
             watcher.cancel()
@@ -320,8 +320,8 @@ class Call:
             routing=routing,
         ))
         if usage is not None and provider is not None:
-            metrics.TOKENS.labels(provider.type, "input").inc(usage.total_input)
-            metrics.TOKENS.labels(provider.type, "output").inc(usage.output_tokens)
+            metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
+            metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
 
 
 def upstream_error_body(err: UpstreamError) -> dict[str, Any]:

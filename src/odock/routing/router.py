@@ -81,8 +81,8 @@ async def run_attempts(
                         error_class=kind, status=getattr(err, "upstream_status", None) or err.status,
                         latency_ms=int(elapsed * 1000))
             )
-            metrics.PROVIDER_REQUESTS.labels(candidate.provider.type, "failed").inc()
-            metrics.PROVIDER_ERRORS.labels(candidate.provider.type, str(kind)).inc()
+            metrics.child(metrics.PROVIDER_REQUESTS, candidate.provider.type, "failed").inc()
+            metrics.child(metrics.PROVIDER_ERRORS, candidate.provider.type, str(kind)).inc()
             if on_result is not None:
                 on_result(candidate, False, elapsed, err)
             last = err
@@ -94,18 +94,18 @@ async def run_attempts(
             Attempt(model=candidate.model.name, provider=candidate.provider.type, outcome="success",
                     latency_ms=int(elapsed * 1000))
         )
-        metrics.PROVIDER_REQUESTS.labels(candidate.provider.type, "success").inc()
-        metrics.PROVIDER_DURATION.labels(candidate.provider.type).observe(elapsed)
+        metrics.child(metrics.PROVIDER_REQUESTS, candidate.provider.type, "success").inc()
+        metrics.child(metrics.PROVIDER_DURATION, candidate.provider.type).observe(elapsed)
         if on_result is not None:
             on_result(candidate, True, elapsed, None)
         ctx.answered_by = candidate.model
         ctx.answered_provider = candidate.provider
         if plan.routed:
             metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))
-            metrics.ROUTING_DECISIONS.labels("rerouted" if number else "direct").inc()
+            metrics.child(metrics.ROUTING_DECISIONS, "rerouted" if number else "direct").inc()
         return result
     if plan.routed:
         metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))
-        metrics.ROUTING_DECISIONS.labels("failed").inc()
+        metrics.child(metrics.ROUTING_DECISIONS, "failed").inc()
     assert last is not None
     raise last
