@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import hypothesis  # noqa: F401  # imported early: its plugin's lazy import at session end trips a CPython 3.11 AST bug
 import pytest
@@ -74,3 +75,53 @@ def redis_url() -> str:
     """A Redis database URL; tests namespace their keys by a random prefix or flush DB 15 themselves."""
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+# --- one live gateway (embedded SQLite) in front of the mock provider, shared by the tests of every folder that
+# does not bring its own (routing seeds a catalogue of its own) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[Any]:
+    """The mock provider, on its own thread."""
+    from odock.mock.testing import mock_server
+
+    with mock_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway_proc(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.harness import GatewayProcess
+
+    return GatewayProcess(tmp_path_factory.mktemp("gateway"))
+
+
+@pytest.fixture(scope="session")
+async def service(gateway_proc: Any) -> AsyncIterator[Any]:
+    """The catalogue service over the live gateway's database."""
+    svc = await gateway_proc.open_service()
+    yield svc
+    await svc.store.close()
+
+
+@pytest.fixture(scope="session")
+async def seeded(service: Any, mock: Any) -> dict[str, Any]:
+    """Providers of every type on the mock, models, and one granted key (see tests.harness.seed_basic)."""
+    from tests.harness import seed_basic
+
+    return await seed_basic(service, mock.base_url)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_proc: Any, seeded: dict[str, Any]) -> Iterator[Any]:
+    """The live gateway process, started after the catalogue was seeded."""
+    gateway_proc.start()
+    yield gateway_proc
+    gateway_proc.stop()
+
+
+@pytest.fixture(scope="session")
+def key(seeded: dict[str, Any]) -> str:
+    """The granted Odock key's secret."""
+    return str(seeded["secret"])

@@ -3,6 +3,7 @@ PostgreSQL/Redis given), seeded through the catalogue service, talking to the pr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -142,3 +143,14 @@ async def usage_record(store: SqlStore, request_id: str) -> dict[str, Any] | Non
     async with store.read() as conn:
         row = (await conn.execute(sa.select(table).where(table.c.request_id == request_id))).mappings().first()
     return dict(row) if row is not None else None
+
+
+async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Poll the ledger until the gateway's batch writer stored the call's usage record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = await usage_record(service.store, request_id)
+        if row is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no usage record for {request_id}")

@@ -7,7 +7,6 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx

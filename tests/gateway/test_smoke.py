@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
 import openai
 
 from odock.state.service import CatalogueService
-from tests.harness import GatewayProcess, usage_record
+from tests.harness import GatewayProcess, wait_usage
 
 
 def client(gateway: GatewayProcess, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
 
 
-async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Poll the ledger until the gateway's batch writer stored the call's usage record."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = await usage_record(service.store, request_id)
-        if row is not None:
-            return row
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
 
 
 async def test_unary_chat(gateway: GatewayProcess, seeded: dict[str, Any], service: CatalogueService) -> None:
