@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -350,20 +351,17 @@ class SqlStore:
         return int(value or 0)
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Insert usage rows in one statement; rows whose request_id is already stored are skipped."""
+        """Insert usage rows in one executemany; rows whose request_id is already stored are skipped.
+
+        The ledger writer is the busiest SQL path, so it skips SQLAlchemy's per-row compilation and bind
+        processing: one prepared statement, rows as tuples converted here exactly as the column types would.
+        """
         if not records:
             return
-        rows = [_usage_row(record) for record in records]
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            statement: Any = pg_insert(schema.usage_records).on_conflict_do_nothing(index_elements=["request_id"])
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            statement = sqlite_insert(schema.usage_records).on_conflict_do_nothing(index_elements=["request_id"])
+        sqlite = self.dialect == "sqlite"
+        rows = [_usage_values(record, sqlite) for record in records]
         async with self.write() as conn:
-            await conn.execute(statement, rows)
+            await conn.exec_driver_sql(_USAGE_INSERT_SQLITE if sqlite else _USAGE_INSERT_PG, rows)
 
     async def ping(self) -> None:
         """Raise DependencyUnavailable when the database cannot answer."""
@@ -376,16 +374,28 @@ class SqlStore:
 
 
 _USAGE_FIELDS = tuple(UsageRecord.__struct_fields__)
+_CREATED_AT = _USAGE_FIELDS.index("created_at")
+_JSON_COLUMNS = tuple(_USAGE_FIELDS.index(name) for name in ("pricing", "raw_usage", "routing", "metadata"))
+_USAGE_INSERT_SQLITE = (
+    f"INSERT INTO usage_records ({', '.join(_USAGE_FIELDS)}) VALUES ({', '.join('?' * len(_USAGE_FIELDS))}) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+_USAGE_INSERT_PG = (
+    f"INSERT INTO usage_records ({', '.join(_USAGE_FIELDS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(_USAGE_FIELDS) + 1))}) ON CONFLICT (request_id) DO NOTHING"
+)
 
 
 def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _usage_row(record: UsageRecord) -> dict[str, Any]:
-    row = {name: getattr(record, name) for name in _USAGE_FIELDS}
-    for name in ("pricing", "raw_usage", "routing", "metadata"):
-        if row[name] is not None:
-            # JSON columns take plain builtins only
-            row[name] = msgspec.to_builtins(row[name])
-    return row
+def _usage_values(record: UsageRecord, sqlite: bool) -> tuple[Any, ...]:
+    values = list(msgspec.structs.astuple(record))
+    created: datetime = values[_CREATED_AT].astimezone(UTC)
+    # SQLite: the naive UTC text SQLAlchemy's DATETIME stores (UTCDateTime reads it back as aware UTC)
+    values[_CREATED_AT] = created.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else created
+    for index in _JSON_COLUMNS:
+        if values[index] is not None:
+            values[index] = _json_text(values[index])
+    return tuple(values)
