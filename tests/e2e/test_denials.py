@@ -134,6 +134,7 @@ async def test_budget_exceeded_402(embedded: GatewayProcess, mock: MockServer) -
         assert isinstance(err.body, dict)
         assert err.body["scope"] == "api_key" and err.body["budget_id"] == budget["id"]
         assert err.body["retry_after"] >= 1
+        assert err.response.headers["retry-after"] == str(err.body["retry_after"])
         assert seen(mock, tenant) == []
         await client.chat.completions.create(**ask(max_tokens=9))  # 9 × 2000 fits
     assert len(seen(mock, tenant)) == 1

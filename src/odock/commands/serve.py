@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         limit_concurrency=settings.max_concurrent_requests or None,
+        # the gateway resolves the client IP itself (trusted proxies only); uvicorn's middleware would be a
+        # second, less strict pass over every request
+        proxy_headers=False,
+        server_header=False,
         timeout_keep_alive=60,
         timeout_graceful_shutdown=30,
     )

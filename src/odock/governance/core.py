@@ -610,6 +610,7 @@ class Governance:
         flush_every = max(0.05, self.settings.usage_flush_interval_s)
         poll_every = max(0.1, self.settings.catalogue_poll_interval_s)
         next_poll = next_reconcile = time.monotonic()
+        failed: dict[str, type[BaseException]] = {}
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=flush_every)
@@ -627,9 +628,16 @@ class Governance:
                     await work()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     metrics.child(ERRORS, name).inc()
-                    log.warning("governance %s failed", name, exc_info=True)
+                    # a traceback once per kind of failure, then one line per cycle (an outage repeats it)
+                    if type(exc) is not failed.get(name):
+                        log.warning("governance %s failed", name, exc_info=True)
+                    else:
+                        log.warning("governance %s still failing: %s", name, type(exc).__name__)
+                    failed[name] = type(exc)
+                else:
+                    failed.pop(name, None)
             if now >= next_poll:
                 next_poll = now + poll_every
             if now >= next_reconcile:
@@ -691,6 +699,7 @@ def _deny(held: Held, now: datetime) -> None:
             f"budget '{d.name}' exceeded for this {d.period.lower()} window",
             "budget_exceeded",
             extra={"scope": owner, "budget_id": d.id, "retry_after": retry},
+            headers={"Retry-After": str(retry)},
         )
     else:
         error = TooManyRequests(
