@@ -94,6 +94,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("model_cache_ttl_s", ("MODEL_CACHE_TTL",), parse_duration),
         ("usage_flush_interval_s", ("ODOCK_USAGE_FLUSH_INTERVAL",), parse_duration),
         ("usage_buffer_max", ("ODOCK_USAGE_BUFFER_MAX",), int),
+        ("usage_batch_size", ("ODOCK_USAGE_BATCH_SIZE",), int),
         ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
         ("reservation_ttl_s", ("ODOCK_RESERVATION_TTL",), parse_duration),
