@@ -87,15 +87,16 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {sc} | {_n(r['odock'])} | {_n(r['portkey'])} | {_n(r['litellm'])} | "
                        f"{_ratio(r['odock'], r['portkey'])} | {_ratio(r['odock'], r['litellm'])} | "
                        f"{p['odock']} / {p['portkey']} / {p['litellm']} |")
-    failover = [sc for sc in runs if sc.startswith("failover-") and sc != "failover-healthy-unary"]
+    failover = [sc for sc in runs if sc.startswith("failover-") and not sc.startswith("failover-healthy-")]
     if failover:
-        healthy = _get(runs, "failover-healthy-unary", "odock", "throughput", "rps")
         out.append("")
         out.append("### Failover (primary answers 503 to 1% of calls, healthy fallback)")
         out.append("")
         out.append("| scenario | direct errors | odock client errors | odock req/s | vs healthy model (same gateway) |")
         out.append("|---|---:|---:|---:|---:|")
         for sc in failover:
+            # compare like with like: the unary run with the healthy unary run, the stream with the healthy stream
+            healthy = _get(runs, sc.replace("failover-", "failover-healthy-"), "odock", "throughput", "rps")
             out.append(f"| {sc} | {_errors(runs, sc, 'direct')} | {_errors(runs, sc, 'odock')} | "
                        f"{_n(_get(runs, sc, 'odock', 'throughput', 'rps'))} | "
                        f"{_ratio(_get(runs, sc, 'odock', 'throughput', 'rps'), healthy)} |")

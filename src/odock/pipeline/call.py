@@ -218,47 +218,50 @@ class Call:
         ctx, req = self.ctx, self.req
         ctx.status = 200
         await req.start_stream(200, content_type, self.governed_headers())
+        # the chunks are pumped in this task; a watcher cancels it when the client disconnects (one extra task
+        # per stream, no asyncio.wait), and cancelling closes the upstream response, which stops the upstream
+        this = asyncio.current_task()
+        assert this is not None
+        left = False
 
-        async def pump() -> None:
-            async for chunk in produce:
-                if chunk:
-                    await req.write(chunk)
+        async def watch() -> None:
+            nonlocal left
+            await req.wait_disconnect()
+            left = True
+            this.cancel()
 
-        pump_task = asyncio.ensure_future(pump())
-        watcher = asyncio.ensure_future(req.wait_disconnect())
+        watcher = asyncio.get_running_loop().create_task(watch())
+        outcome = "completed"
+        error: GatewayError | None = None
         try:
-            done, _ = await asyncio.wait({pump_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if pump_task not in done:
-                # the client left: cancelling the pump closes the upstream response (aiohttp releases it)
-                pump_task.cancel()
-                ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
-                req.mark_disconnected()
-                with contextlib.suppress(asyncio.CancelledError, GatewayError, ClientDisconnected):
-                    await pump_task
-                metrics.child(metrics.STREAMS, ctx.route, "cancelled").inc()
-                return
             try:
-                pump_task.result()
-            except ClientDisconnected:
-                ctx.outcome, ctx.error_code = "cancelled", "client_disconnected"
-                metrics.child(metrics.STREAMS, ctx.route, "cancelled").inc()
-                return
-            except GatewayError as err:
-                ctx.outcome, ctx.error_code = "failed", err.code
-                log.warning("stream failed mid-way: %s", err.code, extra={"request_id": ctx.request_id})
-                metrics.child(metrics.STREAMS, ctx.route, "failed").inc()
-                try:
-                    await req.write(fail(err))
-                except ClientDisconnected:
-                    return
+                async for chunk in produce:
+                    if chunk:
+                        await req.write(chunk)
+            finally:
+                watcher.cancel()
+        except asyncio.CancelledError:
+            if not left:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+        except ClientDisconnected:
+            left = True
+        except GatewayError as err:
+            error = err
+        if left:
+            # the watcher may have fired after the last chunk, leaving a cancellation pending: absorb it before
+            # awaiting anything else, so it cannot land in the bookkeeping below
+            await _absorb_cancellation(this)
+            outcome, ctx.outcome, ctx.error_code = "cancelled", "cancelled", "client_disconnected"
+        elif error is not None:
+            outcome, ctx.outcome, ctx.error_code = "failed", "failed", error.code
+            log.warning("stream failed mid-way: %s", error.code, extra={"request_id": ctx.request_id})
+            with contextlib.suppress(ClientDisconnected):
+                await req.write(fail(error))
                 await req.end()
-                return
-            metrics.child(metrics.STREAMS, ctx.route, "completed").inc()
+        else:
             await req.end()
-        finally:
-            watcher.cancel()
-            if not pump_task.done():
-                pump_task.cancel()
+        await aclose(produce)
+        metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
 
     # --- stage: finish -----------------------------------------------------------------------------------
 
@@ -322,6 +325,25 @@ class Call:
         if usage is not None and provider is not None:
             metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
             metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
+
+
+async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:
+    """Consume a cancellation this task requested of itself (delivered or still pending)."""
+    if task.cancelling():
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass
+        while task.cancelling():
+            task.uncancel()
+
+
+async def aclose(stream: AsyncIterator[bytes]) -> None:
+    """Close an async generator now (releasing its upstream connection) rather than at garbage collection."""
+    closer = getattr(stream, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
 
 
 def upstream_error_body(err: UpstreamError) -> dict[str, Any]:
