@@ -28,6 +28,11 @@ def ask_for_stream_usage(body: dict[str, Any]) -> None:
     body.pop("include_usage", None)
 
 
+# an event carrying one of these needs a look (usage to capture or hide, an error, the end marker); CRs mean
+# CRLF framing, which the slow path normalizes
+_INSPECT = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]", b"\r")
+
+
 async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bool) -> AsyncIterator[bytes]:
     """Yield the upstream's SSE events unchanged, capturing usage; drop the usage-only chunk the client did not
     ask for; raise when the stream ends without `[DONE]` (a cut must not look like a clean end)."""
@@ -35,7 +40,12 @@ async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bo
     buffer = b""
     done = False
     async for chunk in resp.iter_chunks():
-        buffer += chunk
+        if buffer:
+            chunk, buffer = buffer + chunk, b""
+        if chunk.endswith(b"\n\n") and not any(marker in chunk for marker in _INSPECT):
+            yield chunk  # whole events with nothing to look at: pass the bytes through untouched
+            continue
+        buffer = chunk
         if b"\r\n" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
         end = buffer.rfind(b"\n\n")
