@@ -4,6 +4,7 @@ turns valid keys into 401s."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -92,3 +93,16 @@ async def test_store_outage(tmp_path: Path, mock: MockServer, postgres_url: str,
         await service.store.close()
 
 
+
+
+def test_embedded_mode_refuses_several_workers(tmp_path: Path) -> None:
+    """Starting more than one worker without Redis is refused with a message saying why and what to set."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ODOCK_REDIS_URL"}
+    env.update(ODOCK_WORKERS="2", ODOCK_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", HTTP_PORT="1")
+    done = subprocess.run([sys.executable, "-m", "odock", "serve"], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode != 0
+    assert "ODOCK_REDIS_URL" in done.stderr and "one process" in done.stderr
