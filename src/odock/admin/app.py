@@ -36,7 +36,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def read_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty), or 400 invalid_request_body."""
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -102,13 +103,13 @@ def _crud_routes(
 ) -> list[Route]:
     async def collection(request: Request) -> Response:
         if request.method == "POST":
-            return json_response(await create(await _body(request)), 201)
+            return json_response(await create(await read_body(request)), 201)
         return json_response({"data": await list_(_org(request))})
 
     async def item(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "PATCH":
-            return json_response(await update(ref, await _body(request), _org(request)))
+            return json_response(await update(ref, await read_body(request), _org(request)))
         if request.method == "DELETE":
             await delete(ref, _org(request))
             return Response(status_code=204)
@@ -138,7 +139,7 @@ def create_admin_app(service: CatalogueService, admin_token: str,
         await s.delete_organisation(ref)
 
     async def create_key(request: Request) -> Response:
-        return json_response(_created_key(await s.create_key(await _body(request))), 201)
+        return json_response(_created_key(await s.create_key(await read_body(request))), 201)
 
     async def key_collection(request: Request) -> Response:
         if request.method == "POST":
@@ -148,14 +149,14 @@ def create_admin_app(service: CatalogueService, admin_token: str,
     async def key_item(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "PATCH":
-            return json_response(await s.update_key(ref, await _body(request), _org(request)))
+            return json_response(await s.update_key(ref, await read_body(request), _org(request)))
         if request.method == "DELETE":
             await s.delete_key(ref, _org(request))
             return Response(status_code=204)
         return json_response(await s.get_key(ref, _org(request)))
 
     async def rotate(request: Request) -> Response:
-        body = await _body(request)
+        body = await read_body(request)
         unknown = set(body) - {"expires_at"}
         if unknown:
             raise BadRequest(f"rotate: unknown field(s) {', '.join(sorted(unknown))}; allowed: expires_at")
@@ -176,7 +177,7 @@ def create_admin_app(service: CatalogueService, admin_token: str,
     async def grants(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "POST":
-            body = await _body(request)
+            body = await read_body(request)
             model = body.get("model") or body.get("model_id")
             if not isinstance(model, str) or not model:
                 raise BadRequest("grants: give the model as {\"model\": \"<name or id>\"}")

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from odock.admin.app import error_response, json_response, read_body
 from odock.errors import BadRequest, GatewayError, NotFound
 from odock.governance.periods import PERIODS, zone
 from odock.governance.store import (
@@ -45,7 +46,6 @@ _COMMON = {
 }  # fmt: skip
 BUDGET_FIELDS = _COMMON | {"amount_nanos", "amount_usd", "currency", "thresholds"}
 QUOTA_FIELDS = _COMMON | {"metric", "limit"}
-_ENCODER = msgspec.json.Encoder()
 
 
 def _parse_datetime(value: Any, field: str) -> Any:
@@ -341,32 +341,12 @@ async def apply_governance(
 # --- HTTP routes ----------------------------------------------------------------------------------------------------
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(
-        _ENCODER.encode(msgspec.to_builtins(value)), status_code=status, media_type="application/json"
-    )
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON", "invalid_request_body") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object", "invalid_request_body")
-    return data
-
-
 def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
         except GatewayError as exc:
-            body = {"error": {"code": exc.code, "message": exc.message}}
-            return Response(_ENCODER.encode(body), status_code=exc.status, media_type="application/json")
+            return error_response(exc.status, exc.code, exc.message)
 
     return endpoint
 
@@ -391,22 +371,22 @@ def admin_routes(service: GovernanceAdmin) -> list[Route]:
 
         async def collection(request: Request) -> Response:
             if request.method == "POST":
-                return _json(await create(await _body(request)), 201)
-            return _json(await listing(**_filters(request)))
+                return json_response(await create(await read_body(request)), 201)
+            return json_response(await listing(**_filters(request)))
 
         async def item(request: Request) -> Response:
             ident = request.path_params["id"]
             if request.method == "PATCH":
-                return _json(await update(ident, await _body(request)))
+                return json_response(await update(ident, await read_body(request)))
             if request.method == "DELETE":
                 await delete(ident)
                 return Response(status_code=204)
-            return _json(await get(ident))
+            return json_response(await get(ident))
 
         async def windows(request: Request) -> Response:
             ident = request.path_params["id"]
             await get(ident)
-            return _json(await service.windows(ident))
+            return json_response(await service.windows(ident))
 
         return [
             Route(f"/admin/{kind}", _guarded(collection), methods=["GET", "POST"]),
@@ -420,7 +400,7 @@ def admin_routes(service: GovernanceAdmin) -> list[Route]:
             limit = int(q.get("limit", "100"))
         except ValueError:
             raise BadRequest("limit must be an integer") from None
-        return _json(await service.events(budget_id=q.get("budget_id"), since=q.get("since"), limit=limit))
+        return json_response(await service.events(budget_id=q.get("budget_id"), since=q.get("since"), limit=limit))
 
     return (
         crud("budgets") + crud("quotas") + [Route("/admin/budget-events", _guarded(events), methods=["GET"])]
