@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +30,7 @@ from odock.pipeline.context import CallContext
 from odock.providers.base import ProviderAdapter
 from odock.providers.registry import adapter_for
 from odock.routing.router import Candidate, RoutePlan, run_attempts
-from odock.state.records import UsageRecord
+from odock.state.records import ModelRecord, UsageRecord
 from odock.transport.base import UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class Call:
             raise DependencyUnavailable("model access check unavailable", "model_access_unavailable") from None
         if model.id not in grants:
             raise Forbidden(f"this API key is not allowed to use model {name!r}", "model_not_allowed")
-        candidate = await self.candidate(model.id, model=model)
+        candidate = await self.candidate(model)
         family = family_of(candidate.provider.type)
         if ctx.required_provider is not None and family != ctx.required_provider:
             raise BadRequest(
@@ -151,7 +152,7 @@ class Call:
             await self.gw.governance.final(ctx)
         return candidate
 
-    async def candidate(self, model_id: str, *, model: Any) -> Candidate:
+    async def candidate(self, model: ModelRecord) -> Candidate:
         """Check a model's provider is usable (configured, enabled, credential present)."""
         provider = await self.gw.catalogue.provider(model.provider_id)
         if provider is None:
@@ -182,8 +183,6 @@ class Call:
     async def send_request(self, adapter: ProviderAdapter, candidate: Candidate,
                            request: UpstreamRequest) -> UpstreamResponse:
         if self.ctx.upstream_started is None:
-            import time
-
             self.ctx.upstream_started = time.perf_counter()
         resp = await self.gw.transport.send(request)
         if resp.status >= 400:

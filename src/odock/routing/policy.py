@@ -138,7 +138,7 @@ class Routing:
                 if model is None or model.type != primary.model.type or model.id not in grants:
                     continue
                 try:
-                    candidate = await call.candidate(model.id, model=model)
+                    candidate = await call.candidate(model)
                 except GatewayError:
                     continue  # provider disabled, missing, or without a credential
                 if family is not None and family_of(candidate.provider.type) != family:
