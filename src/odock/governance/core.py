@@ -205,6 +205,8 @@ class Governance:
             self._task = None
         with contextlib.suppress(Exception):
             await self._flush()
+        if self.redis_limiter is not None:
+            await self.redis_limiter.close()
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
         await self.store.close()

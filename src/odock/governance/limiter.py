@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from odock.governance.resp import LuaScript, ScriptRunner
+
 Kind = Literal["W", "B", "L", "T"]
 
 
@@ -162,10 +164,11 @@ class RedisLimiter:
     """Cluster-wide counters in Redis; one EVALSHA per gate."""
 
     def __init__(self, redis: Any, prefix: str) -> None:
-        self._redis = redis
+        # the gates sit on the request path: they go through the lean pipelined runner, not redis-py
+        self._runner = ScriptRunner.like(redis)
         self._prefix = prefix + ":rl:"
-        self._gate = redis.register_script(GATE_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self._gate = LuaScript(GATE_LUA)
+        self._release = LuaScript(RELEASE_LUA)
 
     async def gate(self, checks: list[Check], token: str) -> GateResult:
         """Check and apply every limit atomically in Redis."""
@@ -173,7 +176,7 @@ class RedisLimiter:
         args: list[Any] = [token]
         for c in checks:
             args += [c.kind, c.limit, _num(c.param)]
-        reply = await self._gate(keys=keys, args=args)
+        reply = await self._runner.run(self._gate, keys, args)
         if int(reply[0]) != 0:
             return GateResult(False, 0, int(reply[1]) - 1, max(0, int(reply[2])))
         now_ms = int(reply[1])
@@ -188,7 +191,10 @@ class RedisLimiter:
         args: list[Any] = [token, len(leases)]
         for _, second, amount in refunds:
             args += [second, amount]
-        await self._release(keys=keys, args=args)
+        await self._runner.run(self._release, keys, args)
+
+    async def close(self) -> None:
+        await self._runner.close()
 
 
 def _num(value: float) -> str:
