@@ -244,3 +244,23 @@ async def test_large_body_is_read_whole(make_transport: Callable[[], Transport])
         finally:
             await transport.close()
     assert received == body
+
+
+async def test_invalid_http_response_is_a_protocol_error(make_transport: Callable[[], Transport]) -> None:
+    """An upstream that answers with something other than HTTP fails as an upstream error, never a hang or a 500."""
+
+    async def handler(conn: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with raw_server(handler) as (url, _counts):
+        transport = make_transport()
+        try:
+            with pytest.raises(UpstreamError) as info:
+                resp = await transport.send(request(url, first_byte_s=2.0))
+                await resp.read()
+        finally:
+            await transport.close()
+    assert info.value.kind in ("protocol", "connect")

@@ -468,8 +468,13 @@ class StreamEncoder:
         return out + b"data: [DONE]\n\n"
 
     def fail(self, err: GatewayError) -> bytes:
-        # the openai SDK raises APIError on a data event carrying "error"; no [DONE] follows
-        return b"data: " + _encode({"error": error_payload(err)}) + b"\n\n"
+        return stream_error(err)
+
+
+def stream_error(err: GatewayError) -> bytes:
+    """The in-stream error event: the openai SDK raises APIError on a data event carrying "error"; no [DONE]
+    follows, so a broken stream never looks like a clean end."""
+    return b"data: " + _encode({"error": error_payload(err)}) + b"\n\n"
 
 
 # --- errors --------------------------------------------------------------------------------------------------

@@ -64,12 +64,9 @@ class OpenAIChatEndpoint(LLMEndpoint):
 
         resp = await call.route(primary, attempt)
         if ctx.stream:
-            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), self._fail_event)
+            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), openai_chat.stream_error)
         else:
             await call.respond(200, await relay_openai_unary(call, resp))
-
-    def _fail_event(self, err: Any) -> bytes:
-        return openai_chat.StreamEncoder(model="", request_id="").fail(err)
 
 
 # fields of a unified request; anything else cannot be carried across providers and is refused, never dropped
@@ -155,13 +152,10 @@ class UnifiedChatEndpoint(LLMEndpoint):
             ctx.usage, ctx.raw_usage = answer.usage, answer.raw_usage
             await call.respond(200, unified_response(answer, model=name))
         elif dialect is openai_chat:
-            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), self._fail_event)
+            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), openai_chat.stream_error)
         else:
             encoder = openai_chat.StreamEncoder(model=name, request_id=ctx.request_id, include_usage=show_usage)
             await call.stream(translate_stream(call, resp, dialect.StreamDecoder(), encoder), encoder.fail)
-
-    def _fail_event(self, err: Any) -> bytes:
-        return openai_chat.StreamEncoder(model="", request_id="").fail(err)
 
 
 async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, encoder: Any) -> AsyncIterator[bytes]:

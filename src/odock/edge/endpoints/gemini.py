@@ -71,33 +71,36 @@ class GeminiRelay:
         """Yield the upstream chunks as they arrive; raise on an upstream error chunk or a cut."""
         ctx = call.ctx
         finished = False
-        async for events in sse_frames(resp):
-            out: list[bytes] = []
-            for event in events:
-                payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-                if not payload:
-                    continue
-                if b'"usageMetadata"' in payload or b'"finishReason"' in payload or payload.startswith(b'{"error"'):
-                    data = sse_data(event)
-                    if not isinstance(data, dict):
-                        raise UpstreamError("gemini stream: invalid JSON chunk", kind="protocol")
-                    if "error" in data:
+        last_usage: bytes | None = None
+        try:
+            async for events in sse_frames(resp):
+                out: list[bytes] = []
+                for event in events:
+                    payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+                    if not payload:
+                        continue
+                    if payload.startswith(b'{"error"'):
+                        data = sse_data(event)
+                        err = data.get("error") if isinstance(data, dict) else None
                         if out:
                             yield b"".join(out)
-                        err = data["error"] if isinstance(data["error"], dict) else {}
-                        raise UpstreamError(f"upstream error mid-stream: {err.get('message', 'unknown error')}",
-                                            kind="5xx", upstream_body=payload)
-                    usage = data.get("usageMetadata")
-                    if isinstance(usage, dict):
-                        ctx.raw_usage, ctx.usage = usage, gemini.usage_from(usage)
-                    candidates = data.get("candidates") or []
-                    if any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
-                        finished = True
-                elif b'"blockReason"' in payload:
-                    finished = True  # a blocked prompt ends the stream with promptFeedback only
-                out.append(self._element(payload) if self.json_array else event + b"\n\n")
-            if out:
-                yield b"".join(out)
+                        message = err.get("message", "unknown error") if isinstance(err, dict) else "unknown error"
+                        raise UpstreamError(f"upstream error mid-stream: {message}", kind="5xx", upstream_body=payload)
+                    if b'"usageMetadata"' in payload:
+                        # cumulative in every chunk: decode only the last one, once the stream ends
+                        last_usage = event
+                    if b'"finishReason"' in payload or b'"blockReason"' in payload:
+                        finished = True  # a blocked prompt ends the stream with promptFeedback only
+                    out.append(self._element(payload) if self.json_array else event + b"\n\n")
+                if out:
+                    yield b"".join(out)
+        finally:
+            # also after a cut: the failed call's record keeps the usage reported so far
+            if last_usage is not None:
+                data = sse_data(last_usage)
+                usage = data.get("usageMetadata") if isinstance(data, dict) else None
+                if isinstance(usage, dict):
+                    ctx.raw_usage, ctx.usage = usage, gemini.usage_from(usage)
         if not finished:
             raise UpstreamError("upstream stream ended before its final chunk", kind="protocol")
         if self.json_array:

@@ -104,13 +104,9 @@ def openai_stream(body: dict[str, Any]) -> StreamRelay:
     ask_for_stream_usage(body)
 
     def relay(call: Call, resp: UpstreamResponse) -> tuple[AsyncIterator[bytes], FailFn]:
-        return openai_sse(call, resp, show_usage_chunk=show), _openai_fail
+        return openai_sse(call, resp, show_usage_chunk=show), openai_chat.stream_error
 
     return relay
-
-
-def _openai_fail(err: GatewayError) -> bytes:
-    return openai_chat.StreamEncoder(model="", request_id="").fail(err)
 
 
 async def sse_frames(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
