@@ -35,6 +35,37 @@ def pin_prefix(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
+class LowLatencyIdle:
+    """Hold the kernel's CPU-latency request at 0 (PM QoS, /dev/cpu_dma_latency) while open.
+
+    On a VM the idle vCPU halts and each wake-up costs tens of microseconds in the hypervisor. A proxy adds two
+    cross-core wake-ups per sequential request, so at 1 connection the figure would measure the hypervisor, not
+    the gateway. Holding the request at 0 keeps idle CPUs polling (what tuned's latency-performance profile does
+    with `force_latency`) for direct, gateway and peer runs alike. Needs write access (root); else a no-op.
+    """
+
+    PATH = "/dev/cpu_dma_latency"
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.state = "default (not requested)"
+
+    def open(self) -> None:
+        try:
+            fd = os.open(self.PATH, os.O_WRONLY)
+            os.write(fd, (0).to_bytes(4, "little", signed=True))
+        except OSError as exc:
+            self.state = f"default ({self.PATH}: {exc.strerror})"
+            return
+        self._fd = fd
+        self.state = "polling (cpu_dma_latency=0)"
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file drops the request
+            self._fd = None
+
+
 def tree_pids(root: int) -> list[int]:
     """Return `root` and all its descendants (read from /proc)."""
     children: dict[int, list[int]] = {}

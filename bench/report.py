@@ -47,6 +47,7 @@ def markdown(results: dict[str, Any]) -> str:
     out.append(f"## Odock benchmark — {meta.get('started', '')} — commit {meta.get('commit', '')}")
     out.append(f"`{meta.get('command', '')}` · {meta.get('cpu_model', '')} · {meta.get('cpus')} CPUs · "
                f"pinning {meta.get('pinning', {}).get('sut_cpu')}/{meta.get('pinning', {}).get('load_cpu')} · "
+               f"idle {meta.get('idle', 'default')} · "
                f"{meta.get('wrk', '')}")
     out.append("")
     out.append("### Direct to mock vs through the gateway (latency: 1 connection, sequential; req/s: "

@@ -26,6 +26,7 @@ import yaml
 
 from bench import peers, report
 from bench.procs import (
+    LowLatencyIdle,
     Service,
     Supervisor,
     cores,
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loadgen-compare", action="store_true",
                    help="measure wrk against the Python (aiohttp) load generator on the mock")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--default-idle", action="store_true",
+                   help="leave CPU idle states alone (default: hold cpu_dma_latency=0 so idle vCPUs poll; see README)")
     p.add_argument("--odock-command", default="",
                    help="the odock command to run (default: this Python with -m odock), e.g. while the CLI is "
                         "being built")
@@ -372,7 +375,7 @@ def run_loadgen_compare(ctx: Ctx, scenario: Scenario) -> None:
 
 # --- main -------------------------------------------------------------------------------------------
 
-def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None, idle: str) -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, cwd=REPO, timeout=10)
     wrk_v = subprocess.run(["wrk", "--version"], check=False, capture_output=True, timeout=10)
     return {
@@ -384,6 +387,7 @@ def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None) -
         "cpu_model": _cpu_model(),
         "pinning": {"sut_cpu": sut_cpu, "load_cpu": load_cpu,
                     "rule": "system under test alone on sut_cpu; wrk (and the mock when proxied) on load_cpu"},
+        "idle": idle,
         "wrk": (wrk_v.stdout or wrk_v.stderr).decode().splitlines()[0] if (wrk_v.stdout or wrk_v.stderr) else "",
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
@@ -420,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="odock-bench-"))
     sup = Supervisor(workdir)
-    results: dict[str, Any] = {"meta": _meta(args, sut_cpu, load_cpu), "scenarios": {
+    idle = LowLatencyIdle()
+    if not args.default_idle:
+        idle.open()
+    results: dict[str, Any] = {"meta": _meta(args, sut_cpu, load_cpu, idle.state), "scenarios": {
         sc.name: {"tags": sorted(sc.tags), "catalogue": sc.catalogue, "path": sc.gateway.path, "stream": sc.stream,
                   "note": sc.note} for sc in scenarios}}
     try:
@@ -451,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: stopping every child process", file=sys.stderr)
     finally:
         sup.close()
+        idle.close()
         if results.get("problems"):
             print(f"logs kept in {workdir}", file=sys.stderr)
         else:

@@ -131,10 +131,10 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
                  note="same gateway and key as failover-stream, healthy model"),
         Scenario("governance-unary", frozenset({"governance", "unary"}), "governance",
                  openai_call(key, OPENAI_MODEL, False), openai_call(up, OPENAI_SLUG, False),
-                 note="rate limits configured on every scope, never hit"),
+                 note="rate limits on every scope, budgets and quotas on org and key, none hit"),
         Scenario("governance-stream", frozenset({"governance", "stream"}), "governance",
                  openai_call(key, OPENAI_MODEL, True), openai_call(up, OPENAI_SLUG, True), stream=True,
-                 note="rate limits configured on every scope, never hit"),
+                 note="rate limits on every scope, budgets and quotas on org and key, none hit"),
     ]
 
 
@@ -197,12 +197,23 @@ _UNHIT = {"ratelimit": {
 
 
 def _governance(spec: CatalogueSpec) -> dict[str, Any]:
-    # TODO(governance): add quotas and budgets (not hit) once their YAML shape is in notes/yaml-format.md
     cat = _base(spec)
     cat["organisations"][0]["policies"] = _UNHIT
     cat["keys"][0]["policies"] = _UNHIT
     for model in cat["models"]:
         model["policies"] = _UNHIT
+    # a budget and quotas on the organisation and the key, far above a run's spend: every call reserves and settles
+    key = cat["keys"][0]["name"]
+    cat["budgets"] = [
+        {"name": "bench-org-budget", "organisation": ORG, "period": "MONTHLY", "amount_usd": "1000000.00"},
+        {"name": "bench-key-budget", "organisation": ORG, "key": key, "period": "DAILY", "amount_usd": "100000.00"},
+    ]
+    cat["quotas"] = [
+        {"name": "bench-org-requests", "organisation": ORG, "period": "DAILY", "metric": "REQUESTS",
+         "limit": 1_000_000_000},
+        {"name": "bench-key-tokens", "organisation": ORG, "key": key, "period": "DAILY", "metric": "TOKENS",
+         "limit": 1_000_000_000_000},
+    ]
     return cat
 
 

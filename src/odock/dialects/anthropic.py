@@ -574,6 +574,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self._tool_index: dict[int, int] = {}
         self._usage: dict[str, Any] = {}
+        self.done = False  # message_stop seen: nothing follows it
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
         """Decode one upstream SSE event."""
@@ -586,6 +587,9 @@ class StreamDecoder:
                 "anthropic stream: invalid JSON event", "upstream_error", kind="protocol"
             ) from None
         kind = data.get("type") or ev.event
+        if kind == "message_stop":
+            self.done = True
+            return []
         if kind == "message_start":
             msg = data.get("message") or {}
             out: list[StreamEvent] = [StreamStart(id=str(msg.get("id", "")), model=str(msg.get("model", "")))]

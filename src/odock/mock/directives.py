@@ -39,6 +39,7 @@ class Directives:
     thinking: bool | None = None
     words: int | None = None
     cached: int | None = None
+    linger_ms: float | None = None  # streams: wait this long after the last event before ending the body
 
     def merged(self, other: Directives) -> Directives:
         """Return self overridden by every field that `other` sets."""
@@ -47,7 +48,7 @@ class Directives:
 
 
 _INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached"}
-_FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms"}
+_FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms", "linger_ms"}
 
 
 def parse(text: str) -> Directives:

@@ -280,6 +280,8 @@ class MockApp:
                     return
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             entry["events_sent"] = len(events)
+            if d.linger_ms:
+                await asyncio.sleep(d.linger_ms / 1000)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()

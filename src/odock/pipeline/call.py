@@ -53,6 +53,14 @@ def estimate_tokens(size_bytes: int) -> int:
     return max(1, size_bytes // 4)
 
 
+class FinalChunk(bytes):
+    """The last bytes of a stream whose producer saw the terminal event (`[DONE]`, `message_stop`, …): they go
+    out together with the end of the response, so the client has its whole answer without waiting for the
+    upstream's own end of body, which is then drained (the connection goes back to the pool) after the fact."""
+
+    __slots__ = ()
+
+
 class Call:
     __slots__ = ("_governed", "ctx", "gw", "req")
 
@@ -232,10 +240,18 @@ class Call:
         watcher = asyncio.get_running_loop().create_task(watch())
         outcome = "completed"
         error: GatewayError | None = None
+        ended = False
         try:
             try:
                 async for chunk in produce:
-                    if chunk:
+                    if ended:
+                        continue  # draining the upstream after the terminal event (nothing should follow it)
+                    if type(chunk) is FinalChunk:
+                        # the server reports a finished response as a disconnect: stop watching first
+                        watcher.cancel()
+                        ended = True
+                        await req.end(chunk)
+                    elif chunk:
                         await req.write(chunk)
             finally:
                 watcher.cancel()
@@ -251,13 +267,17 @@ class Call:
             # awaiting anything else, so it cannot land in the bookkeeping below
             await _absorb_cancellation(this)
             outcome, ctx.outcome, ctx.error_code = "cancelled", "cancelled", "client_disconnected"
+        elif error is not None and ended:
+            # the client already has the complete answer; only the upstream's trailing bytes went wrong
+            log.warning("upstream failed after its terminal event: %s", error.code,
+                        extra={"request_id": ctx.request_id})
         elif error is not None:
             outcome, ctx.outcome, ctx.error_code = "failed", "failed", error.code
             log.warning("stream failed mid-way: %s", error.code, extra={"request_id": ctx.request_id})
             with contextlib.suppress(ClientDisconnected):
                 await req.write(fail(error))
                 await req.end()
-        else:
+        elif not ended:
             await req.end()
         await aclose(produce)
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()

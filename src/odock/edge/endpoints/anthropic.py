@@ -21,7 +21,7 @@ from odock.edge.endpoints.openai_media import (
     sse_name,
 )
 from odock.errors import BadRequest, UpstreamError
-from odock.pipeline.call import Call
+from odock.pipeline.call import Call, FinalChunk
 from odock.transport.base import UpstreamResponse
 
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -73,7 +73,7 @@ async def anthropic_sse(call: Call, resp: UpstreamResponse) -> AsyncIterator[byt
                 raise UpstreamError(f"upstream error mid-stream: {message}", kind="5xx", upstream_body=event)
             out.append(event + b"\n\n")
         if out:
-            yield b"".join(out)
+            yield FinalChunk(b"".join(out)) if stopped else b"".join(out)
     if not stopped:
         raise UpstreamError("upstream stream ended before message_stop", kind="protocol")
 

@@ -13,7 +13,7 @@ from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
 from odock.model import GatewayResponse, StreamEvent, StreamStop, UsageEvent
-from odock.pipeline.call import Call, family_of
+from odock.pipeline.call import Call, FinalChunk, family_of
 from odock.providers.registry import adapter_for
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
@@ -174,8 +174,17 @@ async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, enc
             out.append(encoder.event(ev))
         return b"".join(out)
 
-    async for chunk in resp.iter_chunks():
-        yield b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.feed(chunk))
+    # decoders with a `done` flag know the upstream's terminal event: the answer ends there, the rest is drained
+    knows_end = hasattr(decoder, "done")
+    chunks = resp.iter_chunks()
+    async for chunk in chunks:
+        out = b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.feed(chunk))
+        if knows_end and decoder.done:
+            yield FinalChunk(out + encoder.finish())
+            async for _ in chunks:
+                pass
+            return
+        yield out
     yield b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.flush())
     complete = decoder.done if hasattr(decoder, "done") else finished
     if not complete:

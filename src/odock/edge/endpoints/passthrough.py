@@ -10,7 +10,7 @@ import msgspec
 
 from odock.dialects import openai_chat
 from odock.errors import UpstreamError
-from odock.pipeline.call import Call
+from odock.pipeline.call import Call, FinalChunk
 from odock.transport.base import UpstreamResponse
 
 
@@ -77,6 +77,6 @@ async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bo
                     raise UpstreamError(f"upstream error mid-stream: {message}", kind="5xx")
             out.append(event + b"\n\n")
         if out:
-            yield b"".join(out)
+            yield FinalChunk(b"".join(out)) if done else b"".join(out)
     if not done:
         raise UpstreamError("upstream stream ended before [DONE]", kind="protocol")
