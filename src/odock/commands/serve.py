@@ -42,6 +42,8 @@ async def _apply(settings: Any, path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from odock.edge.server import GatewayHttpProtocol
+
     settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
     logs.configure(settings.log_level)
     if args.config:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         port=settings.http_port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # uvicorn's httptools protocol, each response head sent with its body
         lifespan="on",
         access_log=False,
         log_config=None,
