@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, TooManyRequests
-from odock.governance import Governance
-from odock.governance.pricing import worst_case_nanos
-from odock.governance.store import Budget
+from odock.governance import Governance, ledger
+from odock.governance.pricing import cost_nanos, worst_case_nanos
+from odock.governance.store import Budget, Quota
 from odock.model import Usage
-from tests.governance.conftest import KEY_ID, PRICING, clean_redis, make_ctx, open_cluster, rl
+from tests.governance.conftest import KEY_ID, ORG_ID, PRICING, clean_redis, make_ctx, open_cluster, rl
 
 pytestmark = pytest.mark.cluster
 WORST = worst_case_nanos(PRICING, 100, 100)
@@ -34,9 +34,16 @@ async def pair(
     a = await open_cluster(postgres_url, redis_url, prefix)
     b = await open_cluster(postgres_url, redis_url, prefix, create=False)
     yield a, b
-    await a.close()
-    await b.close()
+    await shut(a)
+    await shut(b)
     await clean_redis(redis_url, prefix)
+
+
+async def shut(gov: Governance) -> None:
+    """Close a Governance and its ledger's script runner (RedisLedger.close() is idempotent)."""
+    await gov.close()
+    if gov.redis_ledger is not None:
+        await gov.redis_ledger.close()
 
 
 async def attempt(gov: Governance, ctx: Any) -> bool:
@@ -190,7 +197,7 @@ async def test_crashed_instance_reservation_released(postgres_url: str, redis_ur
         ctx = make_ctx()
         assert await attempt(crashed, ctx)
         key = ctx.governance.held[0].item.ref.key
-        await crashed.close()  # gone without post-flight
+        await shut(crashed)  # gone without post-flight
         with pytest.raises(PaymentRequired):
             await survivor.final(make_ctx())
         await asyncio.sleep(0.3)
@@ -198,7 +205,7 @@ async def test_crashed_instance_reservation_released(postgres_url: str, redis_ur
         assert await survivor.window_state(key) == (0, 0)
         assert await attempt(survivor, make_ctx())
     finally:
-        await survivor.close()
+        await shut(survivor)
         await clean_redis(redis_url, prefix)
 
 
@@ -215,7 +222,7 @@ async def test_reconciliation_settles_from_ledger(postgres_url: str, redis_url: 
         assert await gov.reconcile() == 1
         assert await gov.window_state(key) == (1234, 0)
     finally:
-        await gov.close()
+        await shut(gov)
         await clean_redis(redis_url, prefix)
 
 
@@ -233,7 +240,7 @@ async def test_redis_down_fails_closed(postgres_url: str) -> None:
             await gov.final(ctx)
         await gov.complete(ctx, None)  # never raises
     finally:
-        await gov.close()
+        await shut(gov)
 
 
 async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None:
@@ -250,7 +257,7 @@ async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None
         first.usage = Usage(input_tokens=1)
         await gov.complete(first, None)
     finally:
-        await gov.close()
+        await shut(gov)
 
 
 WORKER = textwrap.dedent(
@@ -283,7 +290,7 @@ WORKER = textwrap.dedent(
 async def test_two_os_processes_share_the_limit(postgres_url: str, redis_url: str, prefix: str) -> None:
     """Two real gateway processes against one Redis admit exactly RPM 20 between them."""
     setup = await open_cluster(postgres_url, redis_url, prefix)
-    await setup.close()
+    await shut(setup)
     code = WORKER.format(repo=str(REPO), pg=postgres_url, redis=redis_url, prefix=prefix)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -311,3 +318,205 @@ async def test_budget_deny_is_gateway_error_402(pair: tuple[Governance, Governan
     with pytest.raises(GatewayError) as info:
         await a.final(ctx)
     assert info.value.status == 402 and info.value.code == "budget_exceeded"
+
+
+# --- ledger: many windows, group commit, script runner ----------------------------------------------------------
+
+
+async def add_quota(
+    gov: Governance, metric: str, limit: int, owner: str = "APIKEY", owner_id: str = KEY_ID
+) -> Quota:
+    """Create a daily quota in PostgreSQL and load it."""
+    quota = await gov.store.insert_quota(
+        Quota(
+            id="",
+            name=f"{metric}-quota",
+            owner_type=owner,  # type: ignore[arg-type]
+            owner_id=owner_id,
+            period="DAILY",
+            metric=metric,  # type: ignore[arg-type]
+            limit=limit,
+        )
+    )
+    await gov.refresh_definitions()
+    return quota
+
+
+async def test_cold_redis_reserves_across_many_windows(
+    pair: tuple[Governance, Governance], redis_url: str, prefix: str
+) -> None:
+    """Six windows (budgets and quotas on org and key), none in Redis: one rebuild round, admitted, settled right."""
+    a, _ = pair
+    ledger_a = a.redis_ledger
+    assert ledger_a is not None
+    big = 10**15
+    definitions: list[Budget | Quota] = [
+        await add_budget(a, big),
+        await a.store.insert_budget(
+            Budget(id="", name="ob", owner_type="ORG", owner_id=ORG_ID, period="MONTHLY", amount_nanos=big)
+        ),
+        await add_quota(a, "REQUESTS", 1000),
+        await add_quota(a, "TOKENS", big),
+        await add_quota(a, "REQUESTS", 1000, owner="ORG", owner_id=ORG_ID),
+        await add_quota(a, "TOKENS_IN", big, owner="ORG", owner_id=ORG_ID),
+    ]
+    await a.refresh_definitions()
+    rebuilds: list[int] = []
+    rebuild = ledger_a._rebuild
+
+    async def counting(refs: list[ledger.WindowRef]) -> None:
+        rebuilds.append(len(refs))
+        await rebuild(refs)
+
+    ledger_a._rebuild = counting  # type: ignore[method-assign]
+    usage = Usage(input_tokens=100, output_tokens=50)
+    expected = {
+        "COST": cost_nanos(PRICING, usage),
+        "REQUESTS": 1,
+        "TOKENS": usage.total,
+        "TOKENS_IN": usage.total_input,
+    }
+
+    def metric(d: Budget | Quota) -> str:
+        return d.metric if isinstance(d, Quota) else "COST"
+
+    async def one_call() -> dict[str, str]:
+        ctx = make_ctx()
+        assert await attempt(a, ctx)  # admitted: no RuntimeError / 500 on a cold key
+        ctx.usage = usage
+        await a.complete(ctx, None)
+        assert len(ctx.governance.held) == 6
+        return {h.definition.id: h.item.ref.key for h in ctx.governance.held}
+
+    keys = await one_call()
+    assert rebuilds == [6]  # every missing window reported and rebuilt at once
+    for d in definitions:
+        assert await a.window_state(keys[d.id]) == (expected[metric(d)], 0)
+        assert (await a.store.windows(d.id))[0]["used"] == expected[metric(d)]
+
+    await clean_redis(redis_url, prefix)  # Redis loses everything: windows come back from PostgreSQL
+    await one_call()
+    assert rebuilds == [6, 6]
+    for d in definitions:
+        assert await a.window_state(keys[d.id]) == (2 * expected[metric(d)], 0)
+        assert (await a.store.windows(d.id))[0]["used"] == 2 * expected[metric(d)]
+
+
+async def test_reserve_gives_up_when_windows_keep_vanishing(pair: tuple[Governance, Governance]) -> None:
+    """Windows that never stay in Redis: a bounded number of attempts, then 503 (a Redis fault), not a 500."""
+    a, _ = pair
+    assert a.redis_ledger is not None
+    await add_budget(a, 10**12)
+    calls = 0
+
+    async def lost(refs: list[ledger.WindowRef]) -> None:
+        nonlocal calls
+        calls += 1
+
+    a.redis_ledger._rebuild = lost  # type: ignore[method-assign]
+    ctx = make_ctx()
+    await a.early(ctx)
+    with pytest.raises(DependencyUnavailable) as info:
+        await a.final(ctx)
+    assert info.value.status == 503 and calls == ledger._RESERVE_ATTEMPTS
+    await a.complete(ctx, None)
+
+
+def spy_charges(gov: Governance, *, delay: float = 0.0, fail_first: bool = False) -> list[int]:
+    """Wrap the store's record_charges: record each call's batch size; optionally slow it or fail the first call."""
+    sizes: list[int] = []
+    real = gov.store.record_charges
+
+    async def spy(charges: Any) -> list[bool]:
+        items = list(charges)
+        sizes.append(len(items))
+        await asyncio.sleep(delay)
+        if fail_first and len(sizes) == 1:
+            raise DependencyUnavailable("governance store unavailable", "store_unavailable")
+        return await real(items)
+
+    gov.store.record_charges = spy  # type: ignore[method-assign]
+    return sizes
+
+
+async def governed(gov: Governance, usage: Usage) -> Any:
+    """One admitted call settled with `usage`."""
+    ctx = make_ctx()
+    assert await attempt(gov, ctx)
+    ctx.usage = usage
+    await gov.complete(ctx, None)
+    return ctx
+
+
+async def test_settles_are_group_committed(
+    pair: tuple[Governance, Governance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settles arriving while a write is in flight share the next one (capped); every charge lands exactly once."""
+    a, _ = pair
+    budget = await add_budget(a, 10**15)
+    usage = Usage(input_tokens=10, output_tokens=10)
+    cost = cost_nanos(PRICING, usage)
+    sizes = spy_charges(a, delay=0.02)
+    first = await governed(a, usage)
+    assert sizes == [1]  # alone: written at once, no waiting for company
+    monkeypatch.setattr(ledger, "MAX_BATCH", 7)
+    await asyncio.gather(*(governed(a, usage) for _ in range(60)))
+    assert sum(sizes) == 61 and len(sizes) < 30 and max(sizes) == 7
+    key = first.governance.held[0].item.ref.key
+    assert await a.window_state(key) == (61 * cost, 0)
+    assert (await a.store.windows(budget.id))[0]["used"] == 61 * cost
+
+
+async def test_group_commit_failure_reaches_every_caller(pair: tuple[Governance, Governance]) -> None:
+    """A failed batch fails each of its callers: they settle in Redis, and reconciliation writes their charges."""
+    a, _ = pair
+    assert a.redis_ledger is not None
+    budget = await add_budget(a, 10**15)
+    usage = Usage(input_tokens=10, output_tokens=10)
+    cost = cost_nanos(PRICING, usage)
+    sizes = spy_charges(a, delay=0.02, fail_first=True)
+    ctxs = await asyncio.gather(*(governed(a, usage) for _ in range(20)))
+    key = ctxs[0].governance.held[0].item.ref.key
+    assert len(a.redis_ledger._unwritten) == sizes[0] and sum(sizes) == 20
+    assert await a.window_state(key) == (20 * cost, 0)  # Redis settled every call
+    assert (await a.store.windows(budget.id))[0]["used"] == (20 - sizes[0]) * cost
+    await a.reconcile()
+    assert a.redis_ledger._unwritten == []
+    assert (await a.store.windows(budget.id))[0]["used"] == 20 * cost
+    assert await a.window_state(key) == (20 * cost, 0)
+
+
+async def test_concurrent_repeat_settles_charge_once(pair: tuple[Governance, Governance]) -> None:
+    """Two settles of one reservation in the same batch: one charge in PostgreSQL and in Redis."""
+    a, _ = pair
+    assert a.redis_ledger is not None
+    budget = await add_budget(a, 10**12)
+    ctx = make_ctx()
+    assert await attempt(a, ctx)
+    key = ctx.governance.held[0].item.ref.key
+    rid = ctx.governance.reservation_id
+    spy_charges(a, delay=0.02)
+    results = await asyncio.gather(*(a.redis_ledger.settle(rid, {key: 500}) for _ in range(3)))
+    assert results.count(None) == 2 and {key: 500} in results
+    assert await a.window_state(key) == (500, 0)
+    assert (await a.store.windows(budget.id))[0]["used"] == 500
+
+
+async def test_ledger_scripts_bypass_redis_py(pair: tuple[Governance, Governance]) -> None:
+    """Reserve, rebuild and settle go through the lean script runner: no redis-py command on the request path."""
+    a, _ = pair
+    assert a.redis is not None
+    await add_budget(a, 10**12)
+    await add_quota(a, "REQUESTS", 100)
+    commands: list[Any] = []
+    real = a.redis.execute_command
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        commands.append(args[0])
+        return await real(*args, **kwargs)
+
+    a.redis.execute_command = spy  # type: ignore[method-assign]
+    ctx = await governed(a, Usage(input_tokens=1))
+    assert commands == []
+    a.redis.execute_command = real  # type: ignore[method-assign]
+    assert await a.window_state(ctx.governance.held[0].item.ref.key) == (1000, 0)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from odock.errors import DependencyUnavailable
 from odock.governance.periods import Period
 from odock.governance.schema import budget_events, budgets, governance_charges, governance_windows, quotas
+from odock.state.schema import UTCDateTime
 
 OwnerType = Literal["ORG", "TEAM", "USER", "APIKEY"]
 Metric = Literal["REQUESTS", "TOKENS", "TOKENS_IN", "TOKENS_OUT", "ERRORS", "COST", "LATENCY_MS"]
@@ -89,6 +90,61 @@ class BudgetEvent(msgspec.Struct, kw_only=True):
     created_at: datetime
 
 
+# One round trip per batch of charges. New charges (RETURNING of the insert) are summed per window; the windows
+# are locked in key order first (LockRows above the Sort), so concurrent batches never deadlock on them.
+_PG_RECORD_CHARGES = sa.text(
+    """
+WITH ins AS (
+  INSERT INTO governance_charges (reservation_id, window_key, amount, created_at)
+  SELECT t.reservation_id, t.window_key, t.amount, CAST(:now AS timestamptz)
+  FROM unnest(CAST(:rids AS text[]), CAST(:keys AS text[]), CAST(:amounts AS bigint[]))
+    AS t(reservation_id, window_key, amount)
+  ON CONFLICT DO NOTHING
+  RETURNING reservation_id, window_key, amount
+), fresh AS (
+  SELECT window_key, sum(amount) AS total FROM ins GROUP BY window_key
+), locked AS (
+  SELECT w.window_key FROM governance_windows w
+  WHERE w.window_key IN (SELECT window_key FROM fresh)
+  ORDER BY w.window_key FOR UPDATE
+), upd AS (
+  UPDATE governance_windows w SET used = w.used + fresh.total, updated_at = CAST(:now AS timestamptz)
+  FROM fresh JOIN locked ON locked.window_key = fresh.window_key
+  WHERE w.window_key = fresh.window_key AND fresh.total <> 0
+)
+SELECT reservation_id, window_key FROM ins
+"""
+).bindparams(
+    sa.bindparam("rids", type_=sa.ARRAY(sa.Text())),
+    sa.bindparam("keys", type_=sa.ARRAY(sa.Text())),
+    sa.bindparam("amounts", type_=sa.ARRAY(sa.BigInteger())),
+    sa.bindparam("now", type_=UTCDateTime()),
+)
+
+# SQLite: the rows travel as one JSON array (one bound parameter, so the SQL never varies with the batch size and the
+# per-row work is SQLite's, not Python's). `WHERE true` lets the parser tell the upsert clause from a join.
+_SQLITE_INSERT_CHARGES = sa.text(
+    """
+INSERT INTO governance_charges (reservation_id, window_key, amount, created_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), :now
+FROM json_each(:rows) WHERE true
+ON CONFLICT DO NOTHING
+RETURNING reservation_id, window_key, amount
+"""
+).bindparams(sa.bindparam("rows", type_=sa.Text()), sa.bindparam("now", type_=UTCDateTime()))
+_SQLITE_CHUNK = 2000
+_json_encode = msgspec.json.Encoder().encode
+
+_ADD_USED = (
+    governance_windows.update()
+    .where(governance_windows.c.window_key == sa.bindparam("w_key"))
+    .values(
+        used=governance_windows.c.used + sa.bindparam("w_delta", type_=sa.BigInteger()),
+        updated_at=sa.bindparam("w_now", type_=UTCDateTime()),
+    )
+)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # share the catalogue's SQLite file politely: wait for the other engine's writer instead of failing
     cursor = dbapi_connection.cursor()
@@ -115,6 +171,10 @@ class GovernanceStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # built once, so SQLAlchemy's compiled cache serves every call
+        self._window_insert = self._insert(governance_windows).on_conflict_do_nothing(
+            index_elements=["window_key"]
+        )
 
     @classmethod
     def from_url(cls, url: str) -> GovernanceStore:
@@ -316,62 +376,95 @@ class GovernanceStore:
         self, window_key: str, kind: str, definition_id: str, start: datetime, end: datetime, limit: int
     ) -> int:
         """Return the settled `used` of a window, creating its row (used 0) on first sight."""
-        insert = (
-            self._insert(governance_windows)
-            .values(
-                window_key=window_key,
-                kind=kind,
-                definition_id=definition_id,
-                start_at=start,
-                end_at=end,
-                limit_value=limit,
-                used=0,
-                updated_at=_now(),
-            )
-            .on_conflict_do_nothing(index_elements=["window_key"])
-        )
+        return (await self.windows_used([(window_key, kind, definition_id, start, end, limit)]))[0]
 
-        async def work(conn: AsyncConnection) -> int:
-            await conn.execute(insert)
-            row = (
-                await conn.execute(
-                    sa.select(governance_windows.c.used).where(governance_windows.c.window_key == window_key)
+    async def windows_used(
+        self, windows: Sequence[tuple[str, str, str, datetime, datetime, int]]
+    ) -> list[int]:
+        """`window_used` for many (window_key, kind, definition_id, start, end, limit) windows in one transaction."""
+        if not windows:
+            return []
+        now = _now()
+        rows = [
+            {
+                "window_key": key,
+                "kind": kind,
+                "definition_id": definition_id,
+                "start_at": start,
+                "end_at": end,
+                "limit_value": limit,
+                "used": 0,
+                "updated_at": now,
+            }
+            for key, kind, definition_id, start, end, limit in windows
+        ]
+        keys = list({w[0] for w in windows})
+
+        async def work(conn: AsyncConnection) -> dict[str, int]:
+            await conn.execute(self._window_insert, rows)
+            result = await conn.execute(
+                sa.select(governance_windows.c.window_key, governance_windows.c.used).where(
+                    governance_windows.c.window_key.in_(keys)
                 )
-            ).one()
-            return int(row[0])
+            )
+            return {r[0]: int(r[1]) for r in result}
 
-        used: int = await self._run(work)
-        return used
+        used: dict[str, int] = await self._run(work)
+        return [used[w[0]] for w in windows]
 
     async def record_charges(self, charges: Iterable[tuple[str, str, int]]) -> list[bool]:
-        """Write (reservation_id, window_key, amount) charges once each; add new ones to the window's `used`."""
+        """Write (reservation_id, window_key, amount) charges once each; add new ones to the window's `used`.
+
+        Return, per charge in order, whether it was new (a repeat of a stored charge, or of an earlier one in the
+        same call, is not). Set-based, in one transaction: one statement on PostgreSQL; on SQLite an INSERT …
+        RETURNING per chunk of rows (passed as one JSON array), then one UPDATE per distinct window.
+        """
         items = list(charges)
         if not items:
             return []
+        # first occurrence of each (reservation, window) only: repeats are never new
+        unique: dict[tuple[str, str], int] = {}
+        for rid, key, amount in items:
+            unique.setdefault((rid, key), amount)
+        now = _now()
+        if self.dialect == "postgresql":
+            params = {
+                "rids": [k[0] for k in unique],
+                "keys": [k[1] for k in unique],
+                "amounts": list(unique.values()),
+                "now": now,
+            }
 
-        async def work(conn: AsyncConnection) -> list[bool]:
-            inserted: list[bool] = []
-            now = _now()
-            for reservation_id, window_key, amount in items:
-                result = await conn.execute(
-                    self._insert(governance_charges)
-                    .values(
-                        reservation_id=reservation_id, window_key=window_key, amount=amount, created_at=now
-                    )
-                    .on_conflict_do_nothing(index_elements=["reservation_id", "window_key"])
-                )
-                fresh = bool(result.rowcount)
-                inserted.append(fresh)
-                if fresh and amount:
-                    await conn.execute(
-                        governance_windows.update()
-                        .where(governance_windows.c.window_key == window_key)
-                        .values(used=governance_windows.c.used + amount, updated_at=now)
-                    )
-            return inserted
+            async def work(conn: AsyncConnection) -> set[tuple[str, str]]:
+                return {(r[0], r[1]) for r in await conn.execute(_PG_RECORD_CHARGES, params)}
 
-        result: list[bool] = await self._run(work)
-        return result
+        else:
+            rows = [(rid, key, amount) for (rid, key), amount in unique.items()]
+            chunks = [
+                _json_encode(rows[i : i + _SQLITE_CHUNK]).decode() for i in range(0, len(rows), _SQLITE_CHUNK)
+            ]
+
+            async def work(conn: AsyncConnection) -> set[tuple[str, str]]:
+                inserted: set[tuple[str, str]] = set()
+                totals: dict[str, int] = {}
+                for chunk in chunks:
+                    for rid, key, amount in await conn.execute(
+                        _SQLITE_INSERT_CHARGES, {"rows": chunk, "now": now}
+                    ):
+                        inserted.add((rid, key))
+                        totals[key] = totals.get(key, 0) + int(amount)
+                updates = [{"w_key": k, "w_delta": v, "w_now": now} for k, v in totals.items() if v]
+                if updates:
+                    await conn.execute(_ADD_USED, updates)
+                return inserted
+
+        fresh: set[tuple[str, str]] = await self._run(work)
+        out: list[bool] = []
+        for rid, key, _ in items:
+            pair = (rid, key)
+            out.append(pair in fresh)
+            fresh.discard(pair)
+        return out
 
     async def charges_for(self, reservation_id: str) -> dict[str, int]:
         """Return the settled charges of a reservation by window key (empty when never settled)."""
