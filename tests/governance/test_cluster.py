@@ -34,16 +34,9 @@ async def pair(
     a = await open_cluster(postgres_url, redis_url, prefix)
     b = await open_cluster(postgres_url, redis_url, prefix, create=False)
     yield a, b
-    await shut(a)
-    await shut(b)
+    await a.close()
+    await b.close()
     await clean_redis(redis_url, prefix)
-
-
-async def shut(gov: Governance) -> None:
-    """Close a Governance and its ledger's script runner (RedisLedger.close() is idempotent)."""
-    await gov.close()
-    if gov.redis_ledger is not None:
-        await gov.redis_ledger.close()
 
 
 async def attempt(gov: Governance, ctx: Any) -> bool:
@@ -197,7 +190,7 @@ async def test_crashed_instance_reservation_released(postgres_url: str, redis_ur
         ctx = make_ctx()
         assert await attempt(crashed, ctx)
         key = ctx.governance.held[0].item.ref.key
-        await shut(crashed)  # gone without post-flight
+        await crashed.close()  # gone without post-flight
         with pytest.raises(PaymentRequired):
             await survivor.final(make_ctx())
         await asyncio.sleep(0.3)
@@ -205,7 +198,7 @@ async def test_crashed_instance_reservation_released(postgres_url: str, redis_ur
         assert await survivor.window_state(key) == (0, 0)
         assert await attempt(survivor, make_ctx())
     finally:
-        await shut(survivor)
+        await survivor.close()
         await clean_redis(redis_url, prefix)
 
 
@@ -222,7 +215,7 @@ async def test_reconciliation_settles_from_ledger(postgres_url: str, redis_url: 
         assert await gov.reconcile() == 1
         assert await gov.window_state(key) == (1234, 0)
     finally:
-        await shut(gov)
+        await gov.close()
         await clean_redis(redis_url, prefix)
 
 
@@ -240,7 +233,7 @@ async def test_redis_down_fails_closed(postgres_url: str) -> None:
             await gov.final(ctx)
         await gov.complete(ctx, None)  # never raises
     finally:
-        await shut(gov)
+        await gov.close()
 
 
 async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None:
@@ -257,7 +250,7 @@ async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None
         first.usage = Usage(input_tokens=1)
         await gov.complete(first, None)
     finally:
-        await shut(gov)
+        await gov.close()
 
 
 WORKER = textwrap.dedent(
@@ -290,7 +283,7 @@ WORKER = textwrap.dedent(
 async def test_two_os_processes_share_the_limit(postgres_url: str, redis_url: str, prefix: str) -> None:
     """Two real gateway processes against one Redis admit exactly RPM 20 between them."""
     setup = await open_cluster(postgres_url, redis_url, prefix)
-    await shut(setup)
+    await setup.close()
     code = WORKER.format(repo=str(REPO), pg=postgres_url, redis=redis_url, prefix=prefix)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [

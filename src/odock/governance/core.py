@@ -207,6 +207,8 @@ class Governance:
             await self._flush()
         if self.redis_limiter is not None:
             await self.redis_limiter.close()
+        if self.redis_ledger is not None:
+            await self.redis_ledger.close()  # after the task: a later script call would reconnect
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
         await self.store.close()
