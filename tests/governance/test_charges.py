@@ -136,3 +136,18 @@ async def test_postgres_locks_windows_in_key_order(postgres_url: str) -> None:
         assert await store.windows_used([window(k) for k in keys]) == [1] * 10
     finally:
         await store.close()
+
+
+async def test_prune_charges_deletes_only_older_rows(store: GovernanceStore) -> None:
+    """Charges past retention go; newer ones stay, and the windows' `used` is untouched."""
+    from odock.governance.schema import governance_charges
+
+    await used(store, "w")
+    await store.record_charges([("old/1", "w", 5), ("old/2", "w", 6), ("new/1", "w", 7)])
+    async with store.engine.begin() as conn:
+        await conn.execute(governance_charges.update()
+                           .where(governance_charges.c.reservation_id.like("old/%"))
+                           .values(created_at=datetime.now(UTC) - timedelta(days=3)))
+    assert await store.prune_charges(datetime.now(UTC) - timedelta(days=1)) == 2
+    assert await store.charges_for("old/1") == {} and await store.charges_for("new/1") == {"w": 7}
+    assert await used(store, "w") == 18

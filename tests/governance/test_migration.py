@@ -1,4 +1,4 @@
-"""Migration 0002_governance creates exactly the tables odock.governance.schema describes."""
+"""Migrations 0002_governance and 0003_charge_retention create exactly what odock.governance.schema describes."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert NAMES <= tables
-    assert version == "0002_governance"
+    assert version == "0003_charge_retention"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from odock import metrics
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 log = logging.getLogger("odock.governance")
+# settled charges are kept at least this long (and at least twice the reservation TTL), then pruned
+_CHARGE_RETENTION_S = 86_400.0
 
 DECISIONS = metrics.RATELIMIT_DECISIONS
 ERRORS = metrics.GOVERNANCE_ERRORS
@@ -388,6 +390,9 @@ class Governance:
         if self.redis_ledger is not None:
             count += await self.redis_ledger.reconcile()
         self.local_limiter.prune()
+        # a charge is only read back to reconcile a reservation, which lives at most the reservation TTL
+        keep_s = max(_CHARGE_RETENTION_S, 2 * self.settings.reservation_ttl_s)
+        await self.store.prune_charges(datetime.now(UTC) - timedelta(seconds=keep_s))
         return count
 
     # --- internals -----------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ release is a settle to zero. All three are idempotent per reservation id (`<requ
 reuses an X-Request-Id can never ride on another call's reservation).
 
 `LocalLedger` (embedded mode; also the cluster fail-open fallback): windows in memory, loaded once from SQL per
-window, checked and updated without awaiting (atomic under asyncio); settled charges written behind to SQL by
-`flush()`. Crash semantics: in-flight reservations die with the process (so do their calls); charges settled in
+window, checked and updated without awaiting (atomic under asyncio); settled amounts summed per window and written
+behind to SQL by `flush()` (one charge row per window per flush, not per call). Crash semantics: in-flight reservations die with the process (so do their calls); charges settled in
 the last flush interval are lost (the window under-counts by at most that much after restart).
 
 `RedisLedger` (cluster mode): windows `used`/`reserved` in Redis hashes, one Lua script per reserve and per
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -70,10 +71,6 @@ def _fits(used: int, reserved: int, amount: int, limit: int) -> bool:
 
 # --- embedded ----------------------------------------------------------------------------------------------------
 
-# charges per write-behind transaction
-_FLUSH_SLICE = 5000
-
-
 @dataclass(slots=True)
 class _Window:
     used: int
@@ -89,7 +86,9 @@ class LocalLedger:
         self._ttl = reservation_ttl_s
         self._windows: dict[str, _Window] = {}
         self._reservations: dict[str, tuple[dict[str, int], float]] = {}
-        self._pending: list[tuple[str, str, int]] = []
+        # settled amounts not yet in SQL, summed per window; a failed flush is retried under its own ids
+        self._pending: dict[str, int] = {}
+        self._retry: list[tuple[str, str, int]] = []
         self._load_lock = asyncio.Lock()
 
     async def _load(self, refs: list[WindowRef]) -> None:
@@ -133,7 +132,7 @@ class LocalLedger:
                 w.used += amount
                 result[key] = w.used
             if amount:
-                self._pending.append((reservation_id, key, amount))
+                self._pending[key] = self._pending.get(key, 0) + amount
         return result
 
     async def release(self, reservation_id: str) -> None:
@@ -146,17 +145,20 @@ class LocalLedger:
         return None if w is None else (w.used, w.reserved)
 
     async def flush(self) -> None:
-        """Write settled charges to SQL; on failure keep the unwritten ones for the next flush."""
-        if not self._pending:
+        """Write what was settled since the last flush to SQL: one charge per window, named by this flush.
+
+        In one process the reservations are already exactly-once in memory, so SQL only needs each window's
+        total; a row per window per flush keeps the table small (not a row per call). A failed or interrupted
+        flush is retried under the same ids, which `record_charges` writes at most once.
+        """
+        if self._pending:
+            flush_id = f"flush/{uuid.uuid4().hex}"
+            self._retry += [(flush_id, key, amount) for key, amount in self._pending.items()]
+            self._pending = {}
+        if not self._retry:
             return
-        batch, self._pending = self._pending, []
-        # bounded transactions: a backlog (after an outage) is written in slices, each committed on its own
-        for start in range(0, len(batch), _FLUSH_SLICE):
-            try:
-                await self._store.record_charges(batch[start : start + _FLUSH_SLICE])
-            except BaseException:
-                self._pending = batch[start:] + self._pending
-                raise
+        await self._store.record_charges(self._retry)
+        self._retry = []
 
     async def reconcile(self) -> int:
         """Release reservations older than the TTL and forget ended windows; return how many were released."""

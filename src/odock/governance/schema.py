@@ -4,7 +4,8 @@ budgets / quotas           definitions (owner ORG/TEAM/USER/APIKEY + owner id, p
 governance_windows         one row per (definition, window start): the durable settled `used` (PostgreSQL is the
                            ledger in cluster mode; SQLite in embedded mode). `reserved` lives only in Redis/memory.
 governance_charges         one row per (reservation, window): the settled amount — makes settle idempotent and lets
-                           reconciliation settle a crashed call from the ledger.
+                           reconciliation settle a crashed call from the ledger (embedded mode: one row per window
+                           per write-behind flush). Pruned once older than any reservation can live.
 budget_events              threshold crossings (50/80/90/100 % …), one per (window, threshold).
 
 Owners are plain ids (no foreign keys), so governance never blocks catalogue deletes; a definition whose owner is
@@ -94,6 +95,7 @@ governance_charges = Table(
     Column("amount", BigInteger, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("reservation_id", "window_key", name="pk_governance_charges"),
+    Index("ix_governance_charges_created", "created_at"),  # retention: pruned by age (migration 0003)
 )
 
 budget_events = Table(

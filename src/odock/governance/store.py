@@ -466,6 +466,16 @@ class GovernanceStore:
             fresh.discard(pair)
         return out
 
+    async def prune_charges(self, before: datetime) -> int:
+        """Delete settled charges created before `before` (no reservation that old can still be reconciled)."""
+
+        async def work(conn: AsyncConnection) -> int:
+            result = await conn.execute(governance_charges.delete().where(governance_charges.c.created_at < before))
+            return int(result.rowcount or 0)
+
+        deleted: int = await self._run(work)
+        return deleted
+
     async def charges_for(self, reservation_id: str) -> dict[str, int]:
         """Return the settled charges of a reservation by window key (empty when never settled)."""
 
