@@ -7,6 +7,8 @@ Driver errors become `DependencyUnavailable("store_unavailable")`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -121,6 +123,60 @@ SELECT reservation_id, window_key FROM ins
     sa.bindparam("now", type_=UTCDateTime()),
 )
 
+# The same statement for the dedicated asyncpg connection of `_ChargeWriter` (positional parameters).
+_PG_RECORD_CHARGES_RAW = (
+    str(_PG_RECORD_CHARGES.text)
+    .replace("CAST(:now AS timestamptz)", "$4::timestamptz")
+    .replace("CAST(:rids AS text[])", "$1::text[]")
+    .replace("CAST(:keys AS text[])", "$2::text[]")
+    .replace("CAST(:amounts AS bigint[])", "$3::bigint[]")
+)
+
+
+class _ChargeWriter:
+    """One dedicated asyncpg connection for settled charges on PostgreSQL (cluster mode's per-call write).
+
+    The statement is atomic on its own, so it runs without BEGIN/COMMIT, and outside SQLAlchemy's pool (whose
+    checkout ping and return rollback would add two more round trips and most of the CPU). The ledger's group
+    commit keeps at most one batch in flight, so one connection is enough; a lock covers the rare other writer
+    (reconciliation retries). A broken connection is dropped and replaced on the next write.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def write(self, rids: list[str], keys: list[str], amounts: list[int], now: datetime) -> list[Any]:
+        import asyncpg
+
+        async with self._lock:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._dsn, timeout=5, command_timeout=15,
+                        server_settings={"lock_timeout": "5000", "statement_timeout": "15000"},
+                    )
+                return list(await self._conn.fetch(_PG_RECORD_CHARGES_RAW, rids, keys, amounts, now))
+            except asyncio.CancelledError:
+                self._drop()  # mid-statement: the connection's state is unknown
+                raise
+            except Exception as exc:  # any driver or network failure leaves the connection unusable
+                self._drop()
+                raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+
 # SQLite: the rows travel as one JSON array (one bound parameter, so the SQL never varies with the batch size and the
 # per-row work is SQLite's, not Python's). `WHERE true` lets the parser tell the upsert clause from a join.
 _SQLITE_INSERT_CHARGES = sa.text(
@@ -165,12 +221,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _fresh_flags(items: list[tuple[str, str, int]], fresh: set[tuple[str, str]]) -> list[bool]:
+    """Per charge in order: newly written (only the first of repeated (reservation, window) pairs can be)."""
+    out: list[bool] = []
+    for rid, key, _ in items:
+        pair = (rid, key)
+        out.append(pair in fresh)
+        fresh.discard(pair)
+    return out
+
+
 class GovernanceStore:
     """Governance rows in SQLite or PostgreSQL."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._charges: _ChargeWriter | None = None
+        if self.dialect == "postgresql":
+            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._charges = _ChargeWriter(dsn)
         # built once, so SQLAlchemy's compiled cache serves every call
         self._window_insert = self._insert(governance_windows).on_conflict_do_nothing(
             index_elements=["window_key"]
@@ -197,6 +267,8 @@ class GovernanceStore:
 
     async def close(self) -> None:
         """Dispose of the engine's connections."""
+        if self._charges is not None:
+            await self._charges.close()
         await self.engine.dispose()
 
     async def create_tables(self) -> None:
@@ -416,8 +488,9 @@ class GovernanceStore:
         """Write (reservation_id, window_key, amount) charges once each; add new ones to the window's `used`.
 
         Return, per charge in order, whether it was new (a repeat of a stored charge, or of an earlier one in the
-        same call, is not). Set-based, in one transaction: one statement on PostgreSQL; on SQLite an INSERT …
-        RETURNING per chunk of rows (passed as one JSON array), then one UPDATE per distinct window.
+        same call, is not). Set-based and atomic: one statement on PostgreSQL (on its own connection, see
+        `_ChargeWriter`); on SQLite, in one transaction, an INSERT … RETURNING per chunk of rows (passed as one
+        JSON array), then one UPDATE per distinct window.
         """
         items = list(charges)
         if not items:
@@ -427,44 +500,31 @@ class GovernanceStore:
         for rid, key, amount in items:
             unique.setdefault((rid, key), amount)
         now = _now()
-        if self.dialect == "postgresql":
-            params = {
-                "rids": [k[0] for k in unique],
-                "keys": [k[1] for k in unique],
-                "amounts": list(unique.values()),
-                "now": now,
-            }
+        if self._charges is not None:
+            written = await self._charges.write([k[0] for k in unique], [k[1] for k in unique],
+                                                list(unique.values()), now)
+            return _fresh_flags(items, {(r[0], r[1]) for r in written})
+        rows = [(rid, key, amount) for (rid, key), amount in unique.items()]
+        chunks = [
+            _json_encode(rows[i : i + _SQLITE_CHUNK]).decode() for i in range(0, len(rows), _SQLITE_CHUNK)
+        ]
 
-            async def work(conn: AsyncConnection) -> set[tuple[str, str]]:
-                return {(r[0], r[1]) for r in await conn.execute(_PG_RECORD_CHARGES, params)}
-
-        else:
-            rows = [(rid, key, amount) for (rid, key), amount in unique.items()]
-            chunks = [
-                _json_encode(rows[i : i + _SQLITE_CHUNK]).decode() for i in range(0, len(rows), _SQLITE_CHUNK)
-            ]
-
-            async def work(conn: AsyncConnection) -> set[tuple[str, str]]:
-                inserted: set[tuple[str, str]] = set()
-                totals: dict[str, int] = {}
-                for chunk in chunks:
-                    for rid, key, amount in await conn.execute(
-                        _SQLITE_INSERT_CHARGES, {"rows": chunk, "now": now}
-                    ):
-                        inserted.add((rid, key))
-                        totals[key] = totals.get(key, 0) + int(amount)
-                updates = [{"w_key": k, "w_delta": v, "w_now": now} for k, v in totals.items() if v]
-                if updates:
-                    await conn.execute(_ADD_USED, updates)
-                return inserted
+        async def work(conn: AsyncConnection) -> set[tuple[str, str]]:
+            inserted: set[tuple[str, str]] = set()
+            totals: dict[str, int] = {}
+            for chunk in chunks:
+                for rid, key, amount in await conn.execute(
+                    _SQLITE_INSERT_CHARGES, {"rows": chunk, "now": now}
+                ):
+                    inserted.add((rid, key))
+                    totals[key] = totals.get(key, 0) + int(amount)
+            updates = [{"w_key": k, "w_delta": v, "w_now": now} for k, v in totals.items() if v]
+            if updates:
+                await conn.execute(_ADD_USED, updates)
+            return inserted
 
         fresh: set[tuple[str, str]] = await self._run(work)
-        out: list[bool] = []
-        for rid, key, _ in items:
-            pair = (rid, key)
-            out.append(pair in fresh)
-            fresh.discard(pair)
-        return out
+        return _fresh_flags(items, fresh)
 
     async def prune_charges(self, before: datetime) -> int:
         """Delete settled charges created before `before` (no reservation that old can still be reconciled)."""
