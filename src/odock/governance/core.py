@@ -295,7 +295,7 @@ class Governance:
                 checks.append(
                     Check(
                         "T",
-                        f"{scope}:{ident}:tpm",
+                        f"{scope}:{ident}:tpm2",  # "2": the Redis hash also holds a running total
                         limits.tpm,
                         reserve_tokens,
                         "tpm_exceeded",

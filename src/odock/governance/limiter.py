@@ -6,7 +6,8 @@ Algorithms (identical in both backends):
   B  token bucket (burst): capacity = burst, refilled at the scope's RPS (else RPM/60, else burst per second).
   L  concurrency lease: request tokens with an expiry; admit while live leases < max; post-flight removes the
      lease; a crashed process's leases expire after the lease TTL.
-  T  token window (TPM): per-second buckets over the last 60 s; admit while sum + reservation <= limit.
+  T  token window (TPM): per-second buckets over the last 60 s; admit while sum + reservation <= limit. In Redis
+     the sum is kept as a running total (each bucket subtracted once, when it leaves the window).
      Post-flight refunds (reservation − actual) into the bucket it was charged to, so unused tokens come back
      at once and the limit trips at exactly the configured value (no lockout from over-estimates).
 
@@ -70,7 +71,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = math.floor(now / 1000)
 local token = ARGV[1]
 local n = #KEYS
-local rem, reset = {}, {}
+local rem, reset, tpm_oldest = {}, {}, {}
 for i = 1, n do
   local base = 2 + (i - 1) * 3
   local kind, limit, param = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
@@ -95,27 +96,30 @@ for i = 1, n do
     if tokens < 1 then return {1, i, math.ceil((1 - tokens) * 1000 / param)} end
     rem[i], reset[i] = math.floor(tokens - 1), math.ceil((limit - tokens + 1) * 1000 / param)
   elseif kind == 'T' then
-    local all = redis.call('HGETALL', key)
-    local sum, buckets = 0, {}
-    for j = 1, #all, 2 do
-      local s, v = tonumber(all[j]), tonumber(all[j + 1])
-      if s <= sec - 60 then redis.call('HDEL', key, all[j]) else
-        sum = sum + v
-        buckets[#buckets + 1] = {s, v}
+    -- buckets '<second>' plus a running total 't' and the oldest second 'o' not yet expired: expiring is
+    -- amortized (a bucket is subtracted once, when its second leaves the window), so no scan per call
+    local h = redis.call('HMGET', key, 't', 'o')
+    local sum, oldest = tonumber(h[1]) or 0, tonumber(h[2]) or sec
+    if oldest < sec - 59 then
+      for s = oldest, sec - 60 do
+        local v = redis.call('HGET', key, s)
+        if v then sum = sum - tonumber(v) redis.call('HDEL', key, s) end
       end
+      oldest = sec - 59
+      redis.call('HSET', key, 't', sum, 'o', oldest)
     end
     if sum + param > limit then
       local retry = 60000
       if param <= limit then
-        table.sort(buckets, function(a, b) return a[1] < b[1] end)
         local freed = 0
-        for _, b in ipairs(buckets) do
-          freed = freed + b[2]
-          if sum - freed + param <= limit then retry = (b[1] + 60) * 1000 - now break end
+        for s = oldest, sec do
+          freed = freed + (tonumber(redis.call('HGET', key, s)) or 0)
+          if sum - freed + param <= limit then retry = (s + 60) * 1000 - now break end
         end
       end
       return {1, i, retry}
     end
+    tpm_oldest[i] = oldest
     rem[i], reset[i] = limit - sum - param, 60000
   end
 end
@@ -137,7 +141,11 @@ for i = 1, n do
     redis.call('HSET', key, 't', tostring(tokens - 1), 'ts', now)
     redis.call('PEXPIRE', key, math.ceil(limit * 1000 / param) + 1000)
   elseif kind == 'T' then
-    if param > 0 then redis.call('HINCRBY', key, sec, param) end
+    if param > 0 then
+      redis.call('HINCRBY', key, sec, param)
+      redis.call('HINCRBY', key, 't', param)
+    end
+    redis.call('HSETNX', key, 'o', tpm_oldest[i])
     redis.call('PEXPIRE', key, 61000)
   end
   out[#out + 1] = rem[i]
@@ -154,7 +162,11 @@ for i = nl + 1, #KEYS do
   local base = 3 + (i - nl - 1) * 2
   local field, amount = ARGV[base], tonumber(ARGV[base + 1])
   local v = redis.call('HGET', KEYS[i], field)
-  if v then redis.call('HSET', KEYS[i], field, math.max(0, tonumber(v) - amount)) end
+  if v then  -- the bucket is still in the window: refund it and the running total alike
+    local back = math.min(tonumber(v), amount)
+    redis.call('HINCRBY', KEYS[i], field, -back)
+    redis.call('HINCRBY', KEYS[i], 't', -back)
+  end
 end
 return 1
 """
