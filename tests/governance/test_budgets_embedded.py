@@ -333,3 +333,22 @@ async def test_flush_writes_a_large_backlog(embedded: Governance) -> None:
         d = h.definition
         stored = (await embedded.store.windows(d.id))[0]["used"]
         assert stored == (expected[d.metric] if isinstance(d, Quota) else 400 * (10 * 1000 + 5 * 2000))
+
+
+async def test_window_is_computed_once_per_period(embedded: Governance) -> None:
+    """The current window is reused within its period, replaced at the boundary, and never outlives `end_at`."""
+    from datetime import UTC, datetime
+
+    jan = datetime(2031, 1, 20, 12, tzinfo=UTC)
+    budget = Budget(id="b1", name="b", owner_type="APIKEY", owner_id=KEY_ID, period="MONTHLY", amount_nanos=10,
+                    end_at=datetime(2031, 2, 10, tzinfo=UTC))
+    first = embedded._window(budget, "b", 10, jan, "UTC")
+    assert first is not None and (first.start.month, first.end.month) == (1, 2)
+    assert embedded._window(budget, "b", 10, jan.replace(day=30), "UTC") is first
+    feb = embedded._window(budget, "b", 10, datetime(2031, 2, 2, tzinfo=UTC), "UTC")
+    assert feb is not None and feb is not first and feb.start.month == 2
+    assert embedded._window(budget, "b", 10, datetime(2031, 2, 11, tzinfo=UTC), "UTC") is None  # ended
+    # an edited definition is a new object: its window is computed afresh
+    wider = Budget(id="b1", name="b", owner_type="APIKEY", owner_id=KEY_ID, period="DAILY", amount_nanos=10)
+    day = embedded._window(wider, "b", 10, jan, "UTC")
+    assert day is not None and day.end.day == 21

@@ -28,7 +28,7 @@ from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, T
 from odock.governance import pricing
 from odock.governance.ledger import Item, LocalLedger, RedisLedger, WindowRef
 from odock.governance.limiter import Check, GateResult, Limiter, LocalLimiter, RedisLimiter
-from odock.governance.periods import window_at
+from odock.governance.periods import as_aware, window_at
 from odock.governance.policy import (
     API_KEY,
     DEFAULT_LEASE_TTL_S,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("odock.governance")
 # settled charges are kept at least this long (and at least twice the reservation TTL), then pruned
 _CHARGE_RETENTION_S = 86_400.0
+_CACHE_SIZE = 4096
 
 DECISIONS = metrics.RATELIMIT_DECISIONS
 ERRORS = metrics.GOVERNANCE_ERRORS
@@ -141,6 +142,9 @@ class Governance:
         self.redis = redis
         self._owns_redis = owns_redis
         self._policies = PolicyCache()
+        # per-call work that only changes with the policy or the period: built once, reused (bounded caches)
+        self._checks: dict[tuple[str, str, int, bool], tuple[Limits, list[Check]]] = {}
+        self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef]] = {}
         self.global_limits = parse_policy(settings.ratelimit_global_policy)
         self.local_limiter = LocalLimiter()
         self.local_ledger = LocalLedger(store, reservation_ttl_s=reservation_ttl_s)
@@ -438,6 +442,18 @@ class Governance:
         )
 
     def _request_checks(self, scope: str, ident: str, limits: Limits, *, leases: bool) -> list[Check]:
+        # Limits objects are stable per policy (PolicyCache); held in the entry, so their id() stays theirs
+        key = (scope, ident, id(limits), leases)
+        hit = self._checks.get(key)
+        if hit is not None and hit[0] is limits:
+            return hit[1]
+        checks = self._build_request_checks(scope, ident, limits, leases=leases)
+        if len(self._checks) >= _CACHE_SIZE:
+            self._checks.clear()
+        self._checks[key] = (limits, checks)
+        return checks
+
+    def _build_request_checks(self, scope: str, ident: str, limits: Limits, *, leases: bool) -> list[Check]:
         checks: list[Check] = []
         if leases and limits.concurrency:
             checks.append(self._lease(scope, ident, limits))
@@ -529,11 +545,11 @@ class Governance:
         held: list[Held] = []
         for owner_type, owner_id, tz in self._owners(ctx):
             for budget in defs.budgets.get((owner_type, owner_id), ()):
-                ref = _window(budget, "b", budget.amount_nanos, now, tz)
+                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
                 if ref is not None:
                     held.append(Held(Item(ref, worst), budget))
             for quota in defs.quotas.get((owner_type, owner_id), ()):
-                ref = _window(quota, "q", quota.limit, now, tz)
+                ref = self._window(quota, "q", quota.limit, now, tz)
                 if ref is not None:
                     held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
         if not held:
@@ -557,6 +573,20 @@ class Governance:
             _deny(held[denied], now)
         receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
         metrics.child(DECISIONS, "budget", "reserved").inc()
+
+    def _window(self, d: Budget | Quota, prefix: str, limit: int, now: datetime, tz: str) -> WindowRef | None:
+        """The definition's current window, computed once per period (definitions are replaced, not mutated)."""
+        key = (id(d), tz)
+        hit = self._windows.get(key)
+        if hit is not None and hit[0] is d and hit[1].start <= now < hit[1].end \
+                and (d.end_at is None or now < as_aware(d.end_at)):
+            return hit[1]
+        ref = _window(d, prefix, limit, now, tz)
+        if ref is not None:  # "not running now" is never cached: a schedule may start any moment
+            if len(self._windows) >= _CACHE_SIZE:
+                self._windows.clear()
+            self._windows[key] = (d, ref)
+        return ref
 
     def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
         usage = ctx.usage

@@ -65,15 +65,15 @@ def window_at(
     """Return the UTC [start, end) of the window holding `at`, or None when the schedule is not running then."""
     if at.tzinfo is None:
         raise ValueError("`at` must be timezone-aware")
-    if start_at is not None and at < _aware(start_at):
+    if start_at is not None and at < as_aware(start_at):
         return None
-    if end_at is not None and at >= _aware(end_at):
+    if end_at is not None and at >= as_aware(end_at):
         return None
     tz = zone(timezone)
-    anchor = _aware(start_at).astimezone(tz).weekday() if start_at is not None else 0
+    anchor = as_aware(start_at).astimezone(tz).weekday() if start_at is not None else 0
     first, nxt = _start_day(period, at.astimezone(tz).date(), anchor)
     return _local_midnight(first, tz), _local_midnight(nxt, tz)
 
 
-def _aware(value: datetime) -> datetime:
+def as_aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -76,6 +76,25 @@ def normalize_pricing(pricing: dict[str, Any] | None) -> dict[str, Decimal]:
     return rates
 
 
+# parsed rates per pricing dict: every call prices with its model's dict, which the catalogue caches and replaces
+# (never mutates); the dict is held so its id() cannot be reused while cached
+_RATES: dict[int, tuple[dict[str, Any], dict[str, Decimal]]] = {}
+_RATES_SIZE = 1024
+
+
+def _rates(pricing: dict[str, Any] | None) -> dict[str, Decimal]:
+    if not pricing:
+        return {}
+    hit = _RATES.get(id(pricing))
+    if hit is not None and hit[0] is pricing:
+        return hit[1]
+    rates = normalize_pricing(pricing)
+    if len(_RATES) >= _RATES_SIZE:
+        _RATES.clear()
+    _RATES[id(pricing)] = (pricing, rates)
+    return rates
+
+
 def _exact(rates: dict[str, Decimal], usage: Usage, images: int, units: int) -> Decimal:
     zero = Decimal(0)
     input_rate = rates.get("input", zero)
@@ -97,7 +116,7 @@ def cost_nanos(
     pricing: dict[str, Any] | None, usage: Usage, *, images: int = 0, units: int = 0
 ) -> int | None:
     """Return the exact cost of `usage` in nanos USD, or None when the model has no usable pricing."""
-    rates = normalize_pricing(pricing)
+    rates = _rates(pricing)
     if not rates:
         return None
     return int(_exact(rates, usage, images, units).to_integral_value(rounding=ROUND_HALF_UP))
@@ -105,7 +124,7 @@ def cost_nanos(
 
 def worst_case_nanos(pricing: dict[str, Any] | None, input_tokens: int, max_tokens: int | None) -> int:
     """Return the most a call can cost: all input at the input rate, `max_tokens` at the dearest output rate."""
-    rates = normalize_pricing(pricing)
+    rates = _rates(pricing)
     if not rates:
         return 0  # missing pricing: reserve nothing (reference §6.4 [INF]); usage is still recorded
     cap = DEFAULT_MAX_TOKENS if max_tokens is None or max_tokens <= 0 else max_tokens
