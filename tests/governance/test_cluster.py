@@ -513,3 +513,35 @@ async def test_ledger_scripts_bypass_redis_py(pair: tuple[Governance, Governance
     assert commands == []
     a.redis.execute_command = real  # type: ignore[method-assign]
     assert await a.window_state(ctx.governance.held[0].item.ref.key) == (1000, 0)
+
+
+async def test_final_gate_and_reservation_share_one_round_trip(pair: tuple[Governance, Governance]) -> None:
+    """The final gate and the reservation go to Redis in one write (and post-flight's release and settle in
+    another); a call the gate refuses holds nothing."""
+    a, _ = pair
+    budget = await add_budget(a, 10**12)
+    assert a.redis_runner is not None
+    sent: list[int] = []
+    real = a.redis_runner.run_many
+
+    async def spy(calls: Any) -> list[Any]:
+        sent.append(len(calls))
+        return await real(calls)
+
+    a.redis_runner.run_many = spy  # type: ignore[method-assign]
+    first = make_ctx(model=rl(tpm=300), input_tokens=100, max_tokens=100)
+    assert await attempt(a, first)
+    assert sent == [2]
+    refused = make_ctx(model=rl(tpm=300), input_tokens=100, max_tokens=100)  # 200 + 200 > 300
+    with pytest.raises(TooManyRequests) as info:
+        await a.early(refused)
+        await a.final(refused)
+    assert info.value.code == "tpm_exceeded" and sent == [2, 2]
+    window = first.governance.held[0].item.ref.key
+    assert first.governance.held[0].definition.id == budget.id
+    used, reserved = await a.window_state(window)  # type: ignore[misc]
+    assert (used, reserved) == (0, first.governance.held[0].item.amount)  # only the admitted call's hold
+    await a.complete(first, None)
+    assert sent == [2, 2, 2]  # post-flight: the settle and the rate-limit release in one write too
+    assert await a.window_state(window) == (0, 0)
+    assert await attempt(a, make_ctx(model=rl(tpm=300), input_tokens=100, max_tokens=100))  # tokens refunded

@@ -43,6 +43,7 @@ from odock.governance.policy import (
     parse_ip,
     parse_policy,
 )
+from odock.governance.resp import ScriptRunner
 from odock.governance.store import Budget, BudgetEvent, GovernanceStore, Quota
 from odock.pipeline.context import CallContext
 from odock.settings import Settings
@@ -95,6 +96,19 @@ class Receipt:
     @property
     def reserved_tokens(self) -> int:
         return max((t[3] for t in self.tokens), default=0)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one call reserves: its reservation id and the windows (with amounts) it must fit in."""
+
+    reservation_id: str
+    held: list[Held]
+    now: datetime
+
+    @property
+    def items(self) -> list[Item]:
+        return [h.item for h in self.held]
 
 
 class _Definitions:
@@ -150,9 +164,13 @@ class Governance:
         self.local_ledger = LocalLedger(store, reservation_ttl_s=reservation_ttl_s)
         self.redis_limiter: RedisLimiter | None = None
         self.redis_ledger: RedisLedger | None = None
+        self.redis_runner: ScriptRunner | None = None
         if redis is not None:
-            self.redis_limiter = RedisLimiter(redis, key_prefix)
-            self.redis_ledger = RedisLedger(redis, store, key_prefix, reservation_ttl_s=reservation_ttl_s)
+            # one pipelined connection for limiter and ledger, so the final gate and the reservation share a write
+            self.redis_runner = ScriptRunner.like(redis)
+            self.redis_limiter = RedisLimiter(redis, key_prefix, self.redis_runner)
+            self.redis_ledger = RedisLedger(redis, store, key_prefix, reservation_ttl_s=reservation_ttl_s,
+                                            runner=self.redis_runner)
         self.definitions = _Definitions()
         self._reconcile_interval = reconcile_interval_s
         self._events: list[tuple[str, str, int, int, int]] = []
@@ -215,6 +233,8 @@ class Governance:
             await self.redis_limiter.close()
         if self.redis_ledger is not None:
             await self.redis_ledger.close()  # after the task: a later script call would reconnect
+        if self.redis_runner is not None:
+            await self.redis_runner.close()
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
         await self.store.close()
@@ -307,8 +327,13 @@ class Governance:
                         "tokens_per_minute",
                     )
                 )
+        plan = self._reservation_plan(ctx, receipt, out_tokens)
+        reply = None  # the reserve script's reply, when it went to Redis together with the gate
         if checks:
-            result, limiter = await self._gate(checks, receipt.token)
+            if plan is not None and self.redis_runner is not None:
+                result, limiter, reply = await self._gate_and_reserve(checks, receipt.token, plan)
+            else:
+                result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("final", checks, result)
             second = result.now_ms // 1000
             receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
@@ -317,7 +342,8 @@ class Governance:
             if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
                 receipt.header = header
         metrics.child(DECISIONS, "final", "allow").inc()
-        await self._reserve(ctx, receipt, out_tokens)
+        if plan is not None:
+            await self._reserve(receipt, plan, reply)
 
     async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
         """Post-flight: release leases, refund tokens, settle or release budgets/quotas. Never raises."""
@@ -326,6 +352,7 @@ class Governance:
             return
         receipt.done = True
         usage = ctx.usage
+        together = None
         try:
             actual_tokens = usage.total if usage is not None else 0
             by_limiter: dict[int, tuple[Limiter, list[str], list[tuple[str, int, int]]]] = {}
@@ -337,6 +364,11 @@ class Governance:
                     (key, second, reserved - actual_tokens)
                 )
             for limiter, leases, refunds in by_limiter.values():
+                if limiter is self.redis_limiter and self.redis_limiter is not None \
+                        and receipt.ledger is self.redis_ledger and receipt.reservation_id is not None:
+                    # sent in the same write as the settle below (one round trip for the whole post-flight)
+                    together = self.redis_limiter.release_call(leases, refunds, receipt.token)
+                    continue
                 try:
                     await limiter.release(leases, refunds, receipt.token)
                 except Exception:
@@ -349,7 +381,10 @@ class Governance:
             return
         try:
             actual = self._actuals(ctx, receipt, cost_nanos)
-            used = await receipt.ledger.settle(receipt.reservation_id, actual)
+            if isinstance(receipt.ledger, RedisLedger):
+                used = await receipt.ledger.settle(receipt.reservation_id, actual, [together] if together else None)
+            else:
+                used = await receipt.ledger.settle(receipt.reservation_id, actual)
             metrics.child(DECISIONS, "settle", "settled" if usage is not None else "released").inc()
             if used:
                 self._threshold_events(receipt, actual, used)
@@ -532,12 +567,13 @@ class Governance:
             owners.append(("APIKEY", key.id, key.timezone or org_tz))
         return owners
 
-    async def _reserve(self, ctx: CallContext, receipt: Receipt, out_tokens: int) -> None:
+    def _reservation_plan(self, ctx: CallContext, receipt: Receipt, out_tokens: int) -> _Plan | None:
+        """The budget and quota windows this call must reserve in (None: nothing to reserve)."""
         if receipt.ledger is not None:
-            return  # final() already reserved for this call
+            return None  # final() already reserved for this call
         defs = self.definitions
         if not defs.budgets and not defs.quotas:
-            return
+            return None
         now = datetime.now(UTC)
         model_pricing = ctx.model.pricing if ctx.model is not None else {}
         est_in = max(0, ctx.estimated_input_tokens)
@@ -553,12 +589,37 @@ class Governance:
                 if ref is not None:
                     held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
         if not held:
-            return
-        reservation_id = f"{ctx.request_id[:64]}/{receipt.token}"  # bounded: fits the ledger column
-        items = [h.item for h in held]
+            return None
+        return _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now)  # id bounded: fits the ledger column
+
+    async def _gate_and_reserve(self, checks: list[Check], token: str, plan: _Plan) -> tuple[GateResult, Limiter, Any]:
+        """The final gate and the reservation in one round trip to Redis (two scripts, one write)."""
+        limiter, ledger, runner = self.redis_limiter, self.redis_ledger, self.redis_runner
+        assert limiter is not None and ledger is not None and runner is not None
+        try:
+            gate_reply, reserve_reply = await runner.run_many(
+                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)])
+        except _REDIS_ERRORS:
+            # one at a time instead: that path applies the fail-open/fail-closed policy
+            result, used = await self._gate(checks, token)
+            return result, used, None
+        result = limiter.gate_result(gate_reply)
+        if not result.ok and ledger.reserve_outcome(reserve_reply) == -1:
+            # refused by a limit: the reservation made alongside must not stay held
+            try:
+                await ledger.release(plan.reservation_id)
+            except _REDIS_ERRORS:
+                log.warning("could not release a refused call's reservation (reconciliation will)")
+        return result, limiter, reserve_reply
+
+    async def _reserve(self, receipt: Receipt, plan: _Plan, reply: Any = None) -> None:
+        reservation_id, held, now, items = plan.reservation_id, plan.held, plan.now, plan.items
         ledger: LocalLedger | RedisLedger = self.redis_ledger or self.local_ledger
         try:
-            denied = await ledger.reserve(reservation_id, items)
+            if isinstance(ledger, RedisLedger):
+                denied = await ledger.reserve(reservation_id, items, reply)
+            else:
+                denied = await ledger.reserve(reservation_id, items)
         except _REDIS_ERRORS as exc:
             if ledger is self.local_ledger:
                 raise

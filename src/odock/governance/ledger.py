@@ -273,14 +273,16 @@ _Waiter = tuple[_Charges, "asyncio.Future[list[bool]]"]
 class RedisLedger:
     """Windows in Redis (Lua, atomic across processes), settled amounts written through to PostgreSQL."""
 
-    def __init__(self, redis: Any, store: GovernanceStore, prefix: str, *, reservation_ttl_s: float) -> None:
+    def __init__(self, redis: Any, store: GovernanceStore, prefix: str, *, reservation_ttl_s: float,
+                 runner: ScriptRunner | None = None) -> None:
         self._redis = redis
         self._store = store
         self._prefix = prefix
         self._ttl_ms = int(reservation_ttl_s * 1000)
         self._expiry_key = f"{prefix}:rexp"
         # reserve and settle run per request: the lean pipelined runner, not redis-py (~120 µs per call)
-        self._runner = ScriptRunner.like(redis)
+        self._runner = runner or ScriptRunner.like(redis)
+        self._owns_runner = runner is None
         # group commit: settles waiting for the next PostgreSQL write, and the task writing them
         self._queue: list[_Waiter] = []
         self._writer: asyncio.Task[None] | None = None
@@ -301,26 +303,46 @@ class RedisLedger:
             args += [value, int(ref.end.timestamp() * 1000) + _WINDOW_GRACE_MS]
         await self._runner.run(_INIT, [self.window_key(ref.key) for ref in refs], args)
 
-    async def reserve(self, reservation_id: str, items: list[Item]) -> int:
-        """Reserve every item or none in one script; return -1 when admitted, else the first full window."""
+    def reserve_call(self, reservation_id: str, items: list[Item]) -> tuple[LuaScript, list[str], list[Any]]:
+        """The reserve as a script call, for a caller sending it together with others (`run_many`)."""
         keys = [self._reservation_key(reservation_id), self._expiry_key]
         keys += [self.window_key(i.ref.key) for i in items]
         args: list[Any] = [reservation_id, self._ttl_ms]
         for item in items:
             args += [item.ref.limit, item.amount]
+        return _RESERVE, keys, args
+
+    @staticmethod
+    def reserve_outcome(reply: Any) -> int | None:
+        """-1 admitted, the index of the first full window, or None when windows are missing in Redis."""
+        status = reply[0]
+        if status == 0 or status == 3:
+            return -1
+        if status == 1:
+            return int(reply[1]) - 1
+        return None
+
+    async def reserve(self, reservation_id: str, items: list[Item], reply: Any = None) -> int:
+        """Reserve every item or none in one script; return -1 when admitted, else the first full window.
+
+        `reply`: the reply of a `reserve_call` already sent (only its missing windows are left to handle)."""
+        call = self.reserve_call(reservation_id, items)
         for _ in range(_RESERVE_ATTEMPTS):
-            reply = await self._runner.run(_RESERVE, keys, args)
-            status = reply[0]
-            if status == 0 or status == 3:
-                return -1
-            if status == 1:
-                return int(reply[1]) - 1
+            if reply is None:
+                reply = await self._runner.run(*call)
+            outcome = self.reserve_outcome(reply)
+            if outcome is not None:
+                return outcome
             await self._rebuild([items[int(i) - 1].ref for i in reply[1:]])
+            reply = None
         # windows evicted as fast as they are rebuilt: a Redis fault, handled like Redis being unavailable
         raise RedisError("budget windows could not be rebuilt in Redis")
 
-    async def settle(self, reservation_id: str, actual: dict[str, int]) -> dict[str, int] | None:
-        """Write charges to PostgreSQL, then settle in Redis; return each window's new `used` (None: not held)."""
+    async def settle(self, reservation_id: str, actual: dict[str, int],
+                     also: list[tuple[LuaScript, list[str], list[Any]]] | None = None) -> dict[str, int] | None:
+        """Write charges to PostgreSQL, then settle in Redis; return each window's new `used` (None: not held).
+
+        `also`: other scripts (the rate limiter's post-flight release) sent in the same write as the settle."""
         charges = [(reservation_id, key, amount) for key, amount in actual.items() if amount]
         fresh: list[bool] = []
         if charges:
@@ -333,9 +355,8 @@ class RedisLedger:
         args: list[Any] = [reservation_id]
         for key, amount in actual.items():
             args += [self.window_key(key), amount]
-        reply = await self._runner.run(
-            _SETTLE, [self._reservation_key(reservation_id), self._expiry_key], args
-        )
+        call = (_SETTLE, [self._reservation_key(reservation_id), self._expiry_key], args)
+        reply = (await self._runner.run_many([call, *also]))[0] if also else await self._runner.run(*call)
         if reply[0] == 1:
             strip = len(self._prefix) + 3
             return {_text(reply[i])[strip:]: int(reply[i + 1]) for i in range(1, len(reply), 2)}
@@ -416,7 +437,8 @@ class RedisLedger:
         writer = self._writer
         if writer is not None:
             await asyncio.wait([writer])
-        await self._runner.close()
+        if self._owns_runner:
+            await self._runner.close()
 
 
 def _fail(waiters: list[_Waiter], error: BaseException) -> None:

@@ -175,20 +175,29 @@ return 1
 class RedisLimiter:
     """Cluster-wide counters in Redis; one EVALSHA per gate."""
 
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, runner: ScriptRunner | None = None) -> None:
         # the gates sit on the request path: they go through the lean pipelined runner, not redis-py
-        self._runner = ScriptRunner.like(redis)
+        self._runner = runner or ScriptRunner.like(redis)
+        self._owns_runner = runner is None
         self._prefix = prefix + ":rl:"
         self._gate = LuaScript(GATE_LUA)
         self._release = LuaScript(RELEASE_LUA)
 
     async def gate(self, checks: list[Check], token: str) -> GateResult:
         """Check and apply every limit atomically in Redis."""
+        return self.gate_result(await self._runner.run(*self.gate_call(checks, token)))
+
+    def gate_call(self, checks: list[Check], token: str) -> tuple[LuaScript, list[str], list[Any]]:
+        """The gate as a script call, for a caller sending it together with others (`ScriptRunner.run_many`)."""
         keys = [self._prefix + c.key for c in checks]
         args: list[Any] = [token]
         for c in checks:
             args += [c.kind, c.limit, _num(c.param)]
-        reply = await self._runner.run(self._gate, keys, args)
+        return self._gate, keys, args
+
+    @staticmethod
+    def gate_result(reply: Any) -> GateResult:
+        """Read the gate script's reply."""
         if int(reply[0]) != 0:
             return GateResult(False, 0, int(reply[1]) - 1, max(0, int(reply[2])))
         now_ms = int(reply[1])
@@ -197,16 +206,24 @@ class RedisLimiter:
 
     async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
         """Drop leases and refund unused tokens in one round trip."""
+        call = self.release_call(leases, refunds, token)
+        if call is not None:
+            await self._runner.run(*call)
+
+    def release_call(self, leases: list[str], refunds: list[tuple[str, int, int]],
+                     token: str) -> tuple[LuaScript, list[str], list[Any]] | None:
+        """The release as a script call (None: nothing to release), to send along with the ledger's settle."""
         if not leases and not refunds:
-            return
+            return None
         keys = [self._prefix + k for k in leases] + [self._prefix + r[0] for r in refunds]
         args: list[Any] = [token, len(leases)]
         for _, second, amount in refunds:
             args += [second, amount]
-        await self._runner.run(self._release, keys, args)
+        return self._release, keys, args
 
     async def close(self) -> None:
-        await self._runner.close()
+        if self._owns_runner:
+            await self._runner.close()
 
 
 def _num(value: float) -> str:

@@ -31,14 +31,6 @@ class LuaScript:
         self.sha = hashlib.sha1(self.text).hexdigest().encode()
 
 
-def _encode(parts: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 class _Connection(asyncio.Protocol):
     """One connection; commands are pipelined and replies resolve waiting futures in order."""
 
@@ -81,8 +73,21 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append(future)
-        self.transport.write(_encode(parts))
+        self.transport.write(hiredis.pack_command(parts))
         return future
+
+    def call_many(self, commands: list[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+        """Send several commands in one write; their replies come back in order."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        self.pending.extend(futures)
+        self.transport.write(b"".join([hiredis.pack_command(parts) for parts in commands]))
+        return futures
+
+    def time_out(self) -> None:
+        """Timer callback: the server did not answer in time."""
+        self.fail(RedisTimeoutError("Redis did not answer in time"))
 
 
 class ScriptRunner:
@@ -133,11 +138,34 @@ class ScriptRunner:
         conn = await self._connection()
         future = conn.call(parts)
         loop = asyncio.get_running_loop()
-        timer = loop.call_at(loop.time() + self.timeout_s, conn.fail, RedisTimeoutError("Redis did not answer in time"))
+        timer = loop.call_at(loop.time() + self.timeout_s, conn.time_out)
         try:
             return await future
         finally:
             timer.cancel()
+
+    async def run_many(self, calls: list[tuple[LuaScript, list[str], list[Any]]]) -> list[Any]:
+        """Run several scripts in one write (one round trip); return their replies in order.
+
+        Not atomic together (each script is); a script the server does not know is loaded and run again on its
+        own. The first other error is raised once every reply is in, so no reply is left unread.
+        """
+        conn = await self._connection()
+        commands = [(b"EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        futures = conn.call_many(commands)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + self.timeout_s, conn.time_out)
+        try:
+            replies = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            timer.cancel()
+        for index, reply in enumerate(replies):
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                script, keys, args = calls[index]
+                replies[index] = await self.run(script, keys, args)
+            elif isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA the script, loading it first when the server does not know it (after a restart or flush)."""
