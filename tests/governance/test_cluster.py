@@ -536,12 +536,12 @@ async def test_final_gate_and_reservation_share_one_round_trip(pair: tuple[Gover
     with pytest.raises(TooManyRequests) as info:
         await a.early(refused)
         await a.final(refused)
-    assert info.value.code == "tpm_exceeded" and sent == [2, 2]
+    assert info.value.code == "tpm_exceeded" and sent == [2, 2, 1]  # 1: its reservation released
     window = first.governance.held[0].item.ref.key
     assert first.governance.held[0].definition.id == budget.id
     used, reserved = await a.window_state(window)  # type: ignore[misc]
     assert (used, reserved) == (0, first.governance.held[0].item.amount)  # only the admitted call's hold
     await a.complete(first, None)
-    assert sent == [2, 2, 2]  # post-flight: the settle and the rate-limit release in one write too
+    assert sent == [2, 2, 1, 2]  # post-flight: the settle and the rate-limit release in one write too
     assert await a.window_state(window) == (0, 0)
     assert await attempt(a, make_ctx(model=rl(tpm=300), input_tokens=100, max_tokens=100))  # tokens refunded

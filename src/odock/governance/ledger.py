@@ -14,8 +14,8 @@ the last flush interval are lost (the window under-counts by at most that much a
 `RedisLedger` (cluster mode): windows `used`/`reserved` in Redis hashes, one Lua script per reserve and per
 settle, run through the lean pipelined runner of `resp` (they sit on the request path); PostgreSQL is the durable
 ledger. Settle writes the charges to PostgreSQL FIRST (idempotent rows per reservation and window), then settles in
-Redis. The PostgreSQL writes are group-committed: settles arriving while a write is in flight go together into the
-next one, and each caller settles in Redis only once the batch holding its charges has committed. Windows missing
+Redis. Settles are batched: those arriving within a few ms of each other (or while a batch is in flight) share one
+PostgreSQL statement and then one Redis write, and each caller returns once its own batch is durable and settled. Windows missing
 in Redis (all of them at once: the reserve script reports every one) are rebuilt from PostgreSQL's `used`.
 Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died between
 the two writes), otherwise releases it.
@@ -263,11 +263,23 @@ _WINDOW_GRACE_MS = 86_400_000
 # the first attempt finds every missing window, the second runs after rebuilding them all; a third only matters
 # when a window vanished again in between
 _RESERVE_ATTEMPTS = 3
-# reservations per group-committed PostgreSQL write
+# settles per batch (one PostgreSQL statement, one Redis write), and how long a batch waits for company: a few
+# ms of a reservation held longer, against a statement and a write per call
 MAX_BATCH = 500
+SETTLE_LINGER_S = 0.005
 
-_Charges = list[tuple[str, str, int]]
-_Waiter = tuple[_Charges, "asyncio.Future[list[bool]]"]
+_Call = tuple[LuaScript, list[str], list[Any]]
+
+
+@dataclass(slots=True)
+class _Settle:
+    """One caller's settle, waiting for its batch."""
+
+    reservation_id: str
+    actual: dict[str, int]
+    charges: list[tuple[str, str, int]]
+    also: list[_Call]
+    future: asyncio.Future[dict[str, int] | None]
 
 
 class RedisLedger:
@@ -283,8 +295,8 @@ class RedisLedger:
         # reserve and settle run per request: the lean pipelined runner, not redis-py (~120 µs per call)
         self._runner = runner or ScriptRunner.like(redis)
         self._owns_runner = runner is None
-        # group commit: settles waiting for the next PostgreSQL write, and the task writing them
-        self._queue: list[_Waiter] = []
+        # settles waiting for the next batch, and the task writing them
+        self._queue: list[_Settle] = []
         self._writer: asyncio.Task[None] | None = None
         # charges PostgreSQL refused; retried by reconcile() so the durable ledger catches up
         self._unwritten: list[tuple[str, str, int]] = []
@@ -339,68 +351,75 @@ class RedisLedger:
         raise RedisError("budget windows could not be rebuilt in Redis")
 
     async def settle(self, reservation_id: str, actual: dict[str, int],
-                     also: list[tuple[LuaScript, list[str], list[Any]]] | None = None) -> dict[str, int] | None:
+                     also: list[_Call] | None = None) -> dict[str, int] | None:
         """Write charges to PostgreSQL, then settle in Redis; return each window's new `used` (None: not held).
 
-        `also`: other scripts (the rate limiter's post-flight release) sent in the same write as the settle."""
+        `also`: other scripts (the rate limiter's post-flight release) to send in the same write as the settle.
+        Settles are batched: the first one starts a batch that collects the others arriving within
+        `SETTLE_LINGER_S` (and while a batch is being written), so one PostgreSQL statement and one Redis write
+        serve many calls; each caller still returns only once its own charges are durable and settled."""
         charges = [(reservation_id, key, amount) for key, amount in actual.items() if amount]
-        fresh: list[bool] = []
-        if charges:
-            try:
-                fresh = await self._commit(charges)
-            except Exception:
-                log.warning("governance ledger write failed; will retry", exc_info=True)
-                self._unwritten.extend(charges)
-                fresh = [True] * len(charges)
-        args: list[Any] = [reservation_id]
-        for key, amount in actual.items():
-            args += [self.window_key(key), amount]
-        call = (_SETTLE, [self._reservation_key(reservation_id), self._expiry_key], args)
-        reply = (await self._runner.run_many([call, *also]))[0] if also else await self._runner.run(*call)
-        if reply[0] == 1:
-            strip = len(self._prefix) + 3
-            return {_text(reply[i])[strip:]: int(reply[i + 1]) for i in range(1, len(reply), 2)}
-        # Not held in Redis: already settled (repeat call, or reconciliation) — or Redis lost it / a reconciler
-        # released it as stale. Only the latter leave charges that PostgreSQL had not seen: add those to `used`.
-        lost = [(key, amount) for (_, key, amount), new in zip(charges, fresh, strict=True) if new]
-        if lost:
-            await self._runner.run(_ADD_USED, [self.window_key(k) for k, _ in lost], [a for _, a in lost])
-        return None
-
-    async def _commit(self, charges: _Charges) -> list[bool]:
-        """Queue one settle's charges for the next group commit; return its `fresh` flags once committed."""
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-        self._queue.append((charges, future))
+        future: asyncio.Future[dict[str, int] | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Settle(reservation_id, actual, charges, also or [], future))
         if self._writer is None:
             # a task rather than the first caller: cancelling one caller must not cancel the others' write
-            self._writer = asyncio.create_task(self._write_batches(), name="odock-ledger-commit")
+            self._writer = asyncio.create_task(self._settle_batches(), name="odock-ledger-settle")
         return await future
 
-    async def _write_batches(self) -> None:
-        batch: list[_Waiter] = []
+    async def _settle_batches(self) -> None:
+        batch: list[_Settle] = []
         try:
             while self._queue:
+                if SETTLE_LINGER_S > 0:
+                    await asyncio.sleep(SETTLE_LINGER_S)
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                charges = [c for entry, _ in batch for c in entry]
                 try:
-                    fresh = await self._store.record_charges(charges)
+                    await self._settle_batch(batch)
                 except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
                     _fail(batch, exc)
-                    batch = []
-                    continue
-                start = 0
-                for entry, future in batch:
-                    if not future.done():  # done: its caller was cancelled
-                        future.set_result(fresh[start : start + len(entry)])
-                    start += len(entry)
                 batch = []
         except BaseException:
-            # cancelled (shutdown): nobody may wait for ever; the callers take the `_unwritten` retry path
-            _fail(batch + self._queue, RuntimeError("governance ledger write cancelled"))
+            # cancelled (shutdown): nobody may wait for ever; reconciliation settles what is left
+            _fail(batch + self._queue, RuntimeError("governance ledger settle cancelled"))
             self._queue = []
             raise
         finally:
             self._writer = None
+
+    async def _settle_batch(self, batch: list[_Settle]) -> None:
+        charges = [c for entry in batch for c in entry.charges]
+        fresh = [True] * len(charges)
+        if charges:
+            try:
+                fresh = await self._store.record_charges(charges)
+            except Exception:
+                log.warning("governance ledger write failed; will retry", exc_info=True)
+                self._unwritten.extend(charges)
+        calls: list[_Call] = []
+        for entry in batch:
+            args: list[Any] = [entry.reservation_id]
+            for key, amount in entry.actual.items():
+                args += [self.window_key(key), amount]
+            calls.append((_SETTLE, [self._reservation_key(entry.reservation_id), self._expiry_key], args))
+        replies = await self._runner.run_many(calls + [c for entry in batch for c in entry.also])
+        results: list[dict[str, int] | None] = []
+        lost: list[tuple[str, int]] = []
+        start, strip = 0, len(self._prefix) + 3
+        for entry, reply in zip(batch, replies, strict=False):
+            flags = fresh[start : start + len(entry.charges)]
+            start += len(entry.charges)
+            if reply[0] == 1:
+                results.append({_text(reply[i])[strip:]: int(reply[i + 1]) for i in range(1, len(reply), 2)})
+                continue
+            # Not held in Redis: already settled (repeat call, or reconciliation) — or Redis lost it / a
+            # reconciler released it as stale. Only the latter leave charges PostgreSQL had not seen: add those.
+            lost += [(key, amount) for (_, key, amount), new in zip(entry.charges, flags, strict=True) if new]
+            results.append(None)
+        if lost:
+            await self._runner.run(_ADD_USED, [self.window_key(k) for k, _ in lost], [a for _, a in lost])
+        for entry, result in zip(batch, results, strict=True):
+            if not entry.future.done():  # done: its caller was cancelled
+                entry.future.set_result(result)
 
     async def release(self, reservation_id: str) -> None:
         """Free a reservation without charging it."""
@@ -441,10 +460,10 @@ class RedisLedger:
             await self._runner.close()
 
 
-def _fail(waiters: list[_Waiter], error: BaseException) -> None:
-    for _, future in waiters:
-        if not future.done():
-            future.set_exception(error)
+def _fail(waiters: list[_Settle], error: BaseException) -> None:
+    for entry in waiters:
+        if not entry.future.done():
+            entry.future.set_exception(error)
 
 
 def _text(value: Any) -> str:
