@@ -56,3 +56,24 @@ async def test_expired_buckets_leave_the_running_total_once(
     assert not denied.ok
     assert 28_000 <= denied.retry_ms <= 31_000
     assert int(await client.hget(key, "t")) == 500  # a refusal changes nothing
+
+
+async def test_headers_report_the_tightest_request_window(
+    limiter: tuple[RedisLimiter, redis.asyncio.Redis, str],
+) -> None:
+    """Of an RPS and an RPM window, the one with less left is reported, with the time its oldest entry frees."""
+    from odock.governance.core import _header
+
+    lim, _, _ = limiter
+    checks = [Check("W", "key:k1:rpm", 100, 60000, "rpm_exceeded", "api_key", "requests_per_minute"),
+              Check("W", "key:k1:rps", 5, 1000, "rps_exceeded", "api_key", "requests_per_second")]
+    for n in range(3):
+        result = await lim.gate(checks, f"tok-{n}")
+        assert result.ok
+    assert result.remaining == [97, 2]
+    assert 0 < result.reset_ms[1] <= 1000  # measured from the oldest of the three
+    assert _header(checks, result) == (5, 2, 1)
+    for n in range(3, 5):
+        assert (await lim.gate(checks, f"tok-{n}")).ok
+    refused = await lim.gate(checks, "tok-5")
+    assert not refused.ok and refused.denied == 1 and 0 < refused.retry_ms <= 1000

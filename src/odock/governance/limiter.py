@@ -50,7 +50,8 @@ class GateResult:
     now_ms: int
     denied: int = -1
     retry_ms: int = 0
-    # per check when admitted: what is left after this request, and ms until the window frees a slot
+    # per check when admitted: what is left after this request, and ms until the window frees a slot (for request
+    # windows exact only for the tightest one, the one the X-RateLimit headers report; the others say "≤ window")
     remaining: list[int] = field(default_factory=list)
     reset_ms: list[int] = field(default_factory=list)
 
@@ -71,7 +72,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = math.floor(now / 1000)
 local token = ARGV[1]
 local n = #KEYS
-local rem, reset, tpm_oldest = {}, {}, {}
+local rem, reset, tpm_oldest, levels = {}, {}, {}, {}
+local tightest = nil  -- the request window with the least left: the only one whose reset the headers show
 for i = 1, n do
   local base = 2 + (i - 1) * 3
   local kind, limit, param = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
@@ -79,11 +81,12 @@ for i = 1, n do
   if kind == 'W' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - param)
     local count = redis.call('ZCARD', key)
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local free_at = param
-    if oldest[2] then free_at = tonumber(oldest[2]) + param - now end
-    if count >= limit then return {1, i, free_at} end
-    rem[i], reset[i] = limit - count - 1, free_at
+    if count >= limit then
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      return {1, i, oldest[2] and (tonumber(oldest[2]) + param - now) or param}
+    end
+    rem[i], reset[i] = limit - count - 1, param
+    if tightest == nil or rem[i] < rem[tightest] then tightest = i end
   elseif kind == 'L' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     local count = redis.call('ZCARD', key)
@@ -94,6 +97,7 @@ for i = 1, n do
     local tokens = limit
     if h[1] then tokens = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * param / 1000) end
     if tokens < 1 then return {1, i, math.ceil((1 - tokens) * 1000 / param)} end
+    levels[i] = tokens
     rem[i], reset[i] = math.floor(tokens - 1), math.ceil((limit - tokens + 1) * 1000 / param)
   elseif kind == 'T' then
     -- buckets '<second>' plus a running total 't' and the oldest second 'o' not yet expired: expiring is
@@ -119,7 +123,7 @@ for i = 1, n do
       end
       return {1, i, retry}
     end
-    tpm_oldest[i] = oldest
+    if h[2] == false then tpm_oldest[i] = oldest end  -- a new window: record where it starts
     rem[i], reset[i] = limit - sum - param, 60000
   end
 end
@@ -135,21 +139,23 @@ for i = 1, n do
     redis.call('ZADD', key, now + param, token)
     redis.call('PEXPIRE', key, math.ceil(param) + 1000)
   elseif kind == 'B' then
-    local h = redis.call('HMGET', key, 't', 'ts')
-    local tokens = limit
-    if h[1] then tokens = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * param / 1000) end
-    redis.call('HSET', key, 't', tostring(tokens - 1), 'ts', now)
+    redis.call('HSET', key, 't', tostring(levels[i] - 1), 'ts', now)
     redis.call('PEXPIRE', key, math.ceil(limit * 1000 / param) + 1000)
   elseif kind == 'T' then
     if param > 0 then
       redis.call('HINCRBY', key, sec, param)
       redis.call('HINCRBY', key, 't', param)
     end
-    redis.call('HSETNX', key, 'o', tpm_oldest[i])
+    if tpm_oldest[i] then redis.call('HSET', key, 'o', tpm_oldest[i]) end
     redis.call('PEXPIRE', key, 61000)
   end
   out[#out + 1] = rem[i]
   out[#out + 1] = reset[i]
+end
+if tightest then
+  local oldest = redis.call('ZRANGE', KEYS[tightest], 0, 0, 'WITHSCORES')
+  local param = tonumber(ARGV[2 + (tightest - 1) * 3 + 2])
+  out[2 + tightest * 2] = tonumber(oldest[2]) + param - now
 end
 return out
 """
