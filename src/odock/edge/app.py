@@ -136,7 +136,8 @@ class Edge:
         if path.startswith("/admin") and self.admin is not None:
             await self.admin(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI header names arrive lowercased (uvicorn's parser lowers them), so only decoding is left to do
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
             request_id = os.urandom(16).hex()
