@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 from bench import report
-from bench.procs import Supervisor, free_port, memory_kb, tree_pids
+from bench.procs import LowLatencyIdle, Supervisor, free_port, memory_kb, tree_pids
 from bench.scenarios import CATALOGUES, KEY_ENV, CatalogueSpec, build_scenarios, select
 from bench.wrk import lua_script, lua_string, run_wrk
 
@@ -157,3 +157,20 @@ def test_report_computes_added_latency_ratios_and_verdicts() -> None:
     assert "| req/s ≥ 15× litellm (openai-unary) | 12.50× | FAIL |" in text
     assert "| added p50 ≤ 0.3 ms (openai-unary) | 0.250 ms | PASS |" in text
     assert "+12.50% | FAIL |" in text
+
+
+def test_low_latency_idle_reports_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PM QoS request is held while open and dropped on close; a device it cannot open is reported, not fatal."""
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    monkeypatch.setattr(LowLatencyIdle, "PATH", str(device))
+    idle = LowLatencyIdle()
+    idle.open()
+    assert idle.state.startswith("polling") and device.read_bytes() == (0).to_bytes(4, "little")
+    idle.close()
+    idle.close()  # idempotent
+    monkeypatch.setattr(LowLatencyIdle, "PATH", str(tmp_path / "missing" / "device"))
+    refused = LowLatencyIdle()
+    refused.open()
+    assert refused.state.startswith("default (") and "missing" in refused.state
+    refused.close()

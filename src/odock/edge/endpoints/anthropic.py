@@ -17,7 +17,7 @@ from odock.edge.endpoints.openai_media import (
     ForwardEndpoint,
     StreamRelay,
     sse_data,
-    sse_frames,
+    sse_frames_passing,
     sse_name,
 )
 from odock.errors import BadRequest, UpstreamError
@@ -44,12 +44,19 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# events the relay reads (usage on message_start/message_delta, the end, errors); chunks without them pass as is
+_LOOK_AT = (b"message_", b"error")
+
+
 async def anthropic_sse(call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
     """Yield Anthropic SSE events unchanged, capturing usage; raise on an upstream error event or a cut."""
     ctx = call.ctx
     usage: dict[str, Any] = {}
     stopped = False
-    async for events in sse_frames(resp):
+    async for events in sse_frames_passing(resp, _LOOK_AT):
+        if isinstance(events, bytes):
+            yield events  # text deltas, pings: nothing to read, the bytes pass through untouched
+            continue
         out: list[bytes] = []
         for event in events:
             name = sse_name(event)

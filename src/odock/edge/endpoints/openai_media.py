@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -109,12 +109,26 @@ def openai_stream(body: dict[str, Any]) -> StreamRelay:
     return relay
 
 
-async def sse_frames(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+def sse_frames(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
     """Group upstream SSE bytes into complete events (line endings normalized to \\n, blank-line separator
     removed), one list per received chunk that completed at least one event; a trailing unterminated event is
     yielded at the end."""
+    return cast(AsyncIterator[list[bytes]], _frames(resp, ()))
+
+
+def sse_frames_passing(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> AsyncIterator[list[bytes] | bytes]:
+    """`sse_frames`, except that a chunk of whole events (nothing buffered before it, a blank line at its end, no
+    CR) holding none of the `untouched` markers comes as the bytes it is, for the caller to pass through."""
+    return _frames(resp, untouched)
+
+
+async def _frames(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> AsyncIterator[list[bytes] | bytes]:
     buffer = b""
     async for chunk in resp.iter_chunks():
+        if untouched and not buffer and chunk.endswith(b"\n\n") and b"\r" not in chunk \
+                and not any(marker in chunk for marker in untouched):
+            yield chunk
+            continue
         buffer += chunk
         if b"\r" in buffer:
             if buffer.endswith(b"\r"):
