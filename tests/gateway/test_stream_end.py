@@ -3,6 +3,7 @@ body: the mock lingers 2 s after `[DONE]` / `message_stop`, and the client must 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -71,3 +72,48 @@ async def test_unified_stream_from_anthropic_ends_at_message_stop(gateway: Gatew
     assert text.rstrip().endswith("data: [DONE]") and '"usage":{' in text
     record = await wait_usage(service, request_id)
     assert record["status"] == 200 and record["provider"] == "anthropic" and record["output_tokens"] > 0
+
+
+async def test_gemini_stream_ends_at_its_last_chunk(gateway: GatewayProcess, key: str,
+                                                   service: CatalogueService) -> None:
+    """One candidate, finished, with its usage: Gemini's last chunk ends the answer (SSE and JSON array)."""
+    body = {"contents": [{"role": "user", "parts": [{"text": f"hi {LINGER}"}]}]}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        for path, last in ((":streamGenerateContent?alt=sse", "\n\n"), (":streamGenerateContent", "]")):
+            started = time.monotonic()
+            async with http.stream("POST", f"/v1beta/models/gemini-test{path}", json=body,
+                                   headers={"x-goog-api-key": key}) as resp:
+                assert resp.status_code == 200
+                text = (await resp.aread()).decode()
+                request_id = resp.headers["x-request-id"]
+            elapsed = time.monotonic() - started
+            assert elapsed < FAST, f"{path}: took {elapsed:.2f}s, waiting for the upstream's end of body"
+            assert text.endswith(last) and '"finishReason"' in text
+            if last == "]":
+                assert json.loads(text)[-1]["usageMetadata"]["candidatesTokenCount"] > 0
+            record = await wait_usage(service, request_id)
+            assert record["status"] == 200 and record["output_tokens"] > 0
+
+
+async def test_unified_stream_from_gemini_ends_at_its_last_chunk(gateway: GatewayProcess, key: str) -> None:
+    body = {"model": "gemini-test", "stream": True, "messages": [{"role": "user", "content": f"hi {LINGER}"}]}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        started = time.monotonic()
+        async with http.stream("POST", "/v1/llm/chat", json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
+            text = (await resp.aread()).decode()
+        elapsed = time.monotonic() - started
+    assert elapsed < FAST, f"stream took {elapsed:.2f}s: it waited for the upstream's end of body"
+    assert text.rstrip().endswith("data: [DONE]") and '"finish_reason":"stop"' in text
+
+
+async def test_gemini_stream_with_several_candidates_waits_for_the_upstream_end(gateway: GatewayProcess,
+                                                                                key: str) -> None:
+    """With more than one candidate a finished chunk is not the last: the relay waits for the upstream to end."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi [[mock linger_ms=300]]"}]}],
+            "generationConfig": {"candidateCount": 2}}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        started = time.monotonic()
+        resp = await http.post("/v1beta/models/gemini-test:streamGenerateContent?alt=sse", json=body,
+                               headers={"x-goog-api-key": key})
+        elapsed = time.monotonic() - started
+    assert resp.status_code == 200 and elapsed >= 0.3

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from odock.governance import Governance
+from odock.governance.store import Quota
 from odock.pipeline.context import CallContext
 from odock.settings import Settings
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, Team
@@ -151,3 +152,22 @@ async def clean_redis(redis_url: str, prefix: str) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+async def add_quota(
+    gov: Governance, metric: str, limit: int, owner: str = "APIKEY", owner_id: str = KEY_ID
+) -> Quota:
+    """Create a daily quota in the governance store and make it visible to the hot path."""
+    quota = await gov.store.insert_quota(
+        Quota(
+            id="",
+            name=f"{metric}-quota",
+            owner_type=owner,
+            owner_id=owner_id,  # type: ignore[arg-type]
+            period="DAILY",
+            metric=metric,
+            limit=limit,
+        )  # type: ignore[arg-type]
+    )
+    await gov.refresh_definitions()
+    return quota

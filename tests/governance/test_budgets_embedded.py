@@ -13,7 +13,16 @@ from odock.governance import Governance, Receipt
 from odock.governance.pricing import worst_case_nanos
 from odock.governance.store import Budget, Quota
 from odock.model import Usage
-from tests.governance.conftest import KEY_ID, ORG_ID, PRICING, TEAM_ID, USER_ID, make_ctx, open_embedded
+from tests.governance.conftest import (
+    KEY_ID,
+    ORG_ID,
+    PRICING,
+    TEAM_ID,
+    USER_ID,
+    add_quota,
+    make_ctx,
+    open_embedded,
+)
 
 WORST = worst_case_nanos(PRICING, 100, 100)  # the default make_ctx call: 100 in, max_tokens 100
 
@@ -35,25 +44,6 @@ async def add_budget(
     )
     await gov.refresh_definitions()
     return budget
-
-
-async def add_quota(
-    gov: Governance, metric: str, limit: int, owner: str = "APIKEY", owner_id: str = KEY_ID
-) -> Quota:
-    """Create a daily quota and make it visible to the hot path."""
-    quota = await gov.store.insert_quota(
-        Quota(
-            id="",
-            name=f"{metric}-quota",
-            owner_type=owner,
-            owner_id=owner_id,  # type: ignore[arg-type]
-            period="DAILY",
-            metric=metric,
-            limit=limit,
-        )  # type: ignore[arg-type]
-    )
-    await gov.refresh_definitions()
-    return quota
 
 
 async def call(gov: Governance, usage: Usage | None = None, **kwargs: Any) -> Any:

@@ -19,7 +19,16 @@ from odock.governance import Governance, ledger
 from odock.governance.pricing import cost_nanos, worst_case_nanos
 from odock.governance.store import Budget, Quota
 from odock.model import Usage
-from tests.governance.conftest import KEY_ID, ORG_ID, PRICING, clean_redis, make_ctx, open_cluster, rl
+from tests.governance.conftest import (
+    KEY_ID,
+    ORG_ID,
+    PRICING,
+    add_quota,
+    clean_redis,
+    make_ctx,
+    open_cluster,
+    rl,
+)
 
 pytestmark = pytest.mark.cluster
 WORST = worst_case_nanos(PRICING, 100, 100)
@@ -314,25 +323,6 @@ async def test_budget_deny_is_gateway_error_402(pair: tuple[Governance, Governan
 
 
 # --- ledger: many windows, group commit, script runner ----------------------------------------------------------
-
-
-async def add_quota(
-    gov: Governance, metric: str, limit: int, owner: str = "APIKEY", owner_id: str = KEY_ID
-) -> Quota:
-    """Create a daily quota in PostgreSQL and load it."""
-    quota = await gov.store.insert_quota(
-        Quota(
-            id="",
-            name=f"{metric}-quota",
-            owner_type=owner,  # type: ignore[arg-type]
-            owner_id=owner_id,
-            period="DAILY",
-            metric=metric,  # type: ignore[arg-type]
-            limit=limit,
-        )
-    )
-    await gov.refresh_definitions()
-    return quota
 
 
 async def test_cold_redis_reserves_across_many_windows(

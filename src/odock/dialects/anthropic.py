@@ -574,7 +574,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self._tool_index: dict[int, int] = {}
         self._usage: dict[str, Any] = {}
-        self.done = False  # message_stop seen: nothing follows it
+        self.done = self.ended = False  # message_stop seen: nothing follows it
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
         """Decode one upstream SSE event."""
@@ -588,7 +588,7 @@ class StreamDecoder:
             ) from None
         kind = data.get("type") or ev.event
         if kind == "message_stop":
-            self.done = True
+            self.done = self.ended = True
             return []
         if kind == "message_start":
             msg = data.get("message") or {}

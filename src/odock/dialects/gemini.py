@@ -671,6 +671,7 @@ class StreamDecoder:
         self._walker = _Parts()
         self._started = False
         self._last_usage: dict[str, Any] | None = None
+        self.ended = False  # the finished candidate's chunk with its usage: Gemini's last chunk
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
         """Decode one upstream chunk."""
@@ -719,6 +720,7 @@ class StreamDecoder:
         reason = cand.get("finishReason")
         if reason is not None:
             out.append(StreamStop(stop_reason=_stop_in(reason, self._walker.n_calls > 0) or "stop"))
+            self.ended = bool(usage) and len(candidates) == 1  # unified calls ask for one candidate
         elif not candidates and (data.get("promptFeedback") or {}).get("blockReason"):
             out.append(StreamStop(stop_reason="content_filter"))
         return out

@@ -375,12 +375,12 @@ class StreamDecoder:
 
     def __init__(self) -> None:
         self.started = False
-        self.done = False
+        self.done = self.ended = False  # [DONE] seen
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
         data = ev.data
         if data == "[DONE]":
-            self.done = True
+            self.done = self.ended = True
             return []
         try:
             chunk = msgspec.json.decode(data)

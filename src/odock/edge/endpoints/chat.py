@@ -174,12 +174,10 @@ async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, enc
             out.append(encoder.event(ev))
         return b"".join(out)
 
-    # decoders with a `done` flag know the upstream's terminal event: the answer ends there, the rest is drained
-    knows_end = hasattr(decoder, "done")
     chunks = resp.iter_chunks()
     async for chunk in chunks:
         out = b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.feed(chunk))
-        if knows_end and decoder.done:
+        if decoder.ended:  # the upstream's terminal event: the answer ends here, the rest is drained
             yield FinalChunk(out + encoder.finish())
             async for _ in chunks:
                 pass

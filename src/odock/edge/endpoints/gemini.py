@@ -25,7 +25,7 @@ from odock.edge.endpoints.openai_media import (
     sse_frames,
 )
 from odock.errors import BadRequest, GatewayError, UpstreamError
-from odock.pipeline.call import Call
+from odock.pipeline.call import Call, FinalChunk
 from odock.providers.registry import adapter_for
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
@@ -59,8 +59,9 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
 class GeminiRelay:
     """Forward Gemini stream chunks as SSE or as a JSON array; peek usage; end a broken stream explicitly."""
 
-    def __init__(self, json_array: bool) -> None:
+    def __init__(self, json_array: bool, single_candidate: bool = False) -> None:
         self.json_array = json_array
+        self.single_candidate = single_candidate
         self.sent = 0
 
     def _element(self, payload: bytes) -> bytes:
@@ -70,7 +71,7 @@ class GeminiRelay:
     async def relay(self, call: Call, resp: UpstreamResponse) -> AsyncIterator[bytes]:
         """Yield the upstream chunks as they arrive; raise on an upstream error chunk or a cut."""
         ctx = call.ctx
-        finished = False
+        finished = ends = False
         last_usage: bytes | None = None
         try:
             async for events in sse_frames(resp):
@@ -91,9 +92,16 @@ class GeminiRelay:
                         last_usage = event
                     if b'"finishReason"' in payload or b'"blockReason"' in payload:
                         finished = True  # a blocked prompt ends the stream with promptFeedback only
+                        # one candidate, finished, with its usage: Gemini's last chunk; the client's answer ends
+                        # here and the upstream's end of body is drained afterwards (usage is still read then)
+                        ends = self.single_candidate and b'"usageMetadata"' in payload
                     out.append(self._element(payload) if self.json_array else event + b"\n\n")
                 if out:
-                    yield b"".join(out)
+                    if ends:
+                        yield FinalChunk(b"".join(out) + (b"\n]" if self.json_array else b""))
+                        ends = False
+                    else:
+                        yield b"".join(out)
         finally:
             # also after a cut: the failed call's record keeps the usage reported so far
             if last_usage is not None:
@@ -145,6 +153,8 @@ class GeminiEndpoint(LLMEndpoint):
         if not stream:
             await relay_unary(call, resp, "usageMetadata", gemini.usage_from)
             return
-        relay = GeminiRelay(json_array=call.req.query("alt") != "sse")
+        config = body.get("generationConfig")
+        count = config.get("candidateCount", 1) if isinstance(config, dict) else 1
+        relay = GeminiRelay(json_array=call.req.query("alt") != "sse", single_candidate=count in (1, None))
         content_type = b"application/json" if relay.json_array else b"text/event-stream"
         await call.stream(relay.relay(call, resp), relay.fail, content_type)
