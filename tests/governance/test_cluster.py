@@ -506,8 +506,7 @@ async def test_ledger_scripts_bypass_redis_py(pair: tuple[Governance, Governance
 
 
 async def test_final_gate_and_reservation_share_one_round_trip(pair: tuple[Governance, Governance]) -> None:
-    """The final gate and the reservation go to Redis in one write (and post-flight's release and settle in
-    another); a call the gate refuses holds nothing."""
+    """The final gate and the reservation go to Redis in one write; a call the gate refuses holds nothing."""
     a, _ = pair
     budget = await add_budget(a, 10**12)
     assert a.redis_runner is not None
@@ -532,6 +531,6 @@ async def test_final_gate_and_reservation_share_one_round_trip(pair: tuple[Gover
     used, reserved = await a.window_state(window)  # type: ignore[misc]
     assert (used, reserved) == (0, first.governance.held[0].item.amount)  # only the admitted call's hold
     await a.complete(first, None)
-    assert sent == [2, 2, 1, 2]  # post-flight: the settle and the rate-limit release in one write too
+    assert sent == [2, 2, 1, 1]  # post-flight: the rate-limit release at once, the settle in its batch
     assert await a.window_state(window) == (0, 0)
     assert await attempt(a, make_ctx(model=rl(tpm=300), input_tokens=100, max_tokens=100))  # tokens refunded

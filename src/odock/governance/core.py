@@ -352,7 +352,6 @@ class Governance:
             return
         receipt.done = True
         usage = ctx.usage
-        together = None
         try:
             actual_tokens = usage.total if usage is not None else 0
             by_limiter: dict[int, tuple[Limiter, list[str], list[tuple[str, int, int]]]] = {}
@@ -363,12 +362,9 @@ class Governance:
                 by_limiter.setdefault(id(limiter), (limiter, [], []))[2].append(
                     (key, second, reserved - actual_tokens)
                 )
+            # at once, not with the (batched) settle below: a sequential client's next call must find its lease
+            # and unused tokens back
             for limiter, leases, refunds in by_limiter.values():
-                if limiter is self.redis_limiter and self.redis_limiter is not None \
-                        and receipt.ledger is self.redis_ledger and receipt.reservation_id is not None:
-                    # sent in the same write as the settle below (one round trip for the whole post-flight)
-                    together = self.redis_limiter.release_call(leases, refunds, receipt.token)
-                    continue
                 try:
                     await limiter.release(leases, refunds, receipt.token)
                 except Exception:
@@ -381,10 +377,7 @@ class Governance:
             return
         try:
             actual = self._actuals(ctx, receipt, cost_nanos)
-            if isinstance(receipt.ledger, RedisLedger):
-                used = await receipt.ledger.settle(receipt.reservation_id, actual, [together] if together else None)
-            else:
-                used = await receipt.ledger.settle(receipt.reservation_id, actual)
+            used = await receipt.ledger.settle(receipt.reservation_id, actual)
             metrics.child(DECISIONS, "settle", "settled" if usage is not None else "released").inc()
             if used:
                 self._threshold_events(receipt, actual, used)

@@ -278,7 +278,6 @@ class _Settle:
     reservation_id: str
     actual: dict[str, int]
     charges: list[tuple[str, str, int]]
-    also: list[_Call]
     future: asyncio.Future[dict[str, int] | None]
 
 
@@ -350,17 +349,15 @@ class RedisLedger:
         # windows evicted as fast as they are rebuilt: a Redis fault, handled like Redis being unavailable
         raise RedisError("budget windows could not be rebuilt in Redis")
 
-    async def settle(self, reservation_id: str, actual: dict[str, int],
-                     also: list[_Call] | None = None) -> dict[str, int] | None:
+    async def settle(self, reservation_id: str, actual: dict[str, int]) -> dict[str, int] | None:
         """Write charges to PostgreSQL, then settle in Redis; return each window's new `used` (None: not held).
 
-        `also`: other scripts (the rate limiter's post-flight release) to send in the same write as the settle.
         Settles are batched: the first one starts a batch that collects the others arriving within
         `SETTLE_LINGER_S` (and while a batch is being written), so one PostgreSQL statement and one Redis write
         serve many calls; each caller still returns only once its own charges are durable and settled."""
         charges = [(reservation_id, key, amount) for key, amount in actual.items() if amount]
         future: asyncio.Future[dict[str, int] | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Settle(reservation_id, actual, charges, also or [], future))
+        self._queue.append(_Settle(reservation_id, actual, charges, future))
         if self._writer is None:
             # a task rather than the first caller: cancelling one caller must not cancel the others' write
             self._writer = asyncio.create_task(self._settle_batches(), name="odock-ledger-settle")
@@ -401,7 +398,7 @@ class RedisLedger:
             for key, amount in entry.actual.items():
                 args += [self.window_key(key), amount]
             calls.append((_SETTLE, [self._reservation_key(entry.reservation_id), self._expiry_key], args))
-        replies = await self._runner.run_many(calls + [c for entry in batch for c in entry.also])
+        replies = await self._runner.run_many(calls)
         results: list[dict[str, int] | None] = []
         lost: list[tuple[str, int]] = []
         start, strip = 0, len(self._prefix) + 3

@@ -212,20 +212,13 @@ class RedisLimiter:
 
     async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
         """Drop leases and refund unused tokens in one round trip."""
-        call = self.release_call(leases, refunds, token)
-        if call is not None:
-            await self._runner.run(*call)
-
-    def release_call(self, leases: list[str], refunds: list[tuple[str, int, int]],
-                     token: str) -> tuple[LuaScript, list[str], list[Any]] | None:
-        """The release as a script call (None: nothing to release), to send along with the ledger's settle."""
         if not leases and not refunds:
-            return None
+            return
         keys = [self._prefix + k for k in leases] + [self._prefix + r[0] for r in refunds]
         args: list[Any] = [token, len(leases)]
         for _, second, amount in refunds:
             args += [second, amount]
-        return self._release, keys, args
+        await self._runner.run(self._release, keys, args)
 
     async def close(self) -> None:
         if self._owns_runner:
