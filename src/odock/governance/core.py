@@ -594,8 +594,8 @@ class Governance:
                 [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)])
         except _REDIS_ERRORS:
             # one at a time instead: that path applies the fail-open/fail-closed policy
-            result, used = await self._gate(checks, token)
-            return result, used, None
+            result, fallback = await self._gate(checks, token)
+            return result, fallback, None
         result = limiter.gate_result(gate_reply)
         if not result.ok and ledger.reserve_outcome(reserve_reply) == -1:
             # refused by a limit: the reservation made alongside must not stay held

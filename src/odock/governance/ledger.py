@@ -8,16 +8,17 @@ reuses an X-Request-Id can never ride on another call's reservation).
 
 `LocalLedger` (embedded mode; also the cluster fail-open fallback): windows in memory, loaded once from SQL per
 window, checked and updated without awaiting (atomic under asyncio); settled amounts summed per window and written
-behind to SQL by `flush()` (one charge row per window per flush, not per call). Crash semantics: in-flight reservations die with the process (so do their calls); charges settled in
-the last flush interval are lost (the window under-counts by at most that much after restart).
+behind to SQL by `flush()` (one charge row per window per flush, not per call). Crash semantics: in-flight
+reservations die with the process (so do their calls); charges settled in the last flush interval are lost (the
+window under-counts by at most that much after restart).
 
 `RedisLedger` (cluster mode): windows `used`/`reserved` in Redis hashes, one Lua script per reserve and per
 settle, run through the lean pipelined runner of `resp` (they sit on the request path); PostgreSQL is the durable
 ledger. Settle writes the charges to PostgreSQL FIRST (idempotent rows per reservation and window), then settles in
 Redis. Settles are batched: those arriving within a few ms of each other (or while a batch is in flight) share one
-PostgreSQL statement and then one Redis write, and each caller returns once its own batch is durable and settled. Windows missing
-in Redis (all of them at once: the reserve script reports every one) are rebuilt from PostgreSQL's `used`.
-Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died between
+PostgreSQL statement and then one Redis write, and each caller returns once its own batch is durable and settled.
+Windows missing in Redis (all of them at once: the reserve script reports every one) are rebuilt from PostgreSQL's
+`used`. Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died between
 the two writes), otherwise releases it.
 """
 
