@@ -18,8 +18,8 @@ ledger. Settle writes the charges to PostgreSQL FIRST (idempotent rows per reser
 Redis. Settles are batched: those arriving within a few ms of each other (or while a batch is in flight) share one
 PostgreSQL statement and then one Redis write, and each caller returns once its own batch is durable and settled.
 Windows missing in Redis (all of them at once: the reserve script reports every one) are rebuilt from PostgreSQL's
-`used`. Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died between
-the two writes), otherwise releases it.
+`used`. Reconciliation settles a stale reservation from its PostgreSQL charges when they exist (the process died
+between the two writes), otherwise releases it.
 """
 
 from __future__ import annotations
