@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -148,8 +149,6 @@ class _ChargeWriter:
         self._lock = asyncio.Lock()
 
     async def write(self, rids: list[str], keys: list[str], amounts: list[int], now: datetime) -> list[Any]:
-        import asyncpg
-
         async with self._lock:
             try:
                 if self._conn is None or self._conn.is_closed():
