@@ -241,6 +241,11 @@ async def test_redis_down_fails_closed(postgres_url: str) -> None:
         with pytest.raises(DependencyUnavailable):
             await gov.final(ctx)
         await gov.complete(ctx, None)  # never raises
+        limited = make_ctx(model=rl(tpm=10**6))  # the final gate and the reservation would share one write
+        await gov.early(limited)
+        with pytest.raises(DependencyUnavailable) as info:
+            await gov.final(limited)
+        assert info.value.code == "rate_limit_unavailable"
     finally:
         await gov.close()
 
@@ -258,6 +263,13 @@ async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None
             await gov.final(make_ctx())
         first.usage = Usage(input_tokens=1)
         await gov.complete(first, None)
+        # a key whose only budget is its organisation's: the final gate and the reservation fall back together
+        await gov.store.insert_budget(Budget(id="", name="org", owner_type="ORG", owner_id=ORG_ID,
+                                             period="MONTHLY", amount_nanos=10**12))
+        await gov.refresh_definitions()
+        limited = make_ctx(model=rl(tpm=10**6), key_id="key-other")
+        assert await attempt(gov, limited)
+        assert limited.governance.ledger is gov.local_ledger and limited.governance.tokens
     finally:
         await gov.close()
 
