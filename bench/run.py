@@ -231,7 +231,7 @@ def start_mock(sup: Supervisor, args: argparse.Namespace, cpu: int | None) -> Se
 
 
 async def _pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(PG_SERVER)
     try:

@@ -159,6 +159,22 @@ def test_report_computes_added_latency_ratios_and_verdicts() -> None:
     assert "+12.50% | FAIL |" in text
 
 
+def test_report_holds_dialect_routes_to_the_core_target_and_translation_to_its_ratio() -> None:
+    """Each dialect's streamed route gets the added-p50 target; the unified endpoint ≤ 1.5× the native route's."""
+    runs = {"anthropic-stream": {"direct": _run(100, 1), "odock": _run(300, 1)},
+            "gemini-stream": {"direct": _run(100, 1), "odock": _run(450, 1)},
+            "unified-to-anthropic-stream": {"direct": _run(100, 1), "odock": _run(400, 1)},
+            "unified-to-gemini-stream": {"direct": _run(100, 1), "odock": _run(500, 1)}}
+    text = report.markdown({"meta": {}, "runs": runs})
+    assert "| added p50 ≤ 0.3 ms (anthropic-stream) | 0.200 ms | PASS |" in text
+    assert "| added p50 ≤ 0.3 ms (gemini-stream) | 0.350 ms | FAIL |" in text
+    assert "| unified-to-anthropic-stream added p50 ≤ 1.5× anthropic-stream's | 1.50× | PASS |" in text
+    assert "| unified-to-gemini-stream added p50 ≤ 1.5× gemini-stream's | 1.14× | PASS |" in text
+    runs["gemini-stream"]["odock"] = _run(100, 1)  # no overhead to compare with: no verdict, not a division by 0
+    assert "| unified-to-gemini-stream added p50 ≤ 1.5× gemini-stream's | – | n/a |" in report.markdown(
+        {"meta": {}, "runs": runs})
+
+
 def test_low_latency_idle_reports_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PM QoS request is held while open and dropped on close; a device it cannot open is reported, not fatal."""
     device = tmp_path / "cpu_dma_latency"
