@@ -63,10 +63,15 @@ class UsageRecorder:
         return len(self._queue)
 
     async def flush(self) -> int:
-        """Write everything queued now; return how many records were written. Raises on store failure."""
+        """Write the records queued when called; return how many were written. Raises on store failure.
+
+        Records that arrive while a batch is being written wait for the next flush: chasing them would turn a
+        busy gateway's flush into an endless run of tiny transactions, one per few requests.
+        """
         written = 0
-        while self._queue:
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        due = len(self._queue)
+        while written < due and self._queue:
+            batch = [self._queue[i] for i in range(min(self.batch_size, due - written, len(self._queue)))]
             await self.store.insert_usage(batch)
             for _ in batch:
                 self._queue.popleft()

@@ -1,0 +1,60 @@
+"""The usage recorder writes what was queued in batches, and never chases records that arrive mid-write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from odock.state.records import UsageRecord
+from odock.usage import UsageRecorder
+
+
+def _record(n: int) -> UsageRecord:
+    return UsageRecord(request_id=f"r{n}", created_at=datetime.now(UTC), organisation_id="org", api_key_id="key",
+                       route="/v1/chat/completions", status=200, outcome="success")
+
+
+class GatedStore:
+    """A store whose writes wait for `release`, so a test can queue records while a batch is being written."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        self.writing.set()
+        await self.release.wait()
+        self.batches.append([r.request_id for r in records])
+
+
+async def test_flush_writes_what_was_queued_in_batches_and_leaves_late_arrivals_for_the_next() -> None:
+    """Under steady traffic a flush must end: records queued during a write wait, instead of becoming one tiny
+    transaction after another (which had the writer thread interleave with nearly every request)."""
+    store = GatedStore()
+    recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
+    for n in range(3):
+        recorder.record(_record(n))
+    flushing = asyncio.create_task(recorder.flush())
+    await store.writing.wait()
+    for n in range(3, 6):  # arrive while the first batch is being written
+        recorder.record(_record(n))
+    store.release.set()
+    assert await flushing == 3
+    assert store.batches == [["r0", "r1"], ["r2"]]
+    assert recorder.pending == 3
+    assert await recorder.flush() == 3
+    assert store.batches[2:] == [["r3", "r4"], ["r5"]] and recorder.pending == 0
+
+
+async def test_stop_drains_everything_queued() -> None:
+    """Graceful shutdown still writes every queued record, however many flushes that takes."""
+    store = GatedStore()
+    store.release.set()
+    recorder = UsageRecorder(store, batch_size=4, flush_interval_s=60)  # type: ignore[arg-type]
+    recorder.start()
+    for n in range(10):
+        recorder.record(_record(n))
+    await recorder.stop()
+    assert [rid for batch in store.batches for rid in batch] == [f"r{n}" for n in range(10)]
