@@ -133,24 +133,32 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
     return {"org": org, "secret": created.secret, "key_id": created.key.id, "models": models}
 
 
-async def usage_record(store: SqlStore, request_id: str) -> dict[str, Any] | None:
-    """The stored usage row of one call, or None while the batch writer has not written it yet."""
+async def usage_rows(store: SqlStore, request_id: str) -> list[dict[str, Any]]:
+    """The stored usage rows carrying a request id, oldest first (the batch writer may not have written yet)."""
     import sqlalchemy as sa
 
     from odock.state import schema
 
     table = schema.usage_records
     async with store.read() as conn:
-        row = (await conn.execute(sa.select(table).where(table.c.request_id == request_id))).mappings().first()
-    return dict(row) if row is not None else None
+        rows = (await conn.execute(sa.select(table).where(table.c.request_id == request_id)
+                                   .order_by(table.c.id))).mappings().all()
+    return [dict(row) for row in rows]
 
 
-async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Poll the ledger until the gateway's batch writer stored the call's usage record."""
+async def usage_record(store: SqlStore, request_id: str) -> dict[str, Any] | None:
+    """The stored usage row of one call, or None while the batch writer has not written it yet."""
+    rows = await usage_rows(store, request_id)
+    return rows[0] if rows else None
+
+
+async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0,
+                     count: int = 1) -> dict[str, Any]:
+    """Poll the ledger until the gateway's batch writer stored `count` records for the request id; the first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = await usage_record(service.store, request_id)
-        if row is not None:
-            return row
+        rows = await usage_rows(service.store, request_id)
+        if len(rows) >= count:
+            return rows[0]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no usage record for {request_id}")
+    raise AssertionError(f"fewer than {count} usage records for {request_id}")

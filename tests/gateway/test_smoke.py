@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from odock.state.service import CatalogueService
-from tests.harness import GatewayProcess, wait_usage
+from tests.harness import GatewayProcess, usage_rows, wait_usage
 
 
 def client(gateway: GatewayProcess, key: str, **kwargs: Any) -> openai.AsyncOpenAI:
@@ -42,6 +42,21 @@ async def test_request_id_is_echoed(gateway: GatewayProcess, seeded: dict[str, A
         generated = await http.get("/v1/health")
     assert given.headers["x-request-id"] == "req-abc.123"
     assert len(generated.headers["x-request-id"]) >= 16
+
+
+async def test_a_reused_request_id_bills_every_call(
+    gateway: GatewayProcess, seeded: dict[str, Any], service: CatalogueService
+) -> None:
+    """Two calls sent with the same X-Request-Id (a client retry, a fixed id) are two usage records."""
+    async with client(gateway, seeded["secret"]) as c:
+        for text in ("first", "second call"):
+            raw = await c.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=[{"role": "user", "content": text}],
+                extra_headers={"X-Request-Id": "client-fixed-id"})
+            assert raw.headers["x-request-id"] == "client-fixed-id"
+    await wait_usage(service, "client-fixed-id", count=2)
+    rows = await usage_rows(service.store, "client-fixed-id")
+    assert len(rows) == 2 and rows[0]["input_tokens"] < rows[1]["input_tokens"]
 
 
 async def test_stream_hides_usage_chunk_but_records_usage(

@@ -34,7 +34,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert NAMES <= tables
-    assert version == "0003_charge_retention"
+    assert version == "0004_usage_record_id"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

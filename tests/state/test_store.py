@@ -112,7 +112,7 @@ def _usage(request_id: str, when: datetime, **fields: object) -> UsageRecord:
 
 
 async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
-    """insert_usage skips request ids already stored and keeps every field, JSON included."""
+    """insert_usage skips records already stored (a retried batch) and keeps every field, JSON included."""
     when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
     record = _usage(
         "req-1",
@@ -135,6 +135,55 @@ async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
     assert first["routing"] == {"attempts": [{"provider": "openai"}]}
     assert first["raw_usage"] == {"prompt_tokens": 10} and first["stream"] is True
     assert first["team_id"] == "team_1" and first["pricing"] == {"input": 0.15}
+
+
+async def test_a_request_id_seen_twice_keeps_both_records(store: SqlStore) -> None:
+    """Two calls carrying the same X-Request-Id are two records: the row key is the gateway's own id."""
+    when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
+    first, second = _usage("client-id", when), _usage("client-id", when, output_tokens=7)
+    assert first.id != second.id and first.id < second.id  # time-ordered
+    await store.insert_usage([first])
+    await store.insert_usage([second, first])  # `first` again: a retried batch
+    async with store.read() as conn:
+        rows = (await conn.execute(sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens)
+                                   .where(schema.usage_records.c.request_id == "client-id"))).all()
+    assert sorted(rows) == [(first.id, 5), (second.id, 7)]
+
+
+async def test_upgrade_to_the_usage_record_id_keeps_stored_rows(db: tuple[str, Settings]) -> None:
+    """Rows written before revision 0004 keep their request id as their id; new rows then get their own."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from odock.state.sql import MIGRATIONS_DIR, normalize_database_url
+
+    def upgrade_to_0003_with_a_row(conn: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003_charge_retention")
+        conn.execute(sa.text(
+            "INSERT INTO usage_records (request_id, created_at, organisation_id, api_key_id, route, status, "
+            "outcome, stream, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, "
+            "reasoning_tokens, usage_estimated, latency_ms) VALUES ('old-request', '2026-07-01 12:00:00', 'org_1', "
+            "'key_1', '/v1/chat/completions', 200, 'success', false, 1, 2, 0, 0, 0, false, 3)"))
+
+    engine = create_async_engine(normalize_database_url(db[0]))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_0003_with_a_row)
+    finally:
+        await engine.dispose()
+    store = await SqlStore.open(*db)
+    try:
+        await store.insert_usage([_usage("old-request", datetime(2026, 7, 2, tzinfo=UTC))])
+        async with store.read() as conn:
+            rows = (await conn.execute(sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens)
+                                       .order_by(schema.usage_records.c.created_at))).all()
+    finally:
+        await store.close()
+    assert rows[0] == ("old-request", 2) and rows[1][1] == 5 and rows[1][0] != "old-request"
 
 
 async def test_usage_summary_groups_and_filters(store: SqlStore, service: CatalogueService) -> None:

@@ -6,6 +6,8 @@ provider layer uses only to build the upstream auth header.
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 from typing import Any, Literal
 
@@ -84,9 +86,21 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     config: dict[str, Any] = {}
 
 
-class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One call's ledger row (reference §12.1). Never the prompt, completion or a credential."""
+def new_usage_id() -> str:
+    """A unique, time-ordered ledger row id: 14 hex digits of epoch microseconds, then 72 random bits.
 
+    Time order keeps inserts at the end of the primary-key index (a random key touches a different page of it
+    for nearly every row)."""
+    return f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
+
+
+class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One call's ledger row (reference §12.1). Never the prompt, completion or a credential.
+
+    `id` is the gateway's own key for the row; `request_id` is the propagated X-Request-Id, which a client may
+    send more than once (a retry, a reused id) without one call's usage ever replacing another's."""
+
+    id: str = msgspec.field(default_factory=new_usage_id)
     request_id: str
     created_at: datetime
     organisation_id: str

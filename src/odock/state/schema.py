@@ -208,7 +208,9 @@ catalogue_version = Table(
 usage_records = Table(
     "usage_records",
     metadata,
-    Column("request_id", String(128), primary_key=True),
+    # ids of rows written before migration 0004 are their request ids, hence the width
+    Column("id", String(128), primary_key=True),
+    Column("request_id", String(128), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("organisation_id", ID, nullable=False),
     Column("team_id", ID, nullable=True),

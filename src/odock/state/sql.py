@@ -351,7 +351,7 @@ class SqlStore:
         return int(value or 0)
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Insert usage rows in one executemany; rows whose request_id is already stored are skipped.
+        """Insert usage rows in one executemany; rows whose id is already stored (a retried batch) are skipped.
 
         The ledger writer is the busiest SQL path, so it skips SQLAlchemy's per-row compilation and bind
         processing: one prepared statement, rows as tuples converted here exactly as the column types would.
@@ -381,7 +381,7 @@ _CREATED_AT = _USAGE_FIELDS.index("created_at")
 _JSON_COLUMNS = tuple(_USAGE_FIELDS.index(name) for name in ("pricing", "raw_usage", "routing", "metadata"))
 _USAGE_INSERT_SQLITE = (
     f"INSERT INTO usage_records ({', '.join(_USAGE_FIELDS)}) VALUES ({', '.join('?' * len(_USAGE_FIELDS))}) "
-    "ON CONFLICT (request_id) DO NOTHING"
+    "ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -406,7 +406,7 @@ _USAGE_INSERT_PG = (
     + " FROM unnest("
     + ", ".join(f"${n}::{_pg_array_type(schema.usage_records.c[name])}[]"
                 for n, name in enumerate(_USAGE_FIELDS, start=1))
-    + f") AS batch({', '.join(_USAGE_FIELDS)}) ON CONFLICT (request_id) DO NOTHING"
+    + f") AS batch({', '.join(_USAGE_FIELDS)}) ON CONFLICT (id) DO NOTHING"
 )
 
 
