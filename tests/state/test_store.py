@@ -137,6 +137,18 @@ async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
     assert first["team_id"] == "team_1" and first["pricing"] == {"input": 0.15}
 
 
+async def test_a_large_batch_is_written_whole(store: SqlStore) -> None:
+    """A batch larger than one SQLite slice (50 rows) is written entirely, and once."""
+    when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
+    batch = [_usage(f"bulk-{n}", when, output_tokens=n) for n in range(121)]
+    await store.insert_usage(batch)
+    await store.insert_usage(batch)
+    async with store.read() as conn:
+        count, tokens = (await conn.execute(sa.select(sa.func.count(), sa.func.sum(
+            schema.usage_records.c.output_tokens)))).one()
+    assert (count, tokens) == (121, sum(range(121)))
+
+
 async def test_a_request_id_seen_twice_keeps_both_records(store: SqlStore) -> None:
     """Two calls carrying the same X-Request-Id are two records: the row key is the gateway's own id."""
     when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
