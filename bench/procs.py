@@ -114,6 +114,21 @@ def cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
+def wait_quiet(root: int, *, window_s: float = 0.2, busy_pct: float = 10.0, timeout_s: float = 5.0) -> float:
+    """Wait until `root`'s process tree used under `busy_pct`% of a CPU over one window; return the seconds waited.
+
+    A warm-up at N connections leaves background work behind (a gateway's usage backlog being written); a
+    latency run started at once would measure that, not one connection's steady state. Bounded by `timeout_s`.
+    """
+    start = time.monotonic()
+    while True:
+        before = cpu_seconds(root)
+        time.sleep(window_s)
+        waited = time.monotonic() - start
+        if (cpu_seconds(root) - before) * 100 / window_s < busy_pct or waited >= timeout_s:
+            return waited
+
+
 def system_busy_seconds() -> float:
     """Return the CPU seconds all CPUs spent busy since boot (everything but idle and iowait)."""
     with open("/proc/stat") as fh:

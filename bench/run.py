@@ -36,6 +36,7 @@ from bench.procs import (
     memory_kb,
     pin_tree,
     system_busy_seconds,
+    wait_quiet,
 )
 from bench.scenarios import (
     CATALOGUES,
@@ -152,15 +153,16 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
     if a.warmup > 0:
         run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
                 duration_s=a.warmup, cpu=cpu)
+    sut_pid = (sut or ctx.mock).pid
+    settle_s = wait_quiet(sut_pid)
     lat = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=1, duration_s=300,
                   cap=a.requests, cpu=cpu)
-    sut_pid = (sut or ctx.mock).pid
     c0, m0, s0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), system_busy_seconds(), time.monotonic()
     thr = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
                   duration_s=a.duration, cpu=cpu)
     wall = time.monotonic() - t0
     busy = system_busy_seconds() - s0
-    out: dict[str, Any] = {"latency": lat.as_dict(), "throughput": thr.as_dict()}
+    out: dict[str, Any] = {"latency": lat.as_dict() | {"settle_s": round(settle_s, 2)}, "throughput": thr.as_dict()}
     tp = out["throughput"]
     tp["sut_cpu_pct"] = round(100 * (cpu_seconds(sut_pid) - c0) / wall, 1)
     if sut is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import ClassVar
 import pytest
 
 from bench import report
-from bench.procs import LowLatencyIdle, Supervisor, free_port, memory_kb, tree_pids
+from bench.procs import LowLatencyIdle, Supervisor, free_port, memory_kb, tree_pids, wait_quiet
 from bench.scenarios import CATALOGUES, KEY_ENV, CatalogueSpec, build_scenarios, select
 from bench.wrk import lua_script, lua_string, run_wrk
 
@@ -103,6 +104,21 @@ def test_supervisor_close_ends_the_whole_process_group(tmp_path: Path) -> None:
     alive = [pid for pid in family if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]]
     assert alive == []
+
+
+def test_wait_quiet_waits_out_background_work_and_is_bounded(tmp_path: Path) -> None:
+    """The latency run starts once the system under test stops working for the warm-up; a busy one is waited
+    for no longer than the bound."""
+    sup = Supervisor(tmp_path)
+    try:
+        busy_then_idle = "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass\ntime.sleep(60)"
+        burst = sup.start("burst", [sys.executable, "-c", busy_then_idle], free_port())
+        waited = wait_quiet(burst.pid, window_s=0.1)
+        assert 0.5 <= waited < 3
+        spinner = sup.start("spin", [sys.executable, "-c", "while True: pass"], free_port())
+        assert 0.5 <= wait_quiet(spinner.pid, window_s=0.1, timeout_s=0.5) < 1.0
+    finally:
+        sup.close()
 
 
 def test_wait_ready_reports_a_child_that_exits(tmp_path: Path) -> None:
