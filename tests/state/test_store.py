@@ -138,7 +138,7 @@ async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
 
 
 async def test_a_large_batch_is_written_whole(store: SqlStore) -> None:
-    """A batch larger than one SQLite slice (50 rows) is written entirely, and once."""
+    """A batch of many rows is written entirely, and once when retried."""
     when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
     batch = [_usage(f"bulk-{n}", when, output_tokens=n) for n in range(121)]
     await store.insert_usage(batch)
