@@ -32,6 +32,7 @@ from bench.procs import (
     cores,
     cpu_seconds,
     free_port,
+    http_get,
     http_post,
     memory_kb,
     pin_tree,
@@ -178,9 +179,32 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
         ctx.note(f"{scenario} via {target}: the load core was {load:.0f}% busy: the figure may be load-bound")
     if sut is not None:
         out["memory_after"] = memory_kb(sut.pid)
+    if target in report.GATEWAYS:
+        # a usage writer that falls behind at saturation shows as memory growth only much later
+        tp["usage_backlog"] = backlog = usage_backlog(port)
+        if backlog is not None and backlog > USAGE_BACKLOG_LIMIT:
+            ctx.note(f"{scenario} via {target}: {backlog:,} usage records still queued after the run "
+                     "(the writer does not keep up)")
     print(f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
           f"{thr.rps:,.0f} req/s  errors {thr.errors}  sut cpu {tp['sut_cpu_pct']}%", flush=True)
     return out
+
+
+USAGE_BACKLOG_LIMIT = 5_000  # usage records still queued after a throughput run: ten write batches
+
+
+def usage_backlog(port: int) -> int | None:
+    """The gateway's usage records waiting to be written (its /metrics gauge); None when it cannot be read."""
+    try:
+        status, body = http_get(port, "/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    for line in body.decode().splitlines():
+        if line.startswith("gateway_usage_queue_depth "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def record(ctx: Ctx, scenario: Scenario, target: str, data: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from bench import report
 from bench.procs import LowLatencyIdle, Supervisor, free_port, memory_kb, tree_pids, wait_quiet
+from bench.run import usage_backlog
 from bench.scenarios import CATALOGUES, KEY_ENV, CatalogueSpec, build_scenarios, select
 from bench.wrk import lua_script, lua_string, run_wrk
 
@@ -31,6 +32,13 @@ class _Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
+
+    def do_GET(self) -> None:  # a gateway's /metrics, as far as the bench reads it
+        body = b"# TYPE gateway_usage_queue_depth gauge\ngateway_usage_queue_depth 6250.0\n"
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -87,6 +95,12 @@ def test_wrk_counts_non_2xx_answers_as_errors(echo: int, tmp_path: Path) -> None
     """Answers with an error status are counted in err_status."""
     res = run_wrk(tmp_path, echo, "/", b'{"fail":1}', {}, connections=1, duration_s=30, cap=20)
     assert res.err_status == res.requests == 20
+
+
+def test_usage_backlog_reads_the_gateways_queue_gauge(echo: int) -> None:
+    """After a throughput run the bench reads how many usage records the gateway still has to write."""
+    assert usage_backlog(echo) == 6250
+    assert usage_backlog(free_port()) is None  # nothing listening: unknown, not zero
 
 
 def test_supervisor_close_ends_the_whole_process_group(tmp_path: Path) -> None:
