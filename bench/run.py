@@ -139,6 +139,23 @@ def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
               f"{', '.join(str(e.get('path')) for e in seen[:3])})", flush=True)
 
 
+USAGE_BACKLOG_LIMIT = 5_000  # usage records still queued after a throughput run: ten write batches
+
+
+def usage_backlog(port: int) -> int | None:
+    """The gateway's usage records waiting to be written (its /metrics gauge); None when it cannot be read."""
+    try:
+        status, body = http_get(port, "/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    for line in body.decode().splitlines():
+        if line.startswith("gateway_usage_queue_depth "):
+            return int(float(line.split()[1]))
+    return None
+
+
 def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
     """Probe, warm up, then the 1-connection latency run and the N-connection throughput run."""
     a = ctx.args
@@ -188,23 +205,6 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
     print(f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
           f"{thr.rps:,.0f} req/s  errors {thr.errors}  sut cpu {tp['sut_cpu_pct']}%", flush=True)
     return out
-
-
-USAGE_BACKLOG_LIMIT = 5_000  # usage records still queued after a throughput run: ten write batches
-
-
-def usage_backlog(port: int) -> int | None:
-    """The gateway's usage records waiting to be written (its /metrics gauge); None when it cannot be read."""
-    try:
-        status, body = http_get(port, "/metrics")
-    except OSError:
-        return None
-    if status != 200:
-        return None
-    for line in body.decode().splitlines():
-        if line.startswith("gateway_usage_queue_depth "):
-            return int(float(line.split()[1]))
-    return None
 
 
 def record(ctx: Ctx, scenario: Scenario, target: str, data: dict[str, Any]) -> None:

@@ -130,6 +130,7 @@ def test_wait_quiet_waits_out_background_work_and_is_bounded(tmp_path: Path) -> 
         waited = wait_quiet(burst.pid, window_s=0.1)
         assert 0.5 <= waited < 3
         spinner = sup.start("spin", [sys.executable, "-c", "while True: pass"], free_port())
+        time.sleep(0.2)  # spinning, not starting up
         assert 0.5 <= wait_quiet(spinner.pid, window_s=0.1, timeout_s=0.5) < 1.0
     finally:
         sup.close()
