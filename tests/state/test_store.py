@@ -6,6 +6,7 @@ import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -162,31 +163,49 @@ async def test_a_request_id_seen_twice_keeps_both_records(store: SqlStore) -> No
     assert sorted(rows) == [(first.id, 5), (second.id, 7)]
 
 
-async def test_upgrade_to_the_usage_record_id_keeps_stored_rows(db: tuple[str, Settings]) -> None:
-    """Rows written before revision 0004 keep their request id as their id; new rows then get their own."""
+def _alembic(conn: sa.Connection, action: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
+
+    from odock.state.sql import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    getattr(command, action)(config, revision)
+
+
+async def _on_engine(url: str, work: Any) -> Any:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from odock.state.sql import MIGRATIONS_DIR, normalize_database_url
+    from odock.state.sql import normalize_database_url
+
+    engine = create_async_engine(normalize_database_url(url))
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+async def test_usage_record_id_migration_keeps_stored_rows_both_ways(db: tuple[str, Settings]) -> None:
+    """Rows written before revision 0004 keep their request id as their id and new rows get their own; a downgrade
+    keeps the earliest record of a request id seen twice."""
 
     def upgrade_to_0003_with_a_row(conn: sa.Connection) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0003_charge_retention")
+        _alembic(conn, "upgrade", "0003_charge_retention")
         conn.execute(sa.text(
             "INSERT INTO usage_records (request_id, created_at, organisation_id, api_key_id, route, status, "
             "outcome, stream, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, "
             "reasoning_tokens, usage_estimated, latency_ms) VALUES ('old-request', '2026-07-01 12:00:00', 'org_1', "
             "'key_1', '/v1/chat/completions', 200, 'success', false, 1, 2, 0, 0, 0, false, 3)"))
 
-    engine = create_async_engine(normalize_database_url(db[0]))
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(upgrade_to_0003_with_a_row)
-    finally:
-        await engine.dispose()
+    def downgrade(conn: sa.Connection) -> tuple[list[str], list[Any]]:
+        _alembic(conn, "downgrade", "0003_charge_retention")
+        key = sa.inspect(conn).get_pk_constraint("usage_records")["constrained_columns"]
+        return key, list(conn.execute(sa.text("SELECT request_id, output_tokens FROM usage_records")).all())
+
+    await _on_engine(db[0], upgrade_to_0003_with_a_row)
     store = await SqlStore.open(*db)
     try:
         await store.insert_usage([_usage("old-request", datetime(2026, 7, 2, tzinfo=UTC))])
@@ -196,6 +215,8 @@ async def test_upgrade_to_the_usage_record_id_keeps_stored_rows(db: tuple[str, S
     finally:
         await store.close()
     assert rows[0] == ("old-request", 2) and rows[1][1] == 5 and rows[1][0] != "old-request"
+    key, left = await _on_engine(db[0], downgrade)
+    assert key == ["request_id"] and [tuple(row) for row in left] == [("old-request", 2)]
 
 
 async def test_usage_summary_groups_and_filters(store: SqlStore, service: CatalogueService) -> None:

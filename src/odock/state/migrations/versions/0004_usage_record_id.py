@@ -32,8 +32,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # a request id seen twice since the upgrade keeps its first record only: the old key cannot hold both
-    op.execute("DELETE FROM usage_records WHERE id NOT IN (SELECT min(id) FROM usage_records GROUP BY request_id)")
+    # a request id seen twice since the upgrade keeps its earliest record only: the old key cannot hold both
+    op.execute(
+        "DELETE FROM usage_records WHERE EXISTS (SELECT 1 FROM usage_records AS earlier "
+        "WHERE earlier.request_id = usage_records.request_id AND (earlier.created_at < usage_records.created_at "
+        "OR (earlier.created_at = usage_records.created_at AND earlier.id < usage_records.id)))"
+    )
     with op.batch_alter_table("usage_records") as batch:
         batch.drop_constraint("pk_usage_records", type_="primary")
         batch.create_primary_key("pk_usage_records", ["request_id"])
