@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from odock.edge.app import Edge, Endpoint, Health, Metrics, Readiness
+from odock.edge.app import Gateway as EdgeGateway
 from odock.edge.endpoints.anthropic import messages_endpoint
 from odock.edge.endpoints.chat import OpenAIChatEndpoint, UnifiedChatEndpoint
 from odock.edge.endpoints.gemini import PREFIX as GEMINI_PREFIX
@@ -57,4 +58,8 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
         return gateway if gateway is not None else await Gateway.open(settings)
 
     exact, prefixes = routes()
-    return Edge(open_gateway, exact, prefixes)
+    def open_admin(gw: EdgeGateway) -> ASGIApp:
+        assert isinstance(gw, Gateway)
+        return admin_app_for(gw)
+
+    return Edge(open_gateway, exact, prefixes, admin_factory=open_admin)

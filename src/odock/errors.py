@@ -111,3 +111,7 @@ class UpstreamError(GatewayError):
 
 class DependencyUnavailable(GatewayError):
     status, code = 503, "dependency_unavailable"
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing more can be written to it (not a GatewayError: there is no one to tell)."""

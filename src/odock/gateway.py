@@ -1,4 +1,8 @@
-"""The gateway's resources, owned by the ASGI lifespan: created once at start, closed on shutdown."""
+"""The gateway's resources and pipelines, owned by the ASGI lifespan: created once at start, closed on shutdown.
+
+This is the composition root of the hot path: it opens the services and builds each kind of call's stage list
+(`odock.pipeline.stages`) once, from configuration.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from odock.governance.pricing import cost_nanos
-from odock.pipeline.context import CallContext
+from odock.pipeline.runner import BodyLimits, Pipeline
+from odock.pipeline.stages import Pricer, listing_stages, llm_stages
+from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.settings import Settings
 from odock.state.catalogue import Catalogue
@@ -19,8 +24,8 @@ from odock.transport.base import Transport
 from odock.usage import UsageRecorder
 
 if TYPE_CHECKING:
-    from odock.edge.http import Request
     from odock.governance import Governance
+    from odock.pipeline.exchange import Exchange
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
@@ -58,10 +63,26 @@ class Gateway:
             buffer_max=settings.usage_buffer_max,
         )
         self.governance = governance
-        self.routing = Routing(cooldown_failures=settings.routing_cooldown_failures,
+        self.routing = Routing(self.catalogue, counter=RedisTurns(redis) if redis is not None else None,
+                               cooldown_failures=settings.routing_cooldown_failures,
                                cooldown_s=settings.routing_cooldown_s)
+        self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    def build_pipelines(self) -> dict[str, Pipeline]:
+        """Each kind of call's stage list, in the reference order, built once."""
+        pricer = Pricer()
+        limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
+        llm = llm_stages(catalogue=self.catalogue, recorder=self.recorder, routing=self.routing,
+                         governance=self.governance, pricer=pricer)
+        listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
+        return {
+            "llm": Pipeline(llm, transport=self.transport, limits=limits, client_ip=self.client_ip,
+                            observe=self.routing.observe),
+            "listing": Pipeline(listing, transport=self.transport, limits=limits, client_ip=self.client_ip,
+                                catalogue=self.catalogue),
+        }
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
@@ -126,7 +147,7 @@ class Gateway:
             await self.redis.aclose()
         await self.store.close()
 
-    def client_ip(self, req: Request) -> str:
+    def client_ip(self, req: Exchange) -> str:
         """The socket peer, or the first untrusted hop of X-Forwarded-For behind a trusted proxy (§5.6)."""
         peer = req.client_host()
         if not self.settings.trust_proxy_headers or not self._is_trusted(peer):
@@ -144,9 +165,3 @@ class Gateway:
         except ValueError:
             return False
         return any(ip in net for net in self._trusted)
-
-    def cost_of(self, ctx: CallContext) -> int | None:
-        model = ctx.answered_by or ctx.model
-        if ctx.usage is None or model is None or not model.pricing:
-            return None
-        return cost_nanos(model.pricing, ctx.usage)

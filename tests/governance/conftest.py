@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from odock.context import CallContext
 from odock.governance import Governance
 from odock.governance.store import Quota
-from odock.pipeline.context import CallContext
 from odock.settings import Settings
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, Team
 

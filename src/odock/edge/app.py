@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -16,18 +17,35 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from odock import metrics
 from odock.dialects import openai_chat
-from odock.edge.http import ASGIApp, ClientDisconnected, Receive, Request, Scope, Send, render_error
-from odock.errors import DependencyUnavailable, GatewayError, MethodNotAllowed, NotFound
+from odock.edge.endpoint import LLMEndpoint
+from odock.edge.http import ASGIApp, Receive, Request, Scope, Send, render_error
+from odock.errors import ClientDisconnected, DependencyUnavailable, GatewayError, MethodNotAllowed, NotFound
 
 if TYPE_CHECKING:
-    from odock.gateway import Gateway
+    from odock.pipeline.runner import Pipeline
+    from odock.settings import Settings
 
 log = logging.getLogger("odock.edge")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-class Endpoint(Protocol):
-    route: str
+class Gateway(Protocol):
+    """What the edge needs of the gateway its lifespan opens (`odock.gateway.Gateway` is one)."""
+
+    settings: Settings
+    store: Any
+    redis: Any
+    pipelines: dict[str, Pipeline]
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Handler(Protocol):
+    """A route the edge answers without a pipeline (health, readiness, metrics)."""
+
+    name: str
     methods: tuple[str, ...]
 
     def error_body(self, err: GatewayError) -> bytes: ...
@@ -35,8 +53,12 @@ class Endpoint(Protocol):
     async def handle(self, gw: Gateway, req: Request) -> None: ...
 
 
+# a route of the table: an LLM route runs through the pipeline of its `kind`; a handler answers by itself
+Endpoint = LLMEndpoint | Handler
+
+
 class Health:
-    route = "health"
+    name = "health"
     methods: tuple[str, ...] = ("GET", "HEAD")
 
     def error_body(self, err: GatewayError) -> bytes:
@@ -47,7 +69,7 @@ class Health:
 
 
 class Readiness(Health):
-    route = "healthz"
+    name = "healthz"
 
     async def handle(self, gw: Gateway, req: Request) -> None:
         checks: dict[str, str] = {}
@@ -68,7 +90,7 @@ class Readiness(Health):
 
 
 class Metrics(Health):
-    route = "metrics"
+    name = "metrics"
     methods: tuple[str, ...] = ("GET",)
 
     async def handle(self, gw: Gateway, req: Request) -> None:
@@ -80,13 +102,15 @@ class Metrics(Health):
 class Edge:
     """The ASGI application: lifespan, routing, request id, and the last-resort error renderer."""
 
-    def __init__(self, gateway_factory: Any, routes: dict[str, Endpoint],
-                 prefixes: list[tuple[str, Endpoint]], admin: ASGIApp | None = None) -> None:
+    def __init__(self, gateway_factory: Callable[[], Awaitable[Gateway]], routes: dict[str, Endpoint],
+                 prefixes: list[tuple[str, Endpoint]], admin: ASGIApp | None = None,
+                 admin_factory: Callable[[Gateway], ASGIApp | None] | None = None) -> None:
         self.gateway_factory = gateway_factory
         self.gw: Gateway | None = None
         self.routes = routes
         self.prefixes = prefixes
         self.admin = admin
+        self.admin_factory = admin_factory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -103,8 +127,8 @@ class Edge:
                     if self.gw is None:
                         self.gw = await self.gateway_factory()
                     await self.gw.start()
-                    if self.admin is None:
-                        self.admin = self.gw_admin()
+                    if self.admin is None and self.admin_factory is not None:
+                        self.admin = self.admin_factory(self.gw)
                 except BaseException as exc:
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -115,12 +139,6 @@ class Edge:
                     await self.gw.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    def gw_admin(self) -> ASGIApp | None:
-        from odock.app import admin_app_for
-
-        assert self.gw is not None
-        return admin_app_for(self.gw)
 
     def match(self, path: str) -> Endpoint | None:
         endpoint = self.routes.get(path)
@@ -143,7 +161,7 @@ class Edge:
             request_id = os.urandom(16).hex()
         req = Request(scope, receive, send, request_id, headers)
         endpoint = self.match(path)
-        label = endpoint.route if endpoint is not None else "unmatched"
+        label = endpoint.name if endpoint is not None else "unmatched"
         metrics.IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
@@ -153,7 +171,10 @@ class Edge:
                 req.response_headers.append((b"allow", ", ".join(endpoint.methods).encode()))
                 raise MethodNotAllowed(f"{scope['method']} is not allowed on {path}", "method_not_allowed")
             assert self.gw is not None, "lifespan startup did not run"
-            await endpoint.handle(self.gw, req)
+            if isinstance(endpoint, LLMEndpoint):
+                await self.gw.pipelines[endpoint.kind].run(req, endpoint)
+            else:
+                await endpoint.handle(self.gw, req)
         except GatewayError as err:
             if not req.started:
                 body = endpoint.error_body(err) if endpoint is not None else openai_chat.error_body(err)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from odock.errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
+from odock.errors import BadRequest, ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -15,9 +15,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-class ClientDisconnected(Exception):
-    """The client went away; nothing more can be written."""
+__all__ = ["ASGIApp", "ClientDisconnected", "Message", "Receive", "Request", "Scope", "Send", "render_error"]
 
 
 class Request:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from odock import metrics
+from odock.context import CallContext
 from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, TooManyRequests
 from odock.governance import pricing
 from odock.governance.ledger import Item, LocalLedger, RedisLedger, WindowRef
@@ -45,7 +46,6 @@ from odock.governance.policy import (
 )
 from odock.governance.resp import ScriptRunner
 from odock.governance.store import Budget, BudgetEvent, GovernanceStore, Quota
-from odock.pipeline.context import CallContext
 from odock.settings import Settings
 
 if TYPE_CHECKING:

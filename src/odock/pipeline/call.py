@@ -1,8 +1,8 @@
-"""One LLM call through the documented stages (reference §2.2): admit (pre-auth gate, auth, early gate), decode,
-resolve (access, model/provider config, final gate), route + upstream, respond, finish (post-flight, usage).
+"""One call in flight: its context, the client exchange, the route serving it, and its compensations.
 
-Endpoints call these steps in order; every step either passes, fills the context, or raises a GatewayError.
-`finish` always runs, so leases, reservations and the usage record never depend on how the call ended.
+Stages fill the context (`ctx`) and register compensations (`defer`); the route reads the body through
+`read_json`/`read_body`, sends attempts through `send`, and answers through `respond` or `stream`. Nothing here
+knows which stages exist: the order lives in the pipeline's list (`odock.pipeline.runner`).
 """
 
 from __future__ import annotations
@@ -12,40 +12,28 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from odock import metrics
-from odock.edge.http import ClientDisconnected, Request
-from odock.errors import (
-    BadRequest,
-    DependencyUnavailable,
-    Forbidden,
-    GatewayError,
-    UpstreamError,
-)
-from odock.pipeline.context import CallContext
-from odock.providers.base import ProviderAdapter
-from odock.providers.registry import adapter_for
-from odock.routing.router import Candidate, RoutePlan, run_attempts
-from odock.state.records import ModelRecord, UsageRecord
+from odock.context import CallContext
+from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
+from odock.model import GatewayRequest, GatewayResponse, StreamEvent
+from odock.providers.registry import adapter_for, family_of
 from odock.transport.base import UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
-    from odock.gateway import Gateway
+    from odock.pipeline.exchange import Exchange
+    from odock.pipeline.route import Route
+    from odock.pipeline.runner import Pipeline
+    from odock.routing.router import Candidate, RoutePlan
 
 log = logging.getLogger("odock.call")
-T = TypeVar("T")
 
-# provider types that speak a family's wire format (reference §4.1: AZURE_OPENAI/CUSTOM are the OpenAI family)
-FAMILY = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
-          "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
+__all__ = ["Call", "FinalChunk", "aclose", "estimate_tokens", "family_of", "upstream_error_body"]
 
-
-def family_of(provider_type: str) -> str:
-    return FAMILY.get(provider_type, provider_type)
+Compensation = Callable[[], Awaitable[None]]
 
 
 def estimate_tokens(size_bytes: int) -> int:
@@ -62,50 +50,59 @@ class FinalChunk(bytes):
 
 
 class Call:
-    __slots__ = ("_governed", "ctx", "gw", "req")
+    """The per-call state shared by the stages and the route, from the first gate to the usage record."""
 
-    def __init__(self, gw: Gateway, req: Request, route: str, required_provider: str | None) -> None:
-        self.gw = gw
-        self.req = req
-        self.ctx = CallContext(
-            request_id=req.request_id, route=route, client_ip=gw.client_ip(req),
-            required_provider=required_provider,
-        )
-        self._governed = False
+    __slots__ = ("_deferred", "ctx", "exchange", "headers_from", "json", "pipeline", "plan", "primary",
+                 "request", "route", "route_state")
 
-    # --- stage: admit ------------------------------------------------------------------------------------
+    def __init__(self, pipeline: Pipeline, exchange: Exchange, route: Route, client_ip: str) -> None:
+        self.pipeline = pipeline
+        self.exchange = exchange
+        self.route = route
+        self.ctx = CallContext(request_id=exchange.request_id, route=route.name, client_ip=client_ip,
+                               required_provider=route.family)
+        # the decoded JSON body (native routes edit it in place: model -> slug) and, when a stage needs it or
+        # the route translates, the normalized request
+        self.json: dict[str, Any] | None = None
+        self.request: GatewayRequest | None = None
+        self.route_state: Any = None  # whatever the route keeps between decode, send and respond
+        self.primary: Candidate | None = None  # the requested model's deployment (model access)
+        self.plan: RoutePlan | None = None  # the routing stage's attempt plan
+        # a stage that answers with response headers (X-RateLimit-*) sets this
+        self.headers_from: Callable[[CallContext], dict[str, str]] | None = None
+        self._deferred: list[Compensation] = []
+
+    # --- compensations -----------------------------------------------------------------------------------
+
+    def defer(self, compensation: Compensation) -> None:
+        """Run `compensation` when the call ends, however it ends (reverse registration order)."""
+        self._deferred.append(compensation)
+
+    async def unwind(self) -> None:
+        """Run every compensation in reverse; each one's failure is logged and the rest still run."""
+        deferred, self._deferred = self._deferred, []
+        for compensation in reversed(deferred):
+            try:
+                await compensation()
+            except Exception:
+                log.exception("compensation failed", extra={"request_id": self.ctx.request_id})
+
+    # --- client side -------------------------------------------------------------------------------------
 
     def credential(self) -> str | None:
         """The presented Odock key: Authorization Bearer > X-API-Key > x-goog-api-key > ?key= (reference §3.1)."""
-        headers = self.req.headers
+        headers = self.exchange.headers
         auth = headers.get("authorization")
         if auth:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        return headers.get("x-api-key") or headers.get("x-goog-api-key") or self.req.query("key")
-
-    async def admit(self) -> None:
-        """Pre-auth gate, authentication, early gate."""
-        gw, ctx = self.gw, self.ctx
-        if gw.governance is not None:
-            await gw.governance.pre_auth(ctx.client_ip)
-        key = await gw.catalogue.authenticate(self.credential())
-        ctx.key = key
-        ctx.organisation = await gw.catalogue.organisation(key.organisation_id)
-        if key.team_id:
-            ctx.team = await gw.catalogue.team(key.team_id)
-        length = self.req.headers.get("content-length")
-        ctx.body_bytes = int(length) if length and length.isdigit() else 0
-        if gw.governance is not None:
-            self._governed = True
-            await gw.governance.early(ctx)
-
-    # --- stage: decode -----------------------------------------------------------------------------------
+        return headers.get("x-api-key") or headers.get("x-goog-api-key") or self.exchange.query("key")
 
     async def read_body(self) -> bytes:
-        settings = self.gw.settings
-        body = await self.req.body(settings.max_body_bytes, settings.read_timeout_s)
+        """The whole request body, within the body size and time limits."""
+        limits = self.pipeline.limits
+        body = await self.exchange.body(limits.max_body_bytes, limits.read_timeout_s)
         self.ctx.body_bytes = len(body)
         return body
 
@@ -122,61 +119,15 @@ class Call:
         if not isinstance(parsed, dict):
             raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
+        self.json = parsed
         return parsed
 
-    # --- stage: resolve ----------------------------------------------------------------------------------
+    def governed_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.headers_from is None:
+            return []
+        return [(k.lower().encode(), v.encode()) for k, v in self.headers_from(self.ctx).items()]
 
-    async def resolve(self, name: str, provider_pin: str | None = None) -> Candidate:
-        """Model access, model/provider configuration, provider pinning, then the final gate."""
-        ctx, catalogue = self.ctx, self.gw.catalogue
-        assert ctx.key is not None
-        ctx.requested_model = name
-        try:
-            model = await catalogue.model(ctx.key.organisation_id, name)
-        except DependencyUnavailable:
-            raise DependencyUnavailable("model lookup unavailable", "model_lookup_unavailable") from None
-        if model is None:
-            raise BadRequest(f"model {name!r} is not configured", "model_not_found")
-        try:
-            grants = await catalogue.grants(ctx.key.id)
-        except DependencyUnavailable:
-            raise DependencyUnavailable("model access check unavailable", "model_access_unavailable") from None
-        if model.id not in grants:
-            raise Forbidden(f"this API key is not allowed to use model {name!r}", "model_not_allowed")
-        candidate = await self.candidate(model)
-        family = family_of(candidate.provider.type)
-        if ctx.required_provider is not None and family != ctx.required_provider:
-            raise BadRequest(
-                f"model {name!r} is served by a {family} provider; this route only reaches {ctx.required_provider}",
-                "provider_not_allowed",
-            )
-        if provider_pin is not None and provider_pin != family:
-            raise BadRequest(
-                f"provider {provider_pin!r} does not match model {name!r} (served by {family})",
-                "provider_not_allowed",
-            )
-        ctx.model, ctx.provider = candidate.model, candidate.provider
-        if self.gw.governance is not None:
-            await self.gw.governance.final(ctx)
-        return candidate
-
-    async def candidate(self, model: ModelRecord) -> Candidate:
-        """Check a model's provider is usable (configured, enabled, credential present)."""
-        provider = await self.gw.catalogue.provider(model.provider_id)
-        if provider is None:
-            raise BadRequest(f"model {model.name!r} has no provider", "provider_not_configured")
-        if not provider.enabled:
-            raise Forbidden(f"provider {provider.name!r} is disabled", "provider_disabled")
-        adapter = adapter_for(provider.type)
-        if adapter.requires_key and not provider.api_key:
-            raise BadRequest(f"provider {provider.name!r} has no API key configured",
-                             "provider_api_key_not_configured")
-        return Candidate(model=model, provider=provider)
-
-    async def plan(self, primary: Candidate) -> RoutePlan:
-        return await self.gw.routing.plan(self, primary)
-
-    # --- stage: upstream ---------------------------------------------------------------------------------
+    # --- upstream ----------------------------------------------------------------------------------------
 
     async def send(self, candidate: Candidate, url: str, body: bytes,
                    headers: dict[str, str] | None = None) -> UpstreamResponse:
@@ -185,44 +136,41 @@ class Call:
         request_headers = adapter.headers(candidate.provider)
         if headers:
             request_headers.update(headers)
-        return await self.send_request(adapter, candidate, UpstreamRequest(
-            "POST", url, request_headers, body, adapter.timeouts(candidate.provider)))
-
-    async def send_request(self, adapter: ProviderAdapter, candidate: Candidate,
-                           request: UpstreamRequest) -> UpstreamResponse:
+        request = UpstreamRequest("POST", url, request_headers, body, adapter.timeouts(candidate.provider))
         if self.ctx.upstream_started is None:
             self.ctx.upstream_started = time.perf_counter()
-        resp = await self.gw.transport.send(request)
+        resp = await self.pipeline.transport.send(request)
         if resp.status >= 400:
             data = await resp.read()
             raise adapter.upstream_error(resp.status, data, resp.headers.get("content-type", ""))
         self.ctx.provider_request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
         return resp
 
-    async def route(self, primary: Candidate, attempt: Callable[[Candidate], Awaitable[T]]) -> T:
-        plan = await self.plan(primary)
-        result = await run_attempts(self.ctx, plan, attempt, self.gw.routing.observe)
-        answered = self.ctx.answered_by
-        if answered is not None:
-            self.req.response_headers.append((b"x-odock-model", answered.name.encode()))
-        return result
+    # --- respond -----------------------------------------------------------------------------------------
 
-    # --- stage: respond ----------------------------------------------------------------------------------
+    async def answered(self, response: GatewayResponse | None) -> None:
+        """Run the stages' after-hooks (reverse order) once the upstream answered."""
+        for stage in self.pipeline.after_stages:
+            await stage.after(self, response)
 
-    def governed_headers(self) -> list[tuple[bytes, bytes]]:
-        if self.gw.governance is None or not self._governed:
-            return []
-        return [(k.lower().encode(), v.encode()) for k, v in self.gw.governance.response_headers(self.ctx).items()]
+    def delta(self, event: StreamEvent) -> StreamEvent | None:
+        """Pass one normalized stream event through the stages' delta hooks (None: dropped)."""
+        for stage in self.pipeline.delta_stages:
+            passed = stage.on_delta(self, event)
+            if passed is None:
+                return None
+            event = passed
+        return event
 
     async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
         self.ctx.status = status
-        await self.req.respond(status, body, content_type, self.governed_headers())
+        await self.exchange.respond(status, body, content_type, self.governed_headers())
 
     async def stream(self, produce: AsyncIterator[bytes], fail: Callable[[GatewayError], bytes],
                      content_type: bytes = b"text/event-stream") -> None:
         """Stream `produce` to the client; cut the upstream when the client leaves; end a broken upstream
         stream with an explicit error event (never a clean-looking end)."""
-        ctx, req = self.ctx, self.req
+        ctx, req = self.ctx, self.exchange
         ctx.status = 200
         await req.start_stream(200, content_type, self.governed_headers())
         # the chunks are pumped in this task; a watcher cancels it when the client disconnects (one extra task
@@ -281,69 +229,13 @@ class Call:
             await req.end()
         await aclose(produce)
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
-
-    # --- stage: finish -----------------------------------------------------------------------------------
+        if outcome == "completed" and self.pipeline.after_stages:
+            await self.answered(None)
 
     def fail(self, err: GatewayError) -> None:
         self.ctx.status = err.status
         self.ctx.error_code = err.code
         self.ctx.outcome = "failed"
-
-    async def finish(self) -> None:
-        """Post-flight (release leases, settle or release reservations) and the usage record; never raises."""
-        ctx, gw = self.ctx, self.gw
-        if ctx.key is None:
-            return
-        cost = gw.cost_of(ctx)
-        if self._governed and gw.governance is not None:
-            try:
-                await gw.governance.complete(ctx, cost)
-            except Exception:
-                log.exception("governance post-flight failed", extra={"request_id": ctx.request_id})
-        usage = ctx.usage
-        answered = ctx.answered_by or ctx.model
-        provider = ctx.answered_provider or ctx.provider
-        routing = None
-        if ctx.attempts:
-            routing = {
-                "decision": "rerouted" if len(ctx.attempts) > 1 else "direct",
-                "attempts": [
-                    {"model": a.model, "provider": a.provider, "outcome": a.outcome, "error_class": a.error_class,
-                     "status": a.status, "latency_ms": a.latency_ms}
-                    for a in ctx.attempts
-                ],
-            }
-        gw.recorder.record(UsageRecord(
-            request_id=ctx.request_id,
-            created_at=datetime.now(UTC),
-            organisation_id=ctx.key.organisation_id,
-            team_id=ctx.key.team_id,
-            user_id=ctx.key.user_id,
-            api_key_id=ctx.key.id,
-            route=ctx.route,
-            status=ctx.status or 500,
-            outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
-            model=ctx.requested_model,
-            model_slug=answered.slug if answered else None,
-            provider=provider.type if provider else None,
-            stream=ctx.stream,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cached_input_tokens=usage.cached_input_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            usage_estimated=usage.estimated if usage else False,
-            latency_ms=ctx.elapsed_ms(),
-            provider_request_id=ctx.provider_request_id,
-            error_code=ctx.error_code,
-            cost_nanos=cost,
-            pricing=answered.pricing if answered and answered.pricing else None,
-            raw_usage=ctx.raw_usage,
-            routing=routing,
-        ))
-        if usage is not None and provider is not None:
-            metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
-            metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
 
 
 async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:

@@ -23,3 +23,12 @@ def adapter_for(provider_type: str) -> ProviderAdapter:
         return _ADAPTERS[provider_type]
     except KeyError:
         raise BadRequest(f"provider type {provider_type!r} is not supported", "provider_type_unsupported") from None
+
+
+# provider types that speak a family's wire format (reference §4.1: AZURE_OPENAI/CUSTOM are the OpenAI family)
+FAMILY = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
+          "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
+
+
+def family_of(provider_type: str) -> str:
+    return FAMILY.get(provider_type, provider_type)

@@ -2,22 +2,21 @@
 
 Routing runs only when both switches are on: the organisation's `policies.routing.enabled` and a routing policy
 on the API key for the requested model's type (`policies.routing.<modelType>`). Otherwise the call goes straight
-to the requested model. Everything here reads the in-process catalogue cache; the only I/O a plan may add is one
-Redis INCR for `round_robin` in cluster mode.
+to the requested model. A plan is made from the call's context, a view of the catalogue (`Deployments`) and a
+turn counter (`odock.routing.counters`): no pipeline object and no Redis client, so plans are unit-testable.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from odock.errors import DependencyUnavailable, GatewayError, UpstreamError
+from odock.providers.registry import family_of
+from odock.routing.candidates import Deployments, deployment
+from odock.routing.counters import LocalTurns, TurnCounter
 from odock.routing.health import DEFAULT_COOLDOWN_FAILURES, DEFAULT_COOLDOWN_S, HealthBook
 from odock.routing.router import Candidate, RoutePlan
 from odock.routing.strategies import (
@@ -31,31 +30,28 @@ from odock.routing.strategies import (
 )
 
 if TYPE_CHECKING:
-    from odock.pipeline.call import Call
+    from odock.context import CallContext
     from odock.state.records import ApiKeyRecord
 
 log = logging.getLogger("odock.routing")
 
 MAX_CACHED_POLICIES = 10_000
-MAX_LOCAL_COUNTERS = 100_000
-RR_KEY_TTL_S = 7 * 86400  # round-robin counters of deleted keys fade away
-REDIS_TIMEOUT_S = 0.25  # a slow Redis must not stall routing: the local counter takes over
-REDIS_RETRY_AFTER_S = 5.0
 
 
 class Routing:
     """Builds each call's attempt plan and learns deployment health from every attempt (per process)."""
 
-    def __init__(self, *, cooldown_failures: int = DEFAULT_COOLDOWN_FAILURES,
-                 cooldown_s: float = DEFAULT_COOLDOWN_S, rng: random.Random | None = None) -> None:
+    def __init__(self, deployments: Deployments, *, counter: TurnCounter | None = None,
+                 cooldown_failures: int = DEFAULT_COOLDOWN_FAILURES, cooldown_s: float = DEFAULT_COOLDOWN_S,
+                 rng: random.Random | None = None) -> None:
+        self.deployments = deployments
+        self.counter: TurnCounter = counter or LocalTurns()
         self.cooldown_failures = cooldown_failures
         self.cooldown_s = cooldown_s
         self.health = HealthBook()
         self._rng = rng or random.Random()
         # (key id, model type) -> (the key's policies object it was parsed from, parsed policy or None)
         self._policies: dict[tuple[str, str], tuple[Any, RoutingPolicy | None]] = {}
-        self._counters: dict[tuple[str, str], int] = {}
-        self._redis_down_until = 0.0
 
     # --- policy ------------------------------------------------------------------------------------------
 
@@ -79,9 +75,8 @@ class Routing:
         self._policies[slot] = (key.policies, policy)
         return policy
 
-    async def plan(self, call: Call, primary: Candidate) -> RoutePlan:
+    async def plan(self, ctx: CallContext, primary: Candidate) -> RoutePlan:
         """Return the attempt plan for a call whose requested model resolved to `primary`."""
-        ctx = call.ctx
         key, org = ctx.key, ctx.organisation
         if key is None or org is None or not org_routing_enabled(org.policies):
             return RoutePlan(candidates=[primary])
@@ -97,10 +92,10 @@ class Routing:
         if not any(spec.name == primary.model.name for spec in specs):
             # the requested model is always a candidate; for ordered strategies it is tried first
             specs = (CandidateSpec(primary.model.name, priority=-math.inf), *specs)
-        pairs = await self._eligible(call, primary, specs, family)
+        pairs = await self._eligible(ctx, primary, specs, family)
         rotation = 0
         if policy.strategy == "round_robin" and len(pairs) > 1:
-            rotation = await self._turn(call, key.id, primary.model.type)
+            rotation = await self.counter.turn(f"{key.id}:{primary.model.type}")
         ordered = order(
             policy.strategy, pairs, lambda pair: pair[1], rotation=rotation, rng=self._rng,
             latency_of=lambda pair: self.health.latency(pair[0].model.id),
@@ -115,12 +110,10 @@ class Routing:
         return RoutePlan(candidates=candidates, triggers=policy.triggers, max_retries=retries,
                          retry_delay_s=policy.retry_delay_s, routed=True)
 
-    async def _eligible(self, call: Call, primary: Candidate, specs: tuple[CandidateSpec, ...],
+    async def _eligible(self, ctx: CallContext, primary: Candidate, specs: tuple[CandidateSpec, ...],
                         family: str | None) -> list[tuple[Candidate, CandidateSpec]]:
         """Resolve candidate names; keep those in the org, of the same type and family, granted and usable."""
-        from odock.pipeline.call import family_of
-
-        ctx, catalogue = call.ctx, call.gw.catalogue
+        catalogue = self.deployments
         assert ctx.key is not None
         grants: frozenset[str] | None = None
         seen: set[str] = set()
@@ -138,7 +131,7 @@ class Routing:
                 if model is None or model.type != primary.model.type or model.id not in grants:
                     continue
                 try:
-                    candidate = await call.candidate(model)
+                    candidate = await deployment(catalogue, model)
                 except GatewayError:
                     continue  # provider disabled, missing, or without a credential
                 if family is not None and family_of(candidate.provider.type) != family:
@@ -148,30 +141,6 @@ class Routing:
             seen.add(candidate.model.id)
             out.append((candidate, spec))
         return out
-
-    async def _turn(self, call: Call, key_id: str, model_type: str) -> int:
-        """The round-robin turn of (key, model type): shared through Redis in cluster mode, else in-process."""
-        redis = call.gw.redis
-        now = time.monotonic()
-        if redis is not None and now >= self._redis_down_until:
-            name = f"odock:routing:rr:{key_id}:{model_type}"
-            try:
-                async with asyncio.timeout(REDIS_TIMEOUT_S):
-                    async with redis.pipeline(transaction=False) as pipe:
-                        pipe.incr(name)
-                        pipe.expire(name, RR_KEY_TTL_S)
-                        value, _ = await pipe.execute()
-                return int(value) - 1
-            except (RedisError, OSError, TimeoutError) as exc:  # rotate locally rather than fail the call
-                self._redis_down_until = now + REDIS_RETRY_AFTER_S
-                log.warning("round-robin counter unavailable in Redis (%s); rotating per process",
-                            type(exc).__name__)
-        slot = (key_id, model_type)
-        turn = self._counters.pop(slot, 0)
-        if len(self._counters) >= MAX_LOCAL_COUNTERS:
-            self._counters.pop(next(iter(self._counters)))
-        self._counters[slot] = turn + 1
-        return turn
 
     # --- feedback ----------------------------------------------------------------------------------------
 

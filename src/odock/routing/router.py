@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from odock import metrics
+from odock.context import Attempt, CallContext
 from odock.errors import GatewayError, UpstreamError
-from odock.pipeline.context import Attempt, CallContext
 from odock.routing.strategies import DEFAULT_TRIGGERS
 from odock.state.records import ModelRecord, ProviderRecord
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_TRIGGERS", "Candidate", "RoutePlan", "attempt_sequence", "run_attempts", "triggered"]
+__all__ = ["DEFAULT_TRIGGERS", "AttemptObserver", "Candidate", "RoutePlan", "attempt_sequence", "run_attempts",
+           "triggered"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -37,6 +38,10 @@ class RoutePlan:
     max_retries: int = 0  # attempts after the first; past the last candidate they start again from the first
     retry_delay_s: float = 0.0
     routed: bool = False  # True when a routing policy applied (smart routing on)
+
+
+# fed every attempt's outcome (deployment, ok, seconds, error): latency windows and cooldowns learn from it
+AttemptObserver = Callable[["Candidate", bool, float, GatewayError | None], None]
 
 
 def attempt_sequence(plan: RoutePlan) -> list[Candidate]:
@@ -63,7 +68,7 @@ async def run_attempts(
     ctx: CallContext,
     plan: RoutePlan,
     attempt: Callable[[Candidate], Awaitable[T]],
-    on_result: Callable[[Candidate, bool, float, GatewayError | None], None] | None = None,
+    on_result: AttemptObserver | None = None,
 ) -> T:
     """Try candidates in plan order until one answers; record every attempt in ctx.attempts."""
     last: GatewayError | None = None

@@ -13,8 +13,8 @@ from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
 from odock.model import GatewayResponse, StreamEvent, StreamStop, UsageEvent
-from odock.pipeline.call import Call, FinalChunk, family_of
-from odock.providers.registry import adapter_for
+from odock.pipeline.call import Call, FinalChunk
+from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
 
@@ -38,35 +38,40 @@ async def relay_openai_unary(call: Call, resp: UpstreamResponse) -> bytes:
 class OpenAIChatEndpoint(LLMEndpoint):
     """OpenAI clients to OpenAI upstreams: the same-dialect fast path, original JSON forwarded."""
 
-    route = "openai.chat"
-    required_provider = "openai"
+    name = "openai.chat"
+    family = "openai"
 
-    async def serve(self, call: Call) -> None:
-        await call.admit()
+    async def decode(self, call: Call) -> None:
         body = await call.read_json()
         openai_chat.check_chat_body(body)
         pin = body.pop("provider", None)
         if pin is not None and pin != "openai":
             raise BadRequest(f"provider {pin!r} is not allowed on an OpenAI route", "provider_not_allowed")
         ctx = call.ctx
+        ctx.requested_model = body["model"]
         ctx.stream = body.get("stream") is True
         ctx.max_tokens = openai_chat.requested_max_tokens(body)
-        show_usage = want_stream_usage(body)
+        call.route_state = want_stream_usage(body)  # whether the client itself asked for the usage chunk
         if ctx.stream:
             ask_for_stream_usage(body)
-        primary = await call.resolve(body["model"])
 
-        async def attempt(candidate: Candidate) -> UpstreamResponse:
-            body["model"] = candidate.model.slug
-            adapter = adapter_for(candidate.provider.type)
-            url = adapter.chat_url(candidate.provider, candidate.model.slug, ctx.stream)
-            return await call.send(candidate, url, _encode(body))
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        body = call.json
+        assert body is not None
+        body["model"] = candidate.model.slug
+        adapter = adapter_for(candidate.provider.type)
+        url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
+        return await call.send(candidate, url, _encode(body))
 
-        resp = await call.route(primary, attempt)
-        if ctx.stream:
-            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), openai_chat.stream_error)
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        assert upstream is not None
+        if call.ctx.stream:
+            await call.stream(openai_sse(call, upstream, show_usage_chunk=call.route_state),
+                              openai_chat.stream_error)
         else:
-            await call.respond(200, await relay_openai_unary(call, resp))
+            data = await relay_openai_unary(call, upstream)
+            await call.answered(None)
+            await call.respond(200, data)
 
 
 # fields of a unified request; anything else cannot be carried across providers and is refused, never dropped
@@ -107,71 +112,83 @@ def unified_response(resp: GatewayResponse, *, model: str) -> bytes:
 class UnifiedChatEndpoint(LLMEndpoint):
     """`/v1/llm/chat`: OpenAI-shaped request to any provider; normalized JSON or OpenAI chunks back."""
 
-    route = "unified.chat"
+    name = "unified.chat"
 
-    async def serve(self, call: Call) -> None:
-        await call.admit()
+    async def decode(self, call: Call) -> None:
         body = await call.read_json()
         unknown = sorted(set(body) - UNIFIED_FIELDS)
         if unknown:
             raise BadRequest(f"unsupported field(s) on /v1/llm/chat: {', '.join(unknown)}", "invalid_request")
         request = openai_chat.decode_request(body)
         ctx = call.ctx
-        ctx.request = request
+        call.request = ctx.request = request
+        ctx.requested_model = request.model
+        ctx.provider_pin = request.provider
         ctx.stream = request.stream
         ctx.max_tokens = request.max_tokens
-        show_usage = want_stream_usage(body)
-        primary = await call.resolve(request.model, request.provider)
+        call.route_state = want_stream_usage(body)
 
-        async def attempt(candidate: Candidate) -> tuple[Candidate, UpstreamResponse]:
-            adapter = adapter_for(candidate.provider.type)
-            dialect = adapter.chat_dialect()
-            slug = candidate.model.slug
-            if dialect is openai_chat:
-                upstream = openai_chat.encode_request(
-                    request, slug=slug, vllm=family_of(candidate.provider.type) == "vllm")
-            else:
-                upstream = dialect.encode_request(request, slug=slug)
-            url = adapter.chat_url(candidate.provider, slug, ctx.stream)
-            return candidate, await call.send(candidate, url, _encode(upstream))
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        request = call.request
+        assert request is not None
+        adapter = adapter_for(candidate.provider.type)
+        dialect = adapter.chat_dialect()
+        slug = candidate.model.slug
+        if dialect is openai_chat:
+            upstream = openai_chat.encode_request(
+                request, slug=slug, vllm=family_of(candidate.provider.type) == "vllm")
+        else:
+            upstream = dialect.encode_request(request, slug=slug)
+        url = adapter.chat_url(candidate.provider, slug, call.ctx.stream)
+        return await call.send(candidate, url, _encode(upstream))
 
-        candidate, resp = await call.route(primary, attempt)
-        dialect = adapter_for(candidate.provider.type).chat_dialect()
-        name = request.model
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        assert upstream is not None and call.request is not None
+        ctx = call.ctx
+        provider = ctx.answered_provider
+        assert provider is not None
+        dialect = adapter_for(provider.type).chat_dialect()
+        name = call.request.model
+        show_usage = bool(call.route_state)
         if not ctx.stream:
-            data = await resp.read()
+            data = await upstream.read()
             try:
                 parsed = msgspec.json.decode(data)
             except msgspec.DecodeError:
                 raise UpstreamError("upstream answered with invalid JSON", kind="protocol") from None
             answer: GatewayResponse = (
-                openai_chat.decode_response(parsed, provider=candidate.provider.type)
+                openai_chat.decode_response(parsed, provider=provider.type)
                 if dialect is openai_chat else dialect.decode_response(parsed)
             )
-            answer.provider = family_of(candidate.provider.type)
+            answer.provider = family_of(provider.type)
             ctx.usage, ctx.raw_usage = answer.usage, answer.raw_usage
+            await call.answered(answer)
             await call.respond(200, unified_response(answer, model=name))
         elif dialect is openai_chat:
-            await call.stream(openai_sse(call, resp, show_usage_chunk=show_usage), openai_chat.stream_error)
+            await call.stream(openai_sse(call, upstream, show_usage_chunk=show_usage), openai_chat.stream_error)
         else:
             encoder = openai_chat.StreamEncoder(model=name, request_id=ctx.request_id, include_usage=show_usage)
-            await call.stream(translate_stream(call, resp, dialect.StreamDecoder(), encoder), encoder.fail)
+            await call.stream(translate_stream(call, upstream, dialect.StreamDecoder(), encoder), encoder.fail)
 
 
 async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, encoder: Any) -> AsyncIterator[bytes]:
     """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
     parser = SSEParser()
     finished = False
+    inspect = bool(call.pipeline.delta_stages)
 
     def encode(events: list[StreamEvent]) -> bytes:
         nonlocal finished
         out = []
-        for ev in events:
-            if isinstance(ev, UsageEvent):
-                call.ctx.usage, call.ctx.raw_usage = ev.usage, ev.raw
-            elif isinstance(ev, StreamStop):
+        for event in events:
+            # usage and the end are read before any stage sees the event: billing never depends on a stage
+            if isinstance(event, UsageEvent):
+                call.ctx.usage, call.ctx.raw_usage = event.usage, event.raw
+            elif isinstance(event, StreamStop):
                 finished = True
-            out.append(encoder.event(ev))
+            passed = call.delta(event) if inspect else event
+            if passed is not None:
+                out.append(encoder.event(passed))
         return b"".join(out)
 
     chunks = resp.iter_chunks()

@@ -125,36 +125,37 @@ class GeminiRelay:
 class GeminiEndpoint(LLMEndpoint):
     """Gemini generateContent / streamGenerateContent, same-dialect forward."""
 
-    route = "gemini.generate"
-    required_provider = "gemini"
+    name = "gemini.generate"
+    family = "gemini"
 
     def error_body(self, err: GatewayError) -> bytes:
         """Render an error as a Google API error."""
         return gemini.error_body(err)
 
-    async def serve(self, call: Call) -> None:
-        await call.admit()
-        name, stream = parse_path(call.req.path)
+    async def decode(self, call: Call) -> None:
+        name, stream = parse_path(call.exchange.path)
         body = await call.read_json()
         check_provider_field(body, "gemini")
         ctx = call.ctx
+        ctx.requested_model = name
         ctx.stream = stream
         ctx.max_tokens = requested_max_tokens(body)
-        primary = await call.resolve(name)
-        payload = msgspec.json.encode(body)  # forwarded as-is: the model is in the URL
 
-        async def attempt(candidate: Candidate) -> UpstreamResponse:
-            check_family(candidate, "gemini")
-            adapter = adapter_for(candidate.provider.type)
-            url = adapter.chat_url(candidate.provider, candidate.model.slug, stream)
-            return await call.send(candidate, url, payload)
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        check_family(candidate, "gemini")
+        if call.route_state is None:
+            call.route_state = msgspec.json.encode(call.json)  # forwarded as-is: the model is in the URL
+        adapter = adapter_for(candidate.provider.type)
+        url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
+        return await call.send(candidate, url, call.route_state)
 
-        resp = await call.route(primary, attempt)
-        if not stream:
-            await relay_unary(call, resp, "usageMetadata", gemini.usage_from)
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        assert upstream is not None and call.json is not None
+        if not call.ctx.stream:
+            await relay_unary(call, upstream, "usageMetadata", gemini.usage_from)
             return
-        config = body.get("generationConfig")
+        config = call.json.get("generationConfig")
         count = config.get("candidateCount", 1) if isinstance(config, dict) else 1
-        relay = GeminiRelay(json_array=call.req.query("alt") != "sse", single_candidate=count in (1, None))
+        relay = GeminiRelay(json_array=call.exchange.query("alt") != "sse", single_candidate=count in (1, None))
         content_type = b"application/json" if relay.json_array else b"text/event-stream"
-        await call.stream(relay.relay(call, resp), relay.fail, content_type)
+        await call.stream(relay.relay(call, upstream), relay.fail, content_type)

@@ -23,8 +23,8 @@ from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
-from odock.pipeline.call import Call, estimate_tokens, family_of
-from odock.providers.registry import adapter_for
+from odock.pipeline.call import Call, estimate_tokens
+from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
 
@@ -77,7 +77,7 @@ def check_family(candidate: Candidate, family: str) -> None:
 
 def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
     """The client headers a route forwards upstream (only those named; never credentials)."""
-    headers = call.req.headers
+    headers = call.exchange.headers
     return {name: headers[name] for name in names if headers.get(name)}
 
 
@@ -94,6 +94,7 @@ async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage:
         if isinstance(raw, dict):
             call.ctx.raw_usage = raw
             call.ctx.usage = usage(raw)
+    await call.answered(None)
     await call.respond(200, data, content_type.encode("latin-1"))
 
 
@@ -171,15 +172,15 @@ def sse_data(event: bytes) -> Any:
 class ForwardEndpoint(LLMEndpoint):
     """A native JSON route forwarded to one upstream path of its family with only `model` rewritten."""
 
-    def __init__(self, route: str, path: str, family: str, *, usage: UsageFn = usage_any,
+    def __init__(self, name: str, path: str, family: str, *, usage: UsageFn = usage_any,
                  usage_key: str = "usage", stream: StreamStart | None = None,
                  max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
                  validate: Callable[[dict[str, Any]], None] | None = None,
                  forward_headers: tuple[str, ...] = (),
                  error: Callable[[GatewayError], bytes] | None = None) -> None:
-        self.route = route
+        self.name = name
         self.path = path
-        self.required_provider = family
+        self.family = family
         self.usage = usage
         self.usage_key = usage_key
         self.stream_start = stream
@@ -192,38 +193,39 @@ class ForwardEndpoint(LLMEndpoint):
         """Render an error in the route's dialect."""
         return self._error(err)
 
-    async def serve(self, call: Call) -> None:
-        await call.admit()
+    async def decode(self, call: Call) -> None:
         body = await call.read_json()
-        family = self.required_provider
+        family = self.family
         assert family is not None
         check_provider_field(body, family)
-        name = model_of(body)
+        ctx = call.ctx
+        ctx.requested_model = model_of(body)
         if self.validate is not None:
             self.validate(body)
-        ctx = call.ctx
-        relay: StreamRelay | None = None
         if body.get("stream") is True:
             if self.stream_start is None:
-                raise BadRequest(f"streaming is not supported on {call.req.path}", "invalid_request")
+                raise BadRequest(f"streaming is not supported on {call.exchange.path}", "invalid_request")
             ctx.stream = True
-            relay = self.stream_start(body)
+            call.route_state = self.stream_start(body)
         if self.max_tokens is not None:
             ctx.max_tokens = self.max_tokens(body)
-        primary = await call.resolve(name)
-        extra = copy_headers(call, self.forward_headers)
 
-        async def attempt(candidate: Candidate) -> UpstreamResponse:
-            check_family(candidate, family)
-            body["model"] = candidate.model.slug
-            url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
-            return await call.send(candidate, url, _encode(body), extra)
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        family = self.family
+        assert family is not None and call.json is not None
+        check_family(candidate, family)
+        body = call.json
+        body["model"] = candidate.model.slug
+        url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
+        return await call.send(candidate, url, _encode(body), copy_headers(call, self.forward_headers))
 
-        resp = await call.route(primary, attempt)
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        assert upstream is not None
+        relay: StreamRelay | None = call.route_state
         if relay is None:
-            await relay_unary(call, resp, self.usage_key, self.usage)
+            await relay_unary(call, upstream, self.usage_key, self.usage)
         else:
-            produce, fail = relay(call, resp)
+            produce, fail = relay(call, upstream)
             await call.stream(produce, fail)
 
 
@@ -314,17 +316,16 @@ class MultipartForwardEndpoint(LLMEndpoint):
     The received buffer is the only copy of the files: splicing the slug builds the upstream body and the
     received one is released, so the upload is held once while the upstream call runs."""
 
-    def __init__(self, route: str, path: str, family: str, *, file_fields: tuple[str, ...],
+    def __init__(self, name: str, path: str, family: str, *, file_fields: tuple[str, ...],
                  usage: UsageFn = usage_any) -> None:
-        self.route = route
+        self.name = name
         self.path = path
-        self.required_provider = family
+        self.family = family
         self.file_fields = file_fields
         self.usage = usage
 
-    async def serve(self, call: Call) -> None:
-        await call.admit()
-        content_type = call.req.headers.get("content-type", "")
+    async def decode(self, call: Call) -> None:
+        content_type = call.exchange.headers.get("content-type", "")
         boundary = multipart_boundary(content_type)
         received = await call.read_body()
         parts = scan_multipart(boundary, received)
@@ -341,34 +342,45 @@ class MultipartForwardEndpoint(LLMEndpoint):
             wanted = " or ".join(repr(f) for f in self.file_fields)
             raise BadRequest(f"a file part named {wanted} is required", "invalid_request")
         if any(p.name == "stream" and received[p.start:p.end].strip().lower() == b"true" for p in parts):
-            raise BadRequest(f"streaming is not supported on {call.req.path}", "invalid_request")
+            raise BadRequest(f"streaming is not supported on {call.exchange.path}", "invalid_request")
         prompt = next((p for p in parts if p.name == "prompt" and p.filename is None), None)
         call.ctx.estimated_input_tokens = estimate_tokens(prompt.end - prompt.start if prompt else 0)
-        family = self.required_provider
+        call.ctx.requested_model = name
+        # from here on only the upload holds the files; each attempt re-splices only when its slug differs
+        call.route_state = _Upload(received, field.start, field.end, content_type)
+
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        family = self.family
         assert family is not None
-        primary = await call.resolve(name)
-        # from here on only `upload` holds the files; each attempt re-splices only when its slug differs
-        upload, upload_end = received, field.end
-        del received
-        start = field.start
-        forward = {"Content-Type": content_type}
+        upload: _Upload = call.route_state
+        check_family(candidate, family)
+        slug = candidate.model.slug.encode()
+        if b"\r" in slug or b"\n" in slug:
+            raise BadRequest("model slug cannot be sent in a form field", "provider_type_unsupported")
+        upload.splice(slug)
+        url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
+        return await call.send(candidate, url, upload.body, {"Content-Type": upload.content_type})
 
-        async def attempt(candidate: Candidate) -> UpstreamResponse:
-            nonlocal upload, upload_end
-            check_family(candidate, family)
-            slug = candidate.model.slug.encode()
-            if b"\r" in slug or b"\n" in slug:
-                raise BadRequest("model slug cannot be sent in a form field", "provider_type_unsupported")
-            if upload[start:upload_end] != slug:
-                with memoryview(upload) as view:
-                    upload = b"".join((view[:start], slug, view[upload_end:]))
-                upload_end = start + len(slug)
-            url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
-            return await call.send(candidate, url, upload, forward)
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        assert upstream is not None
+        call.route_state = None  # release the upload before relaying the answer
+        await relay_unary(call, upstream, "usage", self.usage)
 
-        resp = await call.route(primary, attempt)
-        upload = b""
-        await relay_unary(call, resp, "usage", self.usage)
+
+class _Upload:
+    """A received multipart body with the `model` field's value at [start, end): the only copy of the files."""
+
+    __slots__ = ("body", "content_type", "end", "start")
+
+    def __init__(self, body: bytes, start: int, end: int, content_type: str) -> None:
+        self.body, self.start, self.end, self.content_type = body, start, end, content_type
+
+    def splice(self, slug: bytes) -> None:
+        """Put `slug` in the model field (a new buffer only when it differs from what is there)."""
+        if self.body[self.start:self.end] != slug:
+            with memoryview(self.body) as view:
+                self.body = b"".join((view[:self.start], slug, view[self.end:]))
+            self.end = self.start + len(slug)
 
 
 def openai_media_routes() -> dict[str, LLMEndpoint]:

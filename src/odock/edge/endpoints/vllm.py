@@ -21,12 +21,11 @@ from odock.dialects import openai_chat
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.openai_media import ForwardEndpoint, MultipartForwardEndpoint, openai_stream
 from odock.edge.endpoints.responses import responses_endpoint
-from odock.edge.http import Request
-from odock.errors import GatewayError
-from odock.pipeline.call import Call, family_of
+from odock.pipeline.call import Call
+from odock.providers.registry import family_of
 
 if TYPE_CHECKING:
-    from odock.gateway import Gateway
+    from odock.transport.base import UpstreamResponse
 
 PREFIX = "/v1/vllm"
 FAMILY = "vllm"
@@ -37,35 +36,37 @@ def _completion_max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class VLLMModelsEndpoint:
-    """`GET/POST /v1/vllm/models`: the key's granted vLLM models in OpenAI list shape, from the catalogue."""
+class VLLMModelsEndpoint(LLMEndpoint):
+    """`GET/POST /v1/vllm/models`: the key's granted vLLM models in OpenAI list shape, from the catalogue.
 
-    route = "vllm.models"
+    Served by the `listing` pipeline (pre-auth gate, authentication, early gate), like every other route."""
+
+    name = "vllm.models"
+    kind = "listing"
     methods = ("GET", "POST")
+    family = FAMILY
 
-    def error_body(self, err: GatewayError) -> bytes:
-        """Render an error in the OpenAI shape."""
-        return openai_chat.error_body(err)
+    async def decode(self, call: Call) -> None:
+        """Nothing to read: the listing depends only on the key."""
 
-    async def handle(self, gw: Gateway, req: Request) -> None:
-        """Authenticate the key and list its granted models served by a vLLM provider."""
-        call = Call(gw, req, self.route, FAMILY)
-        if gw.governance is not None:
-            await gw.governance.pre_auth(call.ctx.client_ip)
-        key = await gw.catalogue.authenticate(call.credential())
-        granted = await gw.catalogue.grants(key.id)
-        models = await asyncio.gather(*(gw.catalogue.model_by_id(model_id) for model_id in sorted(granted)))
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        """List the key's granted models served by an enabled vLLM provider."""
+        catalogue = call.pipeline.catalogue
+        key = call.ctx.key
+        assert key is not None and catalogue is not None
+        granted = await catalogue.grants(key.id)
+        models = await asyncio.gather(*(catalogue.model_by_id(model_id) for model_id in sorted(granted)))
         data: list[dict[str, Any]] = []
         for model in models:
             if model is None or model.organisation_id != key.organisation_id:
                 continue
-            provider = await gw.catalogue.provider(model.provider_id)
+            provider = await catalogue.provider(model.provider_id)
             if provider is None or not provider.enabled or family_of(provider.type) != FAMILY:
                 continue
             data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "odock",
                          "root": model.name, "parent": None})
         data.sort(key=lambda m: str(m["id"]))
-        await req.respond(200, msgspec.json.encode({"object": "list", "data": data}))
+        await call.respond(200, msgspec.json.encode({"object": "list", "data": data}))
 
 
 def vllm_routes() -> dict[str, Any]:
@@ -79,7 +80,7 @@ def vllm_routes() -> dict[str, Any]:
         "score": "/score",
         "rerank": "/rerank",
     }
-    routes: dict[str, LLMEndpoint | VLLMModelsEndpoint] = {
+    routes: dict[str, LLMEndpoint] = {
         f"{PREFIX}/models": VLLMModelsEndpoint(),
         f"{PREFIX}/chat/completions": ForwardEndpoint(
             "vllm.chat", "/chat/completions", FAMILY, stream=openai_stream,

@@ -30,6 +30,8 @@ class CallContext:
     started: float = field(default_factory=time.perf_counter)
     # the provider family a native route pins ("openai", "anthropic", "gemini", "vllm"), None on /v1/llm/chat
     required_provider: str | None = None
+    # a unified call's `provider` pin: it reaches only that provider family
+    provider_pin: str | None = None
     body_bytes: int = 0
     # filled by auth
     key: ApiKeyRecord | None = None
@@ -52,6 +54,11 @@ class CallContext:
     answered_provider: ProviderRecord | None = None
     usage: Usage | None = None
     raw_usage: dict[str, Any] | None = None
+    # items billed per unit beside tokens (images generated: `per_image` pricing)
+    billed_images: int = 0
+    # the exact cost, computed once when the call ends (post-flight and the usage record share it)
+    priced: bool = False
+    cost_nanos: int | None = None
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

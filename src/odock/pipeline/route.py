@@ -1,0 +1,35 @@
+"""The Route contract: what an endpoint gives the pipeline — decode with its dialect, one upstream attempt, and
+the answer (relay or encode). Everything else (gates, access, budgets, routing, usage) is the pipeline's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from odock.errors import GatewayError
+    from odock.pipeline.call import Call
+    from odock.routing.router import Candidate
+    from odock.transport.base import UpstreamResponse
+
+
+class Route(Protocol):
+    """One client-facing route of an LLM call."""
+
+    name: str  # bounded route label for metrics and the usage record ("openai.chat", "anthropic.messages", …)
+    family: str | None  # the provider family a native route pins (RequiredProvider); None on /v1/llm/chat
+
+    def error_body(self, err: GatewayError) -> bytes:
+        """An error in this route's dialect, so the client's SDK raises its matching exception."""
+        ...
+
+    async def decode(self, call: Call) -> None:
+        """Read and decode the body: set the requested model, stream flag and output cap on `call.ctx`."""
+        ...
+
+    async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        """Make one upstream attempt on `candidate` (the router calls this once per attempt)."""
+        ...
+
+    async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
+        """Answer the client from the upstream's response (None for a route the gateway answers itself)."""
+        ...

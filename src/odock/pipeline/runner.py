@@ -1,0 +1,90 @@
+"""The pipeline: an ordered list of stages, built once at start, that every call of one kind runs through.
+
+    before-hooks, in list order ─► router: attempts over route.send ─► route.respond (after-hooks, deltas)
+                                                                                   │
+    compensations, in reverse, always ◄────────────────────────────────────────────┘
+
+The order lives in one list (Starlette's `build_middleware_stack` habit); see `odock.pipeline.stages` for the
+reference order of each kind of call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from odock.errors import ClientDisconnected, GatewayError, UpstreamError
+from odock.pipeline.call import Call, upstream_error_body
+from odock.routing.router import run_attempts
+
+if TYPE_CHECKING:
+    from odock.pipeline.exchange import Exchange
+    from odock.pipeline.route import Route
+    from odock.pipeline.stage import Stage
+    from odock.routing.router import AttemptObserver
+    from odock.state.catalogue import Catalogue
+    from odock.transport.base import Transport
+
+log = logging.getLogger("odock.pipeline")
+
+
+@dataclass(slots=True, frozen=True)
+class BodyLimits:
+    max_body_bytes: int
+    read_timeout_s: float
+
+
+def _render(err: GatewayError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+
+
+class Pipeline:
+    """One kind of call's stages in order, and what the runner needs to reach the upstream."""
+
+    def __init__(self, stages: Sequence[Stage], *, transport: Transport, limits: BodyLimits,
+                 client_ip: Callable[[Exchange], str], observe: AttemptObserver | None = None,
+                 catalogue: Catalogue | None = None) -> None:
+        self.stages = tuple(stages)
+        self.transport = transport
+        self.catalogue = catalogue  # for routes the gateway answers itself (model listings)
+        self.limits = limits
+        self.client_ip = client_ip
+        self.observe = observe
+        self.before_stages = tuple(s for s in self.stages if "before" in s.hooks())
+        self.delta_stages = tuple(s for s in self.stages if "on_delta" in s.hooks())
+        self.after_stages = tuple(s for s in reversed(self.stages) if "after" in s.hooks())
+        self.needs_request = any(s.needs_request for s in self.stages)
+        self.needs_response = any(s.needs_response for s in self.stages)
+
+    def names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    async def run(self, exchange: Exchange, route: Route) -> None:
+        """Serve one call: stages, upstream attempts, answer; compensations always."""
+        call = Call(self, exchange, route, self.client_ip(exchange))
+        try:
+            for stage in self.before_stages:
+                await stage.before(call)
+            upstream = None
+            if call.plan is not None:
+                upstream = await run_attempts(call.ctx, call.plan, lambda c: route.send(call, c), self.observe)
+                answered = call.ctx.answered_by
+                if answered is not None:
+                    exchange.response_headers.append((b"x-odock-model", answered.name.encode()))
+            await route.respond(call, upstream)
+        except GatewayError as err:
+            call.fail(err)
+            if isinstance(err, UpstreamError):
+                err.extra.update(upstream_error_body(err))
+            if not exchange.started:
+                await exchange.respond(err.status, route.error_body(err),
+                                       headers=_render(err) + call.governed_headers())
+        except ClientDisconnected:
+            call.ctx.outcome, call.ctx.error_code = "cancelled", "client_disconnected"
+        except BaseException:
+            call.ctx.status, call.ctx.outcome, call.ctx.error_code = 500, "failed", "internal_error"
+            raise
+        finally:
+            await call.unwind()

@@ -1,0 +1,49 @@
+"""The Stage contract: one step of a call, placed in the pipeline's ordered list (reference §2.2).
+
+A stage has at most three hooks, each optional; the runner calls only those a stage overrides, so a stage that
+has nothing to do on a phase costs nothing there:
+
+- `before(call)`: before the upstream call, in list order. Pass, change the call, or raise a `GatewayError`.
+  Undo work (a lease, a reservation) by registering a compensation with `call.defer(...)`: compensations run in
+  reverse registration order, always — on success, on any error, and on cancellation.
+- `on_delta(call, event)`: each normalized stream event, in list order; return the event (changed or not) or
+  None to drop it.
+- `after(call, response)`: once the upstream answered (a unary answer before it is written; a stream after its
+  last event), in reverse list order.
+
+A stage declares `needs_request` / `needs_response` when it must see the decoded request or response. When no
+enabled stage does, a same-dialect route stays a byte relay (DESIGN principle 1); when one does, the native body
+is decoded with the route's dialect (httpx `Auth.requires_request_body` habit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from odock.model import GatewayResponse, StreamEvent
+    from odock.pipeline.call import Call
+
+
+class Stage:
+    """Base class of every stage; override the hooks the stage needs and nothing else."""
+
+    name: ClassVar[str] = "stage"
+    needs_request: ClassVar[bool] = False
+    needs_response: ClassVar[bool] = False
+
+    async def before(self, call: Call) -> None:
+        """Run before the upstream call."""
+
+    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
+        """Look at (or change, or drop) one normalized stream event."""
+        return event
+
+    async def after(self, call: Call, response: GatewayResponse | None) -> None:
+        """Run once the upstream answered; `response` is decoded only when some stage needs it."""
+
+    # which hooks a subclass actually overrides (the runner builds its per-phase lists from these)
+    @classmethod
+    def hooks(cls) -> frozenset[str]:
+        return frozenset(name for name in ("before", "on_delta", "after")
+                         if getattr(cls, name) is not getattr(Stage, name))

@@ -1,0 +1,59 @@
+"""The stages of each kind of call, in the reference order (§2.2), built once at start from configuration.
+
+    LLM call:  pre-auth gate → authenticate → usage record → early gate → read body → [pre_route]
+               → model access → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
+    listing:   pre-auth gate → authenticate → early gate            (`/v1/vllm/models`: answered from the catalogue)
+
+`pre_route` is where plugins' pre_route hooks go (§2.2 step 9); `pre_upstream` is where SafetySec, plugins and
+the response cache go (steps 14–15: after the reservations, so a block releases them). Governance stages are
+left out when governance is off; nothing else is conditional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from odock.pipeline.stage import Stage
+from odock.pipeline.stages.access import Authenticate, ModelAccess, ReadBody
+from odock.pipeline.stages.gates import EarlyGate, FinalGate, PreAuthGate
+from odock.pipeline.stages.routing import RoutePlanning
+from odock.pipeline.stages.usage import Pricer, RecordUsage
+
+if TYPE_CHECKING:
+    from odock.governance import Governance
+    from odock.routing.policy import Routing
+    from odock.state.catalogue import Catalogue
+    from odock.usage import UsageRecorder
+
+__all__ = ["Pricer", "listing_stages", "llm_stages"]
+
+
+def llm_stages(*, catalogue: Catalogue, recorder: UsageRecorder, routing: Routing,
+               governance: Governance | None = None, pricer: Pricer | None = None,
+               pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = ()) -> list[Stage]:
+    """The stages of an LLM call, in order."""
+    pricer = pricer or Pricer()
+    stages: list[Stage] = []
+    if governance is not None:
+        stages.append(PreAuthGate(governance))
+    stages += [Authenticate(catalogue), RecordUsage(recorder, pricer)]
+    if governance is not None:
+        stages.append(EarlyGate(governance, pricer))
+    stages += [ReadBody(), *pre_route, ModelAccess(catalogue)]
+    if governance is not None:
+        stages.append(FinalGate(governance))
+    stages += [*pre_upstream, RoutePlanning(routing)]
+    return stages
+
+
+def listing_stages(*, catalogue: Catalogue, governance: Governance | None = None,
+                   pricer: Pricer | None = None) -> list[Stage]:
+    """The stages of a call the gateway answers from its catalogue (no upstream, no usage record)."""
+    stages: list[Stage] = []
+    if governance is not None:
+        stages.append(PreAuthGate(governance))
+    stages.append(Authenticate(catalogue))
+    if governance is not None:
+        stages.append(EarlyGate(governance, pricer or Pricer()))
+    return stages

@@ -1,0 +1,107 @@
+"""The usage record (steps 20–21): priced once, written off the request path, for every authenticated call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from odock import metrics
+from odock.governance.pricing import cost_nanos
+from odock.model import Usage
+from odock.pipeline.stage import Stage
+from odock.state.records import UsageRecord
+
+if TYPE_CHECKING:
+    from odock.context import CallContext
+    from odock.pipeline.call import Call
+    from odock.usage import UsageRecorder
+
+
+class Pricer:
+    """The exact cost of a finished call (memoised on its context: post-flight and the record share it)."""
+
+    def cost(self, ctx: CallContext) -> int | None:
+        if ctx.priced:
+            return ctx.cost_nanos
+        ctx.priced = True
+        model = ctx.answered_by or ctx.model
+        if model is None or not model.pricing or (ctx.usage is None and not ctx.billed_images):
+            return None
+        ctx.cost_nanos = cost_nanos(model.pricing, ctx.usage or Usage(), images=ctx.billed_images)
+        return ctx.cost_nanos
+
+
+def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
+    """Every attempt, and whether the call went where it was asked to (reference §9.7)."""
+    if not ctx.attempts:
+        return None
+    answered = ctx.answered_by
+    # a cooldown can skip the requested model without a failed attempt: that is a reroute too
+    direct = len(ctx.attempts) == 1 and (answered is None or answered.name == ctx.requested_model)
+    return {
+        "decision": "direct" if direct else "rerouted",
+        "attempts": [
+            {"model": a.model, "provider": a.provider, "outcome": a.outcome, "error_class": a.error_class,
+             "status": a.status, "latency_ms": a.latency_ms}
+            for a in ctx.attempts
+        ],
+    }
+
+
+class RecordUsage(Stage):
+    """Registers the call's usage record as its outermost compensation, so it is written last — after the
+    post-flight has settled the cost — however the call ended."""
+
+    name = "usage"
+
+    def __init__(self, recorder: UsageRecorder, pricer: Pricer) -> None:
+        self.recorder = recorder
+        self.pricer = pricer
+
+    async def before(self, call: Call) -> None:
+        ctx = call.ctx
+
+        async def record() -> None:
+            self.record(ctx)
+
+        call.defer(record)
+
+    def record(self, ctx: CallContext) -> None:
+        key = ctx.key
+        if key is None:
+            return
+        cost = self.pricer.cost(ctx)
+        usage = ctx.usage
+        answered = ctx.answered_by or ctx.model
+        provider = ctx.answered_provider or ctx.provider
+        self.recorder.record(UsageRecord(
+            request_id=ctx.request_id,
+            created_at=datetime.now(UTC),
+            organisation_id=key.organisation_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            api_key_id=key.id,
+            route=ctx.route,
+            status=ctx.status or 500,
+            outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
+            model=ctx.requested_model,
+            model_slug=answered.slug if answered else None,
+            provider=provider.type if provider else None,
+            stream=ctx.stream,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cached_input_tokens=usage.cached_input_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            usage_estimated=usage.estimated if usage else False,
+            latency_ms=ctx.elapsed_ms(),
+            provider_request_id=ctx.provider_request_id,
+            error_code=ctx.error_code,
+            cost_nanos=cost,
+            pricing=answered.pricing if answered and answered.pricing else None,
+            raw_usage=ctx.raw_usage,
+            routing=routing_evidence(ctx),
+        ))
+        if usage is not None and provider is not None:
+            metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
+            metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
