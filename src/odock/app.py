@@ -41,7 +41,7 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
 def admin_app_for(gw: Gateway) -> ASGIApp:
     """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
     from odock.admin.app import create_admin_app
-    from odock.governance.admin import admin_for, admin_routes
+    from odock.admin.governance import admin_for, admin_routes
 
     # budget and quota changes reload this process's definitions at once (others poll)
     on_change = gw.governance.refresh_definitions if gw.governance is not None else None

@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
     from odock.commands import catalogue, serve
-    from odock.governance import cli as governance_cli
+    from odock.commands import governance as governance_cli
     from odock.mock import cli as mock_cli
 
     parser = argparse.ArgumentParser(prog="odock", description="Odock LLM gateway")

@@ -281,7 +281,7 @@ async def apply_config(
             changes["models"] = models
         record("key", label, changes)
     if document.get("budgets") or document.get("quotas"):
-        from odock.governance.admin import admin_for, apply_governance
+        from odock.admin.governance import admin_for, apply_governance
 
         governed = await apply_governance(document, service=admin_for(service.store))
         report.created += governed["created"]

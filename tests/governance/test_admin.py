@@ -11,7 +11,7 @@ import pytest
 from starlette.applications import Starlette
 
 from odock.errors import BadRequest, NotFound
-from odock.governance.admin import GovernanceAdmin, admin_routes, apply_governance
+from odock.admin.governance import GovernanceAdmin, admin_routes, apply_governance
 from odock.governance.store import GovernanceStore
 from odock.settings import Settings
 from odock.state.service import CatalogueService
@@ -160,7 +160,7 @@ def test_cli_create_list_delete(tmp_path: Path, capsys: pytest.CaptureFixture[st
     import asyncio
     import json
 
-    from odock.governance.cli import add_parsers
+    from odock.commands.governance import add_parsers
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
 

@@ -180,7 +180,7 @@ def _object(value: Any, field: str) -> dict[str, Any]:
 
 def _policies(value: Any) -> dict[str, Any]:
     """A policy envelope, refused at write time when its routing section is malformed (it would be ignored)."""
-    from odock.routing.strategies import validate_routing
+    from odock.state.routing_policy import validate_routing
 
     policies = _object(value, "policies")
     problems = validate_routing(policies)

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
+from odock.admin.governance import GovernanceAdmin
 from odock.errors import GatewayError
-from odock.governance.admin import GovernanceAdmin
 from odock.governance.periods import PERIODS
 from odock.governance.store import METRICS, OWNER_TYPES, GovernanceStore
 
