@@ -12,6 +12,7 @@ import gc
 import ipaddress
 import logging
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from odock.pipeline.runner import BodyLimits, Pipeline
@@ -26,6 +27,7 @@ from odock.usage import UsageRecorder
 if TYPE_CHECKING:
     from odock.governance import Governance
     from odock.pipeline.exchange import Exchange
+    from odock.pipeline.stage import Stage
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
@@ -70,12 +72,14 @@ class Gateway:
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 
-    def build_pipelines(self) -> dict[str, Pipeline]:
-        """Each kind of call's stage list, in the reference order, built once."""
+    def build_pipelines(self, *, pre_route: Sequence[Stage] = (),
+                        pre_upstream: Sequence[Stage] = ()) -> dict[str, Pipeline]:
+        """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
+        insertion points: see `odock.pipeline.stages`)."""
         pricer = Pricer()
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(catalogue=self.catalogue, recorder=self.recorder, routing=self.routing,
-                         governance=self.governance, pricer=pricer)
+                         governance=self.governance, pricer=pricer, pre_route=pre_route, pre_upstream=pre_upstream)
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
         return {
             "llm": Pipeline(llm, transport=self.transport, limits=limits, client_ip=self.client_ip,
@@ -85,7 +89,7 @@ class Gateway:
         }
 
     @classmethod
-    async def open(cls, settings: Settings) -> Gateway:
+    async def open(cls, settings: Settings, *, transport: Transport | None = None) -> Gateway:
         """Open the store (running migrations), Redis in cluster mode, and governance."""
         from odock.governance import Governance
         from odock.state.sql import SqlStore
@@ -97,7 +101,7 @@ class Gateway:
 
             redis = aioredis.from_url(settings.redis_url)
         governance = await Governance.open(settings, database_url=settings.database_url, redis=redis)
-        return cls(settings, store, governance=governance, redis=redis)
+        return cls(settings, store, transport=transport, governance=governance, redis=redis)
 
     async def start(self) -> None:
         self.store.add_change_listener(self.catalogue.invalidate)
