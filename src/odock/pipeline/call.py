@@ -28,7 +28,7 @@ from odock.errors import (
 )
 from odock.pipeline.context import CallContext
 from odock.providers.base import ProviderAdapter
-from odock.providers.registry import adapter_for
+from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate, RoutePlan, run_attempts
 from odock.state.records import ModelRecord, UsageRecord
 from odock.transport.base import UpstreamRequest, UpstreamResponse
@@ -38,14 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odock.call")
 T = TypeVar("T")
-
-# provider types that speak a family's wire format (reference §4.1: AZURE_OPENAI/CUSTOM are the OpenAI family)
-FAMILY = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
-          "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
-
-
-def family_of(provider_type: str) -> str:
-    return FAMILY.get(provider_type, provider_type)
 
 
 def estimate_tokens(size_bytes: int) -> int:
@@ -325,7 +317,7 @@ class Call:
             outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
             model=ctx.requested_model,
             model_slug=answered.slug if answered else None,
-            provider=provider.type if provider else None,
+            provider=family_of(provider.type) if provider else None,  # the runtime name (§4.6)
             stream=ctx.stream,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
@@ -342,8 +334,9 @@ class Call:
             routing=routing,
         ))
         if usage is not None and provider is not None:
-            metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
-            metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
+            family = family_of(provider.type)
+            metrics.child(metrics.TOKENS, family, "input").inc(usage.total_input)
+            metrics.child(metrics.TOKENS, family, "output").inc(usage.output_tokens)
 
 
 async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from odock.errors import DependencyUnavailable, GatewayError, UpstreamError
+from odock.providers.registry import family_of
 from odock.routing.health import DEFAULT_COOLDOWN_FAILURES, DEFAULT_COOLDOWN_S, HealthBook
 from odock.routing.router import Candidate, RoutePlan
 from odock.routing.strategies import (
@@ -118,8 +119,6 @@ class Routing:
     async def _eligible(self, call: Call, primary: Candidate, specs: tuple[CandidateSpec, ...],
                         family: str | None) -> list[tuple[Candidate, CandidateSpec]]:
         """Resolve candidate names; keep those in the org, of the same type and family, granted and usable."""
-        from odock.pipeline.call import family_of
-
         ctx, catalogue = call.ctx, call.gw.catalogue
         assert ctx.key is not None
         grants: frozenset[str] | None = None

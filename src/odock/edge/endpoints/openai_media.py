@@ -23,8 +23,8 @@ from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
-from odock.pipeline.call import Call, estimate_tokens, family_of
-from odock.providers.registry import adapter_for
+from odock.pipeline.call import Call, estimate_tokens
+from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
 

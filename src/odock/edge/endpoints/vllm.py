@@ -23,7 +23,8 @@ from odock.edge.endpoints.openai_media import ForwardEndpoint, MultipartForwardE
 from odock.edge.endpoints.responses import responses_endpoint
 from odock.edge.http import Request
 from odock.errors import GatewayError
-from odock.pipeline.call import Call, family_of
+from odock.pipeline.call import Call
+from odock.providers.registry import family_of
 
 if TYPE_CHECKING:
     from odock.gateway import Gateway
