@@ -18,7 +18,8 @@ import httpx
 from odock.app import create_app
 from odock.edge.app import Edge
 from odock.gateway import Gateway
-from odock.mock.server import MockApp, create_app as create_mock
+from odock.mock.server import MockApp
+from odock.mock.server import create_app as create_mock
 from odock.pipeline.stage import Stage
 from odock.settings import Settings
 from odock.state.service import CatalogueService

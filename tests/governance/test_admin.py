@@ -10,8 +10,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from odock.errors import BadRequest, NotFound
 from odock.admin.governance import GovernanceAdmin, admin_routes, apply_governance
+from odock.errors import BadRequest, NotFound
 from odock.governance.store import GovernanceStore
 from odock.settings import Settings
 from odock.state.service import CatalogueService

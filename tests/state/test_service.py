@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from odock.errors import BadRequest, GatewayError, NotFound
+from odock.providers.registry import PROVIDER_TYPES
 from odock.state import schema
 from odock.state.service import CatalogueService
 from odock.state.sql import SqlStore
@@ -161,6 +162,27 @@ async def test_provider_credential_encrypted_at_rest(store: SqlStore, service: C
     assert not cleared.has_api_key
     reloaded = await store.get_provider(info.id)
     assert reloaded is not None and reloaded.api_key is None
+
+
+async def test_provider_types_are_exactly_the_registered_ones(store: SqlStore, service: CatalogueService) -> None:
+    """Every provider type of the provider registry is accepted on create and update and loads back from the
+    store; any other type, or a type that is not a string, is 400 provider_type_unsupported."""
+    await _catalogue(service)
+    for ptype in PROVIDER_TYPES:
+        info = await service.create_provider(
+            {"organisation": "acme", "name": f"p-{ptype}", "type": ptype, "base_url": "http://127.0.0.1:9"})
+        loaded = await store.get_provider(info.id)
+        assert info.type == ptype and loaded is not None and loaded.type == ptype
+    assert {"azure_openai", "custom", "google"} <= set(PROVIDER_TYPES)
+    for bad in ("mistral", "OPENAI", "", ["openai"], 1):
+        with pytest.raises(BadRequest) as info:
+            await service.create_provider(
+                {"organisation": "acme", "name": "bad", "type": bad, "base_url": "http://127.0.0.1:9"})
+        assert info.value.code == "provider_type_unsupported", bad
+        with pytest.raises(BadRequest) as info:
+            await service.update_provider("oa", {"type": bad}, "acme")
+        assert info.value.code == "provider_type_unsupported", bad
+    assert (await service.update_provider("oa", {"type": "azure_openai"}, "acme")).type == "azure_openai"
 
 
 async def test_model_lookup_and_validation(store: SqlStore, service: CatalogueService) -> None:

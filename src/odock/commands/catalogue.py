@@ -18,9 +18,10 @@ from typing import Any
 
 from odock.config_file import ApplyReport, apply_config
 from odock.errors import BadRequest, GatewayError
+from odock.providers.registry import PROVIDER_TYPES
 from odock.settings import load_settings
 from odock.state.records import KeyType
-from odock.state.service import GROUP_BY, MODEL_TYPES, PROVIDER_TYPES, CatalogueService, CreatedKey, to_json
+from odock.state.service import GROUP_BY, MODEL_TYPES, CatalogueService, CreatedKey, to_json
 from odock.state.sql import SqlStore
 
 Action = Callable[[CatalogueService, argparse.Namespace], Awaitable[Any]]

@@ -9,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+from odock.dialects.contract import ClientSide, StreamOptions, UpstreamSide
 from odock.dialects.fields import bad as _bad
 from odock.dialects.fields import count as _int
 from odock.dialects.fields import dumps as _dumps
@@ -826,3 +827,21 @@ def error_body(err: GatewayError) -> bytes:
     for k, v in err.extra.items():
         error.setdefault(k, v)
     return _dumps({"type": "error", "error": error})
+
+
+# --- the dialect's two sides (dialects.contract) -------------------------------------------------------------
+
+
+def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> StreamEncoder:
+    """A client stream encoder (Anthropic streams always carry usage: no option applies)."""
+    return StreamEncoder(model=model, request_id=request_id)
+
+
+CLIENT = ClientSide(
+    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    error_body=error_body,
+)
+UPSTREAM = UpstreamSide(
+    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    usage_from=usage_from,
+)

@@ -11,6 +11,7 @@ import mimetypes
 import uuid
 from typing import Any
 
+from odock.dialects.contract import ClientSide, StreamOptions, UpstreamSide
 from odock.dialects.fields import bad as _bad
 from odock.dialects.fields import count as _int
 from odock.dialects.fields import dumps as _dumps
@@ -671,6 +672,7 @@ class StreamDecoder:
         self._walker = _Parts()
         self._started = False
         self._last_usage: dict[str, Any] | None = None
+        self.done = False  # a finish reason (or a blocked prompt) seen: the answer is complete
         self.ended = False  # the finished candidate's chunk with its usage: Gemini's last chunk
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
@@ -720,9 +722,11 @@ class StreamDecoder:
         reason = cand.get("finishReason")
         if reason is not None:
             out.append(StreamStop(stop_reason=_stop_in(reason, self._walker.n_calls > 0) or "stop"))
+            self.done = True
             self.ended = bool(usage) and len(candidates) == 1  # unified calls ask for one candidate
         elif not candidates and (data.get("promptFeedback") or {}).get("blockReason"):
             out.append(StreamStop(stop_reason="content_filter"))
+            self.done = True
         return out
 
 
@@ -891,3 +895,21 @@ def error_body(err: GatewayError) -> bytes:
     for k, v in err.extra.items():
         error.setdefault(k, v)
     return _dumps({"error": error})
+
+
+# --- the dialect's two sides (dialects.contract) -------------------------------------------------------------
+
+
+def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> StreamEncoder:
+    """A client stream encoder: SSE for `?alt=sse`, else Gemini's streamed JSON array."""
+    return StreamEncoder(model=model, request_id=request_id, json_array=options.json_array)
+
+
+CLIENT = ClientSide(
+    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    error_body=error_body,
+)
+UPSTREAM = UpstreamSide(
+    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    usage_from=usage_from,
+)

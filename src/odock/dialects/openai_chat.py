@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from odock.dialects.contract import ClientSide, StreamOptions, UpstreamSide
 from odock.dialects.sse import SSEEvent
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -499,3 +500,36 @@ def error_payload(err: GatewayError) -> dict[str, Any]:
 def error_body(err: GatewayError) -> bytes:
     """Render an error so the openai SDK raises the class matching the status, with our message and code."""
     return _encode({"error": error_payload(err)})
+
+
+# --- the dialect's two sides (dialects.contract) -------------------------------------------------------------
+
+
+def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> StreamEncoder:
+    """A client stream encoder; `include_usage` adds the usage chunk the client asked for."""
+    return StreamEncoder(model=model, request_id=request_id, include_usage=options.include_usage)
+
+
+def encode_vllm_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
+    """The chat body for a vLLM server (`top_k` allowed, the output cap sent as `max_tokens`)."""
+    return encode_request(req, slug=slug, vllm=True)
+
+
+def decode_vllm_response(body: dict[str, Any]) -> GatewayResponse:
+    """A vLLM chat completion, normalized."""
+    return decode_response(body, provider="vllm")
+
+
+CLIENT = ClientSide(
+    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    error_body=error_body,
+)
+UPSTREAM = UpstreamSide(
+    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    usage_from=usage_from,
+)
+# vLLM's OpenAI-compatible server: the same wire format with its own field spellings on the way out
+VLLM_UPSTREAM = UpstreamSide(
+    encode_request=encode_vllm_request, decode_response=decode_vllm_response, stream_decoder=StreamDecoder,
+    usage_from=usage_from,
+)

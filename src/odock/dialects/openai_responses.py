@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+from odock.dialects.contract import ClientSide, StreamOptions, UpstreamSide
 from odock.dialects.fields import bad as _bad
 from odock.dialects.fields import count as _int
 from odock.dialects.fields import dumps as _dumps
@@ -448,6 +449,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self._tools: dict[str, int] = {}
         self._has_text_for: set[str] = set()
+        self.done = self.ended = False  # response.completed/incomplete seen: the last event of the stream
 
     def feed(self, ev: SSEEvent) -> list[StreamEvent]:
         """Decode one upstream SSE event."""
@@ -502,6 +504,7 @@ class StreamDecoder:
             if resp.get("usage"):
                 out.append(UsageEvent(usage=usage_from(resp["usage"]), raw=resp["usage"]))
             out.append(StreamStop(stop_reason=_stop_in(resp, bool(self._tools))))
+            self.done = self.ended = True
             return out
         if kind in ("response.failed", "error"):
             err = (data.get("response") or {}).get("error") or data
@@ -829,3 +832,21 @@ def error_body(err: GatewayError) -> bytes:
     for k, v in err.extra.items():
         error.setdefault(k, v)
     return _dumps({"error": error})
+
+
+# --- the dialect's two sides (dialects.contract) -------------------------------------------------------------
+
+
+def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> StreamEncoder:
+    """A client stream encoder (Responses streams always end with their usage: no option applies)."""
+    return StreamEncoder(model=model, request_id=request_id)
+
+
+CLIENT = ClientSide(
+    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    error_body=error_body,
+)
+UPSTREAM = UpstreamSide(
+    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    usage_from=usage_from,
+)

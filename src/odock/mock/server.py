@@ -49,7 +49,8 @@ def _bearer(req: MockRequest) -> str | None:
     return None
 
 
-OPENAI = Provider("openai", openai.error_reply, _bearer)
+# Azure OpenAI sends the key as `api-key`; the OpenAI routes stand in for it too
+OPENAI = Provider("openai", openai.error_reply, lambda r: _bearer(r) or r.headers.get("api-key") or None)
 # Current Anthropic SDKs send the key as a bearer token; older ones (and most gateways) use x-api-key.
 ANTHROPIC = Provider("anthropic", anthropic.error_reply, lambda r: r.headers.get("x-api-key") or _bearer(r),
                      anthropic.check_headers)

@@ -20,7 +20,7 @@ from odock import metrics
 from odock.context import CallContext
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
 from odock.model import GatewayRequest, GatewayResponse, StreamEvent
-from odock.providers.registry import adapter_for, family_of
+from odock.providers.registry import adapter_for
 from odock.transport.base import UpstreamRequest, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odock.call")
 
-__all__ = ["Call", "FinalChunk", "aclose", "estimate_tokens", "family_of", "upstream_error_body"]
+__all__ = ["Call", "FinalChunk", "aclose", "estimate_tokens", "upstream_error_body"]
 
 Compensation = Callable[[], Awaitable[None]]
 

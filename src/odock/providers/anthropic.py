@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from odock.providers.base import ProviderAdapter
 from odock.state.records import ProviderRecord
 
@@ -12,11 +10,6 @@ DEFAULT_VERSION = "2023-06-01"
 
 class AnthropicAdapter(ProviderAdapter):
     name = "anthropic"
-
-    def chat_dialect(self) -> ModuleType:
-        from odock.dialects import anthropic
-
-        return anthropic
 
     def url(self, provider: ProviderRecord, path: str) -> str:
         base = provider.base_url.rstrip("/")

@@ -1,12 +1,12 @@
-"""Provider adapters: per provider type, the upstream URL, auth headers, error mapping and chat dialect.
+"""Provider adapters: per provider type, the upstream URL, auth headers, timeouts and error mapping.
 
-Adapters are siblings behind one shape (uvicorn's protocols/http/*_impl habit) picked by `registry.adapter_for`.
+Adapters are siblings behind one shape (uvicorn's protocols/http/*_impl habit) named in `registry.PROVIDERS`
+with the family and the chat dialect of each provider type.
 Bodies are built by the dialect modules; adapters never touch the transport.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -23,11 +23,6 @@ class ProviderAdapter:
     # providers whose upstream rejects unauthenticated calls: a missing key is a configuration error (400)
     requires_key = True
     error_message_path: tuple[str, ...] = ("error", "message")
-
-    def chat_dialect(self) -> ModuleType:
-        from odock.dialects import openai_chat
-
-        return openai_chat
 
     def url(self, provider: ProviderRecord, path: str) -> str:
         return provider.base_url.rstrip("/") + path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from urllib.parse import quote
 
 from odock.providers.base import ProviderAdapter
@@ -11,11 +10,6 @@ from odock.state.records import ProviderRecord
 
 class GeminiAdapter(ProviderAdapter):
     name = "gemini"
-
-    def chat_dialect(self) -> ModuleType:
-        from odock.dialects import gemini
-
-        return gemini
 
     def chat_url(self, provider: ProviderRecord, slug: str, stream: bool) -> str:
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"

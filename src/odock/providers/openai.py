@@ -1,4 +1,4 @@
-"""OpenAI (and OpenAI-compatible Azure/custom) upstreams."""
+"""OpenAI upstreams."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 from odock import metrics
 from odock.context import Attempt, CallContext
 from odock.errors import GatewayError, UpstreamError
+from odock.providers.registry import family_of
 from odock.routing.strategies import DEFAULT_TRIGGERS
 from odock.state.records import ModelRecord, ProviderRecord
 
@@ -75,6 +76,7 @@ async def run_attempts(
     for number, candidate in enumerate(attempt_sequence(plan)):
         if number and plan.retry_delay_s:
             await asyncio.sleep(plan.retry_delay_s)
+        family = family_of(candidate.provider.type)  # attempts and metrics carry the runtime name (§4.6)
         started = time.perf_counter()
         try:
             result = await attempt(candidate)
@@ -82,12 +84,12 @@ async def run_attempts(
             elapsed = time.perf_counter() - started
             kind = err.kind if isinstance(err, UpstreamError) else err.code
             ctx.attempts.append(
-                Attempt(model=candidate.model.name, provider=candidate.provider.type, outcome="failed",
+                Attempt(model=candidate.model.name, provider=family, outcome="failed",
                         error_class=kind, status=getattr(err, "upstream_status", None) or err.status,
                         latency_ms=int(elapsed * 1000))
             )
-            metrics.child(metrics.PROVIDER_REQUESTS, candidate.provider.type, "failed").inc()
-            metrics.child(metrics.PROVIDER_ERRORS, candidate.provider.type, str(kind)).inc()
+            metrics.child(metrics.PROVIDER_REQUESTS, family, "failed").inc()
+            metrics.child(metrics.PROVIDER_ERRORS, family, str(kind)).inc()
             if on_result is not None:
                 on_result(candidate, False, elapsed, err)
             last = err
@@ -96,11 +98,11 @@ async def run_attempts(
             continue
         elapsed = time.perf_counter() - started
         ctx.attempts.append(
-            Attempt(model=candidate.model.name, provider=candidate.provider.type, outcome="success",
+            Attempt(model=candidate.model.name, provider=family, outcome="success",
                     latency_ms=int(elapsed * 1000))
         )
-        metrics.child(metrics.PROVIDER_REQUESTS, candidate.provider.type, "success").inc()
-        metrics.child(metrics.PROVIDER_DURATION, candidate.provider.type).observe(elapsed)
+        metrics.child(metrics.PROVIDER_REQUESTS, family, "success").inc()
+        metrics.child(metrics.PROVIDER_DURATION, family).observe(elapsed)
         if on_result is not None:
             on_result(candidate, True, elapsed, None)
         ctx.answered_by = candidate.model

@@ -14,7 +14,6 @@ from typing import Any, Literal
 import msgspec
 
 KeyType = Literal["ORGANISATION", "TEAM", "USER"]
-ProviderType = Literal["openai", "anthropic", "gemini", "vllm"]
 ModelType = Literal[
     "chat", "reasoning", "image", "embeddings", "audio", "moderation", "transcription", "tts", "ocr"
 ]
@@ -64,7 +63,7 @@ class ProviderRecord(msgspec.Struct, kw_only=True):
     id: str
     organisation_id: str
     name: str
-    type: ProviderType
+    type: str  # a provider type of odock.providers.registry (checked when the catalogue is written)
     base_url: str
     api_key: str | None = None  # decrypted by the store; never logged or serialized by the admin API
     timeout_ms: int | None = None

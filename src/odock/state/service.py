@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from odock.errors import BadRequest, GatewayError, NotFound
+from odock.providers.registry import PROVIDER_TYPES, PROVIDERS
 from odock.state import schema
 from odock.state.crypto import mask_secret
 from odock.state.records import (
@@ -30,7 +31,6 @@ from odock.state.records import (
     ModelRecord,
     ModelType,
     Organisation,
-    ProviderType,
     Team,
     User,
 )
@@ -39,7 +39,6 @@ from odock.state.sql import RowLike, SqlStore
 
 KEY_PREFIX = "sk-odock-"
 KEY_TYPES: tuple[str, ...] = get_args(KeyType)
-PROVIDER_TYPES: tuple[str, ...] = get_args(ProviderType)
 MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 GROUP_BY = ("organisation", "team", "user", "key", "model", "provider", "day")
 _MIN_SECRET_LENGTH = 20
@@ -168,6 +167,14 @@ def _choice(value: Any, field: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise BadRequest(f"{field} must be one of {', '.join(choices)} (got {value!r})")
     return str(value)
+
+
+def _provider_type(value: Any) -> str:
+    """A provider type of the provider registry, or 400 provider_type_unsupported (reference §4.1)."""
+    if not isinstance(value, str) or value not in PROVIDERS:
+        raise BadRequest(f"type must be one of {', '.join(PROVIDER_TYPES)} (got {value!r})",
+                         "provider_type_unsupported")
+    return value
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -566,7 +573,7 @@ class CatalogueService:
         values: dict[str, Any] = {
             "id": _new_id("prov"),
             "name": _text(_required(data, "name", "provider"), "name"),
-            "type": _choice(_required(data, "type", "provider"), "type", PROVIDER_TYPES),
+            "type": _provider_type(_required(data, "type", "provider")),
             "base_url": _base_url(_required(data, "base_url", "provider")),
             "api_key_encrypted": encrypted,
             "api_key_preview": preview,
@@ -613,7 +620,7 @@ class CatalogueService:
         if "name" in changes:
             values["name"] = _text(changes["name"], "name")
         if "type" in changes:
-            values["type"] = _choice(changes["type"], "type", PROVIDER_TYPES)
+            values["type"] = _provider_type(changes["type"])
         if "base_url" in changes:
             values["base_url"] = _base_url(changes["base_url"])
         if "api_key" in changes:

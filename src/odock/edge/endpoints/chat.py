@@ -8,18 +8,22 @@ from typing import Any
 import msgspec
 
 from odock.dialects import openai_chat
+from odock.dialects.contract import StreamDecoder, StreamEncoder, StreamOptions
+from odock.dialects.registry import dialect
 from odock.dialects.sse import SSEParser
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
-from odock.model import GatewayResponse, StreamEvent, StreamStop, UsageEvent
+from odock.model import GatewayResponse, StreamEvent, UsageEvent
 from odock.pipeline.call import Call, FinalChunk
-from odock.providers.registry import adapter_for, family_of
+from odock.providers.registry import adapter_for, dialect_for, family_of
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
 
 _encode = msgspec.json.encode
 OPENAI_FAMILY = frozenset({"openai", "vllm"})
+# the unified route's client dialect
+UNIFIED = dialect("openai_chat")
 
 
 async def relay_openai_unary(call: Call, resp: UpstreamResponse) -> bytes:
@@ -132,13 +136,8 @@ class UnifiedChatEndpoint(LLMEndpoint):
         request = call.request
         assert request is not None
         adapter = adapter_for(candidate.provider.type)
-        dialect = adapter.chat_dialect()
         slug = candidate.model.slug
-        if dialect is openai_chat:
-            upstream = openai_chat.encode_request(
-                request, slug=slug, vllm=family_of(candidate.provider.type) == "vllm")
-        else:
-            upstream = dialect.encode_request(request, slug=slug)
+        upstream = dialect_for(candidate.provider.type).upstream.encode_request(request, slug=slug)
         url = adapter.chat_url(candidate.provider, slug, call.ctx.stream)
         return await call.send(candidate, url, _encode(upstream))
 
@@ -147,7 +146,7 @@ class UnifiedChatEndpoint(LLMEndpoint):
         ctx = call.ctx
         provider = ctx.answered_provider
         assert provider is not None
-        dialect = adapter_for(provider.type).chat_dialect()
+        upstream_dialect = dialect_for(provider.type)
         name = call.request.model
         show_usage = bool(call.route_state)
         if not ctx.stream:
@@ -156,36 +155,33 @@ class UnifiedChatEndpoint(LLMEndpoint):
                 parsed = msgspec.json.decode(data)
             except msgspec.DecodeError:
                 raise UpstreamError("upstream answered with invalid JSON", kind="protocol") from None
-            answer: GatewayResponse = (
-                openai_chat.decode_response(parsed, provider=provider.type)
-                if dialect is openai_chat else dialect.decode_response(parsed)
-            )
+            answer: GatewayResponse = upstream_dialect.upstream.decode_response(parsed)
             answer.provider = family_of(provider.type)
             ctx.usage, ctx.raw_usage = answer.usage, answer.raw_usage
             await call.answered(answer)
             await call.respond(200, unified_response(answer, model=name))
-        elif dialect is openai_chat:
+        elif upstream_dialect.client is UNIFIED.client and not call.pipeline.delta_stages:
+            # the upstream streams the client's own wire format: relay its bytes
             await call.stream(openai_sse(call, upstream, show_usage_chunk=show_usage), openai_chat.stream_error)
         else:
-            encoder = openai_chat.StreamEncoder(model=name, request_id=ctx.request_id, include_usage=show_usage)
-            await call.stream(translate_stream(call, upstream, dialect.StreamDecoder(), encoder), encoder.fail)
+            encoder = UNIFIED.client.stream_encoder(model=name, request_id=ctx.request_id,
+                                                    options=StreamOptions(include_usage=show_usage))
+            decoder = upstream_dialect.upstream.stream_decoder()
+            await call.stream(translate_stream(call, upstream, decoder, encoder), encoder.fail)
 
 
-async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, encoder: Any) -> AsyncIterator[bytes]:
+async def translate_stream(call: Call, resp: UpstreamResponse, decoder: StreamDecoder,
+                           encoder: StreamEncoder) -> AsyncIterator[bytes]:
     """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
     parser = SSEParser()
-    finished = False
     inspect = bool(call.pipeline.delta_stages)
 
     def encode(events: list[StreamEvent]) -> bytes:
-        nonlocal finished
         out = []
         for event in events:
-            # usage and the end are read before any stage sees the event: billing never depends on a stage
+            # usage is read before any stage sees the event: billing never depends on a stage
             if isinstance(event, UsageEvent):
                 call.ctx.usage, call.ctx.raw_usage = event.usage, event.raw
-            elif isinstance(event, StreamStop):
-                finished = True
             passed = call.delta(event) if inspect else event
             if passed is not None:
                 out.append(encoder.event(passed))
@@ -201,7 +197,6 @@ async def translate_stream(call: Call, resp: UpstreamResponse, decoder: Any, enc
             return
         yield out
     yield b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.flush())
-    complete = decoder.done if hasattr(decoder, "done") else finished
-    if not complete:
+    if not decoder.done:
         raise UpstreamError("upstream stream ended before its final event", kind="protocol")
     yield encoder.finish()

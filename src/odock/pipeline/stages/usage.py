@@ -9,6 +9,7 @@ from odock import metrics
 from odock.governance.pricing import cost_nanos
 from odock.model import Usage
 from odock.pipeline.stage import Stage
+from odock.providers.registry import family_of
 from odock.state.records import UsageRecord
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class RecordUsage(Stage):
             outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
             model=ctx.requested_model,
             model_slug=answered.slug if answered else None,
-            provider=provider.type if provider else None,
+            provider=family_of(provider.type) if provider else None,  # the runtime name (§4.6)
             stream=ctx.stream,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
@@ -103,5 +104,6 @@ class RecordUsage(Stage):
             routing=routing_evidence(ctx),
         ))
         if usage is not None and provider is not None:
-            metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)
-            metrics.child(metrics.TOKENS, provider.type, "output").inc(usage.output_tokens)
+            family = family_of(provider.type)
+            metrics.child(metrics.TOKENS, family, "input").inc(usage.total_input)
+            metrics.child(metrics.TOKENS, family, "output").inc(usage.output_tokens)
