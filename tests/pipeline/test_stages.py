@@ -64,6 +64,9 @@ class Shout(Stage):
         self.responses.append(response)
         if response is not None:
             response.content = response.content.upper()
+            for block in response.content_blocks or ():
+                if block.text is not None:
+                    block.text = block.text.upper()
 
 
 def openai_client(gw: Any) -> openai.AsyncOpenAI:
@@ -240,3 +243,45 @@ def test_hooks_not_overridden_cost_nothing() -> None:
     assert [s.name for s in pipeline.delta_stages] == ["shout"]
     assert [s.name for s in pipeline.after_stages] == ["shout"]
     assert pipeline.needs_request and pipeline.needs_response
+
+
+async def test_native_routes_decode_for_a_stage_that_needs_the_call(tmp_path: Path) -> None:
+    """With a stage that needs the request and response, native routes decode with their own dialect: the stage
+    sees the requested model, and its changes reach OpenAI, Anthropic (streamed) and Gemini clients."""
+    shout = Shout()
+    async with in_process_gateway(tmp_path, pre_upstream=[shout]) as gw:
+        chat = await openai_client(gw).chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "tell me"}])
+        text = chat.choices[0].message.content or ""
+        assert text and text == text.upper() and chat.usage is not None and chat.usage.prompt_tokens > 0
+
+        claude = anthropic.AsyncAnthropic(base_url="http://gateway.test", api_key=gw.seeded["secret"],
+                                          max_retries=0, http_client=gw.sdk_client())
+        said = ""
+        async with claude.messages.stream(model="claude-test", max_tokens=64,
+                                          messages=[{"role": "user", "content": "tell me"}]) as stream:
+            async for piece in stream.text_stream:
+                said += piece
+            final = await stream.get_final_message()
+        assert said and said == said.upper() and final.usage.output_tokens > 0
+
+        async with gw.client() as http:
+            reply = await http.post("/v1beta/models/gemini-test:generateContent",
+                                    headers={"x-goog-api-key": gw.seeded["secret"]},
+                                    json={"contents": [{"role": "user", "parts": [{"text": "tell me"}]}]})
+        assert reply.status_code == 200, reply.text
+        parts = reply.json()["candidates"][0]["content"]["parts"]
+        gemini_text = "".join(p.get("text", "") for p in parts)
+        assert gemini_text and gemini_text == gemini_text.upper()
+        assert shout.seen_models == ["gpt-test", "claude-test", "gemini-test"]
+        assert all(r is not None for r in shout.responses[:1])
+
+
+async def test_without_such_a_stage_native_routes_relay_bytes(tmp_path: Path) -> None:
+    """No stage needs the call: the pipeline stays a byte relay and decodes nothing for the stages."""
+    async with in_process_gateway(tmp_path) as gw:
+        llm = gw.gateway.pipelines["llm"]
+        assert not llm.needs_request and not llm.needs_response and not llm.delta_stages
+        chat = await openai_client(gw).chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "tell me"}])
+        assert chat.choices[0].message.content

@@ -12,6 +12,7 @@ from odock.dialects import openai_chat
 from odock.errors import GatewayError
 
 if TYPE_CHECKING:
+    from odock.dialects.contract import Dialect
     from odock.pipeline.call import Call
     from odock.routing.router import Candidate
     from odock.transport.base import UpstreamResponse
@@ -25,6 +26,8 @@ class LLMEndpoint:
     methods: tuple[str, ...] = ("POST",)
     # the provider family a native route pins (RequiredProvider); None on the unified route
     family: str | None = None
+    # the route's wire format, for stages that need the decoded call (None: a route without a codec)
+    dialect: Dialect | None = None
 
     def error_body(self, err: GatewayError) -> bytes:
         """Render an error in this route's dialect (OpenAI shape unless overridden)."""

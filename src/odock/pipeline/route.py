@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from odock.dialects.contract import Dialect
     from odock.errors import GatewayError
     from odock.pipeline.call import Call
     from odock.routing.router import Candidate
@@ -17,6 +18,7 @@ class Route(Protocol):
 
     name: str  # bounded route label for metrics and the usage record ("openai.chat", "anthropic.messages", …)
     family: str | None  # the provider family a native route pins (RequiredProvider); None on /v1/llm/chat
+    dialect: Dialect | None  # the route's wire format; decodes the call for stages that need it
 
     def error_body(self, err: GatewayError) -> bytes:
         """An error in this route's dialect, so the client's SDK raises its matching exception."""

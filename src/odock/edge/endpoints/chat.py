@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
 from odock.dialects import openai_chat
-from odock.dialects.contract import StreamDecoder, StreamEncoder, StreamOptions
+from odock.dialects.contract import StreamOptions
 from odock.dialects.registry import dialect
-from odock.dialects.sse import SSEParser
 from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, translate_stream, upstream_json
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
-from odock.model import GatewayResponse, StreamEvent, UsageEvent
-from odock.pipeline.call import Call, FinalChunk
+from odock.model import GatewayResponse
+from odock.pipeline.call import Call
 from odock.providers.registry import adapter_for, dialect_for, family_of
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
@@ -23,11 +22,11 @@ from odock.transport.base import UpstreamResponse
 _encode = msgspec.json.encode
 OPENAI_FAMILY = frozenset({"openai", "vllm"})
 # the unified route's client dialect
-UNIFIED = dialect("openai_chat")
+UNIFIED = CHAT = dialect("openai_chat")
 
 
-async def relay_openai_unary(call: Call, resp: UpstreamResponse) -> bytes:
-    """Read an OpenAI-shaped unary answer, capturing usage; return the bytes unchanged."""
+async def relay_openai_unary(call: Call, resp: UpstreamResponse) -> tuple[bytes, Any]:
+    """Read an OpenAI-shaped unary answer, capturing usage; return its bytes unchanged, and parsed."""
     data = await resp.read()
     try:
         parsed = msgspec.json.decode(data)
@@ -36,7 +35,7 @@ async def relay_openai_unary(call: Call, resp: UpstreamResponse) -> bytes:
     if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
         call.ctx.raw_usage = parsed["usage"]
         call.ctx.usage = openai_chat.usage_from(parsed["usage"])
-    return data
+    return data, parsed
 
 
 class OpenAIChatEndpoint(LLMEndpoint):
@@ -44,6 +43,7 @@ class OpenAIChatEndpoint(LLMEndpoint):
 
     name = "openai.chat"
     family = "openai"
+    dialect = CHAT
 
     async def decode(self, call: Call) -> None:
         body = await call.read_json()
@@ -60,8 +60,7 @@ class OpenAIChatEndpoint(LLMEndpoint):
             ask_for_stream_usage(body)
 
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
-        body = call.json
-        assert body is not None
+        body = upstream_json(call, self.dialect, candidate.model.slug)
         body["model"] = candidate.model.slug
         adapter = adapter_for(candidate.provider.type)
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
@@ -70,12 +69,14 @@ class OpenAIChatEndpoint(LLMEndpoint):
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         assert upstream is not None
         if call.ctx.stream:
-            await call.stream(openai_sse(call, upstream, show_usage_chunk=call.route_state),
-                              openai_chat.stream_error)
+            show_usage = bool(call.route_state)
+            inspected = inspected_stream(call, self.dialect, upstream, StreamOptions(include_usage=show_usage))
+            produce, fail = inspected or (openai_sse(call, upstream, show_usage_chunk=show_usage),
+                                          openai_chat.stream_error)
+            await call.stream(produce, fail)
         else:
-            data = await relay_openai_unary(call, upstream)
-            await call.answered(None)
-            await call.respond(200, data)
+            data, parsed = await relay_openai_unary(call, upstream)
+            await call.respond(200, await inspect_unary(call, self.dialect, parsed, data))
 
 
 # fields of a unified request; anything else cannot be carried across providers and is refused, never dropped
@@ -168,35 +169,3 @@ class UnifiedChatEndpoint(LLMEndpoint):
                                                     options=StreamOptions(include_usage=show_usage))
             decoder = upstream_dialect.upstream.stream_decoder()
             await call.stream(translate_stream(call, upstream, decoder, encoder), encoder.fail)
-
-
-async def translate_stream(call: Call, resp: UpstreamResponse, decoder: StreamDecoder,
-                           encoder: StreamEncoder) -> AsyncIterator[bytes]:
-    """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
-    parser = SSEParser()
-    inspect = bool(call.pipeline.delta_stages)
-
-    def encode(events: list[StreamEvent]) -> bytes:
-        out = []
-        for event in events:
-            # usage is read before any stage sees the event: billing never depends on a stage
-            if isinstance(event, UsageEvent):
-                call.ctx.usage, call.ctx.raw_usage = event.usage, event.raw
-            passed = call.delta(event) if inspect else event
-            if passed is not None:
-                out.append(encoder.event(passed))
-        return b"".join(out)
-
-    chunks = resp.iter_chunks()
-    async for chunk in chunks:
-        out = b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.feed(chunk))
-        if decoder.ended:  # the upstream's terminal event: the answer ends here, the rest is drained
-            yield FinalChunk(out + encoder.finish())
-            async for _ in chunks:
-                pass
-            return
-        yield out
-    yield b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.flush())
-    if not decoder.done:
-        raise UpstreamError("upstream stream ended before its final event", kind="protocol")
-    yield encoder.finish()

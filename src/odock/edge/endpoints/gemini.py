@@ -15,8 +15,11 @@ from urllib.parse import unquote
 import msgspec
 
 from odock.dialects import gemini
+from odock.dialects.contract import StreamOptions
+from odock.dialects.registry import DIALECTS
 from odock.dialects.sse import sse
 from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.inspection import inspected_stream, upstream_json
 from odock.edge.endpoints.openai_media import (
     check_family,
     check_provider_field,
@@ -127,6 +130,7 @@ class GeminiEndpoint(LLMEndpoint):
 
     name = "gemini.generate"
     family = "gemini"
+    dialect = DIALECTS["gemini"]
 
     def error_body(self, err: GatewayError) -> bytes:
         """Render an error as a Google API error."""
@@ -144,7 +148,8 @@ class GeminiEndpoint(LLMEndpoint):
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
         check_family(candidate, "gemini")
         if call.route_state is None:
-            call.route_state = msgspec.json.encode(call.json)  # forwarded as-is: the model is in the URL
+            # forwarded as-is (the model is in the URL), built once for every attempt
+            call.route_state = msgspec.json.encode(upstream_json(call, self.dialect, candidate.model.slug))
         adapter = adapter_for(candidate.provider.type)
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
         return await call.send(candidate, url, call.route_state)
@@ -152,10 +157,12 @@ class GeminiEndpoint(LLMEndpoint):
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         assert upstream is not None and call.json is not None
         if not call.ctx.stream:
-            await relay_unary(call, upstream, "usageMetadata", gemini.usage_from)
+            await relay_unary(call, upstream, "usageMetadata", gemini.usage_from, self.dialect)
             return
         config = call.json.get("generationConfig")
         count = config.get("candidateCount", 1) if isinstance(config, dict) else 1
         relay = GeminiRelay(json_array=call.exchange.query("alt") != "sse", single_candidate=count in (1, None))
         content_type = b"application/json" if relay.json_array else b"text/event-stream"
-        await call.stream(relay.relay(call, upstream), relay.fail, content_type)
+        inspected = inspected_stream(call, self.dialect, upstream, StreamOptions(json_array=relay.json_array))
+        produce, fail = inspected or (relay.relay(call, upstream), relay.fail)
+        await call.stream(produce, fail, content_type)

@@ -19,7 +19,9 @@ from typing import Any, cast
 import msgspec
 
 from odock.dialects import openai_chat, openai_responses
+from odock.dialects.contract import Dialect, StreamOptions
 from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, upstream_json
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
@@ -81,10 +83,13 @@ def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
     return {name: headers[name] for name in names if headers.get(name)}
 
 
-async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage: UsageFn) -> None:
-    """Relay a unary upstream answer byte for byte, capturing its usage when it is JSON."""
+async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage: UsageFn,
+                      dialect: Dialect | None = None) -> None:
+    """Relay a unary upstream answer byte for byte, capturing its usage when it is JSON (re-encoded only when
+    a stage needs the decoded response)."""
     data = await resp.read()
     content_type = resp.headers.get("content-type", "application/json")
+    parsed: Any = None
     if "json" in content_type:
         try:
             parsed = msgspec.json.decode(data)
@@ -94,7 +99,7 @@ async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage:
         if isinstance(raw, dict):
             call.ctx.raw_usage = raw
             call.ctx.usage = usage(raw)
-    await call.answered(None)
+    data = await inspect_unary(call, dialect, parsed, data)
     await call.respond(200, data, content_type.encode("latin-1"))
 
 
@@ -172,8 +177,8 @@ def sse_data(event: bytes) -> Any:
 class ForwardEndpoint(LLMEndpoint):
     """A native JSON route forwarded to one upstream path of its family with only `model` rewritten."""
 
-    def __init__(self, name: str, path: str, family: str, *, usage: UsageFn = usage_any,
-                 usage_key: str = "usage", stream: StreamStart | None = None,
+    def __init__(self, name: str, path: str, family: str, *, dialect: Dialect | None = None,
+                 usage: UsageFn = usage_any, usage_key: str = "usage", stream: StreamStart | None = None,
                  max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
                  validate: Callable[[dict[str, Any]], None] | None = None,
                  forward_headers: tuple[str, ...] = (),
@@ -181,6 +186,7 @@ class ForwardEndpoint(LLMEndpoint):
         self.name = name
         self.path = path
         self.family = family
+        self.dialect = dialect  # the route's wire format, when it has a codec (None: stages see raw JSON only)
         self.usage = usage
         self.usage_key = usage_key
         self.stream_start = stream
@@ -214,7 +220,7 @@ class ForwardEndpoint(LLMEndpoint):
         family = self.family
         assert family is not None and call.json is not None
         check_family(candidate, family)
-        body = call.json
+        body = upstream_json(call, self.dialect, candidate.model.slug)
         body["model"] = candidate.model.slug
         url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
         return await call.send(candidate, url, _encode(body), copy_headers(call, self.forward_headers))
@@ -223,10 +229,12 @@ class ForwardEndpoint(LLMEndpoint):
         assert upstream is not None
         relay: StreamRelay | None = call.route_state
         if relay is None:
-            await relay_unary(call, upstream, self.usage_key, self.usage)
-        else:
-            produce, fail = relay(call, upstream)
-            await call.stream(produce, fail)
+            await relay_unary(call, upstream, self.usage_key, self.usage, self.dialect)
+            return
+        assert call.json is not None
+        options = StreamOptions(include_usage=want_stream_usage(call.json))
+        produce, fail = inspected_stream(call, self.dialect, upstream, options) or relay(call, upstream)
+        await call.stream(produce, fail)
 
 
 # --- multipart/form-data ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from odock.dialects import openai_responses
+from odock.dialects.registry import dialect
 from odock.dialects.sse import sse
 from odock.edge.endpoints.openai_media import (
     FailFn,
@@ -104,5 +105,6 @@ def responses_stream(body: dict[str, Any]) -> StreamRelay:
 
 def responses_endpoint(route: str = "openai.responses", family: str = "openai") -> ForwardEndpoint:
     """A Responses route of a provider family (openai at /v1/responses, vllm at /v1/vllm/responses)."""
-    return ForwardEndpoint(route, "/responses", family, usage=openai_responses.usage_from, stream=responses_stream,
+    return ForwardEndpoint(route, "/responses", family, dialect=dialect("openai_responses"),
+                           usage=openai_responses.usage_from, stream=responses_stream,
                            max_tokens=max_output_tokens, error=openai_responses.error_body)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from odock.dialects import openai_chat
+from odock.dialects.registry import dialect
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.openai_media import ForwardEndpoint, MultipartForwardEndpoint, openai_stream
 from odock.edge.endpoints.responses import responses_endpoint
@@ -83,7 +84,7 @@ def vllm_routes() -> dict[str, Any]:
     routes: dict[str, LLMEndpoint] = {
         f"{PREFIX}/models": VLLMModelsEndpoint(),
         f"{PREFIX}/chat/completions": ForwardEndpoint(
-            "vllm.chat", "/chat/completions", FAMILY, stream=openai_stream,
+            "vllm.chat", "/chat/completions", FAMILY, dialect=dialect("vllm_chat"), stream=openai_stream,
             max_tokens=openai_chat.requested_max_tokens, validate=openai_chat.check_chat_body),
         f"{PREFIX}/completions": ForwardEndpoint(
             "vllm.completions", "/completions", FAMILY, stream=openai_stream, max_tokens=_completion_max_tokens),

@@ -33,12 +33,17 @@ class Authenticate(Stage):
 
 
 class ReadBody(Stage):
-    """Step 8: read the body and decode it with the route's dialect (model, stream, output cap)."""
+    """Step 8: read the body and decode it with the route's dialect (model, stream, output cap); when a stage
+    needs the normalized request, a native body is decoded into it too."""
 
     name = "read_body"
 
     async def before(self, call: Call) -> None:
         await call.route.decode(call)
+        dialect = call.route.dialect
+        if call.pipeline.needs_request and call.request is None and call.json is not None and dialect is not None:
+            call.request = call.ctx.request = dialect.client.decode_request(
+                call.json, path_model=call.ctx.requested_model)
 
 
 class ModelAccess(Stage):
