@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, kw_only=True):
     routing_cooldown_s: float = 30.0
     # "http11" (the lean default transport) or "aiohttp"
     upstream_client: str = "http11"
+    # "passthrough": a final upstream 4xx keeps its status (native routes: its body too); "strict": always 502
+    upstream_errors: str = "passthrough"
     log_level: str = "info"
     prometheus_enabled: bool = True
 
@@ -112,6 +114,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
+        ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
     ]
     for field, names, convert in readers:
@@ -132,6 +135,8 @@ def load_settings(**overrides: Any) -> Settings:
             raise SystemExit(f"invalid {name}: must be positive")
     if settings.upstream_client not in ("http11", "aiohttp"):
         raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
+    if settings.upstream_errors not in ("passthrough", "strict"):
+        raise SystemExit(f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)")
     if settings.workers > 1 and not settings.cluster:
         raise SystemExit(
             "embedded mode runs exactly one process: its limits, budgets and caches live in memory. "

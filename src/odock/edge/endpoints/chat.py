@@ -108,6 +108,9 @@ class UnifiedChatEndpoint(LLMEndpoint):
     """`/v1/llm/chat`: OpenAI-shaped request to any provider; normalized JSON or OpenAI chunks back."""
 
     route = "unified.chat"
+    # the upstream's dialect is not the client's: a passed-through 4xx keeps its status but gets an Odock body
+    # (code upstream_error, with upstream_status and upstream_error) that the client can parse
+    relays_upstream_body = False
 
     async def serve(self, call: Call) -> None:
         await call.admit()
