@@ -9,7 +9,8 @@
     ├── MethodNotAllowed      405  method_not_allowed
     ├── PayloadTooLarge       413  payload_too_large
     ├── TooManyRequests       429  rate-limit codes, quota_exceeded (carries scope/limit/retry_after)
-    ├── UpstreamError         502  upstream_error, upstream_unreachable, upstream_timeout (carries upstream body)
+    ├── UpstreamError         502  upstream_error, upstream_unreachable, upstream_timeout (carries upstream body;
+    │                              the edge may give a final upstream 4xx its own status, see odock.edge.endpoint)
     └── DependencyUnavailable 503  store_unavailable, model_lookup_unavailable, …
 
 Foreign exceptions (aiohttp, asyncpg, sqlalchemy, redis) are mapped to these at the boundary that imports them.
@@ -86,7 +87,8 @@ class TooManyRequests(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The provider failed. `upstream_status`/`upstream_body` keep what it said; `kind` drives failover."""
+    """The provider failed. `upstream_status`/`upstream_body`/`upstream_headers` keep what it said (the headers: only
+    those a client may act on, e.g. Retry-After); `kind` drives failover."""
 
     status, code = 502, "upstream_error"
 
@@ -99,6 +101,7 @@ class UpstreamError(GatewayError):
         upstream_status: int | None = None,
         upstream_body: bytes = b"",
         upstream_content_type: str = "",
+        upstream_headers: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, code, headers=headers)
@@ -107,6 +110,7 @@ class UpstreamError(GatewayError):
         self.upstream_status = upstream_status
         self.upstream_body = upstream_body
         self.upstream_content_type = upstream_content_type
+        self.upstream_headers = upstream_headers or {}
 
 
 class DependencyUnavailable(GatewayError):

@@ -83,7 +83,7 @@ class Gateway:
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
         return {
             "llm": Pipeline(llm, transport=self.transport, limits=limits, client_ip=self.client_ip,
-                            observe=self.routing.observe),
+                            observe=self.routing.observe, upstream_errors=self.settings.upstream_errors),
             "listing": Pipeline(listing, transport=self.transport, limits=limits, client_ip=self.client_ip,
                                 catalogue=self.catalogue),
         }

@@ -34,6 +34,12 @@ class Settings(msgspec.Struct, kw_only=True):
     secret_key: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
     read_timeout_s: float = 15.0
+    # connection limits of the HTTP protocol (edge/server.py): a request head's size and time to arrive, and how
+    # long an idle keep-alive connection stays open
+    max_header_bytes: int = 64 * 1024
+    read_header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    # requests being served at once in this process (a complete head read); 0: no cap
     max_concurrent_requests: int = 0
     trust_proxy_headers: bool = False
     trusted_proxy_cidrs: list[str] = []
@@ -53,6 +59,8 @@ class Settings(msgspec.Struct, kw_only=True):
     routing_cooldown_s: float = 30.0
     # "http11" (the lean default transport) or "aiohttp"
     upstream_client: str = "http11"
+    # "passthrough": a final upstream 4xx keeps its status (native routes: its body too); "strict": always 502
+    upstream_errors: str = "passthrough"
     log_level: str = "info"
     prometheus_enabled: bool = True
 
@@ -86,6 +94,9 @@ def load_settings(**overrides: Any) -> Settings:
         ("secret_key", ("ODOCK_SECRET_KEY",), str),
         ("max_body_bytes", ("ODOCK_MAX_BODY_BYTES",), int),
         ("read_timeout_s", ("HTTP_READ_TIMEOUT",), parse_duration),
+        ("max_header_bytes", ("HTTP_MAX_HEADER_BYTES",), int),
+        ("read_header_timeout_s", ("HTTP_READ_HEADER_TIMEOUT",), parse_duration),
+        ("idle_timeout_s", ("HTTP_IDLE_TIMEOUT",), parse_duration),
         ("max_concurrent_requests", ("HTTP_MAX_CONCURRENT_REQUESTS",), int),
         ("trust_proxy_headers", ("HTTP_TRUST_PROXY_HEADERS",), _bool),
         ("trusted_proxy_cidrs", ("HTTP_TRUSTED_PROXY_CIDRS",), lambda s: [c.strip() for c in s.split(",") if c.strip()]),
@@ -103,6 +114,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
+        ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
     ]
     for field, names, convert in readers:
@@ -116,8 +128,15 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings(**values)
     if not 0 < settings.http_port < 65536:
         raise SystemExit(f"invalid HTTP_PORT: {settings.http_port}")
+    for name, value in (("HTTP_MAX_HEADER_BYTES", settings.max_header_bytes),
+                        ("HTTP_READ_HEADER_TIMEOUT", settings.read_header_timeout_s),
+                        ("HTTP_IDLE_TIMEOUT", settings.idle_timeout_s)):
+        if value <= 0:
+            raise SystemExit(f"invalid {name}: must be positive")
     if settings.upstream_client not in ("http11", "aiohttp"):
         raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
+    if settings.upstream_errors not in ("passthrough", "strict"):
+        raise SystemExit(f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)")
     if settings.workers > 1 and not settings.cluster:
         raise SystemExit(
             "embedded mode runs exactly one process: its limits, budgets and caches live in memory. "

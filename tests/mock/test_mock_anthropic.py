@@ -87,6 +87,17 @@ async def test_error_shapes_map_to_sdk_exceptions(client: anthropic.AsyncAnthrop
         await client.messages.create(model="claude;status=529", max_tokens=10, messages=USER)  # type: ignore[arg-type]
 
 
+async def test_named_errors_carry_request_id(client: anthropic.AsyncAnthropic) -> None:
+    """error=context_length / model_not_found answer in Anthropic's words, with a `request-id` header."""
+    with pytest.raises(anthropic.BadRequestError) as too_long:
+        await client.messages.create(model="claude;error=context_length", max_tokens=10, messages=USER)  # type: ignore[arg-type]
+    assert too_long.value.body["error"]["message"].startswith("prompt is too long")  # type: ignore[index]
+    assert (too_long.value.request_id or "").startswith("req_")
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await client.messages.create(model="claude-nope;error=model_not_found", max_tokens=10, messages=USER)  # type: ignore[arg-type]
+    assert missing.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "model: claude-nope"}}
+
+
 async def test_auth_and_version_headers_are_required(mock: MockServer) -> None:
     """No x-api-key is a 401 authentication_error; no anthropic-version is a 400."""
     body = {"model": "claude", "max_tokens": 10, "messages": USER}

@@ -79,6 +79,18 @@ async def test_errors_raise_sdk_exceptions(mock: MockServer) -> None:
     assert client_error.value.status == "RESOURCE_EXHAUSTED"
 
 
+async def test_named_errors(mock: MockServer) -> None:
+    """error=context_length is Google's 400 INVALID_ARGUMENT, error=model_not_found its 404 NOT_FOUND."""
+    client = _client(mock)
+    with pytest.raises(errors.ClientError) as too_long:
+        await client.aio.models.generate_content(model="gemini-2.5-flash", contents="x [[mock error=context_length]]")
+    assert too_long.value.code == 400 and too_long.value.status == "INVALID_ARGUMENT"
+    assert "input token count" in (too_long.value.message or "")
+    with pytest.raises(errors.ClientError) as missing:
+        await client.aio.models.generate_content(model="gemini-nope;error=model_not_found", contents="x")
+    assert missing.value.code == 404 and "models/gemini-nope is not found" in (missing.value.message or "")
+
+
 async def test_error_after_in_stream_raises(mock: MockServer) -> None:
     """error_after=1 sends one chunk then Google's error object, which the SDK raises."""
     stream = await _client(mock).aio.models.generate_content_stream(model="gemini-x;error_after=1", contents="x")

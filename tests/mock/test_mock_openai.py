@@ -156,6 +156,21 @@ async def test_status_directive_raises_matching_sdk_error(
         assert info.value.response.headers["retry-after"] == "1"
 
 
+async def test_named_errors_and_retry_after(client: openai.AsyncOpenAI) -> None:
+    """error=context_length / model_not_found answer in OpenAI's own words; retry_after sets Retry-After."""
+    with pytest.raises(openai.BadRequestError) as too_long:
+        await client.chat.completions.create(model="gpt-4o;error=context_length", messages=USER)  # type: ignore[arg-type]
+    assert too_long.value.code == "context_length_exceeded" and "maximum context length" in too_long.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="gpt-nope;error=model_not_found", messages=USER)  # type: ignore[arg-type]
+    assert missing.value.code == "model_not_found" and "`gpt-nope` does not exist" in missing.value.message
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model="gpt-4o;status=429;retry_after=7", messages=USER)  # type: ignore[arg-type]
+    assert limited.value.response.headers.get_list("retry-after") == ["7"]
+    with pytest.raises(openai.BadRequestError, match="bad value for mock directive 'error'"):
+        await client.chat.completions.create(model="gpt-4o;error=bogus", messages=USER)  # type: ignore[arg-type]
+
+
 async def test_missing_credential_is_401(mock: MockServer) -> None:
     """A request without a bearer key gets OpenAI's 401 (AuthenticationError)."""
     async with openai.AsyncOpenAI(api_key="x", base_url=mock.base_url + "/v1", max_retries=0,

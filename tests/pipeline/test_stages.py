@@ -184,8 +184,10 @@ class _HangingRoute:
     def __init__(self) -> None:
         self.entered = asyncio.Event()
 
-    def error_body(self, err: GatewayError) -> bytes:
-        return err.code.encode()
+    dialect = None
+
+    def render(self, err: GatewayError) -> tuple[bytes, bytes]:
+        return err.code.encode(), b"text/plain"
 
     async def decode(self, call: Call) -> None:
         pass

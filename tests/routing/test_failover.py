@@ -350,3 +350,28 @@ async def test_malformed_policy_routes_directly(gateway: GatewayProcess, service
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "e5-a")
     assert resp.status_code == 502 and models_since(mock, seq) == ["e5-a"]
+
+
+async def test_upstream_429_fails_over_or_reaches_the_client(gateway: GatewayProcess, service: CatalogueService,
+                                                             mock: MockServer) -> None:
+    """failoverOn rate_limit still fails over on an upstream 429; without the trigger, or when every candidate
+    is rate limited, the client gets the provider's 429 and Retry-After (not a 502), every attempt recorded."""
+    candidates = [{"modelName": "rl-a"}, {"modelName": "good-a"}]
+    fails_over = await make_key(service, {"failoverOn": ["rate_limit"], "candidates": candidates,
+                                          "cooldown": {"failures": 0}})
+    stays = await make_key(service, {"failoverOn": ["5xx"], "candidates": candidates, "cooldown": {"failures": 0}})
+    all_limited = await make_key(service, {"failoverOn": ["rate_limit"], "cooldown": {"failures": 0},
+                                           "candidates": [{"modelName": "rl-a"}, {"modelName": "rl-b"}]})
+    seq = last_seq(mock)
+    answered = await chat(gateway, fails_over, "rl-a")
+    assert answered.status_code == 200 and answered.headers["x-odock-model"] == "good-a"
+    assert models_since(mock, seq) == ["rl-a", "good-a"]
+    for secret, tried in ((stays, ["rl-a"]), (all_limited, ["rl-a", "rl-b"])):
+        seq = last_seq(mock)
+        resp = await chat(gateway, secret, "rl-a")
+        assert resp.status_code == 429 and resp.headers["retry-after"] == "1", resp.text
+        assert resp.headers["x-odock-upstream-status"] == "429"
+        assert resp.json()["error"]["code"] == "rate_limit_exceeded"  # the provider's own OpenAI error object
+        assert models_since(mock, seq) == tried
+        record = await wait_usage(service, resp.headers["x-request-id"])
+        assert record["status"] == 429 and [a[:2] for a in attempts_of(record)] == [(m, "failed") for m in tried]

@@ -62,16 +62,17 @@ def run(args: argparse.Namespace) -> int:
         port=settings.http_port,
         workers=settings.workers,
         loop="uvloop",
-        http=GatewayHttpProtocol,  # uvicorn's httptools protocol, each response head sent with its body
+        # uvicorn's httptools protocol, each response head sent with its body; it applies the connection limits
+        # itself (HTTP_MAX_HEADER_BYTES, HTTP_READ_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONCURRENT_REQUESTS):
+        # uvicorn's limit_concurrency would count open connections, not requests
+        http=GatewayHttpProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,
-        limit_concurrency=settings.max_concurrent_requests or None,
         # the gateway resolves the client IP itself (trusted proxies only); uvicorn's middleware would be a
         # second, less strict pass over every request
         proxy_headers=False,
         server_header=False,
-        timeout_keep_alive=60,
         timeout_graceful_shutdown=30,
     )
     return 0

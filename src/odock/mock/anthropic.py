@@ -41,8 +41,15 @@ def error_payload(status: int, message: str) -> dict[str, Any]:
 
 
 def error_reply(status: int, message: str, code: str | None = None) -> Reply:
-    """Answer an error in Anthropic's shape."""
-    return Reply(status, dumps(error_payload(status, message)))
+    """Answer an error in Anthropic's shape, with the `request-id` header the real API sends."""
+    return Reply(status, dumps(error_payload(status, message)), headers=[(b"request-id", new_id("req_").encode())])
+
+
+def named_error(name: str, model: str) -> Reply:
+    """A named error (`error=` directive) worded as Anthropic words it."""
+    if name == "context_length":
+        return error_reply(400, "prompt is too long: 213000 tokens > 200000 maximum")
+    return error_reply(404, f"model: {model}")
 
 
 def check_headers(req: MockRequest) -> Reply | None:

@@ -40,6 +40,8 @@ class Directives:
     words: int | None = None
     cached: int | None = None
     linger_ms: float | None = None  # streams: wait this long after the last event before ending the body
+    error: str | None = None  # a named provider error in the provider's own words (see NAMED_ERRORS)
+    retry_after: int | None = None  # seconds for the Retry-After header of an error answer
 
     def merged(self, other: Directives) -> Directives:
         """Return self overridden by every field that `other` sets."""
@@ -47,8 +49,10 @@ class Directives:
         return replace(self, **changes) if changes else self
 
 
-_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached"}
+_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached", "retry_after"}
 _FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms", "linger_ms"}
+# `error=<name>`: the errors a real provider answers to a well-formed request it cannot serve
+NAMED_ERRORS = frozenset({"context_length", "model_not_found"})
 
 
 def parse(text: str) -> Directives:
@@ -61,7 +65,7 @@ def parse(text: str) -> Directives:
         key = key.strip().lower().replace("-", "_")
         if not sep:
             raise DirectiveError(f"mock directive {token!r} is not key=value")
-        if key not in _INT_KEYS and key not in _FLOAT_KEYS and key not in ("tool", "thinking"):
+        if key not in _INT_KEYS and key not in _FLOAT_KEYS and key not in ("tool", "thinking", "error"):
             raise DirectiveError(f"unknown mock directive {key!r}")
         try:
             if key in _INT_KEYS:
@@ -76,6 +80,10 @@ def parse(text: str) -> Directives:
                 values[key] = value
             elif key == "tool":
                 if not raw:
+                    raise ValueError
+                values[key] = raw
+            elif key == "error":
+                if raw not in NAMED_ERRORS:
                     raise ValueError
                 values[key] = raw
             else:

@@ -36,6 +36,16 @@ def error_reply(status: int, message: str, code: str | None = None) -> Reply:
     return Reply(status, dumps(error_payload(status, message)))
 
 
+def named_error(name: str, model: str) -> Reply:
+    """A named error (`error=` directive) worded as Gemini words it."""
+    if name == "context_length":
+        return error_reply(400, "The input token count (1200000) exceeds the maximum number of tokens allowed "
+                                "(1048576).")
+    return error_reply(404, f"models/{model} is not found for API version v1beta, or is not supported for "
+                            "generateContent. Call ListModels to see the list of available models and their "
+                            "supported methods.")
+
+
 def usage(plan: Plan) -> dict[str, Any]:
     """Build usageMetadata (prompt count includes cached tokens; thoughts are counted apart)."""
     return {

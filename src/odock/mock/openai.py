@@ -55,6 +55,16 @@ def error_reply(status: int, message: str, code: str | None = None) -> Reply:
     return Reply(status, dumps(error_payload(status, message, code)))
 
 
+def named_error(name: str, model: str) -> Reply:
+    """A named error (`error=` directive) worded as OpenAI words it."""
+    if name == "context_length":
+        return Reply(400, dumps({"error": {
+            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                       "131072 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}))
+    return error_reply(404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found")
+
+
 def _stream_error(_: int) -> bytes:
     return sse(error_payload(500, "The mock upstream injected a stream error.", "mock_stream_error"))
 

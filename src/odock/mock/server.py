@@ -38,6 +38,7 @@ class Provider:
 
     name: str
     error: Callable[[int, str, str | None], Reply]
+    named_error: Callable[[str, str], Reply]
     credential: Callable[[MockRequest], str | None]
     precheck: Callable[[MockRequest], Reply | None] | None = None
 
@@ -50,11 +51,13 @@ def _bearer(req: MockRequest) -> str | None:
 
 
 # Azure OpenAI sends the key as `api-key`; the OpenAI routes stand in for it too
-OPENAI = Provider("openai", openai.error_reply, lambda r: _bearer(r) or r.headers.get("api-key") or None)
+OPENAI = Provider("openai", openai.error_reply, openai.named_error,
+                  lambda r: _bearer(r) or r.headers.get("api-key") or None)
 # Current Anthropic SDKs send the key as a bearer token; older ones (and most gateways) use x-api-key.
-ANTHROPIC = Provider("anthropic", anthropic.error_reply, lambda r: r.headers.get("x-api-key") or _bearer(r),
-                     anthropic.check_headers)
-GEMINI = Provider("gemini", gemini.error_reply, lambda r: r.headers.get("x-goog-api-key") or r.query.get("key") or None)
+ANTHROPIC = Provider("anthropic", anthropic.error_reply, anthropic.named_error,
+                     lambda r: r.headers.get("x-api-key") or _bearer(r), anthropic.check_headers)
+GEMINI = Provider("gemini", gemini.error_reply, gemini.named_error,
+                  lambda r: r.headers.get("x-goog-api-key") or r.query.get("key") or None)
 
 ROUTES: dict[tuple[str, str], tuple[Provider, Handler]] = {
     ("POST", "/v1/chat/completions"): (OPENAI, openai.chat_completions),
@@ -179,7 +182,7 @@ class MockApp:
                                                    None))
             return
         entry = self._record(req, call, directives, provider)
-        reply: Reply | StreamReply | None = self._failure(directives, provider)
+        reply: Reply | StreamReply | None = self._failure(directives, provider, model)
         latency = directives.latency_ms if directives.latency_ms is not None else self.defaults.latency_ms
         if latency > 0:
             await asyncio.sleep(latency / 1000)
@@ -195,8 +198,11 @@ class MockApp:
             entry["status"] = 200
             await self._stream(reply, directives, entry, receive, send)
 
-    def _failure(self, d: Directives, provider: Provider) -> Reply | None:
-        """Decide whether this request fails: `status` always, `fail_rate` by chance, else the defaults."""
+    def _failure(self, d: Directives, provider: Provider, model: str) -> Reply | None:
+        """Decide whether this request fails: a named `error` or `status` always, `fail_rate` by chance, else the
+        defaults; `retry_after` sets the error's Retry-After (a 429 otherwise says 1 second)."""
+        if d.error is not None:
+            return self._retry_after(provider.named_error(d.error, model), d)
         if d.fail_rate is not None:
             rate, status = d.fail_rate, d.status or 500
         elif d.status is not None:
@@ -205,8 +211,13 @@ class MockApp:
             rate, status = self.defaults.fail_rate, self.defaults.fail_status
         if status < 400 or rate <= 0 or (rate < 1 and self._random.random() >= rate):
             return None
-        reply = provider.error(status, f"Mock upstream failure (status {status}).", None)
-        if status == 429:
+        return self._retry_after(provider.error(status, f"Mock upstream failure (status {status}).", None), d)
+
+    @staticmethod
+    def _retry_after(reply: Reply, d: Directives) -> Reply:
+        if d.retry_after is not None:
+            reply.headers.append((b"retry-after", str(d.retry_after).encode()))
+        elif reply.status == 429:
             reply.headers.append((b"retry-after", b"1"))
         return reply
 

@@ -140,10 +140,11 @@ class Call:
         if self.ctx.upstream_started is None:
             self.ctx.upstream_started = time.perf_counter()
         resp = await self.pipeline.transport.send(request)
+        # also on an error: the provider's request id is what its support asks for
+        self.ctx.provider_request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
         if resp.status >= 400:
             data = await resp.read()
-            raise adapter.upstream_error(resp.status, data, resp.headers.get("content-type", ""))
-        self.ctx.provider_request_id = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+            raise adapter.upstream_error(resp.status, data, resp.headers)
         return resp
 
     # --- respond -----------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ class Route(Protocol):
     family: str | None  # the provider family a native route pins (RequiredProvider); None on /v1/llm/chat
     dialect: Dialect | None  # the route's wire format; decodes the call for stages that need it
 
-    def error_body(self, err: GatewayError) -> bytes:
-        """An error in this route's dialect, so the client's SDK raises its matching exception."""
+    def render(self, err: GatewayError) -> tuple[bytes, bytes]:
+        """An error's body and content type in this route's dialect, so the client's SDK raises its matching
+        exception (or the provider's own error body, for an upstream 4xx passed through on a native route)."""
         ...
 
     async def decode(self, call: Call) -> None:

@@ -40,13 +40,37 @@ def _render(err: GatewayError) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
 
 
+# upstream statuses about the gateway's own provider account, not the client's request: a rejected or
+# under-privileged provider credential (401, 403; 407 from an egress proxy) or the provider's billing (402).
+# Passed through they would read as the client's Odock key being refused or its Odock budget spent: they stay 502.
+PROVIDER_ACCOUNT_STATUSES = frozenset({401, 402, 403, 407})
+
+
+def adopt_upstream_status(err: UpstreamError, mode: str) -> None:
+    """Prepare an upstream failure for the client (reference §10.8 says 502 with the upstream error body).
+
+    The upstream's status and error go in the body and `X-Odock-Upstream-Status`; with `passthrough` (the
+    default) a final client-side 4xx — routing gave up or chose not to fail over — also keeps its status and the
+    headers a client acts on (Retry-After), so SDKs raise their own class. 5xx, unreachable and timeouts stay
+    502, and `strict` keeps every upstream failure 502."""
+    err.extra.update(upstream_error_body(err))
+    status = err.upstream_status
+    if status is None:
+        return
+    err.headers["X-Odock-Upstream-Status"] = str(status)
+    if mode == "passthrough" and 400 <= status < 500 and status not in PROVIDER_ACCOUNT_STATUSES:
+        err.status = status
+        err.headers.update(err.upstream_headers)
+
+
 class Pipeline:
     """One kind of call's stages in order, and what the runner needs to reach the upstream."""
 
     def __init__(self, stages: Sequence[Stage], *, transport: Transport, limits: BodyLimits,
                  client_ip: Callable[[Exchange], str], observe: AttemptObserver | None = None,
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None, upstream_errors: str = "passthrough") -> None:
         self.stages = tuple(stages)
+        self.upstream_errors = upstream_errors  # ODOCK_UPSTREAM_ERRORS: passthrough | strict
         self.transport = transport
         self.catalogue = catalogue  # for routes the gateway answers itself (model listings)
         self.limits = limits
@@ -75,11 +99,12 @@ class Pipeline:
                     exchange.response_headers.append((b"x-odock-model", answered.name.encode()))
             await route.respond(call, upstream)
         except GatewayError as err:
-            call.fail(err)
             if isinstance(err, UpstreamError):
-                err.extra.update(upstream_error_body(err))
+                adopt_upstream_status(err, self.upstream_errors)
+            call.fail(err)
             if not exchange.started:
-                await exchange.respond(err.status, route.error_body(err),
+                body, content_type = route.render(err)
+                await exchange.respond(err.status, body, content_type,
                                        headers=_render(err) + call.governed_headers())
         except ClientDisconnected:
             call.ctx.outcome, call.ctx.error_code = "cancelled", "client_disconnected"

@@ -15,6 +15,10 @@ from odock.errors import UpstreamError
 from odock.state.records import ProviderRecord
 from odock.transport.base import Timeouts
 
+# upstream error headers a client can act on (back-off and retry hints, the provider's request id for support);
+# relayed with an upstream 4xx that reaches the client (never the upstream's own X-Request-Id: ours is kept)
+RELAYED_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "request-id")
+
 
 class ProviderAdapter:
     """Defaults for an OpenAI-shaped upstream; sibling adapters override what differs."""
@@ -45,8 +49,10 @@ class ProviderAdapter:
             total_s=total,
         )
 
-    def upstream_error(self, status: int, body: bytes, content_type: str) -> UpstreamError:
-        """Map an upstream HTTP error to an UpstreamError whose `kind` drives failover triggers."""
+    def upstream_error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
+        """Map an upstream HTTP error (headers with lower-case names) to an UpstreamError whose `kind` drives
+        failover triggers."""
+        content_type = headers.get("content-type", "")
         message = body[:300].decode("utf-8", "replace")
         parsed: Any = None
         if "json" in content_type:
@@ -73,4 +79,5 @@ class ProviderAdapter:
             upstream_status=status,
             upstream_body=body,
             upstream_content_type=content_type,
+            upstream_headers={name: headers[name] for name in RELAYED_ERROR_HEADERS if name in headers},
         )

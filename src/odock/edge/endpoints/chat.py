@@ -118,6 +118,9 @@ class UnifiedChatEndpoint(LLMEndpoint):
     """`/v1/llm/chat`: OpenAI-shaped request to any provider; normalized JSON or OpenAI chunks back."""
 
     name = "unified.chat"
+    # the upstream's dialect is not the client's: a passed-through 4xx keeps its status but gets an Odock body
+    # (code upstream_error, with upstream_status and upstream_error) that the client can parse
+    relays_upstream_body = False
 
     async def decode(self, call: Call) -> None:
         body = await call.read_json()
