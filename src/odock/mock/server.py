@@ -23,6 +23,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JOURNAL_SIZE = 10_000
+# each provider's own request id header, sent on every answer as the real APIs do
+REQUEST_ID_HEADERS = {"openai": b"x-request-id", "anthropic": b"request-id"}
 CUT_MESSAGE = "ASGI callable returned without completing response."
 # Headers worth seeing in the journal; credentials are never among them.
 JOURNAL_HEADERS = (
@@ -191,6 +193,9 @@ class MockApp:
                 reply = call.make(directives, model)
             except BadRequest as exc:
                 reply = provider.error(exc.status, exc.message, None)
+        header = REQUEST_ID_HEADERS.get(provider.name)
+        if header is not None and reply is not None and all(name != header for name, _ in reply.headers):
+            reply.headers.append((header, f"req_mock{self._seq:016d}".encode()))
         if isinstance(reply, Reply):
             entry["status"] = reply.status
             await _send_reply(send, reply)

@@ -84,9 +84,9 @@ def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
 
 
 async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage: UsageFn,
-                      dialect: Dialect | None = None) -> None:
+                      dialect: Dialect | None = None, *, counts_images: bool = False) -> None:
     """Relay a unary upstream answer byte for byte, capturing its usage when it is JSON (re-encoded only when
-    a stage needs the decoded response)."""
+    a stage needs the decoded response); on image routes the images returned are billed per image."""
     data = await resp.read()
     content_type = resp.headers.get("content-type", "application/json")
     parsed: Any = None
@@ -99,6 +99,8 @@ async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage:
         if isinstance(raw, dict):
             call.ctx.raw_usage = raw
             call.ctx.usage = usage(raw)
+        if counts_images and isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
+            call.ctx.billed_images = len(parsed["data"])
     data = await inspect_unary(call, dialect, parsed, data)
     await call.respond(200, data, content_type.encode("latin-1"))
 
@@ -181,7 +183,7 @@ class ForwardEndpoint(LLMEndpoint):
                  usage: UsageFn = usage_any, usage_key: str = "usage", stream: StreamStart | None = None,
                  max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
                  validate: Callable[[dict[str, Any]], None] | None = None,
-                 forward_headers: tuple[str, ...] = (),
+                 forward_headers: tuple[str, ...] = (), counts_images: bool = False,
                  error: Callable[[GatewayError], bytes] | None = None) -> None:
         self.name = name
         self.path = path
@@ -193,6 +195,7 @@ class ForwardEndpoint(LLMEndpoint):
         self.max_tokens = max_tokens
         self.validate = validate
         self.forward_headers = forward_headers
+        self.counts_images = counts_images  # an image route: `per_image` pricing bills each image returned
         self._error = error or openai_chat.error_body
 
     def error_body(self, err: GatewayError) -> bytes:
@@ -229,7 +232,8 @@ class ForwardEndpoint(LLMEndpoint):
         assert upstream is not None
         relay: StreamRelay | None = call.route_state
         if relay is None:
-            await relay_unary(call, upstream, self.usage_key, self.usage, self.dialect)
+            await relay_unary(call, upstream, self.usage_key, self.usage, self.dialect,
+                              counts_images=self.counts_images)
             return
         assert call.json is not None
         options = StreamOptions(include_usage=want_stream_usage(call.json))
@@ -325,7 +329,8 @@ class MultipartForwardEndpoint(LLMEndpoint):
     received one is released, so the upload is held once while the upstream call runs."""
 
     def __init__(self, name: str, path: str, family: str, *, file_fields: tuple[str, ...],
-                 usage: UsageFn = usage_any) -> None:
+                 usage: UsageFn = usage_any, counts_images: bool = False) -> None:
+        self.counts_images = counts_images
         self.name = name
         self.path = path
         self.family = family
@@ -372,7 +377,7 @@ class MultipartForwardEndpoint(LLMEndpoint):
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         assert upstream is not None
         call.route_state = None  # release the upload before relaying the answer
-        await relay_unary(call, upstream, "usage", self.usage)
+        await relay_unary(call, upstream, "usage", self.usage, counts_images=self.counts_images)
 
 
 class _Upload:
@@ -395,9 +400,10 @@ def openai_media_routes() -> dict[str, LLMEndpoint]:
     """The OpenAI embeddings and images routes."""
     return {
         "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai"),
-        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai"),
+        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai",
+                                                  counts_images=True),
         "/v1/images/edits": MultipartForwardEndpoint("openai.images.edits", "/images/edits", "openai",
-                                                     file_fields=("image", "image[]")),
+                                                     file_fields=("image", "image[]"), counts_images=True),
         "/v1/images/variations": MultipartForwardEndpoint("openai.images.variations", "/images/variations", "openai",
-                                                          file_fields=("image",)),
+                                                          file_fields=("image",), counts_images=True),
     }
