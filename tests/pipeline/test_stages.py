@@ -178,13 +178,11 @@ class _HangingRoute:
     """A route the gateway answers itself, which never finishes answering."""
 
     name = "test.hang"
-    family = None
-    entered = asyncio.Event
+    family: str | None = None
+    dialect: Any = None
 
     def __init__(self) -> None:
         self.entered = asyncio.Event()
-
-    dialect = None
 
     def render(self, err: GatewayError) -> tuple[bytes, bytes]:
         return err.code.encode(), b"text/plain"
