@@ -37,7 +37,8 @@ async def inspect_unary(call: Call, dialect: Dialect | None, parsed: Any, data: 
     """Run the after-hooks on a unary answer; with a stage that needs the response, on its decoded form, and
     return the answer re-encoded from it."""
     if dialect is None or not call.pipeline.needs_response or not isinstance(parsed, dict):
-        await call.answered(None)
+        if call.pipeline.after_stages:
+            await call.answered(None)
         return data
     response = dialect.upstream.decode_response(parsed)
     await call.answered(response)
