@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from odock import metrics
 from odock.dialects import openai_chat
 from odock.edge.http import ASGIApp, ClientDisconnected, Receive, Request, Scope, Send, render_error
-from odock.errors import DependencyUnavailable, GatewayError, MethodNotAllowed, NotFound
+from odock.errors import GatewayError, MethodNotAllowed, NotFound
 
 if TYPE_CHECKING:
     from odock.gateway import Gateway
@@ -50,20 +50,11 @@ class Readiness(Health):
     route = "healthz"
 
     async def handle(self, gw: Gateway, req: Request) -> None:
-        checks: dict[str, str] = {}
-        ok = True
-        try:
-            await gw.store.ping()
-            checks["store"] = "ok"
-        except DependencyUnavailable:
-            checks["store"], ok = "unavailable", False
-        if gw.redis is not None:
-            try:
-                await gw.redis.ping()
-                checks["redis"] = "ok"
-            except Exception:  # noqa: BLE001 - any failure to answer PING means "not ready"
-                checks["redis"], ok = "unavailable", False
-        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        # every registered resource with a ping (store, Redis in cluster mode), pinged concurrently
+        checks = await gw.services.ready()
+        ok = all(checks.values())
+        body = {"status": "ok" if ok else "unavailable",
+                "checks": {name: "ok" if up else "unavailable" for name, up in checks.items()}}
         await req.respond(200 if ok else 503, msgspec.json.encode(body))
 
 

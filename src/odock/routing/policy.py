@@ -15,8 +15,6 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from odock.errors import DependencyUnavailable, GatewayError, UpstreamError
 from odock.routing.health import DEFAULT_COOLDOWN_FAILURES, DEFAULT_COOLDOWN_S, HealthBook
 from odock.routing.router import Candidate, RoutePlan
@@ -29,6 +27,7 @@ from odock.routing.strategies import (
     parse_policy,
     routing_section,
 )
+from odock.state.redis import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from odock.pipeline.call import Call
@@ -162,7 +161,7 @@ class Routing:
                         pipe.expire(name, RR_KEY_TTL_S)
                         value, _ = await pipe.execute()
                 return int(value) - 1
-            except (RedisError, OSError, TimeoutError) as exc:  # rotate locally rather than fail the call
+            except REDIS_ERRORS as exc:  # rotate locally rather than fail the call
                 self._redis_down_until = now + REDIS_RETRY_AFTER_S
                 log.warning("round-robin counter unavailable in Redis (%s); rotating per process",
                             type(exc).__name__)
