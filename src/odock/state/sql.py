@@ -119,7 +119,9 @@ def map_sql_error(error: BaseException) -> GatewayError | None:
         or isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError)
         # no statement: the error came while connecting (e.g. "database is not accepting connections")
         or (isinstance(error, exc.DBAPIError) and (error.connection_invalidated or error.statement is None))
-        or isinstance(orig, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError | TimeoutError)
+        # raw asyncpg (the charge writer): a lost or confused connection
+        or isinstance(orig, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError
+                      | OSError | TimeoutError)
     ):
         return _unavailable(orig)
     return None
@@ -179,9 +181,9 @@ class ChargeWriter:
             except Exception as error:
                 mapped = map_sql_error(error)
                 if mapped is None or mapped.status == 503:
-                    self._drop()  # a driver or network failure leaves the connection unusable
-                if mapped is None:
-                    raise
+                    # any failure but the data's may leave this one connection unusable: replace it next time
+                    self._drop()
+                    mapped = _unavailable(error)
                 raise mapped from error
 
     def _drop(self) -> None:
