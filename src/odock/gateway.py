@@ -12,15 +12,17 @@ import gc
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from odock.pipeline.runner import BodyLimits, Pipeline
 from odock.pipeline.stages import Pricer, listing_stages, llm_stages
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
+from odock.services import Services
 from odock.settings import Settings
 from odock.state.catalogue import Catalogue
+from odock.state.redis import redis_errors
 from odock.transport.base import Transport
 from odock.usage import UsageRecorder
 
@@ -42,15 +44,27 @@ def new_transport(kind: str) -> Transport:
     from odock.transport.http11 import Http11Transport
 
     return Http11Transport()
+
+
+def _redis_ping(client: Any) -> Callable[[], Awaitable[None]]:
+    async def ping() -> None:
+        with redis_errors():
+            await client.ping()
+
+    return ping
+
+
 INVALIDATION_CHANNEL = os.environ.get("CACHE_INVALIDATION_CHANNEL", "odock:cache-invalidation")
 
 
 class Gateway:
     def __init__(self, settings: Settings, store: SqlStore, *, transport: Transport | None = None,
-                 governance: Governance | None = None, redis: Any = None) -> None:
+                 governance: Governance | None = None, redis: Any = None, services: Services | None = None) -> None:
         self.settings = settings
         self.store = store
         self.redis = redis
+        # what `open` registered (store, Redis, governance); closed all, in reverse, by `stop`
+        self.services = services or Services()
         self.catalogue = Catalogue(
             store,
             key_ttl_s=settings.auth_cache_ttl_s,
@@ -58,6 +72,7 @@ class Gateway:
             model_ttl_s=settings.model_cache_ttl_s,
         )
         self.transport: Transport = transport or new_transport(settings.upstream_client)
+        self.services.register("transport", self.transport, close=self.transport.close)
         self.recorder = UsageRecorder(
             store,
             flush_interval_s=settings.usage_flush_interval_s,
@@ -90,28 +105,41 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: Settings, *, transport: Transport | None = None) -> Gateway:
-        """Open the store (running migrations), Redis in cluster mode, and governance."""
+        """Open the store (running migrations), Redis in cluster mode, and governance on the store's engine."""
         from odock.governance import Governance
         from odock.state.sql import SqlStore
 
-        store = await SqlStore.open(settings.database_url, settings)
-        redis = None
-        if settings.cluster:
-            import redis.asyncio as aioredis
+        services = Services()
+        try:
+            store = await SqlStore.open(settings.database_url, settings)
+            services.register("store", store, close=store.close, ping=store.ping)
+            redis = None
+            if settings.cluster:
+                import redis.asyncio as aioredis
 
-            redis = aioredis.from_url(settings.redis_url)
-        governance = await Governance.open(settings, database_url=settings.database_url, redis=redis)
-        return cls(settings, store, transport=transport, governance=governance, redis=redis)
+                redis = aioredis.from_url(settings.redis_url)
+                services.register("redis", redis, close=redis.aclose, ping=_redis_ping(redis))
+            governance = await Governance.open(settings, store=store, redis=redis)
+            services.register("governance", governance, close=governance.close)
+            return cls(settings, store, transport=transport, governance=governance, redis=redis,
+                       services=services)
+        except BaseException:
+            await services.aclose()  # what opened before the failure
+            raise
 
     async def start(self) -> None:
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
+        self.services.register("catalogue poller", self.catalogue, close=self.catalogue.stop)
         if self.redis is not None:
             # cluster mode: a mutation made through any process's admin API reaches every process at once;
             # the store's version poll stays as the safety net (and covers CLI changes)
             self.store.add_change_listener(self._publish_invalidation)
             self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
+            self.services.register("invalidation subscriber", self._subscriber, close=self._stop_subscriber)
         self.recorder.start()
+        # registered last, closed first: the usage flush on shutdown still has the store
+        self.services.register("usage recorder", self.recorder, close=self.recorder.stop)
         # everything loaded so far lives as long as the process: keep it out of every future GC pass, and let
         # the young generation grow larger so that per-request garbage is collected in fewer, cheaper passes
         gc.collect()
@@ -137,19 +165,15 @@ class Gateway:
             except Exception:  # noqa: BLE001 - Redis blips: resubscribe; the version poll covers the gap
                 await asyncio.sleep(1.0)
 
-    async def stop(self) -> None:
+    async def _stop_subscriber(self) -> None:
         if self._subscriber is not None:
             self._subscriber.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._subscriber
-        await self.catalogue.stop()
-        await self.recorder.stop()
-        if self.governance is not None:
-            await self.governance.close()
-        await self.transport.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.store.close()
+
+    async def stop(self) -> None:
+        """Close every registered resource, in reverse order, even when one of them fails to close."""
+        await self.services.aclose()
 
     def client_ip(self, req: Exchange) -> str:
         """The socket peer, or the first untrusted hop of X-Forwarded-For behind a trusted proxy (§5.6)."""

@@ -18,10 +18,11 @@ LAYERS: list[set[str]] = [
     {"edge", "gateway", "admin"},
     {"pipeline"},
     {"routing", "governance", "usage"},
-    {"providers"},
     {"context"},
-    {"dialects", "transport", "state"},
-    {"model", "settings", "metrics", "logs"},
+    {"state"},
+    {"providers"},
+    {"dialects", "transport"},
+    {"model", "settings", "metrics", "logs", "services"},
     {"errors"},
 ]
 

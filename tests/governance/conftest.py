@@ -13,9 +13,12 @@ from odock.context import CallContext
 from odock.governance import Governance
 from odock.governance.store import Quota
 from odock.settings import Settings
+from odock.state.crypto import generate_key_text
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, Team
+from odock.state.sql import SqlStore
 
 ORG_ID, TEAM_ID, KEY_ID, USER_ID, MODEL_ID = "org-1", "team-1", "key-1", "user-1", "model-1"
+SECRET_KEY = generate_key_text()  # cluster mode requires one (provider credentials are encrypted with it)
 # USD per 1M tokens
 PRICING = {"input": 1.0, "output": 2.0}
 
@@ -103,12 +106,22 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path / 'gov.db'}"
 
 
+class StoreOwningGovernance(Governance):
+    """A Governance that also closes its SqlStore (in the gateway, the service registry closes the store)."""
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.store.sql.close()
+
+
 async def open_embedded(path: Path, **settings: Any) -> Governance:
-    """Open an embedded Governance on a fresh SQLite file."""
+    """Open an embedded Governance on a fresh SQLite file (migrated by its SqlStore)."""
     url = sqlite_url(path)
-    return await Governance.open(
-        Settings(database_url=url, **settings), database_url=url, redis=None, create_tables=True
-    )
+    config = Settings(database_url=url, **settings)
+    store = await SqlStore.open(url, config)
+    return await StoreOwningGovernance.open(config, store=store, redis=None)
 
 
 @pytest.fixture()
@@ -132,11 +145,10 @@ async def open_cluster(
     import redis.asyncio as aioredis
 
     settings_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__struct_fields__}
-    settings = Settings(database_url=postgres_url, redis_url=redis_url, **settings_fields)
+    settings = Settings(database_url=postgres_url, redis_url=redis_url, secret_key=SECRET_KEY, **settings_fields)
+    store = await SqlStore.open(postgres_url, settings, migrate=create)
     client = aioredis.from_url(redis_url)
-    gov = await Governance.open(
-        settings, database_url=postgres_url, redis=client, key_prefix=prefix, create_tables=create, **kwargs
-    )
+    gov = await StoreOwningGovernance.open(settings, store=store, redis=client, key_prefix=prefix, **kwargs)
     gov._owns_redis = True  # the test hands the client over: close() closes it
     return gov
 

@@ -33,7 +33,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[GovernanceAdmin, dict[str
     async def changed() -> None:
         changes.append(1)
 
-    service = GovernanceAdmin(GovernanceStore(store.engine), catalogue=catalogue, on_change=changed)
+    service = GovernanceAdmin(GovernanceStore(store), catalogue=catalogue, on_change=changed)
     service.changes = changes  # type: ignore[attr-defined]
     try:
         yield service, {"org": org.id, "team": team.id, "user": user.id, "key": key.key.id}

@@ -12,7 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from odock.governance.store import GovernanceStore
-from tests.governance.conftest import sqlite_url
+from odock.settings import Settings
+from odock.state.sql import SqlStore
+from tests.governance.conftest import SECRET_KEY, sqlite_url
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 END = START + timedelta(days=31)
@@ -31,13 +33,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+async def open_store(url: str, *, migrate: bool = True) -> GovernanceStore:
+    """A governance store on its own SqlStore (migrated: the governance tables exist)."""
+    return GovernanceStore(await SqlStore.open(url, Settings(secret_key=SECRET_KEY), migrate=migrate))
+
+
 @pytest.fixture()
 async def store(database_url: str) -> AsyncIterator[GovernanceStore]:
     """A store with fresh governance tables."""
-    gov_store = GovernanceStore.from_url(database_url)
-    await gov_store.create_tables()
+    gov_store = await open_store(database_url)
     yield gov_store
-    await gov_store.close()
+    await gov_store.sql.close()
 
 
 async def used(store: GovernanceStore, key: str) -> int:
@@ -99,7 +105,7 @@ async def test_record_charges_is_one_transaction_of_few_statements(store: Govern
 async def test_concurrent_batches_in_opposite_orders(store: GovernanceStore) -> None:
     """Concurrent batches touching the same windows in opposite orders neither deadlock nor lose a charge."""
     url = store.engine.url.render_as_string(hide_password=False)
-    others = [GovernanceStore.from_url(url) for _ in range(3)]  # as other gateway processes: own connections
+    others = [await open_store(url, migrate=False) for _ in range(3)]  # as other gateway processes: own engines
     keys = [f"w{i}" for i in range(10)]
     await store.windows_used([window(k) for k in keys])
 
@@ -112,15 +118,14 @@ async def test_concurrent_batches_in_opposite_orders(store: GovernanceStore) -> 
         await asyncio.gather(*(worker(s, n) for n, s in enumerate([store, *others])))
     finally:
         for other in others:
-            await other.close()
+            await other.sql.close()
     assert [await used(store, k) for k in keys] == [4 * 30] * 10
 
 
 @pytest.mark.cluster
 async def test_postgres_locks_windows_in_key_order(postgres_url: str) -> None:
     """A batch waiting for the lowest window holds no other window: batches in any order cannot deadlock."""
-    store = GovernanceStore.from_url(postgres_url)
-    await store.create_tables()
+    store = await open_store(postgres_url)
     keys = [f"w{i}" for i in range(10)]
     await store.windows_used([window(k) for k in reversed(keys)])  # physical order opposite to key order
     table = "governance_windows"
@@ -140,7 +145,7 @@ async def test_postgres_locks_windows_in_key_order(postgres_url: str) -> None:
             assert await task == [True] * 10
         assert await store.windows_used([window(k) for k in keys]) == [1] * 10
     finally:
-        await store.close()
+        await store.sql.close()
 
 
 async def test_prune_charges_deletes_only_older_rows(store: GovernanceStore) -> None:
@@ -162,8 +167,7 @@ async def test_charge_writer_replaces_a_broken_connection(postgres_url: str) -> 
     """A killed ledger connection is replaced (at worst after one write failing with 503); nothing is lost."""
     from odock.errors import DependencyUnavailable
 
-    store = GovernanceStore.from_url(postgres_url)
-    await store.create_tables()
+    store = await open_store(postgres_url)
     try:
         await used(store, "a")
         assert await store.record_charges([("r1", "a", 5)]) == [True]
@@ -186,4 +190,4 @@ async def test_charge_writer_replaces_a_broken_connection(postgres_url: str) -> 
         assert store._charges._conn.get_server_pid() != writer_pid
         assert await used(store, "a") == 11
     finally:
-        await store.close()
+        await store.sql.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 
@@ -230,3 +231,71 @@ async def test_duplicates_and_references(store: SqlStore, service: CatalogueServ
     assert await store.granted_model_ids(key.key.id) == frozenset()
     with pytest.raises(NotFound):
         await service.get_team("platform")
+
+
+async def _models(service: CatalogueService, names: list[str]) -> dict[str, str]:
+    return {name: (await service.create_model({"organisation": "acme", "name": name, "provider": "oa",
+                                               "slug": name})).id for name in names}
+
+
+async def test_concurrent_set_grants_leave_one_callers_set(store: SqlStore, service: CatalogueService) -> None:
+    """set_grants computes and writes in one transaction: concurrent calls end on exactly one caller's set."""
+    await _catalogue(service)
+    await _models(service, ["m1", "m2", "m3"])
+    key = (await service.create_key({"organisation": "acme", "name": "k", "models": ["chat"]})).key
+    targets = [["chat", "m1"], ["m2"], ["m3", "chat"], ["m1", "m2", "m3"], []]
+    for _ in range(3):
+        await asyncio.gather(*(service.set_grants(key.id, target) for target in targets))
+        granted = sorted(m.name for m in await service.list_grants(key.id))
+        assert granted in [sorted(target) for target in targets]
+
+
+async def test_set_grants_failing_part_way_keeps_the_old_grants(store: SqlStore, service: CatalogueService) -> None:
+    """When a write fails after the stale grants were deleted, nothing of the change remains (409 conflict)."""
+    await _catalogue(service)
+    ids = await _models(service, ["m1", "m2", "refused"])
+    key = (await service.create_key({"organisation": "acme", "name": "k", "models": ["chat", "m1"]})).key
+    async with store.write() as conn:  # the database itself refuses one grant, after the deletes ran
+        if store.dialect == "postgresql":
+            await conn.execute(sa.text(
+                "CREATE FUNCTION refuse_grant() RETURNS trigger AS $$ BEGIN IF NEW.model_id = "
+                f"'{ids['refused']}' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"))
+            await conn.execute(sa.text("CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants "
+                                       "FOR EACH ROW EXECUTE FUNCTION refuse_grant()"))
+        else:
+            await conn.execute(sa.text(
+                f"CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants WHEN NEW.model_id = "
+                f"'{ids['refused']}' BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    version = await store.catalogue_version()
+    with pytest.raises(GatewayError) as info:
+        await service.set_grants(key.id, ["m2", "refused"])
+    assert (info.value.status, info.value.code) == (409, "conflict")
+    assert sorted(m.name for m in await service.list_grants(key.id)) == ["chat", "m1"]
+    assert await store.catalogue_version() == version
+
+
+async def test_inputs_are_checked_by_their_structs(service: CatalogueService) -> None:
+    """Field types, lengths and ranges are checked before any write: 400 naming the field and what it allows."""
+    await _catalogue(service)
+    provider = {"organisation": "acme", "name": "big", "type": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(BadRequest, match="timeout_ms"):  # an INTEGER column: PostgreSQL would refuse it
+        await service.create_provider({**provider, "timeout_ms": 2**31})
+    with pytest.raises(BadRequest, match="timeout_ms"):
+        await service.update_provider("oa", {"timeout_ms": True}, "acme")
+    with pytest.raises(BadRequest, match="allowed: anthropic, gemini, openai, vllm"):
+        await service.create_provider({**provider, "type": "azure"})
+    with pytest.raises(BadRequest, match="unknown field `colour`; allowed: "):
+        await service.create_team({"organisation": "acme", "name": "t", "colour": "red"})
+    with pytest.raises(BadRequest, match="name must be a non-empty string"):
+        await service.create_team({"organisation": "acme", "name": "   "})
+    with pytest.raises(BadRequest, match="e-mail"):
+        await service.update_user("dev@acme.test", {"email": "not-an-address"}, "acme")
+    with pytest.raises(BadRequest, match="length <= 200"):
+        await service.update_organisation("acme", {"name": "x" * 201})
+    with pytest.raises(BadRequest, match="secret must be"):
+        await service.create_key({"organisation": "acme", "name": "k", "secret": " sk-with-surrounding-space "})
+    team = await service.create_team({"organisation": "acme", "name": "  spaced  ", "policies": None})
+    assert team.name == "spaced" and team.policies == {}
+    created = await service.create_provider({**provider, "api_key": "", "base_url": "http://127.0.0.1:9/v1/"})
+    assert created.has_api_key is False and created.base_url == "http://127.0.0.1:9/v1"

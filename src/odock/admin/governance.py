@@ -411,4 +411,4 @@ def admin_for(store: SqlStore, *, on_change: ChangeHook | None = None) -> Govern
     """Budgets and quotas management over the catalogue's database (owners resolved by name through it)."""
     from odock.state.service import CatalogueService
 
-    return GovernanceAdmin(GovernanceStore(store.engine), catalogue=CatalogueService(store), on_change=on_change)
+    return GovernanceAdmin(GovernanceStore(store), catalogue=CatalogueService(store), on_change=on_change)

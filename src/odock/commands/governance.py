@@ -34,7 +34,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> Any:
     settings = load_settings(database_url=args.database_url)
     # the catalogue store runs the migrations (0002_governance included) and resolves owner names
     catalogue_store = await SqlStore.open(settings.database_url, settings)
-    store = GovernanceStore(catalogue_store.engine)
+    store = GovernanceStore(catalogue_store)
     try:
         return await action(GovernanceAdmin(store, catalogue=CatalogueService(catalogue_store)), args)
     finally:

@@ -10,7 +10,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,10 +19,11 @@ from odock import metrics
 from odock.dialects import openai_chat
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.http import ASGIApp, Receive, Request, Scope, Send, render_error
-from odock.errors import ClientDisconnected, DependencyUnavailable, GatewayError, MethodNotAllowed, NotFound
+from odock.errors import ClientDisconnected, GatewayError, MethodNotAllowed, NotFound
 
 if TYPE_CHECKING:
     from odock.pipeline.runner import Pipeline
+    from odock.services import Services
     from odock.settings import Settings
 
 log = logging.getLogger("odock.edge")
@@ -33,8 +34,7 @@ class Gateway(Protocol):
     """What the edge needs of the gateway its lifespan opens (`odock.gateway.Gateway` is one)."""
 
     settings: Settings
-    store: Any
-    redis: Any
+    services: Services
     pipelines: dict[str, Pipeline]
 
     async def start(self) -> None: ...
@@ -72,20 +72,11 @@ class Readiness(Health):
     name = "healthz"
 
     async def handle(self, gw: Gateway, req: Request) -> None:
-        checks: dict[str, str] = {}
-        ok = True
-        try:
-            await gw.store.ping()
-            checks["store"] = "ok"
-        except DependencyUnavailable:
-            checks["store"], ok = "unavailable", False
-        if gw.redis is not None:
-            try:
-                await gw.redis.ping()
-                checks["redis"] = "ok"
-            except Exception:  # noqa: BLE001 - any failure to answer PING means "not ready"
-                checks["redis"], ok = "unavailable", False
-        body = {"status": "ok" if ok else "unavailable", "checks": checks}
+        # every registered resource with a ping (store, Redis in cluster mode), pinged concurrently
+        checks = await gw.services.ready()
+        ok = all(checks.values())
+        body = {"status": "ok" if ok else "unavailable",
+                "checks": {name: "ok" if up else "unavailable" for name, up in checks.items()}}
         await req.respond(200 if ok else 503, msgspec.json.encode(body))
 
 

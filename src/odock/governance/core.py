@@ -47,9 +47,12 @@ from odock.governance.policy import (
 from odock.governance.resp import ScriptRunner
 from odock.governance.store import Budget, BudgetEvent, GovernanceStore, Quota
 from odock.settings import Settings
+from odock.state.redis import REDIS_ERRORS as _REDIS_ERRORS
 
 if TYPE_CHECKING:
     import redis.asyncio
+
+    from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.governance")
 # settled charges are kept at least this long (and at least twice the reservation TTL), then pruned
@@ -60,13 +63,6 @@ DECISIONS = metrics.RATELIMIT_DECISIONS
 ERRORS = metrics.GOVERNANCE_ERRORS
 
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
-_REDIS_ERRORS: tuple[type[BaseException], ...]
-try:
-    from redis.exceptions import RedisError
-
-    _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-except ImportError:  # pragma: no cover - redis is a locked dependency
-    _REDIS_ERRORS = (OSError, asyncio.TimeoutError)
 
 
 @dataclass(slots=True)
@@ -182,26 +178,22 @@ class Governance:
         cls,
         settings: Settings,
         *,
-        database_url: str,
+        store: SqlStore,
         redis: redis.asyncio.Redis | None,
         key_prefix: str = "odock:gov",
         reservation_ttl_s: float | None = None,
         reconcile_interval_s: float | None = None,
-        create_tables: bool = False,
     ) -> Governance:
-        """Connect, load budget/quota definitions, start the reconciliation task."""
+        """Load budget/quota definitions from the catalogue's store, start the reconciliation task."""
         owns = False
         if redis is None and settings.cluster:
             import redis.asyncio as aioredis
 
             redis = aioredis.from_url(settings.redis_url)
             owns = True
-        store = GovernanceStore.from_url(database_url)
-        if create_tables:
-            await store.create_tables()
         self = cls(
             settings,
-            store,
+            GovernanceStore(store),
             redis,
             owns_redis=owns,
             key_prefix=key_prefix,
@@ -211,7 +203,11 @@ class Governance:
                 settings.reconcile_interval_s if reconcile_interval_s is None else reconcile_interval_s
             ),
         )
-        await self.definitions.load(store)
+        try:
+            await self.definitions.load(self.store)
+        except BaseException:
+            await self.close()  # the Redis connections opened above
+            raise
         self._task = asyncio.create_task(self._background(), name="odock-governance")
         return self
 
@@ -237,7 +233,6 @@ class Governance:
             await self.redis_runner.close()
         if self._owns_redis and self.redis is not None:
             await self.redis.aclose()
-        await self.store.close()
 
     # --- stages --------------------------------------------------------------------------------------------------
 

@@ -2,28 +2,27 @@
 
 Never on the request hot path: definitions are loaded into memory and polled; windows are read once per window
 start; charges are written after the response (write-through in cluster mode, write-behind in embedded mode).
-Driver errors become `DependencyUnavailable("store_unavailable")`.
+Everything runs on the catalogue's `SqlStore`: its one engine, its SQLite write lock, its error mapping, and on
+PostgreSQL its dedicated charge connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from odock.errors import DependencyUnavailable
 from odock.governance.periods import Period
 from odock.governance.schema import budget_events, budgets, governance_charges, governance_windows, quotas
 from odock.state.schema import UTCDateTime
+
+if TYPE_CHECKING:
+    from odock.state.sql import SqlStore
 
 OwnerType = Literal["ORG", "TEAM", "USER", "APIKEY"]
 Metric = Literal["REQUESTS", "TOKENS", "TOKENS_IN", "TOKENS_OUT", "ERRORS", "COST", "LATENCY_MS"]
@@ -124,7 +123,7 @@ SELECT reservation_id, window_key FROM ins
     sa.bindparam("now", type_=UTCDateTime()),
 )
 
-# The same statement for the dedicated asyncpg connection of `_ChargeWriter` (positional parameters).
+# The same statement for the store's dedicated asyncpg connection (`ChargeWriter`, positional parameters).
 _PG_RECORD_CHARGES_RAW = (
     str(_PG_RECORD_CHARGES.text)
     .replace("CAST(:now AS timestamptz)", "$4::timestamptz")
@@ -132,48 +131,6 @@ _PG_RECORD_CHARGES_RAW = (
     .replace("CAST(:keys AS text[])", "$2::text[]")
     .replace("CAST(:amounts AS bigint[])", "$3::bigint[]")
 )
-
-
-class _ChargeWriter:
-    """One dedicated asyncpg connection for settled charges on PostgreSQL (cluster mode's per-call write).
-
-    The statement is atomic on its own, so it runs without BEGIN/COMMIT, and outside SQLAlchemy's pool (whose
-    checkout ping and return rollback would add two more round trips and most of the CPU). The ledger's group
-    commit keeps at most one batch in flight, so one connection is enough; a lock covers the rare other writer
-    (reconciliation retries). A broken connection is dropped and replaced on the next write.
-    """
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
-
-    async def write(self, rids: list[str], keys: list[str], amounts: list[int], now: datetime) -> list[Any]:
-        async with self._lock:
-            try:
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(
-                        self._dsn, timeout=5, command_timeout=15,
-                        server_settings={"lock_timeout": "5000", "statement_timeout": "15000"},
-                    )
-                return list(await self._conn.fetch(_PG_RECORD_CHARGES_RAW, rids, keys, amounts, now))
-            except asyncio.CancelledError:
-                self._drop()  # mid-statement: the connection's state is unknown
-                raise
-            except Exception as exc:  # any driver or network failure leaves the connection unusable
-                self._drop()
-                raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=2)
 
 
 # SQLite: the rows travel as one JSON array (one bound parameter, so the SQL never varies with the batch size and the
@@ -200,16 +157,6 @@ _ADD_USED = (
 )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # share the catalogue's SQLite file politely: wait for the other engine's writer instead of failing
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-    finally:
-        cursor.close()
-
-
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -231,63 +178,22 @@ def _fresh_flags(items: list[tuple[str, str, int]], fresh: set[tuple[str, str]])
 
 
 class GovernanceStore:
-    """Governance rows in SQLite or PostgreSQL."""
+    """Governance rows in SQLite or PostgreSQL, on the catalogue's store (one engine, one write lock)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._charges: _ChargeWriter | None = None
-        if self.dialect == "postgresql":
-            dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._charges = _ChargeWriter(dsn)
+    def __init__(self, sql: SqlStore) -> None:
+        self.sql = sql
+        self.engine = sql.engine
+        self.dialect = sql.dialect
+        self._charges = sql.charge_writer
         # built once, so SQLAlchemy's compiled cache serves every call
         self._window_insert = self._insert(governance_windows).on_conflict_do_nothing(
             index_elements=["window_key"]
         )
 
-    @classmethod
-    def from_url(cls, url: str) -> GovernanceStore:
-        """Create a store with its own engine for `url`."""
-        from odock.state.sql import normalize_database_url
-
-        target = normalize_database_url(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
-        if target.get_backend_name() == "postgresql":
-            # bounded waits: a stuck lock or query becomes an error (503), never a hung post-flight
-            options["connect_args"] = {
-                "timeout": 5,
-                "command_timeout": 15,
-                "server_settings": {"lock_timeout": "5000", "statement_timeout": "15000"},
-            }
-        engine = create_async_engine(target, **options)
-        if engine.dialect.name == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return cls(engine)
-
-    async def close(self) -> None:
-        """Dispose of the engine's connections."""
-        if self._charges is not None:
-            await self._charges.close()
-        await self.engine.dispose()
-
-    async def create_tables(self) -> None:
-        """Create the governance tables if missing (tests and tooling; production uses the migration)."""
-        from odock.governance.schema import GOVERNANCE_TABLES
-
-        await self._run(
-            lambda c: c.run_sync(
-                lambda sync: GOVERNANCE_TABLES[0].metadata.create_all(sync, tables=list(GOVERNANCE_TABLES))
-            )
-        )
-
-    async def _run(self, work: Any) -> Any:
-        try:
-            async with self.engine.begin() as conn:
-                return await work(conn)
-        except SQLAlchemyError as exc:
-            raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
-        except OSError as exc:
-            raise DependencyUnavailable("governance store unavailable", "store_unavailable") from exc
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[Any]], *, write: bool = True) -> Any:
+        """Run `work` in one transaction of the store (a write by default: SQLite queues it behind the lock)."""
+        async with self.sql.write() if write else self.sql.read() as conn:
+            return await work(conn)
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
@@ -308,7 +214,7 @@ class GovernanceStore:
             q = (await conn.execute(sa.select(sa.func.count(), sa.func.max(quotas.c.updated_at)))).one()
             return (b[0], str(b[1]), q[0], str(q[1]))
 
-        result: tuple[Any, ...] = await self._run(work)
+        result: tuple[Any, ...] = await self._run(work, write=False)
         return result
 
     async def list_budgets(self, **filters: Any) -> list[Budget]:
@@ -330,7 +236,7 @@ class GovernanceStore:
         async def work(conn: AsyncConnection) -> Sequence[sa.Row[Any]]:
             return (await conn.execute(query)).all()
 
-        rows: Sequence[sa.Row[Any]] = await self._run(work)
+        rows: Sequence[sa.Row[Any]] = await self._run(work, write=False)
         return rows
 
     @staticmethod
@@ -488,7 +394,7 @@ class GovernanceStore:
 
         Return, per charge in order, whether it was new (a repeat of a stored charge, or of an earlier one in the
         same call, is not). Set-based and atomic: one statement on PostgreSQL (on its own connection, see
-        `_ChargeWriter`); on SQLite, in one transaction, an INSERT … RETURNING per chunk of rows (passed as one
+        `ChargeWriter`); on SQLite, in one transaction, an INSERT … RETURNING per chunk of rows (passed as one
         JSON array), then one UPDATE per distinct window.
         """
         items = list(charges)
@@ -500,8 +406,8 @@ class GovernanceStore:
             unique.setdefault((rid, key), amount)
         now = _now()
         if self._charges is not None:
-            written = await self._charges.write([k[0] for k in unique], [k[1] for k in unique],
-                                                list(unique.values()), now)
+            written = await self._charges.fetch(_PG_RECORD_CHARGES_RAW, [k[0] for k in unique],
+                                                [k[1] for k in unique], list(unique.values()), now)
             return _fresh_flags(items, {(r[0], r[1]) for r in written})
         rows = [(rid, key, amount) for (rid, key), amount in unique.items()]
         chunks = [
@@ -546,7 +452,7 @@ class GovernanceStore:
             )
             return {r[0]: int(r[1]) for r in rows}
 
-        result: dict[str, int] = await self._run(work)
+        result: dict[str, int] = await self._run(work, write=False)
         return result
 
     async def windows(self, definition_id: str) -> list[dict[str, Any]]:
@@ -569,7 +475,7 @@ class GovernanceStore:
                 for r in rows
             ]
 
-        result: list[dict[str, Any]] = await self._run(work)
+        result: list[dict[str, Any]] = await self._run(work, write=False)
         return result
 
     # --- threshold events -----------------------------------------------------------------------------------------
@@ -626,5 +532,5 @@ class GovernanceStore:
                 for r in rows
             ]
 
-        result: list[BudgetEvent] = await self._run(work)
+        result: list[BudgetEvent] = await self._run(work, write=False)
         return result

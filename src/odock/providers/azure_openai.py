@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from odock.providers.base import ProviderAdapter
-from odock.state.records import ProviderRecord
+from odock.providers.base import ProviderAdapter, ProviderConfig
 
 
 class AzureOpenAIAdapter(ProviderAdapter):
     name = "azure_openai"
 
-    def url(self, provider: ProviderRecord, path: str) -> str:
+    def url(self, provider: ProviderConfig, path: str) -> str:
         url = super().url(provider, path)
         version = (provider.config or {}).get("api_version")
         return f"{url}?api-version={quote(str(version), safe='')}" if version else url
 
-    def headers(self, provider: ProviderRecord) -> dict[str, str]:
+    def headers(self, provider: ProviderConfig) -> dict[str, str]:
         # Azure's key header: accepted by the v1 API and by the dated deployment API alike
         headers = {"Content-Type": "application/json"}
         if provider.api_key:

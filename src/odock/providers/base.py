@@ -7,17 +7,33 @@ Bodies are built by the dialect modules; adapters never touch the transport.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from odock.errors import UpstreamError
-from odock.state.records import ProviderRecord
 from odock.transport.base import Timeouts
 
 # upstream error headers a client can act on (back-off and retry hints, the provider's request id for support);
 # relayed with an upstream 4xx that reaches the client (never the upstream's own X-Request-Id: ours is kept)
 RELAYED_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "request-id")
+
+
+class ProviderConfig(Protocol):
+    """What an adapter reads of a provider (the catalogue's `ProviderRecord` is one): providers sit below the
+    catalogue, which names its provider types from `providers.registry`."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def timeout_ms(self) -> int | None: ...
+
+    @property
+    def config(self) -> dict[str, Any]: ...
 
 
 class ProviderAdapter:
@@ -28,19 +44,19 @@ class ProviderAdapter:
     requires_key = True
     error_message_path: tuple[str, ...] = ("error", "message")
 
-    def url(self, provider: ProviderRecord, path: str) -> str:
+    def url(self, provider: ProviderConfig, path: str) -> str:
         return provider.base_url.rstrip("/") + path
 
-    def chat_url(self, provider: ProviderRecord, slug: str, stream: bool) -> str:
+    def chat_url(self, provider: ProviderConfig, slug: str, stream: bool) -> str:
         return self.url(provider, "/chat/completions")
 
-    def headers(self, provider: ProviderRecord) -> dict[str, str]:
+    def headers(self, provider: ProviderConfig) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
         return headers
 
-    def timeouts(self, provider: ProviderRecord) -> Timeouts:
+    def timeouts(self, provider: ProviderConfig) -> Timeouts:
         cfg = provider.config or {}
         total = (provider.timeout_ms or 600_000) / 1000
         return Timeouts(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from odock.providers.base import ProviderAdapter
-from odock.state.records import ProviderRecord
+from odock.providers.base import ProviderAdapter, ProviderConfig
 
 # vLLM serves these at the server root, not under /v1
 _ROOT_PATHS = frozenset({"/tokenize", "/detokenize", "/pooling", "/classify"})
@@ -13,7 +12,7 @@ class VLLMAdapter(ProviderAdapter):
     name = "vllm"
     requires_key = False  # a local vLLM server commonly runs without --api-key
 
-    def url(self, provider: ProviderRecord, path: str) -> str:
+    def url(self, provider: ProviderConfig, path: str) -> str:
         base = provider.base_url.rstrip("/")
         if path in _ROOT_PATHS and base.endswith("/v1"):
             base = base[:-3]

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from odock.state.redis import REDIS_ERRORS
 
 log = logging.getLogger("odock.routing")
 
@@ -58,7 +58,7 @@ class RedisTurns:
                         pipe.expire(key, RR_KEY_TTL_S)
                         value, _ = await pipe.execute()
                 return int(value) - 1
-            except (RedisError, OSError, TimeoutError) as exc:  # rotate locally rather than fail the call
+            except REDIS_ERRORS as exc:  # rotate locally rather than fail the call
                 self._down_until = now + REDIS_RETRY_AFTER_S
                 log.warning("round-robin counter unavailable in Redis (%s); rotating per process",
                             type(exc).__name__)

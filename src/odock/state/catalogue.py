@@ -9,13 +9,13 @@ pub/sub). While the store is unreachable, expired entries are served stale rathe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from odock.errors import DependencyUnavailable, Unauthorized
+from odock.state.keys import hash_key
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
 from odock.state.store import Store
 
@@ -50,11 +50,6 @@ class TTLCache(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-def hash_key(secret: str) -> str:
-    """SHA-256 hex of an API key secret: the only form in which keys are stored or used as cache keys."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class Catalogue:

@@ -1,7 +1,9 @@
 """SqlStore: the `Store` seam on SQLite (embedded) or PostgreSQL (cluster), through SQLAlchemy Core.
 
-Driver exceptions never leave this module's context managers: connection trouble becomes
-`DependencyUnavailable(code="store_unavailable")` and constraint violations a 409 `conflict`.
+One engine per database, shared by the catalogue, the usage ledger and governance (which also uses the store's
+dedicated asyncpg `ChargeWriter` on PostgreSQL). Driver exceptions never leave this module's context managers
+(`sql_errors`): connection trouble becomes `DependencyUnavailable(code="store_unavailable")`, constraint
+violations a 409 `conflict`, values a column cannot hold a 400.
 Every catalogue mutation bumps `catalogue_version` in its own transaction; after commit the in-process
 listeners run (the gateway drops its caches), and other processes notice by polling `catalogue_version()`.
 """
@@ -9,6 +11,7 @@ listeners run (the gateway drops its caches), and other processes notice by poll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import sqlalchemy as sa
 from alembic import command
@@ -25,7 +29,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from odock.errors import DependencyUnavailable, GatewayError
+from odock.errors import BadRequest, DependencyUnavailable, GatewayError
 from odock.settings import Settings
 from odock.state import schema
 from odock.state.crypto import SecretBox, load_secret_box
@@ -49,6 +53,11 @@ RowLike = Mapping[Any, Any]
 _MIGRATION_LOCK = 0x0D0C_0001
 # SQLite: wait this long for a competing writer instead of failing with "database is locked"
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
+# PostgreSQL: bounded waits, so that a stuck lock or query becomes a 503 instead of a hung call or post-flight
+_PG_CONNECT_ARGS: dict[str, Any] = {
+    "timeout": 5,
+    "server_settings": {"lock_timeout": "5000", "statement_timeout": "15000"},
+}
 
 
 def normalize_database_url(database_url: str) -> URL:
@@ -65,41 +74,129 @@ def normalize_database_url(database_url: str) -> URL:
     raise SystemExit(f"unsupported database {backend!r}: use sqlite:///path.db or postgresql://…")
 
 
+# SQLSTATE classes meaning the server is unreachable, out of resources or refusing work (08 connection, 53
+# resources, 57 operator intervention and statement timeout, 40 deadlock or serialization failure: retry later)
+_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "40"})
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
+
+
+def _sqlstate(error: BaseException) -> str:
+    """The SQLSTATE of a driver error (asyncpg keeps it on the error or its cause; sqlite3 has none)."""
+    for candidate in (error, getattr(error, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return ""
+
+
 def _unavailable(error: BaseException) -> DependencyUnavailable:
-    orig = getattr(error, "orig", None) or error
     # the driver's class and message, never the URL (it may hold a password)
+    text = str(error).splitlines()[0][:200] if str(error) else ""
     return DependencyUnavailable(
-        f"the catalogue store is unavailable ({type(orig).__name__}: {str(orig).splitlines()[0][:200] if str(orig) else ''})",
-        "store_unavailable",
+        f"the store is unavailable ({type(error).__name__}: {text})", "store_unavailable"
     )
 
 
-def _unavailable_state(error: exc.DBAPIError) -> bool:
-    """SQLSTATE classes meaning the server is unreachable or refusing work: 08 connection, 53 resources,
-    57 operator intervention (shutdown, admin termination)."""
-    orig = error.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in ("08", "53", "57")
+def map_sql_error(error: BaseException) -> GatewayError | None:
+    """The most specific gateway error for a database failure, or None for a fault of ours (a 500).
 
-
-@asynccontextmanager
-async def mapped_errors() -> AsyncIterator[None]:
-    """Map driver and connection failures to our errors."""
-    try:
-        yield
-    except exc.IntegrityError as error:
-        raise GatewayError(
+    One mapping for SQLAlchemy, asyncpg (also raw, for the charge writer) and sqlite3: a constraint violation is a
+    409 `conflict`, a value the column cannot hold a 400, and only an unreachable or refusing database a 503.
+    """
+    if isinstance(error, GatewayError):
+        return None
+    orig: BaseException = error.orig if isinstance(error, exc.DBAPIError) and error.orig is not None else error
+    state = _sqlstate(orig)
+    if isinstance(error, exc.IntegrityError) or state[:2] == "23":
+        return GatewayError(
             "the change conflicts with existing data (duplicate name or still referenced)", "conflict", status=409
-        ) from error
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError, exc.DisconnectionError) as error:
-        raise _unavailable(error) from error
-    except exc.DBAPIError as error:
-        if error.connection_invalidated or error.statement is None or _unavailable_state(error):
-            # no statement: the error came while connecting (e.g. "database is not accepting connections")
-            raise _unavailable(error) from error
-        raise
-    except (TimeoutError, OSError) as error:
-        raise _unavailable(error) from error
+        )
+    if state[:2] == "22":
+        return BadRequest("a value does not fit its field (too long, out of range or of the wrong type)")
+    if (
+        state[:2] in _UNAVAILABLE_CLASSES
+        or state == _LOCK_NOT_AVAILABLE
+        or isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError)
+        # no statement: the error came while connecting (e.g. "database is not accepting connections")
+        or (isinstance(error, exc.DBAPIError) and (error.connection_invalidated or error.statement is None))
+        # raw asyncpg (the charge writer): a lost or confused connection
+        or isinstance(orig, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError
+                      | OSError | TimeoutError)
+    ):
+        return _unavailable(orig)
+    return None
+
+
+class SqlErrors:
+    """Map database failures raised inside it to our errors (`map_sql_error`); usable with `with` and `async with`."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if error is not None and isinstance(error, Exception):
+            mapped = map_sql_error(error)
+            if mapped is not None:
+                raise mapped from error
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        self.__exit__(kind, error, tb)
+
+
+sql_errors = SqlErrors()
+
+
+class ChargeWriter:
+    """One dedicated asyncpg connection for the busiest PostgreSQL write (governance's settled charges).
+
+    The statement is atomic on its own, so it runs without BEGIN/COMMIT, and outside SQLAlchemy's pool (whose
+    checkout ping and return rollback would add two more round trips and most of the CPU). The ledger's group
+    commit keeps at most one batch in flight, so one connection is enough; a lock covers the rare other writer
+    (reconciliation retries). A broken connection is dropped and replaced on the next write.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, statement: str, *args: Any) -> list[Any]:
+        """Run one statement with positional parameters and return its rows (database errors mapped)."""
+        async with self._lock:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._dsn, timeout=5, command_timeout=15,
+                        server_settings={"lock_timeout": "5000", "statement_timeout": "15000"},
+                    )
+                return list(await self._conn.fetch(statement, *args))
+            except asyncio.CancelledError:
+                self._drop()  # mid-statement: the connection's state is unknown
+                raise
+            except Exception as error:
+                mapped = map_sql_error(error)
+                if mapped is None or mapped.status == 503:
+                    # any failure but the data's may leave this one connection unusable: replace it next time
+                    self._drop()
+                    mapped = _unavailable(error)
+                raise mapped from error
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -127,6 +224,9 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     if connection.dialect.name == "postgresql":
+        # a migration may rewrite a large table and wait for another worker's: no statement or lock time limit
+        connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        connection.execute(sa.text("SET LOCAL lock_timeout = 0"))
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
     command.upgrade(config, "head")
 
@@ -139,9 +239,10 @@ class SqlStore:
         self.box = box
         self.dialect = engine.dialect.name
         self._listeners: list[ChangeListener] = []
-        # SQLite has one writer at a time: queue this process's writers here rather than in SQLite's
-        # busy handler, which sleeps in growing steps while it waits
+        # SQLite has one writer at a time: queue this process's writers (catalogue, usage and governance alike)
+        # here rather than in SQLite's busy handler, which sleeps in growing steps while it waits
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._charge_writer: ChargeWriter | None = None
 
     @classmethod
     async def open(
@@ -159,7 +260,7 @@ class SqlStore:
             else:
                 Path(url.database or "").expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         else:
-            options.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            options.update(pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=_PG_CONNECT_ARGS)
         # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part
         engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
                                      **options)
@@ -183,7 +284,7 @@ class SqlStore:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a read transaction, with driver errors mapped."""
-        async with mapped_errors(), self.engine.connect() as conn, conn.begin():
+        async with sql_errors, self.engine.connect() as conn, conn.begin():
             yield conn
 
     @asynccontextmanager
@@ -192,7 +293,7 @@ class SqlStore:
         async with AsyncExitStack() as stack:
             if self._write_lock is not None:
                 await stack.enter_async_context(self._write_lock)
-            await stack.enter_async_context(mapped_errors())
+            await stack.enter_async_context(sql_errors)
             conn = await stack.enter_async_context(self.engine.connect())
             conn = await conn.execution_options(odock_write=True)
             await stack.enter_async_context(conn.begin())
@@ -203,12 +304,26 @@ class SqlStore:
         """A catalogue write transaction: bumps catalogue_version before commit, notifies listeners after."""
         async with self.write() as conn:
             yield conn
-            await conn.execute(
-                schema.catalogue_version.update()
-                .where(schema.catalogue_version.c.id == 1)
-                .values(version=schema.catalogue_version.c.version + 1)
-            )
-        await self._notify()
+            await self.bump_version(conn)
+        await self.notify_changed()
+
+    async def bump_version(self, conn: AsyncConnection) -> None:
+        """Count a catalogue change in this write transaction (other processes poll the counter)."""
+        await conn.execute(
+            schema.catalogue_version.update()
+            .where(schema.catalogue_version.c.id == 1)
+            .values(version=schema.catalogue_version.c.version + 1)
+        )
+
+    @property
+    def charge_writer(self) -> ChargeWriter | None:
+        """PostgreSQL: the dedicated connection for governance's settled charges (opened on first use)."""
+        if self.dialect != "postgresql":
+            return None
+        if self._charge_writer is None:
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._charge_writer = ChargeWriter(dsn)
+        return self._charge_writer
 
     def add_change_listener(self, listener: ChangeListener) -> None:
         """Call `await listener()` after every committed catalogue mutation made through this store."""
@@ -219,7 +334,8 @@ class SqlStore:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    async def _notify(self) -> None:
+    async def notify_changed(self) -> None:
+        """Run the change listeners of this process (after a committed catalogue change)."""
         for listener in list(self._listeners):
             try:
                 await listener()
@@ -374,8 +490,12 @@ class SqlStore:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
-        """Close every pooled connection."""
-        await self.engine.dispose()
+        """Close the charge writer's connection and every pooled connection."""
+        try:
+            if self._charge_writer is not None:
+                await self._charge_writer.close()
+        finally:
+            await self.engine.dispose()
 
 
 _USAGE_FIELDS = tuple(UsageRecord.__struct_fields__)

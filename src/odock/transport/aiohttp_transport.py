@@ -16,6 +16,37 @@ from odock.transport.base import UpstreamRequest
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
+class _AiohttpErrors:
+    """aiohttp's one error mapper: every aiohttp (or timeout) failure inside it becomes the matching UpstreamError.
+
+    Before the response head (`send`) a failure means the upstream could not be reached or did not answer in
+    time; while reading the body it means the upstream broke the response or ran past the total timeout.
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, *, body: bool) -> None:
+        self._body = body
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if isinstance(error, TimeoutError):
+            message = "upstream exceeded its total timeout" if self._body else "upstream did not answer in time"
+            raise UpstreamError(message, "upstream_timeout", kind="timeout") from None
+        if isinstance(error, aiohttp.ClientError):
+            if self._body:
+                raise UpstreamError(f"upstream connection broke mid-response ({type(error).__name__})",
+                                    "upstream_error", kind="protocol") from None
+            raise UpstreamError(f"upstream unreachable ({type(error).__name__})", "upstream_unreachable",
+                                kind="connect") from None
+
+
+_HEAD_ERRORS = _AiohttpErrors(body=False)
+_BODY_ERRORS = _AiohttpErrors(body=True)
+
+
 class AiohttpResponse:
     __slots__ = ("_deadline", "_resp", "headers", "status")
 
@@ -28,34 +59,24 @@ class AiohttpResponse:
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
         try:
-            while True:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise UpstreamError("upstream exceeded its total timeout", "upstream_timeout", kind="timeout")
-                async with asyncio.timeout(remaining):
-                    chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except TimeoutError:
-            raise UpstreamError("upstream exceeded its total timeout", "upstream_timeout", kind="timeout") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamError(
-                f"upstream connection broke mid-response ({type(exc).__name__})", "upstream_error", kind="protocol"
-            ) from None
+            with _BODY_ERRORS:
+                while True:
+                    remaining = self._deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        chunk = await content.readany()
+                    if not chunk:
+                        return
+                    yield chunk
         finally:
             self._resp.release()
 
     async def read(self) -> bytes:
         try:
-            async with asyncio.timeout(max(0.001, self._deadline - time.monotonic())):
-                return await self._resp.read()
-        except TimeoutError:
-            raise UpstreamError("upstream exceeded its total timeout", "upstream_timeout", kind="timeout") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamError(
-                f"upstream connection broke mid-response ({type(exc).__name__})", "upstream_error", kind="protocol"
-            ) from None
+            with _BODY_ERRORS:
+                async with asyncio.timeout(max(0.001, self._deadline - time.monotonic())):
+                    return await self._resp.read()
         finally:
             self._resp.release()
 
@@ -80,27 +101,17 @@ class AiohttpTransport:
         t = request.timeouts
         deadline = time.monotonic() + t.total_s
         timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s)
-        for attempt in (1, 2):
-            try:
-                async with asyncio.timeout(min(t.first_byte_s, t.total_s)):
-                    resp = await self._session.request(
-                        request.method, request.url, headers=request.headers, data=request.body, timeout=timeout
-                    )
-                return AiohttpResponse(resp, deadline)
-            except TimeoutError:
-                raise UpstreamError(
-                    "upstream did not answer in time", "upstream_timeout", kind="timeout"
-                ) from None
-            except _STALE as exc:
-                if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
-                    continue
-                raise UpstreamError(
-                    f"upstream unreachable ({type(exc).__name__})", "upstream_unreachable", kind="connect"
-                ) from None
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    f"upstream unreachable ({type(exc).__name__})", "upstream_unreachable", kind="connect"
-                ) from None
+        with _HEAD_ERRORS:
+            for attempt in (1, 2):
+                try:
+                    async with asyncio.timeout(min(t.first_byte_s, t.total_s)):
+                        resp = await self._session.request(
+                            request.method, request.url, headers=request.headers, data=request.body, timeout=timeout
+                        )
+                    return AiohttpResponse(resp, deadline)
+                except _STALE as exc:
+                    if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                        raise
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
