@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from odock.governance.admin import admin_for
+from odock.admin.governance import admin_for
 
 from odock import services as services_module
 from odock.app import create_app

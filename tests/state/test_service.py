@@ -175,7 +175,9 @@ async def test_provider_types_are_exactly_the_registered_ones(store: SqlStore, s
         loaded = await store.get_provider(info.id)
         assert info.type == ptype and loaded is not None and loaded.type == ptype
     assert {"azure_openai", "custom", "google"} <= set(PROVIDER_TYPES)
-    for bad in ("mistral", "OPENAI", "", ["openai"], 1):
+    with pytest.raises(BadRequest):  # an empty string is a malformed field (invalid_request) like any other
+        await service.create_provider({"organisation": "acme", "name": "bad", "type": "", "base_url": "http://x"})
+    for bad in ("mistral", "OPENAI", ["openai"], 1):
         with pytest.raises(BadRequest) as info:
             await service.create_provider(
                 {"organisation": "acme", "name": "bad", "type": bad, "base_url": "http://127.0.0.1:9"})
@@ -283,7 +285,7 @@ async def test_inputs_are_checked_by_their_structs(service: CatalogueService) ->
         await service.create_provider({**provider, "timeout_ms": 2**31})
     with pytest.raises(BadRequest, match="timeout_ms"):
         await service.update_provider("oa", {"timeout_ms": True}, "acme")
-    with pytest.raises(BadRequest, match="allowed: anthropic, gemini, openai, vllm"):
+    with pytest.raises(BadRequest, match="supported: openai, azure_openai, custom, anthropic, gemini, google, vllm"):
         await service.create_provider({**provider, "type": "azure"})
     with pytest.raises(BadRequest, match="unknown field `colour`; allowed: "):
         await service.create_team({"organisation": "acme", "name": "t", "colour": "red"})

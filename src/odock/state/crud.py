@@ -365,7 +365,7 @@ class CatalogueService:
         values: dict[str, Any] = {
             "id": _new_id("prov"),
             "name": new.name,
-            "type": provider_type(new.type),
+            "type": _registered(new.type),
             "base_url": new.base_url,
             **self._credential(new.api_key),
             "timeout_ms": new.timeout_ms,
@@ -402,7 +402,7 @@ class CatalogueService:
         """Change a provider; `api_key: null` removes the credential."""
         values = decode(ProviderChanges, changes, "provider").given()
         if "type" in values:
-            provider_type(values["type"])
+            _registered(values["type"])
         if "api_key" in values:
             values.update(self._credential(values.pop("api_key")))
         if "config" in values:
@@ -750,3 +750,11 @@ class CatalogueService:
         return await reports.usage_summary(
             self.store, group_by, since=since, until=until, organisation_id=organisation_id
         )
+
+
+def _registered(type_name: Any) -> str:
+    """A provider type of the provider registry, or 400 provider_type_unsupported (reference §4.1)."""
+    if not isinstance(type_name, str):
+        raise BadRequest(f"type must be a provider type name (got {type_name!r})", "provider_type_unsupported")
+    provider_type(type_name)
+    return type_name

@@ -198,8 +198,9 @@ class TeamChanges(Input):
     policies: Object | None | UnsetType = UNSET
 
 
-# a provider type is checked against the provider registry by the service (400 provider_type_unsupported)
-ProviderTypeName = Annotated[str, Meta(min_length=1, max_length=64)]
+# a provider type is checked against the provider registry by the service (400 provider_type_unsupported,
+# whatever the value's JSON type)
+ProviderTypeName = Any
 
 
 class NewUser(Input):
