@@ -1,4 +1,4 @@
-"""Migrations 0002_governance and 0003_charge_retention create exactly what odock.governance.schema describes."""
+"""Migrations 0002 to 0005 create exactly what odock.governance.schema describes."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert NAMES <= tables
-    assert version == "0004_usage_record_id"
+    assert version == "0005_budget_overspend_events"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

@@ -70,6 +70,18 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def set_output_cap(body: dict[str, Any], cap: int, *, vllm: bool) -> None:
+    """Write the gateway's output cap into a body that named none (reasoning tokens count inside it)."""
+    # OpenAI deprecated max_tokens (o-series models refuse it); vLLM documents max_tokens
+    body["max_tokens" if vllm else "max_completion_tokens"] = cap
+    body.pop("max_completion_tokens" if vllm else "max_tokens", None)
+
+
+def set_max_tokens(body: dict[str, Any], cap: int) -> None:
+    """Write the gateway's output cap as `max_tokens` (vLLM chat and completions, Anthropic Messages)."""
+    body["max_tokens"] = cap
+
+
 # --- client side: request decode ---------------------------------------------------------------------------
 
 

@@ -39,6 +39,11 @@ class Directives:
     thinking: bool | None = None
     words: int | None = None
     cached: int | None = None
+    # usage shapes (an honest provider's bill): tokens per image part, reasoning tokens (inside max_tokens),
+    # prompt text billed at one token per this many UTF-8 bytes (default: the mock's ~4 characters per token)
+    image_tokens: int | None = None
+    reasoning: int | None = None
+    token_bytes: int | None = None
     linger_ms: float | None = None  # streams: wait this long after the last event before ending the body
 
     def merged(self, other: Directives) -> Directives:
@@ -47,7 +52,8 @@ class Directives:
         return replace(self, **changes) if changes else self
 
 
-_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached"}
+_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached", "image_tokens", "reasoning",
+             "token_bytes"}
 _FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms", "linger_ms"}
 
 
@@ -66,7 +72,7 @@ def parse(text: str) -> Directives:
         try:
             if key in _INT_KEYS:
                 number = int(raw)
-                if number < 0:
+                if number < 0 or (key == "token_bytes" and number == 0):
                     raise ValueError
                 values[key] = number
             elif key in _FLOAT_KEYS:
