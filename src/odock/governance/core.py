@@ -5,9 +5,11 @@ Stages (reference §2.2, §5.3):
   early      org/team/key IP rules; payload bytes and max_tokens (if known) on global/org/team/key; concurrency
              lease on global/org/team/key; RPS/RPM/burst on org/team/key. One limiter round trip.
   final      model scope joins: payload/max_tokens caps on every scope; model RPS/RPM/burst/concurrency; TPM
-             reservation (estimated input + max_tokens) on every scope — one limiter round trip; then one budget
-             and quota reservation over every active matching window (org → team/user → key).
-  complete   post-flight: drop leases, refund unused tokens, settle budgets/quotas to actual (or release).
+             reservation (estimated input + output cap) on every scope — one limiter round trip; then one budget
+             and quota reservation over every active matching window (org → team/user → key) of the most an
+             honest provider can bill (`governance.bounds`); a request naming no output cap gets the reserved one.
+  complete   post-flight: drop leases, refund unused tokens, settle budgets/quotas to actual (or release); a
+             charge above its reservation is kept, counted and raised as an overspend budget event.
              Idempotent per call, never raises.
 """
 
@@ -91,7 +93,7 @@ class Receipt:
     ledger: LocalLedger | RedisLedger | None = None
     reservation_id: str | None = None
     held: list[Held] = field(default_factory=list)
-    output_tokens: int | None = None  # output tokens the budget/quota reservation covers
+    output_tokens: int | None = None  # output tokens a budget or token/cost quota reservation covers
     done: bool = False
 
     @property
@@ -343,10 +345,11 @@ class Governance:
         metrics.child(DECISIONS, "final", "allow").inc()
         if plan is not None:
             await self._reserve(receipt, plan, reply)
-            receipt.output_tokens = out_tokens
-            if cap_chosen and ctx.output == "text" and _bounds_output(plan.held):
-                # the reservation holds only if the upstream cannot generate more: the endpoint sends this cap
-                ctx.max_tokens, ctx.output_cap_added = cap, True
+            if _bounds_output(plan.held):
+                receipt.output_tokens = out_tokens
+                if cap_chosen and ctx.output == "text":
+                    # the reservation holds only if the upstream cannot generate more: the endpoint sends this cap
+                    ctx.max_tokens, ctx.output_cap_added = cap, True
 
     async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
         """Post-flight: release leases, refund tokens, settle or release budgets/quotas. Never raises."""
@@ -394,7 +397,7 @@ class Governance:
 
     def response_headers(self, ctx: CallContext) -> dict[str, str]:
         """Return X-RateLimit-Limit/-Remaining/-Reset for the tightest request window the call passed, and
-        X-Odock-Reserved-Output-Tokens when a budget or quota reservation covers the call's output."""
+        X-Odock-Reserved-Output-Tokens when a budget or token/cost quota reservation covers the call's output."""
         receipt = ctx.governance
         if not isinstance(receipt, Receipt):
             return {}
