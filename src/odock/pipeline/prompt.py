@@ -7,7 +7,9 @@ or conversation, cached content, hosted retrieval and search tools), tool defini
 system prompt), and the number of choices the output is generated for (`n`, `candidateCount`, `best_of`).
 
 The parts are counted for every dialect at once: a part is recognised by its own shape (OpenAI chat, Responses,
-Anthropic, Gemini, vLLM), and a body holding none of their markers is never walked.
+Anthropic, Gemini, vLLM) under the keys that hold a conversation. Only objects and arrays are visited there, never
+strings, tool schemas or arrays of numbers (token ids), so a text prompt costs a few dictionary lookups per message
+whatever its size (scanning the bytes costs more).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# a body without any of these bytes holds no image, file or media part (checked before walking the JSON)
-_PART_MARKERS = (b"image", b"file", b"audio", b"video", b"document", b"Data", b"_data")
 IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 FILE_TYPES = frozenset({"file", "input_file", "document", "input_audio", "audio", "audio_url", "video", "video_url",
                         "input_video"})
 _GEMINI_DATA = ("inlineData", "inline_data", "fileData", "file_data")
+# where each dialect keeps what the model reads: chat messages, Responses input, Gemini contents, system prompts
+_CONVERSATION_KEYS = ("messages", "input", "contents", "system", "systemInstruction", "system_instruction")
 # input the provider adds from its own storage or tools: bounded only by the model's context window
 _HIDDEN_KEYS = ("previous_response_id", "conversation", "cachedContent", "cached_content", "mcp_servers")
 _HOSTED_TOOL_TYPES = ("web_search", "file_search", "code_interpreter", "code_execution", "web_fetch", "mcp",
@@ -30,7 +32,7 @@ _HOSTED_TOOL_KEYS = frozenset({"googleSearch", "google_search", "googleSearchRet
                                "file_search", "googleMaps", "google_maps", "retrieval"})
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PromptShape:
     """The billable shape of one request: its size and the parts whose cost its size does not bound."""
 
@@ -45,8 +47,11 @@ class PromptShape:
 def measure_prompt(body: bytes, parsed: dict[str, Any]) -> PromptShape:
     """Measure a decoded JSON request body."""
     images = files = 0
-    if any(marker in body for marker in _PART_MARKERS):
-        images, files = count_parts(parsed)
+    for key in _CONVERSATION_KEYS:
+        value = parsed.get(key)
+        if type(value) is list or type(value) is dict:
+            found = count_parts(value)
+            images, files = images + found[0], files + found[1]
     tools = parsed.get("tools")
     return PromptShape(
         size=len(body), images=images, files=files,
@@ -60,35 +65,46 @@ def count_parts(node: Any) -> tuple[int, int]:
     """Count (image parts, file/media parts) anywhere in a decoded body; a counted part is not looked into."""
     images = files = 0
     stack = [node]
+    push, pop = stack.append, stack.pop
     while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
-            continue
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if kind in IMAGE_TYPES:
-            images += 1
-            continue
-        if kind in FILE_TYPES:
-            files += 1
-            continue
-        for key in _GEMINI_DATA:
-            data = item.get(key)
-            if isinstance(data, dict):
+        item = pop()
+        if type(item) is dict:
+            kind = item.get("type")
+            if kind is not None and type(kind) is str:
+                if kind in IMAGE_TYPES:
+                    images += 1
+                    continue
+                if kind in FILE_TYPES:
+                    files += 1
+                    continue
+            data = None
+            for key in _GEMINI_DATA:
+                data = item.get(key)
+                if data is not None:
+                    break
+            if type(data) is dict:
                 mime = data.get("mimeType", data.get("mime_type"))
                 if isinstance(mime, str) and mime.startswith("image/"):
                     images += 1
                 else:
                     files += 1
-        stack.extend(v for k, v in item.items() if k not in _GEMINI_DATA and isinstance(v, (dict, list)))
+                continue  # a Gemini part holds one datum
+            values: Any = item.values()
+        elif item and type(item[0]) in (int, float):
+            continue  # token ids or a vector: no part in there
+        else:
+            values = item
+        for value in values:
+            kind = type(value)
+            if kind is dict or kind is list:
+                push(value)
     return images, files
 
 
 def _hidden(parsed: dict[str, Any], tools: Any) -> bool:
-    if any(parsed.get(key) not in (None, "", [], {}) for key in _HIDDEN_KEYS):
-        return True
+    for key in _HIDDEN_KEYS:
+        if parsed.get(key):
+            return True
     if isinstance(parsed.get("prompt"), dict):  # a Responses prompt template stored by the provider
         return True
     if isinstance(tools, list):
