@@ -222,6 +222,7 @@ async def assert_overspend_recorded(gw: GatewayProcess, reader: GatewayProcess, 
         await sdk.close()
     [row] = await settled_rows(reader, tenant, 1)
     assert row["cached_input_tokens"] == 2_000_000 and row["cost_nanos"] > 2_000_000 * 500
+    assert row["metadata"] == {"usage_flags": ["above_reservation"]}
     assert await eventually(lambda: _used_when(reader, budget["id"], row["cost_nanos"])) == row["cost_nanos"]
 
     async def overspends() -> list[dict[str, Any]] | None:

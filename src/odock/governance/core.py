@@ -709,6 +709,8 @@ class Governance:
             log.warning("%s %s charged %d above the %d reserved", kind, d.id, charged, h.item.amount,
                         extra={"request_id": ctx.request_id})
             exceeded.append((h, charged))
+        if exceeded and "above_reservation" not in ctx.usage_flags:
+            ctx.usage_flags.append("above_reservation")  # kept on the call's usage record
         return exceeded
 
     def _overspend_event(self, ctx: CallContext, held: Held, charged: int, used: int) -> None:

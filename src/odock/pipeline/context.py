@@ -61,7 +61,8 @@ class CallContext:
     answered_provider: ProviderRecord | None = None
     usage: Usage | None = None
     raw_usage: dict[str, Any] | None = None
-    # impossible usage the gateway clamped ("negative", "above_ceiling"), kept on the usage record
+    # impossible usage the gateway clamped ("negative", "above_ceiling"), or a charge above the call's reservation
+    # ("above_reservation"): kept on the usage record
     usage_flags: list[str] = field(default_factory=list)
     provider_request_id: str | None = None
     status: int = 0
