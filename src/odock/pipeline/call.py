@@ -27,6 +27,8 @@ from odock.errors import (
     UpstreamError,
 )
 from odock.pipeline.context import CallContext
+from odock.pipeline.prompt import measure_prompt
+from odock.pipeline.usage_check import checked_usage
 from odock.providers.base import ProviderAdapter
 from odock.providers.registry import adapter_for
 from odock.routing.router import Candidate, RoutePlan, run_attempts
@@ -122,6 +124,7 @@ class Call:
         if not isinstance(parsed, dict):
             raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
+        self.ctx.prompt = measure_prompt(body, parsed)
         return parsed
 
     # --- stage: resolve ----------------------------------------------------------------------------------
@@ -291,16 +294,45 @@ class Call:
         self.ctx.outcome = "failed"
 
     async def finish(self) -> None:
-        """Post-flight (release leases, settle or release reservations) and the usage record; never raises."""
+        """Post-flight (release leases, settle or release reservations) and the usage record; never raises (the
+        answer has been sent: an exception here would only lose the record)."""
         ctx, gw = self.ctx, self.gw
         if ctx.key is None:
             return
-        cost = gw.cost_of(ctx)
+        cost: int | None = None
+        try:
+            self.check_usage()
+            cost = gw.cost_of(ctx)
+        except Exception:
+            log.exception("pricing the call failed", extra={"request_id": ctx.request_id})
         if self._governed and gw.governance is not None:
             try:
                 await gw.governance.complete(ctx, cost)
             except Exception:
                 log.exception("governance post-flight failed", extra={"request_id": ctx.request_id})
+        try:
+            self.record(cost)
+        except Exception:
+            log.exception("recording the call's usage failed", extra={"request_id": ctx.request_id})
+
+    def check_usage(self) -> None:
+        """Clamp impossible upstream usage (negative, above ODOCK_USAGE_MAX_TOKENS) before it is priced."""
+        ctx = self.ctx
+        if ctx.usage is None:
+            return
+        ctx.usage, flags = checked_usage(ctx.usage, ctx.raw_usage, self.gw.settings.usage_max_tokens)
+        if flags:
+            ctx.usage_flags = flags
+            provider = ctx.answered_provider or ctx.provider
+            for flag in flags:
+                metrics.child(metrics.USAGE_ANOMALIES, provider.type if provider else "unknown", flag).inc()
+            log.warning("impossible usage from the upstream clamped: %s", ", ".join(flags),
+                        extra={"request_id": ctx.request_id})
+
+    def record(self, cost: int | None) -> None:
+        """Queue the call's usage record and count its tokens."""
+        ctx, gw = self.ctx, self.gw
+        assert ctx.key is not None
         usage = ctx.usage
         answered = ctx.answered_by or ctx.model
         provider = ctx.answered_provider or ctx.provider
@@ -341,6 +373,7 @@ class Call:
             pricing=answered.pricing if answered and answered.pricing else None,
             raw_usage=ctx.raw_usage,
             routing=routing,
+            metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
         ))
         if usage is not None and provider is not None:
             metrics.child(metrics.TOKENS, provider.type, "input").inc(usage.total_input)

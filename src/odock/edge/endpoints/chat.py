@@ -51,6 +51,7 @@ class OpenAIChatEndpoint(LLMEndpoint):
         ctx = call.ctx
         ctx.stream = body.get("stream") is True
         ctx.max_tokens = openai_chat.requested_max_tokens(body)
+        ctx.output = "text"
         show_usage = want_stream_usage(body)
         if ctx.stream:
             ask_for_stream_usage(body)
@@ -58,6 +59,8 @@ class OpenAIChatEndpoint(LLMEndpoint):
 
         async def attempt(candidate: Candidate) -> UpstreamResponse:
             body["model"] = candidate.model.slug
+            if ctx.output_cap_added and ctx.max_tokens is not None:
+                openai_chat.set_output_cap(body, ctx.max_tokens, vllm=family_of(candidate.provider.type) == "vllm")
             adapter = adapter_for(candidate.provider.type)
             url = adapter.chat_url(candidate.provider, candidate.model.slug, ctx.stream)
             return await call.send(candidate, url, _encode(body))
@@ -123,8 +126,11 @@ class UnifiedChatEndpoint(LLMEndpoint):
         ctx.request = request
         ctx.stream = request.stream
         ctx.max_tokens = request.max_tokens
+        ctx.output = "text"
         show_usage = want_stream_usage(body)
         primary = await call.resolve(request.model, request.provider)
+        if ctx.output_cap_added:
+            request.max_tokens = ctx.max_tokens  # every dialect's encoder sends it as its own cap field
 
         async def attempt(candidate: Candidate) -> tuple[Candidate, UpstreamResponse]:
             adapter = adapter_for(candidate.provider.type)

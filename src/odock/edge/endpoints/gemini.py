@@ -50,10 +50,21 @@ def parse_path(path: str) -> tuple[str, bool]:
 
 
 def requested_max_tokens(body: dict[str, Any]) -> int | None:
-    """`generationConfig.maxOutputTokens` (for token reservations)."""
-    config = body.get("generationConfig")
-    value = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    """`generationConfig.maxOutputTokens` (for token reservations; also in proto JSON's snake_case)."""
+    config = body.get("generationConfig", body.get("generation_config"))
+    if not isinstance(config, dict):
+        return None
+    value = config.get("maxOutputTokens", config.get("max_output_tokens"))
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def set_output_cap(body: dict[str, Any], cap: int) -> None:
+    """Write the gateway's output cap as `generationConfig.maxOutputTokens` (thinking tokens count in it)."""
+    config = body.get("generationConfig", body.get("generation_config"))
+    if config is None:
+        body["generationConfig"] = {"maxOutputTokens": cap}
+    elif isinstance(config, dict):  # anything else is the upstream's to refuse
+        config["maxOutputTokens" if "generationConfig" in body else "max_output_tokens"] = cap
 
 
 class GeminiRelay:
@@ -140,7 +151,10 @@ class GeminiEndpoint(LLMEndpoint):
         ctx = call.ctx
         ctx.stream = stream
         ctx.max_tokens = requested_max_tokens(body)
+        ctx.output = "text"
         primary = await call.resolve(name)
+        if ctx.output_cap_added and ctx.max_tokens is not None:
+            set_output_cap(body, ctx.max_tokens)
         payload = msgspec.json.encode(body)  # forwarded as-is: the model is in the URL
 
         async def attempt(candidate: Candidate) -> UpstreamResponse:

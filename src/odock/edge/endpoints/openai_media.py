@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -24,6 +24,7 @@ from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, w
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
 from odock.pipeline.call import Call, estimate_tokens, family_of
+from odock.pipeline.prompt import PromptShape
 from odock.providers.registry import adapter_for
 from odock.routing.router import Candidate
 from odock.transport.base import UpstreamResponse
@@ -174,9 +175,13 @@ class ForwardEndpoint(LLMEndpoint):
     def __init__(self, route: str, path: str, family: str, *, usage: UsageFn = usage_any,
                  usage_key: str = "usage", stream: StreamStart | None = None,
                  max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
+                 set_cap: Callable[[dict[str, Any], int], None] | None = None,
+                 output: Literal["text", "none", "images", "other"] = "other",
                  validate: Callable[[dict[str, Any]], None] | None = None,
                  forward_headers: tuple[str, ...] = (),
                  error: Callable[[GatewayError], bytes] | None = None) -> None:
+        """`max_tokens` reads the request's output cap and `set_cap` writes the gateway's when it named none (a
+        route with both bounds its output: "text"); `output` says what bounds it otherwise."""
         self.route = route
         self.path = path
         self.required_provider = family
@@ -184,6 +189,8 @@ class ForwardEndpoint(LLMEndpoint):
         self.usage_key = usage_key
         self.stream_start = stream
         self.max_tokens = max_tokens
+        self.set_cap = set_cap
+        self.output: Literal["text", "none", "images", "other"] = "text" if set_cap is not None else output
         self.validate = validate
         self.forward_headers = forward_headers
         self._error = error or openai_chat.error_body
@@ -210,7 +217,10 @@ class ForwardEndpoint(LLMEndpoint):
             relay = self.stream_start(body)
         if self.max_tokens is not None:
             ctx.max_tokens = self.max_tokens(body)
+        ctx.output = self.output
         primary = await call.resolve(name)
+        if ctx.output_cap_added and self.set_cap is not None and ctx.max_tokens is not None:
+            self.set_cap(body, ctx.max_tokens)
         extra = copy_headers(call, self.forward_headers)
 
         async def attempt(candidate: Candidate) -> UpstreamResponse:
@@ -315,12 +325,14 @@ class MultipartForwardEndpoint(LLMEndpoint):
     received one is released, so the upload is held once while the upstream call runs."""
 
     def __init__(self, route: str, path: str, family: str, *, file_fields: tuple[str, ...],
-                 usage: UsageFn = usage_any) -> None:
+                 usage: UsageFn = usage_any, images: bool = False) -> None:
+        """`images`: the uploads are images and the answer generates `n` of them (edits, variations)."""
         self.route = route
         self.path = path
         self.required_provider = family
         self.file_fields = file_fields
         self.usage = usage
+        self.images = images
 
     async def serve(self, call: Call) -> None:
         await call.admit()
@@ -343,7 +355,17 @@ class MultipartForwardEndpoint(LLMEndpoint):
         if any(p.name == "stream" and received[p.start:p.end].strip().lower() == b"true" for p in parts):
             raise BadRequest(f"streaming is not supported on {call.req.path}", "invalid_request")
         prompt = next((p for p in parts if p.name == "prompt" and p.filename is None), None)
-        call.ctx.estimated_input_tokens = estimate_tokens(prompt.end - prompt.start if prompt else 0)
+        prompt_bytes = prompt.end - prompt.start if prompt else 0
+        call.ctx.estimated_input_tokens = estimate_tokens(prompt_bytes)
+        uploads = sum(1 for p in parts if p.filename is not None)
+        n = next((p for p in parts if p.name == "n" and p.filename is None), None)
+        count = received[n.start:n.end].strip() if n is not None else b""
+        # the form's text fields are bounded by their bytes like a JSON body; each upload by its kind
+        call.ctx.prompt = PromptShape(
+            size=len(received) - sum(p.end - p.start for p in parts if p.filename is not None),
+            images=uploads if self.images else 0, files=0 if self.images else uploads,
+            choices=int(count) if count.isdigit() and int(count) > 0 else 1)
+        call.ctx.output = "images" if self.images else "other"
         family = self.required_provider
         assert family is not None
         primary = await call.resolve(name)
@@ -374,10 +396,11 @@ class MultipartForwardEndpoint(LLMEndpoint):
 def openai_media_routes() -> dict[str, LLMEndpoint]:
     """The OpenAI embeddings and images routes."""
     return {
-        "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai"),
-        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai"),
+        "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai", output="none"),
+        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai",
+                                                  output="images"),
         "/v1/images/edits": MultipartForwardEndpoint("openai.images.edits", "/images/edits", "openai",
-                                                     file_fields=("image", "image[]")),
+                                                     file_fields=("image", "image[]"), images=True),
         "/v1/images/variations": MultipartForwardEndpoint("openai.images.variations", "/images/variations", "openai",
-                                                          file_fields=("image",)),
+                                                          file_fields=("image",), images=True),
     }
