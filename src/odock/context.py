@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from odock.model import GatewayRequest, Usage
+from odock.dialects.prompt import PromptShape
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
 
 
@@ -44,7 +45,15 @@ class CallContext:
     provider: ProviderRecord | None = None
     stream: bool = False
     max_tokens: int | None = None
+    # a cheap input estimate (TPM reservations); budgets reserve the upper bound measured in `prompt`
     estimated_input_tokens: int = 0
+    prompt: PromptShape | None = None
+    # what bounds the route's output: "text" (a max-tokens field the gateway sets when the request has none),
+    # "none" (no generated tokens: embeddings, pooling), "images" (one image per choice), "other" (not bounded)
+    output: Literal["text", "none", "images", "other"] = "other"
+    # set by the final gate: the request named no output cap and the gateway chose `max_tokens`; the endpoint
+    # must send it upstream
+    output_cap_added: bool = False
     # governance receipts (rate-limit lease, token reservation, budget/quota reservations), opaque to the edge
     governance: Any = None
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -59,6 +68,9 @@ class CallContext:
     # the exact cost, computed once when the call ends (post-flight and the usage record share it)
     priced: bool = False
     cost_nanos: int | None = None
+    # impossible usage the gateway clamped ("negative", "above_ceiling"), or a charge above the call's reservation
+    # ("above_reservation"): kept on the usage record
+    usage_flags: list[str] = field(default_factory=list)
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

@@ -91,7 +91,7 @@ class Gateway:
                         pre_upstream: Sequence[Stage] = ()) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
-        pricer = Pricer()
+        pricer = Pricer(self.settings.usage_max_tokens)
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(catalogue=self.catalogue, recorder=self.recorder, routing=self.routing,
                          governance=self.governance, pricer=pricer, pre_route=pre_route, pre_upstream=pre_upstream)

@@ -57,6 +57,14 @@ GOVERNANCE_ERRORS = Counter(
     registry=REGISTRY,
 )
 TOKENS = Counter("gateway_tokens_total", "Tokens by class", ["provider", "class"], registry=REGISTRY)
+USAGE_ANOMALIES = Counter(
+    "gateway_usage_anomalies_total", "Upstream usage reports clamped as impossible (negative, above the ceiling)",
+    ["provider", "kind"], registry=REGISTRY,
+)
+RESERVATION_EXCEEDED = Counter(
+    "gateway_reservation_exceeded_total", "Calls charged above their budget (or token/cost quota) reservation",
+    ["kind"], registry=REGISTRY,
+)
 
 
 def status_class(status: int) -> str:

@@ -55,6 +55,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # a reservation older than this belongs to a crashed process; reconciliation releases it every interval
     reservation_ttl_s: float = 900.0
     reconcile_interval_s: float = 30.0
+    # a token count above this in one call's usage is impossible: clamped to it and flagged
+    usage_max_tokens: int = 10_000_000
     routing_cooldown_failures: int = 3
     routing_cooldown_s: float = 30.0
     # "http11" (the lean default transport) or "aiohttp"
@@ -110,6 +112,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
         ("reservation_ttl_s", ("ODOCK_RESERVATION_TTL",), parse_duration),
         ("reconcile_interval_s", ("ODOCK_RECONCILE_INTERVAL",), parse_duration),
+        ("usage_max_tokens", ("ODOCK_USAGE_MAX_TOKENS",), int),
         ("routing_cooldown_failures", ("ODOCK_ROUTING_COOLDOWN_FAILURES",), int),
         ("routing_cooldown_s", ("ODOCK_ROUTING_COOLDOWN",), parse_duration),
         ("log_level", ("ODOCK_LOG_LEVEL",), str),
@@ -133,6 +136,8 @@ def load_settings(**overrides: Any) -> Settings:
                         ("HTTP_IDLE_TIMEOUT", settings.idle_timeout_s)):
         if value <= 0:
             raise SystemExit(f"invalid {name}: must be positive")
+    if settings.usage_max_tokens < 1:
+        raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
     if settings.upstream_client not in ("http11", "aiohttp"):
         raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
     if settings.upstream_errors not in ("passthrough", "strict"):

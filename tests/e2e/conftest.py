@@ -61,17 +61,19 @@ async def admin(gw: GatewayProcess, method: str, path: str, **kwargs: Any) -> ht
 
 async def make_tenant(gw: GatewayProcess, mock_url: str, *, org_policies: dict[str, Any] | None = None,
                       key_policies: dict[str, Any] | None = None, model_policies: dict[str, Any] | None = None,
-                      pricing: dict[str, Any] | None = None) -> Tenant:
-    """Create organisation, provider, model and key (with their policies) through the admin API."""
+                      pricing: dict[str, Any] | None = None, model_config: dict[str, Any] | None = None,
+                      provider_type: str = "openai") -> Tenant:
+    """Create organisation, provider (of `provider_type`, on the mock), model and key through the admin API."""
     org, slug = unique("e2e-org"), unique("e2e-slug")
     created_org = await admin(gw, "POST", "/admin/organisations",
                               json={"name": org, "policies": org_policies or {}})
+    base_url = f"{mock_url}/v1" if provider_type in ("openai", "vllm") else mock_url
     await admin(gw, "POST", "/admin/providers", json={
-        "organisation": org, "name": "mock", "type": "openai", "base_url": f"{mock_url}/v1",
+        "organisation": org, "name": "mock", "type": provider_type, "base_url": base_url,
         "api_key": "sk-upstream-test"})
     await admin(gw, "POST", "/admin/models", json={
         "organisation": org, "name": "chat", "provider": "mock", "slug": slug, "type": "chat",
-        "pricing": pricing or EXACT_PRICING, "policies": model_policies or {}})
+        "pricing": pricing or EXACT_PRICING, "policies": model_policies or {}, "config": model_config or {}})
     key = (await admin(gw, "POST", "/admin/keys", json={
         "organisation": org, "name": "app", "type": "ORGANISATION", "models": ["chat"],
         "policies": key_policies or {}})).json()

@@ -39,9 +39,10 @@ def make_ctx(
     with_team: bool = True,
     with_user: bool = False,
     org_timezone: str = "UTC",
+    request_id: str | None = None,
 ) -> CallContext:
     """Build a call context as the pipeline would have it after model resolution."""
-    ctx = CallContext(request_id=uuid.uuid4().hex, route="openai.chat", client_ip=client_ip)
+    ctx = CallContext(request_id=request_id or uuid.uuid4().hex, route="openai.chat", client_ip=client_ip)
     ctx.body_bytes = body_bytes
     ctx.organisation = Organisation(id=org_id, name="acme", timezone=org_timezone, policies=org or {})
     if with_team:

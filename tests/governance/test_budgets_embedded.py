@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from odock import metrics
 from odock.errors import GatewayError, PaymentRequired, TooManyRequests
 from odock.governance import Governance, Receipt
-from odock.governance.pricing import worst_case_nanos
+from odock.governance.pricing import cost_nanos, worst_case_nanos
 from odock.governance.store import Budget, Quota
 from odock.model import Usage
 from tests.governance.conftest import (
@@ -202,6 +203,34 @@ async def test_threshold_events(embedded: Governance) -> None:
     events = await embedded.budget_events(budget_id=budget.id)
     assert sorted(e.threshold for e in events) == [50, 100]
     assert all(e.amount_nanos == 10_000 for e in events)
+
+
+def exceeded(kind: str) -> float:
+    """The gateway_reservation_exceeded_total count of `kind`."""
+    return float(metrics.RESERVATION_EXCEEDED.labels(kind)._value.get())
+
+
+async def test_charges_above_the_reservation_stand_and_are_raised(embedded: Governance) -> None:
+    """A budget and a token quota charged above their reservation keep the charge; the budget gets an overspend
+    event (the quota only the count), a charge within the reservation raises nothing, negative usage never credits."""
+    budget = await add_budget(embedded, 10**12)
+    quota = await add_quota(embedded, "TOKENS", 10**9)
+    before = exceeded("budget"), exceeded("quota")
+    honest = await call(embedded, Usage(input_tokens=100, output_tokens=100))
+    assert (exceeded("budget"), exceeded("quota")) == before
+    ctx = await call(embedded, Usage(input_tokens=5_000, output_tokens=100), request_id="dishonest")
+    assert (exceeded("budget"), exceeded("quota")) == (before[0] + 1, before[1] + 1)
+    budget_key, quota_key = (h.item.ref.key for h in sorted(ctx.governance.held, key=lambda h: h.item.ref.kind))
+    cost = cost_nanos(PRICING, Usage(input_tokens=5_000, output_tokens=100))
+    assert cost is not None and cost > WORST
+    assert await embedded.window_state(budget_key) == (WORST + cost, 0)
+    assert await embedded.window_state(quota_key) == (200 + 5_100, 0)
+    [event] = [e for e in await embedded.budget_events(budget_id=budget.id) if e.kind == "overspend"]
+    assert (event.request_id, event.reserved_nanos, event.charged_nanos) == ("dishonest", WORST, cost)
+    assert event.used_nanos == WORST + cost and quota.id in quota_key
+    await call(embedded, Usage(input_tokens=-10**6, output_tokens=-10**6))  # a caller that skipped the clamp
+    assert await embedded.window_state(budget_key) == (WORST + cost, 0)
+    assert honest.governance.held
 
 
 async def test_settled_spend_survives_restart(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ Owners are given either as `owner_type` + `owner_id`, or by catalogue NAME with 
     GET|PATCH|DELETE  /admin/budgets/{id}
     GET               /admin/budgets/{id}/windows    settled `used` per window (the durable ledger)
     GET|POST          /admin/quotas, GET|PATCH|DELETE /admin/quotas/{id}, GET /admin/quotas/{id}/windows
-    GET               /admin/budget-events           threshold crossings (filters: budget_id, since, limit)
+    GET               /admin/budget-events           threshold crossings, overspends (filters: budget_id, since, limit)
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ class GovernanceAdmin:
     async def events(
         self, *, budget_id: str | None = None, since: Any = None, limit: int = 100
     ) -> list[BudgetEvent]:
-        """Return threshold crossings, newest first."""
+        """Return budget events (threshold crossings and overspends), newest first."""
         return await self.store.list_events(
             budget_id=budget_id, since=_parse_datetime(since, "since"), limit=limit
         )

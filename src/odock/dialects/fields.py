@@ -55,5 +55,8 @@ def refuse_openai_only_hints(req: Any, provider: str) -> None:
 
 
 def count(v: Any) -> int:
-    """A token count from a provider's usage object; anything but an int counts as 0."""
+    """A token count from a provider's usage object: an int (or a float holding one); anything else counts as 0.
+    Impossible values (negative, absurd) are left for the pipeline's usage check to clamp and flag."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
     return v if isinstance(v, int) and not isinstance(v, bool) else 0

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from odock.dialects.contract import ClientSide, StreamOptions, UpstreamSide
+from odock.dialects.fields import count
 from odock.dialects.sse import SSEEvent
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -69,6 +70,18 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
     if value is None:
         value = body.get("max_tokens")
     return value if isinstance(value, int) else None
+
+
+def set_output_cap(body: dict[str, Any], cap: int, *, vllm: bool) -> None:
+    """Write the gateway's output cap into a body that named none (reasoning tokens count inside it)."""
+    # OpenAI deprecated max_tokens (o-series models refuse it); vLLM documents max_tokens
+    body["max_tokens" if vllm else "max_completion_tokens"] = cap
+    body.pop("max_completion_tokens" if vllm else "max_tokens", None)
+
+
+def set_max_tokens(body: dict[str, Any], cap: int) -> None:
+    """Write the gateway's output cap as `max_tokens` (vLLM chat and completions, Anthropic Messages)."""
+    body["max_tokens"] = cap
 
 
 # --- client side: request decode ---------------------------------------------------------------------------
@@ -281,15 +294,15 @@ def usage_from(raw: dict[str, Any] | None) -> Usage:
     """Normalize OpenAI usage: prompt_tokens includes cached tokens, completion_tokens includes reasoning."""
     if not raw:
         return Usage()
-    prompt = int(raw.get("prompt_tokens") or 0)
-    details = raw.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0)
-    out_details = raw.get("completion_tokens_details") or {}
+    prompt = count(raw.get("prompt_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    out_details = raw.get("completion_tokens_details")
     return Usage(
         input_tokens=max(prompt - cached, 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
+        output_tokens=count(raw.get("completion_tokens")),
         cached_input_tokens=cached,
-        reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
+        reasoning_tokens=count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
     )
 
 

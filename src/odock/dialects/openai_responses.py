@@ -384,10 +384,15 @@ def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
 # --- upstream side: decode a response and a stream ----------------------------------------------------------
 
 
+def _details(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def usage_from(raw: dict[str, Any]) -> Usage:
     """Normalize Responses `usage` (input_tokens includes cache reads and writes; output includes reasoning)."""
-    ind = raw.get("input_tokens_details") or {}
-    outd = raw.get("output_tokens_details") or {}
+    ind = _details(raw, "input_tokens_details")
+    outd = _details(raw, "output_tokens_details")
     cached = _int(ind.get("cached_tokens"))
     written = _int(ind.get("cache_write_tokens"))
     return Usage(

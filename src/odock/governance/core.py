@@ -5,9 +5,11 @@ Stages (reference §2.2, §5.3):
   early      org/team/key IP rules; payload bytes and max_tokens (if known) on global/org/team/key; concurrency
              lease on global/org/team/key; RPS/RPM/burst on org/team/key. One limiter round trip.
   final      model scope joins: payload/max_tokens caps on every scope; model RPS/RPM/burst/concurrency; TPM
-             reservation (estimated input + max_tokens) on every scope — one limiter round trip; then one budget
-             and quota reservation over every active matching window (org → team/user → key).
-  complete   post-flight: drop leases, refund unused tokens, settle budgets/quotas to actual (or release).
+             reservation (estimated input + output cap) on every scope — one limiter round trip; then one budget
+             and quota reservation over every active matching window (org → team/user → key) of the most an
+             honest provider can bill (`governance.bounds`); a request naming no output cap gets the reserved one.
+  complete   post-flight: drop leases, refund unused tokens, settle budgets/quotas to actual (or release); a
+             charge above its reservation is kept, counted and raised as an overspend budget event.
              Idempotent per call, never raises.
 """
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from odock import metrics
 from odock.context import CallContext
 from odock.errors import DependencyUnavailable, GatewayError, PaymentRequired, TooManyRequests
-from odock.governance import pricing
+from odock.governance import bounds, pricing
 from odock.governance.ledger import Item, LocalLedger, RedisLedger, WindowRef
 from odock.governance.limiter import Check, GateResult, Limiter, LocalLimiter, RedisLimiter
 from odock.governance.periods import as_aware, window_at
@@ -45,7 +47,7 @@ from odock.governance.policy import (
     parse_policy,
 )
 from odock.governance.resp import ScriptRunner
-from odock.governance.store import Budget, BudgetEvent, GovernanceStore, Quota
+from odock.governance.store import Budget, BudgetEvent, GovernanceStore, NewEvent, Quota
 from odock.settings import Settings
 from odock.state.redis import REDIS_ERRORS as _REDIS_ERRORS
 
@@ -87,6 +89,7 @@ class Receipt:
     ledger: LocalLedger | RedisLedger | None = None
     reservation_id: str | None = None
     held: list[Held] = field(default_factory=list)
+    output_tokens: int | None = None  # output tokens a budget or token/cost quota reservation covers
     done: bool = False
 
     @property
@@ -169,7 +172,7 @@ class Governance:
                                             runner=self.redis_runner)
         self.definitions = _Definitions()
         self._reconcile_interval = reconcile_interval_s
-        self._events: list[tuple[str, str, int, int, int]] = []
+        self._events: list[NewEvent] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -295,16 +298,14 @@ class Governance:
             self._static_checks(scope, limits, ctx)
             if limits.max_tokens:
                 caps.append(limits.max_tokens)
-        out_tokens = ctx.max_tokens
-        if out_tokens is None:
-            # unknown max_tokens: reserve the tightest cap, else the model's own limit, else the default cap
-            configured = ctx.model.config.get("max_output_tokens") if ctx.model is not None else None
-            if caps:
-                out_tokens = min(caps)
-            elif isinstance(configured, int) and configured > 0:
-                out_tokens = configured
-            else:
-                out_tokens = pricing.DEFAULT_MAX_TOKENS
+        choices = ctx.prompt.choices if ctx.prompt is not None else 1
+        cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
+        if ctx.output == "none":
+            out_tokens = 0
+        elif ctx.output == "images":
+            out_tokens = choices * bounds.image_output_tokens(ctx.model)
+        else:
+            out_tokens = choices * cap  # reasoning/thinking tokens are output inside the cap
         reserve_tokens = max(0, ctx.estimated_input_tokens) + out_tokens
         checks: list[Check] = []
         if ctx.model is not None:
@@ -339,6 +340,11 @@ class Governance:
         metrics.child(DECISIONS, "final", "allow").inc()
         if plan is not None:
             await self._reserve(receipt, plan, reply)
+            if _bounds_output(plan.held):
+                receipt.output_tokens = out_tokens
+                if cap_chosen and ctx.output == "text":
+                    # the reservation holds only if the upstream cannot generate more: the endpoint sends this cap
+                    ctx.max_tokens, ctx.output_cap_added = cap, True
 
     async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
         """Post-flight: release leases, refund tokens, settle or release budgets/quotas. Never raises."""
@@ -372,32 +378,40 @@ class Governance:
             return
         try:
             actual = self._actuals(ctx, receipt, cost_nanos)
+            exceeded = self._exceeded(ctx, receipt, actual)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
             metrics.child(DECISIONS, "settle", "settled" if usage is not None else "released").inc()
             if used:
                 self._threshold_events(receipt, actual, used)
+            for held, charged in exceeded:
+                if isinstance(held.definition, Budget):
+                    self._overspend_event(ctx, held, charged, (used or {}).get(held.item.ref.key, 0))
         except Exception:
             metrics.child(ERRORS, "settle").inc()
             log.warning("budget settle failed (reconciliation will release it)", exc_info=True)
 
     def response_headers(self, ctx: CallContext) -> dict[str, str]:
-        """Return X-RateLimit-Limit/-Remaining/-Reset for the tightest request window the call passed."""
+        """Return X-RateLimit-Limit/-Remaining/-Reset for the tightest request window the call passed, and
+        X-Odock-Reserved-Output-Tokens when a budget or token/cost quota reservation covers the call's output."""
         receipt = ctx.governance
-        if not isinstance(receipt, Receipt) or receipt.header is None:
+        if not isinstance(receipt, Receipt):
             return {}
-        limit, remaining, reset = receipt.header
-        return {
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(max(0, remaining)),
-            "X-RateLimit-Reset": str(reset),
-        }
+        headers: dict[str, str] = {}
+        if receipt.header is not None:
+            limit, remaining, reset = receipt.header
+            headers["X-RateLimit-Limit"] = str(limit)
+            headers["X-RateLimit-Remaining"] = str(max(0, remaining))
+            headers["X-RateLimit-Reset"] = str(reset)
+        if receipt.output_tokens is not None:
+            headers["X-Odock-Reserved-Output-Tokens"] = str(receipt.output_tokens)
+        return headers
 
     # --- queries -------------------------------------------------------------------------------------------------
 
     async def budget_events(
         self, *, budget_id: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[BudgetEvent]:
-        """Return recorded threshold crossings, newest first."""
+        """Return recorded budget events (threshold crossings and overspends), newest first."""
         await self._flush_events()
         return await self.store.list_events(budget_id=budget_id, since=since, limit=limit)
 
@@ -564,7 +578,11 @@ class Governance:
             return None
         now = datetime.now(UTC)
         model_pricing = ctx.model.pricing if ctx.model is not None else {}
-        est_in = max(0, ctx.estimated_input_tokens)
+        if ctx.prompt is not None:
+            provider_type = ctx.provider.type if ctx.provider is not None else None
+            est_in = bounds.input_bound(ctx.prompt, ctx.model, provider_type)
+        else:  # a context built without a measured body (internal callers): its estimate is all there is
+            est_in = max(0, ctx.estimated_input_tokens)
         worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens)
         held: list[Held] = []
         for owner_type, owner_id, tz in self._owners(ctx):
@@ -665,8 +683,37 @@ class Governance:
                 amount = usage.total_input
             else:  # TOKENS_OUT
                 amount = usage.output_tokens
-            actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + amount
+            # a charge never credits a window (usage is clamped before this; a negative cost is not a refund)
+            actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + max(0, amount)
         return actual
+
+    @staticmethod
+    def _exceeded(ctx: CallContext, receipt: Receipt, actual: dict[str, int]) -> list[tuple[Held, int]]:
+        """The windows charged above what the call reserved (a broken or dishonest upstream, or a failover to a
+        dearer model): counted and logged here; the charge itself stands."""
+        exceeded: list[tuple[Held, int]] = []
+        for h in receipt.held:
+            d = h.definition
+            if isinstance(d, Quota) and d.metric in ("ERRORS", "LATENCY_MS"):
+                continue  # known only afterwards: reserved 0 by design
+            charged = actual.get(h.item.ref.key, 0)
+            if charged <= h.item.amount:
+                continue
+            kind = "budget" if isinstance(d, Budget) else "quota"
+            metrics.child(metrics.RESERVATION_EXCEEDED, kind).inc()
+            log.warning("%s %s charged %d above the %d reserved", kind, d.id, charged, h.item.amount,
+                        extra={"request_id": ctx.request_id})
+            exceeded.append((h, charged))
+        if exceeded and "above_reservation" not in ctx.usage_flags:
+            ctx.usage_flags.append("above_reservation")  # kept on the call's usage record
+        return exceeded
+
+    def _overspend_event(self, ctx: CallContext, held: Held, charged: int, used: int) -> None:
+        d = held.definition
+        assert isinstance(d, Budget)
+        percent = used * 100 // d.amount_nanos if d.amount_nanos > 0 else 0
+        self._events.append(NewEvent(d.id, held.item.ref.key, percent, used, d.amount_nanos, kind="overspend",
+                                     request_id=ctx.request_id[:128], reserved=held.item.amount, charged=charged))
 
     def _threshold_events(self, receipt: Receipt, actual: dict[str, int], used: dict[str, int]) -> None:
         for h in receipt.held:
@@ -679,7 +726,7 @@ class Governance:
             for threshold in sorted(set(d.thresholds)):
                 mark = d.amount_nanos * threshold / 100
                 if before < mark <= after:
-                    self._events.append((d.id, key, threshold, after, d.amount_nanos))
+                    self._events.append(NewEvent(d.id, key, threshold, after, d.amount_nanos))
 
     async def _flush_events(self) -> None:
         if self._events:
@@ -761,6 +808,12 @@ def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz:
         end,
         limit,
     )
+
+
+def _bounds_output(held: list[Held]) -> bool:
+    """Whether any held window's reservation depends on the output cap (budgets, token and cost quotas)."""
+    return any(isinstance(h.definition, Budget) or h.definition.metric in ("TOKENS", "TOKENS_OUT", "COST")
+               for h in held)
 
 
 def _quota_estimate(quota: Quota, est_in: int, out_tokens: int, worst: int) -> int:

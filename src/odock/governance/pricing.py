@@ -123,13 +123,15 @@ def cost_nanos(
 
 
 def worst_case_nanos(pricing: dict[str, Any] | None, input_tokens: int, max_tokens: int | None) -> int:
-    """Return the most a call can cost: all input at the input rate, `max_tokens` at the dearest output rate."""
+    """Return the most a call can cost: all input at the dearest input rate (input, cache write or cached read:
+    a cache write may cost more than input), `max_tokens` at the dearest output rate (None: the default cap;
+    0: no output)."""
     rates = _rates(pricing)
     if not rates:
         return 0  # missing pricing: reserve nothing (reference §6.4 [INF]); usage is still recorded
-    cap = DEFAULT_MAX_TOKENS if max_tokens is None or max_tokens <= 0 else max_tokens
+    cap = DEFAULT_MAX_TOKENS if max_tokens is None else max(0, max_tokens)
     zero = Decimal(0)
-    input_rate = max(rates.get("input", zero), rates.get("cache_write", zero))
+    input_rate = max(rates.get("input", zero), rates.get("cache_write", zero), rates.get("cached_input", zero))
     output_rate = max(rates.get("output", zero), rates.get("reasoning", zero))
     exact = (max(0, input_tokens) * input_rate + cap * output_rate) * _PER_TOKEN
     return int(exact.to_integral_value(rounding=ROUND_CEILING))

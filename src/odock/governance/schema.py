@@ -6,7 +6,8 @@ governance_windows         one row per (definition, window start): the durable s
 governance_charges         one row per (reservation, window): the settled amount — makes settle idempotent and lets
                            reconciliation settle a crashed call from the ledger (embedded mode: one row per window
                            per write-behind flush). Pruned once older than any reservation can live.
-budget_events              threshold crossings (50/80/90/100 % …), one per (window, threshold).
+budget_events              threshold crossings (50/80/90/100 % …), one per (window, threshold), and overspends (a
+                           call charged above its reservation), one per (window, request); migration 0005.
 
 Owners are plain ids (no foreign keys), so governance never blocks catalogue deletes; a definition whose owner is
 gone simply never matches.
@@ -108,7 +109,13 @@ budget_events = Table(
     Column("used_nanos", BigInteger, nullable=False),
     Column("amount_nanos", BigInteger, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("window_key", "threshold", name="uq_budget_events_window_threshold"),
+    # "threshold": a crossing, once per (window, threshold); "overspend": one call charged above its reservation
+    # (threshold then holds the window's percentage used after it), once per (window, request)
+    Column("kind", String(16), nullable=False, server_default="threshold"),
+    Column("request_id", String(128), nullable=False, server_default=""),
+    Column("reserved_nanos", BigInteger, nullable=True),
+    Column("charged_nanos", BigInteger, nullable=True),
+    UniqueConstraint("window_key", "kind", "threshold", "request_id", name="uq_budget_events_event"),
     Index("ix_budget_events_budget", "budget_id", "created_at"),
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -81,7 +81,9 @@ class Quota(msgspec.Struct, kw_only=True):
 
 
 class BudgetEvent(msgspec.Struct, kw_only=True):
-    """A budget window crossed one of its thresholds."""
+    """A budget window crossed one of its thresholds (`threshold`), or one call was charged above what it reserved
+    (`overspend`: a broken or dishonest upstream, or a failover to a dearer model; `threshold` then holds the
+    percentage of the budget used after that charge)."""
 
     id: int
     budget_id: str
@@ -90,6 +92,24 @@ class BudgetEvent(msgspec.Struct, kw_only=True):
     used_nanos: int
     amount_nanos: int
     created_at: datetime
+    kind: str = "threshold"
+    request_id: str | None = None
+    reserved_nanos: int | None = None
+    charged_nanos: int | None = None
+
+
+class NewEvent(NamedTuple):
+    """A budget event to record."""
+
+    budget_id: str
+    window_key: str
+    threshold: int
+    used: int
+    amount: int
+    kind: str = "threshold"
+    request_id: str = ""
+    reserved: int | None = None
+    charged: int | None = None
 
 
 # One round trip per batch of charges. New charges (RETURNING of the insert) are summed per window; the windows
@@ -478,28 +498,32 @@ class GovernanceStore:
         result: list[dict[str, Any]] = await self._run(work, write=False)
         return result
 
-    # --- threshold events -----------------------------------------------------------------------------------------
+    # --- budget events --------------------------------------------------------------------------------------------
 
-    async def record_events(self, events: Iterable[tuple[str, str, int, int, int]]) -> None:
-        """Insert (budget_id, window_key, threshold, used, amount) events; a repeated crossing is ignored."""
-        items = list(events)
+    async def record_events(self, events: Iterable[NewEvent | tuple[str, str, int, int, int]]) -> None:
+        """Insert budget events; a repeated crossing (or a call's repeated overspend) is ignored."""
+        items = [NewEvent(*e) for e in events]
         if not items:
             return
         now = _now()
 
         async def work(conn: AsyncConnection) -> None:
-            for budget_id, window_key, threshold, used, amount in items:
+            for e in items:
                 await conn.execute(
                     self._insert(budget_events)
                     .values(
-                        budget_id=budget_id,
-                        window_key=window_key,
-                        threshold=threshold,
-                        used_nanos=used,
-                        amount_nanos=amount,
+                        budget_id=e.budget_id,
+                        window_key=e.window_key,
+                        threshold=e.threshold,
+                        used_nanos=e.used,
+                        amount_nanos=e.amount,
                         created_at=now,
+                        kind=e.kind,
+                        request_id=e.request_id,
+                        reserved_nanos=e.reserved,
+                        charged_nanos=e.charged,
                     )
-                    .on_conflict_do_nothing(index_elements=["window_key", "threshold"])
+                    .on_conflict_do_nothing(index_elements=["window_key", "kind", "threshold", "request_id"])
                 )
 
         await self._run(work)
@@ -507,7 +531,7 @@ class GovernanceStore:
     async def list_events(
         self, *, budget_id: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[BudgetEvent]:
-        """Return threshold events, newest first."""
+        """Return budget events (threshold crossings and overspends), newest first."""
         query = sa.select(budget_events).order_by(
             budget_events.c.created_at.desc(), budget_events.c.id.desc()
         )
@@ -528,6 +552,10 @@ class GovernanceStore:
                     used_nanos=int(r.used_nanos),
                     amount_nanos=int(r.amount_nanos),
                     created_at=_utc(r.created_at) or _now(),
+                    kind=r.kind,
+                    request_id=r.request_id or None,
+                    reserved_nanos=r.reserved_nanos,
+                    charged_nanos=r.charged_nanos,
                 )
                 for r in rows
             ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool
+from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, count_images
 from odock.mock.directives import Directives
 from odock.mock.wire import (
     BadRequest,
@@ -134,7 +134,8 @@ def messages(req: MockRequest) -> Call:
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_tool)
         plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema, json_mode=schema is not None, tool=tool, thinking=wants_thinking)
+                          json_schema=schema, json_mode=schema is not None, tool=tool, thinking=wants_thinking,
+                          images=count_images(msgs))
         mid = new_id("msg_")
         blocks: list[dict[str, Any]] = []
         if plan.thinking:

@@ -65,6 +65,24 @@ def estimate_tokens(chars: int) -> int:
     return max(1, math.ceil(chars / 4))
 
 
+_IMAGE_PART_TYPES = ("image_url", "input_image", "image")
+
+
+def count_images(node: Any) -> int:
+    """Count the image parts of a request's messages (OpenAI chat/Responses, Anthropic, Gemini inline/file data)."""
+    if isinstance(node, list):
+        return sum(count_images(item) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    if node.get("type") in _IMAGE_PART_TYPES:
+        return 1
+    for key in ("inlineData", "inline_data", "fileData", "file_data"):
+        data = node.get(key)
+        if isinstance(data, dict) and str(data.get("mimeType", data.get("mime_type", ""))).startswith("image/"):
+            return 1
+    return sum(count_images(value) for value in node.values() if isinstance(value, (dict, list)))
+
+
 def split_words(text: str, parts: int) -> list[str]:
     """Split text at word boundaries into `parts` pieces whose concatenation is the text."""
     words = text.split(" ")
@@ -163,19 +181,28 @@ def build_plan(
     json_mode: bool = False,
     tool: ToolSpec | None = None,
     thinking: bool = False,
+    images: int = 0,
 ) -> Plan:
     """Compute the deterministic answer and usage for one request."""
     plan = Plan()
     cached = directives.cached or 0
-    plan.input_tokens = max(estimate_tokens(len(all_text)), cached)
+    if directives.token_bytes:
+        text_tokens = max(1, math.ceil(len(all_text.encode()) / directives.token_bytes))
+    else:
+        text_tokens = estimate_tokens(len(all_text))
+    plan.input_tokens = max(text_tokens + images * (directives.image_tokens or 0), cached)
     plan.cached_tokens = cached
     parts = directives.chunks if directives.chunks else DEFAULT_CHUNKS
     seed = user_text or all_text
-    if thinking or directives.thinking:
+    if thinking or directives.thinking or directives.reasoning:
         echo = " ".join(strip_markers(user_text).split()[:4]) or "the request"
         plan.thinking = f"Let me think about {echo} and answer briefly."
         plan.thinking_chunks = split_words(plan.thinking, 3)
-        plan.reasoning_tokens = len(plan.thinking.split())
+        plan.reasoning_tokens = directives.reasoning or len(plan.thinking.split())
+    if max_tokens is not None and max_tokens > 0 and plan.reasoning_tokens:
+        # reasoning is output inside the cap (as every provider bills it): it leaves the rest for the answer
+        plan.reasoning_tokens = min(plan.reasoning_tokens, max_tokens - 1)
+        max_tokens -= plan.reasoning_tokens
     if tool is not None:
         plan.tool = tool
         args = value_for_schema(tool.schema) if tool.schema else {"input": " ".join(answer_words(user_text, 6))}

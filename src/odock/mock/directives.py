@@ -39,6 +39,11 @@ class Directives:
     thinking: bool | None = None
     words: int | None = None
     cached: int | None = None
+    # usage shapes (an honest provider's bill): tokens per image part, reasoning tokens (inside max_tokens),
+    # prompt text billed at one token per this many UTF-8 bytes (default: the mock's ~4 characters per token)
+    image_tokens: int | None = None
+    reasoning: int | None = None
+    token_bytes: int | None = None
     linger_ms: float | None = None  # streams: wait this long after the last event before ending the body
     error: str | None = None  # a named provider error in the provider's own words (see NAMED_ERRORS)
     retry_after: int | None = None  # seconds for the Retry-After header of an error answer
@@ -49,7 +54,8 @@ class Directives:
         return replace(self, **changes) if changes else self
 
 
-_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached", "retry_after"}
+_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached", "retry_after", "image_tokens",
+             "reasoning", "token_bytes"}
 _FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms", "linger_ms"}
 # `error=<name>`: the errors a real provider answers to a well-formed request it cannot serve
 NAMED_ERRORS = frozenset({"context_length", "model_not_found"})
@@ -70,7 +76,7 @@ def parse(text: str) -> Directives:
         try:
             if key in _INT_KEYS:
                 number = int(raw)
-                if number < 0:
+                if number < 0 or (key == "token_bytes" and number == 0):
                     raise ValueError
                 values[key] = number
             elif key in _FLOAT_KEYS:

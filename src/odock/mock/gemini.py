@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool
+from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, count_images
 from odock.mock.directives import Directives
 from odock.mock.wire import BadRequest, Call, MockRequest, Reply, StreamReply, dumps, int_or_none, new_id, sse
 
@@ -117,7 +117,8 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
         tool = choose_tool(tools, choice, d.tool, last_tool)
         plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
                           json_schema=schema if json_mode and isinstance(schema, dict) else None,
-                          json_mode=json_mode, tool=tool, thinking=wants_thinking)
+                          json_mode=json_mode, tool=tool, thinking=wants_thinking,
+                          images=count_images(body.get("contents")))
         rid = new_id("mock-")
         finish = "MAX_TOKENS" if plan.truncated else "STOP"
 

@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 from odock.mock import multipart
-from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, estimate_tokens
+from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, count_images, estimate_tokens
 from odock.mock.directives import Directives
 from odock.mock.wire import (
     BadRequest,
@@ -171,7 +171,8 @@ def chat_completions(req: MockRequest) -> Call:
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_role == "tool")
         plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking)
+                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking,
+                          images=count_images(messages))
         cid, created = new_id("chatcmpl-"), now()
         if not stream:
             message: dict[str, Any] = {"role": "assistant", "content": None if plan.tool else plan.text,
@@ -312,7 +313,8 @@ def responses(req: MockRequest) -> Call:
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_tool)
         plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking)
+                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking,
+                          images=count_images(body.get("input")))
         rid = new_id("resp_")
         ids = {"rs": new_id("rs_"), "msg": new_id("msg_"), "fc": new_id("fc_")}
         status = "incomplete" if plan.truncated else "completed"

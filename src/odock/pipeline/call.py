@@ -20,6 +20,7 @@ from odock import metrics
 from odock.context import CallContext
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
 from odock.model import GatewayRequest, GatewayResponse, StreamEvent
+from odock.dialects.prompt import measure_prompt
 from odock.providers.registry import adapter_for
 from odock.transport.base import UpstreamRequest, UpstreamResponse
 
@@ -120,6 +121,7 @@ class Call:
             raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
         self.json = parsed
+        self.ctx.prompt = measure_prompt(body, parsed)
         return parsed
 
     def governed_headers(self) -> list[tuple[bytes, bytes]]:

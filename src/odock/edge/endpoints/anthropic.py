@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from odock.dialects import anthropic
+from odock.dialects.openai_chat import set_max_tokens
 from odock.dialects.registry import dialect
 from odock.edge.endpoints.openai_media import (
     FailFn,
@@ -99,5 +100,6 @@ def messages_endpoint() -> ForwardEndpoint:
     """`POST /v1/messages`."""
     return ForwardEndpoint("anthropic.messages", "/v1/messages", "anthropic", dialect=dialect("anthropic"),
                            usage=anthropic.usage_from,
-                           stream=anthropic_stream, max_tokens=requested_max_tokens, validate=check_messages_body,
+                           stream=anthropic_stream, max_tokens=requested_max_tokens, set_cap=set_max_tokens,
+                           validate=check_messages_body,
                            forward_headers=FORWARDED_HEADERS, error=anthropic.error_body)

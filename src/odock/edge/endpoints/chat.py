@@ -56,13 +56,17 @@ class OpenAIChatEndpoint(LLMEndpoint):
         ctx.requested_model = body["model"]
         ctx.stream = body.get("stream") is True
         ctx.max_tokens = openai_chat.requested_max_tokens(body)
+        ctx.output = "text"
         call.route_state = want_stream_usage(body)  # whether the client itself asked for the usage chunk
         if ctx.stream:
             ask_for_stream_usage(body)
 
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
+        ctx = call.ctx
         body = upstream_json(call, self.dialect, candidate.model.slug)
         body["model"] = candidate.model.slug
+        if ctx.output_cap_added and ctx.max_tokens is not None:  # the final gate chose the cap: send it
+            openai_chat.set_output_cap(body, ctx.max_tokens, vllm=family_of(candidate.provider.type) == "vllm")
         adapter = adapter_for(candidate.provider.type)
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
         return await call.send(candidate, url, _encode(body))
@@ -230,11 +234,14 @@ class UnifiedChatEndpoint(LLMEndpoint):
         ctx.provider_pin = request.provider
         ctx.stream = request.stream
         ctx.max_tokens = request.max_tokens
+        ctx.output = "text"
         call.route_state = UnifiedState(want_stream_usage(body), options, include_raw)
 
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
         request, state = call.request, call.route_state
         assert request is not None and isinstance(state, UnifiedState)
+        if call.ctx.output_cap_added:
+            request.max_tokens = call.ctx.max_tokens  # every dialect's encoder sends it as its own cap field
         adapter = adapter_for(candidate.provider.type)
         slug = candidate.model.slug
         upstream = dialect_for(candidate.provider.type).upstream.encode_request(request, slug=slug)

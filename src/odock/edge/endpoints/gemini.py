@@ -53,10 +53,21 @@ def parse_path(path: str) -> tuple[str, bool]:
 
 
 def requested_max_tokens(body: dict[str, Any]) -> int | None:
-    """`generationConfig.maxOutputTokens` (for token reservations)."""
-    config = body.get("generationConfig")
-    value = config.get("maxOutputTokens") if isinstance(config, dict) else None
+    """`generationConfig.maxOutputTokens` (for token reservations; also in proto JSON's snake_case)."""
+    config = body.get("generationConfig", body.get("generation_config"))
+    if not isinstance(config, dict):
+        return None
+    value = config.get("maxOutputTokens", config.get("max_output_tokens"))
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def set_output_cap(body: dict[str, Any], cap: int) -> None:
+    """Write the gateway's output cap as `generationConfig.maxOutputTokens` (thinking tokens count in it)."""
+    config = body.get("generationConfig", body.get("generation_config"))
+    if config is None:
+        body["generationConfig"] = {"maxOutputTokens": cap}
+    elif isinstance(config, dict):  # anything else is the upstream's to refuse
+        config["maxOutputTokens" if "generationConfig" in body else "max_output_tokens"] = cap
 
 
 class GeminiRelay:
@@ -144,12 +155,16 @@ class GeminiEndpoint(LLMEndpoint):
         ctx.requested_model = name
         ctx.stream = stream
         ctx.max_tokens = requested_max_tokens(body)
+        ctx.output = "text"
 
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
         check_family(candidate, "gemini")
         if call.route_state is None:
             # forwarded as-is (the model is in the URL), built once for every attempt
-            call.route_state = msgspec.json.encode(upstream_json(call, self.dialect, candidate.model.slug))
+            body = upstream_json(call, self.dialect, candidate.model.slug)
+            if call.ctx.output_cap_added and call.ctx.max_tokens is not None:  # the final gate chose the cap
+                set_output_cap(body, call.ctx.max_tokens)
+            call.route_state = msgspec.json.encode(body)
         adapter = adapter_for(candidate.provider.type)
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
         return await call.send(candidate, url, call.route_state)

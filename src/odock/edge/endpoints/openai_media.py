@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -25,6 +25,7 @@ from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, ups
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
+from odock.dialects.prompt import PromptShape
 from odock.pipeline.call import Call, estimate_tokens
 from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate
@@ -182,9 +183,14 @@ class ForwardEndpoint(LLMEndpoint):
     def __init__(self, name: str, path: str, family: str, *, dialect: Dialect | None = None,
                  usage: UsageFn = usage_any, usage_key: str = "usage", stream: StreamStart | None = None,
                  max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
+                 set_cap: Callable[[dict[str, Any], int], None] | None = None,
+                 output: Literal["text", "none", "images", "other"] = "other",
                  validate: Callable[[dict[str, Any]], None] | None = None,
-                 forward_headers: tuple[str, ...] = (), counts_images: bool = False,
+                 forward_headers: tuple[str, ...] = (),
                  error: Callable[[GatewayError], bytes] | None = None) -> None:
+        """`max_tokens` reads the request's output cap and `set_cap` writes the gateway's when it named none (a
+        route with both bounds its output: "text"); `output` says what bounds it otherwise ("images": an image
+        route, whose `per_image` pricing bills each image returned)."""
         self.name = name
         self.path = path
         self.family = family
@@ -193,9 +199,10 @@ class ForwardEndpoint(LLMEndpoint):
         self.usage_key = usage_key
         self.stream_start = stream
         self.max_tokens = max_tokens
+        self.set_cap = set_cap
+        self.output: Literal["text", "none", "images", "other"] = "text" if set_cap is not None else output
         self.validate = validate
         self.forward_headers = forward_headers
-        self.counts_images = counts_images  # an image route: `per_image` pricing bills each image returned
         self._error = error or openai_chat.error_body
 
     def error_body(self, err: GatewayError) -> bytes:
@@ -218,13 +225,17 @@ class ForwardEndpoint(LLMEndpoint):
             call.route_state = self.stream_start(body)
         if self.max_tokens is not None:
             ctx.max_tokens = self.max_tokens(body)
+        ctx.output = self.output
 
     async def send(self, call: Call, candidate: Candidate) -> UpstreamResponse:
         family = self.family
         assert family is not None and call.json is not None
         check_family(candidate, family)
+        ctx = call.ctx
         body = upstream_json(call, self.dialect, candidate.model.slug)
         body["model"] = candidate.model.slug
+        if ctx.output_cap_added and self.set_cap is not None and ctx.max_tokens is not None:
+            self.set_cap(body, ctx.max_tokens)  # the final gate chose the cap: send it
         url = adapter_for(candidate.provider.type).url(candidate.provider, self.path)
         return await call.send(candidate, url, _encode(body), copy_headers(call, self.forward_headers))
 
@@ -233,7 +244,7 @@ class ForwardEndpoint(LLMEndpoint):
         relay: StreamRelay | None = call.route_state
         if relay is None:
             await relay_unary(call, upstream, self.usage_key, self.usage, self.dialect,
-                              counts_images=self.counts_images)
+                              counts_images=self.output == "images")
             return
         assert call.json is not None
         options = StreamOptions(include_usage=want_stream_usage(call.json))
@@ -329,8 +340,9 @@ class MultipartForwardEndpoint(LLMEndpoint):
     received one is released, so the upload is held once while the upstream call runs."""
 
     def __init__(self, name: str, path: str, family: str, *, file_fields: tuple[str, ...],
-                 usage: UsageFn = usage_any, counts_images: bool = False) -> None:
-        self.counts_images = counts_images
+                 usage: UsageFn = usage_any, images: bool = False) -> None:
+        """`images`: the uploads are images and the answer generates `n` of them (edits, variations)."""
+        self.images = images
         self.name = name
         self.path = path
         self.family = family
@@ -357,7 +369,17 @@ class MultipartForwardEndpoint(LLMEndpoint):
         if any(p.name == "stream" and received[p.start:p.end].strip().lower() == b"true" for p in parts):
             raise BadRequest(f"streaming is not supported on {call.exchange.path}", "invalid_request")
         prompt = next((p for p in parts if p.name == "prompt" and p.filename is None), None)
-        call.ctx.estimated_input_tokens = estimate_tokens(prompt.end - prompt.start if prompt else 0)
+        prompt_bytes = prompt.end - prompt.start if prompt else 0
+        call.ctx.estimated_input_tokens = estimate_tokens(prompt_bytes)
+        uploads = sum(1 for p in parts if p.filename is not None)
+        n = next((p for p in parts if p.name == "n" and p.filename is None), None)
+        count = received[n.start:n.end].strip() if n is not None else b""
+        # the form's text fields are bounded by their bytes like a JSON body; each upload by its kind
+        call.ctx.prompt = PromptShape(
+            size=len(received) - sum(p.end - p.start for p in parts if p.filename is not None),
+            images=uploads if self.images else 0, files=0 if self.images else uploads,
+            choices=int(count) if count.isdigit() and int(count) > 0 else 1)
+        call.ctx.output = "images" if self.images else "other"
         call.ctx.requested_model = name
         # from here on only the upload holds the files; each attempt re-splices only when its slug differs
         call.route_state = _Upload(received, field.start, field.end, content_type)
@@ -377,7 +399,7 @@ class MultipartForwardEndpoint(LLMEndpoint):
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         assert upstream is not None
         call.route_state = None  # release the upload before relaying the answer
-        await relay_unary(call, upstream, "usage", self.usage, counts_images=self.counts_images)
+        await relay_unary(call, upstream, "usage", self.usage, counts_images=self.images)
 
 
 class _Upload:
@@ -399,11 +421,11 @@ class _Upload:
 def openai_media_routes() -> dict[str, LLMEndpoint]:
     """The OpenAI embeddings and images routes."""
     return {
-        "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai"),
+        "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai", output="none"),
         "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai",
-                                                  counts_images=True),
+                                                  output="images"),
         "/v1/images/edits": MultipartForwardEndpoint("openai.images.edits", "/images/edits", "openai",
-                                                     file_fields=("image", "image[]"), counts_images=True),
+                                                     file_fields=("image", "image[]"), images=True),
         "/v1/images/variations": MultipartForwardEndpoint("openai.images.variations", "/images/variations", "openai",
-                                                          file_fields=("image",), counts_images=True),
+                                                          file_fields=("image",), images=True),
     }

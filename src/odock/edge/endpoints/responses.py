@@ -37,6 +37,11 @@ def max_output_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def set_max_output_tokens(body: dict[str, Any], cap: int) -> None:
+    """Write the gateway's output cap into a Responses body that named none (reasoning tokens count inside it)."""
+    body["max_output_tokens"] = cap
+
+
 class ResponsesRelay:
     """Forward a Responses SSE stream untouched; remember the envelope and the event count for a failure."""
 
@@ -107,4 +112,5 @@ def responses_endpoint(route: str = "openai.responses", family: str = "openai") 
     """A Responses route of a provider family (openai at /v1/responses, vllm at /v1/vllm/responses)."""
     return ForwardEndpoint(route, "/responses", family, dialect=dialect("openai_responses"),
                            usage=openai_responses.usage_from, stream=responses_stream,
-                           max_tokens=max_output_tokens, error=openai_responses.error_body)
+                           max_tokens=max_output_tokens, set_cap=set_max_output_tokens,
+                           error=openai_responses.error_body)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from odock import metrics
 from odock.governance.pricing import cost_nanos
+from odock.governance.usage_check import checked_usage
 from odock.model import Usage
 from odock.pipeline.stage import Stage
 from odock.providers.registry import family_of
@@ -17,19 +19,43 @@ if TYPE_CHECKING:
     from odock.pipeline.call import Call
     from odock.usage import UsageRecorder
 
+log = logging.getLogger("odock.usage")
+
 
 class Pricer:
-    """The exact cost of a finished call (memoised on its context: post-flight and the record share it)."""
+    """The exact cost of a finished call, from usage checked for sanity first; memoised on its context (the
+    post-flight and the record share it), and it never raises: the answer has been sent by then."""
+
+    def __init__(self, usage_max_tokens: int = 10_000_000) -> None:
+        self.usage_max_tokens = usage_max_tokens
 
     def cost(self, ctx: CallContext) -> int | None:
         if ctx.priced:
             return ctx.cost_nanos
         ctx.priced = True
-        model = ctx.answered_by or ctx.model
-        if model is None or not model.pricing or (ctx.usage is None and not ctx.billed_images):
-            return None
-        ctx.cost_nanos = cost_nanos(model.pricing, ctx.usage or Usage(), images=ctx.billed_images)
+        try:
+            self.check_usage(ctx)
+            model = ctx.answered_by or ctx.model
+            if model is None or not model.pricing or (ctx.usage is None and not ctx.billed_images):
+                return None
+            ctx.cost_nanos = cost_nanos(model.pricing, ctx.usage or Usage(), images=ctx.billed_images)
+        except Exception:
+            log.exception("pricing the call failed", extra={"request_id": ctx.request_id})
         return ctx.cost_nanos
+
+    def check_usage(self, ctx: CallContext) -> None:
+        """Clamp impossible upstream usage (negative, above ODOCK_USAGE_MAX_TOKENS) before it is priced."""
+        if ctx.usage is None:
+            return
+        ctx.usage, flags = checked_usage(ctx.usage, ctx.raw_usage, self.usage_max_tokens)
+        if flags:
+            ctx.usage_flags = flags
+            provider = ctx.answered_provider or ctx.provider
+            family = family_of(provider.type) if provider else "unknown"
+            for flag in flags:
+                metrics.child(metrics.USAGE_ANOMALIES, family, flag).inc()
+            log.warning("impossible usage from the upstream clamped: %s", ", ".join(flags),
+                        extra={"request_id": ctx.request_id})
 
 
 def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
@@ -102,6 +128,7 @@ class RecordUsage(Stage):
             pricing=answered.pricing if answered and answered.pricing else None,
             raw_usage=ctx.raw_usage,
             routing=routing_evidence(ctx),
+            metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
         ))
         if usage is not None and provider is not None:
             family = family_of(provider.type)
