@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from odock.model import GatewayRequest, Usage
 from odock.dialects.prompt import PromptShape
+from odock.model import GatewayRequest, Usage
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
 
 

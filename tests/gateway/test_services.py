@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from odock.admin.governance import admin_for
 
 from odock import services as services_module
+from odock.admin.governance import admin_for
 from odock.app import create_app
 from odock.errors import DependencyUnavailable
 from odock.gateway import Gateway

@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from odock.dialects.prompt import PromptShape, measure_prompt
 from odock.governance import bounds
 from odock.governance.pricing import DEFAULT_MAX_TOKENS, worst_case_nanos
-from odock.dialects.prompt import PromptShape, measure_prompt
 from odock.state.records import ModelRecord
 
 

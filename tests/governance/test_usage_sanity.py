@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from odock.dialects import anthropic, gemini, openai_chat, openai_responses
-from odock.model import Usage
 from odock.governance.usage_check import checked_usage
+from odock.model import Usage
 
 MALFORMED: list[tuple[Any, dict[str, Any]]] = [
     (openai_chat.usage_from, {"prompt_tokens": "12", "completion_tokens": None, "prompt_tokens_details": [1],

@@ -124,3 +124,29 @@ def test_a_cooldown_skip_is_a_reroute() -> None:
 def _model(name: str) -> ModelRecord:
     return msgspec.convert({"id": name, "organisation_id": "o", "provider_id": "p", "name": name, "slug": name,
                             "type": "chat"}, ModelRecord)
+
+
+async def test_an_image_budget_binds_per_image(gw: InProcessGateway) -> None:
+    """The reservation counts `n` images at `per_image`: a budget of two images refuses a call for three (402)
+    before any upstream call, and admits one for two."""
+    await gw.service.create_model({"organisation": "acme", "name": "image-budget", "provider": "mock-openai",
+                                   "slug": "gpt-image-1", "type": "image", "pricing": {"per_image": 0.04}})
+    await gw.service.add_grant(gw.seeded["key_id"], "image-budget")
+    from odock.admin.governance import GovernanceAdmin
+    from odock.governance.store import GovernanceStore
+
+    admin = GovernanceAdmin(GovernanceStore(gw.service.store), catalogue=gw.service)
+    await admin.create_budget({"name": "images", "organisation": "acme", "key": "main", "period": "DAILY",
+                               "amount_usd": "0.08"})
+    assert gw.gateway.governance is not None
+    await gw.gateway.governance.refresh_definitions()
+    await gw.gateway.catalogue.invalidate()
+    async with gw.client() as http:
+        sent = gw.transport.requests
+        three = await http.post("/v1/images/generations", headers=auth(gw),
+                                json={"model": "image-budget", "prompt": "a cat", "n": 3})
+        assert three.status_code == 402, three.text
+        assert gw.transport.requests == sent
+        two = await http.post("/v1/images/generations", headers=auth(gw),
+                              json={"model": "image-budget", "prompt": "a cat", "n": 2})
+        assert two.status_code == 200, two.text

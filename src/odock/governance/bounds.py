@@ -23,8 +23,9 @@ Per-model overrides live in the model's `config` (JSON): `max_output_tokens`, `c
 
 from __future__ import annotations
 
-from odock.governance.pricing import DEFAULT_MAX_TOKENS
 from odock.dialects.prompt import PromptShape
+from odock.governance.pricing import DEFAULT_MAX_TOKENS
+from odock.providers.registry import PROVIDERS
 from odock.state.records import ModelRecord
 
 DEFAULT_CONTEXT_WINDOW = 1_048_576
@@ -38,7 +39,6 @@ DEFAULT_IMAGE_OUTPUT_TOKENS = 6_240
 #   gemini     4,128 — 258 tokens per 768×768 tile, images scaled into 3072×3072: at most 16 tiles.
 #   vllm       16,384 — self-hosted vision models differ (Qwen2-VL's default ceiling is 16,384 per image).
 IMAGE_TOKENS = {"openai": 48_169, "anthropic": 1_600, "gemini": 4_128, "vllm": 16_384}
-_FAMILY = {"azure_openai": "openai", "custom": "openai", "google": "gemini"}
 
 
 def configured(model: ModelRecord | None, key: str) -> int | None:
@@ -51,7 +51,8 @@ def configured(model: ModelRecord | None, key: str) -> int | None:
 
 def image_tokens(model: ModelRecord | None, provider_type: str | None) -> int:
     """Input tokens one image part can cost on this model."""
-    family = _FAMILY.get(provider_type or "", provider_type or "")
+    entry = PROVIDERS.get(provider_type or "")
+    family = entry.family if entry is not None else ""
     return configured(model, "image_tokens") or IMAGE_TOKENS.get(family, max(IMAGE_TOKENS.values()))
 
 
@@ -80,5 +81,4 @@ def output_cap(requested: int | None, policy_caps: list[int], model: ModelRecord
 def image_output_tokens(model: ModelRecord | None) -> int:
     """Output tokens one generated image can cost."""
     return configured(model, "image_output_tokens") or DEFAULT_IMAGE_OUTPUT_TOKENS
-
 

@@ -583,7 +583,9 @@ class Governance:
             est_in = bounds.input_bound(ctx.prompt, ctx.model, provider_type)
         else:  # a context built without a measured body (internal callers): its estimate is all there is
             est_in = max(0, ctx.estimated_input_tokens)
-        worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens)
+        # image routes generate one image per choice (`n`), billed at `per_image` beside any token price
+        images = ctx.prompt.choices if ctx.output == "images" and ctx.prompt is not None else 0
+        worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
         held: list[Held] = []
         for owner_type, owner_id, tz in self._owners(ctx):
             for budget in defs.budgets.get((owner_type, owner_id), ()):

@@ -18,9 +18,9 @@ import msgspec
 
 from odock import metrics
 from odock.context import CallContext
+from odock.dialects.prompt import measure_prompt
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
 from odock.model import GatewayRequest, GatewayResponse, StreamEvent
-from odock.dialects.prompt import measure_prompt
 from odock.providers.registry import adapter_for
 from odock.transport.base import UpstreamRequest, UpstreamResponse
 

@@ -20,12 +20,12 @@ import msgspec
 
 from odock.dialects import openai_chat, openai_responses
 from odock.dialects.contract import Dialect, StreamOptions
+from odock.dialects.prompt import PromptShape
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, upstream_json
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import Usage
-from odock.dialects.prompt import PromptShape
 from odock.pipeline.call import Call, estimate_tokens
 from odock.providers.registry import adapter_for, family_of
 from odock.routing.router import Candidate
