@@ -83,6 +83,8 @@ class UsageRecorder:
                 except Exception:
                     log.exception("usage after-write hook failed")
         metrics.USAGE_QUEUE.set(len(self._queue))
+        if written:
+            log.debug("usage: wrote %d record(s), %d queued", written, len(self._queue))
         return written
 
     async def _run(self) -> None:

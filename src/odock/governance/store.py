@@ -251,7 +251,8 @@ class GovernanceStore:
         from odock.state.sql import normalize_database_url
 
         target = normalize_database_url(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        # hide_parameters: a statement error (logged by callers) never carries the row's values
+        options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if target.get_backend_name() == "postgresql":
             # bounded waits: a stuck lock or query becomes an error (503), never a hung post-flight
             options["connect_args"] = {

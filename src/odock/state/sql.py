@@ -160,9 +160,10 @@ class SqlStore:
                 Path(url.database or "").expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         else:
             options.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
-        # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part
+        # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part;
+        # hide_parameters: a statement error (logged by callers) never carries key hashes or catalogue values
         engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
-                                     **options)
+                                     hide_parameters=True, **options)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
