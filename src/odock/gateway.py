@@ -16,7 +16,7 @@ from odock.routing.policy import Routing
 from odock.settings import Settings
 from odock.state.catalogue import Catalogue
 from odock.transport.base import Transport
-from odock.usage import UsageRecorder
+from odock.usage import UsageRecorder, UsageSpool, spool_path
 
 if TYPE_CHECKING:
     from odock.edge.http import Request
@@ -51,11 +51,13 @@ class Gateway:
             model_ttl_s=settings.model_cache_ttl_s,
         )
         self.transport: Transport = transport or new_transport(settings.upstream_client)
+        spool = spool_path(settings.database_url) if settings.spool_usage else None
         self.recorder = UsageRecorder(
             store,
             flush_interval_s=settings.usage_flush_interval_s,
             batch_size=settings.usage_batch_size,
             buffer_max=settings.usage_buffer_max,
+            spool=UsageSpool(spool, settings.usage_spool_max_bytes) if spool is not None else None,
         )
         self.governance = governance
         self.routing = Routing(cooldown_failures=settings.routing_cooldown_failures,
@@ -70,6 +72,7 @@ class Gateway:
         from odock.state.sql import SqlStore
 
         store = await SqlStore.open(settings.database_url, settings)
+        await store.open_pool()
         redis = None
         if settings.cluster:
             import redis.asyncio as aioredis
@@ -86,6 +89,8 @@ class Gateway:
             # the store's version poll stays as the safety net (and covers CLI changes)
             self.store.add_change_listener(self._publish_invalidation)
             self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
+        # the records a killed predecessor left in the spool are written before this process serves
+        await self.recorder.recover()
         self.recorder.start()
         # everything loaded so far lives as long as the process: keep it out of every future GC pass, and let
         # the young generation grow larger so that per-request garbage is collected in fewer, cheaper passes

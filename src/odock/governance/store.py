@@ -253,6 +253,10 @@ class GovernanceStore:
         target = normalize_database_url(url)
         # hide_parameters: a statement error (logged by callers) never carries the row's values
         options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+        if target.get_backend_name() == "sqlite" and target.database not in (None, "", ":memory:"):
+            from odock.state.sql import sqlite_pool_options
+
+            options.update(sqlite_pool_options(2))  # background writes only: two threads at most
         if target.get_backend_name() == "postgresql":
             # bounded waits: a stuck lock or query becomes an error (503), never a hung post-flight
             options["connect_args"] = {
