@@ -62,7 +62,7 @@ class FinalChunk(bytes):
 
 
 class Call:
-    __slots__ = ("_governed", "ctx", "gw", "req")
+    __slots__ = ("_cost", "_costed", "_governed", "_recorded", "ctx", "gw", "req")
 
     def __init__(self, gw: Gateway, req: Request, route: str, required_provider: str | None) -> None:
         self.gw = gw
@@ -72,6 +72,10 @@ class Call:
             required_provider=required_provider,
         )
         self._governed = False
+        self._recorded = False
+        self._cost: int | None = None
+        self._costed = False
+        req.before_end = self.record_usage
 
     # --- stage: admit ------------------------------------------------------------------------------------
 
@@ -289,17 +293,34 @@ class Call:
         self.ctx.error_code = err.code
         self.ctx.outcome = "failed"
 
+    def cost(self) -> int | None:
+        """The call's exact cost in nanos, computed once: the usage record and the budget settle share it."""
+        if not self._costed:
+            self._cost, self._costed = self.gw.cost_of(self.ctx), True
+        return self._cost
+
     async def finish(self) -> None:
         """Post-flight (release leases, settle or release reservations) and the usage record; never raises."""
         ctx, gw = self.ctx, self.gw
         if ctx.key is None:
             return
-        cost = gw.cost_of(ctx)
         if self._governed and gw.governance is not None:
             try:
-                await gw.governance.complete(ctx, cost)
+                await gw.governance.complete(ctx, self.cost())
             except Exception:
                 log.exception("governance post-flight failed", extra={"request_id": ctx.request_id})
+        self.record_usage()
+
+    def record_usage(self) -> None:
+        """Record the call's usage once: just before its response ends (see Request.before_end), else at finish.
+
+        A stream's record is not held back by the upstream's trailing bytes, and a record reaches the spool before
+        the client holds the complete answer."""
+        ctx, gw = self.ctx, self.gw
+        if self._recorded or ctx.key is None:
+            return
+        self._recorded = True
+        cost = self.cost()
         usage = ctx.usage
         answered = ctx.answered_by or ctx.model
         provider = ctx.answered_provider or ctx.provider
