@@ -316,10 +316,18 @@ class Call:
 
         A stream's record is not held back by the upstream's trailing bytes, and a record reaches the spool before
         the client holds the complete answer."""
-        ctx, gw = self.ctx, self.gw
-        if self._recorded or ctx.key is None:
+        if self._recorded or self.ctx.key is None:
             return
         self._recorded = True
+        try:
+            self._record_usage()
+        except Exception:  # the response must still go out
+            log.exception("usage record failed", extra={"request_id": self.ctx.request_id})
+
+    def _record_usage(self) -> None:
+        ctx, gw, key = self.ctx, self.gw, self.ctx.key
+        if key is None:
+            return
         cost = self.cost()
         usage = ctx.usage
         answered = ctx.answered_by or ctx.model
@@ -337,10 +345,10 @@ class Call:
         gw.recorder.record(UsageRecord(
             request_id=ctx.request_id,
             created_at=datetime.now(UTC),
-            organisation_id=ctx.key.organisation_id,
-            team_id=ctx.key.team_id,
-            user_id=ctx.key.user_id,
-            api_key_id=ctx.key.id,
+            organisation_id=key.organisation_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            api_key_id=key.id,
             route=ctx.route,
             status=ctx.status or 500,
             outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
