@@ -72,8 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)")
     p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
     p.add_argument("--no-gateway", action="store_true", help="skip the Odock gateway (direct and peers only)")
-    p.add_argument("--soak", type=int, nargs="?", const=300_000, default=0, metavar="N",
-                   help="RSS after N/3 vs N requests through the gateway (default N=300000)")
+    p.add_argument("--soak", type=int, nargs="?", const=500_000, default=0, metavar="N",
+                   help="N requests through a fresh gateway, RSS every --soak-step (default N=500000); "
+                        "with --cluster, in cluster mode too")
+    p.add_argument("--soak-step", type=int, default=100_000, metavar="N",
+                   help="requests between two soak marks (default 100000)")
+    p.add_argument("--soak-only", action="store_true", help="run only the soak (no direct or gateway runs)")
     p.add_argument("--loadgen-compare", action="store_true",
                    help="measure wrk against the Python (aiohttp) load generator on the mock")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -355,31 +359,59 @@ def run_peers(ctx: Ctx, scenarios: list[Scenario]) -> None:
                 ctx.sup.stop(svc)
 
 
-def run_soak(ctx: Ctx, scenario: Scenario, total: int) -> None:
-    """Send `total` requests through a fresh gateway; compare RSS after a third of them and after all."""
+def sqlite_bytes(database_url: str) -> int | None:
+    """The size of a SQLite database with its WAL; None for other databases."""
+    if not database_url.startswith("sqlite:///"):
+        return None
+    path = Path(database_url.removeprefix("sqlite:///"))
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def soak_marks(total: int, step: int) -> list[int]:
+    """The request counts at which the soak reads memory: every `step`, and `total` last."""
+    step = max(1, min(step, total))
+    return [*range(step, total, step), total]
+
+
+def run_soak(ctx: Ctx, scenario: Scenario, total: int, cluster: bool) -> None:
+    """Send `total` requests through a fresh gateway (usage recorded as always); read RSS, the usage backlog and
+    the database size every --soak-step requests, and compare RSS at the first and the last mark."""
+    name = "soak-cluster" if cluster else "soak"
     svc = None
+    db = ""
     try:
-        svc = start_gateway(ctx, scenario.catalogue, {}, "odock-soak")
+        env: dict[str, str] = {}
+        if cluster:
+            env, db = cluster_env(ctx)
+        svc = start_gateway(ctx, scenario.catalogue, env, f"odock-{name}")
+        database_url = env.get("ODOCK_DATABASE_URL", f"sqlite:///{ctx.sup.workdir / f'odock-{name}.db'}")
         pin_tree(ctx.mock.pid, ctx.load_cpu)
         call = scenario.gateway
         probe(ctx, svc.port, call, "odock")
-        first = total // 3
         marks: list[dict[str, Any]] = []
         started = time.monotonic()
-        for cap in (first, total - first):
+        done = 0
+        for mark in soak_marks(total, ctx.args.soak_step):
             res = run_wrk(ctx.sup.workdir, svc.port, call.path, call.body, call.headers,
-                          connections=ctx.args.connections, duration_s=3600, cap=cap, cpu=ctx.load_cpu)
-            done = (marks[-1]["requests"] if marks else 0) + res.requests
-            marks.append({"requests": done, "errors": res.errors, "rps": round(res.rps, 1), **memory_kb(svc.pid)})
-            print(f"  soak: {done:,} requests, RSS {marks[-1]['rss_kb'] / 1024:.1f} MiB", flush=True)
-        growth = 100.0 * (marks[1]["rss_kb"] - marks[0]["rss_kb"]) / marks[0]["rss_kb"]
-        ctx.results["soak"] = {"scenario": scenario.name, "marks": marks, "rss_growth_pct": round(growth, 2),
-                               "seconds": round(time.monotonic() - started, 1)}
+                          connections=ctx.args.connections, duration_s=3600, cap=mark - done, cpu=ctx.load_cpu)
+            done += res.requests
+            size = sqlite_bytes(database_url)
+            marks.append({"requests": done, "errors": res.errors, "rps": round(res.rps, 1), **memory_kb(svc.pid),
+                          "usage_backlog": usage_backlog(svc.port),
+                          "db_mb": None if size is None else round(size / 2**20, 1)})
+            print(f"  {name}: {done:,} requests, RSS {marks[-1]['rss_kb'] / 1024:.1f} MiB, "
+                  f"usage backlog {marks[-1]['usage_backlog']}, database {marks[-1]['db_mb']} MiB", flush=True)
+        growth = 100.0 * (marks[-1]["rss_kb"] - marks[0]["rss_kb"]) / marks[0]["rss_kb"]
+        ctx.results[name] = {"scenario": scenario.name, "mode": "cluster" if cluster else "embedded",
+                             "marks": marks, "rss_growth_pct": round(growth, 2),
+                             "seconds": round(time.monotonic() - started, 1)}
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        ctx.note(f"soak: {exc}")
+        ctx.note(f"{name}: {exc}")
     finally:
         if svc is not None:
             ctx.sup.stop(svc)
+        if db:
+            drop_db(db)
 
 
 def run_loadgen_compare(ctx: Ctx, scenario: Scenario) -> None:
@@ -465,20 +497,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.loadgen_compare:
             print("load generator cost (direct to mock)", flush=True)
             run_loadgen_compare(ctx, scenarios[0] if scenarios else build_scenarios(key, "x")[0])
-        print("direct to mock", flush=True)
-        run_direct(ctx, scenarios)
+        if not args.soak_only:
+            print("direct to mock", flush=True)
+            run_direct(ctx, scenarios)
         gateway_ok = not args.no_gateway
         if gateway_ok and (why := odock_available(args, "serve")):
             ctx.note(f"gateway not available (`odock serve`): {why}")
             gateway_ok = False
-        if gateway_ok:
+        if gateway_ok and not args.soak_only:
             run_gateway(ctx, scenarios, cluster=False)
             if args.cluster:
                 run_gateway(ctx, scenarios, cluster=True)
-        if args.peers:
+        if args.peers and not args.soak_only:
             run_peers(ctx, scenarios)
-        if args.soak and gateway_ok:
-            run_soak(ctx, next((s for s in scenarios if s.name == "openai-unary"), scenarios[0]), args.soak)
+        soak = args.soak or (500_000 if args.soak_only else 0)
+        if soak and gateway_ok:
+            soaked = next((s for s in scenarios if s.name == "openai-unary"), scenarios[0])
+            run_soak(ctx, soaked, soak, cluster=False)
+            if args.cluster:
+                run_soak(ctx, soaked, soak, cluster=True)
     except KeyboardInterrupt:
         results.setdefault("problems", []).append("interrupted")
         print("interrupted: stopping every child process", file=sys.stderr)

@@ -16,7 +16,7 @@ import pytest
 
 from bench import report
 from bench.procs import LowLatencyIdle, Supervisor, free_port, memory_kb, tree_pids, wait_quiet
-from bench.run import usage_backlog
+from bench.run import soak_marks, sqlite_bytes, usage_backlog
 from bench.scenarios import CATALOGUES, KEY_ENV, CatalogueSpec, build_scenarios, select
 from bench.wrk import lua_script, lua_string, run_wrk
 
@@ -204,6 +204,34 @@ def test_report_holds_dialect_routes_to_the_core_target_and_translation_to_its_r
     runs["gemini-stream"]["odock"] = _run(100, 1)  # no overhead to compare with: no verdict, not a division by 0
     assert "| unified-to-gemini-stream added p50 ≤ 1.5× gemini-stream's | – | n/a |" in report.markdown(
         {"meta": {}, "runs": runs})
+
+
+def test_soak_reads_memory_every_step_and_at_the_end(tmp_path: Path) -> None:
+    """The soak's marks fall every --soak-step requests and on the total; SQLite's size counts its WAL."""
+    assert soak_marks(500_000, 100_000) == [100_000, 200_000, 300_000, 400_000, 500_000]
+    assert soak_marks(250_000, 100_000) == [100_000, 200_000, 250_000]
+    assert soak_marks(10, 100) == [10]
+    (tmp_path / "x.db").write_bytes(b"1" * 100)
+    (tmp_path / "x.db-wal").write_bytes(b"2" * 20)
+    assert sqlite_bytes(f"sqlite:///{tmp_path / 'x.db'}") == 120
+    assert sqlite_bytes("postgresql://u@h/db") is None
+
+
+def test_report_lists_the_embedded_and_the_cluster_soak() -> None:
+    """Each mode's soak gets its table and its target row: RSS from the first to the last mark within 5%."""
+    mark = {"errors": 0, "rps": 5000.0, "hwm_kb": 110_000, "usage_backlog": 12, "db_mb": None}
+    results = {"meta": {}, "runs": {},
+               "soak": {"scenario": "openai-unary", "mode": "embedded", "seconds": 90.0, "rss_growth_pct": 1.5,
+                        "marks": [{**mark, "requests": 100_000, "rss_kb": 100_000, "db_mb": 93.0},
+                                  {**mark, "requests": 500_000, "rss_kb": 101_500, "db_mb": 450.0}]},
+               "soak-cluster": {"scenario": "openai-unary", "mode": "cluster", "seconds": 99.0, "rss_growth_pct": 6.0,
+                                "marks": [{**mark, "requests": 100_000, "rss_kb": 100_000},
+                                          {**mark, "requests": 500_000, "rss_kb": 106_000}]}}
+    text = report.markdown(results)
+    assert "### Soak (openai-unary, embedded mode, 90.0 s)" in text and "cluster mode, 99.0 s" in text
+    assert "| 500,000 | 99.1 | 107.4 | 5,000 | 0 | 12 | 450 |" in text
+    assert "| RSS after 500k within 5% of after 100k (embedded) | +1.50% | PASS |" in text
+    assert "| RSS after 500k within 5% of after 100k (cluster) | +6.00% | FAIL |" in text
 
 
 def test_low_latency_idle_reports_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

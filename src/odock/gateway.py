@@ -24,7 +24,7 @@ from odock.settings import Settings
 from odock.state.catalogue import Catalogue
 from odock.state.redis import redis_errors
 from odock.transport.base import Transport
-from odock.usage import UsageRecorder
+from odock.usage import UsageRecorder, UsageSpool, spool_path
 
 if TYPE_CHECKING:
     from odock.governance import Governance
@@ -73,11 +73,13 @@ class Gateway:
         )
         self.transport: Transport = transport or new_transport(settings.upstream_client)
         self.services.register("transport", self.transport, close=self.transport.close)
+        spool = spool_path(settings.database_url) if settings.spool_usage else None
         self.recorder = UsageRecorder(
             store,
             flush_interval_s=settings.usage_flush_interval_s,
             batch_size=settings.usage_batch_size,
             buffer_max=settings.usage_buffer_max,
+            spool=UsageSpool(spool, settings.usage_spool_max_bytes) if spool is not None else None,
         )
         self.governance = governance
         self.routing = Routing(self.catalogue, counter=RedisTurns(redis) if redis is not None else None,
@@ -112,6 +114,7 @@ class Gateway:
         services = Services()
         try:
             store = await SqlStore.open(settings.database_url, settings)
+            await store.open_pool()
             services.register("store", store, close=store.close, ping=store.ping)
             redis = None
             if settings.cluster:
@@ -137,6 +140,8 @@ class Gateway:
             self.store.add_change_listener(self._publish_invalidation)
             self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
             self.services.register("invalidation subscriber", self._subscriber, close=self._stop_subscriber)
+        # the records a killed predecessor left in the spool are written before this process serves
+        await self.recorder.recover()
         self.recorder.start()
         # registered last, closed first: the usage flush on shutdown still has the store
         self.services.register("usage recorder", self.recorder, close=self.recorder.stop)

@@ -9,6 +9,17 @@ import time
 import msgspec
 
 _FIELDS = ("request_id", "route", "provider", "model", "organisation_id")
+# database drivers log statements with their parameters (key hashes, catalogue values) and result rows below
+# WARNING (aiosqlite's "executing …" at DEBUG, SQLAlchemy's engine at INFO/DEBUG): only their warnings and errors
+# pass, whatever the level, and they carry no parameters (engines use hide_parameters)
+_DRIVER_LOGGERS = ("aiosqlite", "sqlalchemy", "asyncpg")
+
+
+class DriverDetailFilter(logging.Filter):
+    """Drop the database drivers' records below WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(_DRIVER_LOGGERS)
 
 
 class JSONFormatter(logging.Formatter):
@@ -32,6 +43,10 @@ def configure(level: str = "info") -> None:
     """Send odock's logs to stdout as JSON lines."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JSONFormatter())
+    handler.addFilter(DriverDetailFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _DRIVER_LOGGERS:
+        # also spares the drivers the cost of building those records
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

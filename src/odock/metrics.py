@@ -48,6 +48,11 @@ USAGE_FLUSH_ERRORS = Counter(
 USAGE_DROPPED = Counter(
     "gateway_usage_dropped_total", "Usage records dropped because the buffer was full", registry=REGISTRY
 )
+USAGE_UNSPOOLED = Counter(
+    "gateway_usage_unspooled_total",
+    "Usage records queued without a spool copy (spool full or not writable): lost if the process is killed "
+    "before they are written", registry=REGISTRY,
+)
 RATELIMIT_DECISIONS = Counter(
     "gateway_ratelimit_decisions_total", "Governance gate decisions (rate limits, quotas, budgets)",
     ["ratelimit_stage", "decision"], registry=REGISTRY,

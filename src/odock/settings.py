@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True):
     usage_flush_interval_s: float = 0.5
     usage_batch_size: int = 500
     usage_buffer_max: int = 100_000
+    # the local copy of not yet committed usage records (embedded mode; None: on in embedded mode, off in cluster)
+    usage_spool: bool | None = None
+    usage_spool_max_bytes: int = 128 * 1024 * 1024
     ratelimit_global_policy: dict[str, Any] = {}
     redis_fail_open: bool = False
     # a reservation older than this belongs to a crashed process; reconciliation releases it every interval
@@ -69,6 +72,11 @@ class Settings(msgspec.Struct, kw_only=True):
     @property
     def cluster(self) -> bool:
         return bool(self.redis_url)
+
+    @property
+    def spool_usage(self) -> bool:
+        """Keep the usage spool: asked for, or by default in embedded mode."""
+        return self.usage_spool if self.usage_spool is not None else not self.cluster
 
 
 def _env(name: str, *aliases: str) -> str | None:
@@ -108,6 +116,8 @@ def load_settings(**overrides: Any) -> Settings:
         ("usage_flush_interval_s", ("ODOCK_USAGE_FLUSH_INTERVAL",), parse_duration),
         ("usage_buffer_max", ("ODOCK_USAGE_BUFFER_MAX",), int),
         ("usage_batch_size", ("ODOCK_USAGE_BATCH_SIZE",), int),
+        ("usage_spool", ("ODOCK_USAGE_SPOOL",), _bool),
+        ("usage_spool_max_bytes", ("ODOCK_USAGE_SPOOL_MAX_BYTES",), int),
         ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
         ("reservation_ttl_s", ("ODOCK_RESERVATION_TTL",), parse_duration),
@@ -142,6 +152,11 @@ def load_settings(**overrides: Any) -> Settings:
         raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
     if settings.upstream_errors not in ("passthrough", "strict"):
         raise SystemExit(f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)")
+    if settings.usage_spool and settings.cluster:
+        raise SystemExit(
+            "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "
+            "by the next process on the same host. Cluster mode writes usage to PostgreSQL (see the README)."
+        )
     if settings.workers > 1 and not settings.cluster:
         raise SystemExit(
             "embedded mode runs exactly one process: its limits, budgets and caches live in memory. "

@@ -5,15 +5,25 @@ records keep queueing; when the buffer is full, new records are dropped and coun
 `gateway_usage_dropped_total` (logged once per second at most) so that memory stays flat during a long outage.
 On graceful shutdown every queued record is written before the process exits (retrying for up to
 `drain_timeout_s`).
+
+Embedded mode adds a spool (`<db>.usage-spool`): each record is appended to it, one JSON line, when it is recorded
+— before its response completes — so that a killed process (SIGKILL, OOM) loses none; committed records are
+dropped from it (see UsageSpool), and what is left is replayed on start (ids make the replay idempotent).
+Appends are plain write() calls without fsync: the page cache outlives the process, and a machine crash may lose
+the last records like it may lose the last SQLite commits (synchronous=NORMAL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import msgspec
 
 from odock import metrics
 from odock.errors import DependencyUnavailable
@@ -21,6 +31,93 @@ from odock.state.records import UsageRecord
 from odock.state.store import Store
 
 log = logging.getLogger("odock.usage")
+
+
+_encode_line = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(UsageRecord).decode
+
+
+def spool_path(database_url: str) -> Path | None:
+    """`<db file>.usage-spool` for a SQLite file database; None for in-memory SQLite or other databases."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    database = url.database or ""
+    if not url.drivername.startswith("sqlite") or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database + ".usage-spool")
+
+
+class UsageSpool:
+    """The local append-only copy of the usage records not yet committed, at most `max_bytes` in all.
+
+    New records go to `<db>.usage-spool`. When a flush starts, that file is sealed (renamed `<db>.usage-spool.1`)
+    and a new one takes the records arriving meanwhile; the sealed file is deleted once every record in it is
+    committed. Both steps are O(1), whatever the backlog."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.sealed_path = path.with_name(path.name + ".1")
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        self.sealed_size = self.sealed_path.stat().st_size if self.sealed_path.exists() else 0
+
+    def load(self) -> tuple[list[UsageRecord], int, int]:
+        """The spooled records, oldest first; how many come from the sealed file; how many lines did not decode
+        (a write cut short by a machine crash: skipped)."""
+        records: list[UsageRecord] = []
+        bad = sealed = 0
+        for path in (self.sealed_path, self.path):
+            if not path.exists():
+                continue
+            for line in path.read_bytes().splitlines():
+                try:
+                    records.append(_decode_record(line))
+                except msgspec.DecodeError:
+                    bad += 1
+            if path == self.sealed_path:
+                sealed = len(records)
+        return records, sealed, bad
+
+    def append(self, record: UsageRecord) -> bool:
+        """Append one record's line; False when it does not fit (OSError when it cannot be written)."""
+        line = _encode_line(record) + b"\n"
+        if self.size + self.sealed_size + len(line) > self.max_bytes:
+            return False
+        view = memoryview(line)
+        while view:
+            # an error mid-line leaves a partial line: load() skips it
+            view = view[os.write(self._fd, view):]
+        self.size += len(line)
+        return True
+
+    def seal(self) -> bool:
+        """Seal the current file and start a new one; False when there is nothing to seal or a sealed file is
+        still pending."""
+        if not self.size or self.sealed_path.exists():
+            return False
+        os.replace(self.path, self.sealed_path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.sealed_size, self.size = self.size, 0
+        return True
+
+    def drop_sealed(self) -> None:
+        """Delete the sealed file (its records are committed)."""
+        self.sealed_path.unlink(missing_ok=True)
+        self.sealed_size = 0
+
+    def clear(self) -> None:
+        """Empty the spool (every record in it is committed)."""
+        self.drop_sealed()
+        if self.size:
+            os.ftruncate(self._fd, 0)
+            self.size = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class UsageRecorder:
@@ -32,21 +129,27 @@ class UsageRecorder:
         batch_size: int = 500,
         buffer_max: int = 100_000,
         drain_timeout_s: float = 30.0,
+        spool: UsageSpool | None = None,
     ) -> None:
         self.store = store
         self.flush_interval_s = flush_interval_s
         self.batch_size = batch_size
         self.buffer_max = buffer_max
         self.drain_timeout_s = drain_timeout_s
+        self.spool = spool
         self._queue: deque[UsageRecord] = deque()
+        # with a spool: how many records at the queue's head were queued before the spool's file was sealed (once
+        # they are committed, the sealed file goes)
+        self._sealed_pending = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
+        self._last_spool_log = 0.0
         # called with each written batch (budget settlement hooks in here)
         self.after_write: list[Callable[[Sequence[UsageRecord]], Awaitable[None]]] = []
 
     def record(self, record: UsageRecord) -> None:
-        """Queue one record; never blocks the request."""
+        """Queue one record (and append it to the spool); never blocks the request."""
         if len(self._queue) >= self.buffer_max:
             metrics.USAGE_DROPPED.inc()
             now = time.monotonic()
@@ -54,9 +157,45 @@ class UsageRecorder:
                 self._last_drop_log = now
                 log.error("usage buffer full (%d records): dropping new records", self.buffer_max)
             return
+        if self.spool is not None:
+            self._spool(self.spool, record)
         self._queue.append(record)
         if len(self._queue) >= self.batch_size:
             self._wakeup.set()
+
+    def _spool(self, spool: UsageSpool, record: UsageRecord) -> None:
+        try:
+            if spool.append(record):
+                return
+            reason = f"full ({spool.max_bytes} bytes)"
+        except OSError as exc:
+            reason = f"not writable ({exc.strerror})"
+        metrics.USAGE_UNSPOOLED.inc()
+        now = time.monotonic()
+        if now - self._last_spool_log > 1.0:
+            self._last_spool_log = now
+            log.error("usage spool %s: records are queued without a copy until it drains", reason)
+
+    async def recover(self) -> int:
+        """Queue the records a killed process left in the spool and write them now; return how many.
+
+        Records already committed before the kill are skipped by their id; when the write fails they stay queued.
+        """
+        if self.spool is None:
+            return 0
+        records, self._sealed_pending, bad = self.spool.load()
+        if bad:
+            log.warning("usage spool: %d unreadable line(s) skipped", bad)
+        if not self._sealed_pending:
+            self.spool.drop_sealed()  # nothing readable in it
+        self._queue.extendleft(reversed(records))
+        if records:
+            log.info("usage spool: replaying %d record(s) left by the previous process", len(records))
+            try:
+                await self.flush()
+            except Exception:  # still queued and spooled: the writer retries them
+                log.exception("usage spool: replay failed; the records stay queued")
+        return len(records)
 
     @property
     def pending(self) -> int:
@@ -70,6 +209,8 @@ class UsageRecorder:
         """
         written = 0
         due = len(self._queue)
+        if due and self.spool is not None and not self._sealed_pending:
+            self._seal(self.spool)
         while written < due and self._queue:
             batch = [self._queue[i] for i in range(min(self.batch_size, due - written, len(self._queue)))]
             await self.store.insert_usage(batch)
@@ -77,13 +218,38 @@ class UsageRecorder:
                 self._queue.popleft()
             written += len(batch)
             metrics.USAGE_FLUSHED.inc(len(batch))
+            if self.spool is not None:
+                self._committed(self.spool, len(batch))
             for hook in self.after_write:
                 try:
                     await hook(batch)
                 except Exception:
                     log.exception("usage after-write hook failed")
         metrics.USAGE_QUEUE.set(len(self._queue))
+        if written:
+            log.debug("usage: wrote %d record(s), %d queued", written, len(self._queue))
         return written
+
+    def _seal(self, spool: UsageSpool) -> None:
+        """Seal the spool file holding every record queued now (the ones this flush writes)."""
+        try:
+            if spool.seal():
+                self._sealed_pending = len(self._queue)
+        except OSError:
+            log.exception("usage spool: could not seal the file (its records are dropped once all are written)")
+
+    def _committed(self, spool: UsageSpool, count: int) -> None:
+        """Drop what the spool holds of committed records: the sealed file once all of its records are written,
+        everything when nothing is queued any more."""
+        try:
+            if self._sealed_pending:
+                self._sealed_pending = max(0, self._sealed_pending - count)
+                if not self._sealed_pending:
+                    spool.drop_sealed()
+            if not self._queue:
+                spool.clear()
+        except OSError:
+            log.exception("usage spool: could not drop committed records (replaying them is harmless)")
 
     async def _run(self) -> None:
         backoff = self.flush_interval_s
@@ -118,11 +284,16 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 pass
         deadline = time.monotonic() + self.drain_timeout_s
-        while self._queue:
-            try:
-                await self.flush()
-            except DependencyUnavailable:
-                if time.monotonic() > deadline:
-                    log.error("shutdown: %d usage records could not be written", len(self._queue))
-                    return
-                await asyncio.sleep(0.2)
+        try:
+            while self._queue:
+                try:
+                    await self.flush()
+                except DependencyUnavailable:
+                    if time.monotonic() > deadline:
+                        log.error("shutdown: %d usage records could not be written%s", len(self._queue),
+                                  " (kept in the spool for the next start)" if self.spool is not None else "")
+                        return
+                    await asyncio.sleep(0.2)
+        finally:
+            if self.spool is not None:
+                self.spool.close()

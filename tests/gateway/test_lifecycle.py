@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import openai
 import sqlalchemy as sa
 
 from odock.mock.testing import MockServer
@@ -41,6 +42,47 @@ async def test_graceful_shutdown_flushes_usage(tmp_path: Path, mock: MockServer)
         # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
         assert proc.stop() in (0, -signal.SIGTERM)
         assert await count_usage(service) == 20
+    finally:
+        proc.stop()
+        await service.store.close()
+
+
+async def test_sigkill_loses_no_usage_in_embedded_mode(tmp_path: Path, mock: MockServer) -> None:
+    """A gateway killed (SIGKILL) right after its last reply, before any flush, loses no usage record: the next
+    process on the same database replays its spool, each record once; the spool holds no prompt or answer."""
+    proc = GatewayProcess(tmp_path, env={"ODOCK_USAGE_FLUSH_INTERVAL": "10m"})
+    service = await proc.open_service()
+    prompt = f"spool-prompt-{os.urandom(4).hex()}"
+    try:
+        seeded = await seed_basic(service, mock.base_url)
+        proc.start()
+        request_ids: list[str] = []
+        answers: list[str] = []
+        async with openai.AsyncOpenAI(base_url=proc.base_url + "/v1", api_key=seeded["secret"],
+                                      max_retries=0) as client:
+            for n in range(12):  # unary and streamed calls alternately
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="gpt-test", messages=[{"role": "user", "content": f"{prompt} {n}"}],
+                    stream=bool(n % 2))
+                request_ids.append(raw.headers["x-request-id"])
+                parsed = raw.parse()
+                if isinstance(parsed, openai.AsyncStream):
+                    answers.append("".join([c.choices[0].delta.content or "" async for c in parsed if c.choices]))
+                else:
+                    answers.append(parsed.choices[0].message.content or "")
+        assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert await count_usage(service) == 0  # nothing was flushed: only the spool has them
+        spool = (tmp_path / "odock.db.usage-spool").read_text()
+        assert len(spool.splitlines()) == 12
+        assert prompt not in spool and seeded["secret"] not in spool
+        assert all(answer and answer not in spool for answer in answers)
+        proc.start()  # same database: the spool is replayed before the gateway serves
+        async with service.store.read() as conn:
+            table = schema.usage_records
+            stored = (await conn.execute(sa.select(table.c.request_id))).scalars().all()
+        assert sorted(stored) == sorted(request_ids)
+        assert proc.stop() in (0, -signal.SIGTERM)
+        assert (tmp_path / "odock.db.usage-spool").read_bytes() == b""
     finally:
         proc.stop()
         await service.store.close()

@@ -24,6 +24,7 @@ class Request:
     __slots__ = (
         "_disconnected",
         "_query",
+        "before_end",
         "finished",
         "headers",
         "receive",
@@ -48,6 +49,9 @@ class Request:
         self.response_headers: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id.encode())]
         self._query: dict[str, list[str]] | None = None
         self._disconnected = False
+        # called once, just before the last bytes of the response are sent (the usage record is taken there, so
+        # a client never holds a complete answer whose record a killed process could not replay)
+        self.before_end: Callable[[], None] | None = None
 
     @property
     def method(self) -> str:
@@ -104,6 +108,7 @@ class Request:
     async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json",
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Send a complete response."""
+        self._before_end()
         self.started = True
         self.status = status
         all_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
@@ -136,11 +141,17 @@ class Request:
     async def end(self, chunk: bytes = b"") -> None:
         if self._disconnected:
             return
+        self._before_end()
         try:
             await self.send({"type": "http.response.body", "body": chunk, "more_body": False})
         except OSError:
             self._disconnected = True
         self.finished = True
+
+    def _before_end(self) -> None:
+        hook, self.before_end = self.before_end, None
+        if hook is not None:
+            hook()
 
     async def wait_disconnect(self) -> None:
         """Return when the client disconnects (used while streaming to cancel the upstream call)."""

@@ -689,6 +689,16 @@ class Governance:
             actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + max(0, amount)
         return actual
 
+    def above_reservation(self, ctx: CallContext, cost_nanos: int | None) -> bool:
+        """Whether the call's charge exceeds what it reserved in some window. Pure: the usage record reads it
+        before the post-flight, which counts the excess and raises its events."""
+        receipt = ctx.governance
+        if not isinstance(receipt, Receipt) or receipt.ledger is None or receipt.reservation_id is None:
+            return False
+        actual = self._actuals(ctx, receipt, cost_nanos)
+        return any(actual.get(h.item.ref.key, 0) > h.item.amount for h in receipt.held
+                   if not (isinstance(h.definition, Quota) and h.definition.metric in ("ERRORS", "LATENCY_MS")))
+
     @staticmethod
     def _exceeded(ctx: CallContext, receipt: Receipt, actual: dict[str, int]) -> list[tuple[Held, int]]:
         """The windows charged above what the call reserved (a broken or dishonest upstream, or a failover to a

@@ -13,8 +13,8 @@ from odock.mock.wire import (
     MockRequest,
     Reply,
     StreamReply,
+    bounded_max_tokens,
     dumps,
-    int_or_none,
     new_id,
     obj,
     sse,
@@ -100,7 +100,7 @@ def messages(req: MockRequest) -> Call:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
-    max_tokens = int_or_none(body.get("max_tokens"))
+    max_tokens = bounded_max_tokens(body.get("max_tokens"), "max_tokens")
     if max_tokens is None:
         raise BadRequest("max_tokens: Field required")
     msgs = body.get("messages")

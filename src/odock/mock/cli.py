@@ -26,11 +26,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from odock.mock.directives import MockDefaults
+    from odock.mock.directives import MAX_DELAY_MS, MockDefaults
     from odock.mock.server import run
 
     if not 0.0 <= args.fail_rate <= 1.0:
         print("--fail-rate must be between 0 and 1")
+        return 2
+    if not (0.0 <= args.latency_ms <= MAX_DELAY_MS and 0.0 <= args.chunk_delay_ms <= MAX_DELAY_MS):
+        print(f"--latency-ms and --chunk-delay-ms must be between 0 and {MAX_DELAY_MS:g}")
         return 2
     if not 400 <= args.fail_status <= 599:
         print("--fail-status must be an HTTP error status (400-599)")

@@ -54,9 +54,15 @@ class Directives:
         return replace(self, **changes) if changes else self
 
 
-_INT_KEYS = {"status", "chunks", "cut_after", "error_after", "words", "cached", "retry_after", "image_tokens",
-             "reasoning", "token_bytes"}
-_FLOAT_KEYS = {"fail_rate", "latency_ms", "chunk_delay_ms", "linger_ms"}
+MAX_DELAY_MS = 600_000.0  # ten minutes: any latency, chunk delay or linger
+MAX_TOKENS = 10_000_000  # any token count a request asks for (`max_tokens`, the `cached` directive)
+# the inclusive bounds of every number a directive may set: nothing a request asks for allocates or waits unbounded
+_INT_KEYS = {"status": (100, 599), "chunks": (0, 10_000), "cut_after": (0, 1_000_000),
+             "error_after": (0, 1_000_000), "words": (0, 100_000), "cached": (0, MAX_TOKENS),
+             "retry_after": (0, 86_400), "image_tokens": (0, MAX_TOKENS), "reasoning": (0, MAX_TOKENS),
+             "token_bytes": (1, 1_000)}
+_FLOAT_KEYS = {"fail_rate": 1.0, "latency_ms": MAX_DELAY_MS, "chunk_delay_ms": MAX_DELAY_MS,
+               "linger_ms": MAX_DELAY_MS}
 # `error=<name>`: the errors a real provider answers to a well-formed request it cannot serve
 NAMED_ERRORS = frozenset({"context_length", "model_not_found"})
 
@@ -70,19 +76,22 @@ def parse(text: str) -> Directives:
         key, sep, raw = token.partition("=")
         key = key.strip().lower().replace("-", "_")
         if not sep:
-            raise DirectiveError(f"mock directive {token!r} is not key=value")
+            raise DirectiveError(f"mock directive {token[:40]!r} is not key=value")
         if key not in _INT_KEYS and key not in _FLOAT_KEYS and key not in ("tool", "thinking", "error"):
-            raise DirectiveError(f"unknown mock directive {key!r}")
+            raise DirectiveError(f"unknown mock directive {key[:40]!r}")
         try:
             if key in _INT_KEYS:
                 number = int(raw)
-                if number < 0 or (key == "token_bytes" and number == 0):
-                    raise ValueError
+                low, high = _INT_KEYS[key]
+                if not low <= number <= high:
+                    raise DirectiveError(f"mock directive {key!r} must be between {low} and {high}, "
+                                         f"not {raw[:40]!r}")
                 values[key] = number
             elif key in _FLOAT_KEYS:
                 value = float(raw)
-                if value < 0 or (key == "fail_rate" and value > 1):
-                    raise ValueError
+                if not 0 <= value <= _FLOAT_KEYS[key]:  # also refuses nan and inf
+                    raise DirectiveError(f"mock directive {key!r} must be between 0 and {_FLOAT_KEYS[key]:g}, "
+                                         f"not {raw[:40]!r}")
                 values[key] = value
             elif key == "tool":
                 if not raw:
@@ -94,8 +103,10 @@ def parse(text: str) -> Directives:
                 values[key] = raw
             else:
                 values[key] = raw.lower() in ("1", "true", "yes", "on")
+        except DirectiveError:
+            raise
         except ValueError:
-            raise DirectiveError(f"bad value for mock directive {key!r}: {raw!r}") from None
+            raise DirectiveError(f"bad value for mock directive {key!r}: {raw[:40]!r}") from None
     return Directives(**values)  # type: ignore[arg-type]
 
 

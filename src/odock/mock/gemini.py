@@ -7,7 +7,17 @@ from typing import Any
 
 from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, count_images
 from odock.mock.directives import Directives
-from odock.mock.wire import BadRequest, Call, MockRequest, Reply, StreamReply, dumps, int_or_none, new_id, sse
+from odock.mock.wire import (
+    BadRequest,
+    Call,
+    MockRequest,
+    Reply,
+    StreamReply,
+    bounded_max_tokens,
+    dumps,
+    new_id,
+    sse,
+)
 
 ROUTE_RE = re.compile(r"^/(?:v1beta|v1|v1alpha)/models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)$")
 _STATUS = {
@@ -110,7 +120,7 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
     schema = get(config, "responseJsonSchema") or get(config, "responseSchema")
     json_mode = get(config, "responseMimeType") == "application/json"
     wants_thinking = get(get(config, "thinkingConfig"), "includeThoughts") is True
-    max_tokens = int_or_none(get(config, "maxOutputTokens"))
+    max_tokens = bounded_max_tokens(get(config, "maxOutputTokens"), "generationConfig.maxOutputTokens")
     sse_mode = req.query.get("alt") == "sse"
 
     def make(d: Directives, name: str) -> Reply | StreamReply:

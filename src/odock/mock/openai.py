@@ -12,11 +12,15 @@ from odock.mock import multipart
 from odock.mock.content import Plan, ToolSpec, build_plan, choose_tool, count_images, estimate_tokens
 from odock.mock.directives import Directives
 from odock.mock.wire import (
+    MAX_IMAGES,
     BadRequest,
     Call,
     MockRequest,
     Reply,
     StreamReply,
+    bounded_inputs,
+    bounded_int,
+    bounded_max_tokens,
     dumps,
     int_or_none,
     new_id,
@@ -78,7 +82,7 @@ def _model(body: dict[str, Any]) -> str:
 
 def _max_tokens(body: dict[str, Any], *keys: str) -> int | None:
     for key in keys:
-        value = int_or_none(body.get(key))
+        value = bounded_max_tokens(body.get(key), key)
         if value is not None:
             return value
     return None
@@ -418,6 +422,7 @@ def embeddings(req: MockRequest) -> Call:
         inputs = [v if isinstance(v, str) else " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value]
     else:
         raise BadRequest("'input' must be a non-empty string or array")
+    bounded_inputs(inputs, "input")
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise BadRequest("'encoding_format' must be 'float' or 'base64'")
@@ -460,13 +465,20 @@ def images_generations(req: MockRequest) -> Call:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise BadRequest("'prompt' is required")
-    n = int_or_none(body.get("n")) or 1
+    n = bounded_int(body.get("n"), "n", 1, MAX_IMAGES, 1)
     b64 = body.get("response_format") == "b64_json" or model.startswith("gpt-image")
 
     def make(_: Directives, name: str) -> Reply:
         return Reply(200, dumps(_images_response(name, n, b64, prompt, prompt)))
 
     return Call(model, False, prompt, make)
+
+
+def _form_count(raw: str | None, field: str, high: int) -> int:
+    """A count from a multipart form field: absent or not a number is 1 (as before); above `high`, 400."""
+    if raw is None or not raw.isdigit():
+        return 1
+    return bounded_int(int(raw) if len(raw) <= 18 else high + 1, field, 1, high, 1)
 
 
 def images_upload(req: MockRequest) -> Call:
@@ -478,7 +490,7 @@ def images_upload(req: MockRequest) -> Call:
         raise BadRequest("an image file is required")
     model = form.get("model") or "dall-e-2"
     prompt = form.get("prompt", "")
-    n = int(form["n"]) if form.get("n", "").isdigit() else 1
+    n = _form_count(form.get("n"), "n", MAX_IMAGES)
     b64 = form.get("response_format") == "b64_json" or model.startswith("gpt-image")
     summary = multipart.describe(parts)
     revised = "received files: " + " ".join(f"{p.name}={len(p.data)}" for p in uploads)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from odock.mock import anthropic, gemini, openai, vllm
 from odock.mock.directives import DirectiveError, Directives, MockDefaults, resolve, split_model
-from odock.mock.wire import BadRequest, Call, Handler, MockRequest, Reply, StreamReply, dumps
+from odock.mock.wire import MAX_BODY_BYTES, BadRequest, Call, Handler, MockRequest, Reply, StreamReply, dumps
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,6 +25,9 @@ Send = Callable[[Message], Awaitable[None]]
 JOURNAL_SIZE = 10_000
 # each provider's own request id header, sent on every answer as the real APIs do
 REQUEST_ID_HEADERS = {"openai": b"x-request-id", "anthropic": b"request-id"}
+# each journal entry keeps at most this many items per list or object, and this many characters per string
+JOURNAL_ITEMS = 100
+JOURNAL_TEXT = 256
 CUT_MESSAGE = "ASGI callable returned without completing response."
 # Headers worth seeing in the journal; credentials are never among them.
 JOURNAL_HEADERS = (
@@ -96,6 +99,25 @@ def quiet_cut_logs() -> None:
         log.addFilter(_HideCuts())
 
 
+def _provider_of(path: str) -> Provider:
+    """The provider whose error shape a path answers in."""
+    route = ROUTES.get(("POST", path)) or ROUTES.get(("GET", path))
+    if route is not None:
+        return route[0]
+    return GEMINI if path.startswith("/v1beta") else OPENAI
+
+
+def _clip(value: Any) -> Any:
+    """A journal value with its strings cut to JOURNAL_TEXT characters (the journal's memory stays bounded)."""
+    if isinstance(value, str):
+        return value[:JOURNAL_TEXT]
+    if isinstance(value, dict):
+        return {_clip(k): _clip(v) for k, v in list(value.items())[:JOURNAL_ITEMS]}
+    if isinstance(value, list):
+        return [_clip(v) for v in value[:JOURNAL_ITEMS]]
+    return value
+
+
 def _credential_hash(value: str | None) -> str | None:
     return hashlib.sha256(value.encode()).hexdigest()[:12] if value else None
 
@@ -122,11 +144,18 @@ class MockApp:
         if scope["type"] != "http":
             return
         chunks = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                shape = _provider_of(scope["path"])
+                await _send_reply(send, shape.error(413, f"request body larger than {MAX_BODY_BYTES} bytes", None))
+                return
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         query = scope.get("query_string", b"")
@@ -234,16 +263,16 @@ class MockApp:
             "seq": self._seq,
             "time": time.time(),
             "method": req.method,
-            "path": req.path,
+            "path": _clip(req.path),
             "provider": provider.name,
-            "query": {k: v for k, v in req.query.items() if k != "key"},
-            "model": call.model,
+            "query": _clip({k: v for k, v in req.query.items() if k != "key"}),
+            "model": _clip(call.model),
             "stream": call.stream,
             "credential_sha256": _credential_hash(credential),
-            "headers": {h: req.headers[h] for h in JOURNAL_HEADERS if h in req.headers},
-            "keys": sorted(body) if body is not None else call.extra.get("form_keys", []),
-            "stream_options": body.get("stream_options") if body is not None else None,
-            "directives": {k: v for k, v in asdict(d).items() if v is not None},
+            "headers": _clip({h: req.headers[h] for h in JOURNAL_HEADERS if h in req.headers}),
+            "keys": _clip(sorted(body) if body is not None else call.extra.get("form_keys", [])),
+            "stream_options": _clip(body.get("stream_options")) if body is not None else None,
+            "directives": _clip({k: v for k, v in asdict(d).items() if v is not None}),
             "status": None,
             "events_sent": None,
             "client_disconnected": False,

@@ -9,10 +9,22 @@ from odock.mock import multipart
 from odock.mock.content import estimate_tokens
 from odock.mock.directives import Directives
 from odock.mock.openai import _embedding
-from odock.mock.wire import BadRequest, Call, MockRequest, Reply, dumps, int_or_none, new_id, now, text_of
+from odock.mock.wire import (
+    BadRequest,
+    Call,
+    MockRequest,
+    Reply,
+    bounded_inputs,
+    dumps,
+    int_or_none,
+    new_id,
+    now,
+    text_of,
+)
 
 MAX_MODEL_LEN = 32768
 _WIDE = 1 << 32
+_TOKEN_END = _WIDE + (1 << 84)  # ids above: no token (four 21-bit characters at most)
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -55,7 +67,7 @@ def _inputs(value: Any, field: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return list(value)
+        return bounded_inputs(list(value), field)
     raise BadRequest(f"'{field}' must be a string or an array of strings")
 
 
@@ -88,11 +100,15 @@ def detokenize(req: MockRequest) -> Call:
     """Handle POST /detokenize."""
     body = req.json()
     tokens = body.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and t >= 0 for t in tokens):
-        raise BadRequest("'tokens' must be an array of non-negative integers")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < _TOKEN_END for t in tokens):
+        raise BadRequest("'tokens' must be an array of token ids (non-negative integers the tokenizer produces)")
+    try:
+        prompt = decode(tokens)
+    except ValueError:  # a wide id whose 21-bit pieces are not characters
+        raise BadRequest("'tokens' holds an id that is not a token") from None
 
     def make(_: Directives, __: str) -> Reply:
-        return Reply(200, dumps({"prompt": decode(tokens)}))
+        return Reply(200, dumps({"prompt": prompt}))
 
     return Call(_model(body), False, "", make)
 
@@ -156,7 +172,7 @@ def rerank(req: MockRequest) -> Call:
     docs_raw = body.get("documents")
     if not isinstance(docs_raw, list) or not docs_raw:
         raise BadRequest("'documents' must be a non-empty array")
-    docs = [d if isinstance(d, str) else text_of([d]) for d in docs_raw]
+    docs = bounded_inputs([d if isinstance(d, str) else text_of([d]) for d in docs_raw], "documents")
     top_n = int_or_none(body.get("top_n")) or len(docs)
 
     def make(_: Directives, name: str) -> Reply:

@@ -5,6 +5,7 @@ Defined here, below the edge, so that the pipeline never imports the edge (the p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -16,6 +17,8 @@ class Exchange(Protocol):
     response_headers: list[tuple[bytes, bytes]]
     started: bool
     finished: bool
+    # called once, just before the response's last bytes are sent (the usage record is taken there)
+    before_end: Callable[[], None] | None
 
     @property
     def path(self) -> str: ...

@@ -27,7 +27,7 @@ from alembic.config import Config
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
 from odock.errors import BadRequest, DependencyUnavailable, GatewayError
 from odock.settings import Settings
@@ -58,6 +58,17 @@ _PG_CONNECT_ARGS: dict[str, Any] = {
     "timeout": 5,
     "server_settings": {"lock_timeout": "5000", "statement_timeout": "15000"},
 }
+
+
+# SQLite: a fixed set of connections, each an aiosqlite thread with its own page cache (up to 2 MB). A burst of
+# concurrent cache misses (every key's cache entry expiring at once) used to open up to 15 of them, and the memory
+# of those threads stayed: the soak's RSS rose in a step at each expiry. Now such a burst queues for a connection.
+SQLITE_POOL_SIZE = 4
+
+
+def sqlite_pool_options(size: int = SQLITE_POOL_SIZE) -> dict[str, Any]:
+    """Engine options for a SQLite file: `size` pooled connections and no overflow."""
+    return {"poolclass": AsyncAdaptedQueuePool, "pool_size": size, "max_overflow": 0}
 
 
 def normalize_database_url(database_url: str) -> URL:
@@ -259,11 +270,13 @@ class SqlStore:
                 options["poolclass"] = StaticPool
             else:
                 Path(url.database or "").expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+                options.update(sqlite_pool_options())
         else:
             options.update(pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=_PG_CONNECT_ARGS)
-        # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part
+        # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part;
+        # hide_parameters: a statement error (logged by callers) never carries key hashes or catalogue values
         engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
-                                     **options)
+                                     hide_parameters=True, **options)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -278,6 +291,16 @@ class SqlStore:
             await engine.dispose()
             raise
         return store
+
+    async def open_pool(self) -> None:
+        """Open every connection of a SQLite file's fixed pool now, so a long-running process reaches its working
+        memory at start instead of at its first burst of concurrent queries."""
+        pool = self.engine.pool
+        if self.dialect != "sqlite" or not isinstance(pool, AsyncAdaptedQueuePool):
+            return
+        async with sql_errors, AsyncExitStack() as stack:
+            for _ in range(pool.size()):
+                await stack.enter_async_context(self.engine.connect())
 
     # ------------------------------------------------------------------ connections and transactions
 

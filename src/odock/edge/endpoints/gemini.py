@@ -87,6 +87,16 @@ class GeminiRelay:
         ctx = call.ctx
         finished = ends = False
         last_usage: bytes | None = None
+
+        def read_usage() -> None:
+            nonlocal last_usage
+            if last_usage is not None:
+                data = sse_data(last_usage)
+                usage = data.get("usageMetadata") if isinstance(data, dict) else None
+                if isinstance(usage, dict):
+                    ctx.raw_usage, ctx.usage = usage, gemini.usage_from(usage)
+                last_usage = None
+
         try:
             async for events in sse_frames(resp):
                 out: list[bytes] = []
@@ -107,22 +117,19 @@ class GeminiRelay:
                     if b'"finishReason"' in payload or b'"blockReason"' in payload:
                         finished = True  # a blocked prompt ends the stream with promptFeedback only
                         # one candidate, finished, with its usage: Gemini's last chunk; the client's answer ends
-                        # here and the upstream's end of body is drained afterwards (usage is still read then)
+                        # here and the upstream's end of body is drained afterwards
                         ends = self.single_candidate and b'"usageMetadata"' in payload
                     out.append(self._element(payload) if self.json_array else event + b"\n\n")
                 if out:
                     if ends:
+                        read_usage()  # the call's usage is recorded as its answer ends
                         yield FinalChunk(b"".join(out) + (b"\n]" if self.json_array else b""))
                         ends = False
                     else:
                         yield b"".join(out)
         finally:
             # also after a cut: the failed call's record keeps the usage reported so far
-            if last_usage is not None:
-                data = sse_data(last_usage)
-                usage = data.get("usageMetadata") if isinstance(data, dict) else None
-                if isinstance(usage, dict):
-                    ctx.raw_usage, ctx.usage = usage, gemini.usage_from(usage)
+            read_usage()
         if not finished:
             raise UpstreamError("upstream stream ended before its final chunk", kind="protocol")
         if self.json_array:

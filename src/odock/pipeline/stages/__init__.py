@@ -37,7 +37,7 @@ def llm_stages(*, catalogue: Catalogue, recorder: UsageRecorder, routing: Routin
     stages: list[Stage] = []
     if governance is not None:
         stages.append(PreAuthGate(governance))
-    stages += [Authenticate(catalogue), RecordUsage(recorder, pricer)]
+    stages += [Authenticate(catalogue), RecordUsage(recorder, pricer, governance)]
     if governance is not None:
         stages.append(EarlyGate(governance, pricer))
     stages += [ReadBody(), *pre_route, ModelAccess(catalogue)]

@@ -16,6 +16,7 @@ from odock.state.records import UsageRecord
 
 if TYPE_CHECKING:
     from odock.context import CallContext
+    from odock.governance import Governance
     from odock.pipeline.call import Call
     from odock.usage import UsageRecorder
 
@@ -76,28 +77,44 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
 
 
 class RecordUsage(Stage):
-    """Registers the call's usage record as its outermost compensation, so it is written last — after the
-    post-flight has settled the cost — however the call ended."""
+    """The call's usage record, taken once: just before the response's last bytes leave (a client never holds a
+    complete answer whose record a killed process could not replay from the spool), or — for a call that ends
+    without a response — as its outermost compensation, after the post-flight. Never raises."""
 
     name = "usage"
 
-    def __init__(self, recorder: UsageRecorder, pricer: Pricer) -> None:
+    def __init__(self, recorder: UsageRecorder, pricer: Pricer, governance: Governance | None = None) -> None:
         self.recorder = recorder
         self.pricer = pricer
+        self.governance = governance
 
     async def before(self, call: Call) -> None:
         ctx = call.ctx
+        recorded = False
 
-        async def record() -> None:
-            self.record(ctx)
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                try:
+                    self.record(ctx)
+                except Exception:  # the response must still go out
+                    log.exception("usage record failed", extra={"request_id": ctx.request_id})
 
-        call.defer(record)
+        async def at_end() -> None:
+            record()
+
+        call.exchange.before_end = record
+        call.defer(at_end)
 
     def record(self, ctx: CallContext) -> None:
         key = ctx.key
         if key is None:
             return
         cost = self.pricer.cost(ctx)
+        if self.governance is not None and "above_reservation" not in ctx.usage_flags \
+                and self.governance.above_reservation(ctx, cost):
+            ctx.usage_flags.append("above_reservation")
         usage = ctx.usage
         answered = ctx.answered_by or ctx.model
         provider = ctx.answered_provider or ctx.provider
