@@ -174,13 +174,14 @@ async def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
 
 
 async def test_negative_usage_is_clamped_and_never_credits(embedded: GatewayProcess, mock: MockServer) -> None:
-    """Negative counts from the upstream (images with n=-1000) cost 0, are flagged and counted, never credit."""
+    """Negative counts from the upstream (a broken image bill of -16,000 output tokens) cost 0, are flagged and
+    counted, never credit."""
     tenant = await make_tenant(embedded, mock.base_url, pricing=PRICING)
     budget = await budget_for(embedded, tenant, 10**12)
     before = await metric(embedded, "gateway_usage_anomalies_total", provider="openai", kind="negative")
     sdk = client(embedded, tenant)
     try:
-        await sdk.images.generate(model="chat", prompt="a cat", n=-1000)
+        await sdk.images.generate(model="chat", prompt="[[mock misreport_output=-16000]] a cat")
         await sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
     finally:
         await sdk.close()

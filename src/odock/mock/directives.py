@@ -45,6 +45,8 @@ class Directives:
     reasoning: int | None = None
     token_bytes: int | None = None
     linger_ms: float | None = None  # streams: wait this long after the last event before ending the body
+    # a broken upstream: the output tokens an image answer reports, whatever it generated (negative allowed)
+    misreport_output: int | None = None
     error: str | None = None  # a named provider error in the provider's own words (see NAMED_ERRORS)
     retry_after: int | None = None  # seconds for the Retry-After header of an error answer
 
@@ -55,12 +57,13 @@ class Directives:
 
 
 MAX_DELAY_MS = 600_000.0  # ten minutes: any latency, chunk delay or linger
-MAX_TOKENS = 10_000_000  # any token count a request asks for (`max_tokens`, the `cached` directive)
+MAX_TOKENS = 10_000_000  # any token count a request asks for (`max_tokens`)
+MAX_REPORTED = 10**12  # a count the mock only reports (allocates nothing): above the gateway's usage ceiling
 # the inclusive bounds of every number a directive may set: nothing a request asks for allocates or waits unbounded
 _INT_KEYS = {"status": (100, 599), "chunks": (0, 10_000), "cut_after": (0, 1_000_000),
-             "error_after": (0, 1_000_000), "words": (0, 100_000), "cached": (0, MAX_TOKENS),
+             "error_after": (0, 1_000_000), "words": (0, 100_000), "cached": (0, MAX_REPORTED),
              "retry_after": (0, 86_400), "image_tokens": (0, MAX_TOKENS), "reasoning": (0, MAX_TOKENS),
-             "token_bytes": (1, 1_000)}
+             "token_bytes": (1, 1_000), "misreport_output": (-MAX_REPORTED, MAX_REPORTED)}
 _FLOAT_KEYS = {"fail_rate": 1.0, "latency_ms": MAX_DELAY_MS, "chunk_delay_ms": MAX_DELAY_MS,
                "linger_ms": MAX_DELAY_MS}
 # `error=<name>`: the errors a real provider answers to a well-formed request it cannot serve

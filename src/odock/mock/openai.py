@@ -468,8 +468,11 @@ def images_generations(req: MockRequest) -> Call:
     n = bounded_int(body.get("n"), "n", 1, MAX_IMAGES, 1)
     b64 = body.get("response_format") == "b64_json" or model.startswith("gpt-image")
 
-    def make(_: Directives, name: str) -> Reply:
-        return Reply(200, dumps(_images_response(name, n, b64, prompt, prompt)))
+    def make(d: Directives, name: str) -> Reply:
+        answer = _images_response(name, n, b64, prompt, prompt)
+        if d.misreport_output is not None:  # a broken upstream's bill
+            answer["usage"]["output_tokens"] = d.misreport_output
+        return Reply(200, dumps(answer))
 
     return Call(model, False, prompt, make)
 
