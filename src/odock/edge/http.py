@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+import msgspec
+
 from odock.errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
@@ -154,6 +156,42 @@ class Request:
 
     def mark_disconnected(self) -> None:
         self._disconnected = True
+
+
+# deeper documents are refused: whatever walks a body later (re-encoding it upstream, schema conversion, pricing
+# validation) recurses once per level, and must stay far from the interpreter's recursion limit
+MAX_JSON_DEPTH = 128
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object; every way it can be wrong (malformed, not UTF-8, nested
+    too deep, not an object) is 400 invalid_request_body, never a 500."""
+    try:
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_request_body") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not valid UTF-8 (byte {exc.start})", "invalid_request_body") from None
+    except RecursionError:
+        raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels",
+                         "invalid_request_body") from None
+    if not isinstance(parsed, dict):
+        raise BadRequest("request body must be a JSON object", "invalid_request_body")
+    # only a body with that many brackets can nest that deep: the walk is skipped for nearly every request
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and _nested_deeper(parsed, MAX_JSON_DEPTH):
+        raise BadRequest(f"request body is nested deeper than {MAX_JSON_DEPTH} levels", "invalid_request_body")
+    return parsed
+
+
+def _nested_deeper(value: dict[str, Any], limit: int) -> bool:
+    """Whether containers nest more than `limit` levels deep (level by level, so it cannot recurse itself)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def render_error(err: GatewayError) -> list[tuple[bytes, bytes]]:

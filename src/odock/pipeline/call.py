@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from odock import metrics
-from odock.edge.http import ClientDisconnected, Request
+from odock.edge.http import ClientDisconnected, Request, decode_json_object
 from odock.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -42,6 +42,10 @@ T = TypeVar("T")
 # provider types that speak a family's wire format (reference §4.1: AZURE_OPENAI/CUSTOM are the OpenAI family)
 FAMILY = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
           "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
+
+
+# the width of a model name in the catalogue and in the usage ledger
+MAX_MODEL_NAME = 200
 
 
 def family_of(provider_type: str) -> str:
@@ -115,12 +119,7 @@ class Call:
         body = await self.read_body()
         if not body:
             raise BadRequest("request body is empty", "invalid_request_body")
-        try:
-            parsed = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_request_body") from None
-        if not isinstance(parsed, dict):
-            raise BadRequest("request body must be a JSON object", "invalid_request_body")
+        parsed = decode_json_object(body)
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
         return parsed
 
@@ -130,6 +129,10 @@ class Call:
         """Model access, model/provider configuration, provider pinning, then the final gate."""
         ctx, catalogue = self.ctx, self.gw.catalogue
         assert ctx.key is not None
+        if len(name) > MAX_MODEL_NAME or "\x00" in name:
+            # no model can have such a name, and PostgreSQL could neither look it up nor record it in the ledger
+            raise BadRequest(f"model: expected a model name of at most {MAX_MODEL_NAME} characters, without NUL",
+                             "invalid_request")
         ctx.requested_model = name
         try:
             model = await catalogue.model(ctx.key.organisation_id, name)
@@ -262,6 +265,11 @@ class Call:
             left = True
         except GatewayError as err:
             error = err
+        except Exception:
+            # a bug after the head went out: the status cannot change, so the stream still ends with the route's
+            # error event (the edge could only end it, which would look like a complete answer)
+            log.exception("unhandled error mid-stream", extra={"request_id": ctx.request_id})
+            error = GatewayError("internal gateway error", "internal_error")
         if left:
             # the watcher may have fired after the last chunk, leaving a cancellation pending: absorb it before
             # awaiting anything else, so it cannot land in the bookkeeping below

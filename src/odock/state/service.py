@@ -155,6 +155,8 @@ def _text(value: Any, field: str, *, max_len: int = 200) -> str:
     text: str = value.strip()
     if len(text) > max_len:
         raise BadRequest(f"{field} is longer than {max_len} characters")
+    if "\x00" in text:
+        raise BadRequest(f"{field} must not contain NUL characters (PostgreSQL cannot store them)")
     return text
 
 
@@ -175,7 +177,25 @@ def _object(value: Any, field: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise BadRequest(f"{field} must be an object")
+    if holds_nul(value):
+        raise BadRequest(f"{field} must not contain NUL characters (PostgreSQL cannot store them)")
     return dict(value)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a JSON value has a NUL character in any string or key (JSONB and TEXT refuse them)."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            pending.extend(node)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
 
 
 def _policies(value: Any) -> dict[str, Any]:
@@ -204,12 +224,30 @@ def _timezone(value: Any, field: str = "timezone") -> str:
     return name
 
 
-def _positive_int(value: Any, field: str) -> int | None:
+INT32_MAX = 2**31 - 1  # an INTEGER column on PostgreSQL
+
+
+def _positive_int(value: Any, field: str, maximum: int = INT32_MAX) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadRequest(f"{field} must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise BadRequest(f"{field} must be a positive integer of at most {maximum}")
     return value
+
+
+# provider `config` keys the gateway reads itself (the rest is free-form)
+PROVIDER_TIMEOUTS = ("connect_timeout_ms", "first_byte_timeout_ms")
+
+
+def _provider_config(value: Any) -> dict[str, Any]:
+    """A provider's `config`; its timeouts are read on every call, so a bad one is refused here."""
+    config = _object(value, "config")
+    for name in PROVIDER_TIMEOUTS:
+        timeout = config.get(name)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                    or not 0 < timeout <= INT32_MAX):
+            raise BadRequest(f"config.{name} must be a positive number of milliseconds")
+    return config
 
 
 def _base_url(value: Any) -> str:
@@ -222,8 +260,9 @@ def _base_url(value: Any) -> str:
 def _capabilities(value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise BadRequest("capabilities must be a list of strings")
+    if not isinstance(value, list) or not all(isinstance(item, str) and item and "\x00" not in item
+                                              for item in value):
+        raise BadRequest("capabilities must be a list of strings (without NUL characters)")
     return list(dict.fromkeys(value))
 
 
@@ -572,7 +611,7 @@ class CatalogueService:
             "api_key_preview": preview,
             "timeout_ms": _positive_int(data.get("timeout_ms"), "timeout_ms"),
             "enabled": _bool(data.get("enabled", True), "enabled"),
-            "config": _object(data.get("config"), "config"),
+            "config": _provider_config(data.get("config")),
         }
         t = schema.providers
         async with self.store.mutate() as conn:
@@ -623,7 +662,7 @@ class CatalogueService:
         if "enabled" in changes:
             values["enabled"] = _bool(changes["enabled"], "enabled")
         if "config" in changes:
-            values["config"] = _object(changes["config"], "config")
+            values["config"] = _provider_config(changes["config"])
         t = schema.providers
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "provider", ref, organisation)
@@ -743,8 +782,10 @@ class CatalogueService:
     def _secret(self, value: Any) -> str:
         if value is None or value == "":
             return generate_secret()
-        if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH or value != value.strip():
-            raise BadRequest(f"secret must be a string of at least {_MIN_SECRET_LENGTH} characters, no spaces")
+        if not isinstance(value, str) or len(value) < _MIN_SECRET_LENGTH or value != value.strip() \
+                or "\x00" in value:
+            raise BadRequest(f"secret must be a string of at least {_MIN_SECRET_LENGTH} characters, no spaces "
+                             "or NUL characters")
         return value
 
     async def create_key(self, data: Mapping[str, Any]) -> CreatedKey:
