@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from odock.edge.http import decode_json_object
+from odock.edge.http import decode_json
 from odock.errors import BadRequest, GatewayError
 from odock.state.service import CatalogueService, CreatedKey, holds_nul, to_json
 
@@ -45,7 +45,9 @@ async def read_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
-    data = decode_json_object(raw)
+    data = decode_json(raw)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object", "invalid_request_body")
     if holds_nul(data):
         # nothing the admin API writes or looks up can hold one on PostgreSQL: refuse it here, once
         raise BadRequest("the request body holds a NUL character (\\u0000), which no stored value may contain",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from odock import metrics
-from odock.edge.http import ClientDisconnected, Request, decode_json_object
+from odock.edge.http import ClientDisconnected, Request, decode_json
 from odock.errors import (
     BadRequest,
     DependencyUnavailable,
@@ -119,7 +119,9 @@ class Call:
         body = await self.read_body()
         if not body:
             raise BadRequest("request body is empty", "invalid_request_body")
-        parsed = decode_json_object(body)
+        parsed = decode_json(body)
+        if not isinstance(parsed, dict):
+            raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
         return parsed
 
