@@ -356,3 +356,14 @@ ADMIN_BODIES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                    "owner_type": st.sampled_from(["ORG", "APIKEY"]), "owner_id": TEXT, "organisation_id": TEXT,
                    "start_at": DATE, "end_at": DATE, "timezone": ZONE, "active": st.booleans()}),
 }
+
+
+# model names no catalogue can hold: empty, control characters (NUL), wider than the 200-character column
+ODD_MODEL_NAMES = st.one_of(TEXT, st.sampled_from(["", "gpt\x00test", "\x00", "m" * 200, "m" * 201]),
+                            st.text(min_size=190, max_size=260))
+
+
+@st.composite
+def with_model(draw: st.DrawFn, bodies: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    """A body whose model is an odd name."""
+    return {**draw(bodies), "model": draw(ODD_MODEL_NAMES)}
