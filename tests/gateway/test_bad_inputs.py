@@ -16,7 +16,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from odock.edge.http import MAX_JSON_DEPTH
-from tests.harness import GatewayProcess
+from odock.state.service import CatalogueService
+from tests.harness import GatewayProcess, wait_usage
 
 # google-genai subclasses aiohttp.ClientSession for its async transport; aiohttp warns about that (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
@@ -159,3 +160,17 @@ async def test_admin_values_the_store_cannot_hold_are_400(gateway: GatewayProces
         resp = await http.post(path, content=json.dumps(body))
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["error"]["message"]
+
+
+async def test_a_negative_count_echoed_into_usage_is_not_recorded(gateway: GatewayProcess, key: str,
+                                                                  service: CatalogueService) -> None:
+    """An upstream that echoes a client's `n: -1` into its usage (the mock does) is not billed a negative count
+    (a refund, which also failed the call's bookkeeping with an exception)."""
+    async with httpx.AsyncClient(base_url=gateway.base_url) as http:
+        resp = await http.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
+                               json={"model": "image-test", "prompt": "a cat", "n": -1})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["output_tokens"] == -16  # what the upstream said, relayed as it was
+    record = await wait_usage(service, resp.headers["x-request-id"])
+    assert record["output_tokens"] == 0 and record["cost_nanos"] >= 0
+    assert "Counters can only be incremented by non-negative amounts" not in gateway.log()

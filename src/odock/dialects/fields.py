@@ -54,6 +54,11 @@ def refuse_openai_only_hints(req: Any, provider: str) -> None:
                     raise unsupported(f"messages[{i}].content[{j}].image_url.detail", provider)
 
 
+# no call uses a trillion tokens: a larger count is garbage, and billed it would overflow the ledger's cost column
+MAX_TOKEN_COUNT = 2**40
+
+
 def count(v: Any) -> int:
-    """A token count from a provider's usage object; anything but an int counts as 0."""
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+    """A token count from a provider's usage object; anything but a plausible non-negative int counts as 0 (an
+    upstream may echo a client's field into its usage: a negative count would be a refund, and broke metrics)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TOKEN_COUNT else 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from odock.dialects.fields import count
 from odock.dialects.sse import SSEEvent
 from odock.errors import BadRequest, GatewayError, UpstreamError
 from odock.model import (
@@ -311,17 +312,17 @@ def encode_request(req: GatewayRequest, *, slug: str, vllm: bool = False) -> dic
 
 def usage_from(raw: dict[str, Any] | None) -> Usage:
     """Normalize OpenAI usage: prompt_tokens includes cached tokens, completion_tokens includes reasoning."""
-    if not raw:
+    if not isinstance(raw, dict):
         return Usage()
-    prompt = int(raw.get("prompt_tokens") or 0)
-    details = raw.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0)
-    out_details = raw.get("completion_tokens_details") or {}
+    prompt = count(raw.get("prompt_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    out_details = raw.get("completion_tokens_details")
     return Usage(
         input_tokens=max(prompt - cached, 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
+        output_tokens=count(raw.get("completion_tokens")),
         cached_input_tokens=cached,
-        reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
+        reasoning_tokens=count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, cast
 import msgspec
 
 from odock.dialects import openai_chat, openai_responses
+from odock.dialects.fields import count
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, GatewayError, UpstreamError
@@ -46,10 +47,8 @@ def usage_any(raw: dict[str, Any]) -> Usage | None:
         return openai_chat.usage_from(raw)
     if "input_tokens" in raw or "output_tokens" in raw:
         return openai_responses.usage_from(raw)
-    total = raw.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return Usage(input_tokens=total)
-    return None
+    total = count(raw.get("total_tokens"))
+    return Usage(input_tokens=total) if total else None
 
 
 def model_of(body: dict[str, Any]) -> str:
