@@ -154,7 +154,7 @@ class Gateway:
     async def _publish_invalidation(self) -> None:
         try:
             await self.redis.publish(INVALIDATION_CHANNEL, b"catalogue")
-        except Exception:  # noqa: BLE001 - the version poll still propagates the change within a second
+        except Exception:
             log.warning("could not publish a cache invalidation")
 
     async def _subscribe_invalidations(self) -> None:
@@ -167,7 +167,7 @@ class Gateway:
                         await self.catalogue.invalidate()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Redis blips: resubscribe; the version poll covers the gap
+            except Exception:
                 await asyncio.sleep(1.0)
 
     async def _stop_subscriber(self) -> None:

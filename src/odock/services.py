@@ -70,7 +70,7 @@ async def _answers(service: Service) -> bool:
     try:
         async with asyncio.timeout(PING_TIMEOUT_S):
             await service.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready"
+    except Exception as exc:
         log.debug("readiness: %s is unavailable (%s)", service.name, type(exc).__name__)
         return False
     return True

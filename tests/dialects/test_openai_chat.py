@@ -10,10 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from odock.dialects import anthropic, gemini
 from odock.dialects import openai_chat as oc
 from odock.dialects.sse import SSEEvent
 from odock.errors import BadRequest, UpstreamError
 from odock.model import StreamStart, StreamStop, TextDelta, ToolCallDelta, Usage, UsageEvent
+from tests.fuzz.strategies import chat_body, one_field_wrong
 
 _text = st.text(min_size=1, max_size=12)
 _part = st.one_of(
@@ -81,6 +83,28 @@ def test_request_round_trip_keeps_every_field(body: dict[str, Any]) -> None:
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 3}, "stop"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools[0]"),
+        # values of a type the code once assumed (a TypeError or AttributeError, so a 500, before)
+        ({"model": "m", "messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+          "tool_choice": {"type": "function", "function": "get_time"}}, "tool_choice"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": 5}, "tool_choice"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": {"x": 1}},
+         "reasoning_effort"),
+        ({"model": "m", "messages": [{"role": "tool", "content": "x", "tool_call_id": [1]}]},
+         "messages[0].tool_call_id"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x", "name": 5}]}, "messages[0].name"),
+        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+            {"id": [1], "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[0].tool_calls[0].id"),
+        ({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/i.png", "detail": {}}}]}]}, "detail"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "parameters"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}, "strict"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"type": "function", "function": {"name": "f", "description": 5}}]}, "description"),
     ],
 )
 def test_bad_fields_are_named(body: dict[str, Any], needle: str) -> None:
@@ -88,6 +112,24 @@ def test_bad_fields_are_named(body: dict[str, Any], needle: str) -> None:
     with pytest.raises(BadRequest) as info:
         oc.decode_request(body)
     assert info.value.code == "invalid_request" and needle in info.value.message
+
+
+@given(one_field_wrong(chat_body(["m"], unified=True)))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None, derandomize=True)
+def test_any_value_of_any_type_is_a_400_or_translates(body: dict[str, Any]) -> None:
+    """A unified chat body with any one value replaced by any JSON value either decodes and translates to every
+    provider, or is refused with a 400 naming a field: never another exception (a 500 at the edge)."""
+    try:
+        request = oc.decode_request(body)
+    except BadRequest as exc:
+        assert exc.code == "invalid_request" and ":" in exc.message
+        return
+    for encode in (lambda: oc.encode_request(request, slug="m"), lambda: oc.encode_request(request, slug="m", vllm=True),
+                   lambda: anthropic.encode_request(request, slug="m"), lambda: gemini.encode_request(request, slug="m")):
+        try:
+            msgspec.json.encode(encode())
+        except BadRequest as exc:
+            assert exc.code == "invalid_request"
 
 
 def test_top_k_refused_for_openai_but_kept_for_vllm() -> None:

@@ -176,7 +176,7 @@ def test_every_provider_type_maps_to_an_adapter_a_family_and_a_registered_dialec
     """Each provider type of the table has an adapter, one of the route families, and a dialect of the dialect
     table; the families are the runtime provider names of reference §4.6."""
     assert {name: family_of(name) for name in PROVIDER_TYPES} == EXPECTED
-    assert FAMILIES == {"openai", "anthropic", "gemini", "vllm"}
+    assert {"openai", "anthropic", "gemini", "vllm"} == FAMILIES
     for name, kind in PROVIDERS.items():
         assert isinstance(adapter_for(name), ProviderAdapter)
         assert dialect_for(name) is DIALECTS[dialect_for(name).name] is kind.dialect

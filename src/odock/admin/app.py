@@ -1,12 +1,14 @@
 """The admin HTTP API (Starlette, never on the hot path): JSON CRUD over `CatalogueService` under /admin/….
 
 Every route needs `Authorization: Bearer <ODOCK_ADMIN_TOKEN>`; with no token configured the whole API is off
-and answers 404 `admin_disabled`. Errors are `{"error": {"code": …, "message": …}}` with the error's status.
+and answers 404 `admin_disabled`. Errors are `{"error": {"code": …, "message": …}}` with the error's status, a bad
+body included (400 `invalid_request_body`) and a bug too (500 `internal_error`, never Starlette's plain text).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,9 +20,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from odock.dialects.body import decode_json
 from odock.errors import BadRequest, GatewayError
 from odock.state.service import CatalogueService, CreatedKey, to_json
+from odock.state.validation import holds_nul
 
+log = logging.getLogger("odock.admin")
 Handler = Callable[[Request], Awaitable[Response]]
 _ENCODER = msgspec.json.Encoder()
 
@@ -41,12 +46,13 @@ async def read_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON", "invalid_request_body") from None
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object", "invalid_request_body")
+    if holds_nul(data):
+        # nothing the admin API writes or looks up can hold one on PostgreSQL: refuse it here, once
+        raise BadRequest("the request body holds a NUL character (\\u0000), which no stored value may contain",
+                         "invalid_request_body")
     return data
 
 
@@ -83,10 +89,17 @@ class _Guard:
                     "admin API requires Authorization: Bearer <ODOCK_ADMIN_TOKEN>",
                     {"WWW-Authenticate": "Bearer"},
                 )
+            elif "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+                response = error_response(400, "invalid_request", "a NUL character cannot name anything")
         if response is not None:
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            # a bug: Starlette already answered 500 internal_error and re-raises so that it is seen; log it here,
+            # since the server would drop the connection (and with it that answer) on an exception of the app
+            log.exception("unhandled admin API error")
 
 
 def _org(request: Request) -> str | None:
@@ -230,8 +243,12 @@ def create_admin_app(service: CatalogueService, admin_token: str,
             return error_response(404, "not_found", "no such admin route")
         return error_response(exc.status_code, "invalid_request", str(exc.detail))
 
+    async def internal_error(_request: Request, _exc: Exception) -> Response:
+        # a bug: the client still gets the admin JSON shape (Starlette re-raises afterwards, so it is logged)
+        return error_response(500, "internal_error", "internal admin API error")
+
     app = Starlette(
         routes=routes,
-        exception_handlers={GatewayError: gateway_error, HTTPException: http_error},
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
     )
     return _Guard(app, admin_token)

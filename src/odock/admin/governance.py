@@ -54,15 +54,18 @@ def _parse_datetime(value: Any, field: str) -> Any:
     return parse_datetime(value, field)
 
 
+INT64_MAX = 2**63 - 1  # the BIGINT columns amounts and limits are stored in
+
+
 def _int(value: Any, field: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{field} must be an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
+        raise BadRequest(f"{field} must be an integer from {minimum} to {INT64_MAX}")
     return value
 
 
-def _text(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise BadRequest(f"{field} must be a non-empty string of at most 200 characters")
+def _text(value: Any, field: str, max_len: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
+        raise BadRequest(f"{field} must be a non-empty string of at most {max_len} characters, without NUL")
     return value.strip()
 
 
@@ -75,10 +78,14 @@ def _amount(data: Mapping[str, Any]) -> int | None:
             usd = Decimal(str(raw)) if not isinstance(raw, bool) else Decimal(-1)
         except InvalidOperation:
             usd = Decimal(-1)
-        if not usd.is_finite() or usd < 0:
-            raise BadRequest("amount_usd must be a non-negative number")
+        if not usd.is_finite() or not 0 <= usd * 1_000_000_000 <= INT64_MAX:
+            raise BadRequest(f"amount_usd must be a non-negative number of at most {INT64_MAX / 1e9:.0f}")
         return int((usd * 1_000_000_000).to_integral_value())
     return None
+
+
+def _currency(value: Any) -> str:
+    return "USD" if value is None or value == "" else _text(value, "currency", 8)
 
 
 def _thresholds(value: Any) -> list[int]:
@@ -131,8 +138,10 @@ class GovernanceAdmin:
         owner_type = data.get("owner_type", current.owner_type if current else None)
         if owner_type not in OWNER_TYPES:
             raise BadRequest(f"owner_type must be one of {', '.join(OWNER_TYPES)}")
-        owner_id = _text(data.get("owner_id", current.owner_id if current else None), "owner_id")
+        owner_id = _text(data.get("owner_id", current.owner_id if current else None), "owner_id", 64)
         org_id = data.get("organisation_id", current.organisation_id if current else None)
+        if org_id is not None:
+            org_id = _text(org_id, "organisation_id", 64)
         if owner_type == "ORG" and org_id is None:
             org_id = owner_id
         return {"owner_type": owner_type, "owner_id": owner_id, "organisation_id": org_id}
@@ -186,7 +195,7 @@ class GovernanceAdmin:
             raise BadRequest("amount_nanos or amount_usd is required")
         budget = Budget(
             id="", amount_nanos=amount, thresholds=_thresholds(data.get("thresholds")),
-            currency=str(data.get("currency") or "USD"), **values,
+            currency=_currency(data.get("currency")), **values,
         )  # fmt: skip
         created = await self.store.insert_budget(budget)
         await self._changed()
@@ -213,7 +222,7 @@ class GovernanceAdmin:
         if "thresholds" in changes:
             values["thresholds"] = _thresholds(changes["thresholds"])
         if "currency" in changes:
-            values["currency"] = str(changes["currency"] or "USD")
+            values["currency"] = _currency(changes["currency"])
         updated = await self.store.update_budget(msgspec.structs.replace(current, **values))
         await self._changed()
         return updated

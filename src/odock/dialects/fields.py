@@ -54,6 +54,10 @@ def refuse_openai_only_hints(req: Any, provider: str) -> None:
                     raise unsupported(f"messages[{i}].content[{j}].image_url.detail", provider)
 
 
+# no call uses a trillion tokens: a larger count is garbage, and billed it would overflow the ledger's cost column
+MAX_TOKEN_COUNT = 2**40
+
+
 def count(v: Any) -> int:
     """A token count from a provider's usage object: an int (or a float holding one); anything else counts as 0.
     Impossible values (negative, absurd) are left for the pipeline's usage check to clamp and flag."""

@@ -51,7 +51,7 @@ def check_chat_body(body: Any) -> None:
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}]: expected an object", "invalid_request")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(f"messages[{i}].role: expected one of {sorted(ROLES)}", "invalid_request")
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
@@ -113,6 +113,8 @@ def _parts(raw: list[Any], where: str) -> list[ContentPart]:
             if not isinstance(url, str):
                 raise BadRequest(f"{where}[{j}].image_url.url: expected a string", "invalid_request")
             detail = image.get("detail") if isinstance(image, dict) else None
+            if detail is not None and not isinstance(detail, str):
+                raise BadRequest(f"{where}[{j}].image_url.detail: expected a string", "invalid_request")
             if url.startswith("data:"):
                 header, _, data = url.partition(",")
                 media_type = header[5:].split(";")[0] or "image/png"
@@ -139,8 +141,35 @@ def _tool_calls(raw: Any, where: str) -> list[ToolCall] | None:
         arguments = fn.get("arguments", "")
         if not isinstance(arguments, str):
             arguments = _encode(arguments).decode()
-        calls.append(ToolCall(id=str(call.get("id") or f"call_{k}"), name=fn["name"], arguments=arguments))
+        call_id = call.get("id") or f"call_{k}"
+        if not isinstance(call_id, str):
+            raise BadRequest(f"{where}[{k}].id: expected a string", "invalid_request")
+        calls.append(ToolCall(id=call_id, name=fn["name"], arguments=arguments))
     return calls
+
+
+def _optional_str(node: dict[str, Any], key: str, where: str) -> str | None:
+    value = node.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{where}: expected a string", "invalid_request")
+    return value
+
+
+TOOL_CHOICES = frozenset({"auto", "none", "required"})
+
+
+def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
+    """`"auto" | "none" | "required"` or `{"type": "function", "function": {"name": …}}`, normalized."""
+    if raw is None or (isinstance(raw, str) and raw in TOOL_CHOICES):
+        return raw
+    if isinstance(raw, dict):
+        fn = raw.get("function")
+        if raw.get("type", "function") == "function" and isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return {"type": "function", "name": fn["name"]}
+        raise BadRequest('tool_choice: expected {"type": "function", "function": {"name": <string>}}',
+                         "invalid_request")
+    raise BadRequest(f"tool_choice: expected one of {sorted(TOOL_CHOICES)} or a function object",
+                     "invalid_request")
 
 
 def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> GatewayRequest:
@@ -154,9 +183,9 @@ def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> Ga
             Message(
                 role=m["role"],
                 content=_parts(content, where) if isinstance(content, list) else content,
-                name=m.get("name"),
+                name=_optional_str(m, "name", f"messages[{i}].name"),
                 tool_calls=_tool_calls(m.get("tool_calls"), f"messages[{i}].tool_calls"),
-                tool_call_id=m.get("tool_call_id"),
+                tool_call_id=_optional_str(m, "tool_call_id", f"messages[{i}].tool_call_id"),
             )
         )
     tools = None
@@ -168,18 +197,22 @@ def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> Ga
             fn = t.get("function") if isinstance(t, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise BadRequest(f"tools[{i}].function.name: required", "invalid_request")
+            where = f"tools[{i}].function"
+            parameters = fn.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise BadRequest(f"{where}.parameters: expected an object", "invalid_request")
+            strict = fn.get("strict")
+            if strict is not None and not isinstance(strict, bool):
+                raise BadRequest(f"{where}.strict: expected a boolean", "invalid_request")
             tools.append(
                 Tool(
                     name=fn["name"],
-                    description=fn.get("description"),
-                    parameters=fn.get("parameters"),
-                    strict=fn.get("strict"),
+                    description=_optional_str(fn, "description", f"{where}.description"),
+                    parameters=parameters,
+                    strict=strict,
                 )
             )
-    tool_choice = body.get("tool_choice")
-    if isinstance(tool_choice, dict):
-        fn = tool_choice.get("function") or {}
-        tool_choice = {"type": "function", "name": fn.get("name")}
+    tool_choice = _tool_choice(body.get("tool_choice"))
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -211,7 +244,7 @@ def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> Ga
         tools=tools,
         tool_choice=tool_choice,
         stream=bool(body.get("stream", False)),
-        reasoning_effort=body.get("reasoning_effort"),
+        reasoning_effort=_optional_str(body, "reasoning_effort", "reasoning_effort"),
         raw=body,
     )
 
@@ -292,7 +325,7 @@ def encode_request(req: GatewayRequest, *, slug: str, vllm: bool = False) -> dic
 
 def usage_from(raw: dict[str, Any] | None) -> Usage:
     """Normalize OpenAI usage: prompt_tokens includes cached tokens, completion_tokens includes reasoning."""
-    if not raw:
+    if not isinstance(raw, dict):
         return Usage()
     prompt = count(raw.get("prompt_tokens"))
     details = raw.get("prompt_tokens_details")

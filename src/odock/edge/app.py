@@ -175,8 +175,10 @@ class Edge:
         except Exception:
             log.exception("unhandled error", extra={"request_id": request_id})
             if not req.started:
+                # a bug, still answered in the route's own error shape so that its SDK raises its 500 class
                 internal = GatewayError("internal gateway error", "internal_error")
-                await req.respond(500, openai_chat.error_body(internal))
+                body = endpoint.error_body(internal) if endpoint is not None else openai_chat.error_body(internal)
+                await req.respond(500, body)
             elif not req.finished:
                 await req.end()
         finally:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from odock.dialects.body import decode_json
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
@@ -15,7 +16,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ["ASGIApp", "ClientDisconnected", "Message", "Receive", "Request", "Scope", "Send", "render_error"]
+__all__ = ["ASGIApp", "ClientDisconnected", "Message", "Receive", "Request", "Scope", "Send", "decode_json",
+           "render_error"]
 
 
 class Request:
@@ -165,6 +167,8 @@ class Request:
         self._disconnected = True
 
 
+# deeper documents are refused: whatever walks a body later (re-encoding it upstream, schema conversion, pricing
+# validation) recurses once per level, and must stay far from the interpreter's recursion limit
 def render_error(err: GatewayError) -> list[tuple[bytes, bytes]]:
     """Headers an error carries (Retry-After and friends)."""
     return [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]

@@ -373,7 +373,7 @@ class RedisLedger:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
                     await self._settle_batch(batch)
-                except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                except Exception as exc:
                     _fail(batch, exc)
                 batch = []
         except BaseException:

@@ -18,6 +18,7 @@ import msgspec
 
 from odock import metrics
 from odock.context import CallContext
+from odock.dialects.body import decode_json
 from odock.dialects.prompt import measure_prompt
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
 from odock.model import GatewayRequest, GatewayResponse, StreamEvent
@@ -113,10 +114,7 @@ class Call:
         body = await self.read_body()
         if not body:
             raise BadRequest("request body is empty", "invalid_request_body")
-        try:
-            parsed = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_request_body") from None
+        parsed = decode_json(body)
         if not isinstance(parsed, dict):
             raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
@@ -213,6 +211,11 @@ class Call:
             left = True
         except GatewayError as err:
             error = err
+        except Exception:
+            # a bug after the head went out: the status cannot change, so the stream still ends with the route's
+            # error event (the edge could only end it, which would look like a complete answer)
+            log.exception("unhandled error mid-stream", extra={"request_id": ctx.request_id})
+            error = GatewayError("internal gateway error", "internal_error")
         if left:
             # the watcher may have fired after the last chunk, leaving a cancellation pending: absorb it before
             # awaiting anything else, so it cannot land in the bookkeeping below

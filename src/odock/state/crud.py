@@ -42,6 +42,7 @@ from odock.state.validation import (
     decode,
     expiry,
     ownership,
+    provider_config,
     text,
 )
 
@@ -370,7 +371,7 @@ class CatalogueService:
             **self._credential(new.api_key),
             "timeout_ms": new.timeout_ms,
             "enabled": new.enabled,
-            "config": new.config or {},
+            "config": provider_config(new.config or {}),
         }
         t = schema.providers
         async with self.store.mutate() as conn:
@@ -406,7 +407,7 @@ class CatalogueService:
         if "api_key" in values:
             values.update(self._credential(values.pop("api_key")))
         if "config" in values:
-            values["config"] = values["config"] or {}
+            values["config"] = provider_config(values["config"] or {})
         t = schema.providers
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "provider", ref, organisation)

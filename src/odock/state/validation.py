@@ -154,6 +154,8 @@ def decode(kind: type[S], data: Any, what: str) -> S:
     """Validate a plain mapping as `kind`, or raise 400 invalid_request naming `what` and the field."""
     if isinstance(data, Mapping) and not isinstance(data, dict):
         data = dict(data)
+    if holds_nul(data):
+        raise BadRequest(f"{what}: values must not contain NUL characters (PostgreSQL cannot store them)")
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as error:
@@ -184,7 +186,7 @@ class NewOrganisation(Input):
 class OrganisationChanges(Input):
     name: Name | UnsetType = UNSET
     timezone: TimeZoneName | UnsetType = UNSET
-    policies: Object | None | UnsetType = UNSET
+    policies: Object | UnsetType | None = UNSET
 
 
 class NewTeam(Input):
@@ -195,7 +197,7 @@ class NewTeam(Input):
 
 class TeamChanges(Input):
     name: Name | UnsetType = UNSET
-    policies: Object | None | UnsetType = UNSET
+    policies: Object | UnsetType | None = UNSET
 
 
 # a provider type is checked against the provider registry by the service (400 provider_type_unsupported,
@@ -211,7 +213,7 @@ class NewUser(Input):
 
 class UserChanges(Input):
     email: Email | UnsetType = UNSET
-    name: Name | None | UnsetType = UNSET
+    name: Name | UnsetType | None = UNSET
 
 
 class NewProvider(Input):
@@ -230,10 +232,10 @@ class ProviderChanges(Input):
     name: Name | UnsetType = UNSET
     type: ProviderTypeName | UnsetType = UNSET
     base_url: Url | UnsetType = UNSET
-    api_key: Credential | None | UnsetType = UNSET  # null or "" removes the credential
-    timeout_ms: Milliseconds | None | UnsetType = UNSET
+    api_key: Credential | UnsetType | None = UNSET  # null or "" removes the credential
+    timeout_ms: Milliseconds | UnsetType | None = UNSET
     enabled: bool | UnsetType = UNSET
-    config: Object | None | UnsetType = UNSET
+    config: Object | UnsetType | None = UNSET
     blank_is_none: ClassVar[frozenset[str]] = frozenset({"api_key"})
 
 
@@ -254,10 +256,10 @@ class ModelChanges(Input):
     provider: Ref | UnsetType = UNSET
     slug: Slug | UnsetType = UNSET
     type: ModelType | UnsetType = UNSET
-    capabilities: list[Capability] | None | UnsetType = UNSET
-    pricing: Object | None | UnsetType = UNSET
-    policies: Object | None | UnsetType = UNSET
-    config: Object | None | UnsetType = UNSET
+    capabilities: list[Capability] | UnsetType | None = UNSET
+    pricing: Object | UnsetType | None = UNSET
+    policies: Object | UnsetType | None = UNSET
+    config: Object | UnsetType | None = UNSET
 
 
 class NewKey(Input):
@@ -277,11 +279,11 @@ class NewKey(Input):
 class KeyChanges(Input):
     name: Name | UnsetType = UNSET
     type: KeyType | UnsetType = UNSET
-    team: Ref | None | UnsetType = UNSET
-    user: Ref | None | UnsetType = UNSET
+    team: Ref | UnsetType | None = UNSET
+    user: Ref | UnsetType | None = UNSET
     expires_at: Any = UNSET
     timezone: TimeZoneName | UnsetType = UNSET
-    policies: Object | None | UnsetType = UNSET
+    policies: Object | UnsetType | None = UNSET
     revoked: bool | UnsetType = UNSET
     blank_is_none: ClassVar[frozenset[str]] = frozenset({"team", "user"})
 
@@ -304,3 +306,33 @@ def text(value: Any, field: str, *, max_len: int = 320) -> str:
     if len(stripped) > max_len:
         raise BadRequest(f"{field} is longer than {max_len} characters")
     return stripped
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a JSON value has a NUL character in any string or key (TEXT and JSONB columns refuse them)."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            pending.extend(node)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
+
+
+# provider `config` keys the gateway reads itself on every call (the rest is free-form)
+PROVIDER_TIMEOUTS = ("connect_timeout_ms", "first_byte_timeout_ms")
+
+
+def provider_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A provider's `config`, its timeouts checked here: a bad one would fail every call to the provider."""
+    for name in PROVIDER_TIMEOUTS:
+        timeout = config.get(name)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                    or not 0 < timeout <= 2**31 - 1):
+            raise BadRequest(f"provider: config.{name} must be a positive number of milliseconds")
+    return config

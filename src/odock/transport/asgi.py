@@ -96,7 +96,7 @@ class ASGITransport:
                 await self.app(scope, receive, send)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - an app failure is an upstream failure, like a reset socket
+            except Exception as exc:
                 if not head.done():
                     head.set_exception(UpstreamError("upstream failed before answering", "upstream_unreachable",
                                                      kind="connect"))

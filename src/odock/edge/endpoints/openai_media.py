@@ -20,6 +20,7 @@ import msgspec
 
 from odock.dialects import openai_chat, openai_responses
 from odock.dialects.contract import Dialect, StreamOptions
+from odock.dialects.fields import count
 from odock.dialects.prompt import PromptShape
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, upstream_json
@@ -49,10 +50,8 @@ def usage_any(raw: dict[str, Any]) -> Usage | None:
         return openai_chat.usage_from(raw)
     if "input_tokens" in raw or "output_tokens" in raw:
         return openai_responses.usage_from(raw)
-    total = raw.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return Usage(input_tokens=total)
-    return None
+    total = count(raw.get("total_tokens"))
+    return Usage(input_tokens=total) if total else None
 
 
 def model_of(body: dict[str, Any]) -> str:

@@ -46,6 +46,10 @@ class ReadBody(Stage):
                 call.json, path_model=call.ctx.requested_model)
 
 
+# the width of a model name in the catalogue and in the usage ledger
+MAX_MODEL_NAME = 200
+
+
 class ModelAccess(Stage):
     """Steps 10–11: the model exists in the key's organisation and is granted to the key; its provider is
     configured, enabled and has a credential; a native route (or a unified call's `provider`) reaches only its
@@ -60,6 +64,10 @@ class ModelAccess(Stage):
         ctx, catalogue = call.ctx, self.catalogue
         assert ctx.key is not None and ctx.requested_model is not None
         name = ctx.requested_model
+        if len(name) > MAX_MODEL_NAME or "\x00" in name:
+            # no model can have such a name, and PostgreSQL could neither look it up nor record it in the ledger
+            raise BadRequest(f"model: expected a model name of at most {MAX_MODEL_NAME} characters, without NUL",
+                             "invalid_request")
         try:
             model = await catalogue.model(ctx.key.organisation_id, name)
         except DependencyUnavailable:
