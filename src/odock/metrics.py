@@ -45,6 +45,10 @@ USAGE_FLUSHED = Counter("gateway_usage_flushed_total", "Usage records written", 
 USAGE_FLUSH_ERRORS = Counter(
     "gateway_usage_flush_errors_total", "Failed usage batch writes (retried)", registry=REGISTRY
 )
+USAGE_REFUSED = Counter(
+    "gateway_usage_refused_total", "Usage records the store refused (a value its column cannot hold), set aside",
+    registry=REGISTRY,
+)
 USAGE_DROPPED = Counter(
     "gateway_usage_dropped_total", "Usage records dropped because the buffer was full", registry=REGISTRY
 )

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from odock import metrics
-from odock.errors import DependencyUnavailable
+from odock.errors import BadRequest, DependencyUnavailable
 from odock.state.records import UsageRecord
 from odock.state.store import Store
 
@@ -213,7 +213,12 @@ class UsageRecorder:
             self._seal(self.spool)
         while written < due and self._queue:
             batch = [self._queue[i] for i in range(min(self.batch_size, due - written, len(self._queue)))]
-            await self.store.insert_usage(batch)
+            try:
+                await self.store.insert_usage(batch)
+            except BadRequest:
+                # a record the store cannot hold (a value too wide for its column): write the others one by one
+                # and set that one aside, or it would block every later batch of the process for good
+                await self._write_one_by_one(batch)
             for _ in batch:
                 self._queue.popleft()
             written += len(batch)
@@ -229,6 +234,14 @@ class UsageRecorder:
         if written:
             log.debug("usage: wrote %d record(s), %d queued", written, len(self._queue))
         return written
+
+    async def _write_one_by_one(self, batch: list[UsageRecord]) -> None:
+        for record in batch:
+            try:
+                await self.store.insert_usage([record])
+            except BadRequest:
+                metrics.USAGE_REFUSED.inc()
+                log.error("usage record %s refused by the store and set aside", record.id)
 
     def _seal(self, spool: UsageSpool) -> None:
         """Seal the spool file holding every record queued now (the ones this flush writes)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from odock.edge.http import MAX_JSON_DEPTH, decode_json
+from odock.dialects.body import MAX_JSON_DEPTH, decode_json
 from odock.errors import BadRequest
 
 

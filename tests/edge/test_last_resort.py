@@ -21,12 +21,12 @@ import openai
 import pytest
 from google.genai import errors as genai_errors
 
-from odock.app import create_app
+from odock.app import admin_app_for, create_app
 from odock.dialects import anthropic as anthropic_dialect
 from odock.dialects import openai_chat
 from odock.edge.app import Edge
 from odock.gateway import Gateway
-from odock.pipeline.call import Call
+from odock.pipeline.stages.access import Authenticate
 from odock.settings import Settings
 from odock.state.service import CatalogueService
 from odock.state.sql import SqlStore
@@ -51,7 +51,7 @@ async def seeded(tmp_path_factory: pytest.TempPathFactory, mock: Any) -> AsyncIt
     gw = Gateway(settings, store)
     edge = create_app(settings, gateway=gw)
     edge.gw = gw
-    edge.admin = edge.gw_admin()
+    edge.admin = admin_app_for(gw)
     yield edge, seed["secret"]
     await gw.transport.close()
     await asyncio.sleep(0.01)  # the closed upstream sockets are released on the loop's next turns
@@ -65,8 +65,8 @@ def app(seeded: tuple[Edge, str]) -> Edge:
 
 @pytest.fixture
 def broken_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every LLM call fails with a non-gateway exception at its first step."""
-    monkeypatch.setattr(Call, "admit", simulated_bug)
+    """Every LLM call fails with a non-gateway exception at its first stage after the pre-auth gate."""
+    monkeypatch.setattr(Authenticate, "before", simulated_bug)
 
 
 @pytest.mark.usefixtures("broken_call")

@@ -54,7 +54,8 @@ def gemini_code(body: Any, status: int) -> str:
     """google-genai reads `error.code` (the HTTP status), `error.message`, `error.status`."""
     err = body["error"]
     assert err["code"] == status and isinstance(err["message"], str) and isinstance(err["status"], str), body
-    return str(err["details"][0]["reason"])
+    details = err.get("details") or [{"reason": err["status"]}]  # a provider's own error may carry no details
+    return str(details[0]["reason"])
 
 
 def admin_code(body: Any, status: int) -> str:
@@ -170,7 +171,7 @@ async def assert_survived(live: GatewayProcess, http: httpx.Client) -> None:
     cannot hold would stop it for good); no traceback was logged (a bug the answers did not show)."""
     assert live.proc is not None and live.proc.poll() is None
     assert http.get("/v1/health").status_code == 200
-    resp = http.post("/v1/chat/completions", json={"model": "gpt-test", "messages": [
+    resp = http.post("/v1/chat/completions", json={"model": "gpt-test", "max_tokens": 16, "messages": [
         {"role": "user", "content": "still there?"}]})
     assert resp.status_code == 200, resp.text
     service = await live.open_service()

@@ -15,7 +15,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from odock.edge.http import MAX_JSON_DEPTH
+from odock.dialects.body import MAX_JSON_DEPTH
 from odock.state.service import CatalogueService
 from tests.harness import GatewayProcess, wait_usage
 
@@ -164,13 +164,14 @@ async def test_admin_values_the_store_cannot_hold_are_400(gateway: GatewayProces
 
 async def test_a_negative_count_echoed_into_usage_is_not_recorded(gateway: GatewayProcess, key: str,
                                                                   service: CatalogueService) -> None:
-    """An upstream that echoes a client's `n: -1` into its usage (the mock does) is not billed a negative count
-    (a refund, which also failed the call's bookkeeping with an exception)."""
+    """An upstream whose usage says -16 output tokens (as one echoing a client's `n: -1` would) is not billed a
+    negative count (a refund, which also failed the call's bookkeeping with an exception)."""
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
         resp = await http.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
-                               json={"model": "image-test", "prompt": "a cat", "n": -1})
+                               json={"model": "image-test", "prompt": "[[mock misreport_output=-16]] a cat"})
     assert resp.status_code == 200, resp.text
     assert resp.json()["usage"]["output_tokens"] == -16  # what the upstream said, relayed as it was
     record = await wait_usage(service, resp.headers["x-request-id"])
     assert record["output_tokens"] == 0 and record["cost_nanos"] >= 0
+    assert record["metadata"] == {"usage_flags": ["negative"]}
     assert "Counters can only be incremented by non-negative amounts" not in gateway.log()

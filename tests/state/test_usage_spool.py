@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from odock import metrics
-from odock.errors import DependencyUnavailable
+from odock.errors import BadRequest, DependencyUnavailable
 from odock.settings import Settings
 from odock.state import schema
 from odock.state.records import UsageRecord
@@ -211,3 +211,25 @@ def test_the_spool_is_on_by_default_in_embedded_mode_only(monkeypatch: pytest.Mo
     monkeypatch.setenv("ODOCK_USAGE_SPOOL", "true")
     with pytest.raises(SystemExit, match="embedded mode"):
         load_settings()
+
+
+async def test_a_record_the_store_refuses_is_set_aside(tmp_path: Path) -> None:
+    """One record whose value its column cannot hold does not block the batch: the others are written, it is
+    set aside and counted (it used to stop the usage writer for good)."""
+    class PickyStore:
+        def __init__(self) -> None:
+            self.rows: list[str] = []
+
+        async def insert_usage(self, batch: list[UsageRecord]) -> None:
+            if any(r.request_id == "bad" for r in batch):
+                raise BadRequest("a value does not fit its field")
+            self.rows += [r.request_id for r in batch]
+
+    store = PickyStore()
+    recorder = UsageRecorder(store, flush_interval_s=60)  # type: ignore[arg-type]
+    before = metrics.USAGE_REFUSED._value.get()
+    for record in (_record(1), msgspec.structs.replace(_record(2), request_id="bad"), _record(3)):
+        recorder.record(record)
+    assert await recorder.flush() == 3
+    assert store.rows == ["r1", "r3"] and recorder.pending == 0
+    assert metrics.USAGE_REFUSED._value.get() == before + 1

@@ -65,7 +65,9 @@ class ModelAccess(Stage):
         assert ctx.key is not None and ctx.requested_model is not None
         name = ctx.requested_model
         if len(name) > MAX_MODEL_NAME or "\x00" in name:
-            # no model can have such a name, and PostgreSQL could neither look it up nor record it in the ledger
+            # no model can have such a name, and PostgreSQL could neither look it up nor record it in the ledger:
+            # the call's usage record must not carry it either
+            ctx.requested_model = None
             raise BadRequest(f"model: expected a model name of at most {MAX_MODEL_NAME} characters, without NUL",
                              "invalid_request")
         try:

@@ -11,6 +11,7 @@ from odock.governance.pricing import cost_nanos
 from odock.governance.usage_check import checked_usage
 from odock.model import Usage
 from odock.pipeline.stage import Stage
+from odock.pipeline.stages.access import MAX_MODEL_NAME
 from odock.providers.registry import family_of
 from odock.state.records import UsageRecord
 
@@ -57,6 +58,11 @@ class Pricer:
                 metrics.child(metrics.USAGE_ANOMALIES, family, flag).inc()
             log.warning("impossible usage from the upstream clamped: %s", ", ".join(flags),
                         extra={"request_id": ctx.request_id})
+
+
+def storable(name: str | None) -> bool:
+    """Whether a requested model name fits the ledger's column (a refused name never reached a lookup)."""
+    return name is not None and len(name) <= MAX_MODEL_NAME and "\x00" not in name
 
 
 def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
@@ -128,7 +134,7 @@ class RecordUsage(Stage):
             route=ctx.route,
             status=ctx.status or 500,
             outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
-            model=ctx.requested_model,
+            model=ctx.requested_model if storable(ctx.requested_model) else None,
             model_slug=answered.slug if answered else None,
             provider=family_of(provider.type) if provider else None,  # the runtime name (§4.6)
             stream=ctx.stream,
