@@ -44,7 +44,9 @@ def ensure_litellm() -> Path:
     PEERS_DIR.mkdir(parents=True, exist_ok=True)
     if shutil.which("uv"):
         _run(["uv", "venv", "-q", "--python", sys.executable, str(LITELLM_VENV)])
-        _run(["uv", "pip", "install", "-q", "--python", str(LITELLM_VENV / "bin" / "python"), "litellm[proxy]"])
+        _run(
+            ["uv", "pip", "install", "-q", "--python", str(LITELLM_VENV / "bin" / "python"), "litellm[proxy]"]
+        )
     else:
         _run([sys.executable, "-m", "venv", str(LITELLM_VENV)])
         _run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"])
@@ -61,15 +63,20 @@ def ensure_portkey() -> Path:
         return PORTKEY_ENTRY
     PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
     # an override, not only a top-level pin: npm otherwise nests a newer copy under the gateway package
-    manifest = {"name": "bench-portkey", "private": True,
-                "dependencies": {"@portkey-ai/gateway": "^1.15.2", "@hono/node-server": HONO_PIN},
-                "overrides": {"@hono/node-server": "$@hono/node-server"}}
+    manifest = {
+        "name": "bench-portkey",
+        "private": True,
+        "dependencies": {"@portkey-ai/gateway": "^1.15.2", "@hono/node-server": HONO_PIN},
+        "overrides": {"@hono/node-server": "$@hono/node-server"},
+    }
     (PORTKEY_DIR / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(PORTKEY_DIR / "node_modules", ignore_errors=True)
     (PORTKEY_DIR / "package-lock.json").unlink(missing_ok=True)
     _run(["npm", "install", "--no-audit", "--no-fund"], cwd=PORTKEY_DIR)
     if _hono_versions() != {HONO_PIN}:
-        raise RuntimeError(f"Portkey install: @hono/node-server versions {_hono_versions()}, wanted {HONO_PIN}")
+        raise RuntimeError(
+            f"Portkey install: @hono/node-server versions {_hono_versions()}, wanted {HONO_PIN}"
+        )
     return PORTKEY_ENTRY
 
 
@@ -81,12 +88,31 @@ def _hono_versions() -> set[str]:
 def litellm_config(mock_url: str) -> dict[str, object]:
     """Return LiteLLM's config.yaml: one OpenAI-compatible deployment on the mock, production settings."""
     return {
-        "model_list": [{"model_name": OPENAI_MODEL, "litellm_params": {
-            "model": f"openai/{OPENAI_SLUG}", "api_base": f"{mock_url}/v1", "api_key": "sk-bench-upstream"}}],
-        "litellm_settings": {"set_verbose": False, "json_logs": True, "request_timeout": 600, "telemetry": False,
-                             "callbacks": [], "success_callback": [], "failure_callback": []},
-        "general_settings": {"master_key": LITELLM_MASTER_KEY, "disable_spend_logs": True,
-                             "disable_error_logs": True, "proxy_batch_write_at": 60},
+        "model_list": [
+            {
+                "model_name": OPENAI_MODEL,
+                "litellm_params": {
+                    "model": f"openai/{OPENAI_SLUG}",
+                    "api_base": f"{mock_url}/v1",
+                    "api_key": "sk-bench-upstream",
+                },
+            }
+        ],
+        "litellm_settings": {
+            "set_verbose": False,
+            "json_logs": True,
+            "request_timeout": 600,
+            "telemetry": False,
+            "callbacks": [],
+            "success_callback": [],
+            "failure_callback": [],
+        },
+        "general_settings": {
+            "master_key": LITELLM_MASTER_KEY,
+            "disable_spend_logs": True,
+            "disable_error_logs": True,
+            "proxy_batch_write_at": 60,
+        },
     }
 
 
@@ -96,8 +122,13 @@ def start_litellm(sup: Supervisor, mock_url: str, cpu: int | None) -> Service:
     cfg = sup.workdir / "litellm.yaml"
     cfg.write_text(yaml.safe_dump(litellm_config(mock_url)))
     port = free_port()
-    svc = sup.start("litellm", [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
-                                "--num_workers", "1"], port, env=LITELLM_ENV, cpu=cpu)
+    svc = sup.start(
+        "litellm",
+        [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        port,
+        env=LITELLM_ENV,
+        cpu=cpu,
+    )
     svc.wait_ready("/health/liveliness", timeout=180)
     return svc
 
@@ -109,8 +140,14 @@ def start_portkey(sup: Supervisor, cpu: int | None) -> Service:
     if node is None:
         raise RuntimeError("node is not installed")
     port = free_port()
-    svc = sup.start("portkey", [node, str(entry), f"--port={port}", "--headless"], port, env=PORTKEY_ENV, cpu=cpu,
-                    cwd=PORTKEY_DIR)
+    svc = sup.start(
+        "portkey",
+        [node, str(entry), f"--port={port}", "--headless"],
+        port,
+        env=PORTKEY_ENV,
+        cpu=cpu,
+        cwd=PORTKEY_DIR,
+    )
     svc.wait_ready("/", timeout=60)
     return svc
 
@@ -128,5 +165,6 @@ def peer_call(peer: str, scenario: Scenario, mock_url: str) -> Call:
 
 def describe_flags() -> str:
     """Return the peer settings used, for the results file."""
-    return json.dumps({"litellm_env": LITELLM_ENV, "portkey_env": PORTKEY_ENV,
-                       "litellm_config": litellm_config("<mock>")})
+    return json.dumps(
+        {"litellm_env": LITELLM_ENV, "portkey_env": PORTKEY_ENV, "litellm_config": litellm_config("<mock>")}
+    )

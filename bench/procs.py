@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -215,7 +216,9 @@ class Service:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready on :{self.port}{path} after {timeout:.0f}s:\n{self.tail()}")
+        raise RuntimeError(
+            f"{self.name} not ready on :{self.port}{path} after {timeout:.0f}s:\n{self.tail()}"
+        )
 
 
 @dataclass
@@ -263,10 +266,8 @@ class Supervisor:
         try:
             service.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(service.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             service.popen.wait(timeout=grace)
 
     def close(self) -> None:

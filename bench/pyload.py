@@ -17,8 +17,9 @@ from bench.scenarios import Call
 from bench.wrk import WrkResult
 
 
-async def _drive(port: int, path: str, body: bytes, headers: dict[str, str], conns: int,
-                 duration: float) -> dict[str, float | int]:
+async def _drive(
+    port: int, path: str, body: bytes, headers: dict[str, str], conns: int, duration: float
+) -> dict[str, float | int]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}{path}"
@@ -51,11 +52,22 @@ async def _drive(port: int, path: str, body: bytes, headers: dict[str, str], con
     def pct(q: float) -> int:
         return latencies[min(len(latencies) - 1, int(len(latencies) * q / 100))] if latencies else 0
 
-    return {"requests": len(latencies), "duration_us": elapsed_us, "bytes": total_bytes, "err_connect": 0,
-            "err_read": 0, "err_write": 0, "err_status": errors, "err_timeout": 0,
-            "lat_mean_us": sum(latencies) / len(latencies) if latencies else 0.0,
-            "lat_max_us": latencies[-1] if latencies else 0, "p50_us": pct(50), "p90_us": pct(90),
-            "p99_us": pct(99), "p999_us": pct(99.9)}
+    return {
+        "requests": len(latencies),
+        "duration_us": elapsed_us,
+        "bytes": total_bytes,
+        "err_connect": 0,
+        "err_read": 0,
+        "err_write": 0,
+        "err_status": errors,
+        "err_timeout": 0,
+        "lat_mean_us": sum(latencies) / len(latencies) if latencies else 0.0,
+        "lat_max_us": latencies[-1] if latencies else 0,
+        "p50_us": pct(50),
+        "p90_us": pct(90),
+        "p99_us": pct(99),
+        "p999_us": pct(99.9),
+    }
 
 
 def run_subprocess(port: int, call: Call, conns: int, duration: float, cpu: int | None) -> WrkResult:
@@ -65,8 +77,21 @@ def run_subprocess(port: int, call: Call, conns: int, duration: float, cpu: int 
         spec.write_text(json.dumps({"path": call.path, "body": call.body.decode(), "headers": call.headers}))
         out = Path(tmp) / "out.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([*pin_prefix(cpu), sys.executable, "-m", "bench.pyload", str(port), str(spec), str(conns),
-                        str(duration), str(out)], check=True, timeout=duration + 60)
+        subprocess.run(
+            [
+                *pin_prefix(cpu),
+                sys.executable,
+                "-m",
+                "bench.pyload",
+                str(port),
+                str(spec),
+                str(conns),
+                str(duration),
+                str(out),
+            ],
+            check=True,
+            timeout=duration + 60,
+        )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         data = json.loads(out.read_text())
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -86,8 +111,11 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    res = asyncio.run(_drive(int(a.port), spec["path"], spec["body"].encode(), spec["headers"], int(a.conns),
-                             float(a.duration)))
+    res = asyncio.run(
+        _drive(
+            int(a.port), spec["path"], spec["body"].encode(), spec["headers"], int(a.conns), float(a.duration)
+        )
+    )
     Path(a.out).write_text(json.dumps(res))
 
 

@@ -15,7 +15,10 @@ TARGET_TRANSLATED_VS_NATIVE = 1.5  # a translated call's added p50 over the same
 # the streamed route of each other dialect keeps the core latency target; the unified endpoint translating
 # to a provider is held against that provider's own route
 DIALECT_STREAMS = ("anthropic-stream", "gemini-stream")
-TRANSLATED = (("unified-to-anthropic-stream", "anthropic-stream"), ("unified-to-gemini-stream", "gemini-stream"))
+TRANSLATED = (
+    ("unified-to-anthropic-stream", "anthropic-stream"),
+    ("unified-to-gemini-stream", "gemini-stream"),
+)
 
 
 def _ms(us: float | None) -> str:
@@ -49,30 +52,38 @@ def _mib(kb: int | None) -> str:
     return "–" if kb is None else f"{kb / 1024:.1f}"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any]) -> str:  # noqa: C901 - older than the complexity rule; to split
     """Render the tables: direct vs gateway, peers, memory, soak, load generator, targets."""
     runs: dict[str, Any] = results.get("runs", {})
     out: list[str] = []
     meta = results.get("meta", {})
     out.append(f"## Odock benchmark — {meta.get('started', '')} — commit {meta.get('commit', '')}")
-    out.append(f"`{meta.get('command', '')}` · {meta.get('cpu_model', '')} · {meta.get('cpus')} CPUs · "
-               f"pinning {meta.get('pinning', {}).get('sut_cpu')}/{meta.get('pinning', {}).get('load_cpu')} · "
-               f"idle {meta.get('idle', 'default')} · "
-               f"{meta.get('wrk', '')}")
+    out.append(
+        f"`{meta.get('command', '')}` · {meta.get('cpu_model', '')} · {meta.get('cpus')} CPUs · "
+        f"pinning {meta.get('pinning', {}).get('sut_cpu')}/{meta.get('pinning', {}).get('load_cpu')} · "
+        f"idle {meta.get('idle', 'default')} · "
+        f"{meta.get('wrk', '')}"
+    )
     out.append("")
-    out.append("### Direct to mock vs through the gateway (latency: 1 connection, sequential; req/s: "
-               f"{meta.get('options', {}).get('connections')} connections)")
+    out.append(
+        "### Direct to mock vs through the gateway (latency: 1 connection, sequential; req/s: "
+        f"{meta.get('options', {}).get('connections')} connections)"
+    )
     out.append("")
-    out.append("| scenario | via | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | gateway/direct "
-               "| gateway CPU % | errors |")
+    out.append(
+        "| scenario | via | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | gateway/direct "
+        "| gateway CPU % | errors |"
+    )
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc, targets in runs.items():
         d50 = _get(runs, sc, "direct", "latency", "p50_us")
         d99 = _get(runs, sc, "direct", "latency", "p99_us")
         drps = _get(runs, sc, "direct", "throughput", "rps")
-        out.append(f"| {sc} | direct | {_ms(d50)} | {_ms(d99)} | | | {_n(drps)} | | "
-                   f"{_get(runs, sc, 'direct', 'throughput', 'sut_cpu_pct') or '–'} (mock) | "
-                   f"{_get(runs, sc, 'direct', 'throughput', 'errors')} |")
+        out.append(
+            f"| {sc} | direct | {_ms(d50)} | {_ms(d99)} | | | {_n(drps)} | | "
+            f"{_get(runs, sc, 'direct', 'throughput', 'sut_cpu_pct') or '–'} (mock) | "
+            f"{_get(runs, sc, 'direct', 'throughput', 'errors')} |"
+        )
         for target in (*GATEWAYS, *PEERS):
             if target not in targets:
                 continue
@@ -81,36 +92,46 @@ def markdown(results: dict[str, Any]) -> str:
             grps = _get(runs, sc, target, "throughput", "rps")
             added50 = _ms(g50 - d50) if g50 is not None and d50 is not None else "–"
             added99 = _ms(g99 - d99) if g99 is not None and d99 is not None else "–"
-            out.append(f"| {sc} | {target} | {_ms(g50)} | {_ms(g99)} | {added50} | {added99} | {_n(grps)} | "
-                       f"{_ratio(grps, drps)} | {_get(runs, sc, target, 'throughput', 'sut_cpu_pct')} | "
-                       f"{_get(runs, sc, target, 'throughput', 'errors')} |")
+            out.append(
+                f"| {sc} | {target} | {_ms(g50)} | {_ms(g99)} | {added50} | {added99} | {_n(grps)} | "
+                f"{_ratio(grps, drps)} | {_get(runs, sc, target, 'throughput', 'sut_cpu_pct')} | "
+                f"{_get(runs, sc, target, 'throughput', 'errors')} |"
+            )
     peer_rows = [sc for sc, t in runs.items() if any(p in t for p in PEERS)]
     if peer_rows:
         out.append("")
         out.append("### Odock vs peers (same mock, same load generator, one worker each)")
         out.append("")
-        out.append("| scenario | odock req/s | portkey req/s | litellm req/s | odock/portkey (≥2×) | "
-                   "odock/litellm (≥15×) | p50 ms odock / portkey / litellm |")
+        out.append(
+            "| scenario | odock req/s | portkey req/s | litellm req/s | odock/portkey (≥2×) | "
+            "odock/litellm (≥15×) | p50 ms odock / portkey / litellm |"
+        )
         out.append("|---|---:|---:|---:|---:|---:|---|")
         for sc in peer_rows:
             r = {t: _get(runs, sc, t, "throughput", "rps") for t in ("odock", *PEERS)}
             p = {t: _ms(_get(runs, sc, t, "latency", "p50_us")) for t in ("odock", *PEERS)}
-            out.append(f"| {sc} | {_n(r['odock'])} | {_n(r['portkey'])} | {_n(r['litellm'])} | "
-                       f"{_ratio(r['odock'], r['portkey'])} | {_ratio(r['odock'], r['litellm'])} | "
-                       f"{p['odock']} / {p['portkey']} / {p['litellm']} |")
+            out.append(
+                f"| {sc} | {_n(r['odock'])} | {_n(r['portkey'])} | {_n(r['litellm'])} | "
+                f"{_ratio(r['odock'], r['portkey'])} | {_ratio(r['odock'], r['litellm'])} | "
+                f"{p['odock']} / {p['portkey']} / {p['litellm']} |"
+            )
     failover = [sc for sc in runs if sc.startswith("failover-") and not sc.startswith("failover-healthy-")]
     if failover:
         out.append("")
         out.append("### Failover (primary answers 503 to 1% of calls, healthy fallback)")
         out.append("")
-        out.append("| scenario | direct errors | odock client errors | odock req/s | vs healthy model (same gateway) |")
+        out.append(
+            "| scenario | direct errors | odock client errors | odock req/s | vs healthy model (same gateway) |"
+        )
         out.append("|---|---:|---:|---:|---:|")
         for sc in failover:
             # compare like with like: the unary run with the healthy unary run, the stream with the healthy stream
             healthy = _get(runs, sc.replace("failover-", "failover-healthy-"), "odock", "throughput", "rps")
-            out.append(f"| {sc} | {_errors(runs, sc, 'direct')} | {_errors(runs, sc, 'odock')} | "
-                       f"{_n(_get(runs, sc, 'odock', 'throughput', 'rps'))} | "
-                       f"{_ratio(_get(runs, sc, 'odock', 'throughput', 'rps'), healthy)} |")
+            out.append(
+                f"| {sc} | {_errors(runs, sc, 'direct')} | {_errors(runs, sc, 'odock')} | "
+                f"{_n(_get(runs, sc, 'odock', 'throughput', 'rps'))} | "
+                f"{_ratio(_get(runs, sc, 'odock', 'throughput', 'rps'), healthy)} |"
+            )
     memory = results.get("memory", {})
     if memory:
         out.append("")
@@ -119,8 +140,10 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("| process | RSS idle | RSS at end | peak (VmHWM) |")
         out.append("|---|---:|---:|---:|")
         for name, m in memory.items():
-            out.append(f"| {name} | {_mib(m.get('idle', {}).get('rss_kb'))} | {_mib(m.get('end', {}).get('rss_kb'))}"
-                       f" | {_mib(m.get('end', {}).get('hwm_kb'))} |")
+            out.append(
+                f"| {name} | {_mib(m.get('idle', {}).get('rss_kb'))} | {_mib(m.get('end', {}).get('rss_kb'))}"
+                f" | {_mib(m.get('end', {}).get('hwm_kb'))} |"
+            )
     for soak in (results[name] for name in SOAKS if name in results):
         out.append("")
         out.append(f"### Soak ({soak['scenario']}, {soak.get('mode', 'embedded')} mode, {soak['seconds']} s)")
@@ -128,8 +151,10 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("| after requests | RSS MiB | peak MiB | req/s | errors | usage backlog | database MiB |")
         out.append("|---:|---:|---:|---:|---:|---:|---:|")
         for m in soak["marks"]:
-            out.append(f"| {m['requests']:,} | {_mib(m['rss_kb'])} | {_mib(m['hwm_kb'])} | {_n(m['rps'])} | "
-                       f"{m['errors']} | {_n(m.get('usage_backlog'))} | {_n(m.get('db_mb'))} |")
+            out.append(
+                f"| {m['requests']:,} | {_mib(m['rss_kb'])} | {_mib(m['hwm_kb'])} | {_n(m['rps'])} | "
+                f"{m['errors']} | {_n(m.get('usage_backlog'))} | {_n(m.get('db_mb'))} |"
+            )
         out.append(f"\nRSS growth from the first to the last mark: **{soak['rss_growth_pct']:+.2f}%**")
     lg = results.get("loadgen")
     if lg:
@@ -140,8 +165,10 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("|---|---|---:|---:|---:|")
         for conns, pair in lg.items():
             for client, r in pair.items():
-                out.append(f"| {conns[1:]} | {client} | {_n(r['rps'])} | {r['client_cpu_ms_per_1k']} | "
-                           f"{_ms(r['p50_us'])} |")
+                out.append(
+                    f"| {conns[1:]} | {client} | {_n(r['rps'])} | {r['client_cpu_ms_per_1k']} | "
+                    f"{_ms(r['p50_us'])} |"
+                )
     out.append("")
     out.append("### Targets")
     out.append("")
@@ -166,8 +193,10 @@ def _added_ms(runs: dict[str, Any], scenario: str) -> float | None:
 
 def _added_row(runs: dict[str, Any], scenario: str) -> str:
     added = _added_ms(runs, scenario)
-    return (f"| added p50 ≤ {TARGET_ADDED_P50_MS} ms ({scenario}) | {'–' if added is None else f'{added:.3f} ms'} | "
-            f"{_verdict(None if added is None else added <= TARGET_ADDED_P50_MS)} |")
+    return (
+        f"| added p50 ≤ {TARGET_ADDED_P50_MS} ms ({scenario}) | {'–' if added is None else f'{added:.3f} ms'} | "
+        f"{_verdict(None if added is None else added <= TARGET_ADDED_P50_MS)} |"
+    )
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
@@ -179,8 +208,10 @@ def _targets(results: dict[str, Any]) -> list[str]:
             o = _get(runs, sc, "odock", "throughput", "rps")
             p = _get(runs, sc, peer, "throughput", "rps")
             ratio = o / p if o and p else None
-            rows.append(f"| req/s ≥ {goal:g}× {peer} ({sc}) | {'–' if ratio is None else f'{ratio:.2f}×'} | "
-                        f"{_verdict(None if ratio is None else ratio >= goal)} |")
+            rows.append(
+                f"| req/s ≥ {goal:g}× {peer} ({sc}) | {'–' if ratio is None else f'{ratio:.2f}×'} | "
+                f"{_verdict(None if ratio is None else ratio >= goal)} |"
+            )
     for sc in DIALECT_STREAMS:
         if sc in runs:
             rows.append(_added_row(runs, sc))
@@ -188,19 +219,26 @@ def _targets(results: dict[str, Any]) -> list[str]:
         if translated in runs:
             t, n = _added_ms(runs, translated), _added_ms(runs, native)
             ratio = t / n if t is not None and n is not None and n > 0 else None
-            rows.append(f"| {translated} added p50 ≤ {TARGET_TRANSLATED_VS_NATIVE:g}× {native}'s | "
-                        f"{'–' if ratio is None else f'{ratio:.2f}×'} | "
-                        f"{_verdict(None if ratio is None else ratio <= TARGET_TRANSLATED_VS_NATIVE)} |")
+            rows.append(
+                f"| {translated} added p50 ≤ {TARGET_TRANSLATED_VS_NATIVE:g}× {native}'s | "
+                f"{'–' if ratio is None else f'{ratio:.2f}×'} | "
+                f"{_verdict(None if ratio is None else ratio <= TARGET_TRANSLATED_VS_NATIVE)} |"
+            )
     for name in SOAKS:
         soak = results.get(name)
         if soak is None and name != "soak":
             continue
         growth = soak["rss_growth_pct"] if soak else None
-        span = f"{_k(soak['marks'][-1]['requests'])} within {TARGET_SOAK_GROWTH_PCT:g}% of after " \
-               f"{_k(soak['marks'][0]['requests'])}" if soak and soak["marks"] else \
-               f"the last soak mark within {TARGET_SOAK_GROWTH_PCT:g}% of the first"
+        span = (
+            f"{_k(soak['marks'][-1]['requests'])} within {TARGET_SOAK_GROWTH_PCT:g}% of after "
+            f"{_k(soak['marks'][0]['requests'])}"
+            if soak and soak["marks"]
+            else f"the last soak mark within {TARGET_SOAK_GROWTH_PCT:g}% of the first"
+        )
         mode = f" ({soak.get('mode', 'embedded')})" if soak else ""
-        rows.append(f"| RSS after {span}{mode} | "
-                    f"{'–' if growth is None else f'{growth:+.2f}%'} | "
-                    f"{_verdict(None if growth is None else abs(growth) <= TARGET_SOAK_GROWTH_PCT)} |")
+        rows.append(
+            f"| RSS after {span}{mode} | "
+            f"{'–' if growth is None else f'{growth:+.2f}%'} | "
+            f"{_verdict(None if growth is None else abs(growth) <= TARGET_SOAK_GROWTH_PCT)} |"
+        )
     return rows

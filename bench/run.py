@@ -61,32 +61,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput run (default 10)")
-    p.add_argument("--connections", type=int, default=32, help="connections of the throughput runs (default 32)")
-    p.add_argument("--requests", type=int, default=2000, help="sequential requests of each latency run (default 2000)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each target (default 2)")
-    p.add_argument("--only", action="append", default=[], metavar="NAME|TAG",
-                   help="scenario names or tags (unary, stream, core, dialects, failover, governance); repeatable")
+    p.add_argument(
+        "--connections", type=int, default=32, help="connections of the throughput runs (default 32)"
+    )
+    p.add_argument(
+        "--requests", type=int, default=2000, help="sequential requests of each latency run (default 2000)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of warm-up before each target (default 2)"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME|TAG",
+        help="scenario names or tags (unary, stream, core, dialects, failover, governance); repeatable",
+    )
     p.add_argument("--dialects", action="store_true", help="add the streamed route of every dialect")
     p.add_argument("--failover", action="store_true", help="add the failover scenarios (1%% 503 primary)")
     p.add_argument("--governance", action="store_true", help="add the limits-configured-not-hit scenarios")
-    p.add_argument("--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)")
+    p.add_argument(
+        "--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)"
+    )
     p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
     p.add_argument("--no-gateway", action="store_true", help="skip the Odock gateway (direct and peers only)")
-    p.add_argument("--soak", type=int, nargs="?", const=500_000, default=0, metavar="N",
-                   help="N requests through a fresh gateway, RSS every --soak-step (default N=500000); "
-                        "with --cluster, in cluster mode too")
-    p.add_argument("--soak-step", type=int, default=100_000, metavar="N",
-                   help="requests between two soak marks (default 100000)")
+    p.add_argument(
+        "--soak",
+        type=int,
+        nargs="?",
+        const=500_000,
+        default=0,
+        metavar="N",
+        help="N requests through a fresh gateway, RSS every --soak-step (default N=500000); "
+        "with --cluster, in cluster mode too",
+    )
+    p.add_argument(
+        "--soak-step",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="requests between two soak marks (default 100000)",
+    )
     p.add_argument("--soak-only", action="store_true", help="run only the soak (no direct or gateway runs)")
-    p.add_argument("--loadgen-compare", action="store_true",
-                   help="measure wrk against the Python (aiohttp) load generator on the mock")
+    p.add_argument(
+        "--loadgen-compare",
+        action="store_true",
+        help="measure wrk against the Python (aiohttp) load generator on the mock",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
-    p.add_argument("--default-idle", action="store_true",
-                   help="leave CPU idle states alone (default: hold cpu_dma_latency=0 so idle vCPUs poll; see README)")
-    p.add_argument("--odock-command", default="",
-                   help="the odock command to run (default: this Python with -m odock), e.g. while the CLI is "
-                        "being built")
-    p.add_argument("--out", type=Path, default=None, help="JSON results file (default bench/results/<time>.json)")
+    p.add_argument(
+        "--default-idle",
+        action="store_true",
+        help="leave CPU idle states alone (default: hold cpu_dma_latency=0 so idle vCPUs poll; see README)",
+    )
+    p.add_argument(
+        "--odock-command",
+        default="",
+        help="the odock command to run (default: this Python with -m odock), e.g. while the CLI is "
+        "being built",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON results file (default bench/results/<time>.json)"
+    )
     return p.parse_args(argv)
 
 
@@ -113,6 +149,7 @@ class Ctx:
 
 # --- measuring one target ---------------------------------------------------------------------------
 
+
 def _journal(ctx: Ctx, method: str = "GET") -> list[dict[str, Any]]:
     """Return (or with DELETE, clear) the mock's request journal."""
     conn = http.client.HTTPConnection("127.0.0.1", ctx.mock.port, timeout=5)
@@ -138,9 +175,14 @@ def probe(ctx: Ctx, port: int, call: Call, via: str) -> None:
     if via != "direct":
         seen = _journal(ctx)
         if not seen:
-            raise RuntimeError(f"{via} answered 200 but the mock journal is empty: it did not proxy to the mock")
-        print(f"  {via}: probe reached the mock ({len(seen)} upstream request(s): "
-              f"{', '.join(str(e.get('path')) for e in seen[:3])})", flush=True)
+            raise RuntimeError(
+                f"{via} answered 200 but the mock journal is empty: it did not proxy to the mock"
+            )
+        print(
+            f"  {via}: probe reached the mock ({len(seen)} upstream request(s): "
+            f"{', '.join(str(e.get('path')) for e in seen[:3])})",
+            flush=True,
+        )
 
 
 USAGE_BACKLOG_LIMIT = 5_000  # usage records still queued after a throughput run: ten write batches
@@ -160,7 +202,9 @@ def usage_backlog(port: int) -> int | None:
     return None
 
 
-def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int, call: Call) -> dict[str, Any]:
+def measure(
+    ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int, call: Call
+) -> dict[str, Any]:
     """Probe, warm up, then the 1-connection latency run and the N-connection throughput run."""
     a = ctx.args
     ensure_mock(ctx)
@@ -173,18 +217,46 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
     probe(ctx, port, call, target)
     cpu = ctx.load_cpu
     if a.warmup > 0:
-        run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
-                duration_s=a.warmup, cpu=cpu)
+        run_wrk(
+            ctx.sup.workdir,
+            port,
+            call.path,
+            call.body,
+            call.headers,
+            connections=a.connections,
+            duration_s=a.warmup,
+            cpu=cpu,
+        )
     sut_pid = (sut or ctx.mock).pid
     settle_s = wait_quiet(sut_pid)
-    lat = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=1, duration_s=300,
-                  cap=a.requests, cpu=cpu)
+    lat = run_wrk(
+        ctx.sup.workdir,
+        port,
+        call.path,
+        call.body,
+        call.headers,
+        connections=1,
+        duration_s=300,
+        cap=a.requests,
+        cpu=cpu,
+    )
     c0, m0, s0, t0 = cpu_seconds(sut_pid), cpu_seconds(ctx.mock.pid), system_busy_seconds(), time.monotonic()
-    thr = run_wrk(ctx.sup.workdir, port, call.path, call.body, call.headers, connections=a.connections,
-                  duration_s=a.duration, cpu=cpu)
+    thr = run_wrk(
+        ctx.sup.workdir,
+        port,
+        call.path,
+        call.body,
+        call.headers,
+        connections=a.connections,
+        duration_s=a.duration,
+        cpu=cpu,
+    )
     wall = time.monotonic() - t0
     busy = system_busy_seconds() - s0
-    out: dict[str, Any] = {"latency": lat.as_dict() | {"settle_s": round(settle_s, 2)}, "throughput": thr.as_dict()}
+    out: dict[str, Any] = {
+        "latency": lat.as_dict() | {"settle_s": round(settle_s, 2)},
+        "throughput": thr.as_dict(),
+    }
     tp = out["throughput"]
     tp["sut_cpu_pct"] = round(100 * (cpu_seconds(sut_pid) - c0) / wall, 1)
     if sut is not None:
@@ -195,7 +267,9 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
     own = cpu_seconds(sut_pid) - c0 + tp["client_cpu_s"] + (cpu_seconds(ctx.mock.pid) - m0 if sut else 0.0)
     tp["foreign_cpu_pct"] = round(max(0.0, busy - own) * 100 / wall, 1)
     if tp["foreign_cpu_pct"] > 10:
-        ctx.note(f"{scenario} via {target}: other processes used {tp['foreign_cpu_pct']:.0f}% of a CPU during the run")
+        ctx.note(
+            f"{scenario} via {target}: other processes used {tp['foreign_cpu_pct']:.0f}% of a CPU during the run"
+        )
     if ctx.load_cpu is not None and load > 90:
         ctx.note(f"{scenario} via {target}: the load core was {load:.0f}% busy: the figure may be load-bound")
     if sut is not None:
@@ -204,10 +278,15 @@ def measure(ctx: Ctx, scenario: str, target: str, sut: Service | None, port: int
         # a usage writer that falls behind at saturation shows as memory growth only much later
         tp["usage_backlog"] = backlog = usage_backlog(port)
         if backlog is not None and backlog > USAGE_BACKLOG_LIMIT:
-            ctx.note(f"{scenario} via {target}: {backlog:,} usage records still queued after the run "
-                     "(the writer does not keep up)")
-    print(f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
-          f"{thr.rps:,.0f} req/s  errors {thr.errors}  sut cpu {tp['sut_cpu_pct']}%", flush=True)
+            ctx.note(
+                f"{scenario} via {target}: {backlog:,} usage records still queued after the run "
+                "(the writer does not keep up)"
+            )
+    print(
+        f"  {target:>14}: p50 {lat.p50_us / 1000:.3f} ms  p99 {lat.p99_us / 1000:.3f} ms  "
+        f"{thr.rps:,.0f} req/s  errors {thr.errors}  sut cpu {tp['sut_cpu_pct']}%",
+        flush=True,
+    )
     return out
 
 
@@ -220,12 +299,16 @@ def ensure_mock(ctx: Ctx) -> None:
     """Restart the mock if it died (noting how), so one lost process does not void the rest of the run."""
     if ctx.mock.alive():
         return
-    ctx.note(f"the mock exited (status {ctx.mock.popen.returncode}; negative = killed by that signal): restarted")
+    ctx.note(
+        f"the mock exited (status {ctx.mock.popen.returncode}; negative = killed by that signal): restarted"
+    )
     ctx.sup.stop(ctx.mock)
     ctx.mock = start_mock(ctx.sup, ctx.args, ctx.load_cpu)
 
 
-def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None, port: int, call: Call) -> None:
+def safe_measure(
+    ctx: Ctx, scenario: Scenario, target: str, sut: Service | None, port: int, call: Call
+) -> None:
     """Measure, recording a failure as a problem instead of ending the whole run."""
     try:
         record(ctx, scenario, target, measure(ctx, scenario.name, target, sut, port, call))
@@ -237,6 +320,7 @@ def safe_measure(ctx: Ctx, scenario: Scenario, target: str, sut: Service | None,
 
 # --- the processes ------------------------------------------------------------------------------------
 
+
 def odock_argv(args: argparse.Namespace) -> list[str]:
     """Return the command that runs `odock`."""
     return shlex.split(args.odock_command) if args.odock_command else [sys.executable, "-m", "odock"]
@@ -244,7 +328,9 @@ def odock_argv(args: argparse.Namespace) -> list[str]:
 
 def odock_available(args: argparse.Namespace, command: str) -> str | None:
     """Return None when `odock COMMAND` exists, else the reason it does not."""
-    proc = subprocess.run([*odock_argv(args), command, "--help"], check=False, capture_output=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [*odock_argv(args), command, "--help"], check=False, capture_output=True, timeout=60, cwd=REPO
+    )
     if proc.returncode == 0:
         return None
     lines = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
@@ -278,8 +364,9 @@ def start_gateway(ctx: Ctx, catalogue: str, env_extra: dict[str, str], name: str
     port = free_port()
     env = {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "ODOCK_LOG_LEVEL": "warning", **env_extra}
     env.setdefault("ODOCK_DATABASE_URL", f"sqlite:///{work / (name + '.db')}")
-    svc = ctx.sup.start(name, [*odock_argv(ctx.args), "serve", "--config", str(cfg)], port, env=env,
-                        cpu=ctx.sut_cpu, cwd=work)
+    svc = ctx.sup.start(
+        name, [*odock_argv(ctx.args), "serve", "--config", str(cfg)], port, env=env, cpu=ctx.sut_cpu, cwd=work
+    )
     svc.wait_ready("/v1/health", timeout=90)
     return svc
 
@@ -288,8 +375,11 @@ def cluster_env(ctx: Ctx) -> tuple[dict[str, str], str]:
     """Create a throwaway PostgreSQL database; return the cluster-mode environment and the database name."""
     db = f"odock_bench_{uuid.uuid4().hex[:10]}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{db}"'))
-    env = {"ODOCK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}", "ODOCK_REDIS_URL": REDIS_URL,
-           "ODOCK_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    env = {
+        "ODOCK_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}",
+        "ODOCK_REDIS_URL": REDIS_URL,
+        "ODOCK_SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
     return env, db
 
 
@@ -297,11 +387,12 @@ def drop_db(db: str) -> None:
     """Drop a throwaway database (best effort)."""
     try:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-    except Exception as exc:  # noqa: BLE001 - teardown must not mask the run's results
+    except Exception as exc:
         print(f"! could not drop database {db}: {exc}", flush=True)
 
 
 # --- phases -----------------------------------------------------------------------------------------
+
 
 def run_gateway(ctx: Ctx, scenarios: list[Scenario], cluster: bool) -> None:
     """Measure every scenario through the gateway, one fresh gateway per catalogue."""
@@ -392,19 +483,42 @@ def run_soak(ctx: Ctx, scenario: Scenario, total: int, cluster: bool) -> None:
         started = time.monotonic()
         done = 0
         for mark in soak_marks(total, ctx.args.soak_step):
-            res = run_wrk(ctx.sup.workdir, svc.port, call.path, call.body, call.headers,
-                          connections=ctx.args.connections, duration_s=3600, cap=mark - done, cpu=ctx.load_cpu)
+            res = run_wrk(
+                ctx.sup.workdir,
+                svc.port,
+                call.path,
+                call.body,
+                call.headers,
+                connections=ctx.args.connections,
+                duration_s=3600,
+                cap=mark - done,
+                cpu=ctx.load_cpu,
+            )
             done += res.requests
             size = sqlite_bytes(database_url)
-            marks.append({"requests": done, "errors": res.errors, "rps": round(res.rps, 1), **memory_kb(svc.pid),
-                          "usage_backlog": usage_backlog(svc.port),
-                          "db_mb": None if size is None else round(size / 2**20, 1)})
-            print(f"  {name}: {done:,} requests, RSS {marks[-1]['rss_kb'] / 1024:.1f} MiB, "
-                  f"usage backlog {marks[-1]['usage_backlog']}, database {marks[-1]['db_mb']} MiB", flush=True)
+            marks.append(
+                {
+                    "requests": done,
+                    "errors": res.errors,
+                    "rps": round(res.rps, 1),
+                    **memory_kb(svc.pid),
+                    "usage_backlog": usage_backlog(svc.port),
+                    "db_mb": None if size is None else round(size / 2**20, 1),
+                }
+            )
+            print(
+                f"  {name}: {done:,} requests, RSS {marks[-1]['rss_kb'] / 1024:.1f} MiB, "
+                f"usage backlog {marks[-1]['usage_backlog']}, database {marks[-1]['db_mb']} MiB",
+                flush=True,
+            )
         growth = 100.0 * (marks[-1]["rss_kb"] - marks[0]["rss_kb"]) / marks[0]["rss_kb"]
-        ctx.results[name] = {"scenario": scenario.name, "mode": "cluster" if cluster else "embedded",
-                             "marks": marks, "rss_growth_pct": round(growth, 2),
-                             "seconds": round(time.monotonic() - started, 1)}
+        ctx.results[name] = {
+            "scenario": scenario.name,
+            "mode": "cluster" if cluster else "embedded",
+            "marks": marks,
+            "rss_growth_pct": round(growth, 2),
+            "seconds": round(time.monotonic() - started, 1),
+        }
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         ctx.note(f"{name}: {exc}")
     finally:
@@ -422,19 +536,33 @@ def run_loadgen_compare(ctx: Ctx, scenario: Scenario) -> None:
     pin_tree(ctx.mock.pid, ctx.sut_cpu)
     out: dict[str, Any] = {}
     for conns in (1, ctx.args.connections):
-        w = run_wrk(ctx.sup.workdir, ctx.mock.port, call.path, call.body, call.headers, connections=conns,
-                    duration_s=5, cpu=ctx.load_cpu)
+        w = run_wrk(
+            ctx.sup.workdir,
+            ctx.mock.port,
+            call.path,
+            call.body,
+            call.headers,
+            connections=conns,
+            duration_s=5,
+            cpu=ctx.load_cpu,
+        )
         py = pyload.run_subprocess(ctx.mock.port, call, conns, 5.0, ctx.load_cpu)
         out[f"c{conns}"] = {"wrk": w.as_dict(), "python-aiohttp": py.as_dict()}
-        print(f"  c{conns}: wrk {w.rps:,.0f} req/s {w.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k | "
-              f"aiohttp {py.rps:,.0f} req/s {py.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k", flush=True)
+        print(
+            f"  c{conns}: wrk {w.rps:,.0f} req/s {w.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k | "
+            f"aiohttp {py.rps:,.0f} req/s {py.as_dict()['client_cpu_ms_per_1k']} ms CPU/1k",
+            flush=True,
+        )
     ctx.results["loadgen"] = out
 
 
 # --- main -------------------------------------------------------------------------------------------
 
+
 def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None, idle: str) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, cwd=REPO, timeout=10)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, cwd=REPO, timeout=10
+    )
     wrk_v = subprocess.run(["wrk", "--version"], check=False, capture_output=True, timeout=10)
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -443,10 +571,15 @@ def _meta(args: argparse.Namespace, sut_cpu: int | None, load_cpu: int | None, i
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
-        "pinning": {"sut_cpu": sut_cpu, "load_cpu": load_cpu,
-                    "rule": "system under test alone on sut_cpu; wrk (and the mock when proxied) on load_cpu"},
+        "pinning": {
+            "sut_cpu": sut_cpu,
+            "load_cpu": load_cpu,
+            "rule": "system under test alone on sut_cpu; wrk (and the mock when proxied) on load_cpu",
+        },
         "idle": idle,
-        "wrk": (wrk_v.stdout or wrk_v.stderr).decode().splitlines()[0] if (wrk_v.stdout or wrk_v.stderr) else "",
+        "wrk": (wrk_v.stdout or wrk_v.stderr).decode().splitlines()[0]
+        if (wrk_v.stdout or wrk_v.stderr)
+        else "",
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
 
@@ -465,7 +598,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the complexity rule; to split
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     ensure_wrk(install=True)
@@ -474,9 +607,19 @@ def main(argv: list[str] | None = None) -> int:
     key = "odk-bench-" + secrets.token_hex(16)
     os.environ[KEY_ENV] = key
     os.environ[UPSTREAM_KEY_ENV] = "sk-bench-upstream"
-    scenarios = select(build_scenarios(key, os.environ[UPSTREAM_KEY_ENV]), args.only,
-                       {t for t, on in (("dialects", args.dialects), ("failover", args.failover),
-                                        ("governance", args.governance)) if on})
+    scenarios = select(
+        build_scenarios(key, os.environ[UPSTREAM_KEY_ENV]),
+        args.only,
+        {
+            t
+            for t, on in (
+                ("dialects", args.dialects),
+                ("failover", args.failover),
+                ("governance", args.governance),
+            )
+            if on
+        },
+    )
     # SIGTERM/SIGHUP end the run like Ctrl-C, so the finally below always stops every child
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
@@ -485,15 +628,27 @@ def main(argv: list[str] | None = None) -> int:
     idle = LowLatencyIdle()
     if not args.default_idle:
         idle.open()
-    results: dict[str, Any] = {"meta": _meta(args, sut_cpu, load_cpu, idle.state), "scenarios": {
-        sc.name: {"tags": sorted(sc.tags), "catalogue": sc.catalogue, "path": sc.gateway.path, "stream": sc.stream,
-                  "note": sc.note} for sc in scenarios}}
+    results: dict[str, Any] = {
+        "meta": _meta(args, sut_cpu, load_cpu, idle.state),
+        "scenarios": {
+            sc.name: {
+                "tags": sorted(sc.tags),
+                "catalogue": sc.catalogue,
+                "path": sc.gateway.path,
+                "stream": sc.stream,
+                "note": sc.note,
+            }
+            for sc in scenarios
+        },
+    }
     try:
         if why := odock_available(args, "mock-upstream"):
             print(f"the mock provider is not available (`odock mock-upstream`): {why}", file=sys.stderr)
             return 2
         ctx = Ctx(args, sup, start_mock(sup, args, load_cpu), sut_cpu, load_cpu, results)
-        print(f"mock on :{ctx.mock.port}; pinning sut={sut_cpu} load={load_cpu}; workdir {workdir}", flush=True)
+        print(
+            f"mock on :{ctx.mock.port}; pinning sut={sut_cpu} load={load_cpu}; workdir {workdir}", flush=True
+        )
         if args.loadgen_compare:
             print("load generator cost (direct to mock)", flush=True)
             run_loadgen_compare(ctx, scenarios[0] if scenarios else build_scenarios(key, "x")[0])

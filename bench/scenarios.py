@@ -53,7 +53,11 @@ def _json(obj: Any) -> bytes:
 
 
 def _openai(model: str, stream: bool) -> bytes:
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+    }
     if stream:
         # the gateway asks upstreams for stream usage; ask in the direct call too, so both move the same bytes
         body |= {"stream": True, "stream_options": {"include_usage": True}}
@@ -61,13 +65,23 @@ def _openai(model: str, stream: bool) -> bytes:
 
 
 def _anthropic(model: str) -> bytes:
-    return _json({"model": model, "max_tokens": MAX_TOKENS, "stream": True,
-                  "messages": [{"role": "user", "content": PROMPT}]})
+    return _json(
+        {
+            "model": model,
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+            "messages": [{"role": "user", "content": PROMPT}],
+        }
+    )
 
 
 def _gemini() -> bytes:
-    return _json({"contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
-                  "generationConfig": {"maxOutputTokens": MAX_TOKENS}})
+    return _json(
+        {
+            "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+            "generationConfig": {"maxOutputTokens": MAX_TOKENS},
+        }
+    )
 
 
 JSON = {"Content-Type": "application/json"}
@@ -77,8 +91,12 @@ GEMINI_STREAM = "/v1beta/models/{model}:streamGenerateContent?alt=sse"
 
 def openai_call(key: str, model: str, stream: bool, path: str = "/v1/chat/completions") -> Call:
     """Return an OpenAI chat call authenticated with a bearer `key`."""
-    return Call(path, _openai(model, stream), {**JSON, "Authorization": f"Bearer {key}"},
-                b"data:" if stream else b"choices")
+    return Call(
+        path,
+        _openai(model, stream),
+        {**JSON, "Authorization": f"Bearer {key}"},
+        b"data:" if stream else b"choices",
+    )
 
 
 def anthropic_call(key: str, model: str) -> Call:
@@ -93,8 +111,12 @@ def gemini_call(key: str, model: str) -> Call:
 
 def unified_call(key: str, model: str) -> Call:
     """Return a streamed call to the unified endpoint (OpenAI-shaped, answered as OpenAI chunks)."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS,
-            "stream": True}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+    }
     return Call("/v1/llm/chat", _json(body), {**JSON, "Authorization": f"Bearer {key}"}, b"data:")
 
 
@@ -102,43 +124,113 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
     """Return every scenario, with `key` as the gateway key and `upstream_key` for direct calls."""
     up = upstream_key
     return [
-        Scenario("openai-unary", frozenset({"core", "unary"}), "base",
-                 openai_call(key, OPENAI_MODEL, False), openai_call(up, OPENAI_SLUG, False), peers=True),
-        Scenario("openai-stream", frozenset({"core", "stream", "dialects"}), "base",
-                 openai_call(key, OPENAI_MODEL, True), openai_call(up, OPENAI_SLUG, True), peers=True,
-                 stream=True),
-        Scenario("anthropic-stream", frozenset({"dialects", "stream"}), "base",
-                 anthropic_call(key, ANTHROPIC_MODEL), anthropic_call(up, ANTHROPIC_SLUG), stream=True),
-        Scenario("gemini-stream", frozenset({"dialects", "stream"}), "base",
-                 gemini_call(key, GEMINI_MODEL), gemini_call(up, GEMINI_SLUG), stream=True),
-        Scenario("unified-to-anthropic-stream", frozenset({"dialects", "stream"}), "base",
-                 unified_call(key, ANTHROPIC_MODEL), anthropic_call(up, ANTHROPIC_SLUG), stream=True,
-                 note="direct = the Anthropic stream the gateway requests upstream"),
-        Scenario("unified-to-gemini-stream", frozenset({"dialects", "stream"}), "base",
-                 unified_call(key, GEMINI_MODEL), gemini_call(up, GEMINI_SLUG), stream=True,
-                 note="direct = the Gemini stream the gateway requests upstream"),
-        Scenario("failover-unary", frozenset({"failover", "unary"}), "failover",
-                 openai_call(key, FLAKY_MODEL, False), openai_call(up, FLAKY_SLUG, False),
-                 note="primary fails 1% with 503, fallback healthy; direct = the flaky slug without failover"),
-        Scenario("failover-stream", frozenset({"failover", "stream"}), "failover",
-                 openai_call(key, FLAKY_MODEL, True), openai_call(up, FLAKY_SLUG, True), stream=True,
-                 note="primary fails 1% with 503, fallback healthy; direct = the flaky slug without failover"),
-        Scenario("failover-healthy-unary", frozenset({"failover", "unary"}), "failover",
-                 openai_call(key, OPENAI_MODEL, False), openai_call(up, OPENAI_SLUG, False),
-                 note="same gateway and key as failover-unary, healthy model"),
-        Scenario("failover-healthy-stream", frozenset({"failover", "stream"}), "failover",
-                 openai_call(key, OPENAI_MODEL, True), openai_call(up, OPENAI_SLUG, True), stream=True,
-                 note="same gateway and key as failover-stream, healthy model"),
-        Scenario("governance-unary", frozenset({"governance", "unary"}), "governance",
-                 openai_call(key, OPENAI_MODEL, False), openai_call(up, OPENAI_SLUG, False),
-                 note="rate limits on every scope, budgets and quotas on org and key, none hit"),
-        Scenario("governance-stream", frozenset({"governance", "stream"}), "governance",
-                 openai_call(key, OPENAI_MODEL, True), openai_call(up, OPENAI_SLUG, True), stream=True,
-                 note="rate limits on every scope, budgets and quotas on org and key, none hit"),
+        Scenario(
+            "openai-unary",
+            frozenset({"core", "unary"}),
+            "base",
+            openai_call(key, OPENAI_MODEL, False),
+            openai_call(up, OPENAI_SLUG, False),
+            peers=True,
+        ),
+        Scenario(
+            "openai-stream",
+            frozenset({"core", "stream", "dialects"}),
+            "base",
+            openai_call(key, OPENAI_MODEL, True),
+            openai_call(up, OPENAI_SLUG, True),
+            peers=True,
+            stream=True,
+        ),
+        Scenario(
+            "anthropic-stream",
+            frozenset({"dialects", "stream"}),
+            "base",
+            anthropic_call(key, ANTHROPIC_MODEL),
+            anthropic_call(up, ANTHROPIC_SLUG),
+            stream=True,
+        ),
+        Scenario(
+            "gemini-stream",
+            frozenset({"dialects", "stream"}),
+            "base",
+            gemini_call(key, GEMINI_MODEL),
+            gemini_call(up, GEMINI_SLUG),
+            stream=True,
+        ),
+        Scenario(
+            "unified-to-anthropic-stream",
+            frozenset({"dialects", "stream"}),
+            "base",
+            unified_call(key, ANTHROPIC_MODEL),
+            anthropic_call(up, ANTHROPIC_SLUG),
+            stream=True,
+            note="direct = the Anthropic stream the gateway requests upstream",
+        ),
+        Scenario(
+            "unified-to-gemini-stream",
+            frozenset({"dialects", "stream"}),
+            "base",
+            unified_call(key, GEMINI_MODEL),
+            gemini_call(up, GEMINI_SLUG),
+            stream=True,
+            note="direct = the Gemini stream the gateway requests upstream",
+        ),
+        Scenario(
+            "failover-unary",
+            frozenset({"failover", "unary"}),
+            "failover",
+            openai_call(key, FLAKY_MODEL, False),
+            openai_call(up, FLAKY_SLUG, False),
+            note="primary fails 1% with 503, fallback healthy; direct = the flaky slug without failover",
+        ),
+        Scenario(
+            "failover-stream",
+            frozenset({"failover", "stream"}),
+            "failover",
+            openai_call(key, FLAKY_MODEL, True),
+            openai_call(up, FLAKY_SLUG, True),
+            stream=True,
+            note="primary fails 1% with 503, fallback healthy; direct = the flaky slug without failover",
+        ),
+        Scenario(
+            "failover-healthy-unary",
+            frozenset({"failover", "unary"}),
+            "failover",
+            openai_call(key, OPENAI_MODEL, False),
+            openai_call(up, OPENAI_SLUG, False),
+            note="same gateway and key as failover-unary, healthy model",
+        ),
+        Scenario(
+            "failover-healthy-stream",
+            frozenset({"failover", "stream"}),
+            "failover",
+            openai_call(key, OPENAI_MODEL, True),
+            openai_call(up, OPENAI_SLUG, True),
+            stream=True,
+            note="same gateway and key as failover-stream, healthy model",
+        ),
+        Scenario(
+            "governance-unary",
+            frozenset({"governance", "unary"}),
+            "governance",
+            openai_call(key, OPENAI_MODEL, False),
+            openai_call(up, OPENAI_SLUG, False),
+            note="rate limits on every scope, budgets and quotas on org and key, none hit",
+        ),
+        Scenario(
+            "governance-stream",
+            frozenset({"governance", "stream"}),
+            "governance",
+            openai_call(key, OPENAI_MODEL, True),
+            openai_call(up, OPENAI_SLUG, True),
+            stream=True,
+            note="rate limits on every scope, budgets and quotas on org and key, none hit",
+        ),
     ]
 
 
 # --- catalogues (the YAML of `odock serve --config`, see notes/yaml-format.md) -------------------------
+
 
 @dataclass
 class CatalogueSpec:
@@ -152,48 +244,106 @@ def _base(spec: CatalogueSpec) -> dict[str, Any]:
     mock = spec.mock_url
     api_key = "${" + UPSTREAM_KEY_ENV + "}"
     providers = [
-        {"organisation": ORG, "name": "mock-openai", "type": "openai", "base_url": f"{mock}/v1", "api_key": api_key},
-        {"organisation": ORG, "name": "mock-anthropic", "type": "anthropic", "base_url": mock, "api_key": api_key},
+        {
+            "organisation": ORG,
+            "name": "mock-openai",
+            "type": "openai",
+            "base_url": f"{mock}/v1",
+            "api_key": api_key,
+        },
+        {
+            "organisation": ORG,
+            "name": "mock-anthropic",
+            "type": "anthropic",
+            "base_url": mock,
+            "api_key": api_key,
+        },
         {"organisation": ORG, "name": "mock-gemini", "type": "gemini", "base_url": mock, "api_key": api_key},
     ]
     pricing = {"input": 2.5, "output": 10.0}
     models = [
-        {"organisation": ORG, "name": OPENAI_MODEL, "provider": "mock-openai", "slug": OPENAI_SLUG, "type": "chat",
-         "pricing": pricing},
-        {"organisation": ORG, "name": ANTHROPIC_MODEL, "provider": "mock-anthropic", "slug": ANTHROPIC_SLUG,
-         "type": "chat", "pricing": pricing},
-        {"organisation": ORG, "name": GEMINI_MODEL, "provider": "mock-gemini", "slug": GEMINI_SLUG, "type": "chat",
-         "pricing": pricing},
+        {
+            "organisation": ORG,
+            "name": OPENAI_MODEL,
+            "provider": "mock-openai",
+            "slug": OPENAI_SLUG,
+            "type": "chat",
+            "pricing": pricing,
+        },
+        {
+            "organisation": ORG,
+            "name": ANTHROPIC_MODEL,
+            "provider": "mock-anthropic",
+            "slug": ANTHROPIC_SLUG,
+            "type": "chat",
+            "pricing": pricing,
+        },
+        {
+            "organisation": ORG,
+            "name": GEMINI_MODEL,
+            "provider": "mock-gemini",
+            "slug": GEMINI_SLUG,
+            "type": "chat",
+            "pricing": pricing,
+        },
     ]
-    key = {"organisation": ORG, "name": "bench-key", "type": "ORGANISATION", "secret": "${" + KEY_ENV + "}",
-           "models": [m["name"] for m in models]}
-    return {"organisations": [{"name": ORG, "timezone": "UTC"}], "providers": providers, "models": models,
-            "keys": [key]}
+    key = {
+        "organisation": ORG,
+        "name": "bench-key",
+        "type": "ORGANISATION",
+        "secret": "${" + KEY_ENV + "}",
+        "models": [m["name"] for m in models],
+    }
+    return {
+        "organisations": [{"name": ORG, "timezone": "UTC"}],
+        "providers": providers,
+        "models": models,
+        "keys": [key],
+    }
 
 
 def _failover(spec: CatalogueSpec) -> dict[str, Any]:
     cat = _base(spec)
-    cat["models"].append({"organisation": ORG, "name": FLAKY_MODEL, "provider": "mock-openai", "slug": FLAKY_SLUG,
-                          "type": "chat", "pricing": {"input": 2.5, "output": 10.0}})
+    cat["models"].append(
+        {
+            "organisation": ORG,
+            "name": FLAKY_MODEL,
+            "provider": "mock-openai",
+            "slug": FLAKY_SLUG,
+            "type": "chat",
+            "pricing": {"input": 2.5, "output": 10.0},
+        }
+    )
     cat["organisations"][0]["policies"] = {"routing": {"enabled": True}}
     key = cat["keys"][0]
     key["models"].append(FLAKY_MODEL)
-    key["policies"] = {"routing": {"chat": {
-        "strategy": "failover",
-        "candidates": [{"modelName": FLAKY_MODEL, "priority": 1}, {"modelName": OPENAI_MODEL, "priority": 2}],
-        "failoverOn": ["5xx", "timeout"], "maxRetries": 1, "retryDelayMs": 0,
-        "nativeFallback": {"openai": [OPENAI_MODEL]},
-    }}}
+    key["policies"] = {
+        "routing": {
+            "chat": {
+                "strategy": "failover",
+                "candidates": [
+                    {"modelName": FLAKY_MODEL, "priority": 1},
+                    {"modelName": OPENAI_MODEL, "priority": 2},
+                ],
+                "failoverOn": ["5xx", "timeout"],
+                "maxRetries": 1,
+                "retryDelayMs": 0,
+                "nativeFallback": {"openai": [OPENAI_MODEL]},
+            }
+        }
+    }
     return cat
 
 
 # limits far above what 2 cores can reach: every gate runs, none refuses
-_UNHIT = {"ratelimit": {
-    "requests": {"per_second": 1_000_000, "per_minute": 60_000_000, "burst": 1_000_000},
-    "tokens": {"per_minute": 1_000_000_000},
-    "concurrency": {"max": 100_000},
-    "payload": {"max_request_bytes": 1_048_576, "max_tokens": 8192},
-}}
+_UNHIT = {
+    "ratelimit": {
+        "requests": {"per_second": 1_000_000, "per_minute": 60_000_000, "burst": 1_000_000},
+        "tokens": {"per_minute": 1_000_000_000},
+        "concurrency": {"max": 100_000},
+        "payload": {"max_request_bytes": 1_048_576, "max_tokens": 8192},
+    }
+}
 
 
 def _governance(spec: CatalogueSpec) -> dict[str, Any]:
@@ -206,13 +356,30 @@ def _governance(spec: CatalogueSpec) -> dict[str, Any]:
     key = cat["keys"][0]["name"]
     cat["budgets"] = [
         {"name": "bench-org-budget", "organisation": ORG, "period": "MONTHLY", "amount_usd": "1000000.00"},
-        {"name": "bench-key-budget", "organisation": ORG, "key": key, "period": "DAILY", "amount_usd": "100000.00"},
+        {
+            "name": "bench-key-budget",
+            "organisation": ORG,
+            "key": key,
+            "period": "DAILY",
+            "amount_usd": "100000.00",
+        },
     ]
     cat["quotas"] = [
-        {"name": "bench-org-requests", "organisation": ORG, "period": "DAILY", "metric": "REQUESTS",
-         "limit": 1_000_000_000},
-        {"name": "bench-key-tokens", "organisation": ORG, "key": key, "period": "DAILY", "metric": "TOKENS",
-         "limit": 1_000_000_000_000},
+        {
+            "name": "bench-org-requests",
+            "organisation": ORG,
+            "period": "DAILY",
+            "metric": "REQUESTS",
+            "limit": 1_000_000_000,
+        },
+        {
+            "name": "bench-key-tokens",
+            "organisation": ORG,
+            "key": key,
+            "period": "DAILY",
+            "metric": "TOKENS",
+            "limit": 1_000_000_000_000,
+        },
     ]
     return cat
 
@@ -228,6 +395,10 @@ def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[S
     """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`."""
     picked = []
     for sc in scenarios:
-        if only and (sc.name in only or sc.tags & set(only)) or not only and ("core" in sc.tags or sc.tags & tags) or only and sc.tags & tags:
+        if (
+            (only and (sc.name in only or sc.tags & set(only)))
+            or (not only and ("core" in sc.tags or sc.tags & tags))
+            or (only and sc.tags & tags)
+        ):
             picked.append(sc)
     return picked

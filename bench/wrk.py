@@ -102,7 +102,9 @@ class WrkResult:
         out: dict[str, float | int] = dict(asdict(self))
         out["rps"] = round(self.rps, 1)
         out["errors"] = self.errors
-        out["client_cpu_ms_per_1k"] = round(self.client_cpu_s * 1e6 / self.requests, 1) if self.requests else 0.0
+        out["client_cpu_ms_per_1k"] = (
+            round(self.client_cpu_s * 1e6 / self.requests, 1) if self.requests else 0.0
+        )
         return out
 
 
@@ -114,7 +116,11 @@ def ensure_wrk(install: bool = True) -> str:
             raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
         return found
     print("wrk missing: apt-get install -y wrk", flush=True)
-    for argv in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+    for argv in (
+        ["apt-get", "install", "-y", "wrk"],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "wrk"],
+    ):
         subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
         found = shutil.which("wrk")
         if found:
@@ -141,8 +147,15 @@ def run_wrk(
     out = workdir / "wrk.json"
     out.unlink(missing_ok=True)
     argv = [
-        *pin_prefix(cpu), ensure_wrk(install=False), "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-        f"--timeout={timeout_s:g}s", "-s", str(script), f"http://127.0.0.1:{port}",
+        *pin_prefix(cpu),
+        ensure_wrk(install=False),
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        f"--timeout={timeout_s:g}s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}",
     ]
     env = {**os.environ, "BENCH_OUT": str(out), "BENCH_CAP": str(cap)}
     flag = Path(f"{out}.cap")
@@ -164,8 +177,10 @@ def run_wrk(
             proc.wait()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"wrk failed ({proc.returncode}) after {time.monotonic() - started:.1f}s: "
-                           f"{stderr.decode(errors='replace')[-500:]}")
+        raise RuntimeError(
+            f"wrk failed ({proc.returncode}) after {time.monotonic() - started:.1f}s: "
+            f"{stderr.decode(errors='replace')[-500:]}"
+        )
     data = json.loads(out.read_text())
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return WrkResult(**data, client_cpu_s=cpu_s)

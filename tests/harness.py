@@ -32,8 +32,15 @@ def free_port() -> int:
 class GatewayProcess:
     """One `odock serve` subprocess; `base_url` is ready once `start()` returns."""
 
-    def __init__(self, workdir: Path, *, database_url: str | None = None, redis_url: str = "",
-                 env: dict[str, str] | None = None, secret_key: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        database_url: str | None = None,
+        redis_url: str = "",
+        env: dict[str, str] | None = None,
+        secret_key: str | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -66,8 +73,9 @@ class GatewayProcess:
     def start(self, *args: str) -> None:
         with self.log_path.open("ab") as log:
             command = os.environ.get("ODOCK_TEST_SERVE_CMD", f"{sys.executable} -m odock serve").split()
-            self.proc = subprocess.Popen([*command, *args], env=self.env,
-                                         cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*command, *args], env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -103,10 +111,21 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
     """Create one organisation with providers of every type on the mock, chat models, and a granted key."""
     os.environ.setdefault("ODOCK_TEST_PROVIDER_KEY", "sk-upstream-test")
     await service.create_organisation({"name": org})
-    for ptype, base in (("openai", f"{mock_url}/v1"), ("anthropic", mock_url), ("gemini", mock_url),
-                        ("vllm", f"{mock_url}/v1")):
-        await service.create_provider({"organisation": org, "name": f"mock-{ptype}", "type": ptype,
-                                       "base_url": base, "api_key": "sk-upstream-test"})
+    for ptype, base in (
+        ("openai", f"{mock_url}/v1"),
+        ("anthropic", mock_url),
+        ("gemini", mock_url),
+        ("vllm", f"{mock_url}/v1"),
+    ):
+        await service.create_provider(
+            {
+                "organisation": org,
+                "name": f"mock-{ptype}",
+                "type": ptype,
+                "base_url": base,
+                "api_key": "sk-upstream-test",
+            }
+        )
     models = {
         "gpt-test": ("mock-openai", "gpt-4o-mini"),
         "claude-test": ("mock-anthropic", "claude-sonnet-4-5"),
@@ -116,8 +135,16 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
         "gpt-ungranted": ("mock-openai", "gpt-4o-mini"),
     }
     for name, (provider, slug) in models.items():
-        await service.create_model({"organisation": org, "name": name, "provider": provider, "slug": slug,
-                                    "type": "chat", "pricing": {"input": 1.0, "output": 2.0}})
+        await service.create_model(
+            {
+                "organisation": org,
+                "name": name,
+                "provider": provider,
+                "slug": slug,
+                "type": "chat",
+                "pricing": {"input": 1.0, "output": 2.0},
+            }
+        )
     # non-chat models of the native routes (embeddings, images, vLLM audio)
     typed_models = {
         "embed-test": ("mock-openai", "text-embedding-3-small", "embeddings"),
@@ -125,11 +152,20 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
         "vllm-whisper": ("mock-vllm", "openai/whisper-large-v3", "transcription"),
     }
     for name, (provider, slug, mtype) in typed_models.items():
-        await service.create_model({"organisation": org, "name": name, "provider": provider, "slug": slug,
-                                    "type": mtype, "pricing": {"input": 1.0, "output": 2.0}})
+        await service.create_model(
+            {
+                "organisation": org,
+                "name": name,
+                "provider": provider,
+                "slug": slug,
+                "type": mtype,
+                "pricing": {"input": 1.0, "output": 2.0},
+            }
+        )
     granted = [m for m in models if m != "gpt-ungranted"] + list(typed_models)
-    created = await service.create_key({"organisation": org, "name": "main", "type": "ORGANISATION",
-                                        "models": granted})
+    created = await service.create_key(
+        {"organisation": org, "name": "main", "type": "ORGANISATION", "models": granted}
+    )
     return {"org": org, "secret": created.secret, "key_id": created.key.id, "models": models}
 
 
@@ -141,8 +177,15 @@ async def usage_rows(store: SqlStore, request_id: str) -> list[dict[str, Any]]:
 
     table = schema.usage_records
     async with store.read() as conn:
-        rows = (await conn.execute(sa.select(table).where(table.c.request_id == request_id)
-                                   .order_by(table.c.id))).mappings().all()
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(table).where(table.c.request_id == request_id).order_by(table.c.id)
+                )
+            )
+            .mappings()
+            .all()
+        )
     return [dict(row) for row in rows]
 
 
@@ -152,8 +195,9 @@ async def usage_record(store: SqlStore, request_id: str) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
-async def wait_usage(service: CatalogueService, request_id: str, timeout: float = 5.0,
-                     count: int = 1) -> dict[str, Any]:
+async def wait_usage(
+    service: CatalogueService, request_id: str, timeout: float = 5.0, count: int = 1
+) -> dict[str, Any]:
     """Poll the ledger until the gateway's batch writer stored `count` records for the request id; the first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

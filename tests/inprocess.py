@@ -47,14 +47,19 @@ class InProcessGateway:
         """The same, for the official SDKs (they are built on httpx2 and refuse httpx objects)."""
         import httpx2
 
-        return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app), base_url="http://gateway.test")
+        return httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=self.app), base_url="http://gateway.test"
+        )
 
 
 @asynccontextmanager
-async def in_process_gateway(tmp_path: Path, *, pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = (),
-                             **settings: Any) -> AsyncIterator[InProcessGateway]:
+async def in_process_gateway(
+    tmp_path: Path, *, pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = (), **settings: Any
+) -> AsyncIterator[InProcessGateway]:
     """A seeded gateway (tests.harness.seed_basic) with optional extra stages, started and stopped around the block."""
-    config = Settings(database_url=f"sqlite:///{tmp_path / 'odock.db'}", usage_flush_interval_s=0.05, **settings)
+    config = Settings(
+        database_url=f"sqlite:///{tmp_path / 'odock.db'}", usage_flush_interval_s=0.05, **settings
+    )
     store = await SqlStore.open(config.database_url, config)
     service = CatalogueService(store)
     seeded = await seed_basic(service, MOCK_URL)

@@ -80,8 +80,16 @@ def test_wrk_sends_exact_body_and_headers_and_stops_at_cap(echo: int, tmp_path: 
     """A capped run sends exactly `cap` requests with the body and headers, and ends long before -d."""
     body = json.dumps({"q": 'quote " backslash \\ é'}).encode()
     started = time.monotonic()
-    res = run_wrk(tmp_path, echo, "/p?alt=sse", body, {"Content-Type": "application/json", "x-odd": 'a"b'},
-                  connections=1, duration_s=30, cap=50)
+    res = run_wrk(
+        tmp_path,
+        echo,
+        "/p?alt=sse",
+        body,
+        {"Content-Type": "application/json", "x-odd": 'a"b'},
+        connections=1,
+        duration_s=30,
+        cap=50,
+    )
     assert time.monotonic() - started < 10
     assert res.requests == 50
     assert res.errors == 0
@@ -115,8 +123,12 @@ def test_supervisor_close_ends_the_whole_process_group(tmp_path: Path) -> None:
     assert memory_kb(svc.pid)["rss_kb"] > 0
     sup.close()
     time.sleep(0.2)
-    alive = [pid for pid in family if Path(f"/proc/{pid}").exists()
-             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]]
+    alive = [
+        pid
+        for pid in family
+        if Path(f"/proc/{pid}").exists()
+        and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    ]
     assert alive == []
 
 
@@ -125,7 +137,9 @@ def test_wait_quiet_waits_out_background_work_and_is_bounded(tmp_path: Path) -> 
     for no longer than the bound."""
     sup = Supervisor(tmp_path)
     try:
-        busy_then_idle = "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass\ntime.sleep(60)"
+        busy_then_idle = (
+            "import time\nend = time.monotonic() + 0.8\nwhile time.monotonic() < end: pass\ntime.sleep(60)"
+        )
         burst = sup.start("burst", [sys.executable, "-c", busy_then_idle], free_port())
         waited = wait_quiet(burst.pid, window_s=0.1)
         assert 0.5 <= waited < 3
@@ -164,22 +178,29 @@ def test_select_defaults_to_core_and_adds_option_tags() -> None:
     all_ = build_scenarios("k", "u")
     assert [s.name for s in select(all_, [], set())] == ["openai-unary", "openai-stream"]
     assert {"anthropic-stream", "gemini-stream"} <= {s.name for s in select(all_, [], {"dialects"})}
-    assert [s.name for s in select(all_, ["unary"], set())] == [
-        s.name for s in all_ if "unary" in s.tags]
+    assert [s.name for s in select(all_, ["unary"], set())] == [s.name for s in all_ if "unary" in s.tags]
     assert [s.name for s in select(all_, ["gemini-stream"], set())] == ["gemini-stream"]
 
 
 def _run(p50: int, rps: float) -> dict[str, dict[str, float]]:
-    return {"latency": {"p50_us": p50, "p99_us": p50 * 2}, "throughput": {"rps": rps, "errors": 0,
-                                                                          "sut_cpu_pct": 99.0}}
+    return {
+        "latency": {"p50_us": p50, "p99_us": p50 * 2},
+        "throughput": {"rps": rps, "errors": 0, "sut_cpu_pct": 99.0},
+    }
 
 
 def test_report_computes_added_latency_ratios_and_verdicts() -> None:
     """Added p50 is gateway minus direct; peer ratios and soak growth get PASS/FAIL against the targets."""
     results = {
         "meta": {"options": {"connections": 32}},
-        "runs": {"openai-unary": {"direct": _run(100, 10_000), "odock": _run(350, 5_000),
-                                  "portkey": _run(2_000, 2_000), "litellm": _run(20_000, 400)}},
+        "runs": {
+            "openai-unary": {
+                "direct": _run(100, 10_000),
+                "odock": _run(350, 5_000),
+                "portkey": _run(2_000, 2_000),
+                "litellm": _run(20_000, 400),
+            }
+        },
         "soak": {"scenario": "openai-unary", "seconds": 1.0, "rss_growth_pct": 12.5, "marks": []},
     }
     text = report.markdown(results)
@@ -192,18 +213,23 @@ def test_report_computes_added_latency_ratios_and_verdicts() -> None:
 
 def test_report_holds_dialect_routes_to_the_core_target_and_translation_to_its_ratio() -> None:
     """Each dialect's streamed route gets the added-p50 target; the unified endpoint ≤ 1.5× the native route's."""
-    runs = {"anthropic-stream": {"direct": _run(100, 1), "odock": _run(300, 1)},
-            "gemini-stream": {"direct": _run(100, 1), "odock": _run(450, 1)},
-            "unified-to-anthropic-stream": {"direct": _run(100, 1), "odock": _run(400, 1)},
-            "unified-to-gemini-stream": {"direct": _run(100, 1), "odock": _run(500, 1)}}
+    runs = {
+        "anthropic-stream": {"direct": _run(100, 1), "odock": _run(300, 1)},
+        "gemini-stream": {"direct": _run(100, 1), "odock": _run(450, 1)},
+        "unified-to-anthropic-stream": {"direct": _run(100, 1), "odock": _run(400, 1)},
+        "unified-to-gemini-stream": {"direct": _run(100, 1), "odock": _run(500, 1)},
+    }
     text = report.markdown({"meta": {}, "runs": runs})
     assert "| added p50 ≤ 0.3 ms (anthropic-stream) | 0.200 ms | PASS |" in text
     assert "| added p50 ≤ 0.3 ms (gemini-stream) | 0.350 ms | FAIL |" in text
     assert "| unified-to-anthropic-stream added p50 ≤ 1.5× anthropic-stream's | 1.50× | PASS |" in text
     assert "| unified-to-gemini-stream added p50 ≤ 1.5× gemini-stream's | 1.14× | PASS |" in text
-    runs["gemini-stream"]["odock"] = _run(100, 1)  # no overhead to compare with: no verdict, not a division by 0
+    runs["gemini-stream"]["odock"] = _run(
+        100, 1
+    )  # no overhead to compare with: no verdict, not a division by 0
     assert "| unified-to-gemini-stream added p50 ≤ 1.5× gemini-stream's | – | n/a |" in report.markdown(
-        {"meta": {}, "runs": runs})
+        {"meta": {}, "runs": runs}
+    )
 
 
 def test_soak_reads_memory_every_step_and_at_the_end(tmp_path: Path) -> None:
@@ -220,13 +246,30 @@ def test_soak_reads_memory_every_step_and_at_the_end(tmp_path: Path) -> None:
 def test_report_lists_the_embedded_and_the_cluster_soak() -> None:
     """Each mode's soak gets its table and its target row: RSS from the first to the last mark within 5%."""
     mark = {"errors": 0, "rps": 5000.0, "hwm_kb": 110_000, "usage_backlog": 12, "db_mb": None}
-    results = {"meta": {}, "runs": {},
-               "soak": {"scenario": "openai-unary", "mode": "embedded", "seconds": 90.0, "rss_growth_pct": 1.5,
-                        "marks": [{**mark, "requests": 100_000, "rss_kb": 100_000, "db_mb": 93.0},
-                                  {**mark, "requests": 500_000, "rss_kb": 101_500, "db_mb": 450.0}]},
-               "soak-cluster": {"scenario": "openai-unary", "mode": "cluster", "seconds": 99.0, "rss_growth_pct": 6.0,
-                                "marks": [{**mark, "requests": 100_000, "rss_kb": 100_000},
-                                          {**mark, "requests": 500_000, "rss_kb": 106_000}]}}
+    results = {
+        "meta": {},
+        "runs": {},
+        "soak": {
+            "scenario": "openai-unary",
+            "mode": "embedded",
+            "seconds": 90.0,
+            "rss_growth_pct": 1.5,
+            "marks": [
+                {**mark, "requests": 100_000, "rss_kb": 100_000, "db_mb": 93.0},
+                {**mark, "requests": 500_000, "rss_kb": 101_500, "db_mb": 450.0},
+            ],
+        },
+        "soak-cluster": {
+            "scenario": "openai-unary",
+            "mode": "cluster",
+            "seconds": 99.0,
+            "rss_growth_pct": 6.0,
+            "marks": [
+                {**mark, "requests": 100_000, "rss_kb": 100_000},
+                {**mark, "requests": 500_000, "rss_kb": 106_000},
+            ],
+        },
+    }
     text = report.markdown(results)
     assert "### Soak (openai-unary, embedded mode, 90.0 s)" in text and "cluster mode, 99.0 s" in text
     assert "| 500,000 | 99.1 | 107.4 | 5,000 | 0 | 12 | 450 |" in text

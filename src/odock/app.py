@@ -49,7 +49,6 @@ def admin_app_for(gw: Gateway) -> ASGIApp:
     return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, admin_routes(governance))
 
 
-
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:
     """Build the ASGI app; the gateway's resources open in the lifespan startup."""
     settings = settings or load_settings()
@@ -58,6 +57,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
         return gateway if gateway is not None else await Gateway.open(settings)
 
     exact, prefixes = routes()
+
     def open_admin(gw: EdgeGateway) -> ASGIApp:
         assert isinstance(gw, Gateway)
         return admin_app_for(gw)

@@ -29,7 +29,18 @@ _TEAM = {"name", "policies"}
 _USER = {"email", "name"}
 _PROVIDER = {"organisation", "name", "type", "base_url", "api_key", "timeout_ms", "enabled", "config"}
 _MODEL = {"organisation", "name", "provider", "slug", "type", "capabilities", "pricing", "policies", "config"}
-_KEY = {"organisation", "name", "type", "team", "user", "secret", "expires_at", "timezone", "policies", "models"}
+_KEY = {
+    "organisation",
+    "name",
+    "type",
+    "team",
+    "user",
+    "secret",
+    "expires_at",
+    "timezone",
+    "policies",
+    "models",
+}
 
 
 class ConfigFileError(BadRequest):
@@ -68,6 +79,7 @@ class ApplyReport(msgspec.Struct, kw_only=True):
 
 def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
+
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
@@ -146,7 +158,7 @@ def _differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str
     return {field: value for field, value in desired.items() if current.get(field) != value}
 
 
-async def apply_config(
+async def apply_config(  # noqa: C901
     service: CatalogueService, path: str | Path, env: Mapping[str, str] | None = None
 ) -> ApplyReport:
     """Upsert the file's catalogue by name; applying the same file twice changes nothing the second time."""
@@ -265,7 +277,10 @@ async def apply_config(
             user_id = (await service.get_user(entry["user"], org_id)).id if entry.get("user") else None
             if user_id != key.user_id:
                 changes["user"] = entry.get("user")
-        if "expires_at" in entry and parse_datetime(entry["expires_at"], f"keys {label}.expires_at") != key.expires_at:
+        if (
+            "expires_at" in entry
+            and parse_datetime(entry["expires_at"], f"keys {label}.expires_at") != key.expires_at
+        ):
             changes["expires_at"] = entry["expires_at"]
         for field in ("timezone", "policies"):
             if field in entry and entry[field] != current[field]:
@@ -275,7 +290,9 @@ async def apply_config(
         secret = entry.get("secret")
         if secret and not await service.key_matches_secret(key.id, secret):
             # the file fixes the secret: move the key onto it (a rotation, so history is kept)
-            await service.rotate_key(key.id, expires_at=key.expires_at, secret=secret, rotated_by="odock apply")
+            await service.rotate_key(
+                key.id, expires_at=key.expires_at, secret=secret, rotated_by="odock apply"
+            )
             changes["secret"] = "…"
         if models is not None and await service.set_grants(key.id, list(models)):
             changes["models"] = models

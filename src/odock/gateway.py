@@ -58,8 +58,16 @@ INVALIDATION_CHANNEL = os.environ.get("CACHE_INVALIDATION_CHANNEL", "odock:cache
 
 
 class Gateway:
-    def __init__(self, settings: Settings, store: SqlStore, *, transport: Transport | None = None,
-                 governance: Governance | None = None, redis: Any = None, services: Services | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SqlStore,
+        *,
+        transport: Transport | None = None,
+        governance: Governance | None = None,
+        redis: Any = None,
+        services: Services | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.redis = redis
@@ -82,27 +90,49 @@ class Gateway:
             spool=UsageSpool(spool, settings.usage_spool_max_bytes) if spool is not None else None,
         )
         self.governance = governance
-        self.routing = Routing(self.catalogue, counter=RedisTurns(redis) if redis is not None else None,
-                               cooldown_failures=settings.routing_cooldown_failures,
-                               cooldown_s=settings.routing_cooldown_s)
+        self.routing = Routing(
+            self.catalogue,
+            counter=RedisTurns(redis) if redis is not None else None,
+            cooldown_failures=settings.routing_cooldown_failures,
+            cooldown_s=settings.routing_cooldown_s,
+        )
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 
-    def build_pipelines(self, *, pre_route: Sequence[Stage] = (),
-                        pre_upstream: Sequence[Stage] = ()) -> dict[str, Pipeline]:
+    def build_pipelines(
+        self, *, pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = ()
+    ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
         pricer = Pricer(self.settings.usage_max_tokens)
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
-        llm = llm_stages(catalogue=self.catalogue, recorder=self.recorder, routing=self.routing,
-                         governance=self.governance, pricer=pricer, pre_route=pre_route, pre_upstream=pre_upstream)
+        llm = llm_stages(
+            catalogue=self.catalogue,
+            recorder=self.recorder,
+            routing=self.routing,
+            governance=self.governance,
+            pricer=pricer,
+            pre_route=pre_route,
+            pre_upstream=pre_upstream,
+        )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
         return {
-            "llm": Pipeline(llm, transport=self.transport, limits=limits, client_ip=self.client_ip,
-                            observe=self.routing.observe, upstream_errors=self.settings.upstream_errors),
-            "listing": Pipeline(listing, transport=self.transport, limits=limits, client_ip=self.client_ip,
-                                catalogue=self.catalogue),
+            "llm": Pipeline(
+                llm,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                observe=self.routing.observe,
+                upstream_errors=self.settings.upstream_errors,
+            ),
+            "listing": Pipeline(
+                listing,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                catalogue=self.catalogue,
+            ),
         }
 
     @classmethod
@@ -124,8 +154,9 @@ class Gateway:
                 services.register("redis", redis, close=redis.aclose, ping=_redis_ping(redis))
             governance = await Governance.open(settings, store=store, redis=redis)
             services.register("governance", governance, close=governance.close)
-            return cls(settings, store, transport=transport, governance=governance, redis=redis,
-                       services=services)
+            return cls(
+                settings, store, transport=transport, governance=governance, redis=redis, services=services
+            )
         except BaseException:
             await services.aclose()  # what opened before the failure
             raise

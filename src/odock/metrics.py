@@ -9,20 +9,46 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
 
 REQUESTS = Counter(
-    "gateway_requests_total", "Requests answered, by route and status class", ["route", "status_class"],
+    "gateway_requests_total",
+    "Requests answered, by route and status class",
+    ["route", "status_class"],
     registry=REGISTRY,
 )
 REQUEST_DURATION = Histogram(
-    "gateway_request_duration_seconds", "Time from request start to the last response byte", ["route"],
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "gateway_request_duration_seconds",
+    "Time from request start to the last response byte",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Requests being served", registry=REGISTRY)
 PROVIDER_DURATION = Histogram(
-    "gateway_provider_request_duration_seconds", "Upstream time to response headers", ["provider"],
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+    "gateway_provider_request_duration_seconds",
+    "Upstream time to response headers",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 PROVIDER_REQUESTS = Counter(
     "gateway_provider_requests_total", "Upstream attempts", ["provider", "outcome"], registry=REGISTRY
@@ -34,7 +60,9 @@ STREAMS = Counter(
     "gateway_stream_sessions_total", "Streams served, by outcome", ["route", "outcome"], registry=REGISTRY
 )
 ROUTING_ATTEMPTS = Histogram(
-    "gateway_routing_attempts", "Upstream attempts per routed call", buckets=(1, 2, 3, 4, 6, 10),
+    "gateway_routing_attempts",
+    "Upstream attempts per routed call",
+    buckets=(1, 2, 3, 4, 6, 10),
     registry=REGISTRY,
 )
 ROUTING_DECISIONS = Counter(
@@ -46,7 +74,8 @@ USAGE_FLUSH_ERRORS = Counter(
     "gateway_usage_flush_errors_total", "Failed usage batch writes (retried)", registry=REGISTRY
 )
 USAGE_REFUSED = Counter(
-    "gateway_usage_refused_total", "Usage records the store refused (a value its column cannot hold), set aside",
+    "gateway_usage_refused_total",
+    "Usage records the store refused (a value its column cannot hold), set aside",
     registry=REGISTRY,
 )
 USAGE_DROPPED = Counter(
@@ -55,24 +84,33 @@ USAGE_DROPPED = Counter(
 USAGE_UNSPOOLED = Counter(
     "gateway_usage_unspooled_total",
     "Usage records queued without a spool copy (spool full or not writable): lost if the process is killed "
-    "before they are written", registry=REGISTRY,
+    "before they are written",
+    registry=REGISTRY,
 )
 RATELIMIT_DECISIONS = Counter(
-    "gateway_ratelimit_decisions_total", "Governance gate decisions (rate limits, quotas, budgets)",
-    ["ratelimit_stage", "decision"], registry=REGISTRY,
+    "gateway_ratelimit_decisions_total",
+    "Governance gate decisions (rate limits, quotas, budgets)",
+    ["ratelimit_stage", "decision"],
+    registry=REGISTRY,
 )
 GOVERNANCE_ERRORS = Counter(
-    "gateway_governance_errors_total", "Governance failures handled without failing the call", ["stage"],
+    "gateway_governance_errors_total",
+    "Governance failures handled without failing the call",
+    ["stage"],
     registry=REGISTRY,
 )
 TOKENS = Counter("gateway_tokens_total", "Tokens by class", ["provider", "class"], registry=REGISTRY)
 USAGE_ANOMALIES = Counter(
-    "gateway_usage_anomalies_total", "Upstream usage reports clamped as impossible (negative, above the ceiling)",
-    ["provider", "kind"], registry=REGISTRY,
+    "gateway_usage_anomalies_total",
+    "Upstream usage reports clamped as impossible (negative, above the ceiling)",
+    ["provider", "kind"],
+    registry=REGISTRY,
 )
 RESERVATION_EXCEEDED = Counter(
-    "gateway_reservation_exceeded_total", "Calls charged above their budget (or token/cost quota) reservation",
-    ["kind"], registry=REGISTRY,
+    "gateway_reservation_exceeded_total",
+    "Calls charged above their budget (or token/cost quota) reservation",
+    ["kind"],
+    registry=REGISTRY,
 )
 
 

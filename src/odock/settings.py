@@ -109,7 +109,11 @@ def load_settings(**overrides: Any) -> Settings:
         ("idle_timeout_s", ("HTTP_IDLE_TIMEOUT",), parse_duration),
         ("max_concurrent_requests", ("HTTP_MAX_CONCURRENT_REQUESTS",), int),
         ("trust_proxy_headers", ("HTTP_TRUST_PROXY_HEADERS",), _bool),
-        ("trusted_proxy_cidrs", ("HTTP_TRUSTED_PROXY_CIDRS",), lambda s: [c.strip() for c in s.split(",") if c.strip()]),
+        (
+            "trusted_proxy_cidrs",
+            ("HTTP_TRUSTED_PROXY_CIDRS",),
+            lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        ),
         ("auth_cache_ttl_s", ("AUTH_CACHE_TTL",), parse_duration),
         ("auth_negative_cache_ttl_s", ("AUTH_NEGATIVE_CACHE_TTL",), parse_duration),
         ("model_cache_ttl_s", ("MODEL_CACHE_TTL",), parse_duration),
@@ -141,9 +145,11 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings(**values)
     if not 0 < settings.http_port < 65536:
         raise SystemExit(f"invalid HTTP_PORT: {settings.http_port}")
-    for name, value in (("HTTP_MAX_HEADER_BYTES", settings.max_header_bytes),
-                        ("HTTP_READ_HEADER_TIMEOUT", settings.read_header_timeout_s),
-                        ("HTTP_IDLE_TIMEOUT", settings.idle_timeout_s)):
+    for name, value in (
+        ("HTTP_MAX_HEADER_BYTES", settings.max_header_bytes),
+        ("HTTP_READ_HEADER_TIMEOUT", settings.read_header_timeout_s),
+        ("HTTP_IDLE_TIMEOUT", settings.idle_timeout_s),
+    ):
         if value <= 0:
             raise SystemExit(f"invalid {name}: must be positive")
     if settings.usage_max_tokens < 1:
@@ -151,7 +157,9 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.upstream_client not in ("http11", "aiohttp"):
         raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
     if settings.upstream_errors not in ("passthrough", "strict"):
-        raise SystemExit(f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)")
+        raise SystemExit(
+            f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)"
+        )
     if settings.usage_spool and settings.cluster:
         raise SystemExit(
             "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "

@@ -16,6 +16,7 @@ the last records like it may lose the last SQLite commits (synchronous=NORMAL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -43,7 +44,11 @@ def spool_path(database_url: str) -> Path | None:
 
     url = make_url(database_url)
     database = url.database or ""
-    if not url.drivername.startswith("sqlite") or database in ("", ":memory:") or database.startswith("file:"):
+    if (
+        not url.drivername.startswith("sqlite")
+        or database in ("", ":memory:")
+        or database.startswith("file:")
+    ):
         return None
     return Path(database + ".usage-spool")
 
@@ -89,7 +94,7 @@ class UsageSpool:
         view = memoryview(line)
         while view:
             # an error mid-line leaves a partial line: load() skips it
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
         self.size += len(line)
         return True
 
@@ -249,7 +254,9 @@ class UsageRecorder:
             if spool.seal():
                 self._sealed_pending = len(self._queue)
         except OSError:
-            log.exception("usage spool: could not seal the file (its records are dropped once all are written)")
+            log.exception(
+                "usage spool: could not seal the file (its records are dropped once all are written)"
+            )
 
     def _committed(self, spool: UsageSpool, count: int) -> None:
         """Drop what the spool holds of committed records: the sealed file once all of its records are written,
@@ -292,10 +299,8 @@ class UsageRecorder:
         """Stop the background writer and drain the queue (graceful shutdown)."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         deadline = time.monotonic() + self.drain_timeout_s
         try:
             while self._queue:
@@ -303,8 +308,11 @@ class UsageRecorder:
                     await self.flush()
                 except DependencyUnavailable:
                     if time.monotonic() > deadline:
-                        log.error("shutdown: %d usage records could not be written%s", len(self._queue),
-                                  " (kept in the spool for the next start)" if self.spool is not None else "")
+                        log.error(
+                            "shutdown: %d usage records could not be written%s",
+                            len(self._queue),
+                            " (kept in the spool for the next start)" if self.spool is not None else "",
+                        )
                         return
                     await asyncio.sleep(0.2)
         finally:

@@ -30,12 +30,18 @@ async def _seed(client: httpx.AsyncClient) -> dict[str, str]:
     org = (await client.post("/admin/organisations", json={"name": "acme"})).json()
     provider = await client.post(
         "/admin/providers",
-        json={"organisation": "acme", "name": "oa", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
-              "api_key": "sk-upstream-secret-abcd"},
+        json={
+            "organisation": "acme",
+            "name": "oa",
+            "type": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key": "sk-upstream-secret-abcd",
+        },
     )
     assert provider.status_code == 201, provider.text
     model = await client.post(
-        "/admin/models", json={"organisation": "acme", "name": "chat", "provider": "oa", "slug": "gpt-4o-mini"}
+        "/admin/models",
+        json={"organisation": "acme", "name": "chat", "provider": "oa", "slug": "gpt-4o-mini"},
     )
     assert model.status_code == 201, model.text
     return {"org": org["id"], "provider": provider.json()["id"], "model": model.json()["id"]}
@@ -85,9 +91,13 @@ async def test_crud_round_trip(client: httpx.AsyncClient) -> None:
     """Each resource can be created, listed, read (by id or by name), patched and deleted."""
     ids = await _seed(client)
     team = await client.post("/admin/teams", json={"organisation": "acme", "name": "platform"})
-    user = await client.post("/admin/users", json={"organisation": "acme", "email": "d@acme.test", "name": "D"})
+    user = await client.post(
+        "/admin/users", json={"organisation": "acme", "email": "d@acme.test", "name": "D"}
+    )
     assert team.status_code == user.status_code == 201
-    assert [t["name"] for t in (await client.get("/admin/teams?organisation=acme")).json()["data"]] == ["platform"]
+    assert [t["name"] for t in (await client.get("/admin/teams?organisation=acme")).json()["data"]] == [
+        "platform"
+    ]
     assert (await client.get("/admin/users/d@acme.test?organisation=acme")).json()["name"] == "D"
     patched = await client.patch(f"/admin/organisations/{ids['org']}", json={"timezone": "Europe/Paris"})
     assert patched.json()["timezone"] == "Europe/Paris"
@@ -115,7 +125,9 @@ async def test_key_lifecycle_and_grants(client: httpx.AsyncClient, store: SqlSto
     bad = await client.post(f"/admin/keys/{key['id']}/rotate", json={"expires_at": "2020-01-01T00:00:00Z"})
     assert bad.status_code == 400
     rotated = (await client.post(f"/admin/keys/{key['id']}/rotate", json={})).json()
-    assert rotated["id"] == key["id"] and rotated["secret"] != key["secret"] and rotated["rotation_count"] == 1
+    assert (
+        rotated["id"] == key["id"] and rotated["secret"] != key["secret"] and rotated["rotation_count"] == 1
+    )
     history = (await client.get(f"/admin/keys/{key['id']}/rotations")).json()["data"]
     assert history[0]["previous_preview"] == key["key_preview"]
     assert (await client.post(f"/admin/keys/{key['id']}/grants", json={"model": "chat"})).status_code == 201
@@ -126,7 +138,9 @@ async def test_key_lifecycle_and_grants(client: httpx.AsyncClient, store: SqlSto
     assert (await client.delete(f"/admin/keys/{key['id']}/grants/{ids['model']}")).status_code == 404
     revoked = (await client.post(f"/admin/keys/{key['id']}/revoke")).json()
     assert revoked["revoked"] is True
-    owner_error = await client.post("/admin/keys", json={"organisation": "acme", "name": "k2", "type": "TEAM"})
+    owner_error = await client.post(
+        "/admin/keys", json={"organisation": "acme", "name": "k2", "type": "TEAM"}
+    )
     assert owner_error.status_code == 400 and owner_error.json()["error"]["code"] == "invalid_key_ownership"
     assert (await client.delete(f"/admin/keys/{key['id']}")).status_code == 204
 
@@ -137,18 +151,37 @@ async def test_usage_report(client: httpx.AsyncClient, store: SqlStore) -> None:
     when = datetime(2026, 7, 1, tzinfo=UTC)
     await store.insert_usage(
         [
-            UsageRecord(request_id=f"r{i}", created_at=when, organisation_id=ids["org"], api_key_id="k",
-                        route="/v1/chat/completions", status=200, outcome="success", model="chat",
-                        input_tokens=5, output_tokens=7, cost_nanos=11)
+            UsageRecord(
+                request_id=f"r{i}",
+                created_at=when,
+                organisation_id=ids["org"],
+                api_key_id="k",
+                route="/v1/chat/completions",
+                status=200,
+                outcome="success",
+                model="chat",
+                input_tokens=5,
+                output_tokens=7,
+                cost_nanos=11,
+            )
             for i in range(3)
         ]
     )
-    response = await client.get("/admin/usage", params={"group_by": "model", "since": "2026-07-01",
-                                                         "until": "2026-07-02", "organisation": "acme"})
+    response = await client.get(
+        "/admin/usage",
+        params={"group_by": "model", "since": "2026-07-01", "until": "2026-07-02", "organisation": "acme"},
+    )
     assert response.status_code == 200
     assert response.json()["data"] == [
-        {"group": "chat", "requests": 3, "input_tokens": 15, "output_tokens": 21, "cached_input_tokens": 0,
-         "reasoning_tokens": 0, "cost_nanos": 33}
+        {
+            "group": "chat",
+            "requests": 3,
+            "input_tokens": 15,
+            "output_tokens": 21,
+            "cached_input_tokens": 0,
+            "reasoning_tokens": 0,
+            "cost_nanos": 33,
+        }
     ]
     empty = await client.get("/admin/usage", params={"since": "2026-07-02"})
     assert empty.json()["data"] == []
@@ -157,8 +190,14 @@ async def test_usage_report(client: httpx.AsyncClient, store: SqlStore) -> None:
 async def test_malformed_routing_policy_is_refused(client: httpx.AsyncClient) -> None:
     """A key policy with an unknown routing strategy is 400 invalid_policy, not stored to be ignored later."""
     await client.post("/admin/organisations", json={"name": "route-org"})
-    resp = await client.post("/admin/keys", json={
-        "organisation": "route-org", "name": "k", "type": "ORGANISATION",
-        "policies": {"routing": {"chat": {"strategy": "fastest-please", "candidates": []}}}})
+    resp = await client.post(
+        "/admin/keys",
+        json={
+            "organisation": "route-org",
+            "name": "k",
+            "type": "ORGANISATION",
+            "policies": {"routing": {"chat": {"strategy": "fastest-please", "candidates": []}}},
+        },
+    )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] == "invalid_policy"

@@ -29,7 +29,9 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayProc
 async def test_duplicates_are_conflicts_even_when_racing(live: GatewayProcess) -> None:
     """Concurrent creations under one name: exactly one 201, every other answer 409 conflict (never 5xx)."""
     async with httpx.AsyncClient(base_url=live.base_url, headers=live.admin_headers(), timeout=20) as http:
-        answers = await asyncio.gather(*(http.post("/admin/organisations", json={"name": "acme"}) for _ in range(8)))
+        answers = await asyncio.gather(
+            *(http.post("/admin/organisations", json={"name": "acme"}) for _ in range(8))
+        )
         assert sorted(r.status_code for r in answers) == [201] + [409] * 7
         assert {r.json()["error"]["code"] for r in answers if r.status_code == 409} == {"conflict"}
         answers = await asyncio.gather(
@@ -46,8 +48,16 @@ async def test_values_a_column_cannot_hold_are_400(live: GatewayProcess) -> None
         assert provider.status_code == 400, provider.text
         assert provider.json()["error"]["code"] == "invalid_request"
         assert "timeout_ms" in provider.json()["error"]["message"]
-        budget = await http.post("/admin/budgets", json={"name": "b", "owner_type": "ORG", "owner_id": "o" * 100,
-                                                         "amount_nanos": 1, "currency": "DOLLARS-US"})
+        budget = await http.post(
+            "/admin/budgets",
+            json={
+                "name": "b",
+                "owner_type": "ORG",
+                "owner_id": "o" * 100,
+                "amount_nanos": 1,
+                "currency": "DOLLARS-US",
+            },
+        )
         # refused before the store on both backends (SQLite would store any length; PostgreSQL refuses: a 400)
         assert budget.status_code == 400, budget.text
         assert budget.json()["error"]["code"] == "invalid_request"
@@ -58,8 +68,9 @@ async def set_connections(server_url: str, database: str, allowed: bool) -> None
     try:
         await conn.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
         if not allowed:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                               database)
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+            )
     finally:
         await conn.close()
 
@@ -71,7 +82,9 @@ async def test_store_down_is_503(tmp_path: Path, postgres_url: str, postgres_ser
     proc.start()
     database = postgres_url.rsplit("/", 1)[1]
     try:
-        async with httpx.AsyncClient(base_url=proc.base_url, headers=proc.admin_headers(), timeout=20) as http:
+        async with httpx.AsyncClient(
+            base_url=proc.base_url, headers=proc.admin_headers(), timeout=20
+        ) as http:
             assert (await http.get("/admin/budgets")).status_code == 200
             await set_connections(postgres_server_url, database, False)
             try:

@@ -29,8 +29,11 @@ LAYERS: list[set[str]] = [
 
 def units(root: Path) -> set[str]:
     """The top-level modules and packages of the package at `root`."""
-    return {p.stem if p.is_file() else p.name for p in root.iterdir()
-            if (p.is_file() and p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").exists()}
+    return {
+        p.stem if p.is_file() else p.name
+        for p in root.iterdir()
+        if (p.is_file() and p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").exists()
+    }
 
 
 def violations(root: Path, layers: list[set[str]]) -> list[str]:
@@ -71,8 +74,12 @@ def test_imports_point_down() -> None:
 def test_an_upward_import_is_reported(tmp_path: Path) -> None:
     """The check can fail: a lower layer importing a higher one, and two siblings, are both reported."""
     pkg = tmp_path / "pkg"
-    for unit, source in {"top": "from pkg import low\n", "low": "import pkg.top\n", "side": "from pkg.twin import x\n",
-                         "twin": ""}.items():
+    for unit, source in {
+        "top": "from pkg import low\n",
+        "low": "import pkg.top\n",
+        "side": "from pkg.twin import x\n",
+        "twin": "",
+    }.items():
         (pkg / unit).mkdir(parents=True)
         (pkg / unit / "__init__.py").write_text(source)
     found = violations(pkg, [{"top"}, {"side", "twin"}, {"low"}])

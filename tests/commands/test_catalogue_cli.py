@@ -40,12 +40,38 @@ def test_catalogue_commands_end_to_end(odock: object, monkeypatch: pytest.Monkey
     assert run("users", "create", "dev@acme.test", "--org", "acme", "--name", "Dev")[0] == 0
     monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream-cli-secret-9999")
     code, out, _ = run(
-        "providers", "create", "oa", "--org", "acme", "--type", "openai",
-        "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "UPSTREAM_KEY", "--json",
+        "providers",
+        "create",
+        "oa",
+        "--org",
+        "acme",
+        "--type",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--api-key-env",
+        "UPSTREAM_KEY",
+        "--json",
     )
     assert code == 0 and json.loads(out)["has_api_key"] is True and "sk-upstream-cli" not in out
-    assert run("models", "create", "chat", "--org", "acme", "--provider", "oa", "--slug", "gpt-4o-mini",
-               "--capability", "vision,tool_use", "--pricing", '{"input": 0.15}')[0] == 0
+    assert (
+        run(
+            "models",
+            "create",
+            "chat",
+            "--org",
+            "acme",
+            "--provider",
+            "oa",
+            "--slug",
+            "gpt-4o-mini",
+            "--capability",
+            "vision,tool_use",
+            "--pricing",
+            '{"input": 0.15}',
+        )[0]
+        == 0
+    )
     code, out, err = run("keys", "create", "k1", "--org", "acme", "--model", "chat", "--json")
     created = json.loads(out)
     assert code == 0 and created["secret"].startswith("sk-odock-") and "shown only once" in err
@@ -61,7 +87,10 @@ def test_catalogue_commands_end_to_end(odock: object, monkeypatch: pytest.Monkey
     assert run("grants", "remove", "k1", "chat", "--org", "acme")[0] == 0
     assert run("models", "update", "chat", "--org", "acme", "--slug", "gpt-4o")[0] == 0
     code, out, _ = run("models", "list", "--json")
-    assert json.loads(out)[0]["slug"] == "gpt-4o" and json.loads(out)[0]["capabilities"] == ["vision", "tool_use"]
+    assert json.loads(out)[0]["slug"] == "gpt-4o" and json.loads(out)[0]["capabilities"] == [
+        "vision",
+        "tool_use",
+    ]
     assert run("providers", "update", "oa", "--org", "acme", "--disable")[0] == 0
     assert run("models", "delete", "chat", "--org", "acme")[0] == 0
     assert run("providers", "delete", "oa", "--org", "acme")[0] == 0
@@ -79,8 +108,19 @@ def test_errors_are_one_line_with_nonzero_exit(odock: object) -> None:
         ("orgs", "create", "acme"),
         ("teams", "list", "--org", "missing"),
         ("keys", "create", "k", "--org", "acme", "--type", "TEAM"),
-        ("providers", "create", "p", "--org", "acme", "--type", "openai", "--base-url", "http://x/v1",
-         "--api-key-env", "ODOCK_TEST_UNSET_VARIABLE"),
+        (
+            "providers",
+            "create",
+            "p",
+            "--org",
+            "acme",
+            "--type",
+            "openai",
+            "--base-url",
+            "http://x/v1",
+            "--api-key-env",
+            "ODOCK_TEST_UNSET_VARIABLE",
+        ),
         ("keys", "create", "k", "--org", "acme", "--expires-at", "2001-01-01T00:00:00Z"),
         ("models", "update", "nope", "--org", "acme", "--slug", "x"),
     ]
@@ -107,6 +147,8 @@ def test_apply_command(odock: object, tmp_path: Path, monkeypatch: pytest.Monkey
     assert code == 0 and "created  key acme/k" in out and "sk-odock-" in out
     code, out, _ = run("apply", str(path))
     assert code == 0 and out.strip().startswith("no changes")
-    path.write_text("providers: [{organisation: acme, name: p, type: openai, base_url: 'http://x', api_key: literal}]\n")
+    path.write_text(
+        "providers: [{organisation: acme, name: p, type: openai, base_url: 'http://x', api_key: literal}]\n"
+    )
     code, _, err = run("apply", str(path))
     assert code == 1 and "inline secrets are refused" in err

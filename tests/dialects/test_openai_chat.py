@@ -20,10 +20,14 @@ from tests.fuzz.strategies import chat_body, one_field_wrong
 _text = st.text(min_size=1, max_size=12)
 _part = st.one_of(
     st.builds(lambda t: {"type": "text", "text": t}, _text),
-    st.builds(lambda u: {"type": "image_url", "image_url": {"url": f"https://img.test/{u}.png"}},
-              st.from_regex(r"[a-z]{1,8}", fullmatch=True)),
-    st.builds(lambda d: {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{d}", "detail": "low"}},
-              st.from_regex(r"[A-Za-z0-9+/]{4,12}", fullmatch=True)),
+    st.builds(
+        lambda u: {"type": "image_url", "image_url": {"url": f"https://img.test/{u}.png"}},
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+    ),
+    st.builds(
+        lambda d: {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{d}", "detail": "low"}},
+        st.from_regex(r"[A-Za-z0-9+/]{4,12}", fullmatch=True),
+    ),
 )
 _name = st.from_regex(r"[a-z_]{1,10}", fullmatch=True)
 
@@ -31,32 +35,85 @@ _name = st.from_regex(r"[a-z_]{1,10}", fullmatch=True)
 @st.composite
 def chat_requests(draw: st.DrawFn) -> dict[str, Any]:
     """OpenAI chat bodies using every field the normalized model carries."""
-    messages: list[dict[str, Any]] = [{"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_text)}]
+    messages: list[dict[str, Any]] = [
+        {"role": draw(st.sampled_from(["system", "developer"])), "content": draw(_text)}
+    ]
     for turn in range(draw(st.integers(1, 3))):
-        messages.append({"role": "user", "content": draw(st.one_of(_text, st.lists(_part, min_size=1, max_size=3)))})
+        messages.append(
+            {"role": "user", "content": draw(st.one_of(_text, st.lists(_part, min_size=1, max_size=3)))}
+        )
         if draw(st.booleans()):
             call_id = f"call_{turn}"
-            messages.append({"role": "assistant", "content": None, "tool_calls": [
-                {"id": call_id, "type": "function",
-                 "function": {"name": draw(_name), "arguments": msgspec.json.encode({"a": draw(_text)}).decode()}}]})
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {
+                                "name": draw(_name),
+                                "arguments": msgspec.json.encode({"a": draw(_text)}).decode(),
+                            },
+                        }
+                    ],
+                }
+            )
             messages.append({"role": "tool", "tool_call_id": call_id, "content": draw(_text)})
     body: dict[str, Any] = {"model": "m", "messages": messages}
     optional = {
-        "temperature": st.floats(0, 2), "top_p": st.floats(0, 1), "max_tokens": st.integers(1, 9000),
-        "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2), "seed": st.integers(0, 2**31),
-        "stop": st.lists(_text, min_size=1, max_size=3), "metadata": st.dictionaries(_name, _text, max_size=2),
-        "response_format": st.sampled_from([{"type": "json_object"}, {"type": "json_schema", "json_schema": {
-            "name": "answer", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}}]),
-        "tools": st.lists(st.builds(lambda n: {"type": "function", "function": {
-            "name": n, "description": "d", "parameters": {"type": "object", "properties": {}}}}, _name),
-            min_size=1, max_size=2, unique_by=lambda t: t["function"]["name"]),
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0, 1),
+        "max_tokens": st.integers(1, 9000),
+        "presence_penalty": st.floats(-2, 2),
+        "frequency_penalty": st.floats(-2, 2),
+        "seed": st.integers(0, 2**31),
+        "stop": st.lists(_text, min_size=1, max_size=3),
+        "metadata": st.dictionaries(_name, _text, max_size=2),
+        "response_format": st.sampled_from(
+            [
+                {"type": "json_object"},
+                {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "answer",
+                        "schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                    },
+                },
+            ]
+        ),
+        "tools": st.lists(
+            st.builds(
+                lambda n: {
+                    "type": "function",
+                    "function": {
+                        "name": n,
+                        "description": "d",
+                        "parameters": {"type": "object", "properties": {}},
+                    },
+                },
+                _name,
+            ),
+            min_size=1,
+            max_size=2,
+            unique_by=lambda t: t["function"]["name"],
+        ),
     }
     for field, strategy in optional.items():
         if draw(st.booleans()):
             body[field] = draw(strategy)
     if "tools" in body and draw(st.booleans()):
-        body["tool_choice"] = draw(st.sampled_from(["auto", "none", "required", {
-            "type": "function", "function": {"name": body["tools"][0]["function"]["name"]}}]))
+        body["tool_choice"] = draw(
+            st.sampled_from(
+                [
+                    "auto",
+                    "none",
+                    "required",
+                    {"type": "function", "function": {"name": body["tools"][0]["function"]["name"]}},
+                ]
+            )
+        )
     if draw(st.booleans()):
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -79,32 +136,91 @@ def test_request_round_trip_keeps_every_field(body: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "content part"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "content part",
+        ),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 3}, "stop"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools[0]"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
+            "tools[0]",
+        ),
         # values of a type the code once assumed (a TypeError or AttributeError, so a 500, before)
         ({"model": "m", "messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
-          "tool_choice": {"type": "function", "function": "get_time"}}, "tool_choice"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tool_choice": {"type": "function", "function": "get_time"},
+            },
+            "tool_choice",
+        ),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": 5}, "tool_choice"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}, "tool_choice"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": {"x": 1}},
-         "reasoning_effort"),
-        ({"model": "m", "messages": [{"role": "tool", "content": "x", "tool_call_id": [1]}]},
-         "messages[0].tool_call_id"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"},
+            "tool_choice",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": {"x": 1}},
+            "reasoning_effort",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "tool", "content": "x", "tool_call_id": [1]}]},
+            "messages[0].tool_call_id",
+        ),
         ({"model": "m", "messages": [{"role": "user", "content": "x", "name": 5}]}, "messages[0].name"),
-        ({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
-            {"id": [1], "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[0].tool_calls[0].id"),
-        ({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://x/i.png", "detail": {}}}]}]}, "detail"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
-          "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "parameters"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
-          "tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}, "strict"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}],
-          "tools": [{"type": "function", "function": {"name": "f", "description": 5}}]}, "description"),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": [1], "function": {"name": "f", "arguments": "{}"}}],
+                    }
+                ],
+            },
+            "messages[0].tool_calls[0].id",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "https://x/i.png", "detail": {}}}
+                        ],
+                    }
+                ],
+            },
+            "detail",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}],
+            },
+            "parameters",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}],
+            },
+            "strict",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "description": 5}}],
+            },
+            "description",
+        ),
     ],
 )
 def test_bad_fields_are_named(body: dict[str, Any], needle: str) -> None:
@@ -124,8 +240,12 @@ def test_any_value_of_any_type_is_a_400_or_translates(body: dict[str, Any]) -> N
     except BadRequest as exc:
         assert exc.code == "invalid_request" and ":" in exc.message
         return
-    for encode in (lambda: oc.encode_request(request, slug="m"), lambda: oc.encode_request(request, slug="m", vllm=True),
-                   lambda: anthropic.encode_request(request, slug="m"), lambda: gemini.encode_request(request, slug="m")):
+    for encode in (
+        lambda: oc.encode_request(request, slug="m"),
+        lambda: oc.encode_request(request, slug="m", vllm=True),
+        lambda: anthropic.encode_request(request, slug="m"),
+        lambda: gemini.encode_request(request, slug="m"),
+    ):
         try:
             msgspec.json.encode(encode())
         except BadRequest as exc:
@@ -142,23 +262,48 @@ def test_top_k_refused_for_openai_but_kept_for_vllm() -> None:
 
 def test_usage_classes_counted_once() -> None:
     """OpenAI's prompt_tokens includes cached tokens; normalized input excludes them, output keeps reasoning."""
-    usage = oc.usage_from({"prompt_tokens": 100, "completion_tokens": 40, "prompt_tokens_details": {
-        "cached_tokens": 30}, "completion_tokens_details": {"reasoning_tokens": 10}})
+    usage = oc.usage_from(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 40,
+            "prompt_tokens_details": {"cached_tokens": 30},
+            "completion_tokens_details": {"reasoning_tokens": 10},
+        }
+    )
     assert usage == Usage(input_tokens=70, output_tokens=40, cached_input_tokens=30, reasoning_tokens=10)
     assert oc.usage_to(usage)["prompt_tokens"] == 100
 
 
 def test_response_encode_is_valid_for_the_sdk() -> None:
     """A decoded completion re-encodes into a body the openai SDK's ChatCompletion type accepts, tools intact."""
-    upstream = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                    "role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
-                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+    upstream = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
     resp = oc.decode_response(upstream)
     parsed = ChatCompletion.model_validate_json(oc.encode_response(resp, model="my-model"))
     call = parsed.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert call.function.arguments == "{\"city\": \"Paris\"}" and parsed.choices[0].finish_reason == "tool_calls"
+    assert call.function.arguments == '{"city": "Paris"}' and parsed.choices[0].finish_reason == "tool_calls"
     assert parsed.model == "my-model" and parsed.usage is not None and parsed.usage.total_tokens == 12
 
 
@@ -166,19 +311,64 @@ def test_stream_decode_then_encode_reassembles() -> None:
     """Upstream chunks decode to events that the unified encoder turns into SDK-valid chunks with the same
     text, tool arguments (split across deltas), stop reason and final usage."""
     upstream = [
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "g",
-         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]},
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "g",
-         "choices": [{"index": 0, "delta": {"content": "lo", "tool_calls": [{"index": 0, "id": "t1",
-          "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]}, "finish_reason": None}]},
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "g",
-         "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]},
-                      "finish_reason": "tool_calls"}]},
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "g", "choices": [],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}},
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "g",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}
+            ],
+        },
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "g",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "content": "lo",
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "t1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": '{"a"'},
+                            }
+                        ],
+                    },
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "g",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]},
+                    "finish_reason": "tool_calls",
+                }
+            ],
+        },
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "g",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        },
     ]
     decoder = oc.StreamDecoder()
-    events = [ev for chunk in upstream for ev in decoder.feed(SSEEvent(None, msgspec.json.encode(chunk).decode()))]
+    events = [
+        ev for chunk in upstream for ev in decoder.feed(SSEEvent(None, msgspec.json.encode(chunk).decode()))
+    ]
     assert decoder.feed(SSEEvent(None, "[DONE]")) == [] and decoder.done
     assert isinstance(events[0], StreamStart)
     assert [e.name for e in events if isinstance(e, ToolCallDelta) and e.name] == ["f"]
@@ -188,10 +378,15 @@ def test_stream_decode_then_encode_reassembles() -> None:
     assert data[-1] == "[DONE]"
     chunks = [ChatCompletionChunk.model_validate_json(d) for d in data[:-1]]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    args = "".join(tc.function.arguments or "" for c in chunks if c.choices
-                   for tc in c.choices[0].delta.tool_calls or [] if tc.function)
+    args = "".join(
+        tc.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+        if tc.function
+    )
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert text == "Hello" and args == "{\"a\": 1}" and finish == ["tool_calls"]
+    assert text == "Hello" and args == '{"a": 1}' and finish == ["tool_calls"]
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
     assert any(isinstance(e, TextDelta) for e in events) and any(isinstance(e, StreamStop) for e in events)
     assert any(isinstance(e, UsageEvent) for e in events)

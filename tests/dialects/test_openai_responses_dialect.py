@@ -369,7 +369,10 @@ def test_stream_encoder_validates_and_completes_to_unary() -> None:
         usage=folded["usage"],
     )
     want = Response.model_validate_json(rd.encode_response(unary, model="gpt-client"))
-    strip = lambda r: [{k: v for k, v in o.model_dump().items() if k != "id"} for o in r.output]
+
+    def strip(r):
+        return [{k: v for k, v in o.model_dump().items() if k != "id"} for o in r.output]
+
     assert strip(final) == strip(want)
     assert final.usage == want.usage and final.output_text == want.output_text == "Hello"
 

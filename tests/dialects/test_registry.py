@@ -35,15 +35,22 @@ REQUEST = GatewayRequest(
     messages=[
         Message(role="system", content="Be brief."),
         Message(role="user", content="Weather in Paris?"),
-        Message(role="assistant", content="Checking.",
-                tool_calls=[ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')]),
+        Message(
+            role="assistant",
+            content="Checking.",
+            tool_calls=[ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')],
+        ),
         Message(role="tool", tool_call_id="call_1", content='{"temp": 21}'),
         Message(role="user", content=[ContentPart(type="text", text="And now?")]),
     ],
     max_tokens=64,
 )
 RESPONSE = GatewayResponse(
-    provider="x", model="m", content="Sunny.", stop_reason="tool_calls", id="resp_1",
+    provider="x",
+    model="m",
+    content="Sunny.",
+    stop_reason="tool_calls",
+    id="resp_1",
     content_blocks=[ContentPart(type="text", text="Sunny.")],
     tool_calls=[ToolCall(id="call_9", name="get_weather", arguments='{"city": "Lyon"}')],
     usage=Usage(input_tokens=12, output_tokens=7),
@@ -79,11 +86,15 @@ def test_request_round_trips_through_the_registered_sides(name: str) -> None:
     entry = dialect(name)
     body = entry.upstream.encode_request(REQUEST, slug="slug-1")
     back = entry.client.decode_request(json.loads(json.dumps(body)), path_model="slug-1")
-    turns = lambda r: [(m.role, m.text()) for m in r.messages if m.role not in ("system", "developer", "tool")]
+
+    def turns(r):
+        return [(m.role, m.text()) for m in r.messages if m.role not in ("system", "developer", "tool")]
+
     assert turns(back) == turns(REQUEST)
     assert [m.text() for m in back.messages if m.role in ("system", "developer")] == ["Be brief."]
     assert [(c.name, json.loads(c.arguments)) for m in back.messages for c in m.tool_calls or []] == [
-        ("get_weather", {"city": "Paris"})]
+        ("get_weather", {"city": "Paris"})
+    ]
     assert back.max_tokens == 64
 
 
@@ -106,7 +117,9 @@ def test_stream_round_trips_through_the_registered_codecs(name: str) -> None:
     """A stream written by a dialect's encoder and read back by its decoder gives the same text, call, stop and
     usage, and the decoder sees the stream's terminal event (`done`)."""
     entry = dialect(name)
-    encoder = entry.client.stream_encoder(model="m", request_id="r1", options=StreamOptions(include_usage=True))
+    encoder = entry.client.stream_encoder(
+        model="m", request_id="r1", options=StreamOptions(include_usage=True)
+    )
     wire = b"".join(encoder.event(ev) for ev in STREAM) + encoder.finish()
     decoder = entry.upstream.stream_decoder()
     events = [out for ev in parse_sse(wire) for out in decoder.feed(ev)]
@@ -146,7 +159,11 @@ def test_vllm_chat_is_openai_chat_with_vllm_spellings() -> None:
         openai.upstream.encode_request(request, slug="gpt")
     request.top_k = None
     assert openai.upstream.encode_request(request, slug="gpt")["max_completion_tokens"] == 5
-    answer = {"id": "c1", "model": "llama", "choices": [{"message": {"content": "Hi"}, "finish_reason": "stop"}]}
+    answer = {
+        "id": "c1",
+        "model": "llama",
+        "choices": [{"message": {"content": "Hi"}, "finish_reason": "stop"}],
+    }
     assert vllm.upstream.decode_response(answer).provider == "vllm"
     assert openai.upstream.decode_response(answer).provider == "openai"
 
@@ -161,15 +178,24 @@ def test_gemini_stream_options_pick_sse_or_json_array() -> None:
     assert json.loads(array.finish())[0]["candidates"][0]["finishReason"] == "STOP"
     chat = dialect("openai_chat").client
     plain = chat.stream_encoder(model="m", request_id="r", options=StreamOptions()).finish()
-    counted = chat.stream_encoder(model="m", request_id="r", options=StreamOptions(include_usage=True)).finish()
+    counted = chat.stream_encoder(
+        model="m", request_id="r", options=StreamOptions(include_usage=True)
+    ).finish()
     assert b'"usage"' not in plain and b'"usage"' in counted
 
 
 # --- provider types ------------------------------------------------------------------------------------------
 
 # reference §4.1: OPENAI, ANTHROPIC, GOOGLE, AZURE_OPENAI, VLLM, CUSTOM (+ gemini, this gateway's own name)
-EXPECTED = {"openai": "openai", "azure_openai": "openai", "custom": "openai", "anthropic": "anthropic",
-            "gemini": "gemini", "google": "gemini", "vllm": "vllm"}
+EXPECTED = {
+    "openai": "openai",
+    "azure_openai": "openai",
+    "custom": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gemini",
+    "google": "gemini",
+    "vllm": "vllm",
+}
 
 
 def test_every_provider_type_maps_to_an_adapter_a_family_and_a_registered_dialect() -> None:

@@ -84,18 +84,24 @@ def test_encode_then_decode_as_client_keeps_the_conversation(conv: str, dialect:
     mod = DIALECTS[dialect]
     body = mod.encode_request(req, slug="slug-1")
     back = mod.decode_request(body, path_model="slug-1")
-    texts = lambda r: [m.text() for m in r.messages if m.role != "system"]
+
+    def texts(r):
+        return [m.text() for m in r.messages if m.role != "system"]
+
     assert texts(back) == texts(req)
     assert [(c.name, json.loads(c.arguments)) for m in back.messages for c in m.tool_calls or []] == [
         (c.name, json.loads(c.arguments)) for m in req.messages for c in m.tool_calls or []
     ]
-    images = lambda r: [
-        (p.url, p.data)
-        for m in r.messages
-        if isinstance(m.content, list)
-        for p in m.content
-        if p.type == "image"
-    ]
+
+    def images(r):
+        return [
+            (p.url, p.data)
+            for m in r.messages
+            if isinstance(m.content, list)
+            for p in m.content
+            if p.type == "image"
+        ]
+
     assert images(back) == images(req)
     if req.response_format:
         assert (

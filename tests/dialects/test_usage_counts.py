@@ -17,15 +17,27 @@ from odock.model import Usage
 GARBAGE = ["12", "abc", 3.5, True, [1], {"n": 1}, None]
 IMPOSSIBLE = [-16, MAX_TOKEN_COUNT + 1]
 USAGE_SHAPES = {
-    "openai": (openai_chat.usage_from, lambda v: {"prompt_tokens": v, "completion_tokens": v,
-                                                  "prompt_tokens_details": {"cached_tokens": v},
-                                                  "completion_tokens_details": {"reasoning_tokens": v}}),
-    "responses": (openai_responses.usage_from, lambda v: {"input_tokens": v, "output_tokens": v,
-                                                          "output_tokens_details": {"reasoning_tokens": v}}),
-    "anthropic": (anthropic.usage_from, lambda v: {"input_tokens": v, "output_tokens": v,
-                                                   "cache_read_input_tokens": v}),
-    "gemini": (gemini.usage_from, lambda v: {"promptTokenCount": v, "candidatesTokenCount": v,
-                                             "thoughtsTokenCount": v}),
+    "openai": (
+        openai_chat.usage_from,
+        lambda v: {
+            "prompt_tokens": v,
+            "completion_tokens": v,
+            "prompt_tokens_details": {"cached_tokens": v},
+            "completion_tokens_details": {"reasoning_tokens": v},
+        },
+    ),
+    "responses": (
+        openai_responses.usage_from,
+        lambda v: {"input_tokens": v, "output_tokens": v, "output_tokens_details": {"reasoning_tokens": v}},
+    ),
+    "anthropic": (
+        anthropic.usage_from,
+        lambda v: {"input_tokens": v, "output_tokens": v, "cache_read_input_tokens": v},
+    ),
+    "gemini": (
+        gemini.usage_from,
+        lambda v: {"promptTokenCount": v, "candidatesTokenCount": v, "thoughtsTokenCount": v},
+    ),
     "any": (usage_any, lambda v: {"total_tokens": v}),
 }
 
@@ -47,14 +59,25 @@ def test_impossible_counts_are_clamped_and_flagged_before_pricing(dialect: str, 
     usage = usage_from(raw)
     assert usage is not None
     checked, flags = checked_usage(usage, raw, 10_000_000)
-    counts = [checked.input_tokens, checked.output_tokens, checked.cached_input_tokens, checked.cache_write_tokens,
-              checked.reasoning_tokens]
+    counts = [
+        checked.input_tokens,
+        checked.output_tokens,
+        checked.cached_input_tokens,
+        checked.cache_write_tokens,
+        checked.reasoning_tokens,
+    ]
     assert all(0 <= count <= 10_000_000 for count in counts)
     assert flags == (["negative"] if value < 0 else ["above_ceiling"])
 
 
 def test_openai_usage_details_of_the_wrong_type_are_ignored() -> None:
     """Details that are not objects are ignored (they were an AttributeError)."""
-    usage = openai_chat.usage_from({"prompt_tokens": 5, "completion_tokens": 2, "prompt_tokens_details": [1],
-                                    "completion_tokens_details": "x"})
+    usage = openai_chat.usage_from(
+        {
+            "prompt_tokens": 5,
+            "completion_tokens": 2,
+            "prompt_tokens_details": [1],
+            "completion_tokens_details": "x",
+        }
+    )
     assert usage == Usage(input_tokens=5, output_tokens=2)

@@ -59,26 +59,72 @@ async def admin(gw: GatewayProcess, method: str, path: str, **kwargs: Any) -> ht
     return resp
 
 
-async def make_tenant(gw: GatewayProcess, mock_url: str, *, org_policies: dict[str, Any] | None = None,
-                      key_policies: dict[str, Any] | None = None, model_policies: dict[str, Any] | None = None,
-                      pricing: dict[str, Any] | None = None, model_config: dict[str, Any] | None = None,
-                      provider_type: str = "openai") -> Tenant:
+async def make_tenant(
+    gw: GatewayProcess,
+    mock_url: str,
+    *,
+    org_policies: dict[str, Any] | None = None,
+    key_policies: dict[str, Any] | None = None,
+    model_policies: dict[str, Any] | None = None,
+    pricing: dict[str, Any] | None = None,
+    model_config: dict[str, Any] | None = None,
+    provider_type: str = "openai",
+) -> Tenant:
     """Create organisation, provider (of `provider_type`, on the mock), model and key through the admin API."""
     org, slug = unique("e2e-org"), unique("e2e-slug")
-    created_org = await admin(gw, "POST", "/admin/organisations",
-                              json={"name": org, "policies": org_policies or {}})
+    created_org = await admin(
+        gw, "POST", "/admin/organisations", json={"name": org, "policies": org_policies or {}}
+    )
     base_url = f"{mock_url}/v1" if provider_type in ("openai", "vllm") else mock_url
-    await admin(gw, "POST", "/admin/providers", json={
-        "organisation": org, "name": "mock", "type": provider_type, "base_url": base_url,
-        "api_key": "sk-upstream-test"})
-    await admin(gw, "POST", "/admin/models", json={
-        "organisation": org, "name": "chat", "provider": "mock", "slug": slug, "type": "chat",
-        "pricing": pricing or EXACT_PRICING, "policies": model_policies or {}, "config": model_config or {}})
-    key = (await admin(gw, "POST", "/admin/keys", json={
-        "organisation": org, "name": "app", "type": "ORGANISATION", "models": ["chat"],
-        "policies": key_policies or {}})).json()
-    return Tenant(org=org, org_id=created_org.json()["id"], key_id=key["id"], secret=key["secret"], model="chat",
-                  slug=slug)
+    await admin(
+        gw,
+        "POST",
+        "/admin/providers",
+        json={
+            "organisation": org,
+            "name": "mock",
+            "type": provider_type,
+            "base_url": base_url,
+            "api_key": "sk-upstream-test",
+        },
+    )
+    await admin(
+        gw,
+        "POST",
+        "/admin/models",
+        json={
+            "organisation": org,
+            "name": "chat",
+            "provider": "mock",
+            "slug": slug,
+            "type": "chat",
+            "pricing": pricing or EXACT_PRICING,
+            "policies": model_policies or {},
+            "config": model_config or {},
+        },
+    )
+    key = (
+        await admin(
+            gw,
+            "POST",
+            "/admin/keys",
+            json={
+                "organisation": org,
+                "name": "app",
+                "type": "ORGANISATION",
+                "models": ["chat"],
+                "policies": key_policies or {},
+            },
+        )
+    ).json()
+    return Tenant(
+        org=org,
+        org_id=created_org.json()["id"],
+        key_id=key["id"],
+        secret=key["secret"],
+        model="chat",
+        slug=slug,
+    )
 
 
 def limits(*, rpm: int = 0, tpm: int = 0, concurrency: int = 0, max_tokens: int = 0) -> dict[str, Any]:
@@ -109,12 +155,15 @@ def chat_body(*, max_tokens: int, words: int | None = None, latency_ms: int = 0,
         directives.append(f"latency_ms={latency_ms}")
     marker = f"[[mock {' '.join(directives)}]] " if directives else ""
     text = marker + "hi" + "." * pad
-    return (b'{"model":"chat","max_tokens":%d,"messages":[{"role":"user","content":"%s"}]}'
-            % (max_tokens, text.encode()))
+    return b'{"model":"chat","max_tokens":%d,"messages":[{"role":"user","content":"%s"}]}' % (
+        max_tokens,
+        text.encode(),
+    )
 
 
-async def post_chat(http: httpx.AsyncClient, gw: GatewayProcess, tenant: Tenant, body: bytes,
-                    request_id: str | None = None) -> httpx.Response:
+async def post_chat(
+    http: httpx.AsyncClient, gw: GatewayProcess, tenant: Tenant, body: bytes, request_id: str | None = None
+) -> httpx.Response:
     """POST a raw chat body to one gateway's /v1/chat/completions."""
     headers = {"Authorization": f"Bearer {tenant.secret}", "Content-Type": "application/json"}
     if request_id:
@@ -187,8 +236,9 @@ def _pg_admin(server_url: str, sql: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared_pair(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str,
-                mock: MockServer) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+def shared_pair(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, mock: MockServer
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     """Two live processes (A, B) on one fresh PostgreSQL database and one flushed Redis database, shared by a
     module's tests (each test brings its own tenant); starting a pair costs ~4 s on this machine."""
     require_service("Redis", REDIS_HOST, REDIS_PORT)
@@ -204,7 +254,9 @@ def shared_pair(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: s
         for index in range(2):
             workdir = root / f"gw{index}"
             workdir.mkdir()
-            proc = GatewayProcess(workdir, database_url=database_url, redis_url=redis_url, secret_key=secret_key)
+            proc = GatewayProcess(
+                workdir, database_url=database_url, redis_url=redis_url, secret_key=secret_key
+            )
             procs.append(proc)
             proc.start()  # one after the other: the first runs the migrations
         yield procs[0], procs[1]
@@ -224,8 +276,13 @@ def cluster(tmp_path: Path, postgres_url: str, e2e_redis: str) -> Iterator[Clust
     def build(env: dict[str, str] | None = None, redis_url: str | None = None) -> GatewayProcess:
         workdir = tmp_path / f"gw{len(procs)}"
         workdir.mkdir()
-        proc = GatewayProcess(workdir, database_url=postgres_url, redis_url=redis_url or e2e_redis,
-                              secret_key=secret_key, env=env)
+        proc = GatewayProcess(
+            workdir,
+            database_url=postgres_url,
+            redis_url=redis_url or e2e_redis,
+            secret_key=secret_key,
+            env=env,
+        )
         procs.append(proc)
         return proc
 
@@ -246,7 +303,11 @@ async def org_usage_rows(gw: GatewayProcess, org_id: str) -> list[dict[str, Any]
     try:
         table = schema.usage_records
         async with service.store.read() as conn:
-            rows = (await conn.execute(sa.select(table).where(table.c.organisation_id == org_id))).mappings().all()
+            rows = (
+                (await conn.execute(sa.select(table).where(table.c.organisation_id == org_id)))
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
     finally:
         await service.store.close()

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.cluster
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-async def test_unstorable_model_names_are_400_and_usage_keeps_being_recorded(cluster: ClusterFactory,
-                                                                           mock: MockServer) -> None:
+async def test_unstorable_model_names_are_400_and_usage_keeps_being_recorded(
+    cluster: ClusterFactory, mock: MockServer
+) -> None:
     """A model name with NUL or wider than 200 characters is 400 invalid_request on every route family, and the
     calls after it are still recorded in the usage ledger."""
     gw = cluster()
@@ -30,10 +31,17 @@ async def test_unstorable_model_names_are_400_and_usage_keeps_being_recorded(clu
             for path in ("/v1/chat/completions", "/v1/llm/chat"):
                 resp = await http.post(path, json={"model": model, **CHAT})
                 assert resp.status_code == 400, (path, resp.text)
-                assert resp.json()["error"]["code"] == "invalid_request" and "model" in resp.json()["error"]["message"]
-        resp = await http.post("/v1beta/models/ch%00at:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]})
+                assert (
+                    resp.json()["error"]["code"] == "invalid_request"
+                    and "model" in resp.json()["error"]["message"]
+                )
+        resp = await http.post(
+            "/v1beta/models/ch%00at:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]}
+        )
         assert resp.status_code == 400 and resp.json()["error"]["status"] == "INVALID_ARGUMENT", resp.text
-        assert (await http.post("/v1/chat/completions", json={"model": tenant.model, **CHAT})).status_code == 200
+        assert (
+            await http.post("/v1/chat/completions", json={"model": tenant.model, **CHAT})
+        ).status_code == 200
 
     async def recorded() -> list[dict[str, Any]]:
         return [row for row in await org_usage_rows(gw, tenant.org_id) if row["status"] == 200]

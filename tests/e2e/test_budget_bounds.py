@@ -28,14 +28,20 @@ from tests.harness import GatewayProcess
 
 # USD per million tokens: nanos per token = rate × 1000
 PRICING = {"input": 1.0, "cached_input": 0.5, "output": 4.0}
-IMAGE_TOKENS = 1000  # the model's documented worst case per image (its `image_tokens`), billed in full by the mock
+IMAGE_TOKENS = (
+    1000  # the model's documented worst case per image (its `image_tokens`), billed in full by the mock
+)
 MAX_OUTPUT = 40  # the model's `max_output_tokens`: the gateway's cap when a request names none
 CONFIG = {"image_tokens": IMAGE_TOKENS, "max_output_tokens": MAX_OUTPUT}
 # an honest bill far above the old estimate: every prompt byte a token, the image at its maximum, cached tokens,
 # and 500 reasoning tokens + 300 words asked for (inside the output cap)
-RICH_TEXT = "[[mock image_tokens=1000 token_bytes=1 cached=40 reasoning=500 words=300 latency_ms=300]] describe"
-CONTENT: list[Any] = [{"type": "text", "text": RICH_TEXT},
-                      {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]
+RICH_TEXT = (
+    "[[mock image_tokens=1000 token_bytes=1 cached=40 reasoning=500 words=300 latency_ms=300]] describe"
+)
+CONTENT: list[Any] = [
+    {"type": "text", "text": RICH_TEXT},
+    {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}},
+]
 
 
 def client(gw: GatewayProcess, tenant: Tenant) -> openai.AsyncOpenAI:
@@ -47,7 +53,8 @@ async def rich_call(sdk: openai.AsyncOpenAI) -> int | dict[str, str]:
     """One rich chat call: its response headers when answered, else the error status."""
     try:
         raw = await sdk.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": CONTENT}])  # type: ignore[list-item]
+            model="chat", messages=[{"role": "user", "content": CONTENT}]
+        )  # type: ignore[list-item]
     except openai.APIStatusError as err:
         assert err.status_code == 402 and err.code == "budget_exceeded", err
         return err.status_code
@@ -57,9 +64,20 @@ async def rich_call(sdk: openai.AsyncOpenAI) -> int | dict[str, str]:
 
 async def budget_for(gw: GatewayProcess, tenant: Tenant, amount: int) -> dict[str, Any]:
     """A daily budget of `amount` nanos on the tenant's key."""
-    return (await admin(gw, "POST", "/admin/budgets", json={
-        "name": "rich", "organisation": tenant.org, "key": "app", "period": "DAILY",
-        "amount_nanos": amount})).json()
+    return (
+        await admin(
+            gw,
+            "POST",
+            "/admin/budgets",
+            json={
+                "name": "rich",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "DAILY",
+                "amount_nanos": amount,
+            },
+        )
+    ).json()
 
 
 async def settled_rows(gw: GatewayProcess, tenant: Tenant, count: int) -> list[dict[str, Any]]:
@@ -73,8 +91,9 @@ async def settled_rows(gw: GatewayProcess, tenant: Tenant, count: int) -> list[d
     return result
 
 
-async def assert_never_overspent(gws: tuple[GatewayProcess, ...], tenant: Tenant, mock: MockServer,
-                                 budget: dict[str, Any]) -> None:
+async def assert_never_overspent(
+    gws: tuple[GatewayProcess, ...], tenant: Tenant, mock: MockServer, budget: dict[str, Any]
+) -> None:
     """40 concurrent rich calls spread over `gws`: some answered, the rest 402, and spend <= the budget."""
     sdks = [client(gw, tenant) for gw in gws]
     try:
@@ -97,7 +116,8 @@ async def assert_never_overspent(gws: tuple[GatewayProcess, ...], tenant: Tenant
         assert (row["output_tokens"], row["reasoning_tokens"]) == (MAX_OUTPUT, MAX_OUTPUT - 1)
     # no cap in the request: the gateway reserved the model's maximum output, said so, and sent it upstream
     assert {a.get("x-odock-reserved-output-tokens") for a in answers if isinstance(a, dict)} == {
-        str(MAX_OUTPUT)}
+        str(MAX_OUTPUT)
+    }
     entries = seen(mock, tenant)
     assert len(entries) == statuses[200] and all("max_completion_tokens" in e["keys"] for e in entries)
 
@@ -115,8 +135,9 @@ async def test_rich_prompts_never_overspend_embedded(embedded: GatewayProcess, m
 
 
 @pytest.mark.cluster
-async def test_rich_prompts_never_overspend_cluster(shared_pair: tuple[GatewayProcess, GatewayProcess],
-                                                    mock: MockServer) -> None:
+async def test_rich_prompts_never_overspend_cluster(
+    shared_pair: tuple[GatewayProcess, GatewayProcess], mock: MockServer
+) -> None:
     """Cluster: the same 40 calls over two processes (Redis + PostgreSQL ledger), spend <= budget."""
     a, b = shared_pair
     tenant = await make_tenant(a, mock.base_url, pricing=PRICING, model_config=CONFIG)
@@ -131,27 +152,49 @@ CAP = 7
 # (provider type, route, body): no output cap in any of them; the mock would answer 500 words uncapped
 ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("openai", "/v1/responses", {"model": "chat", "input": "[[mock words=500]] hi"}),
-    ("gemini", "/v1beta/models/chat:generateContent",
-     {"contents": [{"role": "user", "parts": [{"text": "[[mock words=500]] hi"}]}]}),
-    ("anthropic", "/v1/llm/chat", {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]}),
-    ("gemini", "/v1/llm/chat", {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]}),
-    ("vllm", "/v1/vllm/chat/completions",
-     {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]}),
+    (
+        "gemini",
+        "/v1beta/models/chat:generateContent",
+        {"contents": [{"role": "user", "parts": [{"text": "[[mock words=500]] hi"}]}]},
+    ),
+    (
+        "anthropic",
+        "/v1/llm/chat",
+        {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]},
+    ),
+    (
+        "gemini",
+        "/v1/llm/chat",
+        {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]},
+    ),
+    (
+        "vllm",
+        "/v1/vllm/chat/completions",
+        {"model": "chat", "messages": [{"role": "user", "content": "[[mock words=500]] hi"}]},
+    ),
     ("vllm", "/v1/vllm/completions", {"model": "chat", "prompt": "[[mock words=500]] hi"}),
 ]
 
 
-@pytest.mark.parametrize(("provider_type", "path", "body"), ROUTES,
-                         ids=[f"{t}:{p.rsplit('/', 1)[-1]}" for t, p, _ in ROUTES])
-async def test_uncapped_calls_get_the_reserved_cap(embedded: GatewayProcess, mock: MockServer, provider_type: str,
-                                                   path: str, body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("provider_type", "path", "body"), ROUTES, ids=[f"{t}:{p.rsplit('/', 1)[-1]}" for t, p, _ in ROUTES]
+)
+async def test_uncapped_calls_get_the_reserved_cap(
+    embedded: GatewayProcess, mock: MockServer, provider_type: str, path: str, body: dict[str, Any]
+) -> None:
     """A budgeted call naming no output cap is sent upstream with the cap it reserved, and says so in a header."""
-    tenant = await make_tenant(embedded, mock.base_url, pricing=PRICING, model_config={"max_output_tokens": CAP},
-                               provider_type=provider_type)
+    tenant = await make_tenant(
+        embedded,
+        mock.base_url,
+        pricing=PRICING,
+        model_config={"max_output_tokens": CAP},
+        provider_type=provider_type,
+    )
     await budget_for(embedded, tenant, 10**12)
     async with httpx.AsyncClient(timeout=10) as http:
-        resp = await http.post(embedded.base_url + path, json=body,
-                               headers={"Authorization": f"Bearer {tenant.secret}"})
+        resp = await http.post(
+            embedded.base_url + path, json=body, headers={"Authorization": f"Bearer {tenant.secret}"}
+        )
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-odock-reserved-output-tokens"] == str(CAP)
     [row] = await settled_rows(embedded, tenant, 1)
@@ -173,7 +216,9 @@ async def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_negative_usage_is_clamped_and_never_credits(embedded: GatewayProcess, mock: MockServer) -> None:
+async def test_negative_usage_is_clamped_and_never_credits(
+    embedded: GatewayProcess, mock: MockServer
+) -> None:
     """Negative counts from the upstream (a broken image bill of -16,000 output tokens) cost 0, are flagged and
     counted, never credit."""
     tenant = await make_tenant(embedded, mock.base_url, pricing=PRICING)
@@ -201,8 +246,9 @@ async def test_absurd_usage_is_clamped_to_the_ceiling(embedded: GatewayProcess, 
     tenant = await make_tenant(embedded, mock.base_url, pricing=PRICING)
     sdk = client(embedded, tenant)
     try:
-        await sdk.chat.completions.create(model="chat",
-                                          messages=[{"role": "user", "content": "[[mock cached=25000000]] hi"}])
+        await sdk.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "[[mock cached=25000000]] hi"}]
+        )
     finally:
         await sdk.close()
     [row] = await settled_rows(embedded, tenant, 1)
@@ -210,15 +256,19 @@ async def test_absurd_usage_is_clamped_to_the_ceiling(embedded: GatewayProcess, 
     assert row["raw_usage"]["prompt_tokens_details"]["cached_tokens"] == 25_000_000
 
 
-async def assert_overspend_recorded(gw: GatewayProcess, reader: GatewayProcess, tenant: Tenant,
-                                    budget: dict[str, Any]) -> None:
+async def assert_overspend_recorded(
+    gw: GatewayProcess, reader: GatewayProcess, tenant: Tenant, budget: dict[str, Any]
+) -> None:
     """One call billed far above its reservation: charged in full, an overspend event, the metric counted."""
     before = await metric(gw, "gateway_reservation_exceeded_total", kind="budget")
     sdk = client(gw, tenant)
     try:
-        await sdk.chat.completions.create(model="chat", max_tokens=5,
-                                          messages=[{"role": "user", "content": "[[mock cached=2000000]] hi"}],
-                                          extra_headers={"X-Request-Id": "dishonest-" + tenant.slug})
+        await sdk.chat.completions.create(
+            model="chat",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "[[mock cached=2000000]] hi"}],
+            extra_headers={"X-Request-Id": "dishonest-" + tenant.slug},
+        )
     finally:
         await sdk.close()
     [row] = await settled_rows(reader, tenant, 1)
@@ -227,7 +277,9 @@ async def assert_overspend_recorded(gw: GatewayProcess, reader: GatewayProcess, 
     assert await eventually(lambda: _used_when(reader, budget["id"], row["cost_nanos"])) == row["cost_nanos"]
 
     async def overspends() -> list[dict[str, Any]] | None:
-        found = (await admin(reader, "GET", "/admin/budget-events", params={"budget_id": budget["id"]})).json()
+        found = (
+            await admin(reader, "GET", "/admin/budget-events", params={"budget_id": budget["id"]})
+        ).json()
         return [e for e in found if e["kind"] == "overspend"] or None
 
     [event] = await eventually(overspends)
@@ -237,7 +289,9 @@ async def assert_overspend_recorded(gw: GatewayProcess, reader: GatewayProcess, 
     assert await metric(gw, "gateway_reservation_exceeded_total", kind="budget") == before + 1
 
 
-async def test_usage_above_the_reservation_is_recorded_embedded(embedded: GatewayProcess, mock: MockServer) -> None:
+async def test_usage_above_the_reservation_is_recorded_embedded(
+    embedded: GatewayProcess, mock: MockServer
+) -> None:
     """Embedded: a dishonest upstream's excess is charged, listed as an overspend budget event and counted."""
     tenant = await make_tenant(embedded, mock.base_url, pricing=PRICING)
     budget = await budget_for(embedded, tenant, 10**12)
@@ -245,8 +299,9 @@ async def test_usage_above_the_reservation_is_recorded_embedded(embedded: Gatewa
 
 
 @pytest.mark.cluster
-async def test_usage_above_the_reservation_is_recorded_cluster(shared_pair: tuple[GatewayProcess, GatewayProcess],
-                                                               mock: MockServer) -> None:
+async def test_usage_above_the_reservation_is_recorded_cluster(
+    shared_pair: tuple[GatewayProcess, GatewayProcess], mock: MockServer
+) -> None:
     """Cluster: the same excess through A is charged in the shared ledger and listed by B."""
     a, b = shared_pair
     tenant = await make_tenant(a, mock.base_url, pricing=PRICING)

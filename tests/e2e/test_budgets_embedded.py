@@ -36,9 +36,20 @@ async def test_concurrent_calls_never_overspend(embedded: GatewayProcess, mock: 
     tenant = await make_tenant(embedded, mock.base_url)
     k = 7
     amount = k * WORST + WORST - 1
-    budget = (await admin(embedded, "POST", "/admin/budgets", json={
-        "name": "burst", "organisation": tenant.org, "key": "app", "period": "DAILY",
-        "amount_nanos": amount})).json()
+    budget = (
+        await admin(
+            embedded,
+            "POST",
+            "/admin/budgets",
+            json={
+                "name": "burst",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "DAILY",
+                "amount_nanos": amount,
+            },
+        )
+    ).json()
     body = chat_body(max_tokens=WORDS, words=WORDS, latency_ms=200)
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=128)) as http:
         answers = await asyncio.gather(*(post_chat(http, embedded, tenant, body) for _ in range(100)))
@@ -59,24 +70,42 @@ async def _settled(gw: GatewayProcess, budget_id: str, expected: int) -> int | N
 async def test_threshold_events_and_usage_cli(embedded: GatewayProcess, mock: MockServer) -> None:
     """Spend crossing 50/80/90/100 % records one budget event each; `odock usage` sums equal the usage records."""
     tenant = await make_tenant(embedded, mock.base_url)
-    budget = (await admin(embedded, "POST", "/admin/budgets", json={
-        "name": "ten-calls", "organisation": tenant.org, "key": "app", "period": "MONTHLY",
-        "amount_nanos": 10 * WORST})).json()
+    budget = (
+        await admin(
+            embedded,
+            "POST",
+            "/admin/budgets",
+            json={
+                "name": "ten-calls",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "MONTHLY",
+                "amount_nanos": 10 * WORST,
+            },
+        )
+    ).json()
     assert budget["thresholds"] == [50, 80, 90, 100]
     body = chat_body(max_tokens=WORDS, words=WORDS)
     ids = [unique("e2e-req") for _ in range(11)]
     async with httpx.AsyncClient(timeout=10) as http:
-        statuses = [(await post_chat(http, embedded, tenant, body, request_id=rid)).status_code for rid in ids]
+        statuses = [
+            (await post_chat(http, embedded, tenant, body, request_id=rid)).status_code for rid in ids
+        ]
     assert statuses == [200] * 10 + [402]
 
     async def events() -> list[dict[str, Any]] | None:
-        found = (await admin(embedded, "GET", "/admin/budget-events", params={"budget_id": budget["id"]})).json()
+        found = (
+            await admin(embedded, "GET", "/admin/budget-events", params={"budget_id": budget["id"]})
+        ).json()
         return found if len(found) >= 4 else None
 
     crossed = sorted(await eventually(events), key=lambda e: e["threshold"])
     assert [(e["threshold"], e["used_nanos"], e["amount_nanos"]) for e in crossed] == [
-        (50, 5 * WORST, 10 * WORST), (80, 8 * WORST, 10 * WORST),
-        (90, 9 * WORST, 10 * WORST), (100, 10 * WORST, 10 * WORST)]
+        (50, 5 * WORST, 10 * WORST),
+        (80, 8 * WORST, 10 * WORST),
+        (90, 9 * WORST, 10 * WORST),
+        (100, 10 * WORST, 10 * WORST),
+    ]
     assert len({e["window_key"] for e in crossed}) == 1
 
     async def records() -> list[dict[str, Any]] | None:
@@ -95,7 +124,9 @@ async def test_threshold_events_and_usage_cli(embedded: GatewayProcess, mock: Mo
     assert expected["output_tokens"] == 10 * WORDS and expected["input_tokens"] > 0
     days = {r["created_at"].strftime("%Y-%m-%d") for r in rows}
     groups = (("key", tenant.key_id), ("model", "chat"), ("day", None))
-    outputs = await _cli(embedded, *(["usage", "--group-by", g, "--org", tenant.org, "--json"] for g, _ in groups))
+    outputs = await _cli(
+        embedded, *(["usage", "--group-by", g, "--org", tenant.org, "--json"] for g, _ in groups)
+    )
     for (group_by, group), out in zip(groups, outputs, strict=True):
         if group_by == "day" and len(days) > 1:  # the calls straddled midnight UTC: compare the totals
             assert sum(r["requests"] for r in out) == 11
@@ -124,8 +155,15 @@ async def _cli(gw: GatewayProcess, *commands: list[str]) -> list[Any]:
     """Run `odock ARGS` for each command on the gateway's database; return each one's parsed JSON output."""
     env = {**os.environ, "ODOCK_DATABASE_URL": gw.database_url, "ODOCK_SECRET_KEY": gw.secret_key}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _RUNNER, json.dumps(commands), env=env, cwd=str(gw.workdir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        _RUNNER,
+        json.dumps(commands),
+        env=env,
+        cwd=str(gw.workdir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
     return [json.loads(part) for part in out.decode().split("\x1e")[1:]]

@@ -34,16 +34,28 @@ WORST = WORDS * NANOS_PER_OUTPUT_TOKEN
 Pair = tuple[GatewayProcess, GatewayProcess]
 
 
-async def tenant_on(pair: Pair, mock: MockServer, *, budget_nanos: int | None = None,
-                    **policies: Any) -> tuple[Tenant, dict[str, Any] | None]:
+async def tenant_on(
+    pair: Pair, mock: MockServer, *, budget_nanos: int | None = None, **policies: Any
+) -> tuple[Tenant, dict[str, Any] | None]:
     """Create a tenant (and a key budget) through A's admin API; B learns the budget through its own admin API."""
     a, b = pair
     tenant = await make_tenant(a, mock.base_url, **policies)
     budget = None
     if budget_nanos is not None:
-        budget = (await admin(a, "POST", "/admin/budgets", json={
-            "name": "shared", "organisation": tenant.org, "key": "app", "period": "DAILY",
-            "amount_nanos": budget_nanos})).json()
+        budget = (
+            await admin(
+                a,
+                "POST",
+                "/admin/budgets",
+                json={
+                    "name": "shared",
+                    "organisation": tenant.org,
+                    "key": "app",
+                    "period": "DAILY",
+                    "amount_nanos": budget_nanos,
+                },
+            )
+        ).json()
         # a no-op change through B's admin API reloads B's definitions now (otherwise within its 1 s poll)
         await admin(b, "PATCH", f"/admin/budgets/{budget['id']}", json={"active": True})
     return tenant, budget
@@ -51,8 +63,10 @@ async def tenant_on(pair: Pair, mock: MockServer, *, budget_nanos: int | None = 
 
 def max_overlap(entries: list[dict[str, Any]], duration_s: float) -> int:
     """Most upstream calls in flight at once, each taken as [arrival, arrival + duration]."""
-    edges = sorted([(e["time"], 1) for e in entries] + [(e["time"] + duration_s, -1) for e in entries],
-                   key=lambda edge: (edge[0], edge[1]))
+    edges = sorted(
+        [(e["time"], 1) for e in entries] + [(e["time"] + duration_s, -1) for e in entries],
+        key=lambda edge: (edge[0], edge[1]),
+    )
     current = peak = 0
     for _, step in edges:
         current += step
@@ -83,7 +97,9 @@ async def test_concurrency_never_exceeded_across_processes(shared_pair: Pair, mo
         for _wave in range(2):
             answers = await asyncio.gather(*(post_chat(http, (a, b)[i % 2], tenant, body) for i in range(12)))
             assert Counter(r.status_code for r in answers) == {200: 3, 429: 9}
-            assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {"concurrency_exceeded"}
+            assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {
+                "concurrency_exceeded"
+            }
     entries = seen(mock, tenant)
     assert len(entries) == 6
     assert max_overlap(entries, latency_s) == 3
@@ -95,8 +111,12 @@ async def test_sequential_calls_find_their_lease_back(shared_pair: Pair, mock: M
     a, _ = shared_pair
     tenant, _ = await tenant_on(shared_pair, mock, budget_nanos=10**15, key_policies=limits(concurrency=1))
     async with httpx.AsyncClient(timeout=20) as http:
-        statuses = [(await post_chat(http, a, tenant, chat_body(max_tokens=5))).status_code for _ in range(20)]
-    assert statuses.count(200) >= 19  # the very next call may race the post-flight; a 5 ms hold would fail most
+        statuses = [
+            (await post_chat(http, a, tenant, chat_body(max_tokens=5))).status_code for _ in range(20)
+        ]
+    assert (
+        statuses.count(200) >= 19
+    )  # the very next call may race the post-flight; a 5 ms hold would fail most
 
 
 async def test_tpm_refund_across_processes(shared_pair: Pair, mock: MockServer) -> None:

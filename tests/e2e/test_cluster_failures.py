@@ -42,26 +42,41 @@ FAST_RECONCILE = {"ODOCK_RESERVATION_TTL": "1s", "ODOCK_RECONCILE_INTERVAL": "20
 
 
 async def test_killed_process_reservation_released_and_acknowledged_usage_kept(
-        cluster: ClusterFactory, mock: MockServer) -> None:
+    cluster: ClusterFactory, mock: MockServer
+) -> None:
     """A SIGKILLed mid-call: B's reconciliation frees A's reservation; acknowledged usage records are all kept."""
     a, b = cluster(FAST_RECONCILE), cluster(FAST_RECONCILE)
     await asyncio.to_thread(a.start)
     tenant = await make_tenant(a, mock.base_url)
-    budget = (await admin(a, "POST", "/admin/budgets", json={
-        "name": "three-calls", "organisation": tenant.org, "key": "app", "period": "DAILY",
-        "amount_nanos": 3 * WORST})).json()
+    budget = (
+        await admin(
+            a,
+            "POST",
+            "/admin/budgets",
+            json={
+                "name": "three-calls",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "DAILY",
+                "amount_nanos": 3 * WORST,
+            },
+        )
+    ).json()
     await asyncio.to_thread(b.start)
     fast = chat_body(max_tokens=WORDS, words=WORDS)
     acknowledged = [unique("e2e-ack") for _ in range(2)]
     async with httpx.AsyncClient(timeout=20) as http:
         for rid in acknowledged:
             assert (await post_chat(http, a, tenant, fast, request_id=rid)).status_code == 200
-        slow = asyncio.ensure_future(post_chat(http, a, tenant, chat_body(max_tokens=WORDS, words=WORDS,
-                                                                          latency_ms=3000)))
+        slow = asyncio.ensure_future(
+            post_chat(http, a, tenant, chat_body(max_tokens=WORDS, words=WORDS, latency_ms=3000))
+        )
         await eventually(lambda: _seen_at_least(mock, tenant, 3))
         full = await post_chat(http, b, tenant, fast)  # 2 settled + 1 reserved in flight = the whole budget
         assert full.status_code == 402 and full.json()["error"]["code"] == "budget_exceeded"
-        await asyncio.sleep(0.2)  # > ODOCK_USAGE_FLUSH_INTERVAL (50 ms): acknowledged records are written behind
+        await asyncio.sleep(
+            0.2
+        )  # > ODOCK_USAGE_FLUSH_INTERVAL (50 ms): acknowledged records are written behind
         a.stop(signal.SIGKILL)
         with pytest.raises(httpx.HTTPError):
             await slow
@@ -129,8 +144,18 @@ async def test_redis_unreachable_at_start(cluster: ClusterFactory, mock: MockSer
         assert limited.value.code == "rpm_exceeded"
     assert len(seen(mock, governed)) == 2
     # fail open: budgets fall back to in-process windows (still never overspent)
-    await admin(opened, "POST", "/admin/budgets", json={
-        "name": "one-call", "organisation": free.org, "key": "app", "period": "DAILY", "amount_nanos": WORST})
+    await admin(
+        opened,
+        "POST",
+        "/admin/budgets",
+        json={
+            "name": "one-call",
+            "organisation": free.org,
+            "key": "app",
+            "period": "DAILY",
+            "amount_nanos": WORST,
+        },
+    )
     async with sdk(opened, free) as client:
         await client.chat.completions.create(**ASK)
         with pytest.raises(openai.APIStatusError) as broke:
@@ -145,8 +170,19 @@ def own_redis() -> Iterator[tuple[str, subprocess.Popen[bytes], list[str]]]:
     if binary is None:
         pytest.skip("redis-server is not installed")
     port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--daemonize", "no"]
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(port)
@@ -168,8 +204,9 @@ def _wait_listening(port: int) -> None:
     raise AssertionError(f"redis-server did not listen on {port}")
 
 
-async def test_redis_lost_while_serving(cluster: ClusterFactory, mock: MockServer,
-                                        own_redis: tuple[str, subprocess.Popen[bytes], list[str]]) -> None:
+async def test_redis_lost_while_serving(
+    cluster: ClusterFactory, mock: MockServer, own_redis: tuple[str, subprocess.Popen[bytes], list[str]]
+) -> None:
     """Redis lost after start: governed calls get 503 rate_limit_unavailable, and pass again once it is back."""
     url, redis_proc, command = own_redis
     gw = cluster(redis_url=url)
@@ -183,8 +220,9 @@ async def test_redis_lost_while_serving(cluster: ClusterFactory, mock: MockServe
             await client.chat.completions.create(**ASK)
         assert info.value.status_code == 503 and info.value.code == "rate_limit_unavailable"
         assert len(seen(mock, tenant)) == 1
-        revived = await asyncio.to_thread(subprocess.Popen, command, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
+        revived = await asyncio.to_thread(
+            subprocess.Popen, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             _wait_listening(int(url.rsplit(":", 1)[1].split("/")[0]))
 

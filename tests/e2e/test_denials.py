@@ -23,8 +23,9 @@ def ask(text: str = "hi", max_tokens: int = 10) -> dict[str, Any]:
     return {"model": "chat", "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
 
 
-async def refused(client: openai.AsyncOpenAI, exc: type[openai.APIStatusError], code: str,
-                  **kwargs: Any) -> openai.APIStatusError:
+async def refused(
+    client: openai.AsyncOpenAI, exc: type[openai.APIStatusError], code: str, **kwargs: Any
+) -> openai.APIStatusError:
     """Make one call that must fail with `exc` and `code`; return the error."""
     with pytest.raises(exc) as info:
         await client.chat.completions.create(**{**ask(), **kwargs})
@@ -107,9 +108,21 @@ async def test_max_tokens_cap(embedded: GatewayProcess, mock: MockServer) -> Non
 async def test_requests_quota_exceeded(embedded: GatewayProcess, mock: MockServer) -> None:
     """A daily REQUESTS quota of 2 on the key admits 2; the third is RateLimitError quota_exceeded + Retry-After."""
     tenant = await make_tenant(embedded, mock.base_url)
-    quota = (await admin(embedded, "POST", "/admin/quotas", json={
-        "name": "daily-requests", "organisation": tenant.org, "key": "app", "period": "DAILY",
-        "metric": "REQUESTS", "limit": 2})).json()
+    quota = (
+        await admin(
+            embedded,
+            "POST",
+            "/admin/quotas",
+            json={
+                "name": "daily-requests",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "DAILY",
+                "metric": "REQUESTS",
+                "limit": 2,
+            },
+        )
+    ).json()
     assert quota["owner_type"] == "APIKEY" and quota["owner_id"] == tenant.key_id
     async with sdk(embedded, tenant) as client:
         for _ in range(2):
@@ -125,9 +138,20 @@ async def test_requests_quota_exceeded(embedded: GatewayProcess, mock: MockServe
 async def test_budget_exceeded_402(embedded: GatewayProcess, mock: MockServer) -> None:
     """A key budget below one call's worst case answers APIStatusError 402 budget_exceeded, upstream untouched."""
     tenant = await make_tenant(embedded, mock.base_url)
-    budget = (await admin(embedded, "POST", "/admin/budgets", json={
-        "name": "tiny", "organisation": tenant.org, "key": "app", "period": "MONTHLY",
-        "amount_nanos": 10 * 2000 - 1})).json()  # max_tokens 10 at 2000 nanos/token does not fit
+    budget = (
+        await admin(
+            embedded,
+            "POST",
+            "/admin/budgets",
+            json={
+                "name": "tiny",
+                "organisation": tenant.org,
+                "key": "app",
+                "period": "MONTHLY",
+                "amount_nanos": 10 * 2000 - 1,
+            },
+        )
+    ).json()  # max_tokens 10 at 2000 nanos/token does not fit
     async with sdk(embedded, tenant) as client:
         err = await refused(client, openai.APIStatusError, "budget_exceeded")
         assert type(err) is openai.APIStatusError and err.status_code == 402

@@ -39,25 +39,35 @@ async def _started(workdir: Path, mock: MockServer, env: dict[str, str]) -> tupl
 
 
 @pytest.fixture(scope="module")
-async def timeouts_gateway(tmp_path_factory: pytest.TempPathFactory,
-                           mock: MockServer) -> AsyncIterator[tuple[GatewayProcess, str]]:
+async def timeouts_gateway(
+    tmp_path_factory: pytest.TempPathFactory, mock: MockServer
+) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway with short header and idle timeouts and a small head cap."""
-    proc, secret = await _started(tmp_path_factory.mktemp("conn-timeouts"), mock, {
-        "HTTP_READ_HEADER_TIMEOUT": f"{HEADER_TIMEOUT_S}s",
-        "HTTP_IDLE_TIMEOUT": f"{IDLE_TIMEOUT_S}s",
-        "HTTP_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
-    })
+    proc, secret = await _started(
+        tmp_path_factory.mktemp("conn-timeouts"),
+        mock,
+        {
+            "HTTP_READ_HEADER_TIMEOUT": f"{HEADER_TIMEOUT_S}s",
+            "HTTP_IDLE_TIMEOUT": f"{IDLE_TIMEOUT_S}s",
+            "HTTP_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
+        },
+    )
     yield proc, secret
     proc.stop()
 
 
 @pytest.fixture(scope="module")
-async def capped_gateway(tmp_path_factory: pytest.TempPathFactory,
-                         mock: MockServer) -> AsyncIterator[tuple[GatewayProcess, str]]:
+async def capped_gateway(
+    tmp_path_factory: pytest.TempPathFactory, mock: MockServer
+) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway serving at most MAX_CONCURRENT requests at once (header timeout left at its default)."""
-    proc, secret = await _started(tmp_path_factory.mktemp("conn-cap"), mock, {
-        "HTTP_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
-    })
+    proc, secret = await _started(
+        tmp_path_factory.mktemp("conn-cap"),
+        mock,
+        {
+            "HTTP_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
+        },
+    )
     yield proc, secret
     proc.stop()
 
@@ -112,10 +122,13 @@ def test_oversized_head_is_refused_with_431_and_closed(timeouts_gateway: tuple[G
     """A head over HTTP_MAX_HEADER_BYTES gets a JSON 431 and a close; heads within it, and big bodies, are served."""
     proc, secret = timeouts_gateway
     # a head just under the cap, then a body four times the cap in the same write: served
-    content = json.dumps({"model": "gpt-test",
-                          "messages": [{"role": "user", "content": "x" * (4 * MAX_HEADER_BYTES)}]}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {secret}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n").encode()
+    content = json.dumps(
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * (4 * MAX_HEADER_BYTES)}]}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n"
+    ).encode()
     padding = b"X-Pad: " + b"p" * (MAX_HEADER_BYTES - len(head) - 200) + b"\r\n\r\n"
     with connect(proc) as sock, sock.makefile("rb") as reader:
         sock.sendall(head + padding + content)
@@ -144,7 +157,9 @@ def test_connection_limits_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> 
                 load_settings()
 
 
-def test_endless_head_is_cut_off_while_others_are_served(timeouts_gateway: tuple[GatewayProcess, str]) -> None:
+def test_endless_head_is_cut_off_while_others_are_served(
+    timeouts_gateway: tuple[GatewayProcess, str],
+) -> None:
     """A client streaming an endless header is disconnected early; /v1/health stays fast for everyone else."""
     proc, _ = timeouts_gateway
     total = 32 * 1024 * 1024
@@ -179,7 +194,8 @@ def test_endless_head_is_cut_off_while_others_are_served(timeouts_gateway: tuple
 
 
 def test_silent_connection_is_closed_after_the_header_timeout(
-        timeouts_gateway: tuple[GatewayProcess, str]) -> None:
+    timeouts_gateway: tuple[GatewayProcess, str],
+) -> None:
     """A connection that never sends a byte is closed at HTTP_READ_HEADER_TIMEOUT."""
     proc, _ = timeouts_gateway
     with connect(proc) as sock:
@@ -197,7 +213,8 @@ def test_slowloris_head_is_closed_at_the_header_timeout(timeouts_gateway: tuple[
 
 
 def test_header_timeout_applies_to_each_head_of_a_keep_alive_connection(
-        timeouts_gateway: tuple[GatewayProcess, str]) -> None:
+    timeouts_gateway: tuple[GatewayProcess, str],
+) -> None:
     """After one good request, a dribbled second head is closed at the header timeout (not the idle one)."""
     proc, _ = timeouts_gateway
     with connect(proc) as sock, sock.makefile("rb") as reader:
@@ -209,7 +226,8 @@ def test_header_timeout_applies_to_each_head_of_a_keep_alive_connection(
 
 
 def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
-        timeouts_gateway: tuple[GatewayProcess, str]) -> None:
+    timeouts_gateway: tuple[GatewayProcess, str],
+) -> None:
     """An idle keep-alive connection outlives the header timeout and is closed at HTTP_IDLE_TIMEOUT."""
     proc, _ = timeouts_gateway
     with connect(proc) as sock, sock.makefile("rb") as reader:
@@ -217,7 +235,9 @@ def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
         assert read_response(reader)[0] == 200
         time.sleep(HEADER_TIMEOUT_S + 0.3)
         assert not closed_by_peer(sock)
-        sock.sendall(HEALTH)  # a second request on the same connection is served, then the idle clock restarts
+        sock.sendall(
+            HEALTH
+        )  # a second request on the same connection is served, then the idle clock restarts
         assert read_response(reader)[0] == 200
         elapsed = wait_closed(sock, within=IDLE_TIMEOUT_S + 4)
     assert elapsed >= IDLE_TIMEOUT_S * 0.9
@@ -234,13 +254,20 @@ def silent_sockets(capped_gateway: tuple[GatewayProcess, str]) -> Iterator[list[
 
 
 async def test_silent_connections_do_not_count_against_the_cap(
-        capped_gateway: tuple[GatewayProcess, str], silent_sockets: list[socket.socket]) -> None:
+    capped_gateway: tuple[GatewayProcess, str], silent_sockets: list[socket.socket]
+) -> None:
     """With HTTP_MAX_CONCURRENT_REQUESTS=N, N+50 silent sockets leave every real request served."""
     proc, secret = capped_gateway
     async with openai.AsyncOpenAI(base_url=proc.base_url + "/v1", api_key=secret, max_retries=0) as client:
         for _ in range(5):
-            answers = await asyncio.gather(*(client.chat.completions.create(
-                model="gpt-test", messages=[{"role": "user", "content": "hi"}]) for _ in range(MAX_CONCURRENT)))
+            answers = await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+                    )
+                    for _ in range(MAX_CONCURRENT)
+                )
+            )
             assert all(answer.choices[0].message.content for answer in answers)
     async with httpx.AsyncClient(base_url=proc.base_url) as http:
         probes = await asyncio.gather(*(http.get("/v1/health") for _ in range(MAX_CONCURRENT)))
@@ -248,7 +275,9 @@ async def test_silent_connections_do_not_count_against_the_cap(
     assert not any(closed_by_peer(sock) for sock in silent_sockets)  # they were still open all along
 
 
-async def test_requests_beyond_the_cap_get_503_server_busy(capped_gateway: tuple[GatewayProcess, str]) -> None:
+async def test_requests_beyond_the_cap_get_503_server_busy(
+    capped_gateway: tuple[GatewayProcess, str],
+) -> None:
     """N requests in flight are served; the ones arriving meanwhile get 503 server_busy (JSON, the SDK's error)."""
     proc, secret = capped_gateway
     extra = 3
@@ -257,7 +286,8 @@ async def test_requests_beyond_the_cap_get_503_server_busy(capped_gateway: tuple
         async def call() -> Any:
             try:
                 return await client.chat.completions.create(
-                    model="gpt-test", messages=[{"role": "user", "content": "[[mock latency_ms=1500]] hi"}])
+                    model="gpt-test", messages=[{"role": "user", "content": "[[mock latency_ms=1500]] hi"}]
+                )
             except openai.APIStatusError as exc:
                 return exc
 
@@ -266,5 +296,7 @@ async def test_requests_beyond_the_cap_get_503_server_busy(capped_gateway: tuple
         assert len(refused) == extra
         assert all(o.status_code == 503 and o.code == "server_busy" for o in refused)
         # once they are done, the gateway serves again
-        answer = await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        answer = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+        )
         assert answer.choices[0].message.content

@@ -44,8 +44,11 @@ async def seeded(tmp_path_factory: pytest.TempPathFactory, mock: Any) -> AsyncIt
     """The gateway's ASGI app over a fresh SQLite store seeded with models on the mock provider (lifespan steps
     done by hand: no background tasks), and a granted key."""
     path = tmp_path_factory.mktemp("last-resort") / "odock.db"
-    settings = Settings(database_url=f"sqlite:///{path}", admin_token=ADMIN_TOKEN,
-                        secret_key=base64.b64encode(os.urandom(32)).decode())
+    settings = Settings(
+        database_url=f"sqlite:///{path}",
+        admin_token=ADMIN_TOKEN,
+        secret_key=base64.b64encode(os.urandom(32)).decode(),
+    )
     store = await SqlStore.open(settings.database_url, settings)
     seed = await seed_basic(CatalogueService(store), mock.base_url)
     gw = Gateway(settings, store)
@@ -74,14 +77,22 @@ async def test_sdk_routes_500_is_shaped_for_their_sdk(app: Edge) -> None:
     """The anthropic SDK raises its InternalServerError with our message on /v1/messages (it got an OpenAI-shaped
     body before), and the openai SDK its own on the chat and responses routes."""
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with anthropic.AsyncAnthropic(base_url="http://gw", api_key="k", http_client=http, max_retries=0) as ac:
+    async with anthropic.AsyncAnthropic(
+        base_url="http://gw", api_key="k", http_client=http, max_retries=0
+    ) as ac:
         with pytest.raises(anthropic.InternalServerError) as info:
-            await ac.messages.create(model="claude-test", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+            await ac.messages.create(
+                model="claude-test", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
     assert info.value.status_code == 500
-    assert info.value.body == {"type": "error", "error": {
-        "type": "api_error", "message": "internal gateway error", "code": "internal_error"}}
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "internal gateway error", "code": "internal_error"},
+    }
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with openai.AsyncOpenAI(base_url="http://gw/v1", api_key="k", http_client=http, max_retries=0) as oc:
+    async with openai.AsyncOpenAI(
+        base_url="http://gw/v1", api_key="k", http_client=http, max_retries=0
+    ) as oc:
         with pytest.raises(openai.InternalServerError) as chat:
             await oc.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.InternalServerError) as responses:
@@ -106,8 +117,11 @@ async def test_admin_500_is_json(app: Edge, monkeypatch: pytest.MonkeyPatch) -> 
     """A bug behind an admin route is the admin API's JSON 500, not Starlette's plain text, and does not escape
     the app (the server would drop the connection with the answer)."""
     monkeypatch.setattr(CatalogueService, "list_organisations", simulated_bug)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
-                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://gw",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as http:
         resp = await http.get("/admin/organisations")
         assert resp.status_code == 500
         assert resp.json() == {"error": {"code": "internal_error", "message": "internal admin API error"}}
@@ -118,25 +132,32 @@ def broken_usage(_raw: Any) -> Any:
     raise RuntimeError("simulated bug")
 
 
-async def test_a_bug_mid_stream_ends_with_the_routes_error_event(seeded: tuple[Edge, str], caplog: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_bug_mid_stream_ends_with_the_routes_error_event(
+    seeded: tuple[Edge, str], caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After the head went out a bug cannot be a 500: the stream ends with the route's error event, which the SDK
     raises with our message (it ended like a complete answer before)."""
     app, key = seeded
     monkeypatch.setattr(openai_chat, "usage_from", broken_usage)
     monkeypatch.setattr(anthropic_dialect, "usage_from", broken_usage)
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with openai.AsyncOpenAI(base_url="http://gw/v1", api_key=key, http_client=http, max_retries=0) as oc:
-        stream = await oc.chat.completions.create(model="gpt-test", stream=True,
-                                                  messages=[{"role": "user", "content": "hi"}])
+    async with openai.AsyncOpenAI(
+        base_url="http://gw/v1", api_key=key, http_client=http, max_retries=0
+    ) as oc:
+        stream = await oc.chat.completions.create(
+            model="gpt-test", stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
         with pytest.raises(openai.APIError, match="internal gateway error"):
             async for _ in stream:
                 pass
     http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app))
-    async with anthropic.AsyncAnthropic(base_url="http://gw", api_key=key, http_client=http, max_retries=0) as ac:
+    async with anthropic.AsyncAnthropic(
+        base_url="http://gw", api_key=key, http_client=http, max_retries=0
+    ) as ac:
         with pytest.raises(anthropic.APIStatusError, match="internal gateway error"):
-            async with ac.messages.stream(model="claude-test", max_tokens=8,
-                                          messages=[{"role": "user", "content": "hi"}]) as events:
+            async with ac.messages.stream(
+                model="claude-test", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            ) as events:
                 async for _ in events:
                     pass
     assert caplog.text.count("unhandled error mid-stream") == 2

@@ -26,25 +26,49 @@ async def refs(fuzz_proc: GatewayProcess, mock: Any) -> AsyncIterator[dict[str, 
     try:
         seeded = await seed_basic(service, mock.base_url)
         # generous limits, so that fuzzed bodies go through every governance gate without being stopped by one
-        await service.update_organisation("acme", {"policies": {"ratelimit": {
-            "requests": {"per_second": 100_000, "per_minute": 1_000_000, "burst": 100_000},
-            "tokens": {"per_minute": 10**12}, "concurrency": {"max": 1000},
-            "payload": {"max_request_bytes": 10**8, "max_tokens": 10**9}}}})
+        await service.update_organisation(
+            "acme",
+            {
+                "policies": {
+                    "ratelimit": {
+                        "requests": {"per_second": 100_000, "per_minute": 1_000_000, "burst": 100_000},
+                        "tokens": {"per_minute": 10**12},
+                        "concurrency": {"max": 1000},
+                        "payload": {"max_request_bytes": 10**8, "max_tokens": 10**9},
+                    }
+                }
+            },
+        )
         ids: dict[str, Any] = {"secret": seeded["secret"]}
         await service.create_organisation({"name": "zeta"})
         ids["organisations"] = (await service.create_organisation({"name": "zeta-patch"})).id
         for name in ("zeta-provider", "zeta-provider-2"):
-            provider = await service.create_provider({"organisation": "zeta", "name": name, "type": "openai",
-                                                      "base_url": f"{mock.base_url}/v1", "api_key": "sk-x"})
+            provider = await service.create_provider(
+                {
+                    "organisation": "zeta",
+                    "name": name,
+                    "type": "openai",
+                    "base_url": f"{mock.base_url}/v1",
+                    "api_key": "sk-x",
+                }
+            )
         ids["providers"] = provider.id
         for name in ("zeta-model", "zeta-model-2"):
-            model = await service.create_model({"organisation": "zeta", "name": name, "provider": "zeta-provider",
-                                                "slug": "gpt-4o-mini", "type": "chat"})
+            model = await service.create_model(
+                {
+                    "organisation": "zeta",
+                    "name": name,
+                    "provider": "zeta-provider",
+                    "slug": "gpt-4o-mini",
+                    "type": "chat",
+                }
+            )
         ids["models"] = model.id
         ids["teams"] = (await service.create_team({"organisation": "zeta", "name": "zeta-team"})).id
         ids["users"] = (await service.create_user({"organisation": "zeta", "email": "z@zeta.test"})).id
-        ids["keys"] = (await service.create_key({"organisation": "zeta", "name": "zeta-key",
-                                                 "models": ["zeta-model"]})).key.id
+        ids["keys"] = (
+            await service.create_key({"organisation": "zeta", "name": "zeta-key", "models": ["zeta-model"]})
+        ).key.id
         yield ids
     finally:
         await service.store.close()
@@ -56,8 +80,10 @@ def live(fuzz_proc: GatewayProcess, refs: dict[str, Any]) -> Iterator[GatewayPro
     fuzz_proc.start()
     with httpx.Client(base_url=fuzz_proc.base_url, headers=fuzz_proc.admin_headers(), timeout=15) as client:
         for org in ("acme", "zeta"):
-            for kind, body in (("budgets", {"name": "b", "organisation": org, "amount_usd": "1000000"}),
-                               ("quotas", {"name": "q", "organisation": org, "metric": "TOKENS", "limit": 10**15})):
+            for kind, body in (
+                ("budgets", {"name": "b", "organisation": org, "amount_usd": "1000000"}),
+                ("quotas", {"name": "q", "organisation": org, "metric": "TOKENS", "limit": 10**15}),
+            ):
                 resp = client.post(f"/admin/{kind}", json=body)
                 assert resp.status_code == 201, resp.text
                 refs[kind] = resp.json()["id"]

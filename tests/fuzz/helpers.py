@@ -26,10 +26,14 @@ DOCUMENTED_5XX = {502: {"upstream_error"}}
 def fuzz_settings(examples: int) -> settings:
     # no shrinking: over HTTP it takes minutes, and the failure message already names the route, the request and
     # the answer (derandomized, the same example comes back on every run)
-    return settings(max_examples=max(1, int(examples * SCALE)), deadline=None, derandomize=True, database=None,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
 
 
 # --- the error shapes each SDK reads (see tests/dialects/test_error_bodies.py) -----------------------------------
@@ -73,8 +77,11 @@ def check(resp: httpx.Response, shape: Shape) -> None:
     status = resp.status_code
     where = f"{resp.request.method} {resp.request.url.path} -> {status}: {resp.text[:300]!r}"
     if status < 400:
-        if status != 204 and "json" in resp.headers.get("content-type", "") and not resp.request.url.path.endswith(
-                ":streamGenerateContent"):
+        if (
+            status != 204
+            and "json" in resp.headers.get("content-type", "")
+            and not resp.request.url.path.endswith(":streamGenerateContent")
+        ):
             json.loads(resp.content)
         return
     try:
@@ -102,15 +109,22 @@ class Route:
 
 GEMINI = "/v1beta/models/gemini-test"
 LLM_ROUTES = [
-    Route("/v1/llm/chat", openai_code,
-          fz.chat_body(["gpt-test", "claude-test", "gemini-test", "vllm-test"], unified=True)),
+    Route(
+        "/v1/llm/chat",
+        openai_code,
+        fz.chat_body(["gpt-test", "claude-test", "gemini-test", "vllm-test"], unified=True),
+    ),
     Route("/v1/chat/completions", openai_code, fz.chat_body(["gpt-test"])),
     Route("/v1/responses", openai_code, fz.responses_body("gpt-test")),
     Route("/v1/embeddings", openai_code, fz.embeddings_body("embed-test")),
     Route("/v1/images/generations", openai_code, fz.IMAGES_BODY),
     Route("/v1/messages", anthropic_code, fz.ANTHROPIC_BODY),
-    Route(f"{GEMINI}:generateContent", gemini_code, fz.GEMINI_BODY,
-          (f"{GEMINI}:streamGenerateContent?alt=sse", f"{GEMINI}:streamGenerateContent")),
+    Route(
+        f"{GEMINI}:generateContent",
+        gemini_code,
+        fz.GEMINI_BODY,
+        (f"{GEMINI}:streamGenerateContent?alt=sse", f"{GEMINI}:streamGenerateContent"),
+    ),
     Route("/v1/vllm/chat/completions", openai_code, fz.chat_body(["vllm-test"])),
     Route("/v1/vllm/completions", openai_code, fz.COMPLETIONS_BODY),
     Route("/v1/vllm/responses", openai_code, fz.responses_body("vllm-test")),
@@ -126,7 +140,9 @@ MULTIPART_ROUTES = [
 ]
 
 
-def post(http: httpx.Client, path: str, content: bytes, content_type: str = "application/json") -> httpx.Response:
+def post(
+    http: httpx.Client, path: str, content: bytes, content_type: str = "application/json"
+) -> httpx.Response:
     # the header goes as raw bytes: a fuzzed Content-Type may hold non-ASCII
     return http.post(path, content=content, headers={"Content-Type": content_type.encode()})
 
@@ -145,7 +161,6 @@ def fuzz_route(http: httpx.Client, route: Route, body: Any) -> None:
         check(post(http, route.path, encode({**body, "stream": True})), route.shape)
 
 
-
 def fuzz_admin(admin: httpx.Client, refs: dict[str, Any], kind: str, data: st.DataObject) -> None:
     """Create and update one kind of admin object with a drawn body, whole and broken at the byte level."""
     bodies = fz.ADMIN_BODIES[kind]
@@ -159,11 +174,12 @@ def fuzz_admin(admin: httpx.Client, refs: dict[str, Any], kind: str, data: st.Da
     check(admin.patch(f"/admin/{kind}/{refs[kind]}", content=raw), admin_code)
     if kind == "keys":
         ref = refs["keys"]
-        for sub, extra in (("rotate", fz.obj({}, {"expires_at": fz.DATE})),
-                           ("grants", fz.obj({"model": st.sampled_from(["zeta-model", "nope"])}))):
+        for sub, extra in (
+            ("rotate", fz.obj({}, {"expires_at": fz.DATE})),
+            ("grants", fz.obj({"model": st.sampled_from(["zeta-model", "nope"])})),
+        ):
             check(post(admin, f"/admin/keys/{ref}/{sub}", encode(data.draw(extra))), admin_code)
             check(post(admin, f"/admin/keys/{ref}/{sub}", data.draw(fz.byte_mutation(extra))), admin_code)
-
 
 
 async def assert_survived(live: GatewayProcess, http: httpx.Client) -> None:
@@ -171,8 +187,14 @@ async def assert_survived(live: GatewayProcess, http: httpx.Client) -> None:
     cannot hold would stop it for good); no traceback was logged (a bug the answers did not show)."""
     assert live.proc is not None and live.proc.poll() is None
     assert http.get("/v1/health").status_code == 200
-    resp = http.post("/v1/chat/completions", json={"model": "gpt-test", "max_tokens": 16, "messages": [
-        {"role": "user", "content": "still there?"}]})
+    resp = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gpt-test",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "still there?"}],
+        },
+    )
     assert resp.status_code == 200, resp.text
     service = await live.open_service()
     try:

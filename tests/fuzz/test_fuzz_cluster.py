@@ -34,8 +34,11 @@ from tests.harness import GatewayProcess
 pytestmark = pytest.mark.cluster
 
 # the routes whose bodies name a model (looked up, and recorded in the ledger) through each dialect
-ROUTES = [r for r in LLM_ROUTES if r.path in ("/v1/llm/chat", "/v1/chat/completions", "/v1/messages",
-                                              "/v1/vllm/tokenize")]
+ROUTES = [
+    r
+    for r in LLM_ROUTES
+    if r.path in ("/v1/llm/chat", "/v1/chat/completions", "/v1/messages", "/v1/vllm/tokenize")
+]
 
 
 async def _pg(server_url: str, sql: str) -> None:
@@ -53,9 +56,11 @@ def fuzz_proc(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str
     name = f"odock_fuzz_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg(postgres_server_url, f'CREATE DATABASE "{name}"'))
     try:
-        yield GatewayProcess(tmp_path_factory.mktemp("fuzz-cluster"),
-                             database_url=postgres_server_url.rsplit("/", 1)[0] + f"/{name}",
-                             redis_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+        yield GatewayProcess(
+            tmp_path_factory.mktemp("fuzz-cluster"),
+            database_url=postgres_server_url.rsplit("/", 1)[0] + f"/{name}",
+            redis_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
+        )
     finally:
         asyncio.run(_pg(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -82,8 +87,9 @@ def test_cluster_gemini_model_in_path(http: httpx.Client, model: str) -> None:
 @pytest.mark.parametrize("kind", sorted(fz.ADMIN_BODIES))
 @fuzz_settings(8)
 @given(data=st.data())
-def test_cluster_admin_bodies(admin: httpx.Client, refs: dict[str, Any], kind: str,
-                              data: st.DataObject) -> None:
+def test_cluster_admin_bodies(
+    admin: httpx.Client, refs: dict[str, Any], kind: str, data: st.DataObject
+) -> None:
     """Admin bodies, whole and broken, against PostgreSQL: JSON errors, no 5xx."""
     fuzz_admin(admin, refs, kind, data)
 

@@ -56,8 +56,11 @@ def test_byte_level_mutations(http: httpx.Client, route: Route, data: st.DataObj
 
 
 @fuzz_settings(15)
-@given(model=st.one_of(st.just("gemini-test"), fz.TEXT), method=st.text(max_size=24),
-       query=st.sampled_from(["", "?alt=sse", "?alt=%ff", "?key=%ff%fe"]))
+@given(
+    model=st.one_of(st.just("gemini-test"), fz.TEXT),
+    method=st.text(max_size=24),
+    query=st.sampled_from(["", "?alt=sse", "?alt=%ff", "?key=%ff%fe"]),
+)
 def test_gemini_paths(http: httpx.Client, model: str, method: str, query: str) -> None:
     """Any model and method in a Gemini path is answered in Gemini's error shape, never a 5xx."""
     path = f"/v1beta/models/{quote(model, safe='')}:{quote(method, safe='')}{query}"
@@ -67,8 +70,9 @@ def test_gemini_paths(http: httpx.Client, model: str, method: str, query: str) -
 @pytest.mark.parametrize(("path", "model", "file_field"), MULTIPART_ROUTES, ids=lambda v: str(v))
 @fuzz_settings(12)
 @given(data=st.data())
-def test_multipart_uploads(http: httpx.Client, path: str, model: str, file_field: str,
-                           data: st.DataObject) -> None:
+def test_multipart_uploads(
+    http: httpx.Client, path: str, model: str, file_field: str, data: st.DataObject
+) -> None:
     """Multipart uploads, whole or broken (bad boundary, truncated, flipped bytes, bad UTF-8): a 400 at most."""
     body, content_type = data.draw(fz.multipart_body(model, file_field))
     check(post(http, path, body, content_type), openai_code)

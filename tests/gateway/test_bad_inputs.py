@@ -61,10 +61,12 @@ ROUTES = [
 
 
 @pytest.mark.parametrize(("path", "shape"), ROUTES, ids=[path for path, _ in ROUTES])
-@pytest.mark.parametrize(("body", "needle"), [(NOT_UTF8, "UTF-8"), (VERY_DEEP, "nested deeper")],
-                         ids=["not-utf8", "nested-100000"])
-async def test_undecodable_body_is_400_on_every_route(gateway: GatewayProcess, key: str, path: str, shape: Any,
-                                                      body: bytes, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "needle"), [(NOT_UTF8, "UTF-8"), (VERY_DEEP, "nested deeper")], ids=["not-utf8", "nested-100000"]
+)
+async def test_undecodable_body_is_400_on_every_route(
+    gateway: GatewayProcess, key: str, path: str, shape: Any, body: bytes, needle: str
+) -> None:
     """A body that is not UTF-8 or nests 100,000 deep is 400 invalid_request_body in the route's error shape."""
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
         resp = await http.post(path, content=body, headers={"Authorization": f"Bearer {key}"})
@@ -77,9 +79,14 @@ async def test_undecodable_body_is_400_on_every_route(gateway: GatewayProcess, k
 @pytest.mark.parametrize("body", [NOT_UTF8, VERY_DEEP], ids=["not-utf8", "nested-100000"])
 async def test_undecodable_admin_body_is_json_400(gateway: GatewayProcess, body: bytes) -> None:
     """The admin API answers such bodies with its JSON 400, not Starlette's plain-text 500."""
-    async with httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.admin_headers(), timeout=30) as http:
-        for method, path in (("POST", "/admin/organisations"), ("PATCH", "/admin/organisations/acme"),
-                             ("POST", "/admin/budgets")):
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, headers=gateway.admin_headers(), timeout=30
+    ) as http:
+        for method, path in (
+            ("POST", "/admin/organisations"),
+            ("PATCH", "/admin/organisations/acme"),
+            ("POST", "/admin/budgets"),
+        ):
             resp = await http.request(method, path, content=body)
             assert resp.status_code == 400, (path, resp.text)
             assert resp.json()["error"]["code"] == "invalid_request_body"
@@ -89,17 +96,30 @@ async def test_sdks_get_400_for_a_body_nested_too_deep(gateway: GatewayProcess, 
     """openai, anthropic and google-genai each raise their BadRequestError carrying our message."""
     async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0) as oc:
         with pytest.raises(openai.BadRequestError) as oe:
-            await oc.chat.completions.create(model="gpt-test", messages=MESSAGES,  # type: ignore[arg-type]
-                                             extra_body={"deep": TOO_DEEP})
+            await oc.chat.completions.create(
+                model="gpt-test",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                extra_body={"deep": TOO_DEEP},
+            )
     assert oe.value.code == "invalid_request_body" and "nested deeper" in oe.value.message
     async with anthropic.AsyncAnthropic(base_url=gateway.base_url, api_key=key, max_retries=0) as ac:
         with pytest.raises(anthropic.BadRequestError) as ae:
-            await ac.messages.create(model="claude-test", max_tokens=8, messages=MESSAGES,  # type: ignore[arg-type]
-                                     extra_body={"deep": TOO_DEEP})
+            await ac.messages.create(
+                model="claude-test",
+                max_tokens=8,
+                messages=MESSAGES,  # type: ignore[arg-type]
+                extra_body={"deep": TOO_DEEP},
+            )
     assert "nested deeper" in ae.value.message
-    gc = genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=gateway.base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1),
-        extra_body={"deep": TOO_DEEP}))
+    gc = genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=gateway.base_url,
+            api_version="v1beta",
+            retry_options=types.HttpRetryOptions(attempts=1),
+            extra_body={"deep": TOO_DEEP},
+        ),
+    )
     with pytest.raises(genai_errors.ClientError) as ge:
         await gc.aio.models.generate_content(model="gemini-test", contents="hi")
     assert ge.value.code == 400 and ge.value.message is not None and "nested deeper" in ge.value.message
@@ -125,8 +145,9 @@ async def test_a_role_of_the_wrong_type_is_400(gateway: GatewayProcess, key: str
     ],
 )
 @pytest.mark.parametrize("model", ["gpt-test", "claude-test", "gemini-test"])
-async def test_unified_fields_of_the_wrong_type_are_400(gateway: GatewayProcess, key: str, model: str,
-                                                        changes: dict[str, Any], needle: str) -> None:
+async def test_unified_fields_of_the_wrong_type_are_400(
+    gateway: GatewayProcess, key: str, model: str, changes: dict[str, Any], needle: str
+) -> None:
     """/v1/llm/chat refuses a field of the wrong type with 400 naming it, whichever provider serves the model."""
     body = {"model": model, "messages": MESSAGES, **changes}
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
@@ -138,22 +159,57 @@ async def test_unified_fields_of_the_wrong_type_are_400(gateway: GatewayProcess,
 @pytest.mark.parametrize(
     ("path", "body", "needle"),
     [
-        ("/admin/providers", {"organisation": "acme", "name": "huge-timeout", "type": "openai",
-                              "base_url": "http://127.0.0.1:9/v1", "timeout_ms": 2**70}, "timeout_ms"),
-        ("/admin/providers", {"organisation": "acme", "name": "bad-config", "type": "openai",
-                              "base_url": "http://127.0.0.1:9/v1", "config": {"connect_timeout_ms": "soon"}},
-         "connect_timeout_ms"),
+        (
+            "/admin/providers",
+            {
+                "organisation": "acme",
+                "name": "huge-timeout",
+                "type": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "timeout_ms": 2**70,
+            },
+            "timeout_ms",
+        ),
+        (
+            "/admin/providers",
+            {
+                "organisation": "acme",
+                "name": "bad-config",
+                "type": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "config": {"connect_timeout_ms": "soon"},
+            },
+            "connect_timeout_ms",
+        ),
         ("/admin/budgets", {"name": "huge", "organisation": "acme", "amount_nanos": 2**70}, "amount_nanos"),
         ("/admin/budgets", {"name": "huge", "organisation": "acme", "amount_usd": "1e30"}, "amount_usd"),
-        ("/admin/budgets", {"name": "b", "organisation": "acme", "amount_usd": "1", "currency": {"x": 1}},
-         "currency"),
-        ("/admin/quotas", {"name": "huge", "organisation": "acme", "metric": "TOKENS", "limit": 2**70}, "limit"),
-        ("/admin/quotas", {"name": "q", "owner_type": "ORG", "owner_id": "o", "organisation_id": ["o"],
-                           "metric": "TOKENS", "limit": 5}, "organisation_id"),
+        (
+            "/admin/budgets",
+            {"name": "b", "organisation": "acme", "amount_usd": "1", "currency": {"x": 1}},
+            "currency",
+        ),
+        (
+            "/admin/quotas",
+            {"name": "huge", "organisation": "acme", "metric": "TOKENS", "limit": 2**70},
+            "limit",
+        ),
+        (
+            "/admin/quotas",
+            {
+                "name": "q",
+                "owner_type": "ORG",
+                "owner_id": "o",
+                "organisation_id": ["o"],
+                "metric": "TOKENS",
+                "limit": 5,
+            },
+            "organisation_id",
+        ),
     ],
 )
-async def test_admin_values_the_store_cannot_hold_are_400(gateway: GatewayProcess, path: str,
-                                                          body: dict[str, Any], needle: str) -> None:
+async def test_admin_values_the_store_cannot_hold_are_400(
+    gateway: GatewayProcess, path: str, body: dict[str, Any], needle: str
+) -> None:
     """Numbers past the store's integer columns and values of the wrong type are 400 naming the field (they were
     a 500 from the database driver, or stored and then failed every call)."""
     async with httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.admin_headers()) as http:
@@ -162,13 +218,17 @@ async def test_admin_values_the_store_cannot_hold_are_400(gateway: GatewayProces
     assert needle in resp.json()["error"]["message"]
 
 
-async def test_a_negative_count_echoed_into_usage_is_not_recorded(gateway: GatewayProcess, key: str,
-                                                                  service: CatalogueService) -> None:
+async def test_a_negative_count_echoed_into_usage_is_not_recorded(
+    gateway: GatewayProcess, key: str, service: CatalogueService
+) -> None:
     """An upstream whose usage says -16 output tokens (as one echoing a client's `n: -1` would) is not billed a
     negative count (a refund, which also failed the call's bookkeeping with an exception)."""
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        resp = await http.post("/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
-                               json={"model": "image-test", "prompt": "[[mock misreport_output=-16]] a cat"})
+        resp = await http.post(
+            "/v1/images/generations",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "image-test", "prompt": "[[mock misreport_output=-16]] a cat"},
+        )
     assert resp.status_code == 200, resp.text
     assert resp.json()["usage"]["output_tokens"] == -16  # what the upstream said, relayed as it was
     record = await wait_usage(service, resp.headers["x-request-id"])

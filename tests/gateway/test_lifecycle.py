@@ -24,7 +24,9 @@ BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 async def count_usage(service: CatalogueService) -> int:
     async with service.store.read() as conn:
-        return int((await conn.execute(sa.select(sa.func.count()).select_from(schema.usage_records))).scalar_one())
+        return int(
+            (await conn.execute(sa.select(sa.func.count()).select_from(schema.usage_records))).scalar_one()
+        )
 
 
 async def test_graceful_shutdown_flushes_usage(tmp_path: Path, mock: MockServer) -> None:
@@ -34,8 +36,9 @@ async def test_graceful_shutdown_flushes_usage(tmp_path: Path, mock: MockServer)
     try:
         seeded = await seed_basic(service, mock.base_url)
         proc.start()
-        async with httpx.AsyncClient(base_url=proc.base_url,
-                                     headers={"Authorization": f"Bearer {seeded['secret']}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=proc.base_url, headers={"Authorization": f"Bearer {seeded['secret']}"}
+        ) as http:
             for _ in range(20):
                 assert (await http.post("/v1/chat/completions", json=BODY)).status_code == 200
         assert await count_usage(service) == 0  # the 10-minute flush interval has not come yet
@@ -58,16 +61,21 @@ async def test_sigkill_loses_no_usage_in_embedded_mode(tmp_path: Path, mock: Moc
         proc.start()
         request_ids: list[str] = []
         answers: list[str] = []
-        async with openai.AsyncOpenAI(base_url=proc.base_url + "/v1", api_key=seeded["secret"],
-                                      max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=proc.base_url + "/v1", api_key=seeded["secret"], max_retries=0
+        ) as client:
             for n in range(12):  # unary and streamed calls alternately
                 raw = await client.chat.completions.with_raw_response.create(
-                    model="gpt-test", messages=[{"role": "user", "content": f"{prompt} {n}"}],
-                    stream=bool(n % 2))
+                    model="gpt-test",
+                    messages=[{"role": "user", "content": f"{prompt} {n}"}],
+                    stream=bool(n % 2),
+                )
                 request_ids.append(raw.headers["x-request-id"])
                 parsed = raw.parse()
                 if isinstance(parsed, openai.AsyncStream):
-                    answers.append("".join([c.choices[0].delta.content or "" async for c in parsed if c.choices]))
+                    answers.append(
+                        "".join([c.choices[0].delta.content or "" async for c in parsed if c.choices])
+                    )
                 else:
                     answers.append(parsed.choices[0].message.content or "")
         assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -93,14 +101,16 @@ async def set_connections(server_url: str, database: str, allowed: bool) -> None
     try:
         await conn.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
         if not allowed:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                               database)
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+            )
     finally:
         await conn.close()
 
 
-async def test_store_outage(tmp_path: Path, mock: MockServer, postgres_url: str,
-                            postgres_server_url: str) -> None:
+async def test_store_outage(
+    tmp_path: Path, mock: MockServer, postgres_url: str, postgres_server_url: str
+) -> None:
     """During a database outage: cached keys keep working, an unknown key gets 503 (never 401), readiness is
     503, and the usage records of the outage are written once the database is back."""
     database = postgres_url.rsplit("/", 1)[1]
@@ -117,8 +127,9 @@ async def test_store_outage(tmp_path: Path, mock: MockServer, postgres_url: str,
             await set_connections(postgres_server_url, database, False)
             try:
                 during = [await http.post("/v1/chat/completions", json=BODY, headers=auth) for _ in range(5)]
-                unknown = await http.post("/v1/chat/completions", json=BODY,
-                                          headers={"Authorization": "Bearer sk-odock-unknown"})
+                unknown = await http.post(
+                    "/v1/chat/completions", json=BODY, headers={"Authorization": "Bearer sk-odock-unknown"}
+                )
                 ready = await http.get("/v1/healthz")
             finally:
                 await set_connections(postgres_server_url, database, True)
@@ -135,8 +146,6 @@ async def test_store_outage(tmp_path: Path, mock: MockServer, postgres_url: str,
         await service.store.close()
 
 
-
-
 def test_embedded_mode_refuses_several_workers(tmp_path: Path) -> None:
     """Starting more than one worker without Redis is refused with a message saying why and what to set."""
     import subprocess
@@ -144,7 +153,13 @@ def test_embedded_mode_refuses_several_workers(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "ODOCK_REDIS_URL"}
     env.update(ODOCK_WORKERS="2", ODOCK_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}", HTTP_PORT="1")
-    done = subprocess.run([sys.executable, "-m", "odock", "serve"], env=env, capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "odock", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode != 0
     assert "ODOCK_REDIS_URL" in done.stderr and "one process" in done.stderr

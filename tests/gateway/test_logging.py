@@ -18,7 +18,9 @@ from tests.harness import GatewayProcess, seed_basic
 
 async def count_usage(service: CatalogueService) -> int:
     async with service.store.read() as conn:
-        return int((await conn.execute(sa.select(sa.func.count()).select_from(schema.usage_records))).scalar_one())
+        return int(
+            (await conn.execute(sa.select(sa.func.count()).select_from(schema.usage_records))).scalar_one()
+        )
 
 
 async def test_debug_logs_never_carry_sql_parameters(tmp_path: Path, mock: MockServer) -> None:
@@ -29,7 +31,9 @@ async def test_debug_logs_never_carry_sql_parameters(tmp_path: Path, mock: MockS
         seeded = await seed_basic(service, mock.base_url)
         proc.start()
         client = openai.AsyncOpenAI(base_url=proc.base_url + "/v1", api_key=seeded["secret"], max_retries=0)
-        reply = await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        reply = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.choices[0].message.content
         await client.close()
         # the usage batch (key id, organisation id, model, pricing as parameters) is written within the interval
@@ -41,8 +45,12 @@ async def test_debug_logs_never_carry_sql_parameters(tmp_path: Path, mock: MockS
         log = proc.log_path.read_text()
         assert "usage: wrote 1 record(s)" in log  # debug logging was on while the batch was written
         organisation = await service.get_organisation(seeded["org"])
-        for secret_value in (hashlib.sha256(seeded["secret"].encode()).hexdigest(), seeded["key_id"],
-                             organisation.id, seeded["secret"]):
+        for secret_value in (
+            hashlib.sha256(seeded["secret"].encode()).hexdigest(),
+            seeded["key_id"],
+            organisation.id,
+            seeded["secret"],
+        ):
             assert secret_value not in log
     finally:
         proc.stop()

@@ -120,7 +120,9 @@ async def test_shared_charge_writer_on_postgresql(postgres_url: str) -> None:
         assert await gw.governance.store.record_charges([("r1", "w", 5)]) == [True]
     finally:
         await gw.stop()
-    assert gw.store.charge_writer is not None and gw.store.charge_writer._conn is None  # closed with the store
+    assert (
+        gw.store.charge_writer is not None and gw.store.charge_writer._conn is None
+    )  # closed with the store
 
 
 async def test_readiness_answers_from_the_registered_pings(gateway: Gateway) -> None:

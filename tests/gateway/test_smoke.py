@@ -16,13 +16,12 @@ def client(gateway: GatewayProcess, key: str, **kwargs: Any) -> openai.AsyncOpen
     return openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0, **kwargs)
 
 
-
-
 async def test_unary_chat(gateway: GatewayProcess, seeded: dict[str, Any], service: CatalogueService) -> None:
     """A unary chat completion returns the mock's answer with usage, and one usage record is written."""
     async with client(gateway, seeded["secret"]) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hello there"}])
+            model="gpt-test", messages=[{"role": "user", "content": "hello there"}]
+        )
     reply = raw.parse()
     assert reply.choices[0].message.content
     assert reply.usage is not None and reply.usage.prompt_tokens > 0
@@ -51,8 +50,10 @@ async def test_a_reused_request_id_bills_every_call(
     async with client(gateway, seeded["secret"]) as c:
         for text in ("first", "second call"):
             raw = await c.chat.completions.with_raw_response.create(
-                model="gpt-test", messages=[{"role": "user", "content": text}],
-                extra_headers={"X-Request-Id": "client-fixed-id"})
+                model="gpt-test",
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"X-Request-Id": "client-fixed-id"},
+            )
             assert raw.headers["x-request-id"] == "client-fixed-id"
     await wait_usage(service, "client-fixed-id", count=2)
     rows = await usage_rows(service.store, "client-fixed-id")
@@ -65,7 +66,8 @@ async def test_stream_hides_usage_chunk_but_records_usage(
     """A stream without include_usage gets no usage chunk, yet the upstream was asked for usage and it is billed."""
     async with client(gateway, seeded["secret"]) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=[{"role": "user", "content": "stream please"}], stream=True)
+            model="gpt-test", messages=[{"role": "user", "content": "stream please"}], stream=True
+        )
         chunks = [chunk async for chunk in raw.parse()]
     assert chunks and all(ch.usage is None for ch in chunks)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -80,8 +82,11 @@ async def test_stream_with_usage_when_asked(gateway: GatewayProcess, seeded: dic
     """A client asking for include_usage gets the final usage chunk, exactly once."""
     async with client(gateway, seeded["secret"]) as c:
         stream = await c.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "stream please"}], stream=True,
-            stream_options={"include_usage": True})
+            model="gpt-test",
+            messages=[{"role": "user", "content": "stream please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = [chunk async for chunk in stream]
     with_usage = [ch for ch in chunks if ch.usage is not None]
     assert len(with_usage) == 1 and with_usage[0].usage.completion_tokens > 0
@@ -90,10 +95,17 @@ async def test_stream_with_usage_when_asked(gateway: GatewayProcess, seeded: dic
 async def test_unified_unary(gateway: GatewayProcess, seeded: dict[str, Any]) -> None:
     """/v1/llm/chat answers the normalized JSON shape."""
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        resp = await http.post("/v1/llm/chat", headers={"Authorization": f"Bearer {seeded['secret']}"},
-                               json={"model": "gpt-test", "provider": "openai",
-                                     "messages": [{"role": "user", "content": "Write a short summary."}],
-                                     "temperature": 0.2, "max_tokens": 64})
+        resp = await http.post(
+            "/v1/llm/chat",
+            headers={"Authorization": f"Bearer {seeded['secret']}"},
+            json={
+                "model": "gpt-test",
+                "provider": "openai",
+                "messages": [{"role": "user", "content": "Write a short summary."}],
+                "temperature": 0.2,
+                "max_tokens": 64,
+            },
+        )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["provider"] == "openai" and body["model"] == "gpt-test"
@@ -107,8 +119,10 @@ async def test_unified_stream_is_openai_chunks(gateway: GatewayProcess, seeded: 
 
     headers = {"Authorization": f"Bearer {seeded['secret']}"}
     body = {"model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    async with httpx.AsyncClient(base_url=gateway.base_url) as http, \
-            http.stream("POST", "/v1/llm/chat", headers=headers, json=body) as resp:
+    async with (
+        httpx.AsyncClient(base_url=gateway.base_url) as http,
+        http.stream("POST", "/v1/llm/chat", headers=headers, json=body) as resp,
+    ):
         raw = b"".join([part async for part in resp.aiter_bytes()])
     assert resp.status_code == 200
     events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
@@ -132,12 +146,16 @@ async def test_metrics_and_health(gateway: GatewayProcess, seeded: dict[str, Any
 async def test_concurrent_streams(gateway: GatewayProcess, seeded: dict[str, Any]) -> None:
     """200 concurrent streams through one gateway process all complete with every chunk in order."""
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with client(gateway, seeded["secret"], http_client=httpx.AsyncClient(limits=limits, timeout=60)) as c:
+    async with client(
+        gateway, seeded["secret"], http_client=httpx.AsyncClient(limits=limits, timeout=60)
+    ) as c:
 
         async def one(i: int) -> list[str]:
             stream = await c.chat.completions.create(
-                model="gpt-test", stream=True,
-                messages=[{"role": "user", "content": f"n{i} [[mock chunks=8 words=16 chunk_delay_ms=2]]"}])
+                model="gpt-test",
+                stream=True,
+                messages=[{"role": "user", "content": f"n{i} [[mock chunks=8 words=16 chunk_delay_ms=2]]"}],
+            )
             return [ch.choices[0].delta.content or "" for ch in [x async for x in stream] if ch.choices]
 
         results = await asyncio.gather(*(one(i) for i in range(200)))

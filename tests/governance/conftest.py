@@ -146,7 +146,9 @@ async def open_cluster(
     import redis.asyncio as aioredis
 
     settings_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in Settings.__struct_fields__}
-    settings = Settings(database_url=postgres_url, redis_url=redis_url, secret_key=SECRET_KEY, **settings_fields)
+    settings = Settings(
+        database_url=postgres_url, redis_url=redis_url, secret_key=SECRET_KEY, **settings_fields
+    )
     store = await SqlStore.open(postgres_url, settings, migrate=create)
     client = aioredis.from_url(redis_url)
     gov = await StoreOwningGovernance.open(settings, store=store, redis=client, key_prefix=prefix, **kwargs)

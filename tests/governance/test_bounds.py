@@ -23,16 +23,50 @@ def model(**config: Any) -> ModelRecord:
 
 
 IMAGE_BODIES = {
-    "openai chat": {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this"},
-        {"type": "image_url", "image_url": {"url": "https://x.invalid/a.png", "detail": "high"}}]}]},
-    "responses": {"input": [{"role": "user", "content": [
-        {"type": "input_text", "text": "what is this"}, {"type": "input_image", "image_url": "https://x.invalid/a"}]}]},
-    "anthropic": {"messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "url", "url": "https://x.invalid/a.png"}},
-        {"type": "text", "text": "what is this"}]}]},
-    "gemini": {"contents": [{"role": "user", "parts": [
-        {"text": "what is this"}, {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/a.png"}}]}]},
+    "openai chat": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "https://x.invalid/a.png", "detail": "high"}},
+                ],
+            }
+        ]
+    },
+    "responses": {
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is this"},
+                    {"type": "input_image", "image_url": "https://x.invalid/a"},
+                ],
+            }
+        ]
+    },
+    "anthropic": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "url", "url": "https://x.invalid/a.png"}},
+                    {"type": "text", "text": "what is this"},
+                ],
+            }
+        ]
+    },
+    "gemini": {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "what is this"},
+                    {"fileData": {"mimeType": "image/png", "fileUri": "gs://b/a.png"}},
+                ],
+            }
+        ]
+    },
 }
 
 
@@ -45,12 +79,26 @@ def test_one_image_part_counts_once(dialect: str) -> None:
 
 def test_files_documents_audio_and_video_are_files() -> None:
     """Documents, file inputs, input audio and non-image Gemini data are file parts (the context window bounds them)."""
-    body = {"messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}},
-        {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}},
-        {"type": "file", "file": {"file_id": "file-1"}},
-        {"type": "tool_result", "content": [{"type": "image", "source": {"type": "base64", "data": "iVBO"}}]}]}],
-        "contents": [{"parts": [{"inlineData": {"mimeType": "video/mp4", "data": "AAAA"}}]}]}
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"},
+                    },
+                    {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}},
+                    {"type": "file", "file": {"file_id": "file-1"}},
+                    {
+                        "type": "tool_result",
+                        "content": [{"type": "image", "source": {"type": "base64", "data": "iVBO"}}],
+                    },
+                ],
+            }
+        ],
+        "contents": [{"parts": [{"inlineData": {"mimeType": "video/mp4", "data": "AAAA"}}]}],
+    }
     assert (shape(body).images, shape(body).files) == (1, 4)
 
 
@@ -61,16 +109,27 @@ def test_text_only_bodies_are_not_walked_and_count_nothing() -> None:
     assert measure_prompt(raw, body) == PromptShape(size=len(raw))
 
 
-@pytest.mark.parametrize("body", [
-    {"input": "again", "previous_response_id": "resp_1"},
-    {"input": "hi", "conversation": "conv_1"},
-    {"prompt": {"id": "pmpt_1"}, "input": "hi"},
-    {"contents": [], "cachedContent": "cachedContents/1"},
-    {"input": "hi", "tools": [{"type": "web_search_preview"}]},
-    {"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
-    {"contents": [], "tools": [{"googleSearch": {}}]},
-], ids=["previous_response", "conversation", "prompt_template", "cached_content", "openai_hosted_tool",
-        "anthropic_server_tool", "gemini_grounding"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": "again", "previous_response_id": "resp_1"},
+        {"input": "hi", "conversation": "conv_1"},
+        {"prompt": {"id": "pmpt_1"}, "input": "hi"},
+        {"contents": [], "cachedContent": "cachedContents/1"},
+        {"input": "hi", "tools": [{"type": "web_search_preview"}]},
+        {"messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+        {"contents": [], "tools": [{"googleSearch": {}}]},
+    ],
+    ids=[
+        "previous_response",
+        "conversation",
+        "prompt_template",
+        "cached_content",
+        "openai_hosted_tool",
+        "anthropic_server_tool",
+        "gemini_grounding",
+    ],
+)
 def test_input_held_by_the_provider_is_hidden(body: dict[str, Any]) -> None:
     """Stored responses, conversations, prompt templates, cached content and hosted tools make the input unseen."""
     assert shape(body).hidden

@@ -220,7 +220,9 @@ async def test_charges_above_the_reservation_stand_and_are_raised(embedded: Gove
     assert (exceeded("budget"), exceeded("quota")) == before
     ctx = await call(embedded, Usage(input_tokens=5_000, output_tokens=100), request_id="dishonest")
     assert (exceeded("budget"), exceeded("quota")) == (before[0] + 1, before[1] + 1)
-    budget_key, quota_key = (h.item.ref.key for h in sorted(ctx.governance.held, key=lambda h: h.item.ref.kind))
+    budget_key, quota_key = (
+        h.item.ref.key for h in sorted(ctx.governance.held, key=lambda h: h.item.ref.kind)
+    )
     cost = cost_nanos(PRICING, Usage(input_tokens=5_000, output_tokens=100))
     assert cost is not None and cost > WORST
     assert await embedded.window_state(budget_key) == (WORST + cost, 0)
@@ -228,7 +230,9 @@ async def test_charges_above_the_reservation_stand_and_are_raised(embedded: Gove
     [event] = [e for e in await embedded.budget_events(budget_id=budget.id) if e.kind == "overspend"]
     assert (event.request_id, event.reserved_nanos, event.charged_nanos) == ("dishonest", WORST, cost)
     assert event.used_nanos == WORST + cost and quota.id in quota_key
-    await call(embedded, Usage(input_tokens=-10**6, output_tokens=-10**6))  # a caller that skipped the clamp
+    await call(
+        embedded, Usage(input_tokens=-(10**6), output_tokens=-(10**6))
+    )  # a caller that skipped the clamp
     assert await embedded.window_state(budget_key) == (WORST + cost, 0)
     assert honest.governance.held
 
@@ -359,8 +363,15 @@ async def test_window_is_computed_once_per_period(embedded: Governance) -> None:
     from datetime import UTC, datetime
 
     jan = datetime(2031, 1, 20, 12, tzinfo=UTC)
-    budget = Budget(id="b1", name="b", owner_type="APIKEY", owner_id=KEY_ID, period="MONTHLY", amount_nanos=10,
-                    end_at=datetime(2031, 2, 10, tzinfo=UTC))
+    budget = Budget(
+        id="b1",
+        name="b",
+        owner_type="APIKEY",
+        owner_id=KEY_ID,
+        period="MONTHLY",
+        amount_nanos=10,
+        end_at=datetime(2031, 2, 10, tzinfo=UTC),
+    )
     first = embedded._window(budget, "b", 10, jan, "UTC")
     assert first is not None and (first.start.month, first.end.month) == (1, 2)
     assert embedded._window(budget, "b", 10, jan.replace(day=30), "UTC") is first

@@ -105,7 +105,9 @@ async def test_record_charges_is_one_transaction_of_few_statements(store: Govern
 async def test_concurrent_batches_in_opposite_orders(store: GovernanceStore) -> None:
     """Concurrent batches touching the same windows in opposite orders neither deadlock nor lose a charge."""
     url = store.engine.url.render_as_string(hide_password=False)
-    others = [await open_store(url, migrate=False) for _ in range(3)]  # as other gateway processes: own engines
+    others = [
+        await open_store(url, migrate=False) for _ in range(3)
+    ]  # as other gateway processes: own engines
     keys = [f"w{i}" for i in range(10)]
     await store.windows_used([window(k) for k in keys])
 
@@ -155,9 +157,11 @@ async def test_prune_charges_deletes_only_older_rows(store: GovernanceStore) -> 
     await used(store, "w")
     await store.record_charges([("old/1", "w", 5), ("old/2", "w", 6), ("new/1", "w", 7)])
     async with store.engine.begin() as conn:
-        await conn.execute(governance_charges.update()
-                           .where(governance_charges.c.reservation_id.like("old/%"))
-                           .values(created_at=datetime.now(UTC) - timedelta(days=3)))
+        await conn.execute(
+            governance_charges.update()
+            .where(governance_charges.c.reservation_id.like("old/%"))
+            .values(created_at=datetime.now(UTC) - timedelta(days=3))
+        )
     assert await store.prune_charges(datetime.now(UTC) - timedelta(days=1)) == 2
     assert await store.charges_for("old/1") == {} and await store.charges_for("new/1") == {"w": 7}
     assert await used(store, "w") == 18
@@ -177,8 +181,11 @@ async def test_charge_writer_replaces_a_broken_connection(postgres_url: str) -> 
             await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": writer_pid})
         for _ in range(100):  # termination is asynchronous: wait until the backend is gone
             async with store.engine.begin() as conn:
-                alive = (await conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
-                                            {"pid": writer_pid})).scalar()
+                alive = (
+                    await conn.execute(
+                        sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": writer_pid}
+                    )
+                ).scalar()
             if not alive:
                 break
             await asyncio.sleep(0.02)

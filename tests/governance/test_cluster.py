@@ -264,8 +264,11 @@ async def test_redis_down_fail_open_uses_local_limits(postgres_url: str) -> None
         first.usage = Usage(input_tokens=1)
         await gov.complete(first, None)
         # a key whose only budget is its organisation's: the final gate and the reservation fall back together
-        await gov.store.insert_budget(Budget(id="", name="org", owner_type="ORG", owner_id=ORG_ID,
-                                             period="MONTHLY", amount_nanos=10**12))
+        await gov.store.insert_budget(
+            Budget(
+                id="", name="org", owner_type="ORG", owner_id=ORG_ID, period="MONTHLY", amount_nanos=10**12
+            )
+        )
         await gov.refresh_definitions()
         limited = make_ctx(model=rl(tpm=10**6), key_id="key-other")
         assert await attempt(gov, limited)

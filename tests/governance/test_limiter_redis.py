@@ -65,8 +65,10 @@ async def test_headers_report_the_tightest_request_window(
     from odock.governance.core import _header
 
     lim, _, _ = limiter
-    checks = [Check("W", "key:k1:rpm", 100, 60000, "rpm_exceeded", "api_key", "requests_per_minute"),
-              Check("W", "key:k1:rps", 5, 1000, "rps_exceeded", "api_key", "requests_per_second")]
+    checks = [
+        Check("W", "key:k1:rpm", 100, 60000, "rpm_exceeded", "api_key", "requests_per_minute"),
+        Check("W", "key:k1:rps", 5, 1000, "rps_exceeded", "api_key", "requests_per_second"),
+    ]
     for n in range(3):
         result = await lim.gate(checks, f"tok-{n}")
         assert result.ok

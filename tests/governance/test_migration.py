@@ -67,17 +67,25 @@ async def _overspend_events_both_ways(url: str) -> None:
 
     from odock.state.sql import normalize_database_url
 
-    insert = ("INSERT INTO budget_events (budget_id, window_key, threshold, used_nanos, amount_nanos, created_at{}) "
-              "VALUES ('b1', 'b:b1:0', {}, 5, 10, '2026-07-01 12:00:00'{})")
+    insert = (
+        "INSERT INTO budget_events (budget_id, window_key, threshold, used_nanos, amount_nanos, created_at{}) "
+        "VALUES ('b1', 'b:b1:0', {}, 5, 10, '2026-07-01 12:00:00'{})"
+    )
 
     def walk(conn: sa.Connection) -> tuple[list[Any], list[Any]]:
         _alembic(conn, "upgrade", "0004_usage_record_id")
         conn.execute(sa.text(insert.format("", 50, "")))
         _alembic(conn, "upgrade", "0005_budget_overspend_events")
-        conn.execute(sa.text(insert.format(", kind, request_id, reserved_nanos, charged_nanos", 50,
-                                           ", 'overspend', 'req-1', 3, 9")))
-        upgraded = conn.execute(sa.text(
-            "SELECT kind, request_id, threshold, reserved_nanos FROM budget_events ORDER BY id")).all()
+        conn.execute(
+            sa.text(
+                insert.format(
+                    ", kind, request_id, reserved_nanos, charged_nanos", 50, ", 'overspend', 'req-1', 3, 9"
+                )
+            )
+        )
+        upgraded = conn.execute(
+            sa.text("SELECT kind, request_id, threshold, reserved_nanos FROM budget_events ORDER BY id")
+        ).all()
         _alembic(conn, "downgrade", "0004_usage_record_id")
         conn.execute(sa.text(insert.format("", 80, "")))  # the old key takes a new threshold, not a repeat
         with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():

@@ -33,7 +33,11 @@ async def test_script_errors_and_unreachable_server_raise_redis_errors(redis_url
     try:
         with pytest.raises(ResponseError):
             await runner.run(LuaScript("return redis.call('NOPE')"), [], [])
-        assert await runner.run(ECHO, ["k"], ["v", 1]) == [b"k", b"v", 2]  # the connection survives an error reply
+        assert await runner.run(ECHO, ["k"], ["v", 1]) == [
+            b"k",
+            b"v",
+            2,
+        ]  # the connection survives an error reply
     finally:
         await runner.close()
     with socket.socket() as sock:

@@ -11,10 +11,19 @@ from odock.governance.usage_check import checked_usage
 from odock.model import Usage
 
 MALFORMED: list[tuple[Any, dict[str, Any]]] = [
-    (openai_chat.usage_from, {"prompt_tokens": "12", "completion_tokens": None, "prompt_tokens_details": [1],
-                              "completion_tokens_details": "x"}),
-    (openai_responses.usage_from, {"input_tokens": "12", "output_tokens": [], "input_tokens_details": [1],
-                                   "output_tokens_details": 7}),
+    (
+        openai_chat.usage_from,
+        {
+            "prompt_tokens": "12",
+            "completion_tokens": None,
+            "prompt_tokens_details": [1],
+            "completion_tokens_details": "x",
+        },
+    ),
+    (
+        openai_responses.usage_from,
+        {"input_tokens": "12", "output_tokens": [], "input_tokens_details": [1], "output_tokens_details": 7},
+    ),
 ]
 
 
@@ -33,8 +42,11 @@ def test_integral_floats_count() -> None:
 
 def test_negative_and_absurd_counts_are_clamped_and_flagged() -> None:
     """Negative counts become 0, counts above the ceiling the ceiling; each kind is flagged once."""
-    usage, flags = checked_usage(Usage(input_tokens=-5, output_tokens=50, reasoning_tokens=-1,
-                                       cached_input_tokens=10**12), None, 1_000_000)
+    usage, flags = checked_usage(
+        Usage(input_tokens=-5, output_tokens=50, reasoning_tokens=-1, cached_input_tokens=10**12),
+        None,
+        1_000_000,
+    )
     assert usage == Usage(input_tokens=0, output_tokens=50, reasoning_tokens=0, cached_input_tokens=1_000_000)
     assert flags == ["above_ceiling", "negative"]
 
@@ -50,5 +62,7 @@ def test_a_negative_count_the_dialect_floored_is_still_flagged() -> None:
 
 def test_sane_usage_is_untouched() -> None:
     """Ordinary usage passes unchanged and unflagged."""
-    usage = Usage(input_tokens=10, output_tokens=20, cached_input_tokens=5, cache_write_tokens=1, reasoning_tokens=4)
+    usage = Usage(
+        input_tokens=10, output_tokens=20, cached_input_tokens=5, cache_write_tokens=1, reasoning_tokens=4
+    )
     assert checked_usage(usage, {"prompt_tokens": 15, "completion_tokens": 20}, 10**7) == (usage, [])

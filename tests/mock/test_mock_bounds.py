@@ -24,8 +24,9 @@ USER = [{"role": "user", "content": "hi"}]
 @pytest.fixture()
 async def client(mock: MockServer) -> AsyncIterator[openai.AsyncOpenAI]:
     """An OpenAI client on the mock, without retries."""
-    async with openai.AsyncOpenAI(api_key="sk-test", base_url=mock.base_url + "/v1", max_retries=0,
-                                  timeout=10) as c:
+    async with openai.AsyncOpenAI(
+        api_key="sk-test", base_url=mock.base_url + "/v1", max_retries=0, timeout=10
+    ) as c:
         yield c
 
 
@@ -58,15 +59,30 @@ async def test_token_counts_and_inputs_are_bounded(client: openai.AsyncOpenAI) -
         await client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
 
 
-@pytest.mark.parametrize("directive", ["words=1000000000", "chunks=100000000", "latency_ms=inf", "latency_ms=nan",
-                                       "chunk_delay_ms=1e12", "linger_ms=1e12", "status=1000000", "fail_rate=nan",
-                                       "cut_after=99999999999"])
+@pytest.mark.parametrize(
+    "directive",
+    [
+        "words=1000000000",
+        "chunks=100000000",
+        "latency_ms=inf",
+        "latency_ms=nan",
+        "chunk_delay_ms=1e12",
+        "linger_ms=1e12",
+        "status=1000000",
+        "fail_rate=nan",
+        "cut_after=99999999999",
+    ],
+)
 async def test_directives_are_bounded(client: openai.AsyncOpenAI, directive: str) -> None:
     """A directive asking for endless words, chunks or delays answers 400 at once."""
     started = time.monotonic()
     with pytest.raises(openai.BadRequestError) as refused:
-        await client.chat.completions.create(model="gpt-4o", messages=USER, stream=True,  # type: ignore[arg-type]
-                                             extra_headers={"x-mock": directive})
+        await client.chat.completions.create(
+            model="gpt-4o",
+            messages=USER,
+            stream=True,  # type: ignore[arg-type]
+            extra_headers={"x-mock": directive},
+        )
     assert time.monotonic() - started < 2
     assert directive.split("=")[0] in refused.value.message
 
@@ -76,9 +92,15 @@ async def test_bounds_answer_in_each_provider_shape(mock: MockServer) -> None:
     async with anthropic.AsyncAnthropic(api_key="sk-ant", base_url=mock.base_url, max_retries=0) as claude:
         with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
             # streamed: unary calls with such a cap are refused by the SDK itself before any request
-            await claude.messages.create(model="claude-test", max_tokens=2**62, messages=USER,  # type: ignore[arg-type]
-                                         stream=True)
-    gemini = genai.Client(api_key="g", http_options=types.HttpOptions(base_url=mock.base_url, api_version="v1beta"))
+            await claude.messages.create(
+                model="claude-test",
+                max_tokens=2**62,
+                messages=USER,  # type: ignore[arg-type]
+                stream=True,
+            )
+    gemini = genai.Client(
+        api_key="g", http_options=types.HttpOptions(base_url=mock.base_url, api_version="v1beta")
+    )
     with pytest.raises(errors.ClientError) as refused:
         await gemini.aio.models.generate_content(model="gemini-2.5-flash;words=999999999", contents="hi")
     assert refused.value.code == 400 and "words" in str(refused.value.message)

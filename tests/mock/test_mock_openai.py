@@ -18,8 +18,10 @@ WEATHER_TOOL = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                        "unit": {"type": "string", "enum": ["celsius", "f"]}}},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "f"]}},
+        },
     },
 }
 
@@ -60,7 +62,10 @@ async def test_chat_stream_without_include_usage_has_no_usage_chunk(client: open
 async def test_chat_stream_with_include_usage_ends_with_usage_chunk(client: openai.AsyncOpenAI) -> None:
     """With include_usage the last chunk has empty choices and the usage."""
     stream = await client.chat.completions.create(
-        model="gpt-4o", messages=USER, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
     )
     chunks = [c async for c in stream]
     assert chunks[-1].choices == []
@@ -71,7 +76,10 @@ async def test_chat_stream_with_include_usage_ends_with_usage_chunk(client: open
 async def test_chat_tool_call_streams_arguments_in_many_deltas(client: openai.AsyncOpenAI) -> None:
     """An offered tool is called; its JSON arguments, split in many deltas, fill the schema's properties."""
     stream = await client.chat.completions.create(
-        model="gpt-4o", messages=USER, tools=[WEATHER_TOOL], stream=True  # type: ignore[list-item,arg-type]
+        model="gpt-4o",
+        messages=USER,
+        tools=[WEATHER_TOOL],
+        stream=True,  # type: ignore[list-item,arg-type]
     )
     pieces, name = [], None
     async for chunk in stream:
@@ -88,11 +96,21 @@ async def test_chat_tool_call_streams_arguments_in_many_deltas(client: openai.As
 
 async def test_chat_answers_text_after_a_tool_result(client: openai.AsyncOpenAI) -> None:
     """Once the last message is a tool result, the mock answers with text (an agent loop ends)."""
-    messages = [*USER, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                                             "function": {"name": "get_weather", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
-    result = await client.chat.completions.create(model="gpt-4o", messages=messages,  # type: ignore[arg-type]
-                                                  tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    messages = [
+        *USER,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    result = await client.chat.completions.create(
+        model="gpt-4o",
+        messages=messages,  # type: ignore[arg-type]
+        tools=[WEATHER_TOOL],
+    )  # type: ignore[list-item]
     assert result.choices[0].message.tool_calls is None
     assert result.choices[0].finish_reason == "stop"
 
@@ -101,16 +119,20 @@ async def test_chat_json_schema_answer_is_valid_json(client: openai.AsyncOpenAI)
     """response_format json_schema produces JSON with the schema's properties."""
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}
     result = await client.chat.completions.create(
-        model="gpt-4o", messages=USER,  # type: ignore[arg-type]
+        model="gpt-4o",
+        messages=USER,  # type: ignore[arg-type]
         response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
     )
     assert json.loads(result.choices[0].message.content or "") == {"city": "Paris", "days": 1}
 
 
-async def test_directives_from_model_header_and_marker(client: openai.AsyncOpenAI, journal: MockServer) -> None:
+async def test_directives_from_model_header_and_marker(
+    client: openai.AsyncOpenAI, journal: MockServer
+) -> None:
     """Directives come from `model;...`, the x-mock header and a [[mock]] marker; the model echo is stripped."""
     result = await client.chat.completions.create(
-        model="gpt-4o;words=3", messages=[{"role": "user", "content": "hi [[mock cached=5]]"}],
+        model="gpt-4o;words=3",
+        messages=[{"role": "user", "content": "hi [[mock cached=5]]"}],
         extra_headers={"x-mock": "thinking=1"},
     )
     assert result.model == "gpt-4o"
@@ -140,8 +162,13 @@ async def test_max_tokens_truncates_with_length(client: openai.AsyncOpenAI) -> N
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(400, openai.BadRequestError), (404, openai.NotFoundError), (429, openai.RateLimitError),
-     (500, openai.InternalServerError), (503, openai.InternalServerError)],
+    [
+        (400, openai.BadRequestError),
+        (404, openai.NotFoundError),
+        (429, openai.RateLimitError),
+        (500, openai.InternalServerError),
+        (503, openai.InternalServerError),
+    ],
 )
 async def test_status_directive_raises_matching_sdk_error(
     client: openai.AsyncOpenAI, status: int, error: type[openai.APIStatusError]
@@ -160,7 +187,10 @@ async def test_named_errors_and_retry_after(client: openai.AsyncOpenAI) -> None:
     """error=context_length / model_not_found answer in OpenAI's own words; retry_after sets Retry-After."""
     with pytest.raises(openai.BadRequestError) as too_long:
         await client.chat.completions.create(model="gpt-4o;error=context_length", messages=USER)  # type: ignore[arg-type]
-    assert too_long.value.code == "context_length_exceeded" and "maximum context length" in too_long.value.message
+    assert (
+        too_long.value.code == "context_length_exceeded"
+        and "maximum context length" in too_long.value.message
+    )
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(model="gpt-nope;error=model_not_found", messages=USER)  # type: ignore[arg-type]
     assert missing.value.code == "model_not_found" and "`gpt-nope` does not exist" in missing.value.message
@@ -173,8 +203,9 @@ async def test_named_errors_and_retry_after(client: openai.AsyncOpenAI) -> None:
 
 async def test_missing_credential_is_401(mock: MockServer) -> None:
     """A request without a bearer key gets OpenAI's 401 (AuthenticationError)."""
-    async with openai.AsyncOpenAI(api_key="x", base_url=mock.base_url + "/v1", max_retries=0,
-                                  default_headers={"Authorization": ""}) as c:
+    async with openai.AsyncOpenAI(
+        api_key="x", base_url=mock.base_url + "/v1", max_retries=0, default_headers={"Authorization": ""}
+    ) as c:
         with pytest.raises(openai.AuthenticationError):
             await c.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
 
@@ -224,8 +255,11 @@ async def test_latency_and_chunk_delay(client: openai.AsyncOpenAI) -> None:
     await client.chat.completions.create(model="gpt-4o;latency_ms=150", messages=USER)  # type: ignore[arg-type]
     assert time.perf_counter() - start >= 0.15
     start = time.perf_counter()
-    stream = await client.chat.completions.create(model="gpt-4o;chunk_delay_ms=30;chunks=4", messages=USER,  # type: ignore[arg-type]
-                                                  stream=True)
+    stream = await client.chat.completions.create(
+        model="gpt-4o;chunk_delay_ms=30;chunks=4",
+        messages=USER,  # type: ignore[arg-type]
+        stream=True,
+    )
     async for _ in stream:
         pass
     assert time.perf_counter() - start >= 0.15  # 6 events, 5 gaps of 30 ms
@@ -233,7 +267,9 @@ async def test_latency_and_chunk_delay(client: openai.AsyncOpenAI) -> None:
 
 async def test_responses_unary(client: openai.AsyncOpenAI) -> None:
     """A unary Responses call returns a message item and usage with details."""
-    result = await client.responses.create(model="gpt-4.1", input="Tell me about Paris", instructions="Be brief")
+    result = await client.responses.create(
+        model="gpt-4.1", input="Tell me about Paris", instructions="Be brief"
+    )
     assert result.status == "completed"
     assert result.output_text.startswith("Mock reply to: Tell me about Paris")
     assert result.usage is not None
@@ -248,10 +284,14 @@ async def test_responses_stream_event_sequence(client: openai.AsyncOpenAI) -> No
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert "response.reasoning_summary_text.delta" in kinds
-    text_part = kinds[kinds.index("response.content_part.added"):]
+    text_part = kinds[kinds.index("response.content_part.added") :]
     assert text_part[:2] == ["response.content_part.added", "response.output_text.delta"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.completed"]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     final = events[-1]
     assert final.type == "response.completed"
@@ -262,8 +302,11 @@ async def test_responses_stream_event_sequence(client: openai.AsyncOpenAI) -> No
 
 async def test_responses_stream_function_call(client: openai.AsyncOpenAI) -> None:
     """A requested tool streams function_call_arguments deltas that add up to valid arguments."""
-    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object",
-                                                                "properties": {"query": {"type": "string"}}}}
+    tool = {
+        "type": "function",
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    }
     stream = await client.responses.create(model="gpt-4.1", input="find", tools=[tool], stream=True)  # type: ignore[list-item]
     events = [e async for e in stream]
     deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
@@ -277,14 +320,23 @@ async def test_responses_stream_function_call(client: openai.AsyncOpenAI) -> Non
 
 async def test_embeddings_float_and_base64(client: openai.AsyncOpenAI, mock: MockServer) -> None:
     """Embeddings come as floats or little-endian float32 base64 carrying the same deterministic vector."""
-    floats = await client.embeddings.create(model="text-embedding-3-small", input=["a", "b"], encoding_format="float")
+    floats = await client.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], encoding_format="float"
+    )
     assert [d.index for d in floats.data] == [0, 1]
     assert floats.usage.prompt_tokens == 2
-    decoded = await client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])  # SDK asks base64
+    decoded = await client.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"]
+    )  # SDK asks base64
     assert decoded.data[0].embedding == pytest.approx(floats.data[0].embedding)
     async with httpx.AsyncClient() as raw:
-        body = (await raw.post(mock.base_url + "/v1/embeddings", headers={"authorization": "Bearer k"},
-                               json={"model": "m", "input": "a", "encoding_format": "base64"})).json()
+        body = (
+            await raw.post(
+                mock.base_url + "/v1/embeddings",
+                headers={"authorization": "Bearer k"},
+                json={"model": "m", "input": "a", "encoding_format": "base64"},
+            )
+        ).json()
     vector = struct.unpack("<16f", base64.b64decode(body["data"][0]["embedding"]))
     assert list(vector) == pytest.approx(floats.data[0].embedding)
 
@@ -296,11 +348,16 @@ async def test_images_generate_and_edit_report_upload_sizes(client: openai.Async
     image = bytes(range(256)) * 40
     mask = b"\x89PNG" + b"\x00" * 99
     raw = await client.images.with_raw_response.edit(
-        model="gpt-image-1", image=("img.png", image, "image/png"), mask=("mask.png", mask, "image/png"),
+        model="gpt-image-1",
+        image=("img.png", image, "image/png"),
+        mask=("mask.png", mask, "image/png"),
         prompt="add a hat",
     )
     edited = raw.parse()
-    assert edited.data and edited.data[0].revised_prompt == f"received files: image={len(image)} mask={len(mask)}"
+    assert (
+        edited.data
+        and edited.data[0].revised_prompt == f"received files: image={len(image)} mask={len(mask)}"
+    )
     assert raw.headers["x-mock-files"].startswith(f"image={len(image)}:")
 
 
@@ -310,7 +367,8 @@ async def test_models_and_legacy_completions(client: openai.AsyncOpenAI) -> None
     assert "gpt-4o" in models
     unary = await client.completions.create(model="qwen", prompt="Once upon a time")
     assert unary.choices[0].text.startswith("Mock reply to: Once")
-    stream = await client.completions.create(model="qwen", prompt="Once", stream=True,
-                                             stream_options={"include_usage": True})
+    stream = await client.completions.create(
+        model="qwen", prompt="Once", stream=True, stream_options={"include_usage": True}
+    )
     chunks = [c async for c in stream]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None

@@ -36,13 +36,28 @@ async def test_pooling_classify_score_rerank(raw: httpx.AsyncClient) -> None:
     async with raw:
         pooled = (await raw.post("/pooling", json={"model": "m", "input": ["a", "b"]})).json()
         classified = (await raw.post("/classify", json={"model": "m", "input": "great"})).json()
-        scored = (await raw.post("/v1/score", json={"model": "m", "text_1": "paris france",
-                                                    "text_2": ["paris", "tokyo"]})).json()
-        reranked = (await raw.post("/rerank", json={"model": "m", "query": "capital of france",
-                                                    "documents": ["tokyo is big", "paris is the capital of france"],
-                                                    "top_n": 1})).json()
-    assert [d["object"] for d in pooled["data"]] == ["pooling", "pooling"] and pooled["usage"]["prompt_tokens"] == 2
-    assert classified["data"][0]["num_classes"] == 2 and sum(classified["data"][0]["probs"]) == pytest.approx(1)
+        scored = (
+            await raw.post(
+                "/v1/score", json={"model": "m", "text_1": "paris france", "text_2": ["paris", "tokyo"]}
+            )
+        ).json()
+        reranked = (
+            await raw.post(
+                "/rerank",
+                json={
+                    "model": "m",
+                    "query": "capital of france",
+                    "documents": ["tokyo is big", "paris is the capital of france"],
+                    "top_n": 1,
+                },
+            )
+        ).json()
+    assert [d["object"] for d in pooled["data"]] == ["pooling", "pooling"] and pooled["usage"][
+        "prompt_tokens"
+    ] == 2
+    assert classified["data"][0]["num_classes"] == 2 and sum(classified["data"][0]["probs"]) == pytest.approx(
+        1
+    )
     assert scored["data"][0]["score"] > scored["data"][1]["score"]
     assert [r["index"] for r in reranked["results"]] == [1] and reranked["usage"]["total_tokens"] > 0
 
@@ -51,11 +66,15 @@ async def test_audio_transcription_reports_upload(mock: MockServer) -> None:
     """A multipart transcription arrives intact: its size is in the text and the x-mock-files header."""
     audio = bytes(range(256)) * 100
     async with openai.AsyncOpenAI(api_key="k", base_url=mock.base_url + "/v1", max_retries=0) as client:
-        raw = await client.audio.transcriptions.with_raw_response.create(model="whisper",
-                                                                          file=("a.wav", audio, "audio/wav"))
+        raw = await client.audio.transcriptions.with_raw_response.create(
+            model="whisper", file=("a.wav", audio, "audio/wav")
+        )
     async with httpx.AsyncClient(base_url=mock.base_url, headers=AUTH) as plain:
-        translated = await plain.post("/v1/audio/translations", data={"model": "whisper", "response_format": "text"},
-                                      files={"file": ("a.wav", audio, "audio/wav")})
+        translated = await plain.post(
+            "/v1/audio/translations",
+            data={"model": "whisper", "response_format": "text"},
+            files={"file": ("a.wav", audio, "audio/wav")},
+        )
     assert f"{len(audio)} bytes" in raw.parse().text
     assert raw.headers["x-mock-files"].startswith(f"file={len(audio)}:")
     assert translated.headers["content-type"].startswith("text/plain")
@@ -66,8 +85,15 @@ async def test_journal_over_http(mock: MockServer) -> None:
     """GET /_mock/requests lists requests with stream_options and keys; DELETE clears; health answers 200."""
     await __import__("asyncio").to_thread(clear_journal, mock.base_url)
     async with httpx.AsyncClient(base_url=mock.base_url, headers=AUTH) as raw:
-        await raw.post("/v1/chat/completions", json={"model": "gpt-4o;status=503", "messages": [
-            {"role": "user", "content": "x"}], "stream": True, "stream_options": {"include_usage": True}})
+        await raw.post(
+            "/v1/chat/completions",
+            json={
+                "model": "gpt-4o;status=503",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
         assert (await raw.get("/_mock/health")).status_code == 200
     entries = await __import__("asyncio").to_thread(fetch_journal, mock.base_url)
     assert len(entries) == 1
@@ -112,7 +138,9 @@ def test_cli_parser_defaults() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     add_parser(sub)
-    args = parser.parse_args(["mock-upstream", "--latency-ms", "5", "--fail-rate", "0.5", "--fail-status", "503"])
+    args = parser.parse_args(
+        ["mock-upstream", "--latency-ms", "5", "--fail-rate", "0.5", "--fail-status", "503"]
+    )
     assert (args.host, args.port, args.latency_ms, args.chunk_delay_ms) == ("127.0.0.1", 9000, 5.0, 0.0)
     assert (args.fail_rate, args.fail_status) == (0.5, 503) and callable(args.func)
 
@@ -123,9 +151,12 @@ async def test_server_defaults_apply_to_every_request() -> None:
 
     defaults = directives.MockDefaults(fail_rate=1.0, fail_status=502)
     async with running_mock(defaults=defaults) as url, httpx.AsyncClient(base_url=url, headers=AUTH) as raw:
-        failed = await raw.post("/v1/chat/completions", json={"model": "m", "messages": [
-            {"role": "user", "content": "x"}]})
-        forced_ok = await raw.post("/v1/chat/completions", json={"model": "m;fail_rate=0", "messages": [
-            {"role": "user", "content": "x"}]})
+        failed = await raw.post(
+            "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        )
+        forced_ok = await raw.post(
+            "/v1/chat/completions",
+            json={"model": "m;fail_rate=0", "messages": [{"role": "user", "content": "x"}]},
+        )
     assert failed.status_code == 502 and failed.json()["error"]["type"] == "server_error"
     assert forced_ok.status_code == 200

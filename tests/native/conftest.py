@@ -26,8 +26,12 @@ def uploads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
 
     seen: list[dict[str, str]] = []
     for route, (provider, handler) in list(server.ROUTES.items()):
-        if route[1] not in ("/v1/images/edits", "/v1/images/variations", "/v1/audio/transcriptions",
-                            "/v1/audio/translations"):
+        if route[1] not in (
+            "/v1/images/edits",
+            "/v1/images/variations",
+            "/v1/audio/transcriptions",
+            "/v1/audio/translations",
+        ):
             continue
 
         def spy(req: MockRequest, handler: Any = handler) -> Call | Reply:

@@ -14,8 +14,13 @@ from tests.harness import GatewayProcess
 from tests.native.conftest import last_request, wait_usage
 
 USER = [{"role": "user", "content": "hello there"}]
-WEATHER = [{"name": "get_weather", "description": "weather",
-            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+WEATHER = [
+    {
+        "name": "get_weather",
+        "description": "weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
 
 
 def client(gateway: GatewayProcess, key: str) -> anthropic.AsyncAnthropic:
@@ -28,8 +33,11 @@ async def test_unary_message_usage_and_slug(
     """A unary message is answered by the mock via the slug; usage is recorded; version/beta headers go upstream."""
     async with client(gateway, key) as c:
         raw = await c.messages.with_raw_response.create(
-            model="claude-test", max_tokens=64, messages=USER,  # type: ignore[arg-type]
-            extra_headers={"anthropic-beta": "tools-2024-04-04", "anthropic-version": "2024-01-01"})
+            model="claude-test",
+            max_tokens=64,
+            messages=USER,  # type: ignore[arg-type]
+            extra_headers={"anthropic-beta": "tools-2024-04-04", "anthropic-version": "2024-01-01"},
+        )
     msg = await raw.parse()
     assert msg.content[0].type == "text" and msg.content[0].text
     upstream = last_request(mock, "/v1/messages")
@@ -38,7 +46,10 @@ async def test_unary_message_usage_and_slug(
     assert upstream["headers"]["anthropic-beta"] == "tools-2024-04-04"
     record = await wait_usage(service, raw.headers["x-request-id"])
     assert record["route"] == "anthropic.messages" and record["provider"] == "anthropic"
-    assert record["input_tokens"] == msg.usage.input_tokens and record["output_tokens"] == msg.usage.output_tokens
+    assert (
+        record["input_tokens"] == msg.usage.input_tokens
+        and record["output_tokens"] == msg.usage.output_tokens
+    )
     assert record["output_tokens"] > 0
 
 
@@ -51,9 +62,14 @@ async def test_bearer_key_is_accepted(gateway: GatewayProcess, key: str) -> None
 
 async def test_stream_text_and_usage(gateway: GatewayProcess, key: str, service: CatalogueService) -> None:
     """The messages.stream() helper accumulates the passed-through events; stream usage is recorded."""
-    async with client(gateway, key) as c, c.messages.stream(
-        model="claude-test", max_tokens=64, messages=USER,  # type: ignore[arg-type]
-    ) as stream:
+    async with (
+        client(gateway, key) as c,
+        c.messages.stream(
+            model="claude-test",
+            max_tokens=64,
+            messages=USER,  # type: ignore[arg-type]
+        ) as stream,
+    ):
         text = "".join([t async for t in stream.text_stream])
         final = await stream.get_final_message()
         request_id = stream.response.headers["x-request-id"]
@@ -68,7 +84,9 @@ async def test_stream_tool_use_with_input_json_delta(gateway: GatewayProcess, ke
     async with client(gateway, key) as c:
         events: list[Any] = []
         async with c.messages.stream(
-            model="claude-test", max_tokens=64, tools=WEATHER,  # type: ignore[arg-type]
+            model="claude-test",
+            max_tokens=64,
+            tools=WEATHER,  # type: ignore[arg-type]
             messages=[{"role": "user", "content": "weather in Paris? [[mock tool=get_weather]]"}],
         ) as stream:
             async for event in stream:
@@ -82,10 +100,15 @@ async def test_stream_tool_use_with_input_json_delta(gateway: GatewayProcess, ke
 
 async def test_stream_thinking(gateway: GatewayProcess, key: str) -> None:
     """Extended thinking streams thinking deltas and a signature before the text."""
-    async with client(gateway, key) as c, c.messages.stream(
-        model="claude-test", max_tokens=2048, messages=USER,  # type: ignore[arg-type]
-        thinking={"type": "enabled", "budget_tokens": 1024},
-    ) as stream:
+    async with (
+        client(gateway, key) as c,
+        c.messages.stream(
+            model="claude-test",
+            max_tokens=2048,
+            messages=USER,  # type: ignore[arg-type]
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        ) as stream,
+    ):
         final = await stream.get_final_message()
     kinds = [b.type for b in final.content]
     assert kinds[0] == "thinking" and "text" in kinds
@@ -97,7 +120,8 @@ async def test_stream_cut_raises(gateway: GatewayProcess, key: str, service: Cat
     async with client(gateway, key) as c:
         with pytest.raises(anthropic.APIStatusError) as info:
             async with c.messages.stream(
-                model="claude-test", max_tokens=64,
+                model="claude-test",
+                max_tokens=64,
                 messages=[{"role": "user", "content": "long answer [[mock cut_after=3]]"}],
             ) as stream:
                 request_id = stream.response.headers["x-request-id"]
@@ -115,7 +139,8 @@ async def test_stream_upstream_error_event_raises(gateway: GatewayProcess, key: 
     async with client(gateway, key) as c:
         with pytest.raises(anthropic.APIStatusError) as info:
             async with c.messages.stream(
-                model="claude-test", max_tokens=64,
+                model="claude-test",
+                max_tokens=64,
                 messages=[{"role": "user", "content": "long answer [[mock error_after=2]]"}],
             ) as stream:
                 async for event in stream:
@@ -137,8 +162,11 @@ async def test_errors_map_to_sdk_exceptions(gateway: GatewayProcess, key: str) -
             await c.messages.create(model="gpt-test", max_tokens=8, messages=USER)  # type: ignore[arg-type]
         assert pinned.value.body["error"]["code"] == "provider_not_allowed"  # type: ignore[index]
         with pytest.raises(anthropic.InternalServerError) as upstream:
-            await c.messages.create(model="claude-test", max_tokens=8,
-                                    messages=[{"role": "user", "content": "x [[mock status=500]]"}])
+            await c.messages.create(
+                model="claude-test",
+                max_tokens=8,
+                messages=[{"role": "user", "content": "x [[mock status=500]]"}],
+            )
         assert upstream.value.status_code == 502
         assert upstream.value.body["error"]["type"] == "api_error"  # type: ignore[index]
         assert upstream.value.body["error"]["upstream_status"] == 500  # type: ignore[index]
@@ -150,8 +178,14 @@ async def test_bad_bodies_are_anthropic_400s(gateway: GatewayProcess, key: str) 
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
         broken = await http.post("/v1/messages", content=b"{nope", headers=headers)
         no_model = await http.post("/v1/messages", json={"max_tokens": 5, "messages": USER}, headers=headers)
-        no_max = await http.post("/v1/messages", json={"model": "claude-test", "messages": USER}, headers=headers)
-    for resp, code in ((broken, "invalid_request_body"), (no_model, "invalid_request"), (no_max, "invalid_request")):
+        no_max = await http.post(
+            "/v1/messages", json={"model": "claude-test", "messages": USER}, headers=headers
+        )
+    for resp, code in (
+        (broken, "invalid_request_body"),
+        (no_model, "invalid_request"),
+        (no_max, "invalid_request"),
+    ):
         assert resp.status_code == 400
         body = resp.json()
         assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"

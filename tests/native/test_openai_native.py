@@ -27,7 +27,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-async def test_responses_unary(gateway: GatewayProcess, key: str, service: CatalogueService, mock: MockServer) -> None:
+async def test_responses_unary(
+    gateway: GatewayProcess, key: str, service: CatalogueService, mock: MockServer
+) -> None:
     """responses.create answers through the slug; usage is recorded from the answer's usage."""
     async with client(gateway, key) as c:
         raw = await c.responses.with_raw_response.create(model="gpt-test", input="hello there")
@@ -61,7 +63,9 @@ async def test_responses_stream_helper_and_cut(gateway: GatewayProcess, key: str
         async with c.responses.stream(model="gpt-test", input="stream please") as stream:
             final = await stream.get_final_response()
         assert final.output_text
-        stream_cut = await c.responses.create(model="gpt-test", input="long [[mock cut_after=4]]", stream=True)
+        stream_cut = await c.responses.create(
+            model="gpt-test", input="long [[mock cut_after=4]]", stream=True
+        )
         kinds = [e.type async for e in stream_cut]
     assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
 
@@ -77,19 +81,25 @@ async def test_responses_errors(gateway: GatewayProcess, key: str) -> None:
     assert upstream.value.status_code == 502
 
 
-async def test_embeddings_float_and_base64(gateway: GatewayProcess, key: str, service: CatalogueService) -> None:
+async def test_embeddings_float_and_base64(
+    gateway: GatewayProcess, key: str, service: CatalogueService
+) -> None:
     """Embeddings come back in either encoding with the same vector; usage is recorded."""
     async with client(gateway, key) as c:
-        raw = await c.embeddings.with_raw_response.create(model="embed-test", input="the same text",
-                                                          encoding_format="float")
+        raw = await c.embeddings.with_raw_response.create(
+            model="embed-test", input="the same text", encoding_format="float"
+        )
         floats = raw.parse()
         b64 = await c.embeddings.create(model="embed-test", input="the same text")  # SDK default: base64
     assert floats.data[0].embedding == pytest.approx(b64.data[0].embedding)
     record = await wait_usage(service, raw.headers["x-request-id"])
     assert record["route"] == "openai.embeddings" and record["input_tokens"] == floats.usage.prompt_tokens > 0
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        resp = await http.post("/v1/embeddings", headers={"Authorization": f"Bearer {key}"},
-                               json={"model": "embed-test", "input": "the same text", "encoding_format": "base64"})
+        resp = await http.post(
+            "/v1/embeddings",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "embed-test", "input": "the same text", "encoding_format": "base64"},
+        )
     vector = resp.json()["data"][0]["embedding"]
     assert isinstance(vector, str)
     decoded = struct.unpack(f"<{len(base64.b64decode(vector)) // 4}f", base64.b64decode(vector))
@@ -109,19 +119,29 @@ async def test_images_generate(gateway: GatewayProcess, key: str, service: Catal
 # the SDK marks images.create_variation deprecated (DALL-E 2); the route is still on the API page
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 async def test_images_edit_and_variation_multipart(
-    gateway: GatewayProcess, key: str, service: CatalogueService, mock: MockServer, uploads: list[dict[str, str]]
+    gateway: GatewayProcess,
+    key: str,
+    service: CatalogueService,
+    mock: MockServer,
+    uploads: list[dict[str, str]],
 ) -> None:
     """Multipart uploads reach the upstream byte-identical with `model` rewritten to the slug."""
     mask = b"MASK" + PNG[::-1]
     async with client(gateway, key) as c:
         raw = await c.images.with_raw_response.edit(
-            model="image-test", image=("in.png", PNG, "image/png"), mask=("mask.png", mask, "image/png"),
-            prompt="make it blue")
+            model="image-test",
+            image=("in.png", PNG, "image/png"),
+            mask=("mask.png", mask, "image/png"),
+            prompt="make it blue",
+        )
         edited = raw.parse()
         variation = await c.images.with_raw_response.create_variation(
-            model="image-test", image=("in.png", PNG, "image/png"), n=1)
-    assert [u["files"] for u in uploads] == [f"image={len(PNG)}:{digest(PNG)},mask={len(mask)}:{digest(mask)}",
-                                             f"image={len(PNG)}:{digest(PNG)}"]
+            model="image-test", image=("in.png", PNG, "image/png"), n=1
+        )
+    assert [u["files"] for u in uploads] == [
+        f"image={len(PNG)}:{digest(PNG)},mask={len(mask)}:{digest(mask)}",
+        f"image={len(PNG)}:{digest(PNG)}",
+    ]
     assert uploads[0]["model"] == "gpt-image-1" and uploads[0]["prompt"] == "make it blue"
     assert uploads[1]["n"] == "1"
     upstream = last_request(mock, "/v1/images/variations")
@@ -137,12 +157,24 @@ async def test_multipart_bad_input(gateway: GatewayProcess, key: str) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     boundary = "b0undary"
     form = {"Content-Type": f"multipart/form-data; boundary={boundary}", **auth}
-    model_part = f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nimage-test\r\n'.encode()
-    file_part = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n").encode() + PNG + b"\r\n"
+    model_part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nimage-test\r\n'.encode()
+    )
+    file_part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + PNG
+        + b"\r\n"
+    )
     cases: list[tuple[dict[str, str], bytes, str, str]] = [
-        ({"Content-Type": "application/json", **auth}, b'{"model":"image-test"}', "invalid_request_body",
-         "multipart/form-data"),
+        (
+            {"Content-Type": "application/json", **auth},
+            b'{"model":"image-test"}',
+            "invalid_request_body",
+            "multipart/form-data",
+        ),
         ({"Content-Type": "multipart/form-data", **auth}, model_part, "invalid_request_body", "boundary"),
         (form, model_part + file_part, "invalid_request_body", "truncated"),
         (form, b"garbage without any boundary", "invalid_request_body", "opening boundary"),

@@ -41,15 +41,32 @@ async def new_types(gateway: GatewayProcess, seeded: dict[str, Any], mock: MockS
         ("google", "google", mock.base_url, GOOGLE_KEY, {}),
     ]
     for name, ptype, base, secret, config in providers:
-        created = await admin(gateway, "POST", "/admin/providers", json={
-            "organisation": org, "name": name, "type": ptype, "base_url": base, "api_key": secret,
-            "config": config})
+        created = await admin(
+            gateway,
+            "POST",
+            "/admin/providers",
+            json={
+                "organisation": org,
+                "name": name,
+                "type": ptype,
+                "base_url": base,
+                "api_key": secret,
+                "config": config,
+            },
+        )
         assert created.status_code == 201, created.text
-    models = {"azure-test": ("azure", "gpt-4o-mini"), "custom-test": ("selfhosted", "gpt-4o-mini"),
-              "google-test": ("google", "gemini-2.5-flash")}
+    models = {
+        "azure-test": ("azure", "gpt-4o-mini"),
+        "custom-test": ("selfhosted", "gpt-4o-mini"),
+        "google-test": ("google", "gemini-2.5-flash"),
+    }
     for name, (provider, slug) in models.items():
-        created = await admin(gateway, "POST", "/admin/models", json={
-            "organisation": org, "name": name, "provider": provider, "slug": slug})
+        created = await admin(
+            gateway,
+            "POST",
+            "/admin/models",
+            json={"organisation": org, "name": name, "provider": provider, "slug": slug},
+        )
         assert created.status_code == 201, created.text
         granted = await admin(gateway, "POST", f"/admin/keys/{seeded['key_id']}/grants", json={"model": name})
         assert granted.status_code in (200, 201), granted.text
@@ -64,7 +81,8 @@ async def test_azure_and_custom_serve_the_openai_routes(
     and the unified route's `provider`)."""
     async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="azure-test", messages=[{"role": "user", "content": "hello azure"}])
+            model="azure-test", messages=[{"role": "user", "content": "hello azure"}]
+        )
         assert raw.parse().choices[0].message.content
         upstream = last_request(mock, "/v1/chat/completions")
         assert upstream["credential_sha256"] == sha(AZURE_KEY) and upstream["model"] == "gpt-4o-mini"
@@ -72,15 +90,24 @@ async def test_azure_and_custom_serve_the_openai_routes(
         record = await wait_usage(service, raw.headers["x-request-id"])
         assert record["provider"] == "openai" and record["model"] == "azure-test"
 
-        reply = await c.chat.completions.create(model="custom-test", messages=[{"role": "user", "content": "hi"}],
-                                                stream=True)
+        reply = await c.chat.completions.create(
+            model="custom-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         text = "".join([chunk.choices[0].delta.content or "" async for chunk in reply if chunk.choices])
         assert text
         upstream = last_request(mock, "/v1/chat/completions")
         assert upstream["credential_sha256"] == sha(CUSTOM_KEY) and upstream["query"] == {}
-    async with httpx.AsyncClient(base_url=gateway.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
-        unified = await http.post("/v1/llm/chat", json={
-            "model": "custom-test", "provider": "openai", "messages": [{"role": "user", "content": "hi"}]})
+    async with httpx.AsyncClient(
+        base_url=gateway.base_url, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        unified = await http.post(
+            "/v1/llm/chat",
+            json={
+                "model": "custom-test",
+                "provider": "openai",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
     assert unified.status_code == 200, unified.text
     assert unified.json()["provider"] == "openai"
 
@@ -90,8 +117,12 @@ async def test_google_serves_the_gemini_route(
 ) -> None:
     """A google-typed model answers google-genai's generate_content on the Gemini route through the slug, with the
     key as `x-goog-api-key`; the usage record names the gemini family."""
-    client = genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=gateway.base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1)))
+    client = genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=gateway.base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
     reply = await client.aio.models.generate_content(model="google-test", contents="hello google")
     assert reply.text
     upstream = last_request(mock, "/v1beta/models/gemini-2.5-flash:generateContent")
@@ -107,11 +138,25 @@ async def test_unregistered_provider_type_is_refused_by_the_admin_api(
 ) -> None:
     """Creating a provider of a type outside the registry, or changing one to it, is 400
     provider_type_unsupported; nothing is stored."""
-    created = await admin(gateway, "POST", "/admin/providers", json={
-        "organisation": seeded["org"], "name": "mistral", "type": "mistral", "base_url": "http://127.0.0.1:9"})
+    created = await admin(
+        gateway,
+        "POST",
+        "/admin/providers",
+        json={
+            "organisation": seeded["org"],
+            "name": "mistral",
+            "type": "mistral",
+            "base_url": "http://127.0.0.1:9",
+        },
+    )
     assert created.status_code == 400 and created.json()["error"]["code"] == "provider_type_unsupported"
-    changed = await admin(gateway, "PATCH", "/admin/providers/azure", params={"organisation": seeded["org"]},
-                          json={"type": "huggingface"})
+    changed = await admin(
+        gateway,
+        "PATCH",
+        "/admin/providers/azure",
+        params={"organisation": seeded["org"]},
+        json={"type": "huggingface"},
+    )
     assert changed.status_code == 400 and changed.json()["error"]["code"] == "provider_type_unsupported"
     listed = (await admin(gateway, "GET", "/admin/providers")).json()["data"]
     assert "mistral" not in {p["name"] for p in listed}

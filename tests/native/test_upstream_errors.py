@@ -28,8 +28,10 @@ UNKNOWN_SLUG = "[[mock error=model_not_found]]"
 RATE_LIMITED = "[[mock status=429 retry_after=7]]"
 OPENAI_TOO_LONG = {
     "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 "
-               "tokens. Please reduce the length of the messages.",
-    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+    "tokens. Please reduce the length of the messages.",
+    "type": "invalid_request_error",
+    "param": "messages",
+    "code": "context_length_exceeded",
 }
 
 
@@ -42,15 +44,21 @@ def anthropic_client(gateway: GatewayProcess, key: str) -> anthropic.AsyncAnthro
 
 
 def gemini_client(gateway: GatewayProcess, key: str) -> genai.Client:
-    return genai.Client(api_key=key, http_options=types.HttpOptions(
-        base_url=gateway.base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1)))
+    return genai.Client(
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=gateway.base_url, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
 
 
 def user(text: str) -> list[Any]:
     return [{"role": "user", "content": text}]
 
 
-async def test_openai_chat_relays_upstream_4xx(gateway: GatewayProcess, key: str, service: CatalogueService) -> None:
+async def test_openai_chat_relays_upstream_4xx(
+    gateway: GatewayProcess, key: str, service: CatalogueService
+) -> None:
     """/v1/chat/completions: a context-length 400 is BadRequestError with OpenAI's own error object, an unknown
     slug NotFoundError, a 429 RateLimitError with the provider's Retry-After; the record keeps the status."""
     async with openai_client(gateway, key) as c:
@@ -65,7 +73,9 @@ async def test_openai_chat_relays_upstream_4xx(gateway: GatewayProcess, key: str
     assert too_long.value.body == OPENAI_TOO_LONG and streamed.value.body == OPENAI_TOO_LONG
     assert too_long.value.code == "context_length_exceeded"
     assert too_long.value.response.headers["x-odock-upstream-status"] == "400"
-    assert missing.value.code == "model_not_found" and "`gpt-4o-mini` does not exist" in str(missing.value.body)
+    assert missing.value.code == "model_not_found" and "`gpt-4o-mini` does not exist" in str(
+        missing.value.body
+    )
     assert limited.value.response.headers.get_list("retry-after") == ["7"]
     assert limited.value.response.headers["x-odock-upstream-status"] == "429"
     request_id = too_long.value.response.headers["x-request-id"]
@@ -84,8 +94,9 @@ async def test_openai_native_media_routes_relay_upstream_4xx(gateway: GatewayPro
     assert responses.value.body == OPENAI_TOO_LONG and embeddings.value.body == OPENAI_TOO_LONG
 
 
-async def test_anthropic_messages_relay_upstream_4xx(gateway: GatewayProcess, key: str,
-                                                     service: CatalogueService) -> None:
+async def test_anthropic_messages_relay_upstream_4xx(
+    gateway: GatewayProcess, key: str, service: CatalogueService
+) -> None:
     """/v1/messages: Anthropic's own 400/404/429 bodies reach the anthropic SDK with their classes, the provider's
     request-id and Retry-After; the usage record keeps the provider request id."""
     async with anthropic_client(gateway, key) as c:
@@ -94,12 +105,20 @@ async def test_anthropic_messages_relay_upstream_4xx(gateway: GatewayProcess, ke
         with pytest.raises(anthropic.NotFoundError) as missing:
             await c.messages.create(model="claude-test", max_tokens=8, messages=user(f"x {UNKNOWN_SLUG}"))
         with pytest.raises(anthropic.RateLimitError) as limited:
-            await c.messages.create(model="claude-test", max_tokens=8, messages=user(f"x {RATE_LIMITED}"),
-                                    stream=True)
-    assert too_long.value.body == {"type": "error", "error": {
-        "type": "invalid_request_error", "message": "prompt is too long: 213000 tokens > 200000 maximum"}}
-    assert missing.value.body == {"type": "error", "error": {"type": "not_found_error",
-                                                             "message": "model: claude-sonnet-4-5"}}
+            await c.messages.create(
+                model="claude-test", max_tokens=8, messages=user(f"x {RATE_LIMITED}"), stream=True
+            )
+    assert too_long.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 213000 tokens > 200000 maximum",
+        },
+    }
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "model: claude-sonnet-4-5"},
+    }
     assert limited.value.response.headers["retry-after"] == "7"
     upstream_id = too_long.value.request_id
     assert upstream_id and upstream_id.startswith("req_")
@@ -116,7 +135,9 @@ async def test_gemini_relays_upstream_4xx(gateway: GatewayProcess, key: str) -> 
     assert (too_long.value.message or "").startswith("The input token count (1200000) exceeds")
     with pytest.raises(errors.ClientError) as missing:
         await c.aio.models.generate_content(model="gemini-test", contents=f"x {UNKNOWN_SLUG}")
-    assert missing.value.code == 404 and "models/gemini-2.5-flash is not found" in (missing.value.message or "")
+    assert missing.value.code == 404 and "models/gemini-2.5-flash is not found" in (
+        missing.value.message or ""
+    )
 
 
 async def test_vllm_routes_relay_upstream_4xx(gateway: GatewayProcess, key: str) -> None:
@@ -135,10 +156,16 @@ async def test_unified_keeps_status_with_odock_body(gateway: GatewayProcess, key
     carrying the provider's error, whatever the provider's dialect."""
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        limited = await http.post("/v1/llm/chat", headers=headers,
-                                  json={"model": "claude-test", "messages": user(f"x {RATE_LIMITED}")})
-        too_long = await http.post("/v1/llm/chat", headers=headers,
-                                   json={"model": "gemini-test", "messages": user(f"x {TOO_LONG}"), "stream": True})
+        limited = await http.post(
+            "/v1/llm/chat",
+            headers=headers,
+            json={"model": "claude-test", "messages": user(f"x {RATE_LIMITED}")},
+        )
+        too_long = await http.post(
+            "/v1/llm/chat",
+            headers=headers,
+            json={"model": "gemini-test", "messages": user(f"x {TOO_LONG}"), "stream": True},
+        )
     assert limited.status_code == 429 and limited.headers["retry-after"] == "7"
     assert limited.headers["x-odock-upstream-status"] == "429"
     error = limited.json()["error"]
@@ -156,8 +183,9 @@ async def test_provider_account_failures_stay_502(gateway: GatewayProcess, key: 
         with pytest.raises(openai.InternalServerError) as via_openai:
             await oa.chat.completions.create(model="gpt-test", messages=user(f"x [[mock status={status}]]"))
         with pytest.raises(anthropic.InternalServerError) as via_anthropic:
-            await an.messages.create(model="claude-test", max_tokens=8,
-                                     messages=user(f"x [[mock status={status}]]"))
+            await an.messages.create(
+                model="claude-test", max_tokens=8, messages=user(f"x [[mock status={status}]]")
+            )
     for err in (via_openai.value, via_anthropic.value):
         assert err.status_code == 502 and err.response.headers["x-odock-upstream-status"] == str(status)
     assert via_openai.value.code == "upstream_error" and via_openai.value.body["upstream_status"] == status  # type: ignore[index]
@@ -168,14 +196,17 @@ async def test_upstream_5xx_stays_502(gateway: GatewayProcess, key: str) -> None
     """An upstream 503 with a Retry-After is still 502 upstream_error (its status named in the header)."""
     async with openai_client(gateway, key) as c:
         with pytest.raises(openai.InternalServerError) as failed:
-            await c.chat.completions.create(model="gpt-test", messages=user("x [[mock status=503 retry_after=3]]"))
+            await c.chat.completions.create(
+                model="gpt-test", messages=user("x [[mock status=503 retry_after=3]]")
+            )
     assert failed.value.status_code == 502 and failed.value.code == "upstream_error"
     assert failed.value.response.headers["x-odock-upstream-status"] == "503"
 
 
 @pytest.fixture(scope="module")
-def strict_gateway(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[tuple[GatewayProcess,
-                                                                                                  str]]:
+def strict_gateway(
+    tmp_path_factory: pytest.TempPathFactory, mock: MockServer
+) -> Iterator[tuple[GatewayProcess, str]]:
     """A second live gateway with ODOCK_UPSTREAM_ERRORS=strict, seeded like the shared one."""
     import asyncio
 
@@ -194,7 +225,9 @@ def strict_gateway(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -
     proc.stop()
 
 
-async def test_strict_setting_keeps_every_upstream_failure_502(strict_gateway: tuple[GatewayProcess, str]) -> None:
+async def test_strict_setting_keeps_every_upstream_failure_502(
+    strict_gateway: tuple[GatewayProcess, str],
+) -> None:
     """With ODOCK_UPSTREAM_ERRORS=strict an upstream 400 or 429 is 502 upstream_error, as the reference says."""
     gateway, key = strict_gateway
     async with openai_client(gateway, key) as c:

@@ -40,12 +40,15 @@ async def test_chat_unary_stream_and_vllm_fields(
     """Chat completions reach vLLM with vLLM-only fields intact; streams pass through and are billed."""
     async with client(gateway, key) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="vllm-test", messages=[{"role": "user", "content": "hello"}],
-            extra_body={"top_k": 5, "repetition_penalty": 1.1})
+            model="vllm-test",
+            messages=[{"role": "user", "content": "hello"}],
+            extra_body={"top_k": 5, "repetition_penalty": 1.1},
+        )
         reply = raw.parse()
         upstream = last_request(mock, "/v1/chat/completions")
-        stream = await c.chat.completions.create(model="vllm-test", messages=[{"role": "user", "content": "hi"}],
-                                                 stream=True)
+        stream = await c.chat.completions.create(
+            model="vllm-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
     assert reply.choices[0].message.content and text
     assert upstream["model"] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -58,8 +61,13 @@ async def test_completions_and_responses(gateway: GatewayProcess, key: str) -> N
     """Legacy completions (unary + stream) and Responses (stream events) work on the vLLM prefix."""
     async with client(gateway, key) as c:
         done = await c.completions.create(model="vllm-test", prompt="Say hi", max_tokens=8)
-        pieces = [ch.choices[0].text async for ch in await c.completions.create(
-            model="vllm-test", prompt="Say hi", max_tokens=8, stream=True) if ch.choices]
+        pieces = [
+            ch.choices[0].text
+            async for ch in await c.completions.create(
+                model="vllm-test", prompt="Say hi", max_tokens=8, stream=True
+            )
+            if ch.choices
+        ]
         events = [e.type async for e in await c.responses.create(model="vllm-test", input="hi", stream=True)]
     assert done.choices[0].text and "".join(pieces)
     assert events[0] == "response.created" and events[-1] == "response.completed"
@@ -72,8 +80,12 @@ async def post(gateway: GatewayProcess, key: str, path: str, body: dict[str, Any
 
 async def test_tokenize_detokenize_roundtrip(gateway: GatewayProcess, key: str, mock: MockServer) -> None:
     """tokenize/detokenize reach vLLM's root-level endpoints and round-trip the text."""
-    tokens = await post(gateway, key, "/v1/vllm/tokenize",
-                        {"model": "vllm-test", "prompt": "hello world", "return_token_strs": True})
+    tokens = await post(
+        gateway,
+        key,
+        "/v1/vllm/tokenize",
+        {"model": "vllm-test", "prompt": "hello world", "return_token_strs": True},
+    )
     body = tokens.json()
     assert tokens.status_code == 200 and body["tokens"] == mock_vllm.encode("hello world")
     assert body["max_model_len"] == mock_vllm.MAX_MODEL_LEN and body["token_strs"]
@@ -82,13 +94,16 @@ async def test_tokenize_detokenize_roundtrip(gateway: GatewayProcess, key: str, 
     assert text.json() == {"prompt": "hello world"}
 
 
-@pytest.mark.parametrize(("path", "body", "field"), [
-    ("/v1/vllm/pooling", {"input": ["a b", "c"]}, "data"),
-    ("/v1/vllm/classify", {"input": ["good film", "bad"]}, "data"),
-    ("/v1/vllm/score", {"text_1": "a cat", "text_2": ["a cat sat", "dogs"]}, "data"),
-    ("/v1/vllm/rerank", {"query": "a cat", "documents": ["a cat sat", "dogs"], "top_n": 1}, "results"),
-    ("/v1/vllm/embeddings", {"input": "embed me"}, "data"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/vllm/pooling", {"input": ["a b", "c"]}, "data"),
+        ("/v1/vllm/classify", {"input": ["good film", "bad"]}, "data"),
+        ("/v1/vllm/score", {"text_1": "a cat", "text_2": ["a cat sat", "dogs"]}, "data"),
+        ("/v1/vllm/rerank", {"query": "a cat", "documents": ["a cat sat", "dogs"], "top_n": 1}, "results"),
+        ("/v1/vllm/embeddings", {"input": "embed me"}, "data"),
+    ],
+)
 async def test_json_extras_passthrough_with_usage(
     gateway: GatewayProcess, key: str, service: CatalogueService, path: str, body: dict[str, Any], field: str
 ) -> None:
@@ -105,12 +120,16 @@ async def test_json_extras_passthrough_with_usage(
 # the SDK marks audio.translations deprecated; vLLM still serves it and the route is on the API page
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 @pytest.mark.parametrize("task", ["transcriptions", "translations"])
-async def test_audio_multipart(gateway: GatewayProcess, key: str, task: str, uploads: list[dict[str, str]]) -> None:
+async def test_audio_multipart(
+    gateway: GatewayProcess, key: str, task: str, uploads: list[dict[str, str]]
+) -> None:
     """Audio uploads reach vLLM byte-identical with the model rewritten; text and JSON formats relay raw."""
     async with client(gateway, key) as c:
         api = c.audio.transcriptions if task == "transcriptions" else c.audio.translations
         answer = await api.create(model="vllm-whisper", file=("a.wav", AUDIO, "audio/wav"))
-        text = await api.create(model="vllm-whisper", file=("a.wav", AUDIO, "audio/wav"), response_format="text")
+        text = await api.create(
+            model="vllm-whisper", file=("a.wav", AUDIO, "audio/wav"), response_format="text"
+        )
     digest = hashlib.sha256(AUDIO).hexdigest()[:12]
     assert digest in answer.text and str(text).startswith("Mock ")
     assert [u["files"] for u in uploads] == [f"file={len(AUDIO)}:{digest}"] * 2
@@ -120,10 +139,16 @@ async def test_audio_multipart(gateway: GatewayProcess, key: str, task: str, upl
 async def test_vllm_bad_input(gateway: GatewayProcess, key: str) -> None:
     """A missing model, an OpenAI model on a vLLM route and an audio upload without `file` are 400s."""
     no_model = await post(gateway, key, "/v1/vllm/tokenize", {"prompt": "x"})
-    pinned = await post(gateway, key, "/v1/vllm/rerank", {"model": "gpt-test", "query": "q", "documents": ["d"]})
+    pinned = await post(
+        gateway, key, "/v1/vllm/rerank", {"model": "gpt-test", "query": "q", "documents": ["d"]}
+    )
     assert no_model.status_code == 400 and no_model.json()["error"]["code"] == "invalid_request"
     assert pinned.status_code == 400 and pinned.json()["error"]["code"] == "provider_not_allowed"
     async with httpx.AsyncClient(base_url=gateway.base_url) as http:
-        no_file = await http.post("/v1/vllm/audio/transcriptions", headers={"Authorization": f"Bearer {key}"},
-                                  data={"model": "vllm-whisper"}, files={"other": ("a.wav", b"x", "audio/wav")})
+        no_file = await http.post(
+            "/v1/vllm/audio/transcriptions",
+            headers={"Authorization": f"Bearer {key}"},
+            data={"model": "vllm-whisper"},
+            files={"other": ("a.wav", b"x", "audio/wav")},
+        )
     assert no_file.status_code == 400 and "'file'" in no_file.json()["error"]["message"]

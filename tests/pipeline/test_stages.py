@@ -20,8 +20,16 @@ from odock.pipeline.stage import Stage
 from tests.harness import wait_usage
 from tests.inprocess import in_process_gateway
 
-REFERENCE_ORDER = ["pre_auth_gate", "authenticate", "usage", "early_gate", "read_body", "model_access",
-                   "final_gate", "routing"]
+REFERENCE_ORDER = [
+    "pre_auth_gate",
+    "authenticate",
+    "usage",
+    "early_gate",
+    "read_body",
+    "model_access",
+    "final_gate",
+    "routing",
+]
 
 
 class Probe(Stage):
@@ -70,8 +78,12 @@ class Shout(Stage):
 
 
 def openai_client(gw: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key=gw.seeded["secret"], max_retries=0,
-                              http_client=gw.sdk_client())
+    return openai.AsyncOpenAI(
+        base_url="http://gateway.test/v1",
+        api_key=gw.seeded["secret"],
+        max_retries=0,
+        http_client=gw.sdk_client(),
+    )
 
 
 async def test_llm_stages_follow_the_reference_order(tmp_path: Path) -> None:
@@ -86,7 +98,8 @@ async def test_a_call_runs_in_process_with_the_official_sdk(tmp_path: Path) -> N
     async with in_process_gateway(tmp_path) as gw:
         client = openai_client(gw)
         reply = await client.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=[{"role": "user", "content": "hello"}])
+            model="gpt-test", messages=[{"role": "user", "content": "hello"}]
+        )
         completion = reply.parse()
         assert completion.choices[0].message.content
         record = await wait_usage(gw.service, reply.headers["x-request-id"])
@@ -100,17 +113,26 @@ async def test_a_blocking_stage_unwinds_in_reverse_and_speaks_the_route_dialect(
     blocked = Forbidden("blocked by policy", "safety_blocked")
     stages = [Probe("first", log), Probe("second", log, fail=blocked)]
     async with in_process_gateway(tmp_path, pre_upstream=stages) as gw:
-        client = anthropic.AsyncAnthropic(base_url="http://gateway.test", api_key=gw.seeded["secret"],
-                                          max_retries=0, http_client=gw.sdk_client())
+        client = anthropic.AsyncAnthropic(
+            base_url="http://gateway.test",
+            api_key=gw.seeded["secret"],
+            max_retries=0,
+            http_client=gw.sdk_client(),
+        )
         with pytest.raises(anthropic.PermissionDeniedError) as raised:
-            await client.messages.create(model="claude-test", max_tokens=16,
-                                         messages=[{"role": "user", "content": "hi"}])
+            await client.messages.create(
+                model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+            )
         assert "blocked by policy" in str(raised.value)
         assert log == ["before:first", "before:second", "undo:second", "undo:first"]
         assert gw.transport.requests == 0  # the upstream was never called
         request_id = raised.value.response.headers["x-request-id"]
         record = await wait_usage(gw.service, request_id)
-        assert (record["status"], record["outcome"], record["error_code"]) == (403, "failed", "safety_blocked")
+        assert (record["status"], record["outcome"], record["error_code"]) == (
+            403,
+            "failed",
+            "safety_blocked",
+        )
 
 
 async def test_stages_see_the_decoded_request_each_delta_and_the_response(tmp_path: Path) -> None:
@@ -129,8 +151,7 @@ async def test_stages_see_the_decoded_request_each_delta_and_the_response(tmp_pa
             assert streamed.status_code == 200
             text = streamed.text
             assert text.rstrip().endswith("data: [DONE]")
-            chunks = [json.loads(line[6:]) for line in text.splitlines()
-                      if line.startswith("data: {")]
+            chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
             said = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
             assert said and said == said.upper() and said != said.lower()
         assert shout.seen_models == ["claude-test", "claude-test"]
@@ -201,8 +222,12 @@ class _HangingRoute:
 async def test_compensations_run_in_reverse_on_cancel() -> None:
     """A call cancelled mid-way (shutdown, client gone) still runs every compensation, in reverse."""
     log: list[str] = []
-    pipeline = Pipeline([Probe("a", log), Probe("b", log)], transport=None,  # type: ignore[arg-type]
-                        limits=BodyLimits(1024, 1.0), client_ip=lambda exchange: "127.0.0.1")
+    pipeline = Pipeline(
+        [Probe("a", log), Probe("b", log)],
+        transport=None,  # type: ignore[arg-type]
+        limits=BodyLimits(1024, 1.0),
+        client_ip=lambda exchange: "127.0.0.1",
+    )
     route = _HangingRoute()
     task = asyncio.create_task(pipeline.run(_Exchange(), route))
     await asyncio.wait_for(route.entered.wait(), 5)
@@ -225,9 +250,12 @@ async def test_a_failing_compensation_does_not_stop_the_others() -> None:
 
             call.defer(undo)
 
-    pipeline = Pipeline([Probe("a", log), Broken(), Probe("c", log, fail=Forbidden("no", "nope"))],
-                        transport=None, limits=BodyLimits(1024, 1.0),  # type: ignore[arg-type]
-                        client_ip=lambda exchange: "127.0.0.1")
+    pipeline = Pipeline(
+        [Probe("a", log), Broken(), Probe("c", log, fail=Forbidden("no", "nope"))],
+        transport=None,
+        limits=BodyLimits(1024, 1.0),  # type: ignore[arg-type]
+        client_ip=lambda exchange: "127.0.0.1",
+    )
     exchange = _Exchange()
     await pipeline.run(exchange, _HangingRoute())
     assert log == ["before:a", "before:c", "undo:c", "undo:a"]
@@ -237,8 +265,12 @@ async def test_a_failing_compensation_does_not_stop_the_others() -> None:
 def test_hooks_not_overridden_cost_nothing() -> None:
     """The runner's per-phase lists hold only the stages that override that hook."""
     log: list[str] = []
-    pipeline = Pipeline([Probe("a", log), Shout()], transport=None, limits=BodyLimits(1, 1.0),  # type: ignore[arg-type]
-                        client_ip=lambda exchange: "")
+    pipeline = Pipeline(
+        [Probe("a", log), Shout()],
+        transport=None,
+        limits=BodyLimits(1, 1.0),  # type: ignore[arg-type]
+        client_ip=lambda exchange: "",
+    )
     assert [s.name for s in pipeline.before_stages] == ["a", "shout"]
     assert [s.name for s in pipeline.delta_stages] == ["shout"]
     assert [s.name for s in pipeline.after_stages] == ["shout"]
@@ -251,24 +283,32 @@ async def test_native_routes_decode_for_a_stage_that_needs_the_call(tmp_path: Pa
     shout = Shout()
     async with in_process_gateway(tmp_path, pre_upstream=[shout]) as gw:
         chat = await openai_client(gw).chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "tell me"}])
+            model="gpt-test", messages=[{"role": "user", "content": "tell me"}]
+        )
         text = chat.choices[0].message.content or ""
         assert text and text == text.upper() and chat.usage is not None and chat.usage.prompt_tokens > 0
 
-        claude = anthropic.AsyncAnthropic(base_url="http://gateway.test", api_key=gw.seeded["secret"],
-                                          max_retries=0, http_client=gw.sdk_client())
+        claude = anthropic.AsyncAnthropic(
+            base_url="http://gateway.test",
+            api_key=gw.seeded["secret"],
+            max_retries=0,
+            http_client=gw.sdk_client(),
+        )
         said = ""
-        async with claude.messages.stream(model="claude-test", max_tokens=64,
-                                          messages=[{"role": "user", "content": "tell me"}]) as stream:
+        async with claude.messages.stream(
+            model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "tell me"}]
+        ) as stream:
             async for piece in stream.text_stream:
                 said += piece
             final = await stream.get_final_message()
         assert said and said == said.upper() and final.usage.output_tokens > 0
 
         async with gw.client() as http:
-            reply = await http.post("/v1beta/models/gemini-test:generateContent",
-                                    headers={"x-goog-api-key": gw.seeded["secret"]},
-                                    json={"contents": [{"role": "user", "parts": [{"text": "tell me"}]}]})
+            reply = await http.post(
+                "/v1beta/models/gemini-test:generateContent",
+                headers={"x-goog-api-key": gw.seeded["secret"]},
+                json={"contents": [{"role": "user", "parts": [{"text": "tell me"}]}]},
+            )
         assert reply.status_code == 200, reply.text
         parts = reply.json()["candidates"][0]["content"]["parts"]
         gemini_text = "".join(p.get("text", "") for p in parts)
@@ -283,5 +323,6 @@ async def test_without_such_a_stage_native_routes_relay_bytes(tmp_path: Path) ->
         llm = gw.gateway.pipelines["llm"]
         assert not llm.needs_request and not llm.needs_response and not llm.delta_stages
         chat = await openai_client(gw).chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "tell me"}])
+            model="gpt-test", messages=[{"role": "user", "content": "tell me"}]
+        )
         assert chat.choices[0].message.content

@@ -31,8 +31,12 @@ from tests.routing.conftest import (
 STRATEGIES = ["failover", "priority", "round_robin", "weighted", "least_latency"]
 TRIGGER_SETS: list[list[str] | None] = [["5xx"], ["timeout"], ["rate_limit"], ["any"], None]
 # failure kind -> the two deployments failing that way
-FAILING = {"5xx": ("e5-a", "e5-b"), "timeout": ("slow-a", "slow-b"), "rate_limit": ("rl-a", "rl-b"),
-           "4xx": ("bad-a", "bad-b")}
+FAILING = {
+    "5xx": ("e5-a", "e5-b"),
+    "timeout": ("slow-a", "slow-b"),
+    "rate_limit": ("rl-a", "rl-b"),
+    "4xx": ("bad-a", "bad-b"),
+}
 
 
 def fails_over(kind: str, triggers: list[str] | None) -> bool:
@@ -40,8 +44,9 @@ def fails_over(kind: str, triggers: list[str] | None) -> bool:
     return "any" in active or kind in active
 
 
-async def test_trigger_table_every_strategy(gateway: GatewayProcess, service: CatalogueService,
-                                            mock: MockServer) -> None:
+async def test_trigger_table_every_strategy(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """For every strategy and failoverOn set, each failure kind (5xx, timeout, 429, 4xx) tries the second
     deployment exactly when the trigger covers it, and never otherwise (journal + usage record)."""
     cases: list[tuple[str, list[str] | None, str, str]] = []
@@ -50,17 +55,22 @@ async def test_trigger_table_every_strategy(gateway: GatewayProcess, service: Ca
             for kind, (first, second) in FAILING.items():
                 policy: dict[str, Any] = {
                     "strategy": strategy,
-                    "candidates": [{"modelName": first, "priority": 1, "weight": 1},
-                                   {"modelName": second, "priority": 2, "weight": 1}],
+                    "candidates": [
+                        {"modelName": first, "priority": 1, "weight": 1},
+                        {"modelName": second, "priority": 2, "weight": 1},
+                    ],
                     "cooldown": {"failures": 0},  # this table is about triggers, not cooldowns
                 }
                 if triggers is not None:
                     policy["failoverOn"] = triggers
-                cases.append((strategy, triggers, kind, await make_key(service, policy, models=[first, second])))
+                cases.append(
+                    (strategy, triggers, kind, await make_key(service, policy, models=[first, second]))
+                )
     seq = last_seq(mock)
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
-        responses = await asyncio.gather(*(chat(gateway, secret, FAILING[kind][0], http=http)
-                                           for _s, _t, kind, secret in cases))
+        responses = await asyncio.gather(
+            *(chat(gateway, secret, FAILING[kind][0], http=http) for _s, _t, kind, secret in cases)
+        )
     records = await asyncio.gather(*(wait_usage(service, r.headers["x-request-id"]) for r in responses))
     expected_calls: Counter[str] = Counter()
     for (strategy, triggers, kind, _secret), resp, record in zip(cases, responses, records, strict=True):
@@ -78,13 +88,19 @@ async def test_trigger_table_every_strategy(gateway: GatewayProcess, service: Ca
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_failover_answers_from_backup(gateway: GatewayProcess, service: CatalogueService, mock: MockServer,
-                                            strategy: str) -> None:
+async def test_failover_answers_from_backup(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer, strategy: str
+) -> None:
     """Whatever the strategy, a failing deployment never reaches the client: every call is answered by the
     healthy candidate, named in x-odock-model; failover/priority always try the requested model first."""
-    secret = await make_key(service, {"strategy": strategy, "cooldown": {"failures": 0},
-                                      "candidates": [{"modelName": "fo-bad", "priority": 1},
-                                                     {"modelName": "good-a", "priority": 2}]})
+    secret = await make_key(
+        service,
+        {
+            "strategy": strategy,
+            "cooldown": {"failures": 0},
+            "candidates": [{"modelName": "fo-bad", "priority": 1}, {"modelName": "good-a", "priority": 2}],
+        },
+    )
     for _ in range(4):
         resp = await chat(gateway, secret, "fo-bad")
         assert resp.status_code == 200 and resp.headers["x-odock-model"] == "good-a"
@@ -97,22 +113,33 @@ async def test_failover_answers_from_backup(gateway: GatewayProcess, service: Ca
         assert record["model"] == "fo-bad" and record["model_slug"] == "good-a"
 
 
-async def test_priority_orders_ascending(gateway: GatewayProcess, service: CatalogueService,
-                                         mock: MockServer) -> None:
+async def test_priority_orders_ascending(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """priority tries the lowest number first among the candidates; the requested model, when listed, takes its
     place by priority."""
-    secret = await make_key(service, {"strategy": "priority", "failoverOn": ["any"], "cooldown": {"failures": 0},
-                                      "candidates": [{"modelName": "e5-a", "priority": 3},
-                                                     {"modelName": "rl-a", "priority": 1},
-                                                     {"modelName": "good-b", "priority": 2}]})
+    secret = await make_key(
+        service,
+        {
+            "strategy": "priority",
+            "failoverOn": ["any"],
+            "cooldown": {"failures": 0},
+            "candidates": [
+                {"modelName": "e5-a", "priority": 3},
+                {"modelName": "rl-a", "priority": 1},
+                {"modelName": "good-b", "priority": 2},
+            ],
+        },
+    )
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "e5-a")
     assert resp.status_code == 200 and resp.headers["x-odock-model"] == "good-b"
     assert models_since(mock, seq) == ["rl-a", "good-b"]
 
 
-async def test_routing_off_without_org_switch(gateway: GatewayProcess, service: CatalogueService,
-                                              mock: MockServer) -> None:
+async def test_routing_off_without_org_switch(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """With the organisation switch off, a key's routing policy is ignored: a direct call, no fallback."""
     secret = await make_key(service, {"candidates": ["adm-good"]}, org="adm", models=["adm-bad", "adm-good"])
     seq = last_seq(mock)
@@ -123,29 +150,48 @@ async def test_routing_off_without_org_switch(gateway: GatewayProcess, service: 
     assert record["routing"]["decision"] == "direct" and len(record["routing"]["attempts"]) == 1
 
 
-async def test_routing_off_without_policy_for_the_type(gateway: GatewayProcess, service: CatalogueService,
-                                                       mock: MockServer) -> None:
+async def test_routing_off_without_policy_for_the_type(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """A key with a routing policy only for another model type calls a chat model directly."""
-    created = await service.create_key({"organisation": "route", "name": "k-embeddings-only", "type": "ORGANISATION",
-                                        "policies": {"routing": {"embeddings": {"candidates": ["good-a"]}}},
-                                        "models": ["e5-a", "good-a"]})
+    created = await service.create_key(
+        {
+            "organisation": "route",
+            "name": "k-embeddings-only",
+            "type": "ORGANISATION",
+            "policies": {"routing": {"embeddings": {"candidates": ["good-a"]}}},
+            "models": ["e5-a", "good-a"],
+        }
+    )
     seq = last_seq(mock)
     resp = await chat(gateway, created.secret, "e5-a")
     assert resp.status_code == 502 and models_since(mock, seq) == ["e5-a"]
 
 
-async def test_switches_managed_through_admin_api(gateway: GatewayProcess, service: CatalogueService,
-                                                  mock: MockServer) -> None:
+async def test_switches_managed_through_admin_api(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """Turning the organisation switch on (inner policies form) and setting a key policy through the admin API
     takes effect on the next call of the live gateway."""
-    created = await service.create_key({"organisation": "adm", "name": "k-admin", "type": "ORGANISATION",
-                                        "models": ["adm-bad", "adm-good"]})
+    created = await service.create_key(
+        {"organisation": "adm", "name": "k-admin", "type": "ORGANISATION", "models": ["adm-bad", "adm-good"]}
+    )
     assert (await chat(gateway, created.secret, "adm-bad")).status_code == 502
     async with httpx.AsyncClient(base_url=gateway.base_url, headers=gateway.admin_headers()) as admin:
         org = await admin.patch("/admin/organisations/adm", json={"policies": {"routing": {"enabled": True}}})
         assert org.status_code == 200, org.text
-        key = await admin.patch(f"/admin/keys/{created.key.id}", json={"policies": {"policies": {"routing": {
-            "chat": {"strategy": "failover", "candidates": [{"modelName": "adm-good"}]}}}}})
+        key = await admin.patch(
+            f"/admin/keys/{created.key.id}",
+            json={
+                "policies": {
+                    "policies": {
+                        "routing": {
+                            "chat": {"strategy": "failover", "candidates": [{"modelName": "adm-good"}]}
+                        }
+                    }
+                }
+            },
+        )
         assert key.status_code == 200, key.text
     try:
         seq = last_seq(mock)
@@ -157,8 +203,9 @@ async def test_switches_managed_through_admin_api(gateway: GatewayProcess, servi
             await admin.patch("/admin/organisations/adm", json={"policies": {}})
 
 
-async def test_max_retries_and_retry_delay(gateway: GatewayProcess, service: CatalogueService,
-                                           mock: MockServer) -> None:
+async def test_max_retries_and_retry_delay(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """maxRetries extra attempts are made (retrying the only candidate), each after retryDelayMs; maxRetries 0
     stops after the first attempt even with a backup listed."""
     secret = await make_key(service, {"maxRetries": 2, "retryDelayMs": 120, "cooldown": {"failures": 0}})
@@ -178,11 +225,14 @@ async def test_max_retries_and_retry_delay(gateway: GatewayProcess, service: Cat
     assert models_since(mock, seq) == ["retry-bad"]
 
 
-async def test_cooldown_skips_then_probes_and_recovers(gateway: GatewayProcess, service: CatalogueService,
-                                                       mock: MockServer) -> None:
+async def test_cooldown_skips_then_probes_and_recovers(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """A deployment failing `cooldown.failures` times in a row is skipped until `cooldown.seconds` passed, then
     probed; once it answers again it is back in front."""
-    secret = await make_key(service, {"candidates": ["flip", "good-b"], "cooldown": {"failures": 2, "seconds": 0.6}})
+    secret = await make_key(
+        service, {"candidates": ["flip", "good-b"], "cooldown": {"failures": 2, "seconds": 0.6}}
+    )
     seq = last_seq(mock)
     for _ in range(2):
         assert (await chat(gateway, secret, "flip")).headers["x-odock-model"] == "good-b"
@@ -213,19 +263,22 @@ async def test_cooldown_skips_then_probes_and_recovers(gateway: GatewayProcess, 
     assert models_since(mock, seq) == ["flip"] * 3
 
 
-async def test_every_candidate_cooling_is_tried_anyway(gateway: GatewayProcess, service: CatalogueService,
-                                                       mock: MockServer) -> None:
+async def test_every_candidate_cooling_is_tried_anyway(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """When every candidate is cooling the call still tries them all, rather than failing without asking."""
-    secret = await make_key(service, {"candidates": ["cool-1", "cool-2"], "cooldown": {"failures": 1,
-                                                                                       "seconds": 30}})
+    secret = await make_key(
+        service, {"candidates": ["cool-1", "cool-2"], "cooldown": {"failures": 1, "seconds": 30}}
+    )
     seq = last_seq(mock)
     assert (await chat(gateway, secret, "cool-1")).status_code == 502
     assert (await chat(gateway, secret, "cool-1")).status_code == 502
     assert models_since(mock, seq) == ["cool-1", "cool-2", "cool-1", "cool-2"]
 
 
-async def test_default_cooldown_is_three_failures(gateway: GatewayProcess, service: CatalogueService,
-                                                  mock: MockServer) -> None:
+async def test_default_cooldown_is_three_failures(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """Without a cooldown in the policy, three consecutive failures cool a deployment (30 s default)."""
     secret = await make_key(service, {"candidates": ["cool-3", "good-c"]})
     seq = last_seq(mock)
@@ -234,8 +287,9 @@ async def test_default_cooldown_is_three_failures(gateway: GatewayProcess, servi
     assert models_since(mock, seq) == ["cool-3", "good-c"] * 3 + ["good-c"] * 2
 
 
-async def test_round_robin_rotates_per_key(gateway: GatewayProcess, service: CatalogueService,
-                                           mock: MockServer) -> None:
+async def test_round_robin_rotates_per_key(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """round_robin rotates the first candidate on each call of the same key; another key has its own turn."""
     policy = {"strategy": "round_robin", "candidates": ["rr-a", "rr-b", "rr-c"]}
     first, second = await make_key(service, policy), await make_key(service, policy, envelope=True)
@@ -248,11 +302,17 @@ async def test_round_robin_rotates_per_key(gateway: GatewayProcess, service: Cat
     assert models_since(mock, seq) == ["rr-a"]
 
 
-async def test_weighted_spreads_by_weight(gateway: GatewayProcess, service: CatalogueService,
-                                          mock: MockServer) -> None:
+async def test_weighted_spreads_by_weight(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """weighted sends about weight-share of first attempts to each candidate (3:1 over 120 calls)."""
-    secret = await make_key(service, {"strategy": "weighted", "candidates": [{"modelName": "w-a", "weight": 3},
-                                                                            {"modelName": "w-b", "weight": 1}]})
+    secret = await make_key(
+        service,
+        {
+            "strategy": "weighted",
+            "candidates": [{"modelName": "w-a", "weight": 3}, {"modelName": "w-b", "weight": 1}],
+        },
+    )
     seq = last_seq(mock)
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
         replies = await asyncio.gather(*(chat(gateway, secret, "w-a", http=http) for _ in range(120)))
@@ -262,8 +322,9 @@ async def test_weighted_spreads_by_weight(gateway: GatewayProcess, service: Cata
     assert 70 <= counts["w-a"] <= 108, counts  # expectation 90, sd ~4.7
 
 
-async def test_least_latency_prefers_the_fastest(gateway: GatewayProcess, service: CatalogueService,
-                                                 mock: MockServer) -> None:
+async def test_least_latency_prefers_the_fastest(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """least_latency measures each deployment once, then sends calls to the fastest moving average."""
     secret = await make_key(service, {"strategy": "least_latency", "candidates": ["lat-slow", "lat-fast"]})
     seq = last_seq(mock)
@@ -272,8 +333,9 @@ async def test_least_latency_prefers_the_fastest(gateway: GatewayProcess, servic
     assert models_since(mock, seq) == ["lat-slow", "lat-fast", "lat-fast", "lat-fast", "lat-fast"]
 
 
-async def test_first_byte_timeout_fails_over(gateway: GatewayProcess, service: CatalogueService,
-                                             mock: MockServer) -> None:
+async def test_first_byte_timeout_fails_over(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """An upstream slower than its provider's first_byte_timeout_ms is a `timeout` failure that fails over
     promptly, without waiting for the slow answer."""
     secret = await make_key(service, {"candidates": ["slow-t", "good-a"]})
@@ -288,12 +350,18 @@ async def test_first_byte_timeout_fails_over(gateway: GatewayProcess, service: C
     assert FIRST_BYTE_TIMEOUT_MS - 10 <= first["latency_ms"] < SLOW_MS
 
 
-async def test_ungranted_or_other_type_fallback_never_called(gateway: GatewayProcess, service: CatalogueService,
-                                                             mock: MockServer) -> None:
+async def test_ungranted_or_other_type_fallback_never_called(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """Candidates that are not granted to the key, of another model type, unknown, or on a disabled provider
     are skipped: the mock never sees them."""
-    secret = await make_key(service, {"candidates": ["hidden", "embed-x", "no-such-model", "off-x", "good-c"],
-                                      "cooldown": {"failures": 0}})
+    secret = await make_key(
+        service,
+        {
+            "candidates": ["hidden", "embed-x", "no-such-model", "off-x", "good-c"],
+            "cooldown": {"failures": 0},
+        },
+    )
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "e5-u")
     assert resp.status_code == 200 and resp.headers["x-odock-model"] == "good-c"
@@ -302,12 +370,19 @@ async def test_ungranted_or_other_type_fallback_never_called(gateway: GatewayPro
     assert [a[0] for a in attempts_of(record)] == ["e5-u", "good-c"]
 
 
-async def test_native_route_fallback_stays_in_family(gateway: GatewayProcess, service: CatalogueService,
-                                                     mock: MockServer) -> None:
+async def test_native_route_fallback_stays_in_family(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """On the OpenAI route nativeFallback.openai is used and an Anthropic candidate is never called; the unified
     route with the same key may cross to Anthropic."""
-    secret = await make_key(service, {"candidates": ["claude-x"], "cooldown": {"failures": 0},
-                                      "nativeFallback": {"openai": ["claude-x", "good-b"]}})
+    secret = await make_key(
+        service,
+        {
+            "candidates": ["claude-x"],
+            "cooldown": {"failures": 0},
+            "nativeFallback": {"openai": ["claude-x", "good-b"]},
+        },
+    )
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "nat-bad")
     assert resp.status_code == 200 and resp.headers["x-odock-model"] == "good-b"
@@ -332,8 +407,9 @@ async def test_native_route_without_native_fallback_filters_candidates(
     assert models_since(mock, seq) == ["nat-bad", "good-a"]
 
 
-async def test_malformed_policy_routes_directly(gateway: GatewayProcess, service: CatalogueService,
-                                                mock: MockServer) -> None:
+async def test_malformed_policy_routes_directly(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """A routing policy the gateway cannot understand never breaks calls: the requested model is called
     directly (and a warning logged), no candidate is tried."""
     import sqlalchemy as sa
@@ -344,24 +420,37 @@ async def test_malformed_policy_routes_directly(gateway: GatewayProcess, service
     # the admin paths refuse such a policy now; one stored before that (or by hand) must still not break calls
     key_hash = hashlib.sha256(secret.encode()).hexdigest()
     async with service.store.mutate() as conn:
-        await conn.execute(sa.update(schema.api_keys).where(schema.api_keys.c.key_hash == key_hash).values(
-            policies={"routing": {"chat": {"strategy": "fastest", "candidates": ["good-a"]}}}))
+        await conn.execute(
+            sa.update(schema.api_keys)
+            .where(schema.api_keys.c.key_hash == key_hash)
+            .values(policies={"routing": {"chat": {"strategy": "fastest", "candidates": ["good-a"]}}})
+        )
     await asyncio.sleep(1.2)  # the gateway's catalogue version poll picks the change up
     seq = last_seq(mock)
     resp = await chat(gateway, secret, "e5-a")
     assert resp.status_code == 502 and models_since(mock, seq) == ["e5-a"]
 
 
-async def test_upstream_429_fails_over_or_reaches_the_client(gateway: GatewayProcess, service: CatalogueService,
-                                                             mock: MockServer) -> None:
+async def test_upstream_429_fails_over_or_reaches_the_client(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """failoverOn rate_limit still fails over on an upstream 429; without the trigger, or when every candidate
     is rate limited, the client gets the provider's 429 and Retry-After (not a 502), every attempt recorded."""
     candidates = [{"modelName": "rl-a"}, {"modelName": "good-a"}]
-    fails_over = await make_key(service, {"failoverOn": ["rate_limit"], "candidates": candidates,
-                                          "cooldown": {"failures": 0}})
-    stays = await make_key(service, {"failoverOn": ["5xx"], "candidates": candidates, "cooldown": {"failures": 0}})
-    all_limited = await make_key(service, {"failoverOn": ["rate_limit"], "cooldown": {"failures": 0},
-                                           "candidates": [{"modelName": "rl-a"}, {"modelName": "rl-b"}]})
+    fails_over = await make_key(
+        service, {"failoverOn": ["rate_limit"], "candidates": candidates, "cooldown": {"failures": 0}}
+    )
+    stays = await make_key(
+        service, {"failoverOn": ["5xx"], "candidates": candidates, "cooldown": {"failures": 0}}
+    )
+    all_limited = await make_key(
+        service,
+        {
+            "failoverOn": ["rate_limit"],
+            "cooldown": {"failures": 0},
+            "candidates": [{"modelName": "rl-a"}, {"modelName": "rl-b"}],
+        },
+    )
     seq = last_seq(mock)
     answered = await chat(gateway, fails_over, "rl-a")
     assert answered.status_code == 200 and answered.headers["x-odock-model"] == "good-a"
@@ -374,4 +463,6 @@ async def test_upstream_429_fails_over_or_reaches_the_client(gateway: GatewayPro
         assert resp.json()["error"]["code"] == "rate_limit_exceeded"  # the provider's own OpenAI error object
         assert models_since(mock, seq) == tried
         record = await wait_usage(service, resp.headers["x-request-id"])
-        assert record["status"] == 429 and [a[:2] for a in attempts_of(record)] == [(m, "failed") for m in tried]
+        assert record["status"] == 429 and [a[:2] for a in attempts_of(record)] == [
+            (m, "failed") for m in tried
+        ]

@@ -15,18 +15,22 @@ from odock.routing.router import Candidate
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord
 
 PROVIDERS = {
-    "p-openai": ProviderRecord(id="p-openai", organisation_id="o", name="openai", type="openai", base_url="x",
-                               api_key="k"),
-    "p-claude": ProviderRecord(id="p-claude", organisation_id="o", name="claude", type="anthropic", base_url="x",
-                               api_key="k"),
-    "p-off": ProviderRecord(id="p-off", organisation_id="o", name="off", type="openai", base_url="x", api_key="k",
-                            enabled=False),
+    "p-openai": ProviderRecord(
+        id="p-openai", organisation_id="o", name="openai", type="openai", base_url="x", api_key="k"
+    ),
+    "p-claude": ProviderRecord(
+        id="p-claude", organisation_id="o", name="claude", type="anthropic", base_url="x", api_key="k"
+    ),
+    "p-off": ProviderRecord(
+        id="p-off", organisation_id="o", name="off", type="openai", base_url="x", api_key="k", enabled=False
+    ),
 }
 
 
 def model(name: str, provider: str = "p-openai", type_: str = "chat") -> ModelRecord:
-    return ModelRecord(id=f"m-{name}", organisation_id="o", name=name, slug=name, provider_id=provider,
-                       type=type_)  # type: ignore[arg-type]
+    return ModelRecord(
+        id=f"m-{name}", organisation_id="o", name=name, slug=name, provider_id=provider, type=type_
+    )  # type: ignore[arg-type]
 
 
 class Catalogue:
@@ -46,15 +50,30 @@ class Catalogue:
         return PROVIDERS.get(provider_id)
 
 
-MODELS = [model("primary"), model("backup"), model("claude", "p-claude"), model("disabled", "p-off"),
-          model("ungranted"), model("painter", type_="image")]
+MODELS = [
+    model("primary"),
+    model("backup"),
+    model("claude", "p-claude"),
+    model("disabled", "p-off"),
+    model("ungranted"),
+    model("painter", type_="image"),
+]
 
 
-def context(policy: dict[str, Any] | None, *, enabled: bool = True, required: str | None = None) -> CallContext:
+def context(
+    policy: dict[str, Any] | None, *, enabled: bool = True, required: str | None = None
+) -> CallContext:
     ctx = CallContext(request_id="r", route="test", client_ip="", required_provider=required)
     ctx.organisation = Organisation(id="o", name="o", policies={"routing": {"enabled": enabled}})
-    ctx.key = ApiKeyRecord(id="k", name="k", key_hash="h", key_preview="p", type="ORGANISATION", organisation_id="o",
-                           policies={"routing": {"chat": policy}} if policy else {})
+    ctx.key = ApiKeyRecord(
+        id="k",
+        name="k",
+        key_hash="h",
+        key_preview="p",
+        type="ORGANISATION",
+        organisation_id="o",
+        policies={"routing": {"chat": policy}} if policy else {},
+    )
     return ctx
 
 
@@ -81,16 +100,26 @@ async def test_both_switches_are_needed() -> None:
 
 async def test_ineligible_candidates_are_never_planned() -> None:
     """Candidates of another type, ungranted, on a disabled provider, or unknown are skipped."""
-    policy = {"strategy": "failover", "candidates": [
-        {"modelName": "painter"}, {"modelName": "ungranted"}, {"modelName": "disabled"}, {"modelName": "nope"},
-        {"modelName": "backup"}]}
+    policy = {
+        "strategy": "failover",
+        "candidates": [
+            {"modelName": "painter"},
+            {"modelName": "ungranted"},
+            {"modelName": "disabled"},
+            {"modelName": "nope"},
+            {"modelName": "backup"},
+        ],
+    }
     assert names(await routing().plan(context(policy), PRIMARY)) == ["primary", "backup"]
 
 
 async def test_a_native_route_stays_in_its_family() -> None:
     """On an OpenAI route, an Anthropic fallback is not planned; `nativeFallback` replaces the candidates."""
-    policy = {"strategy": "failover", "candidates": [{"modelName": "claude"}, {"modelName": "backup"}],
-              "nativeFallback": {"openai": ["backup"]}}
+    policy = {
+        "strategy": "failover",
+        "candidates": [{"modelName": "claude"}, {"modelName": "backup"}],
+        "nativeFallback": {"openai": ["backup"]},
+    }
     assert names(await routing().plan(context(policy, required="openai"), PRIMARY)) == ["primary", "backup"]
     unified = await routing().plan(context(policy), PRIMARY)
     assert names(unified) == ["primary", "claude", "backup"]
@@ -106,8 +135,13 @@ async def test_round_robin_rotates_per_key_and_type() -> None:
 
 async def test_priority_and_retries() -> None:
     """`priority` orders by ascending priority; `maxRetries` bounds the attempts."""
-    policy = {"strategy": "priority", "maxRetries": 0, "retryDelayMs": 50, "failoverOn": ["rate_limit"],
-              "candidates": [{"modelName": "backup", "priority": 1}, {"modelName": "primary", "priority": 2}]}
+    policy = {
+        "strategy": "priority",
+        "maxRetries": 0,
+        "retryDelayMs": 50,
+        "failoverOn": ["rate_limit"],
+        "candidates": [{"modelName": "backup", "priority": 1}, {"modelName": "primary", "priority": 2}],
+    }
     plan = await routing().plan(context(policy), PRIMARY)
     assert names(plan) == ["backup", "primary"]
     assert (plan.max_retries, plan.retry_delay_s, plan.triggers) == (0, 0.05, frozenset({"rate_limit"}))
@@ -116,8 +150,11 @@ async def test_priority_and_retries() -> None:
 async def test_a_cooling_deployment_is_skipped_unless_all_are() -> None:
     """After `cooldown.failures` straight failures a deployment is left out for `cooldown.seconds`, unless every
     candidate is cooling; a client's 4xx never counts."""
-    policy = {"strategy": "failover", "cooldown": {"failures": 2, "seconds": 60},
-              "candidates": [{"modelName": "primary"}, {"modelName": "backup"}]}
+    policy = {
+        "strategy": "failover",
+        "cooldown": {"failures": 2, "seconds": 60},
+        "candidates": [{"modelName": "primary"}, {"modelName": "backup"}],
+    }
     router = routing()
     backup = Candidate(MODELS[1], PROVIDERS["p-openai"])
     for _ in range(3):

@@ -22,15 +22,17 @@ def client(gateway: GatewayProcess, secret: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=secret, max_retries=0)
 
 
-async def test_stream_fails_over_before_first_byte(gateway: GatewayProcess, service: CatalogueService,
-                                                   mock: MockServer) -> None:
+async def test_stream_fails_over_before_first_byte(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """A stream whose first deployment answers 503 is served whole by the backup; the client sees one clean
     stream and x-odock-model names the backup."""
     secret = await make_key(service, {"candidates": ["good-a"], "cooldown": {"failures": 0}})
     seq = last_seq(mock)
     async with client(gateway, secret) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="e5-s", messages=[{"role": "user", "content": "stream please"}], stream=True)
+            model="e5-s", messages=[{"role": "user", "content": "stream please"}], stream=True
+        )
         chunks = [chunk async for chunk in raw.parse()]
     assert raw.headers["x-odock-model"] == "good-a"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -40,8 +42,9 @@ async def test_stream_fails_over_before_first_byte(gateway: GatewayProcess, serv
     assert attempts_of(record) == [("e5-s", "failed", "5xx"), ("good-a", "success", None)]
 
 
-async def test_mid_stream_cut_raises_in_sdk_and_is_not_retried(gateway: GatewayProcess, service: CatalogueService,
-                                                                mock: MockServer) -> None:
+async def test_mid_stream_cut_raises_in_sdk_and_is_not_retried(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """An upstream cutting the stream after a few events makes the OpenAI SDK raise; no failover happens after
     the first byte (the backup is never called) and the usage record says failed."""
     secret = await make_key(service, {"candidates": ["good-a", "good-b"], "failoverOn": ["any"]})
@@ -49,8 +52,10 @@ async def test_mid_stream_cut_raises_in_sdk_and_is_not_retried(gateway: GatewayP
     received: list[str] = []
     async with client(gateway, secret) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="good-a", stream=True,
-            messages=[{"role": "user", "content": "tell me a long story [[mock cut_after=3]]"}])
+            model="good-a",
+            stream=True,
+            messages=[{"role": "user", "content": "tell me a long story [[mock cut_after=3]]"}],
+        )
         with pytest.raises(openai.APIError):
             async for chunk in raw.parse():
                 if chunk.choices:
@@ -60,20 +65,28 @@ async def test_mid_stream_cut_raises_in_sdk_and_is_not_retried(gateway: GatewayP
     assert [c["model"] for c in calls] == ["good-a"] and calls[0]["events_sent"] == 3
     record = await wait_usage(service, raw.headers["x-request-id"])
     assert record["outcome"] == "failed" and record["error_code"] == "upstream_error"
-    assert attempts_of(record) == [("good-a", "success", None)]  # the attempt succeeded; the stream broke later
+    assert attempts_of(record) == [
+        ("good-a", "success", None)
+    ]  # the attempt succeeded; the stream broke later
 
 
-async def test_client_disconnect_stops_upstream(gateway: GatewayProcess, service: CatalogueService,
-                                                mock: MockServer) -> None:
+async def test_client_disconnect_stops_upstream(
+    gateway: GatewayProcess, service: CatalogueService, mock: MockServer
+) -> None:
     """A client leaving mid-stream cancels the upstream call (the mock sees the disconnect before sending all
     events) and the usage record is written with outcome cancelled."""
     secret = await make_key(service, {"candidates": ["good-a", "good-b"]})
     seq = last_seq(mock)
-    body = {"model": "good-a", "stream": True,
-            "messages": [{"role": "user", "content": "slowly [[mock chunk_delay_ms=40 chunks=60]]"}]}
+    body = {
+        "model": "good-a",
+        "stream": True,
+        "messages": [{"role": "user", "content": "slowly [[mock chunk_delay_ms=40 chunks=60]]"}],
+    }
     async with (
         httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http,
-        http.stream("POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}, json=body) as resp,
+        http.stream(
+            "POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"}, json=body
+        ) as resp,
     ):
         assert resp.status_code == 200
         request_id = resp.headers["x-request-id"]

@@ -42,16 +42,23 @@ def test_org_switch_accepts_envelope_and_inner() -> None:
 
 def test_parse_documented_shape() -> None:
     """The §9.2 example parses with its strategy, candidates, triggers, retries, delay and native fallback."""
-    policy = parse_policy({
-        "strategy": "priority",
-        "candidates": [{"modelName": "primary-chat", "priority": 1}, {"modelName": "backup-chat", "priority": 2,
-                                                                     "weight": 3}],
-        "failoverOn": ["5xx", "timeout", "rate_limit"],
-        "maxRetries": 2,
-        "retryDelayMs": 100,
-        "nativeFallback": {"openai": ["openai-backup-chat"], "vllm": [{"modelName": "local-backup-chat"}]},
-        "cooldown": {"failures": 5, "seconds": 2.5},
-    })
+    policy = parse_policy(
+        {
+            "strategy": "priority",
+            "candidates": [
+                {"modelName": "primary-chat", "priority": 1},
+                {"modelName": "backup-chat", "priority": 2, "weight": 3},
+            ],
+            "failoverOn": ["5xx", "timeout", "rate_limit"],
+            "maxRetries": 2,
+            "retryDelayMs": 100,
+            "nativeFallback": {
+                "openai": ["openai-backup-chat"],
+                "vllm": [{"modelName": "local-backup-chat"}],
+            },
+            "cooldown": {"failures": 5, "seconds": 2.5},
+        }
+    )
     assert policy.strategy == "priority"
     assert policy.candidates == (spec("primary-chat", 1), spec("backup-chat", 2, 3))
     assert policy.triggers == {"5xx", "timeout", "rate_limit"}
@@ -65,21 +72,25 @@ def test_parse_defaults_and_snake_case() -> None:
     policy = parse_policy({"candidates": ["a"]})
     assert policy.strategy == "failover" and policy.triggers == DEFAULT_TRIGGERS
     assert policy.max_retries is None and policy.retry_delay_s == 0
-    snake = parse_policy({"failover_on": ["any"], "max_retries": 1, "retry_delay_ms": 5,
-                          "candidates": [{"model_name": "b"}]})
+    snake = parse_policy(
+        {"failover_on": ["any"], "max_retries": 1, "retry_delay_ms": 5, "candidates": [{"model_name": "b"}]}
+    )
     assert snake.triggers == {"any"} and snake.max_retries == 1 and names(list(snake.candidates)) == ["b"]
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"strategy": "fastest"}, "unknown strategy"),
-    ({"failoverOn": ["4xx"]}, "unknown failoverOn"),
-    ({"maxRetries": -1}, "maxRetries"),
-    ({"retryDelayMs": "100"}, "retryDelayMs"),
-    ({"candidates": [{"priority": 1}]}, "modelName"),
-    ({"candidates": [{"modelName": "a", "weight": -1}]}, "weight"),
-    ({"cooldown": {"failures": 1.5}}, "cooldown.failures"),
-    ([], "object"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"strategy": "fastest"}, "unknown strategy"),
+        ({"failoverOn": ["4xx"]}, "unknown failoverOn"),
+        ({"maxRetries": -1}, "maxRetries"),
+        ({"retryDelayMs": "100"}, "retryDelayMs"),
+        ({"candidates": [{"priority": 1}]}, "modelName"),
+        ({"candidates": [{"modelName": "a", "weight": -1}]}, "weight"),
+        ({"cooldown": {"failures": 1.5}}, "cooldown.failures"),
+        ([], "object"),
+    ],
+)
 def test_parse_rejects_bad_policies(raw: object, fragment: str) -> None:
     """A malformed policy raises PolicyError naming the offending field."""
     with pytest.raises(PolicyError, match=fragment):
@@ -89,7 +100,9 @@ def test_parse_rejects_bad_policies(raw: object, fragment: str) -> None:
 def test_validate_routing_reports_each_problem() -> None:
     """validate_routing lists every broken model-type policy and a non-boolean switch; a good one is clean."""
     assert validate_routing({"policies": {"routing": {"chat": {"strategy": "failover"}}}}) == []
-    problems = validate_routing({"routing": {"enabled": 1, "chat": {"strategy": "x"}, "image": {"maxRetries": -2}}})
+    problems = validate_routing(
+        {"routing": {"enabled": 1, "chat": {"strategy": "x"}, "image": {"maxRetries": -2}}}
+    )
     assert len(problems) == 3 and any("chat" in p for p in problems) and any("image" in p for p in problems)
 
 
@@ -122,12 +135,17 @@ def test_least_latency_prefers_unmeasured_then_fastest() -> None:
     latency = {"slow": 0.3, "fast": 0.01, "new": None}
     items = [spec("slow"), spec("fast"), spec("new")]
     assert names(order("least_latency", items, lambda s: s, latency_of=lambda s: latency[s.name])) == [
-        "new", "fast", "slow"]
+        "new",
+        "fast",
+        "slow",
+    ]
 
 
 def candidate(name: str) -> Candidate:
     model = ModelRecord(id=f"id-{name}", organisation_id="o", name=name, slug=name, provider_id="p")
-    return Candidate(model, ProviderRecord(id="p", organisation_id="o", name="p", type="openai", base_url="x"))
+    return Candidate(
+        model, ProviderRecord(id="p", organisation_id="o", name="p", type="openai", base_url="x")
+    )
 
 
 def test_attempt_sequence_cycles_for_extra_retries() -> None:
@@ -138,11 +156,20 @@ def test_attempt_sequence_cycles_for_extra_retries() -> None:
     assert attempt_sequence(RoutePlan([a, b], max_retries=3)) == [a, b, a, b]
 
 
-@pytest.mark.parametrize("kind, triggers, expected", [
-    ("5xx", {"5xx"}, True), ("connect", {"5xx"}, True), ("protocol", {"5xx"}, True),
-    ("timeout", {"5xx"}, False), ("timeout", {"timeout"}, True), ("rate_limit", DEFAULT_TRIGGERS, False),
-    ("rate_limit", {"rate_limit"}, True), ("4xx", {"5xx", "timeout", "rate_limit"}, False), ("4xx", {"any"}, True),
-])
+@pytest.mark.parametrize(
+    "kind, triggers, expected",
+    [
+        ("5xx", {"5xx"}, True),
+        ("connect", {"5xx"}, True),
+        ("protocol", {"5xx"}, True),
+        ("timeout", {"5xx"}, False),
+        ("timeout", {"timeout"}, True),
+        ("rate_limit", DEFAULT_TRIGGERS, False),
+        ("rate_limit", {"rate_limit"}, True),
+        ("4xx", {"5xx", "timeout", "rate_limit"}, False),
+        ("4xx", {"any"}, True),
+    ],
+)
 def test_triggers(kind: str, triggers: set[str], expected: bool) -> None:
     """Each failure kind fails over exactly under its failoverOn trigger (connect/protocol count as 5xx)."""
     assert triggered(UpstreamError("x", kind=kind), frozenset(triggers)) is expected

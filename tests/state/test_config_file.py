@@ -54,7 +54,10 @@ keys:
     models: [my-chat-model, other-model]
 """
 
-ENV = {"OPENAI_API_KEY": "sk-upstream-from-env-0001", "ODOCK_BENCH_KEY": "sk-odock-bench-key-0123456789abcdef"}
+ENV = {
+    "OPENAI_API_KEY": "sk-upstream-from-env-0001",
+    "ODOCK_BENCH_KEY": "sk-odock-bench-key-0123456789abcdef",
+}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -63,7 +66,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-async def test_apply_twice_changes_nothing(store: SqlStore, service: CatalogueService, tmp_path: Path) -> None:
+async def test_apply_twice_changes_nothing(
+    store: SqlStore, service: CatalogueService, tmp_path: Path
+) -> None:
     """The first apply creates everything; the second reports no changes and leaves the catalogue version alone."""
     path = _write(tmp_path, FILE)
     first = await apply_config(service, path, ENV)
@@ -91,7 +96,9 @@ async def test_apply_updates_only_what_changed(service: CatalogueService, tmp_pa
     env = {**ENV, "OPENAI_API_KEY": "sk-upstream-rotated-0002"}
     report = await apply_config(service, _write(tmp_path, edited), env)
     assert sorted(u.split(" (")[0] for u in report.updated) == [
-        "key acme/team-key", "model acme/my-chat-model", "provider acme/mock-openai",
+        "key acme/team-key",
+        "model acme/my-chat-model",
+        "provider acme/mock-openai",
     ]
     assert "sk-upstream" not in repr(report.updated)
     assert (await service.get_model("my-chat-model", "acme")).slug == "gpt-4.1-mini"

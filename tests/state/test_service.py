@@ -24,10 +24,17 @@ async def _catalogue(service: CatalogueService) -> None:
     await service.create_team({"organisation": "acme", "name": "platform"})
     await service.create_user({"organisation": "acme", "email": "dev@acme.test", "name": "Dev"})
     await service.create_provider(
-        {"organisation": "acme", "name": "oa", "type": "openai", "base_url": "http://127.0.0.1:9/v1",
-         "api_key": "sk-upstream-very-secret-1234"}
+        {
+            "organisation": "acme",
+            "name": "oa",
+            "type": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key": "sk-upstream-very-secret-1234",
+        }
     )
-    await service.create_model({"organisation": "acme", "name": "chat", "provider": "oa", "slug": "gpt-4o-mini"})
+    await service.create_model(
+        {"organisation": "acme", "name": "chat", "provider": "oa", "slug": "gpt-4o-mini"}
+    )
 
 
 async def test_key_create_stores_hash_not_secret(store: SqlStore, service: CatalogueService) -> None:
@@ -49,10 +56,14 @@ async def test_key_create_stores_hash_not_secret(store: SqlStore, service: Catal
 async def test_key_rotation_in_place(store: SqlStore, service: CatalogueService) -> None:
     """Rotation keeps the id, changes the secret, resets revealed, records history, and the old secret stops matching."""
     await _catalogue(service)
-    created = await service.create_key({"organisation": "acme", "name": "k1", "expires_at": FUTURE.isoformat()})
+    created = await service.create_key(
+        {"organisation": "acme", "name": "k1", "expires_at": FUTURE.isoformat()}
+    )
     rotated = await service.rotate_key("k1", organisation="acme", expires_at=None, rotated_by="admin")
     assert rotated.key.id == created.key.id and rotated.secret != created.secret
-    assert rotated.key.rotation_count == 1 and rotated.key.expires_at is None and rotated.key.revealed is False
+    assert (
+        rotated.key.rotation_count == 1 and rotated.key.expires_at is None and rotated.key.revealed is False
+    )
     assert await store.find_key(hashlib.sha256(created.secret.encode()).hexdigest()) is None
     assert await store.find_key(hashlib.sha256(rotated.secret.encode()).hexdigest()) is not None
     history = await service.key_rotations(created.key.id)
@@ -133,7 +144,9 @@ async def test_grants(store: SqlStore, service: CatalogueService) -> None:
     assert await service.add_grant(key.id, granted[0].id) == granted
     assert await store.granted_model_ids(key.id) == frozenset({granted[0].id})
     await service.create_organisation({"name": "other"})
-    await service.create_provider({"organisation": "other", "name": "p", "type": "vllm", "base_url": "http://x/v1"})
+    await service.create_provider(
+        {"organisation": "other", "name": "p", "type": "vllm", "base_url": "http://x/v1"}
+    )
     foreign = await service.create_model({"organisation": "other", "name": "m", "provider": "p", "slug": "s"})
     with pytest.raises(BadRequest) as info:
         await service.add_grant(key.id, foreign.id)
@@ -165,22 +178,28 @@ async def test_provider_credential_encrypted_at_rest(store: SqlStore, service: C
     assert reloaded is not None and reloaded.api_key is None
 
 
-async def test_provider_types_are_exactly_the_registered_ones(store: SqlStore, service: CatalogueService) -> None:
+async def test_provider_types_are_exactly_the_registered_ones(
+    store: SqlStore, service: CatalogueService
+) -> None:
     """Every provider type of the provider registry is accepted on create and update and loads back from the
     store; any other type, or a type that is not a string, is 400 provider_type_unsupported."""
     await _catalogue(service)
     for ptype in PROVIDER_TYPES:
         info = await service.create_provider(
-            {"organisation": "acme", "name": f"p-{ptype}", "type": ptype, "base_url": "http://127.0.0.1:9"})
+            {"organisation": "acme", "name": f"p-{ptype}", "type": ptype, "base_url": "http://127.0.0.1:9"}
+        )
         loaded = await store.get_provider(info.id)
         assert info.type == ptype and loaded is not None and loaded.type == ptype
     assert {"azure_openai", "custom", "google"} <= set(PROVIDER_TYPES)
     with pytest.raises(BadRequest):  # an empty string is a malformed field (invalid_request) like any other
-        await service.create_provider({"organisation": "acme", "name": "bad", "type": "", "base_url": "http://x"})
+        await service.create_provider(
+            {"organisation": "acme", "name": "bad", "type": "", "base_url": "http://x"}
+        )
     for bad in ("mistral", "OPENAI", ["openai"], 1):
         with pytest.raises(BadRequest) as info:
             await service.create_provider(
-                {"organisation": "acme", "name": "bad", "type": bad, "base_url": "http://127.0.0.1:9"})
+                {"organisation": "acme", "name": "bad", "type": bad, "base_url": "http://127.0.0.1:9"}
+            )
         assert info.value.code == "provider_type_unsupported", bad
         with pytest.raises(BadRequest) as info:
             await service.update_provider("oa", {"type": bad}, "acme")
@@ -196,7 +215,9 @@ async def test_model_lookup_and_validation(store: SqlStore, service: CatalogueSe
     assert model is not None and model.slug == "gpt-4o-mini" and model.type == "chat"
     assert await store.find_model(org.id, "nope") is None
     with pytest.raises(BadRequest):
-        await service.create_model({"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "type": "bad"})
+        await service.create_model(
+            {"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "type": "bad"}
+        )
     with pytest.raises(BadRequest):
         await service.create_model(
             {"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "pricing": {"input": -1}}
@@ -204,7 +225,9 @@ async def test_model_lookup_and_validation(store: SqlStore, service: CatalogueSe
     with pytest.raises(NotFound):
         await service.create_model({"organisation": "acme", "name": "x", "provider": "nope", "slug": "s"})
     with pytest.raises(BadRequest, match="unknown field"):
-        await service.create_model({"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "colour": 1})
+        await service.create_model(
+            {"organisation": "acme", "name": "x", "provider": "oa", "slug": "s", "colour": 1}
+        )
     updated = await service.update_model("chat", {"slug": "gpt-4o", "capabilities": ["vision"]}, "acme")
     assert updated.slug == "gpt-4o" and updated.capabilities == ["vision"]
 
@@ -236,11 +259,17 @@ async def test_duplicates_and_references(store: SqlStore, service: CatalogueServ
 
 
 async def _models(service: CatalogueService, names: list[str]) -> dict[str, str]:
-    return {name: (await service.create_model({"organisation": "acme", "name": name, "provider": "oa",
-                                               "slug": name})).id for name in names}
+    return {
+        name: (
+            await service.create_model({"organisation": "acme", "name": name, "provider": "oa", "slug": name})
+        ).id
+        for name in names
+    }
 
 
-async def test_concurrent_set_grants_leave_one_callers_set(store: SqlStore, service: CatalogueService) -> None:
+async def test_concurrent_set_grants_leave_one_callers_set(
+    store: SqlStore, service: CatalogueService
+) -> None:
     """set_grants computes and writes in one transaction: concurrent calls end on exactly one caller's set."""
     await _catalogue(service)
     await _models(service, ["m1", "m2", "m3"])
@@ -252,23 +281,35 @@ async def test_concurrent_set_grants_leave_one_callers_set(store: SqlStore, serv
         assert granted in [sorted(target) for target in targets]
 
 
-async def test_set_grants_failing_part_way_keeps_the_old_grants(store: SqlStore, service: CatalogueService) -> None:
+async def test_set_grants_failing_part_way_keeps_the_old_grants(
+    store: SqlStore, service: CatalogueService
+) -> None:
     """When a write fails after the stale grants were deleted, nothing of the change remains (409 conflict)."""
     await _catalogue(service)
     ids = await _models(service, ["m1", "m2", "refused"])
     key = (await service.create_key({"organisation": "acme", "name": "k", "models": ["chat", "m1"]})).key
     async with store.write() as conn:  # the database itself refuses one grant, after the deletes ran
         if store.dialect == "postgresql":
-            await conn.execute(sa.text(
-                "CREATE FUNCTION refuse_grant() RETURNS trigger AS $$ BEGIN IF NEW.model_id = "
-                f"'{ids['refused']}' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF; "
-                "RETURN NEW; END $$ LANGUAGE plpgsql"))
-            await conn.execute(sa.text("CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants "
-                                       "FOR EACH ROW EXECUTE FUNCTION refuse_grant()"))
+            await conn.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_grant() RETURNS trigger AS $$ BEGIN IF NEW.model_id = "
+                    f"'{ids['refused']}' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await conn.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_grant()"
+                )
+            )
         else:
-            await conn.execute(sa.text(
-                f"CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants WHEN NEW.model_id = "
-                f"'{ids['refused']}' BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+            await conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER refuse_grant BEFORE INSERT ON key_model_grants WHEN NEW.model_id = "
+                    f"'{ids['refused']}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
     version = await store.catalogue_version()
     with pytest.raises(GatewayError) as info:
         await service.set_grants(key.id, ["m2", "refused"])
@@ -285,7 +326,9 @@ async def test_inputs_are_checked_by_their_structs(service: CatalogueService) ->
         await service.create_provider({**provider, "timeout_ms": 2**31})
     with pytest.raises(BadRequest, match="timeout_ms"):
         await service.update_provider("oa", {"timeout_ms": True}, "acme")
-    with pytest.raises(BadRequest, match="supported: openai, azure_openai, custom, anthropic, gemini, google, vllm"):
+    with pytest.raises(
+        BadRequest, match="supported: openai, azure_openai, custom, anthropic, gemini, google, vllm"
+    ):
         await service.create_provider({**provider, "type": "azure"})
     with pytest.raises(BadRequest, match="unknown field `colour`; allowed: "):
         await service.create_team({"organisation": "acme", "name": "t", "colour": "red"})
@@ -296,7 +339,9 @@ async def test_inputs_are_checked_by_their_structs(service: CatalogueService) ->
     with pytest.raises(BadRequest, match="length <= 200"):
         await service.update_organisation("acme", {"name": "x" * 201})
     with pytest.raises(BadRequest, match="secret must be"):
-        await service.create_key({"organisation": "acme", "name": "k", "secret": " sk-with-surrounding-space "})
+        await service.create_key(
+            {"organisation": "acme", "name": "k", "secret": " sk-with-surrounding-space "}
+        )
     team = await service.create_team({"organisation": "acme", "name": "  spaced  ", "policies": None})
     assert team.name == "spaced" and team.policies == {}
     created = await service.create_provider({**provider, "api_key": "", "base_url": "http://127.0.0.1:9/v1/"})

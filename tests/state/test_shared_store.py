@@ -22,13 +22,23 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def budget(budget_id: str = "") -> Budget:
-    return Budget(id=budget_id, name="b", owner_type="ORG", owner_id="org-1", period="MONTHLY", amount_nanos=10**9)
+    return Budget(
+        id=budget_id, name="b", owner_type="ORG", owner_id="org-1", period="MONTHLY", amount_nanos=10**9
+    )
 
 
 def usage(n: int) -> UsageRecord:
-    return UsageRecord(id=uuid.uuid4().hex, request_id=f"req-{n}", created_at=datetime.now(UTC),
-                       organisation_id="org-1", api_key_id="key-1", route="openai.chat", status=200,
-                       outcome="success", input_tokens=n)
+    return UsageRecord(
+        id=uuid.uuid4().hex,
+        request_id=f"req-{n}",
+        created_at=datetime.now(UTC),
+        organisation_id="org-1",
+        api_key_id="key-1",
+        route="openai.chat",
+        status=200,
+        outcome="success",
+        input_tokens=n,
+    )
 
 
 async def test_governance_integrity_error_is_409(store: SqlStore) -> None:
@@ -46,8 +56,11 @@ async def test_unreachable_store_is_503() -> None:
     url = normalize_database_url(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
     unreachable = SqlStore(create_async_engine(url, connect_args={"timeout": 2}), SecretBox(b"k" * 32))
     try:
-        for call in (unreachable.ping(), GovernanceStore(unreachable).list_budgets(),
-                     CatalogueService(unreachable).create_organisation({"name": "acme"})):
+        for call in (
+            unreachable.ping(),
+            GovernanceStore(unreachable).list_budgets(),
+            CatalogueService(unreachable).create_organisation({"name": "acme"}),
+        ):
             with pytest.raises(DependencyUnavailable) as info:
                 await call
             assert (info.value.status, info.value.code) == (503, "store_unavailable")
@@ -75,7 +88,9 @@ async def test_concurrent_writers_share_one_store(store: SqlStore) -> None:
     async def budgets(n: int) -> None:
         await governance.insert_budget(budget())
 
-    await asyncio.gather(*(work(n) for n in range(15) for work in (organisations, usage_batch, charges, budgets)))
+    await asyncio.gather(
+        *(work(n) for n in range(15) for work in (organisations, usage_batch, charges, budgets))
+    )
     assert len(await catalogue.list_organisations()) == 15
     assert len(await governance.list_budgets()) == 15
     assert await governance.windows_used(windows) == [15] * 4
@@ -105,17 +120,19 @@ async def test_charge_conflict_keeps_the_writer_connection(postgres_url: str) ->
         await store.close()
 
 
-
 def test_raw_driver_errors_map_by_kind() -> None:
     """Raw asyncpg errors (the charge writer's) map like wrapped ones: lost connection 503, constraint 409, data 400."""
     import asyncpg
 
     from odock.state.sql import map_sql_error
 
-    for error, status in ((asyncpg.InternalClientError("another operation is in progress"), 503),
-                          (asyncpg.ConnectionDoesNotExistError("closed"), 503), (ConnectionResetError(), 503),
-                          (asyncpg.UniqueViolationError("duplicate"), 409),
-                          (asyncpg.StringDataRightTruncationError("too long"), 400)):
+    for error, status in (
+        (asyncpg.InternalClientError("another operation is in progress"), 503),
+        (asyncpg.ConnectionDoesNotExistError("closed"), 503),
+        (ConnectionResetError(), 503),
+        (asyncpg.UniqueViolationError("duplicate"), 409),
+        (asyncpg.StringDataRightTruncationError("too long"), 400),
+    ):
         mapped = map_sql_error(error)
         assert mapped is not None and mapped.status == status, error
     assert map_sql_error(ValueError("a bug of ours")) is None

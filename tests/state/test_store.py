@@ -145,8 +145,9 @@ async def test_a_large_batch_is_written_whole(store: SqlStore) -> None:
     await store.insert_usage(batch)
     await store.insert_usage(batch)
     async with store.read() as conn:
-        count, tokens = (await conn.execute(sa.select(sa.func.count(), sa.func.sum(
-            schema.usage_records.c.output_tokens)))).one()
+        count, tokens = (
+            await conn.execute(sa.select(sa.func.count(), sa.func.sum(schema.usage_records.c.output_tokens)))
+        ).one()
     assert (count, tokens) == (121, sum(range(121)))
 
 
@@ -158,8 +159,13 @@ async def test_a_request_id_seen_twice_keeps_both_records(store: SqlStore) -> No
     await store.insert_usage([first])
     await store.insert_usage([second, first])  # `first` again: a retried batch
     async with store.read() as conn:
-        rows = (await conn.execute(sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens)
-                                   .where(schema.usage_records.c.request_id == "client-id"))).all()
+        rows = (
+            await conn.execute(
+                sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens).where(
+                    schema.usage_records.c.request_id == "client-id"
+                )
+            )
+        ).all()
     assert sorted(rows) == [(first.id, 5), (second.id, 7)]
 
 
@@ -194,11 +200,14 @@ async def test_usage_record_id_migration_keeps_stored_rows_both_ways(db: tuple[s
 
     def upgrade_to_0003_with_a_row(conn: sa.Connection) -> None:
         _alembic(conn, "upgrade", "0003_charge_retention")
-        conn.execute(sa.text(
-            "INSERT INTO usage_records (request_id, created_at, organisation_id, api_key_id, route, status, "
-            "outcome, stream, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, "
-            "reasoning_tokens, usage_estimated, latency_ms) VALUES ('old-request', '2026-07-01 12:00:00', 'org_1', "
-            "'key_1', '/v1/chat/completions', 200, 'success', false, 1, 2, 0, 0, 0, false, 3)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO usage_records (request_id, created_at, organisation_id, api_key_id, route, status, "
+                "outcome, stream, input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, "
+                "reasoning_tokens, usage_estimated, latency_ms) VALUES ('old-request', '2026-07-01 12:00:00', 'org_1', "
+                "'key_1', '/v1/chat/completions', 200, 'success', false, 1, 2, 0, 0, 0, false, 3)"
+            )
+        )
 
     def downgrade(conn: sa.Connection) -> tuple[list[str], list[Any]]:
         _alembic(conn, "downgrade", "0003_charge_retention")
@@ -210,8 +219,13 @@ async def test_usage_record_id_migration_keeps_stored_rows_both_ways(db: tuple[s
     try:
         await store.insert_usage([_usage("old-request", datetime(2026, 7, 2, tzinfo=UTC))])
         async with store.read() as conn:
-            rows = (await conn.execute(sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens)
-                                       .order_by(schema.usage_records.c.created_at))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(schema.usage_records.c.id, schema.usage_records.c.output_tokens).order_by(
+                        schema.usage_records.c.created_at
+                    )
+                )
+            ).all()
     finally:
         await store.close()
     assert rows[0] == ("old-request", 2) and rows[1][1] == 5 and rows[1][0] != "old-request"

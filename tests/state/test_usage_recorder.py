@@ -11,8 +11,15 @@ from odock.usage import UsageRecorder
 
 
 def _record(n: int) -> UsageRecord:
-    return UsageRecord(request_id=f"r{n}", created_at=datetime.now(UTC), organisation_id="org", api_key_id="key",
-                       route="/v1/chat/completions", status=200, outcome="success")
+    return UsageRecord(
+        request_id=f"r{n}",
+        created_at=datetime.now(UTC),
+        organisation_id="org",
+        api_key_id="key",
+        route="/v1/chat/completions",
+        status=200,
+        outcome="success",
+    )
 
 
 class GatedStore:

@@ -22,10 +22,22 @@ from odock.usage import UsageRecorder, UsageSpool, spool_path
 
 
 def _record(n: int) -> UsageRecord:
-    return UsageRecord(request_id=f"r{n}", created_at=datetime.now(UTC), organisation_id="org", api_key_id="key",
-                       route="openai.chat", status=200, outcome="success", model="m", input_tokens=n,
-                       output_tokens=2 * n, cost_nanos=1000 + n, pricing={"input": 1.5},
-                       raw_usage={"prompt_tokens": n}, routing={"decision": "direct", "attempts": []})
+    return UsageRecord(
+        request_id=f"r{n}",
+        created_at=datetime.now(UTC),
+        organisation_id="org",
+        api_key_id="key",
+        route="openai.chat",
+        status=200,
+        outcome="success",
+        model="m",
+        input_tokens=n,
+        output_tokens=2 * n,
+        cost_nanos=1000 + n,
+        pricing={"input": 1.5},
+        raw_usage={"prompt_tokens": n},
+        routing={"decision": "direct", "attempts": []},
+    )
 
 
 @pytest.fixture()
@@ -69,8 +81,10 @@ async def test_records_of_a_killed_recorder_are_replayed_on_start(store: SqlStor
     assert await stored(store) == []
     second = UsageRecorder(store, spool=spool_of(store))
     assert await second.recover() == 5
-    assert [(r.id, r.request_id, r.input_tokens, r.cost_nanos, r.raw_usage, r.routing) for r in await stored(store)] \
-        == [(r.id, r.request_id, r.input_tokens, r.cost_nanos, r.raw_usage, r.routing) for r in records]
+    assert [
+        (r.id, r.request_id, r.input_tokens, r.cost_nanos, r.raw_usage, r.routing)
+        for r in await stored(store)
+    ] == [(r.id, r.request_id, r.input_tokens, r.cost_nanos, r.raw_usage, r.routing) for r in records]
     assert second.spool is not None and second.spool.path.stat().st_size == 0  # all committed: cut
     await second.stop()
 
@@ -126,7 +140,9 @@ class FailingSecondBatch:
         await self.inner.insert_usage(records)
 
 
-async def test_a_flush_failing_midway_keeps_its_sealed_file_until_every_record_is_written(store: SqlStore) -> None:
+async def test_a_flush_failing_midway_keeps_its_sealed_file_until_every_record_is_written(
+    store: SqlStore,
+) -> None:
     """A half-committed flush leaves the sealed file; a kill then replays sealed and new records once each."""
     first = UsageRecorder(FailingSecondBatch(store), batch_size=2, spool=spool_of(store))  # type: ignore[arg-type]
     for n in range(4):
@@ -173,7 +189,9 @@ async def test_a_torn_last_line_is_skipped(store: SqlStore) -> None:
     await second.stop()
 
 
-async def test_a_full_spool_counts_what_it_cannot_keep_and_the_records_are_still_written(store: SqlStore) -> None:
+async def test_a_full_spool_counts_what_it_cannot_keep_and_the_records_are_still_written(
+    store: SqlStore,
+) -> None:
     """Above the size cap records are queued without a copy, counted in gateway_usage_unspooled_total."""
     before = metrics.REGISTRY.get_sample_value("gateway_usage_unspooled_total") or 0.0
     line = len(msgspec.json.encode(_record(1))) + 1  # records 1 to 5 have lines of one size
@@ -216,6 +234,7 @@ def test_the_spool_is_on_by_default_in_embedded_mode_only(monkeypatch: pytest.Mo
 async def test_a_record_the_store_refuses_is_set_aside(tmp_path: Path) -> None:
     """One record whose value its column cannot hold does not block the batch: the others are written, it is
     set aside and counted (it used to stop the usage writer for good)."""
+
     class PickyStore:
         def __init__(self) -> None:
             self.rows: list[str] = []

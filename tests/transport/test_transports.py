@@ -24,6 +24,7 @@ def make_transport(request: pytest.FixtureRequest) -> Callable[[], Transport]:
     factory: Callable[[], Transport] = TRANSPORTS[request.param]
     return factory
 
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 
 Handler = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -63,8 +64,13 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
 
 
 def request(url: str, first_byte_s: float = 2.0, total_s: float = 5.0) -> UpstreamRequest:
-    return UpstreamRequest("POST", url, {"Content-Type": "application/json"}, b"{}",
-                           Timeouts(connect_s=1.0, first_byte_s=first_byte_s, total_s=total_s))
+    return UpstreamRequest(
+        "POST",
+        url,
+        {"Content-Type": "application/json"},
+        b"{}",
+        Timeouts(connect_s=1.0, first_byte_s=first_byte_s, total_s=total_s),
+    )
 
 
 async def test_stale_pooled_connection_is_retried_once(make_transport: Callable[[], Transport]) -> None:
@@ -117,10 +123,8 @@ async def test_first_byte_timeout(make_transport: Callable[[], Transport]) -> No
 
     async def handler(conn: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(release.wait(), 5)
-        except TimeoutError:
-            pass
 
     async with raw_server(handler) as (url, _counts):
         transport = make_transport()

@@ -49,12 +49,16 @@ async def unary(http: httpx.AsyncClient, key: str, body: dict[str, Any]) -> Answ
     resp = await http.post("/v1/llm/chat", headers=headers(key), json={**body, "stream": False})
     assert resp.status_code == 200, resp.text
     data = resp.json()
-    reasoning = "".join(b.get("text") or "" for b in data.get("content_blocks") or [] if b.get("type") == "thinking")
+    reasoning = "".join(
+        b.get("text") or "" for b in data.get("content_blocks") or [] if b.get("type") == "thinking"
+    )
     return Answer(
         content=data["content"],
         stop=data["stop_reason"],
-        tool_calls=[Call(c["id"], c["function"]["name"], c["function"]["arguments"])
-                    for c in data.get("tool_calls") or []],
+        tool_calls=[
+            Call(c["id"], c["function"]["name"], c["function"]["arguments"])
+            for c in data.get("tool_calls") or []
+        ],
         input_tokens=data["input_tokens"],
         output_tokens=data["output_tokens"],
         cached_input_tokens=data.get("cached_input_tokens", 0),
@@ -65,9 +69,13 @@ async def unary(http: httpx.AsyncClient, key: str, body: dict[str, Any]) -> Answ
     )
 
 
-async def stream_events(http: httpx.AsyncClient, key: str, body: dict[str, Any]) -> tuple[httpx.Response, list[str]]:
+async def stream_events(
+    http: httpx.AsyncClient, key: str, body: dict[str, Any]
+) -> tuple[httpx.Response, list[str]]:
     """POST a streamed unified request; return the response and the payload of every SSE `data:` line."""
-    async with http.stream("POST", "/v1/llm/chat", headers=headers(key), json={**body, "stream": True}) as resp:
+    async with http.stream(
+        "POST", "/v1/llm/chat", headers=headers(key), json={**body, "stream": True}
+    ) as resp:
         raw = b"".join([part async for part in resp.aiter_bytes()])
     assert resp.status_code == 200, raw[:500]
     assert resp.headers["content-type"].startswith("text/event-stream")
@@ -141,20 +149,30 @@ WEATHER_TOOL = {
         "description": "Current weather of a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
             "required": ["city", "unit"],
         },
     },
 }
 WEATHER_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"city": {"type": "string"}, "temperature": {"type": "number"}, "sunny": {"type": "boolean"}},
+    "properties": {
+        "city": {"type": "string"},
+        "temperature": {"type": "number"},
+        "sunny": {"type": "boolean"},
+    },
     "required": ["city", "temperature", "sunny"],
     "additionalProperties": False,
 }
 TIME_TOOL = {
     "type": "function",
-    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
 }
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 WEATHER_QUESTION = {"role": "user", "content": "What is the weather in Paris right now?"}
@@ -162,19 +180,36 @@ WEATHER_QUESTION = {"role": "user", "content": "What is the weather in Paris rig
 
 def plain(model: str) -> dict[str, Any]:
     """Plain text with a system message."""
-    return {"model": model, "messages": [SYSTEM, {"role": "user", "content": "Summarize the plot of Hamlet briefly."}]}
+    return {
+        "model": model,
+        "messages": [SYSTEM, {"role": "user", "content": "Summarize the plot of Hamlet briefly."}],
+    }
 
 
 def tool_call(model: str) -> dict[str, Any]:
     """A question with one tool offered: the mock calls it."""
-    return {"model": model, "messages": [SYSTEM, WEATHER_QUESTION], "tools": [WEATHER_TOOL], "tool_choice": "auto"}
+    return {
+        "model": model,
+        "messages": [SYSTEM, WEATHER_QUESTION],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "auto",
+    }
 
 
 def tool_result(model: str, call: Call) -> dict[str, Any]:
     """The same conversation continued with the assistant's tool call and the tool's result."""
-    assistant = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]}
-    result = {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "clear"})}
+    assistant = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        ],
+    }
+    result = {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "content": json.dumps({"temperature": 21, "sky": "clear"}),
+    }
     return {**tool_call(model), "messages": [SYSTEM, WEATHER_QUESTION, assistant, result]}
 
 
@@ -190,9 +225,14 @@ def image(model: str) -> dict[str, Any]:
 
 def json_answer(model: str) -> dict[str, Any]:
     """A JSON-schema `response_format`."""
-    return {"model": model, "messages": [SYSTEM, {"role": "user", "content": "Weather in Paris as JSON."}],
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": "weather", "strict": True, "schema": WEATHER_SCHEMA}}}
+    return {
+        "model": model,
+        "messages": [SYSTEM, {"role": "user", "content": "Weather in Paris as JSON."}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "weather", "strict": True, "schema": WEATHER_SCHEMA},
+        },
+    }
 
 
 def truncated(model: str) -> dict[str, Any]:
@@ -207,5 +247,8 @@ def no_tool(model: str) -> dict[str, Any]:
 
 def forced_tool(model: str) -> dict[str, Any]:
     """Two tools offered, the second one forced by name."""
-    return {**tool_call(model), "tools": [WEATHER_TOOL, TIME_TOOL],
-            "tool_choice": {"type": "function", "function": {"name": "get_time"}}}
+    return {
+        **tool_call(model),
+        "tools": [WEATHER_TOOL, TIME_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+    }

@@ -33,10 +33,18 @@ from tests.unified.helpers import (
 MODES = ("unary", "stream")
 CONVERSATIONS = ("plain", "tool_call", "tool_result", "image", "json", "truncated", "no_tool", "forced_tool")
 _BUILDERS: dict[str, Callable[[str], dict[str, Any]]] = {
-    "plain": plain, "tool_call": tool_call, "image": image, "json": json_answer, "truncated": truncated,
-    "no_tool": no_tool, "forced_tool": forced_tool}
-TOOL_CONVERSATIONS = {"tool_call": ("get_weather", '{"city": "Paris", "unit": "celsius"}'),
-                      "forced_tool": ("get_time", '{"city": "Paris"}')}
+    "plain": plain,
+    "tool_call": tool_call,
+    "image": image,
+    "json": json_answer,
+    "truncated": truncated,
+    "no_tool": no_tool,
+    "forced_tool": forced_tool,
+}
+TOOL_CONVERSATIONS = {
+    "tool_call": ("get_weather", '{"city": "Paris", "unit": "celsius"}'),
+    "forced_tool": ("get_time", '{"city": "Paris"}'),
+}
 # the mock answers "Mock reply to:" + the first six words of the last user text, then filler, 12 words in all
 EXPECTED_TEXT = {
     "plain": "Mock reply to: Summarize the plot of Hamlet briefly. alpha bravo charlie",
@@ -111,11 +119,15 @@ async def test_stream_matches_unary(http: httpx.AsyncClient, key: str, model: st
     assert [c.name for c in streamed.tool_calls] == [c.name for c in one.tool_calls]
     # ids too: the mock derives them from the request, and Gemini (which has none) gets the same synthesized ones
     assert [c.id for c in streamed.tool_calls] == [c.id for c in one.tool_calls]
-    assert [c.arguments.encode() for c in streamed.tool_calls] == [c.arguments.encode() for c in one.tool_calls]
+    assert [c.arguments.encode() for c in streamed.tool_calls] == [
+        c.arguments.encode() for c in one.tool_calls
+    ]
     assert streamed.stop == one.stop
     assert (streamed.input_tokens, streamed.output_tokens) == (one.input_tokens, one.output_tokens)
-    assert (streamed.cached_input_tokens, streamed.reasoning_tokens) == (one.cached_input_tokens,
-                                                                        one.reasoning_tokens)
+    assert (streamed.cached_input_tokens, streamed.reasoning_tokens) == (
+        one.cached_input_tokens,
+        one.reasoning_tokens,
+    )
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS)
@@ -131,8 +143,11 @@ async def test_same_answer_across_providers(http: httpx.AsyncClient, key: str, c
     # the mock counts the text of every message (system included), so equal input means nothing was lost on the
     # way; the exception is Gemini's tool result, a structured functionResponse object that the mock does not count
     # as text (the answer still shows it arrived: the mock answers in text only after a tool result)
-    inputs = {model: a.input_tokens for model, a in answers.items()
-              if not (conversation == "tool_result" and model == "gemini-test")}
+    inputs = {
+        model: a.input_tokens
+        for model, a in answers.items()
+        if not (conversation == "tool_result" and model == "gemini-test")
+    }
     assert len(set(inputs.values())) == 1, inputs
     if conversation == "tool_result":
         first = await answer(http, key, "gemini-test", "tool_call", "unary")

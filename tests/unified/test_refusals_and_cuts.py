@@ -25,16 +25,19 @@ async def http(gateway: GatewayProcess) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.mark.parametrize(("model", "field", "value"), [
-    ("claude-test", "presence_penalty", 0.5),
-    ("claude-test", "frequency_penalty", 0.5),
-    ("claude-test", "seed", 7),
-    ("gpt-test", "top_k", 40),
-    ("gpt-test", "logit_bias", {"50256": -100}),
-    ("claude-test", "logit_bias", {"50256": -100}),
-    ("gemini-test", "logprobs", True),
-    ("vllm-test", "n", 2),
-])
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        ("claude-test", "presence_penalty", 0.5),
+        ("claude-test", "frequency_penalty", 0.5),
+        ("claude-test", "seed", 7),
+        ("gpt-test", "top_k", 40),
+        ("gpt-test", "logit_bias", {"50256": -100}),
+        ("claude-test", "logit_bias", {"50256": -100}),
+        ("gemini-test", "logprobs", True),
+        ("vllm-test", "n", 2),
+    ],
+)
 @pytest.mark.parametrize("stream", (False, True))
 async def test_untranslatable_field_is_refused(
     http: httpx.AsyncClient, key: str, mock: Any, model: str, field: str, value: Any, stream: bool
@@ -51,17 +54,22 @@ async def test_untranslatable_field_is_refused(
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://img.test/cat.png", "detail": "high"}}
-STRICT_TOOL = {"type": "function", "function": {"name": "f", "strict": True,
-                                                "parameters": {"type": "object", "properties": {}}}}
+STRICT_TOOL = {
+    "type": "function",
+    "function": {"name": "f", "strict": True, "parameters": {"type": "object", "properties": {}}},
+}
 
 
-@pytest.mark.parametrize(("model", "extra", "needle"), [
-    ("claude-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
-    ("gemini-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
-    ("claude-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
-    ("gemini-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
-    ("gemini-test", {"messages": HELLO, "tools": [STRICT_TOOL]}, "strict"),
-])
+@pytest.mark.parametrize(
+    ("model", "extra", "needle"),
+    [
+        ("claude-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
+        ("gemini-test", {"messages": [{"role": "user", "name": "ann", "content": "hi"}]}, "messages[0].name"),
+        ("claude-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
+        ("gemini-test", {"messages": [{"role": "user", "content": [IMAGE]}]}, "detail"),
+        ("gemini-test", {"messages": HELLO, "tools": [STRICT_TOOL]}, "strict"),
+    ],
+)
 async def test_openai_only_hints_are_refused_not_dropped(
     http: httpx.AsyncClient, key: str, mock: Any, model: str, extra: dict[str, Any], needle: str
 ) -> None:
@@ -75,22 +83,32 @@ async def test_openai_only_hints_are_refused_not_dropped(
 
 async def test_top_k_reaches_vllm(http: httpx.AsyncClient, key: str) -> None:
     """top_k is refused for OpenAI but carried to vLLM (which has it), so the refusal is per target, not global."""
-    resp = await http.post("/v1/llm/chat", headers=headers(key),
-                           json={"model": "vllm-test", "messages": HELLO, "top_k": 40})
+    resp = await http.post(
+        "/v1/llm/chat", headers=headers(key), json={"model": "vllm-test", "messages": HELLO, "top_k": 40}
+    )
     assert resp.status_code == 200, resp.text
 
 
 # (model, cut_after, text deltas the client gets before the cut): the Anthropic stream opens with message_start and
 # ping, so a cut after two events comes before any text; after five events two text deltas are through. Gemini
 # sends one text part per event; the OpenAI family opens with a role chunk, then one text piece per chunk.
-CUTS = [("claude-test", 2, 0), ("claude-test", 5, 2), ("gemini-test", 2, 2), ("gpt-test", 2, 1), ("vllm-test", 2, 1)]
+CUTS = [
+    ("claude-test", 2, 0),
+    ("claude-test", 5, 2),
+    ("gemini-test", 2, 2),
+    ("gpt-test", 2, 1),
+    ("vllm-test", 2, 1),
+]
 FULL_TEXT = "Mock reply to: Tell me more alpha bravo charlie delta echo foxtrot"
 
 
 def cut_body(model: str, cut_after: int) -> dict[str, Any]:
     """A request whose upstream stream the mock cuts after `cut_after` events (six text pieces in all)."""
-    return {"model": model, "stream_options": {"include_usage": True}, "messages": [
-        {"role": "user", "content": f"Tell me more [[mock cut_after={cut_after} chunks=6]]"}]}
+    return {
+        "model": model,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": f"Tell me more [[mock cut_after={cut_after} chunks=6]]"}],
+    }
 
 
 @pytest.mark.parametrize(("model", "cut_after", "deltas"), CUTS)
@@ -118,7 +136,10 @@ async def test_upstream_error_event_becomes_client_error_event(
     http: httpx.AsyncClient, key: str, service: CatalogueService, model: str
 ) -> None:
     """An error event the upstream sends mid-stream (its own dialect) reaches the client as an OpenAI error event."""
-    body = {"model": model, "messages": [{"role": "user", "content": "Tell me more [[mock error_after=4 chunks=6]]"}]}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me more [[mock error_after=4 chunks=6]]"}],
+    }
     resp, events = await stream_events(http, key, body)
     assert "[DONE]" not in events
     last = httpx.Response(200, content=events[-1]).json()
@@ -133,10 +154,16 @@ async def test_cut_stream_raises_in_openai_sdk(
     gateway: GatewayProcess, key: str, model: str, cut_after: int, deltas: int
 ) -> None:
     """The openai SDK's stream parser raises on the gateway's error event instead of ending cleanly."""
-    async with openai.AsyncOpenAI(base_url=gateway.base_url + "/v1/llm", api_key=key, max_retries=0) as client:
+    async with openai.AsyncOpenAI(
+        base_url=gateway.base_url + "/v1/llm", api_key=key, max_retries=0
+    ) as client:
         stream = await client.post(
-            "/chat", cast_to=ChatCompletionChunk, stream=True, stream_cls=openai.AsyncStream[ChatCompletionChunk],
-            body={**cut_body(model, cut_after), "stream": True})
+            "/chat",
+            cast_to=ChatCompletionChunk,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            body={**cut_body(model, cut_after), "stream": True},
+        )
         seen: list[ChatCompletionChunk] = []
         with pytest.raises(openai.APIError):
             async for chunk in stream:

@@ -40,7 +40,9 @@ async def test_an_unknown_message_field_is_refused_by_name(gw: InProcessGateway)
         reply = await chat(gw, http, messages=[{"role": "user", "content": "hi", "audio": {"id": "x"}}])
         assert reply.status_code == 400
         assert reply.json()["error"]["code"] == "invalid_request"
-        assert "messages[0]" in reply.json()["error"]["message"] and "audio" in reply.json()["error"]["message"]
+        assert (
+            "messages[0]" in reply.json()["error"]["message"] and "audio" in reply.json()["error"]["message"]
+        )
         part = {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}
         reply = await chat(gw, http, messages=[{"role": "user", "content": [part]}])
         assert reply.status_code == 400 and "cache_control" in reply.json()["error"]["message"]
@@ -50,7 +52,9 @@ async def test_content_blocks_reach_the_upstream(gw: InProcessGateway) -> None:
     """`content_blocks` beside `content` (reference §10.3) are sent as the message's parts."""
     async with gw.client() as http:
         blocks = [{"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]
-        reply = await chat(gw, http, messages=[{"role": "user", "content": "what is this", "content_blocks": blocks}])
+        reply = await chat(
+            gw, http, messages=[{"role": "user", "content": "what is this", "content_blocks": blocks}]
+        )
         assert reply.status_code == 200, reply.text
     assert gw.mock.journal[-1]["path"] == "/v1/messages"
 
@@ -93,13 +97,24 @@ async def test_relayed_unified_streams_name_the_odock_model(gw: InProcessGateway
 
 async def test_images_are_billed_per_image(gw: InProcessGateway) -> None:
     """An image model priced per image is billed for the images in the answer."""
-    await gw.service.create_model({"organisation": "acme", "name": "image-priced", "provider": "mock-openai",
-                                   "slug": "gpt-image-1", "type": "image", "pricing": {"per_image": 0.04}})
+    await gw.service.create_model(
+        {
+            "organisation": "acme",
+            "name": "image-priced",
+            "provider": "mock-openai",
+            "slug": "gpt-image-1",
+            "type": "image",
+            "pricing": {"per_image": 0.04},
+        }
+    )
     await gw.service.add_grant(gw.seeded["key_id"], "image-priced")
     await gw.gateway.catalogue.invalidate()
     async with gw.client() as http:
-        reply = await http.post("/v1/images/generations", headers=auth(gw),
-                                json={"model": "image-priced", "prompt": "a cat", "n": 3})
+        reply = await http.post(
+            "/v1/images/generations",
+            headers=auth(gw),
+            json={"model": "image-priced", "prompt": "a cat", "n": 3},
+        )
         assert reply.status_code == 200, reply.text
         assert len(reply.json()["data"]) == 3
     record = await wait_usage(gw.service, reply.headers["x-request-id"])
@@ -113,40 +128,67 @@ def test_a_cooldown_skip_is_a_reroute() -> None:
     ctx.requested_model = "primary"
     ctx.attempts = [Attempt(model="backup", provider="openai", outcome="success")]
     ctx.answered_by = _model("backup")
-    assert routing_evidence(ctx) == {"decision": "rerouted", "attempts": [
-        {"model": "backup", "provider": "openai", "outcome": "success", "error_class": None, "status": None,
-         "latency_ms": 0}]}
+    assert routing_evidence(ctx) == {
+        "decision": "rerouted",
+        "attempts": [
+            {
+                "model": "backup",
+                "provider": "openai",
+                "outcome": "success",
+                "error_class": None,
+                "status": None,
+                "latency_ms": 0,
+            }
+        ],
+    }
     ctx.answered_by = _model("primary")
     ctx.attempts = [Attempt(model="primary", provider="openai", outcome="success")]
     assert routing_evidence(ctx)["decision"] == "direct"  # type: ignore[index]
 
 
 def _model(name: str) -> ModelRecord:
-    return msgspec.convert({"id": name, "organisation_id": "o", "provider_id": "p", "name": name, "slug": name,
-                            "type": "chat"}, ModelRecord)
+    return msgspec.convert(
+        {"id": name, "organisation_id": "o", "provider_id": "p", "name": name, "slug": name, "type": "chat"},
+        ModelRecord,
+    )
 
 
 async def test_an_image_budget_binds_per_image(gw: InProcessGateway) -> None:
     """The reservation counts `n` images at `per_image`: a budget of two images refuses a call for three (402)
     before any upstream call, and admits one for two."""
-    await gw.service.create_model({"organisation": "acme", "name": "image-budget", "provider": "mock-openai",
-                                   "slug": "gpt-image-1", "type": "image", "pricing": {"per_image": 0.04}})
+    await gw.service.create_model(
+        {
+            "organisation": "acme",
+            "name": "image-budget",
+            "provider": "mock-openai",
+            "slug": "gpt-image-1",
+            "type": "image",
+            "pricing": {"per_image": 0.04},
+        }
+    )
     await gw.service.add_grant(gw.seeded["key_id"], "image-budget")
     from odock.admin.governance import GovernanceAdmin
     from odock.governance.store import GovernanceStore
 
     admin = GovernanceAdmin(GovernanceStore(gw.service.store), catalogue=gw.service)
-    await admin.create_budget({"name": "images", "organisation": "acme", "key": "main", "period": "DAILY",
-                               "amount_usd": "0.08"})
+    await admin.create_budget(
+        {"name": "images", "organisation": "acme", "key": "main", "period": "DAILY", "amount_usd": "0.08"}
+    )
     assert gw.gateway.governance is not None
     await gw.gateway.governance.refresh_definitions()
     await gw.gateway.catalogue.invalidate()
     async with gw.client() as http:
         sent = gw.transport.requests
-        three = await http.post("/v1/images/generations", headers=auth(gw),
-                                json={"model": "image-budget", "prompt": "a cat", "n": 3})
+        three = await http.post(
+            "/v1/images/generations",
+            headers=auth(gw),
+            json={"model": "image-budget", "prompt": "a cat", "n": 3},
+        )
         assert three.status_code == 402, three.text
         assert gw.transport.requests == sent
-        two = await http.post("/v1/images/generations", headers=auth(gw),
-                              json={"model": "image-budget", "prompt": "a cat", "n": 2})
+        two = await http.post(
+            "/v1/images/generations",
+            headers=auth(gw),
+            json={"model": "image-budget", "prompt": "a cat", "n": 2},
+        )
         assert two.status_code == 200, two.text

@@ -58,9 +58,21 @@ def test_anthropic_thinking_tokens_are_reasoning() -> None:
     """Anthropic's output_tokens_details.thinking_tokens becomes reasoning tokens, inside output (not added)."""
     from odock.dialects.anthropic import usage_from
 
-    got = usage_from({"input_tokens": 3, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0,
-                      "output_tokens": 21, "output_tokens_details": {"thinking_tokens": 9}})
-    assert (got.input_tokens, got.cached_input_tokens, got.output_tokens, got.reasoning_tokens) == (3, 5, 21, 9)
+    got = usage_from(
+        {
+            "input_tokens": 3,
+            "cache_read_input_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "output_tokens": 21,
+            "output_tokens_details": {"thinking_tokens": 9},
+        }
+    )
+    assert (got.input_tokens, got.cached_input_tokens, got.output_tokens, got.reasoning_tokens) == (
+        3,
+        5,
+        21,
+        9,
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -51,8 +51,10 @@ async def read_body(request: Request) -> dict[str, Any]:
         raise BadRequest("the request body must be a JSON object", "invalid_request_body")
     if holds_nul(data):
         # nothing the admin API writes or looks up can hold one on PostgreSQL: refuse it here, once
-        raise BadRequest("the request body holds a NUL character (\\u0000), which no stored value may contain",
-                         "invalid_request_body")
+        raise BadRequest(
+            "the request body holds a NUL character (\\u0000), which no stored value may contain",
+            "invalid_request_body",
+        )
     return data
 
 
@@ -134,8 +136,9 @@ def _crud_routes(
     ]
 
 
-def create_admin_app(service: CatalogueService, admin_token: str,
-                     extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+def create_admin_app(  # noqa: C901
+    service: CatalogueService, admin_token: str, extra_routes: Sequence[BaseRoute] = ()
+) -> ASGIApp:
     """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard)."""
     s = service
 
@@ -193,7 +196,7 @@ def create_admin_app(service: CatalogueService, admin_token: str,
             body = await read_body(request)
             model = body.get("model") or body.get("model_id")
             if not isinstance(model, str) or not model:
-                raise BadRequest("grants: give the model as {\"model\": \"<name or id>\"}")
+                raise BadRequest('grants: give the model as {"model": "<name or id>"}')
             return json_response({"data": await s.add_grant(ref, model, _org(request))}, 201)
         return json_response({"data": await s.list_grants(ref, _org(request))})
 
@@ -204,7 +207,9 @@ def create_admin_app(service: CatalogueService, admin_token: str,
     async def usage(request: Request) -> Response:
         q = request.query_params
         group_by = q.get("group_by") or "model"
-        rows = await s.usage_summary(group_by, since=q.get("since"), until=q.get("until"), organisation=_org(request))
+        rows = await s.usage_summary(
+            group_by, since=q.get("since"), until=q.get("until"), organisation=_org(request)
+        )
         return json_response({"group_by": group_by, "data": rows})
 
     routes = [
@@ -214,7 +219,11 @@ def create_admin_app(service: CatalogueService, admin_token: str,
         *_crud_routes("/admin/teams", s.create_team, s.list_teams, s.get_team, s.update_team, s.delete_team),
         *_crud_routes("/admin/users", s.create_user, s.list_users, s.get_user, s.update_user, s.delete_user),
         *_crud_routes(
-            "/admin/providers", s.create_provider, s.list_providers, s.get_provider, s.update_provider,
+            "/admin/providers",
+            s.create_provider,
+            s.list_providers,
+            s.get_provider,
+            s.update_provider,
             s.delete_provider,
         ),
         *_crud_routes(
@@ -249,6 +258,10 @@ def create_admin_app(service: CatalogueService, admin_token: str,
 
     app = Starlette(
         routes=routes,
-        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
     )
     return _Guard(app, admin_token)

@@ -146,7 +146,7 @@ class GovernanceAdmin:
             org_id = owner_id
         return {"owner_type": owner_type, "owner_id": owner_id, "organisation_id": org_id}
 
-    async def _common(
+    async def _common(  # noqa: C901
         self, data: Mapping[str, Any], allowed: set[str], current: Budget | Quota | None
     ) -> dict[str, Any]:
         if not isinstance(data, Mapping):
@@ -409,7 +409,9 @@ def admin_routes(service: GovernanceAdmin) -> list[Route]:
             limit = int(q.get("limit", "100"))
         except ValueError:
             raise BadRequest("limit must be an integer") from None
-        return json_response(await service.events(budget_id=q.get("budget_id"), since=q.get("since"), limit=limit))
+        return json_response(
+            await service.events(budget_id=q.get("budget_id"), since=q.get("since"), limit=limit)
+        )
 
     return (
         crud("budgets") + crud("quotas") + [Route("/admin/budget-events", _guarded(events), methods=["GET"])]

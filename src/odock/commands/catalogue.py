@@ -32,9 +32,24 @@ TEAM_COLUMNS = ("id", "organisation_id", "name")
 USER_COLUMNS = ("id", "organisation_id", "email", "name")
 PROVIDER_COLUMNS = ("id", "organisation_id", "name", "type", "base_url", "has_api_key", "enabled")
 MODEL_COLUMNS = ("id", "organisation_id", "name", "slug", "provider_id", "type")
-KEY_COLUMNS = ("id", "organisation_id", "name", "type", "key_preview", "expires_at", "revoked", "rotation_count")
+KEY_COLUMNS = (
+    "id",
+    "organisation_id",
+    "name",
+    "type",
+    "key_preview",
+    "expires_at",
+    "revoked",
+    "rotation_count",
+)
 USAGE_COLUMNS = (
-    "group", "requests", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens", "cost_nanos",
+    "group",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
 )
 
 
@@ -56,7 +71,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
     lines = ["  ".join(column.upper().ljust(width) for column, width in zip(columns, widths, strict=True))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -318,7 +335,9 @@ async def _usage(s: CatalogueService, a: argparse.Namespace) -> Any:
 
 
 def _common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--database-url", help="override ODOCK_DATABASE_URL (sqlite:///file.db or postgresql://…)")
+    parser.add_argument(
+        "--database-url", help="override ODOCK_DATABASE_URL (sqlite:///file.db or postgresql://…)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
@@ -328,7 +347,9 @@ def _group(subparsers: Any, name: str, help_text: str) -> Any:
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
-def _leaf(group: Any, name: str, help_text: str, action: Action, columns: Sequence[str]) -> argparse.ArgumentParser:
+def _leaf(
+    group: Any, name: str, help_text: str, action: Action, columns: Sequence[str]
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = _common(group.add_parser(name, help=help_text, description=help_text))
     parser.set_defaults(func=_command(action, columns))
     return parser
@@ -336,7 +357,9 @@ def _leaf(group: Any, name: str, help_text: str, action: Action, columns: Sequen
 
 def _org_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument(
-        "--org", required=required, help="organisation id or name" + ("" if required else " (to refer by name)")
+        "--org",
+        required=required,
+        help="organisation id or name" + ("" if required else " (to refer by name)"),
     )
 
 
@@ -369,7 +392,9 @@ def add_parsers(subparsers: Any) -> None:
     _org_option(p, required=True)
     p.add_argument("--type", required=True, choices=PROVIDER_TYPES)
     p.add_argument("--base-url", required=True)
-    p.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the credential")
+    p.add_argument(
+        "--api-key-env", metavar="VAR", help="name of the environment variable holding the credential"
+    )
     p.add_argument("--timeout-ms", type=int)
     p.add_argument("--config", help="provider config as JSON")
     p.add_argument("--disabled", action="store_true")
@@ -379,7 +404,9 @@ def add_parsers(subparsers: Any) -> None:
     _org_option(p)
     p.add_argument("--name")
     p.add_argument("--base-url")
-    p.add_argument("--api-key-env", metavar="VAR", help="name of the environment variable holding the credential")
+    p.add_argument(
+        "--api-key-env", metavar="VAR", help="name of the environment variable holding the credential"
+    )
     p.add_argument("--clear-api-key", action="store_true")
     p.add_argument("--timeout-ms", type=int)
     p.add_argument("--config", help="provider config as JSON")
@@ -416,7 +443,13 @@ def add_parsers(subparsers: Any) -> None:
     _org_option(p)
 
     keys = _group(subparsers, "keys", "manage API keys")
-    p = _leaf(keys, "create", "create an API key (the secret is printed once)", _keys_create, KEY_COLUMNS + ("secret",))
+    p = _leaf(
+        keys,
+        "create",
+        "create an API key (the secret is printed once)",
+        _keys_create,
+        (*KEY_COLUMNS, "secret"),
+    )
     p.add_argument("name")
     _org_option(p, required=True)
     p.add_argument("--type", choices=_KEY_TYPES, default="ORGANISATION")

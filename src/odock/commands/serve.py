@@ -15,7 +15,9 @@ log = logging.getLogger("odock.serve")
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("serve", help="run the gateway (embedded SQLite default; cluster with Redis)")
+    parser = commands.add_parser(
+        "serve", help="run the gateway (embedded SQLite default; cluster with Redis)"
+    )
     parser.add_argument("--config", metavar="FILE", help="catalogue YAML applied before serving")
     parser.add_argument("--host", help="listen address (HTTP_HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="listen port (HTTP_PORT, default 8080)")
@@ -51,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
     # workers re-read settings from the environment; carry the command-line overrides there
     os.environ["HTTP_HOST"], os.environ["HTTP_PORT"] = settings.http_host, str(settings.http_port)
     mode = "cluster" if settings.cluster else "embedded"
-    log.info("odock gateway listening on %s:%d (%s mode, %d worker(s))", settings.http_host, settings.http_port,
-             mode, settings.workers)
+    log.info(
+        "odock gateway listening on %s:%d (%s mode, %d worker(s))",
+        settings.http_host,
+        settings.http_port,
+        mode,
+        settings.workers,
+    )
     if not settings.admin_token:
         log.info("admin API disabled: set ODOCK_ADMIN_TOKEN to enable /admin")
     uvicorn.run(

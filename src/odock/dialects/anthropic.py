@@ -233,7 +233,7 @@ def _decode_tool_choice(raw: Any) -> str | dict[str, Any]:
     raise _bad("tool_choice.type", "'auto', 'any', 'tool' or 'none'")
 
 
-def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> GatewayRequest:
+def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> GatewayRequest:  # noqa: C901 - older than the complexity rule; to split
     """Decode an Anthropic Messages request body into a GatewayRequest."""
     body = _dict(body, "body")
     model = path_model or body.get("model")
@@ -355,7 +355,7 @@ def _tool_input(call: ToolCall, field: str) -> dict[str, Any]:
     return value
 
 
-def _encode_messages(req: GatewayRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+def _encode_messages(req: GatewayRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:  # noqa: C901 - older than the complexity rule; to split
     """Return (system blocks, turns, system_was_plain_string)."""
     system: list[dict[str, Any]] = []
     system_plain = True
@@ -427,7 +427,7 @@ def _encode_tool_choice(tc: str | dict[str, Any]) -> dict[str, Any]:
     raise _unsupported(f"tool_choice {tc!r}")
 
 
-def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
+def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:  # noqa: C901 - older than the complexity rule; to split
     """Build the Anthropic Messages body for `req` (model = the provider's slug)."""
     refuse_openai_only_hints(req, PROVIDER)
     system, messages, system_plain = _encode_messages(req)
@@ -577,7 +577,7 @@ class StreamDecoder:
         self._usage: dict[str, Any] = {}
         self.done = self.ended = False  # message_stop seen: nothing follows it
 
-    def feed(self, ev: SSEEvent) -> list[StreamEvent]:
+    def feed(self, ev: SSEEvent) -> list[StreamEvent]:  # noqa: C901 - older than the complexity rule; to split
         """Decode one upstream SSE event."""
         if not ev.data:
             return []
@@ -753,7 +753,7 @@ class StreamEncoder:
         self._open = kind
         return out + self._emit({"type": "content_block_start", "index": self._index, "content_block": block})
 
-    def events(self, ev: StreamEvent) -> bytes:
+    def events(self, ev: StreamEvent) -> bytes:  # noqa: C901 - older than the complexity rule; to split
         """Encode one normalized event (possibly nothing)."""
         if self._done:
             return b""
@@ -838,10 +838,14 @@ def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> St
 
 
 CLIENT = ClientSide(
-    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    decode_request=decode_request,
+    encode_response=encode_response,
+    stream_encoder=stream_encoder,
     error_body=error_body,
 )
 UPSTREAM = UpstreamSide(
-    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    encode_request=encode_request,
+    decode_response=decode_response,
+    stream_decoder=StreamDecoder,
     usage_from=usage_from,
 )

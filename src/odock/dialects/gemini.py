@@ -157,7 +157,7 @@ class _Turns:
         raise _bad("functionResponse", f"a preceding functionCall named {name!r}")
 
 
-def _decode_content(i: int, raw: Any, turns: _Turns) -> None:
+def _decode_content(i: int, raw: Any, turns: _Turns) -> None:  # noqa: C901 - older than the complexity rule; to split
     field = f"contents[{i}]"
     content = _dict(raw, field)
     role = content.get("role", "user")
@@ -285,7 +285,7 @@ def _decode_tool_config(raw: Any) -> str | dict[str, Any] | None:
     )
 
 
-def _decode_generation_config(gc: dict[str, Any], req: GatewayRequest) -> None:
+def _decode_generation_config(gc: dict[str, Any], req: GatewayRequest) -> None:  # noqa: C901 - older than the complexity rule; to split
     f = "generationConfig"
     if gc.get("temperature") is not None:
         req.temperature = _num(gc["temperature"], f"{f}.temperature")
@@ -453,7 +453,7 @@ def _function_response(m: Message, name: str) -> dict[str, Any]:
     return {"functionResponse": fr}
 
 
-def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
+def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:  # noqa: C901 - older than the complexity rule; to split
     """Build the Gemini generateContent body for `req` (the slug goes in the URL, not here)."""
     del slug  # Gemini names the model in the URL path
     refuse_openai_only_hints(req, PROVIDER)
@@ -675,7 +675,7 @@ class StreamDecoder:
         self.done = False  # a finish reason (or a blocked prompt) seen: the answer is complete
         self.ended = False  # the finished candidate's chunk with its usage: Gemini's last chunk
 
-    def feed(self, ev: SSEEvent) -> list[StreamEvent]:
+    def feed(self, ev: SSEEvent) -> list[StreamEvent]:  # noqa: C901 - older than the complexity rule; to split
         """Decode one upstream chunk."""
         if not ev.data or ev.data.strip() in ("[", "]", ","):
             return []
@@ -906,10 +906,14 @@ def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> St
 
 
 CLIENT = ClientSide(
-    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    decode_request=decode_request,
+    encode_response=encode_response,
+    stream_encoder=stream_encoder,
     error_body=error_body,
 )
 UPSTREAM = UpstreamSide(
-    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    encode_request=encode_request,
+    decode_response=decode_response,
+    stream_decoder=StreamDecoder,
     usage_from=usage_from,
 )

@@ -99,7 +99,7 @@ def _assistant(messages: list[Message]) -> Message:
     return messages[-1]
 
 
-def _decode_input(raw: Any) -> list[Message]:
+def _decode_input(raw: Any) -> list[Message]:  # noqa: C901 - older than the complexity rule; to split
     if isinstance(raw, str):
         return [Message(role="user", content=raw)]
     messages: list[Message] = []
@@ -190,7 +190,7 @@ def _decode_tools(raw: Any) -> list[Tool]:
     return tools
 
 
-def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> GatewayRequest:
+def decode_request(body: dict[str, Any], *, path_model: str | None = None) -> GatewayRequest:  # noqa: C901 - older than the complexity rule; to split
     """Decode a Responses API request body into a GatewayRequest."""
     body = _dict(body, "body")
     model = path_model or body.get("model")
@@ -274,7 +274,7 @@ def _encode_content(content: str | list[ContentPart] | None, field: str) -> str 
     return out
 
 
-def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:
+def encode_request(req: GatewayRequest, *, slug: str) -> dict[str, Any]:  # noqa: C901 - older than the complexity rule; to split
     """Build the Responses API body for `req`."""
     for name in ("top_k", "stop", "presence_penalty", "frequency_penalty", "seed"):
         if getattr(req, name):
@@ -456,7 +456,7 @@ class StreamDecoder:
         self._has_text_for: set[str] = set()
         self.done = self.ended = False  # response.completed/incomplete seen: the last event of the stream
 
-    def feed(self, ev: SSEEvent) -> list[StreamEvent]:
+    def feed(self, ev: SSEEvent) -> list[StreamEvent]:  # noqa: C901 - older than the complexity rule; to split
         """Decode one upstream SSE event."""
         if not ev.data or ev.data == "[DONE]":
             return []
@@ -709,7 +709,7 @@ class StreamEncoder:
             {"type": "response.output_item.added", "output_index": len(self._output), "item": item}
         )
 
-    def events(self, ev: StreamEvent) -> bytes:
+    def events(self, ev: StreamEvent) -> bytes:  # noqa: C901 - older than the complexity rule; to split
         """Encode one normalized event (possibly nothing)."""
         if self._done:
             return b""
@@ -848,10 +848,14 @@ def stream_encoder(*, model: str, request_id: str, options: StreamOptions) -> St
 
 
 CLIENT = ClientSide(
-    decode_request=decode_request, encode_response=encode_response, stream_encoder=stream_encoder,
+    decode_request=decode_request,
+    encode_response=encode_response,
+    stream_encoder=stream_encoder,
     error_body=error_body,
 )
 UPSTREAM = UpstreamSide(
-    encode_request=encode_request, decode_response=decode_response, stream_decoder=StreamDecoder,
+    encode_request=encode_request,
+    decode_response=decode_response,
+    stream_decoder=StreamDecoder,
     usage_from=usage_from,
 )

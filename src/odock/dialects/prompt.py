@@ -18,18 +18,51 @@ from dataclasses import dataclass
 from typing import Any
 
 IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
-FILE_TYPES = frozenset({"file", "input_file", "document", "input_audio", "audio", "audio_url", "video", "video_url",
-                        "input_video"})
+FILE_TYPES = frozenset(
+    {
+        "file",
+        "input_file",
+        "document",
+        "input_audio",
+        "audio",
+        "audio_url",
+        "video",
+        "video_url",
+        "input_video",
+    }
+)
 _GEMINI_DATA = ("inlineData", "inline_data", "fileData", "file_data")
 # where each dialect keeps what the model reads: chat messages, Responses input, Gemini contents, system prompts
 _CONVERSATION_KEYS = ("messages", "input", "contents", "system", "systemInstruction", "system_instruction")
 # input the provider adds from its own storage or tools: bounded only by the model's context window
 _HIDDEN_KEYS = ("previous_response_id", "conversation", "cachedContent", "cached_content", "mcp_servers")
-_HOSTED_TOOL_TYPES = ("web_search", "file_search", "code_interpreter", "code_execution", "web_fetch", "mcp",
-                      "image_generation", "tool_search")
-_HOSTED_TOOL_KEYS = frozenset({"googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval",
-                               "codeExecution", "code_execution", "urlContext", "url_context", "fileSearch",
-                               "file_search", "googleMaps", "google_maps", "retrieval"})
+_HOSTED_TOOL_TYPES = (
+    "web_search",
+    "file_search",
+    "code_interpreter",
+    "code_execution",
+    "web_fetch",
+    "mcp",
+    "image_generation",
+    "tool_search",
+)
+_HOSTED_TOOL_KEYS = frozenset(
+    {
+        "googleSearch",
+        "google_search",
+        "googleSearchRetrieval",
+        "google_search_retrieval",
+        "codeExecution",
+        "code_execution",
+        "urlContext",
+        "url_context",
+        "fileSearch",
+        "file_search",
+        "googleMaps",
+        "google_maps",
+        "retrieval",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -54,11 +87,25 @@ def measure_prompt(body: bytes, parsed: dict[str, Any]) -> PromptShape:
             images, files = images + found[0], files + found[1]
     tools = parsed.get("tools")
     return PromptShape(
-        size=len(body), images=images, files=files,
+        size=len(body),
+        images=images,
+        files=files,
         hidden=_hidden(parsed, tools),
         tools=isinstance(tools, list) and bool(tools),
         choices=_choices(parsed),
     )
+
+
+def _gemini_datum(part: dict[str, Any]) -> bool | None:
+    """A Gemini part's inline or file datum: True for an image, False for another file, None for no datum."""
+    for key in _GEMINI_DATA:
+        data = part.get(key)
+        if data is not None:
+            if type(data) is not dict:
+                return None
+            mime = data.get("mimeType", data.get("mime_type"))
+            return isinstance(mime, str) and mime.startswith("image/")
+    return None
 
 
 def count_parts(node: Any) -> tuple[int, int]:
@@ -77,18 +124,13 @@ def count_parts(node: Any) -> tuple[int, int]:
                 if kind in FILE_TYPES:
                     files += 1
                     continue
-            data = None
-            for key in _GEMINI_DATA:
-                data = item.get(key)
-                if data is not None:
-                    break
-            if type(data) is dict:
-                mime = data.get("mimeType", data.get("mime_type"))
-                if isinstance(mime, str) and mime.startswith("image/"):
+            gemini = _gemini_datum(item)
+            if gemini is not None:  # a Gemini part holds one datum
+                if gemini:
                     images += 1
                 else:
                     files += 1
-                continue  # a Gemini part holds one datum
+                continue
             values: Any = item.values()
         elif item and type(item[0]) in (int, float):
             continue  # token ids or a vector: no part in there

@@ -75,8 +75,10 @@ class Readiness(Health):
         # every registered resource with a ping (store, Redis in cluster mode), pinged concurrently
         checks = await gw.services.ready()
         ok = all(checks.values())
-        body = {"status": "ok" if ok else "unavailable",
-                "checks": {name: "ok" if up else "unavailable" for name, up in checks.items()}}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "checks": {name: "ok" if up else "unavailable" for name, up in checks.items()},
+        }
         await req.respond(200 if ok else 503, msgspec.json.encode(body))
 
 
@@ -93,9 +95,14 @@ class Metrics(Health):
 class Edge:
     """The ASGI application: lifespan, routing, request id, and the last-resort error renderer."""
 
-    def __init__(self, gateway_factory: Callable[[], Awaitable[Gateway]], routes: dict[str, Endpoint],
-                 prefixes: list[tuple[str, Endpoint]], admin: ASGIApp | None = None,
-                 admin_factory: Callable[[Gateway], ASGIApp | None] | None = None) -> None:
+    def __init__(
+        self,
+        gateway_factory: Callable[[], Awaitable[Gateway]],
+        routes: dict[str, Endpoint],
+        prefixes: list[tuple[str, Endpoint]],
+        admin: ASGIApp | None = None,
+        admin_factory: Callable[[Gateway], ASGIApp | None] | None = None,
+    ) -> None:
         self.gateway_factory = gateway_factory
         self.gw: Gateway | None = None
         self.routes = routes
@@ -177,7 +184,11 @@ class Edge:
             if not req.started:
                 # a bug, still answered in the route's own error shape so that its SDK raises its 500 class
                 internal = GatewayError("internal gateway error", "internal_error")
-                body = endpoint.error_body(internal) if endpoint is not None else openai_chat.error_body(internal)
+                body = (
+                    endpoint.error_body(internal)
+                    if endpoint is not None
+                    else openai_chat.error_body(internal)
+                )
                 await req.respond(500, body)
             elif not req.finished:
                 await req.end()

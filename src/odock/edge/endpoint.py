@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from odock.routing.router import Candidate
     from odock.transport.base import UpstreamResponse
 
+
 class LLMEndpoint:
     """Base of the LLM routes (`odock.pipeline.route.Route`), served by the `llm` pipeline."""
 
@@ -37,8 +38,12 @@ class LLMEndpoint:
     def render(self, err: GatewayError) -> tuple[bytes, bytes]:
         """The error's body and content type: the provider's own for a passed-through upstream 4xx on a native
         route, else this route's dialect."""
-        if (self.relays_upstream_body and isinstance(err, UpstreamError) and err.upstream_body
-                and err.status == err.upstream_status):
+        if (
+            self.relays_upstream_body
+            and isinstance(err, UpstreamError)
+            and err.upstream_body
+            and err.status == err.upstream_status
+        ):
             content_type = err.upstream_content_type or "text/plain; charset=utf-8"
             return err.upstream_body, content_type.encode("latin-1", "replace")
         return self.error_body(err), b"application/json"

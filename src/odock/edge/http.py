@@ -16,8 +16,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ["ASGIApp", "ClientDisconnected", "Message", "Receive", "Request", "Scope", "Send", "decode_json",
-           "render_error"]
+__all__ = [
+    "ASGIApp",
+    "ClientDisconnected",
+    "Message",
+    "Receive",
+    "Request",
+    "Scope",
+    "Send",
+    "decode_json",
+    "render_error",
+]
 
 
 class Request:
@@ -38,8 +47,9 @@ class Request:
         "status",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, request_id: str,
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict[str, str]
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -83,8 +93,9 @@ class Request:
             except ValueError:
                 raise BadRequest("invalid Content-Length", "invalid_request_body") from None
             if size > limit:
-                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit}",
-                                      "payload_too_large")
+                raise PayloadTooLarge(
+                    f"request body of {size} bytes exceeds the limit of {limit}", "payload_too_large"
+                )
         chunks: list[bytes] = []
         total = 0
         try:
@@ -98,35 +109,54 @@ class Request:
                     if chunk:
                         total += len(chunk)
                         if total > limit:
-                            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",
-                                                  "payload_too_large")
+                            raise PayloadTooLarge(
+                                f"request body exceeds the limit of {limit} bytes", "payload_too_large"
+                            )
                         chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            raise RequestTimeout(f"request body not received within {timeout_s:g}s", "request_timeout") from None
+            raise RequestTimeout(
+                f"request body not received within {timeout_s:g}s", "request_timeout"
+            ) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json",
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """Send a complete response."""
         self._before_end()
         self.started = True
         self.status = status
-        all_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-                       *self.response_headers]
+        all_headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            *self.response_headers,
+        ]
         if headers:
             all_headers.extend(headers)
         await self.send({"type": "http.response.start", "status": status, "headers": all_headers})
         await self.send({"type": "http.response.body", "body": body})
         self.finished = True
 
-    async def start_stream(self, status: int = 200, content_type: bytes = b"text/event-stream",
-                           headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def start_stream(
+        self,
+        status: int = 200,
+        content_type: bytes = b"text/event-stream",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.started = True
         self.status = status
-        all_headers = [(b"content-type", content_type), (b"cache-control", b"no-cache"),
-                       (b"x-accel-buffering", b"no"), *self.response_headers]
+        all_headers = [
+            (b"content-type", content_type),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *self.response_headers,
+        ]
         if headers:
             all_headers.extend(headers)
         await self.send({"type": "http.response.start", "status": status, "headers": all_headers})

@@ -81,8 +81,12 @@ class ConnectionLimits(NamedTuple):
 def connection_limits() -> ConnectionLimits:
     """This process's limits, from the environment like the rest of its settings (workers re-read it)."""
     settings = load_settings()
-    return ConnectionLimits(settings.max_header_bytes, settings.read_header_timeout_s, settings.idle_timeout_s,
-                            settings.max_concurrent_requests)
+    return ConnectionLimits(
+        settings.max_header_bytes,
+        settings.read_header_timeout_s,
+        settings.idle_timeout_s,
+        settings.max_concurrent_requests,
+    )
 
 
 def _error_body(status: int, code: str, message: str) -> bytes:
@@ -90,15 +94,26 @@ def _error_body(status: int, code: str, message: str) -> bytes:
     return openai_chat.error_body(GatewayError(message, code, status=status))
 
 
-_BUSY_BODY = _error_body(503, "server_busy", "the gateway is serving as many requests as "
-                                             "HTTP_MAX_CONCURRENT_REQUESTS allows; retry shortly")
+_BUSY_BODY = _error_body(
+    503,
+    "server_busy",
+    "the gateway is serving as many requests as HTTP_MAX_CONCURRENT_REQUESTS allows; retry shortly",
+)
 
 
 async def _server_busy(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """The answer to a request over the concurrency cap (run in place of the gateway app)."""
-    await send({"type": "http.response.start", "status": 503,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", b"%d" % len(_BUSY_BODY)), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(_BUSY_BODY)),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": _BUSY_BODY, "more_body": False})
 
 
@@ -112,8 +127,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     later head's deadline, so a keep-alive request costs a clock read rather than a timer.
     """
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         limits = connection_limits()
         self._max_head_bytes = limits.max_header_bytes
@@ -125,7 +145,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.limit_concurrency = None
         self._awaiting_head = True  # from a message's end (or the connection's start) to the next head's end
         self._head_bytes = 0
-        self._head_deadline: float | None = None  # set from the first byte of a head (or the connection's start)
+        self._head_deadline: float | None = (
+            None  # set from the first byte of a head (or the connection's start)
+        )
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -153,20 +175,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _receive_past_head_room(self, data: memoryview, room: int) -> None:
         """Parse one byte past the cap: a head still open then is refused, the rest never parsed; else go on."""
         self._head_bytes += room + 1
-        super().data_received(data[:room + 1])  # type: ignore[arg-type]
+        super().data_received(data[: room + 1])  # type: ignore[arg-type]
         if self.transport.is_closing():
             return
         if self._awaiting_head and self._head_bytes > self._max_head_bytes:
             self._refuse_oversized_head()
         elif len(data) > room + 1:
-            self.data_received(data[room + 1:])  # the rest: this request's body, or later requests
+            self.data_received(data[room + 1 :])  # the rest: this request's body, or later requests
 
     def _refuse_oversized_head(self) -> None:
         if self.cycle is None or self.cycle.response_complete:  # never inside another response (pipelining)
-            body = _error_body(431, "request_header_fields_too_large", f"the request line and headers exceed "
-                               f"{self._max_head_bytes} bytes (HTTP_MAX_HEADER_BYTES)")
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            body = _error_body(
+                431,
+                "request_header_fields_too_large",
+                f"the request line and headers exceed {self._max_head_bytes} bytes (HTTP_MAX_HEADER_BYTES)",
+            )
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
         self.transport.close()  # unread bytes make it a reset: nothing more of this head is read
 
     def _start_head_clock(self) -> None:

@@ -81,4 +81,3 @@ def output_cap(requested: int | None, policy_caps: list[int], model: ModelRecord
 def image_output_tokens(model: ModelRecord | None) -> int:
     """Output tokens one generated image can cost."""
     return configured(model, "image_output_tokens") or DEFAULT_IMAGE_OUTPUT_TOKENS
-

@@ -168,8 +168,9 @@ class Governance:
             # one pipelined connection for limiter and ledger, so the final gate and the reservation share a write
             self.redis_runner = ScriptRunner.like(redis)
             self.redis_limiter = RedisLimiter(redis, key_prefix, self.redis_runner)
-            self.redis_ledger = RedisLedger(redis, store, key_prefix, reservation_ttl_s=reservation_ttl_s,
-                                            runner=self.redis_runner)
+            self.redis_ledger = RedisLedger(
+                redis, store, key_prefix, reservation_ttl_s=reservation_ttl_s, runner=self.redis_runner
+            )
         self.definitions = _Definitions()
         self._reconcile_interval = reconcile_interval_s
         self._events: list[NewEvent] = []
@@ -283,7 +284,7 @@ class Governance:
         ctx.governance = receipt
         metrics.child(DECISIONS, "early", "allow").inc()
 
-    async def final(self, ctx: CallContext) -> None:
+    async def final(self, ctx: CallContext) -> None:  # noqa: C901 - older than the complexity rule; to split
         """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
         receipt = ctx.governance
         if not isinstance(receipt, Receipt):
@@ -598,15 +599,20 @@ class Governance:
                     held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
         if not held:
             return None
-        return _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now)  # id bounded: fits the ledger column
+        return _Plan(
+            f"{ctx.request_id[:64]}/{receipt.token}", held, now
+        )  # id bounded: fits the ledger column
 
-    async def _gate_and_reserve(self, checks: list[Check], token: str, plan: _Plan) -> tuple[GateResult, Limiter, Any]:
+    async def _gate_and_reserve(
+        self, checks: list[Check], token: str, plan: _Plan
+    ) -> tuple[GateResult, Limiter, Any]:
         """The final gate and the reservation in one round trip to Redis (two scripts, one write)."""
         limiter, ledger, runner = self.redis_limiter, self.redis_ledger, self.redis_runner
         assert limiter is not None and ledger is not None and runner is not None
         try:
             gate_reply, reserve_reply = await runner.run_many(
-                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)])
+                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)]
+            )
         except _REDIS_ERRORS:
             # one at a time instead: that path applies the fail-open/fail-closed policy
             result, fallback = await self._gate(checks, token)
@@ -647,8 +653,12 @@ class Governance:
         """The definition's current window, computed once per period (definitions are replaced, not mutated)."""
         key = (id(d), tz)
         hit = self._windows.get(key)
-        if hit is not None and hit[0] is d and hit[1].start <= now < hit[1].end \
-                and (d.end_at is None or now < as_aware(d.end_at)):
+        if (
+            hit is not None
+            and hit[0] is d
+            and hit[1].start <= now < hit[1].end
+            and (d.end_at is None or now < as_aware(d.end_at))
+        ):
             return hit[1]
         ref = _window(d, prefix, limit, now, tz)
         if ref is not None:  # "not running now" is never cached: a schedule may start any moment
@@ -696,8 +706,11 @@ class Governance:
         if not isinstance(receipt, Receipt) or receipt.ledger is None or receipt.reservation_id is None:
             return False
         actual = self._actuals(ctx, receipt, cost_nanos)
-        return any(actual.get(h.item.ref.key, 0) > h.item.amount for h in receipt.held
-                   if not (isinstance(h.definition, Quota) and h.definition.metric in ("ERRORS", "LATENCY_MS")))
+        return any(
+            actual.get(h.item.ref.key, 0) > h.item.amount
+            for h in receipt.held
+            if not (isinstance(h.definition, Quota) and h.definition.metric in ("ERRORS", "LATENCY_MS"))
+        )
 
     @staticmethod
     def _exceeded(ctx: CallContext, receipt: Receipt, actual: dict[str, int]) -> list[tuple[Held, int]]:
@@ -713,8 +726,14 @@ class Governance:
                 continue
             kind = "budget" if isinstance(d, Budget) else "quota"
             metrics.child(metrics.RESERVATION_EXCEEDED, kind).inc()
-            log.warning("%s %s charged %d above the %d reserved", kind, d.id, charged, h.item.amount,
-                        extra={"request_id": ctx.request_id})
+            log.warning(
+                "%s %s charged %d above the %d reserved",
+                kind,
+                d.id,
+                charged,
+                h.item.amount,
+                extra={"request_id": ctx.request_id},
+            )
             exceeded.append((h, charged))
         if exceeded and "above_reservation" not in ctx.usage_flags:
             ctx.usage_flags.append("above_reservation")  # kept on the call's usage record
@@ -724,8 +743,19 @@ class Governance:
         d = held.definition
         assert isinstance(d, Budget)
         percent = used * 100 // d.amount_nanos if d.amount_nanos > 0 else 0
-        self._events.append(NewEvent(d.id, held.item.ref.key, percent, used, d.amount_nanos, kind="overspend",
-                                     request_id=ctx.request_id[:128], reserved=held.item.amount, charged=charged))
+        self._events.append(
+            NewEvent(
+                d.id,
+                held.item.ref.key,
+                percent,
+                used,
+                d.amount_nanos,
+                kind="overspend",
+                request_id=ctx.request_id[:128],
+                reserved=held.item.amount,
+                charged=charged,
+            )
+        )
 
     def _threshold_events(self, receipt: Receipt, actual: dict[str, int], used: dict[str, int]) -> None:
         for h in receipt.held:
@@ -824,8 +854,10 @@ def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz:
 
 def _bounds_output(held: list[Held]) -> bool:
     """Whether any held window's reservation depends on the output cap (budgets, token and cost quotas)."""
-    return any(isinstance(h.definition, Budget) or h.definition.metric in ("TOKENS", "TOKENS_OUT", "COST")
-               for h in held)
+    return any(
+        isinstance(h.definition, Budget) or h.definition.metric in ("TOKENS", "TOKENS_OUT", "COST")
+        for h in held
+    )
 
 
 def _quota_estimate(quota: Quota, est_in: int, out_tokens: int, worst: int) -> int:

@@ -72,6 +72,7 @@ def _fits(used: int, reserved: int, amount: int, limit: int) -> bool:
 
 # --- embedded ----------------------------------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class _Window:
     used: int
@@ -285,8 +286,15 @@ class _Settle:
 class RedisLedger:
     """Windows in Redis (Lua, atomic across processes), settled amounts written through to PostgreSQL."""
 
-    def __init__(self, redis: Any, store: GovernanceStore, prefix: str, *, reservation_ttl_s: float,
-                 runner: ScriptRunner | None = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        store: GovernanceStore,
+        prefix: str,
+        *,
+        reservation_ttl_s: float,
+        runner: ScriptRunner | None = None,
+    ) -> None:
         self._redis = redis
         self._store = store
         self._prefix = prefix

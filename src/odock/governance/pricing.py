@@ -122,8 +122,9 @@ def cost_nanos(
     return int(_exact(rates, usage, images, units).to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def worst_case_nanos(pricing: dict[str, Any] | None, input_tokens: int, max_tokens: int | None, *,
-                     images: int = 0) -> int:
+def worst_case_nanos(
+    pricing: dict[str, Any] | None, input_tokens: int, max_tokens: int | None, *, images: int = 0
+) -> int:
     """Return the most a call can cost: all input at the dearest input rate (input, cache write or cached read:
     a cache write may cost more than input), `max_tokens` at the dearest output rate (None: the default cap;
     0: no output), and `images` generated images at the `per_image` price."""
@@ -132,7 +133,9 @@ def worst_case_nanos(pricing: dict[str, Any] | None, input_tokens: int, max_toke
         return 0  # missing pricing: reserve nothing (reference §6.4 [INF]); usage is still recorded
     cap = DEFAULT_MAX_TOKENS if max_tokens is None else max(0, max_tokens)
     zero = Decimal(0)
-    input_rate = max(rates.get("input", zero), rates.get("cache_write", zero), rates.get("cached_input", zero))
+    input_rate = max(
+        rates.get("input", zero), rates.get("cache_write", zero), rates.get("cached_input", zero)
+    )
     output_rate = max(rates.get("output", zero), rates.get("reasoning", zero))
     exact = (max(0, input_tokens) * input_rate + cap * output_rate) * _PER_TOKEN
     exact += max(0, images) * rates.get("per_image", zero) * _NANOS

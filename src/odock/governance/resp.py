@@ -93,8 +93,16 @@ class _Connection(asyncio.Protocol):
 class ScriptRunner:
     """Run Lua scripts by SHA over one pipelined connection, reconnecting after a failure."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0, username: str | None = None,
-                 password: str | None = None, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 1.0,
+    ) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
         self.timeout_s = timeout_s
@@ -105,9 +113,13 @@ class ScriptRunner:
     def like(cls, client: Any) -> ScriptRunner:
         """A runner for the same server and database as a redis-py client."""
         kwargs = client.connection_pool.connection_kwargs
-        return cls(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
-                   db=int(kwargs.get("db", 0) or 0), username=kwargs.get("username"),
-                   password=kwargs.get("password"))
+        return cls(
+            host=kwargs.get("host", "127.0.0.1"),
+            port=int(kwargs.get("port", 6379)),
+            db=int(kwargs.get("db", 0) or 0),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+        )
 
     async def _connection(self) -> _Connection:
         conn = self._conn

@@ -426,8 +426,13 @@ class GovernanceStore:
             unique.setdefault((rid, key), amount)
         now = _now()
         if self._charges is not None:
-            written = await self._charges.fetch(_PG_RECORD_CHARGES_RAW, [k[0] for k in unique],
-                                                [k[1] for k in unique], list(unique.values()), now)
+            written = await self._charges.fetch(
+                _PG_RECORD_CHARGES_RAW,
+                [k[0] for k in unique],
+                [k[1] for k in unique],
+                list(unique.values()),
+                now,
+            )
             return _fresh_flags(items, {(r[0], r[1]) for r in written})
         rows = [(rid, key, amount) for (rid, key), amount in unique.items()]
         chunks = [
@@ -455,7 +460,9 @@ class GovernanceStore:
         """Delete settled charges created before `before` (no reservation that old can still be reconciled)."""
 
         async def work(conn: AsyncConnection) -> int:
-            result = await conn.execute(governance_charges.delete().where(governance_charges.c.created_at < before))
+            result = await conn.execute(
+                governance_charges.delete().where(governance_charges.c.created_at < before)
+            )
             return int(result.rowcount or 0)
 
         deleted: int = await self._run(work)

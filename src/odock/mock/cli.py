@@ -18,7 +18,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=9000, help="port to bind (default 9000)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before response headers")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream events")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="probability (0..1) of failing a request")
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.0, help="probability (0..1) of failing a request"
+    )
     parser.add_argument("--fail-status", type=int, default=500, help="HTTP status of those failures")
     parser.add_argument("--no-auth", action="store_true", help="accept requests without provider credentials")
     parser.set_defaults(func=_run)
@@ -38,8 +40,13 @@ def _run(args: argparse.Namespace) -> int:
     if not 400 <= args.fail_status <= 599:
         print("--fail-status must be an HTTP error status (400-599)")
         return 2
-    defaults = MockDefaults(latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms,
-                            fail_rate=args.fail_rate, fail_status=args.fail_status, require_auth=not args.no_auth)
+    defaults = MockDefaults(
+        latency_ms=args.latency_ms,
+        chunk_delay_ms=args.chunk_delay_ms,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+        require_auth=not args.no_auth,
+    )
     print(f"odock mock upstream on http://{args.host}:{args.port}")
     run(args.host, args.port, defaults)
     return 0

@@ -14,15 +14,46 @@ DEFAULT_WORDS = 12
 DEFAULT_CHUNKS = 4
 _ECHO_WORDS = 6
 _FILLER = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
-    "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform",
-    "victor", "whiskey", "xray", "yankee", "zulu",
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
 ]
 _TOOL_PIECE = 6
 # Friendly values for common property names so tool arguments look like the docs' examples.
 _NAMED_VALUES: dict[str, Any] = {
-    "city": "Paris", "location": "Paris", "country": "France", "unit": "celsius", "units": "celsius",
-    "query": "mock query", "name": "Mock", "language": "en", "date": "2024-01-01", "email": "mock@example.com",
+    "city": "Paris",
+    "location": "Paris",
+    "country": "France",
+    "unit": "celsius",
+    "units": "celsius",
+    "query": "mock query",
+    "name": "Mock",
+    "language": "en",
+    "date": "2024-01-01",
+    "email": "mock@example.com",
 }
 
 
@@ -78,7 +109,9 @@ def count_images(node: Any) -> int:
         return 1
     for key in ("inlineData", "inline_data", "fileData", "file_data"):
         data = node.get(key)
-        if isinstance(data, dict) and str(data.get("mimeType", data.get("mime_type", ""))).startswith("image/"):
+        if isinstance(data, dict) and str(data.get("mimeType", data.get("mime_type", ""))).startswith(
+            "image/"
+        ):
             return 1
     return sum(count_images(value) for value in node.values() if isinstance(value, (dict, list)))
 
@@ -107,7 +140,7 @@ def split_chars(text: str, parts: int) -> list[str]:
     return [text[i : i + step] for i in range(0, len(text), step)]
 
 
-def value_for_schema(schema: Any, name: str = "value", depth: int = 0) -> Any:
+def value_for_schema(schema: Any, name: str = "value", depth: int = 0) -> Any:  # noqa: C901 - older than the complexity rule; to split
     """Build a deterministic value that satisfies a (simple) JSON schema."""
     if not isinstance(schema, dict) or depth > 6:
         return _NAMED_VALUES.get(name, f"mock {name}")
@@ -205,11 +238,15 @@ def build_plan(
         max_tokens -= plan.reasoning_tokens
     if tool is not None:
         plan.tool = tool
-        args = value_for_schema(tool.schema) if tool.schema else {"input": " ".join(answer_words(user_text, 6))}
+        args = (
+            value_for_schema(tool.schema) if tool.schema else {"input": " ".join(answer_words(user_text, 6))}
+        )
         if not isinstance(args, dict):
             args = {"value": args}
         plan.tool_args = json.dumps(args, separators=(", ", ": "))
-        plan.tool_arg_pieces = [plan.tool_args[i : i + _TOOL_PIECE] for i in range(0, len(plan.tool_args), _TOOL_PIECE)]
+        plan.tool_arg_pieces = [
+            plan.tool_args[i : i + _TOOL_PIECE] for i in range(0, len(plan.tool_args), _TOOL_PIECE)
+        ]
         plan.tool_call_id = call_id("call_", seed + tool.name)
         plan.output_tokens = estimate_tokens(len(plan.tool_args))
         return plan

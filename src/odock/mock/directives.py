@@ -52,7 +52,9 @@ class Directives:
 
     def merged(self, other: Directives) -> Directives:
         """Return self overridden by every field that `other` sets."""
-        changes = {f.name: getattr(other, f.name) for f in fields(other) if getattr(other, f.name) is not None}
+        changes = {
+            f.name: getattr(other, f.name) for f in fields(other) if getattr(other, f.name) is not None
+        }
         return replace(self, **changes) if changes else self
 
 
@@ -60,17 +62,30 @@ MAX_DELAY_MS = 600_000.0  # ten minutes: any latency, chunk delay or linger
 MAX_TOKENS = 10_000_000  # any token count a request asks for (`max_tokens`)
 MAX_REPORTED = 10**12  # a count the mock only reports (allocates nothing): above the gateway's usage ceiling
 # the inclusive bounds of every number a directive may set: nothing a request asks for allocates or waits unbounded
-_INT_KEYS = {"status": (100, 599), "chunks": (0, 10_000), "cut_after": (0, 1_000_000),
-             "error_after": (0, 1_000_000), "words": (0, 100_000), "cached": (0, MAX_REPORTED),
-             "retry_after": (0, 86_400), "image_tokens": (0, MAX_TOKENS), "reasoning": (0, MAX_TOKENS),
-             "token_bytes": (1, 1_000), "misreport_output": (-MAX_REPORTED, MAX_REPORTED)}
-_FLOAT_KEYS = {"fail_rate": 1.0, "latency_ms": MAX_DELAY_MS, "chunk_delay_ms": MAX_DELAY_MS,
-               "linger_ms": MAX_DELAY_MS}
+_INT_KEYS = {
+    "status": (100, 599),
+    "chunks": (0, 10_000),
+    "cut_after": (0, 1_000_000),
+    "error_after": (0, 1_000_000),
+    "words": (0, 100_000),
+    "cached": (0, MAX_REPORTED),
+    "retry_after": (0, 86_400),
+    "image_tokens": (0, MAX_TOKENS),
+    "reasoning": (0, MAX_TOKENS),
+    "token_bytes": (1, 1_000),
+    "misreport_output": (-MAX_REPORTED, MAX_REPORTED),
+}
+_FLOAT_KEYS = {
+    "fail_rate": 1.0,
+    "latency_ms": MAX_DELAY_MS,
+    "chunk_delay_ms": MAX_DELAY_MS,
+    "linger_ms": MAX_DELAY_MS,
+}
 # `error=<name>`: the errors a real provider answers to a well-formed request it cannot serve
 NAMED_ERRORS = frozenset({"context_length", "model_not_found"})
 
 
-def parse(text: str) -> Directives:
+def parse(text: str) -> Directives:  # noqa: C901 - older than the complexity rule; to split
     """Parse `key=value` pairs separated by spaces, commas, semicolons or `&`."""
     values: dict[str, object] = {}
     for token in _SPLIT_RE.split(text.strip()):
@@ -87,14 +102,16 @@ def parse(text: str) -> Directives:
                 number = int(raw)
                 low, high = _INT_KEYS[key]
                 if not low <= number <= high:
-                    raise DirectiveError(f"mock directive {key!r} must be between {low} and {high}, "
-                                         f"not {raw[:40]!r}")
+                    raise DirectiveError(
+                        f"mock directive {key!r} must be between {low} and {high}, not {raw[:40]!r}"
+                    )
                 values[key] = number
             elif key in _FLOAT_KEYS:
                 value = float(raw)
                 if not 0 <= value <= _FLOAT_KEYS[key]:  # also refuses nan and inf
-                    raise DirectiveError(f"mock directive {key!r} must be between 0 and {_FLOAT_KEYS[key]:g}, "
-                                         f"not {raw[:40]!r}")
+                    raise DirectiveError(
+                        f"mock directive {key!r} must be between 0 and {_FLOAT_KEYS[key]:g}, not {raw[:40]!r}"
+                    )
                 values[key] = value
             elif key == "tool":
                 if not raw:

@@ -19,7 +19,9 @@ from odock.mock.wire import (
     sse,
 )
 
-ROUTE_RE = re.compile(r"^/(?:v1beta|v1|v1alpha)/models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)$")
+ROUTE_RE = re.compile(
+    r"^/(?:v1beta|v1|v1alpha)/models/(?P<model>[^:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -49,11 +51,15 @@ def error_reply(status: int, message: str, code: str | None = None) -> Reply:
 def named_error(name: str, model: str) -> Reply:
     """A named error (`error=` directive) worded as Gemini words it."""
     if name == "context_length":
-        return error_reply(400, "The input token count (1200000) exceeds the maximum number of tokens allowed "
-                                "(1048576).")
-    return error_reply(404, f"models/{model} is not found for API version v1beta, or is not supported for "
-                            "generateContent. Call ListModels to see the list of available models and their "
-                            "supported methods.")
+        return error_reply(
+            400, "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."
+        )
+    return error_reply(
+        404,
+        f"models/{model} is not found for API version v1beta, or is not supported for "
+        "generateContent. Call ListModels to see the list of available models and their "
+        "supported methods.",
+    )
 
 
 def usage(plan: Plan) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def _parts_text(parts: Any) -> str:
     return " ".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
-def generate(req: MockRequest, model: str, stream: bool) -> Call:
+def generate(req: MockRequest, model: str, stream: bool) -> Call:  # noqa: C901 - older than the complexity rule; to split
     """Handle :generateContent and :streamGenerateContent for a model taken from the path."""
     body = req.json()
     contents = body.get("contents")
@@ -114,8 +120,11 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
     fcc = get(get(body, "toolConfig"), "functionCallingConfig") or {}
     mode = str(fcc.get("mode") or "AUTO").upper()
     allowed = get(fcc, "allowedFunctionNames") or []
-    choice = "none" if mode == "NONE" else (str(allowed[0]) if mode == "ANY" and len(allowed) == 1 else
-                                            "any" if mode == "ANY" else "auto")
+    choice = (
+        "none"
+        if mode == "NONE"
+        else (str(allowed[0]) if mode == "ANY" and len(allowed) == 1 else "any" if mode == "ANY" else "auto")
+    )
     config = get(body, "generationConfig") or {}
     schema = get(config, "responseJsonSchema") or get(config, "responseSchema")
     json_mode = get(config, "responseMimeType") == "application/json"
@@ -125,10 +134,17 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
 
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_tool)
-        plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema if json_mode and isinstance(schema, dict) else None,
-                          json_mode=json_mode, tool=tool, thinking=wants_thinking,
-                          images=count_images(body.get("contents")))
+        plan = build_plan(
+            all_text=all_text,
+            user_text=user_text,
+            directives=d,
+            max_tokens=max_tokens,
+            json_schema=schema if json_mode and isinstance(schema, dict) else None,
+            json_mode=json_mode,
+            tool=tool,
+            thinking=wants_thinking,
+            images=count_images(body.get("contents")),
+        )
         rid = new_id("mock-")
         finish = "MAX_TOKENS" if plan.truncated else "STOP"
 
@@ -142,7 +158,9 @@ def generate(req: MockRequest, model: str, stream: bool) -> Call:
 
         thought_parts = [{"text": piece, "thought": True} for piece in plan.thinking_chunks]
         if plan.tool:
-            answer_parts: list[dict[str, Any]] = [{"functionCall": {"name": plan.tool.name, "args": plan.tool_input}}]
+            answer_parts: list[dict[str, Any]] = [
+                {"functionCall": {"name": plan.tool.name, "args": plan.tool_input}}
+            ]
         else:
             answer_parts = [{"text": piece} for piece in plan.chunks]
         if not stream:

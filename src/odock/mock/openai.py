@@ -43,14 +43,14 @@ _ERROR_TYPES = {
 DONE = b"data: [DONE]\n\n"
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini", "text-embedding-3-small", "gpt-image-1", "dall-e-3")
 # A valid 1x1 transparent PNG, so clients that decode the image succeed.
-PNG_1X1 = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
+PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 
 
 def error_payload(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     """Build OpenAI's error object for a status."""
-    kind, default_code = _ERROR_TYPES.get(status, ("server_error", None) if status >= 500 else ("invalid_request_error", None))
+    kind, default_code = _ERROR_TYPES.get(
+        status, ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+    )
     return {"error": {"message": message, "type": kind, "param": None, "code": code or default_code}}
 
 
@@ -62,11 +62,23 @@ def error_reply(status: int, message: str, code: str | None = None) -> Reply:
 def named_error(name: str, model: str) -> Reply:
     """A named error (`error=` directive) worded as OpenAI words it."""
     if name == "context_length":
-        return Reply(400, dumps({"error": {
-            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
-                       "131072 tokens. Please reduce the length of the messages.",
-            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}))
-    return error_reply(404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found")
+        return Reply(
+            400,
+            dumps(
+                {
+                    "error": {
+                        "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                        "131072 tokens. Please reduce the length of the messages.",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                }
+            ),
+        )
+    return error_reply(
+        404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found"
+    )
 
 
 def _stream_error(_: int) -> bytes:
@@ -145,7 +157,7 @@ def _finish(plan: Plan) -> str:
     return "tool_calls" if plan.tool else ("length" if plan.truncated else "stop")
 
 
-def chat_completions(req: MockRequest) -> Call:
+def chat_completions(req: MockRequest) -> Call:  # noqa: C901 - older than the complexity rule; to split
     """Handle POST /v1/chat/completions."""
     body = req.json()
     model = _model(body)
@@ -174,28 +186,66 @@ def chat_completions(req: MockRequest) -> Call:
 
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_role == "tool")
-        plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking,
-                          images=count_images(messages))
+        plan = build_plan(
+            all_text=all_text,
+            user_text=user_text,
+            directives=d,
+            max_tokens=max_tokens,
+            json_schema=schema,
+            json_mode=json_mode,
+            tool=tool,
+            thinking=wants_thinking,
+            images=count_images(messages),
+        )
         cid, created = new_id("chatcmpl-"), now()
         if not stream:
-            message: dict[str, Any] = {"role": "assistant", "content": None if plan.tool else plan.text,
-                                       "refusal": None, "annotations": []}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None if plan.tool else plan.text,
+                "refusal": None,
+                "annotations": [],
+            }
             if plan.tool:
-                message["tool_calls"] = [{"id": plan.tool_call_id, "type": "function",
-                                          "function": {"name": plan.tool.name, "arguments": plan.tool_args}}]
+                message["tool_calls"] = [
+                    {
+                        "id": plan.tool_call_id,
+                        "type": "function",
+                        "function": {"name": plan.tool.name, "arguments": plan.tool_args},
+                    }
+                ]
             if plan.thinking:
                 message["reasoning_content"] = plan.thinking
-            return Reply(200, dumps({
-                "id": cid, "object": "chat.completion", "created": created, "model": name,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(plan)}],
-                "usage": chat_usage(plan), "service_tier": "default", "system_fingerprint": "fp_mock",
-            }))
-        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                "service_tier": "default", "system_fingerprint": "fp_mock"}
+            return Reply(
+                200,
+                dumps(
+                    {
+                        "id": cid,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": name,
+                        "choices": [
+                            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(plan)}
+                        ],
+                        "usage": chat_usage(plan),
+                        "service_tier": "default",
+                        "system_fingerprint": "fp_mock",
+                    }
+                ),
+            )
+        head = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "service_tier": "default",
+            "system_fingerprint": "fp_mock",
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            payload = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            payload = {
+                **head,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
             if include_usage:
                 payload["usage"] = None
             return sse(payload)
@@ -203,10 +253,24 @@ def chat_completions(req: MockRequest) -> Call:
         events = [chunk({"role": "assistant", "content": "", "refusal": None})]
         events += [chunk({"reasoning_content": piece}) for piece in plan.thinking_chunks]
         if plan.tool:
-            events.append(chunk({"tool_calls": [{"index": 0, "id": plan.tool_call_id, "type": "function",
-                                                 "function": {"name": plan.tool.name, "arguments": ""}}]}))
-            events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                       for piece in plan.tool_arg_pieces]
+            events.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": plan.tool_call_id,
+                                "type": "function",
+                                "function": {"name": plan.tool.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            events += [
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                for piece in plan.tool_arg_pieces
+            ]
         else:
             events += [chunk({"content": piece}) for piece in plan.chunks]
         events.append(chunk({}, _finish(plan)))
@@ -224,8 +288,10 @@ def completions(req: MockRequest) -> Call:
     model = _model(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list):
-        prompt_text = " ".join(p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p)
-                               for p in prompt)
+        prompt_text = " ".join(
+            p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p)
+            for p in prompt
+        )
     elif isinstance(prompt, str):
         prompt_text = prompt
     else:
@@ -237,16 +303,21 @@ def completions(req: MockRequest) -> Call:
 
     def make(d: Directives, name: str) -> Reply | StreamReply:
         plan = build_plan(all_text=prompt_text, user_text=prompt_text, directives=d, max_tokens=max_tokens)
-        usage = {"prompt_tokens": plan.input_tokens, "completion_tokens": plan.output_tokens,
-                 "total_tokens": plan.input_tokens + plan.output_tokens}
+        usage = {
+            "prompt_tokens": plan.input_tokens,
+            "completion_tokens": plan.output_tokens,
+            "total_tokens": plan.input_tokens + plan.output_tokens,
+        }
         head = {"id": new_id("cmpl-"), "object": "text_completion", "created": now(), "model": name}
         if not stream:
             choice = {"index": 0, "text": plan.text, "logprobs": None, "finish_reason": _finish(plan)}
             return Reply(200, dumps({**head, "choices": [choice], "usage": usage}))
 
         def chunk(text: str, finish: str | None) -> bytes:
-            payload: dict[str, Any] = {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                                            "finish_reason": finish}]}
+            payload: dict[str, Any] = {
+                **head,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
             if include_usage:
                 payload["usage"] = None
             return sse(payload)
@@ -298,7 +369,7 @@ def responses_usage(plan: Plan) -> dict[str, Any]:
     }
 
 
-def responses(req: MockRequest) -> Call:
+def responses(req: MockRequest) -> Call:  # noqa: C901 - older than the complexity rule; to split
     """Handle POST /v1/responses (unary and the full streamed event sequence)."""
     body = req.json()
     model = _model(body)
@@ -306,9 +377,11 @@ def responses(req: MockRequest) -> Call:
     stream = body.get("stream") is True
     text_cfg = obj(body.get("text"))
     schema, json_mode = _json_format(text_cfg.get("format"))
-    tools = [ToolSpec(t["name"], t.get("parameters") if isinstance(t.get("parameters"), dict) else None)
-             for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"
-             and isinstance(t.get("name"), str)]
+    tools = [
+        ToolSpec(t["name"], t.get("parameters") if isinstance(t.get("parameters"), dict) else None)
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("name"), str)
+    ]
     choice = _tool_choice(body.get("tool_choice"))
     reasoning = body.get("reasoning")
     wants_thinking = isinstance(reasoning, dict) and reasoning.get("effort") not in (None, "none", "minimal")
@@ -316,35 +389,87 @@ def responses(req: MockRequest) -> Call:
 
     def make(d: Directives, name: str) -> Reply | StreamReply:
         tool = choose_tool(tools, choice, d.tool, last_tool)
-        plan = build_plan(all_text=all_text, user_text=user_text, directives=d, max_tokens=max_tokens,
-                          json_schema=schema, json_mode=json_mode, tool=tool, thinking=wants_thinking,
-                          images=count_images(body.get("input")))
+        plan = build_plan(
+            all_text=all_text,
+            user_text=user_text,
+            directives=d,
+            max_tokens=max_tokens,
+            json_schema=schema,
+            json_mode=json_mode,
+            tool=tool,
+            thinking=wants_thinking,
+            images=count_images(body.get("input")),
+        )
         rid = new_id("resp_")
         ids = {"rs": new_id("rs_"), "msg": new_id("msg_"), "fc": new_id("fc_")}
         status = "incomplete" if plan.truncated else "completed"
         items: list[dict[str, Any]] = []
         if plan.thinking:
-            items.append({"id": ids["rs"], "type": "reasoning",
-                          "summary": [{"type": "summary_text", "text": plan.thinking}]})
+            items.append(
+                {
+                    "id": ids["rs"],
+                    "type": "reasoning",
+                    "summary": [{"type": "summary_text", "text": plan.thinking}],
+                }
+            )
         if plan.tool:
-            items.append({"id": ids["fc"], "type": "function_call", "call_id": plan.tool_call_id,
-                          "name": plan.tool.name, "arguments": plan.tool_args, "status": "completed"})
+            items.append(
+                {
+                    "id": ids["fc"],
+                    "type": "function_call",
+                    "call_id": plan.tool_call_id,
+                    "name": plan.tool.name,
+                    "arguments": plan.tool_args,
+                    "status": "completed",
+                }
+            )
         else:
-            items.append({"id": ids["msg"], "type": "message", "role": "assistant", "status": status,
-                          "content": [{"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}]})
+            items.append(
+                {
+                    "id": ids["msg"],
+                    "type": "message",
+                    "role": "assistant",
+                    "status": status,
+                    "content": [
+                        {"type": "output_text", "text": plan.text, "annotations": [], "logprobs": []}
+                    ],
+                }
+            )
         base: dict[str, Any] = {
-            "id": rid, "object": "response", "created_at": now(), "status": "in_progress", "background": False,
-            "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
-            "max_output_tokens": max_tokens, "model": name, "output": [], "parallel_tool_calls": True,
+            "id": rid,
+            "object": "response",
+            "created_at": now(),
+            "status": "in_progress",
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": max_tokens,
+            "model": name,
+            "output": [],
+            "parallel_tool_calls": True,
             "previous_response_id": body.get("previous_response_id"),
-            "reasoning": {"effort": reasoning.get("effort") if isinstance(reasoning, dict) else None,
-                          "summary": None},
-            "temperature": 1.0, "text": {"format": text_cfg.get("format") or {"type": "text"}},
-            "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [], "top_p": 1.0,
-            "truncation": "disabled", "usage": None, "user": None, "metadata": body.get("metadata") or {},
+            "reasoning": {
+                "effort": reasoning.get("effort") if isinstance(reasoning, dict) else None,
+                "summary": None,
+            },
+            "temperature": 1.0,
+            "text": {"format": text_cfg.get("format") or {"type": "text"}},
+            "tool_choice": body.get("tool_choice") or "auto",
+            "tools": body.get("tools") or [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": None,
+            "user": None,
+            "metadata": body.get("metadata") or {},
         }
-        final = {**base, "status": status, "output": items, "usage": responses_usage(plan),
-                 "incomplete_details": {"reason": "max_output_tokens"} if plan.truncated else None}
+        final = {
+            **base,
+            "status": status,
+            "output": items,
+            "usage": responses_usage(plan),
+            "incomplete_details": {"reason": "max_output_tokens"} if plan.truncated else None,
+        }
         if not stream:
             return Reply(200, dumps(final))
         seq = 0
@@ -361,25 +486,44 @@ def responses(req: MockRequest) -> Call:
             if item["type"] == "reasoning":
                 emit("response.output_item.added", output_index=index, item={**item, "summary": []})
                 ref = {"item_id": item["id"], "output_index": index, "summary_index": 0}
-                emit("response.reasoning_summary_part.added", **ref, part={"type": "summary_text", "text": ""})
+                emit(
+                    "response.reasoning_summary_part.added", **ref, part={"type": "summary_text", "text": ""}
+                )
                 for piece in plan.thinking_chunks:
                     emit("response.reasoning_summary_text.delta", **ref, delta=piece)
                 emit("response.reasoning_summary_text.done", **ref, text=plan.thinking)
-                emit("response.reasoning_summary_part.done", **ref,
-                     part={"type": "summary_text", "text": plan.thinking})
+                emit(
+                    "response.reasoning_summary_part.done",
+                    **ref,
+                    part={"type": "summary_text", "text": plan.thinking},
+                )
             elif item["type"] == "function_call":
-                emit("response.output_item.added", output_index=index,
-                     item={**item, "arguments": "", "status": "in_progress"})
+                emit(
+                    "response.output_item.added",
+                    output_index=index,
+                    item={**item, "arguments": "", "status": "in_progress"},
+                )
                 ref = {"item_id": item["id"], "output_index": index}
                 for piece in plan.tool_arg_pieces:
                     emit("response.function_call_arguments.delta", **ref, delta=piece)
-                emit("response.function_call_arguments.done", **ref, arguments=plan.tool_args, name=item["name"])
+                emit(
+                    "response.function_call_arguments.done",
+                    **ref,
+                    arguments=plan.tool_args,
+                    name=item["name"],
+                )
             else:
-                emit("response.output_item.added", output_index=index,
-                     item={**item, "status": "in_progress", "content": []})
+                emit(
+                    "response.output_item.added",
+                    output_index=index,
+                    item={**item, "status": "in_progress", "content": []},
+                )
                 ref = {"item_id": item["id"], "output_index": index, "content_index": 0}
-                emit("response.content_part.added", **ref,
-                     part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+                emit(
+                    "response.content_part.added",
+                    **ref,
+                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                )
                 for piece in plan.chunks:
                     emit("response.output_text.delta", **ref, delta=piece, logprobs=[])
                 emit("response.output_text.done", **ref, text=plan.text, logprobs=[])
@@ -388,8 +532,16 @@ def responses(req: MockRequest) -> Call:
         emit("response.incomplete" if plan.truncated else "response.completed", response=final)
 
         def error_frame(index: int) -> bytes:
-            return sse({"type": "error", "sequence_number": index, "code": "server_error",
-                        "message": "The mock upstream injected a stream error.", "param": None}, "error")
+            return sse(
+                {
+                    "type": "error",
+                    "sequence_number": index,
+                    "code": "server_error",
+                    "message": "The mock upstream injected a stream error.",
+                    "param": None,
+                },
+                "error",
+            )
 
         return StreamReply(events, error_frame)
 
@@ -419,7 +571,10 @@ def embeddings(req: MockRequest) -> Call:
     elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         inputs = [" ".join(map(str, value))]
     elif isinstance(value, list) and value:
-        inputs = [v if isinstance(v, str) else " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value]
+        inputs = [
+            v if isinstance(v, str) else " ".join(map(str, v)) if isinstance(v, list) else str(v)
+            for v in value
+        ]
     else:
         raise BadRequest("'input' must be a non-empty string or array")
     bounded_inputs(inputs, "input")
@@ -434,12 +589,22 @@ def embeddings(req: MockRequest) -> Call:
         data = []
         for index, text in enumerate(inputs):
             vector = _embedding(text, dims)
-            encoded: Any = (base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-                            if fmt == "base64" else vector)
+            encoded: Any = (
+                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if fmt == "base64" else vector
+            )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = sum(estimate_tokens(len(t)) for t in inputs)
-        return Reply(200, dumps({"object": "list", "data": data, "model": name,
-                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": name,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                }
+            ),
+        )
 
     return Call(model, False, inputs[-1], make)
 
@@ -447,14 +612,23 @@ def embeddings(req: MockRequest) -> Call:
 def _image_data(n: int, b64: bool, revised: str) -> list[dict[str, Any]]:
     if b64:
         return [{"b64_json": PNG_1X1, "revised_prompt": revised} for _ in range(n)]
-    return [{"url": f"https://mock.odock.invalid/images/{i}.png", "revised_prompt": revised} for i in range(n)]
+    return [
+        {"url": f"https://mock.odock.invalid/images/{i}.png", "revised_prompt": revised} for i in range(n)
+    ]
 
 
 def _images_response(name: str, n: int, b64: bool, prompt: str, revised: str) -> dict[str, Any]:
     tokens = estimate_tokens(len(prompt))
-    return {"created": now(), "data": _image_data(n, b64, revised),
-            "usage": {"input_tokens": tokens, "output_tokens": 16 * n, "total_tokens": tokens + 16 * n,
-                      "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0}}}
+    return {
+        "created": now(),
+        "data": _image_data(n, b64, revised),
+        "usage": {
+            "input_tokens": tokens,
+            "output_tokens": 16 * n,
+            "total_tokens": tokens + 16 * n,
+            "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
+        },
+    }
 
 
 def images_generations(req: MockRequest) -> Call:
@@ -499,8 +673,11 @@ def images_upload(req: MockRequest) -> Call:
     revised = "received files: " + " ".join(f"{p.name}={len(p.data)}" for p in uploads)
 
     def make(_: Directives, name: str) -> Reply:
-        return Reply(200, dumps(_images_response(name, n, b64, prompt, revised)),
-                     headers=[(b"x-mock-files", summary.encode())])
+        return Reply(
+            200,
+            dumps(_images_response(name, n, b64, prompt, revised)),
+            headers=[(b"x-mock-files", summary.encode())],
+        )
 
     return Call(model, False, prompt, make, extra={"form_keys": sorted({p.name for p in parts})})
 

@@ -30,11 +30,16 @@ class MockServer:
         self._sock.bind(("127.0.0.1", port))
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, loop="uvloop", http="httptools", lifespan="off",
-                                log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            self.app, loop="uvloop", http="httptools", lifespan="off", log_level="warning", access_log=False
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"odock-mock-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            name=f"odock-mock-{self.port}",
+            daemon=True,
+        )
 
     def start(self) -> None:
         """Start serving and wait (bounded) until the server accepts connections."""

@@ -60,7 +60,12 @@ def decode(tokens: list[int]) -> str:
 
 
 def _usage(tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": None}
+    return {
+        "prompt_tokens": tokens,
+        "total_tokens": tokens,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+    }
 
 
 def _inputs(value: Any, field: str) -> list[str]:
@@ -90,8 +95,17 @@ def tokenize(req: MockRequest) -> Call:
 
     def make(_: Directives, __: str) -> Reply:
         ids = encode(text)
-        return Reply(200, dumps({"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids,
-                                 "token_strs": [_piece(t) for t in ids] if want_strs else None}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "count": len(ids),
+                    "max_model_len": MAX_MODEL_LEN,
+                    "tokens": ids,
+                    "token_strs": [_piece(t) for t in ids] if want_strs else None,
+                }
+            ),
+        )
 
     return Call(_model(body), False, text, make)
 
@@ -101,7 +115,9 @@ def detokenize(req: MockRequest) -> Call:
     body = req.json()
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < _TOKEN_END for t in tokens):
-        raise BadRequest("'tokens' must be an array of token ids (non-negative integers the tokenizer produces)")
+        raise BadRequest(
+            "'tokens' must be an array of token ids (non-negative integers the tokenizer produces)"
+        )
     try:
         prompt = decode(tokens)
     except ValueError:  # a wide id whose 21-bit pieces are not characters
@@ -121,8 +137,19 @@ def pooling(req: MockRequest) -> Call:
     def make(_: Directives, name: str) -> Reply:
         data = [{"index": i, "object": "pooling", "data": _embedding(t, 16)} for i, t in enumerate(inputs)]
         tokens = sum(estimate_tokens(len(t)) for t in inputs)
-        return Reply(200, dumps({"id": new_id("pool-"), "object": "list", "created": now(), "model": name,
-                                 "data": data, "usage": _usage(tokens)}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "id": new_id("pool-"),
+                    "object": "list",
+                    "created": now(),
+                    "model": name,
+                    "data": data,
+                    "usage": _usage(tokens),
+                }
+            ),
+        )
 
     return Call(_model(body), False, inputs[-1], make)
 
@@ -136,11 +163,28 @@ def classify(req: MockRequest) -> Call:
         data = []
         for i, text in enumerate(inputs):
             p = round(0.5 + 0.5 * math.tanh((len(text) % 7 - 3) / 3), 6)
-            data.append({"index": i, "label": "positive" if p >= 0.5 else "negative",
-                         "probs": [round(1 - p, 6), p], "num_classes": 2})
+            data.append(
+                {
+                    "index": i,
+                    "label": "positive" if p >= 0.5 else "negative",
+                    "probs": [round(1 - p, 6), p],
+                    "num_classes": 2,
+                }
+            )
         tokens = sum(estimate_tokens(len(t)) for t in inputs)
-        return Reply(200, dumps({"id": new_id("classify-"), "object": "list", "created": now(), "model": name,
-                                 "data": data, "usage": _usage(tokens)}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "id": new_id("classify-"),
+                    "object": "list",
+                    "created": now(),
+                    "model": name,
+                    "data": data,
+                    "usage": _usage(tokens),
+                }
+            ),
+        )
 
     return Call(_model(body), False, inputs[-1], make)
 
@@ -157,8 +201,19 @@ def score(req: MockRequest) -> Call:
     def make(_: Directives, name: str) -> Reply:
         data = [{"index": i, "object": "score", "score": _similarity(a, b)} for i, (a, b) in enumerate(pairs)]
         tokens = sum(estimate_tokens(len(a) + len(b)) for a, b in pairs)
-        return Reply(200, dumps({"id": new_id("score-"), "object": "list", "created": now(), "model": name,
-                                 "data": data, "usage": _usage(tokens)}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "id": new_id("score-"),
+                    "object": "list",
+                    "created": now(),
+                    "model": name,
+                    "data": data,
+                    "usage": _usage(tokens),
+                }
+            ),
+        )
 
     return Call(_model(body), False, left[0], make)
 
@@ -177,10 +232,21 @@ def rerank(req: MockRequest) -> Call:
 
     def make(_: Directives, name: str) -> Reply:
         scored = sorted(((i, _similarity(query, d)) for i, d in enumerate(docs)), key=lambda x: (-x[1], x[0]))
-        results = [{"index": i, "document": {"text": docs[i]}, "relevance_score": s} for i, s in scored[:top_n]]
+        results = [
+            {"index": i, "document": {"text": docs[i]}, "relevance_score": s} for i, s in scored[:top_n]
+        ]
         tokens = sum(estimate_tokens(len(query) + len(d)) for d in docs)
-        return Reply(200, dumps({"id": new_id("rerank-"), "model": name, "usage": {"total_tokens": tokens},
-                                 "results": results}))
+        return Reply(
+            200,
+            dumps(
+                {
+                    "id": new_id("rerank-"),
+                    "model": name,
+                    "usage": {"total_tokens": tokens},
+                    "results": results,
+                }
+            ),
+        )
 
     return Call(_model(body), False, query, make)
 
@@ -204,11 +270,22 @@ def audio(req: MockRequest) -> Call:
         if fmt in ("text", "srt", "vtt"):
             return Reply(200, text.encode(), b"text/plain; charset=utf-8", headers)
         if fmt == "verbose_json":
-            payload: dict[str, Any] = {"task": task, "language": form.get("language", "en"), "duration": seconds,
-                                       "text": text, "segments": [], "words": []}
+            payload: dict[str, Any] = {
+                "task": task,
+                "language": form.get("language", "en"),
+                "duration": seconds,
+                "text": text,
+                "segments": [],
+                "words": [],
+            }
         else:
             payload = {"text": text, "usage": {"type": "duration", "seconds": seconds}}
         return Reply(200, dumps(payload), headers=headers)
 
-    return Call(form.get("model") or "mock-whisper", False, form.get("prompt", ""), make,
-                extra={"form_keys": sorted({p.name for p in parts})})
+    return Call(
+        form.get("model") or "mock-whisper",
+        False,
+        form.get("prompt", ""),
+        make,
+        extra={"form_keys": sorted({p.name for p in parts})},
+    )

@@ -55,7 +55,9 @@ class BadRequest(Exception):
 # (an unbounded `n = 2**63` once took 23 GB before the kernel killed the process); above a bound: 400.
 MAX_BODY_BYTES = 64 * 1024 * 1024  # request body (413 above)
 MAX_IMAGES = 10  # images per request (`n`), OpenAI's own bound
-MAX_INPUTS = 2048  # inputs of one embeddings/pooling/classify/score/rerank request, OpenAI's bound for embeddings
+MAX_INPUTS = (
+    2048  # inputs of one embeddings/pooling/classify/score/rerank request, OpenAI's bound for embeddings
+)
 
 
 def bounded_int(value: Any, field: str, low: int, high: int, default: int) -> int:
@@ -65,11 +67,15 @@ def bounded_int(value: Any, field: str, low: int, high: int, default: int) -> in
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(f"Invalid '{field}': expected an integer.")
     if value < low:
-        raise BadRequest(f"Invalid '{field}': integer below minimum value. Expected a value >= {low}, "
-                         f"but got {value} instead.")
+        raise BadRequest(
+            f"Invalid '{field}': integer below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead."
+        )
     if value > high:
-        raise BadRequest(f"Invalid '{field}': integer above maximum value. Expected a value <= {high}, "
-                         f"but got {value} instead.")
+        raise BadRequest(
+            f"Invalid '{field}': integer above maximum value. Expected a value <= {high}, "
+            f"but got {value} instead."
+        )
     return value
 
 
@@ -77,16 +83,20 @@ def bounded_max_tokens(value: Any, field: str) -> int | None:
     """Return an output-token cap (any integer up to MAX_TOKENS; other values mean none), or raise BadRequest."""
     number = int_or_none(value)
     if number is not None and number > MAX_TOKENS:
-        raise BadRequest(f"Invalid '{field}': integer above maximum value. Expected a value <= {MAX_TOKENS}, "
-                         f"but got {number} instead.")
+        raise BadRequest(
+            f"Invalid '{field}': integer above maximum value. Expected a value <= {MAX_TOKENS}, "
+            f"but got {number} instead."
+        )
     return number
 
 
 def bounded_inputs(inputs: list[str], field: str) -> list[str]:
     """Return the inputs when there are at most MAX_INPUTS, or raise BadRequest."""
     if len(inputs) > MAX_INPUTS:
-        raise BadRequest(f"Invalid '{field}': array too long. Expected an array with maximum length {MAX_INPUTS}, "
-                         f"but got an array with length {len(inputs)} instead.")
+        raise BadRequest(
+            f"Invalid '{field}': array too long. Expected an array with maximum length {MAX_INPUTS}, "
+            f"but got an array with length {len(inputs)} instead."
+        )
     return inputs
 
 

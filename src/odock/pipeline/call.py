@@ -54,15 +54,30 @@ class FinalChunk(bytes):
 class Call:
     """The per-call state shared by the stages and the route, from the first gate to the usage record."""
 
-    __slots__ = ("_deferred", "ctx", "exchange", "headers_from", "json", "pipeline", "plan", "primary",
-                 "request", "route", "route_state")
+    __slots__ = (
+        "_deferred",
+        "ctx",
+        "exchange",
+        "headers_from",
+        "json",
+        "pipeline",
+        "plan",
+        "primary",
+        "request",
+        "route",
+        "route_state",
+    )
 
     def __init__(self, pipeline: Pipeline, exchange: Exchange, route: Route, client_ip: str) -> None:
         self.pipeline = pipeline
         self.exchange = exchange
         self.route = route
-        self.ctx = CallContext(request_id=exchange.request_id, route=route.name, client_ip=client_ip,
-                               required_provider=route.family)
+        self.ctx = CallContext(
+            request_id=exchange.request_id,
+            route=route.name,
+            client_ip=client_ip,
+            required_provider=route.family,
+        )
         # the decoded JSON body (native routes edit it in place: model -> slug) and, when a stage needs it or
         # the route translates, the normalized request
         self.json: dict[str, Any] | None = None
@@ -129,8 +144,9 @@ class Call:
 
     # --- upstream ----------------------------------------------------------------------------------------
 
-    async def send(self, candidate: Candidate, url: str, body: bytes,
-                   headers: dict[str, str] | None = None) -> UpstreamResponse:
+    async def send(
+        self, candidate: Candidate, url: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> UpstreamResponse:
         """POST to the upstream; a non-2xx answer becomes an UpstreamError (read whole, for the client)."""
         adapter = adapter_for(candidate.provider.type)
         request_headers = adapter.headers(candidate.provider)
@@ -167,8 +183,12 @@ class Call:
         self.ctx.status = status
         await self.exchange.respond(status, body, content_type, self.governed_headers())
 
-    async def stream(self, produce: AsyncIterator[bytes], fail: Callable[[GatewayError], bytes],
-                     content_type: bytes = b"text/event-stream") -> None:
+    async def stream(  # noqa: C901
+        self,
+        produce: AsyncIterator[bytes],
+        fail: Callable[[GatewayError], bytes],
+        content_type: bytes = b"text/event-stream",
+    ) -> None:
         """Stream `produce` to the client; cut the upstream when the client leaves; end a broken upstream
         stream with an explicit error event (never a clean-looking end)."""
         ctx, req = self.ctx, self.exchange
@@ -223,8 +243,11 @@ class Call:
             outcome, ctx.outcome, ctx.error_code = "cancelled", "cancelled", "client_disconnected"
         elif error is not None and ended:
             # the client already has the complete answer; only the upstream's trailing bytes went wrong
-            log.warning("upstream failed after its terminal event: %s", error.code,
-                        extra={"request_id": ctx.request_id})
+            log.warning(
+                "upstream failed after its terminal event: %s",
+                error.code,
+                extra={"request_id": ctx.request_id},
+            )
         elif error is not None:
             outcome, ctx.outcome, ctx.error_code = "failed", "failed", error.code
             log.warning("stream failed mid-way: %s", error.code, extra={"request_id": ctx.request_id})
@@ -247,10 +270,8 @@ class Call:
 async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:
     """Consume a cancellation this task requested of itself (delivered or still pending)."""
     if task.cancelling():
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            pass
         while task.cancelling():
             task.uncancel()
 
@@ -269,8 +290,13 @@ def upstream_error_body(err: UpstreamError) -> dict[str, Any]:
         return {}
     if "json" in err.upstream_content_type:
         try:
-            return {"upstream_status": err.upstream_status, "upstream_error": msgspec.json.decode(err.upstream_body)}
+            return {
+                "upstream_status": err.upstream_status,
+                "upstream_error": msgspec.json.decode(err.upstream_body),
+            }
         except msgspec.DecodeError:
             pass
-    return {"upstream_status": err.upstream_status,
-            "upstream_error": err.upstream_body[:2000].decode("utf-8", "replace")}
+    return {
+        "upstream_status": err.upstream_status,
+        "upstream_error": err.upstream_body[:2000].decode("utf-8", "replace"),
+    }

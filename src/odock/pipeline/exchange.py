@@ -29,11 +29,20 @@ class Exchange(Protocol):
 
     async def body(self, limit: int, timeout_s: float) -> bytes: ...
 
-    async def respond(self, status: int, body: bytes, content_type: bytes = b"application/json",
-                      headers: list[tuple[bytes, bytes]] | None = None) -> None: ...
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None: ...
 
-    async def start_stream(self, status: int = 200, content_type: bytes = b"text/event-stream",
-                           headers: list[tuple[bytes, bytes]] | None = None) -> None: ...
+    async def start_stream(
+        self,
+        status: int = 200,
+        content_type: bytes = b"text/event-stream",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None: ...
 
     async def write(self, chunk: bytes) -> None: ...
 

@@ -66,9 +66,17 @@ def adopt_upstream_status(err: UpstreamError, mode: str) -> None:
 class Pipeline:
     """One kind of call's stages in order, and what the runner needs to reach the upstream."""
 
-    def __init__(self, stages: Sequence[Stage], *, transport: Transport, limits: BodyLimits,
-                 client_ip: Callable[[Exchange], str], observe: AttemptObserver | None = None,
-                 catalogue: Catalogue | None = None, upstream_errors: str = "passthrough") -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        transport: Transport,
+        limits: BodyLimits,
+        client_ip: Callable[[Exchange], str],
+        observe: AttemptObserver | None = None,
+        catalogue: Catalogue | None = None,
+        upstream_errors: str = "passthrough",
+    ) -> None:
         self.stages = tuple(stages)
         self.upstream_errors = upstream_errors  # ODOCK_UPSTREAM_ERRORS: passthrough | strict
         self.transport = transport
@@ -93,7 +101,9 @@ class Pipeline:
                 await stage.before(call)
             upstream = None
             if call.plan is not None:
-                upstream = await run_attempts(call.ctx, call.plan, lambda c: route.send(call, c), self.observe)
+                upstream = await run_attempts(
+                    call.ctx, call.plan, lambda c: route.send(call, c), self.observe
+                )
                 answered = call.ctx.answered_by
                 if answered is not None:
                     exchange.response_headers.append((b"x-odock-model", answered.name.encode()))
@@ -104,8 +114,9 @@ class Pipeline:
             call.fail(err)
             if not exchange.started:
                 body, content_type = route.render(err)
-                await exchange.respond(err.status, body, content_type,
-                                       headers=_render(err) + call.governed_headers())
+                await exchange.respond(
+                    err.status, body, content_type, headers=_render(err) + call.governed_headers()
+                )
         except ClientDisconnected:
             call.ctx.outcome, call.ctx.error_code = "cancelled", "client_disconnected"
         except BaseException:

@@ -45,5 +45,6 @@ class Stage:
     # which hooks a subclass actually overrides (the runner builds its per-phase lists from these)
     @classmethod
     def hooks(cls) -> frozenset[str]:
-        return frozenset(name for name in ("before", "on_delta", "after")
-                         if getattr(cls, name) is not getattr(Stage, name))
+        return frozenset(
+            name for name in ("before", "on_delta", "after") if getattr(cls, name) is not getattr(Stage, name)
+        )

@@ -51,8 +51,10 @@ def provider_type(name: str) -> ProviderType:
     try:
         return PROVIDERS[name]
     except KeyError:
-        raise BadRequest(f"provider type {name!r} is not supported (supported: {', '.join(PROVIDER_TYPES)})",
-                         "provider_type_unsupported") from None
+        raise BadRequest(
+            f"provider type {name!r} is not supported (supported: {', '.join(PROVIDER_TYPES)})",
+            "provider_type_unsupported",
+        ) from None
 
 
 def adapter_for(name: str) -> ProviderAdapter:

@@ -28,5 +28,7 @@ async def deployment(deployments: Deployments, model: ModelRecord) -> Candidate:
     if not provider.enabled:
         raise Forbidden(f"provider {provider.name!r} is disabled", "provider_disabled")
     if adapter_for(provider.type).requires_key and not provider.api_key:
-        raise BadRequest(f"provider {provider.name!r} has no API key configured", "provider_api_key_not_configured")
+        raise BadRequest(
+            f"provider {provider.name!r} has no API key configured", "provider_api_key_not_configured"
+        )
     return Candidate(model=model, provider=provider)

@@ -60,6 +60,7 @@ class RedisTurns:
                 return int(value) - 1
             except REDIS_ERRORS as exc:  # rotate locally rather than fail the call
                 self._down_until = now + REDIS_RETRY_AFTER_S
-                log.warning("round-robin counter unavailable in Redis (%s); rotating per process",
-                            type(exc).__name__)
+                log.warning(
+                    "round-robin counter unavailable in Redis (%s); rotating per process", type(exc).__name__
+                )
         return await self._fallback.turn(name)

@@ -41,9 +41,15 @@ MAX_CACHED_POLICIES = 10_000
 class Routing:
     """Builds each call's attempt plan and learns deployment health from every attempt (per process)."""
 
-    def __init__(self, deployments: Deployments, *, counter: TurnCounter | None = None,
-                 cooldown_failures: int = DEFAULT_COOLDOWN_FAILURES, cooldown_s: float = DEFAULT_COOLDOWN_S,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        deployments: Deployments,
+        *,
+        counter: TurnCounter | None = None,
+        cooldown_failures: int = DEFAULT_COOLDOWN_FAILURES,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        rng: random.Random | None = None,
+    ) -> None:
         self.deployments = deployments
         self.counter: TurnCounter = counter or LocalTurns()
         self.cooldown_failures = cooldown_failures
@@ -97,7 +103,11 @@ class Routing:
         if policy.strategy == "round_robin" and len(pairs) > 1:
             rotation = await self.counter.turn(f"{key.id}:{primary.model.type}")
         ordered = order(
-            policy.strategy, pairs, lambda pair: pair[1], rotation=rotation, rng=self._rng,
+            policy.strategy,
+            pairs,
+            lambda pair: pair[1],
+            rotation=rotation,
+            rng=self._rng,
             latency_of=lambda pair: self.health.latency(pair[0].model.id),
         )
         candidates = [pair[0] for pair in ordered]
@@ -107,11 +117,17 @@ class Routing:
         if healthy:
             candidates = healthy  # when every candidate is cooling, try them anyway rather than fail unasked
         retries = len(candidates) - 1 if policy.max_retries is None else policy.max_retries
-        return RoutePlan(candidates=candidates, triggers=policy.triggers, max_retries=retries,
-                         retry_delay_s=policy.retry_delay_s, routed=True)
+        return RoutePlan(
+            candidates=candidates,
+            triggers=policy.triggers,
+            max_retries=retries,
+            retry_delay_s=policy.retry_delay_s,
+            routed=True,
+        )
 
-    async def _eligible(self, ctx: CallContext, primary: Candidate, specs: tuple[CandidateSpec, ...],
-                        family: str | None) -> list[tuple[Candidate, CandidateSpec]]:
+    async def _eligible(
+        self, ctx: CallContext, primary: Candidate, specs: tuple[CandidateSpec, ...], family: str | None
+    ) -> list[tuple[Candidate, CandidateSpec]]:
         """Resolve candidate names; keep those in the org, of the same type and family, granted and usable."""
         catalogue = self.deployments
         assert ctx.key is not None

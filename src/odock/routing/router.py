@@ -22,8 +22,15 @@ from odock.state.records import ModelRecord, ProviderRecord
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_TRIGGERS", "AttemptObserver", "Candidate", "RoutePlan", "attempt_sequence", "run_attempts",
-           "triggered"]
+__all__ = [
+    "DEFAULT_TRIGGERS",
+    "AttemptObserver",
+    "Candidate",
+    "RoutePlan",
+    "attempt_sequence",
+    "run_attempts",
+    "triggered",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,9 +91,14 @@ async def run_attempts(
             elapsed = time.perf_counter() - started
             kind = err.kind if isinstance(err, UpstreamError) else err.code
             ctx.attempts.append(
-                Attempt(model=candidate.model.name, provider=family, outcome="failed",
-                        error_class=kind, status=getattr(err, "upstream_status", None) or err.status,
-                        latency_ms=int(elapsed * 1000))
+                Attempt(
+                    model=candidate.model.name,
+                    provider=family,
+                    outcome="failed",
+                    error_class=kind,
+                    status=getattr(err, "upstream_status", None) or err.status,
+                    latency_ms=int(elapsed * 1000),
+                )
             )
             metrics.child(metrics.PROVIDER_REQUESTS, family, "failed").inc()
             metrics.child(metrics.PROVIDER_ERRORS, family, str(kind)).inc()
@@ -98,8 +110,9 @@ async def run_attempts(
             continue
         elapsed = time.perf_counter() - started
         ctx.attempts.append(
-            Attempt(model=candidate.model.name, provider=family, outcome="success",
-                    latency_ms=int(elapsed * 1000))
+            Attempt(
+                model=candidate.model.name, provider=family, outcome="success", latency_ms=int(elapsed * 1000)
+            )
         )
         metrics.child(metrics.PROVIDER_REQUESTS, family, "success").inc()
         metrics.child(metrics.PROVIDER_DURATION, family).observe(elapsed)

@@ -19,8 +19,17 @@ from odock.state.routing_policy import (
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_TRIGGERS", "CandidateSpec", "PolicyError", "RoutingPolicy", "order", "org_routing_enabled",
-           "parse_policy", "routing_section", "validate_routing"]
+__all__ = [
+    "DEFAULT_TRIGGERS",
+    "CandidateSpec",
+    "PolicyError",
+    "RoutingPolicy",
+    "order",
+    "org_routing_enabled",
+    "parse_policy",
+    "routing_section",
+    "validate_routing",
+]
 
 
 # --- ordering ---------------------------------------------------------------------------------------------

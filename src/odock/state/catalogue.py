@@ -9,6 +9,7 @@ pub/sub). While the store is unreachable, expired entries are served stale rathe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -110,12 +111,12 @@ class Catalogue:
             except DependencyUnavailable:
                 if hit is None:
                     # an unknown key during an outage is 503, never 401 (peer lesson)
-                    raise DependencyUnavailable(
-                        "the key store is unreachable", "store_unavailable"
-                    ) from None
+                    raise DependencyUnavailable("the key store is unreachable", "store_unavailable") from None
                 record, expires_epoch = hit[0]
             else:
-                expires_epoch = record.expires_at.timestamp() if record and record.expires_at else float("inf")
+                expires_epoch = (
+                    record.expires_at.timestamp() if record and record.expires_at else float("inf")
+                )
                 ttl = self.key_ttl_s if record else self.negative_ttl_s
                 if record is not None and expires_epoch != float("inf"):
                     # never cache a key past its expiry
@@ -154,7 +155,10 @@ class Catalogue:
 
     async def organisation(self, organisation_id: str) -> Organisation | None:
         return await self._cached(  # type: ignore[no-any-return]
-            self._orgs, organisation_id, lambda: self.store.get_organisation(organisation_id), self.model_ttl_s
+            self._orgs,
+            organisation_id,
+            lambda: self.store.get_organisation(organisation_id),
+            self.model_ttl_s,
         )
 
     async def team(self, team_id: str) -> Team | None:
@@ -197,7 +201,5 @@ class Catalogue:
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-            except asyncio.CancelledError:
-                pass

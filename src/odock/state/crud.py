@@ -187,10 +187,19 @@ class CatalogueService:
         )
 
     async def _exists(self, conn: AsyncConnection, table: sa.Table, *where: Any) -> bool:
-        return (await conn.execute(sa.select(sa.literal(1)).select_from(table).where(*where))).first() is not None
+        return (
+            await conn.execute(sa.select(sa.literal(1)).select_from(table).where(*where))
+        ).first() is not None
 
-    async def _taken(self, conn: AsyncConnection, table: sa.Table, column: str, value: str, org_id: str,
-                     row_id: str | None = None) -> bool:
+    async def _taken(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        column: str,
+        value: str,
+        org_id: str,
+        row_id: str | None = None,
+    ) -> bool:
         """Whether another row of the organisation already uses this name (or e-mail)."""
         where = [table.c.organisation_id == org_id, table.c[column] == value]
         if row_id is not None:
@@ -200,7 +209,9 @@ class CatalogueService:
     async def _delete(self, conn: AsyncConnection, table: sa.Table, row_id: str) -> None:
         await conn.execute(table.delete().where(table.c.id == row_id))
 
-    async def _update(self, conn: AsyncConnection, table: sa.Table, row_id: str, values: dict[str, Any]) -> None:
+    async def _update(
+        self, conn: AsyncConnection, table: sa.Table, row_id: str, values: dict[str, Any]
+    ) -> None:
         if values:
             await conn.execute(table.update().where(table.c.id == row_id).values(**values))
 
@@ -209,8 +220,12 @@ class CatalogueService:
     async def create_organisation(self, data: Mapping[str, Any]) -> Organisation:
         """Create an organisation (`name`, optional `timezone`, `policies`)."""
         new = decode(NewOrganisation, data, "organisation")
-        values = {"id": _new_id("org"), "name": new.name, "timezone": new.timezone or "UTC",
-                  "policies": new.policies or {}}
+        values = {
+            "id": _new_id("org"),
+            "name": new.name,
+            "timezone": new.timezone or "UTC",
+            "policies": new.policies or {},
+        }
         t = schema.organisations
         async with self.store.mutate() as conn:
             if await self._exists(conn, t, t.c.name == new.name):
@@ -239,7 +254,9 @@ class CatalogueService:
         t = schema.organisations
         async with self.store.mutate() as conn:
             row = await self._org_row(conn, ref)
-            if "name" in values and await self._exists(conn, t, t.c.name == values["name"], t.c.id != row["id"]):
+            if "name" in values and await self._exists(
+                conn, t, t.c.name == values["name"], t.c.id != row["id"]
+            ):
                 raise conflict(f"organisation {values['name']!r} already exists")
             await self._update(conn, t, row["id"], values)
             row = await self._org_row(conn, row["id"])
@@ -265,8 +282,11 @@ class CatalogueService:
             if await self._taken(conn, t, "name", new.name, org["id"]):
                 raise conflict(f"team {new.name!r} already exists in organisation {org['name']!r}")
             team_id = _new_id("team")
-            await conn.execute(t.insert().values(id=team_id, organisation_id=org["id"], name=new.name,
-                                                 policies=new.policies or {}))
+            await conn.execute(
+                t.insert().values(
+                    id=team_id, organisation_id=org["id"], name=new.name, policies=new.policies or {}
+                )
+            )
             row = await self._scoped_row(conn, t, "team", team_id, None)
         return self.store.team_from_row(row)
 
@@ -278,9 +298,13 @@ class CatalogueService:
     async def get_team(self, ref: str, organisation: str | None = None) -> Team:
         """Return the team with this id (or name within `organisation`)."""
         async with self.store.read() as conn:
-            return self.store.team_from_row(await self._scoped_row(conn, schema.teams, "team", ref, organisation))
+            return self.store.team_from_row(
+                await self._scoped_row(conn, schema.teams, "team", ref, organisation)
+            )
 
-    async def update_team(self, ref: str, changes: Mapping[str, Any], organisation: str | None = None) -> Team:
+    async def update_team(
+        self, ref: str, changes: Mapping[str, Any], organisation: str | None = None
+    ) -> Team:
         """Change a team's name or policies."""
         values = decode(TeamChanges, changes, "team").given()
         if "policies" in values:
@@ -288,8 +312,9 @@ class CatalogueService:
         t = schema.teams
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "team", ref, organisation)
-            if "name" in values and await self._taken(conn, t, "name", values["name"], row["organisation_id"],
-                                                       row["id"]):
+            if "name" in values and await self._taken(
+                conn, t, "name", values["name"], row["organisation_id"], row["id"]
+            ):
                 raise conflict(f"team {values['name']!r} already exists")
             await self._update(conn, t, row["id"], values)
             row = await self._scoped_row(conn, t, "team", row["id"], None)
@@ -314,8 +339,9 @@ class CatalogueService:
             if await self._taken(conn, t, "email", new.email, org["id"]):
                 raise conflict(f"user {new.email!r} already exists in organisation {org['name']!r}")
             user_id = _new_id("user")
-            await conn.execute(t.insert().values(id=user_id, organisation_id=org["id"], email=new.email,
-                                                 name=new.name or ""))
+            await conn.execute(
+                t.insert().values(id=user_id, organisation_id=org["id"], email=new.email, name=new.name or "")
+            )
             row = await self._scoped_row(conn, t, "user", user_id, None)
         return self.store.user_from_row(row)
 
@@ -330,7 +356,9 @@ class CatalogueService:
             row = await self._scoped_row(conn, schema.users, "user", ref, organisation, "email")
         return self.store.user_from_row(row)
 
-    async def update_user(self, ref: str, changes: Mapping[str, Any], organisation: str | None = None) -> User:
+    async def update_user(
+        self, ref: str, changes: Mapping[str, Any], organisation: str | None = None
+    ) -> User:
         """Change a user's e-mail or display name."""
         values = decode(UserChanges, changes, "user").given()
         if "name" in values:
@@ -338,8 +366,9 @@ class CatalogueService:
         t = schema.users
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "user", ref, organisation, "email")
-            if "email" in values and await self._taken(conn, t, "email", values["email"], row["organisation_id"],
-                                                        row["id"]):
+            if "email" in values and await self._taken(
+                conn, t, "email", values["email"], row["organisation_id"], row["id"]
+            ):
                 raise conflict(f"user {values['email']!r} already exists")
             await self._update(conn, t, row["id"], values)
             row = await self._scoped_row(conn, t, "user", row["id"], None)
@@ -389,7 +418,9 @@ class CatalogueService:
     async def get_provider(self, ref: str, organisation: str | None = None) -> ProviderInfo:
         """Return the provider with this id (or name within `organisation`)."""
         async with self.store.read() as conn:
-            return self._provider_info(await self._scoped_row(conn, schema.providers, "provider", ref, organisation))
+            return self._provider_info(
+                await self._scoped_row(conn, schema.providers, "provider", ref, organisation)
+            )
 
     async def provider_api_key(self, ref: str, organisation: str | None = None) -> str | None:
         """Return a provider's clear credential (for `odock apply` comparisons; never for display)."""
@@ -411,8 +442,9 @@ class CatalogueService:
         t = schema.providers
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "provider", ref, organisation)
-            if "name" in values and await self._taken(conn, t, "name", values["name"], row["organisation_id"],
-                                                       row["id"]):
+            if "name" in values and await self._taken(
+                conn, t, "name", values["name"], row["organisation_id"], row["id"]
+            ):
                 raise conflict(f"provider {values['name']!r} already exists")
             await self._update(conn, t, row["id"], values)
             row = await self._scoped_row(conn, t, "provider", row["id"], None)
@@ -447,20 +479,28 @@ class CatalogueService:
             provider = await self._scoped_row(conn, schema.providers, "provider", new.provider, org["id"])
             if await self._taken(conn, t, "name", new.name, org["id"]):
                 raise conflict(f"model {new.name!r} already exists in organisation {org['name']!r}")
-            await conn.execute(t.insert().values(organisation_id=org["id"], provider_id=provider["id"], **values))
+            await conn.execute(
+                t.insert().values(organisation_id=org["id"], provider_id=provider["id"], **values)
+            )
             row = await self._scoped_row(conn, t, "model", values["id"], None)
         return self.store.model_from_row(row)
 
     async def list_models(self, organisation: str | None = None) -> list[ModelRecord]:
         """Return the models, of one organisation or all."""
-        return [self.store.model_from_row(row) for row in await self._list(schema.models, organisation, "name")]
+        return [
+            self.store.model_from_row(row) for row in await self._list(schema.models, organisation, "name")
+        ]
 
     async def get_model(self, ref: str, organisation: str | None = None) -> ModelRecord:
         """Return the model with this id (or name within `organisation`)."""
         async with self.store.read() as conn:
-            return self.store.model_from_row(await self._scoped_row(conn, schema.models, "model", ref, organisation))
+            return self.store.model_from_row(
+                await self._scoped_row(conn, schema.models, "model", ref, organisation)
+            )
 
-    async def update_model(self, ref: str, changes: Mapping[str, Any], organisation: str | None = None) -> ModelRecord:
+    async def update_model(
+        self, ref: str, changes: Mapping[str, Any], organisation: str | None = None
+    ) -> ModelRecord:
         """Change a model; `provider` is resolved within the model's organisation."""
         values = decode(ModelChanges, changes, "model").given()
         empty: dict[str, Any] = {"capabilities": [], "pricing": {}, "policies": {}, "config": {}}
@@ -475,8 +515,9 @@ class CatalogueService:
                     conn, schema.providers, "provider", values.pop("provider"), row["organisation_id"]
                 )
                 values["provider_id"] = provider["id"]
-            if "name" in values and await self._taken(conn, t, "name", values["name"], row["organisation_id"],
-                                                       row["id"]):
+            if "name" in values and await self._taken(
+                conn, t, "name", values["name"], row["organisation_id"], row["id"]
+            ):
                 raise conflict(f"model {values['name']!r} already exists")
             await self._update(conn, t, row["id"], values)
             row = await self._scoped_row(conn, t, "model", row["id"], None)
@@ -492,7 +533,9 @@ class CatalogueService:
         async with self.store.read() as conn:
             query = sa.select(table).order_by(table.c.organisation_id, table.c[order])
             if organisation is not None:
-                query = query.where(table.c.organisation_id == (await self._org_row(conn, organisation))["id"])
+                query = query.where(
+                    table.c.organisation_id == (await self._org_row(conn, organisation))["id"]
+                )
             return (await conn.execute(query)).mappings().all()
 
     # ------------------------------------------------------------------------------------------- keys
@@ -542,7 +585,9 @@ class CatalogueService:
             )
             for model_ref in new.models or []:
                 model = await self._scoped_row(conn, schema.models, "model", model_ref, org["id"])
-                await conn.execute(schema.key_model_grants.insert().values(api_key_id=key_id, model_id=model["id"]))
+                await conn.execute(
+                    schema.key_model_grants.insert().values(api_key_id=key_id, model_id=model["id"])
+                )
             row = await self._scoped_row(conn, t, "key", key_id, None)
         return CreatedKey(key=self._key_info(row), secret=secret)
 
@@ -561,7 +606,9 @@ class CatalogueService:
             row = await self._scoped_row(conn, schema.api_keys, "key", ref, organisation)
         return secret_matches(row["key_hash"], secret)
 
-    async def update_key(self, ref: str, changes: Mapping[str, Any], organisation: str | None = None) -> KeyInfo:
+    async def update_key(
+        self, ref: str, changes: Mapping[str, Any], organisation: str | None = None
+    ) -> KeyInfo:
         """Change a key's name, ownership, expiry, timezone, policies or revoked flag (not its secret)."""
         values = decode(KeyChanges, changes, "key").given()
         if "policies" in values:
@@ -569,8 +616,9 @@ class CatalogueService:
         t = schema.api_keys
         async with self.store.mutate() as conn:
             row = await self._scoped_row(conn, t, "key", ref, organisation)
-            if "name" in values and await self._taken(conn, t, "name", values["name"], row["organisation_id"],
-                                                       row["id"]):
+            if "name" in values and await self._taken(
+                conn, t, "name", values["name"], row["organisation_id"], row["id"]
+            ):
                 raise conflict(f"key {values['name']!r} already exists")
             if {"type", "team", "user"} & set(values):
                 key_type = str(values.setdefault("type", row["type"]))
@@ -634,8 +682,14 @@ class CatalogueService:
         async with self.store.read() as conn:
             row = await self._scoped_row(conn, schema.api_keys, "key", ref, organisation)
             rows = (
-                await conn.execute(sa.select(r).where(r.c.api_key_id == row["id"]).order_by(r.c.rotated_at, r.c.id))
-            ).mappings().all()
+                (
+                    await conn.execute(
+                        sa.select(r).where(r.c.api_key_id == row["id"]).order_by(r.c.rotated_at, r.c.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
         return [
             KeyRotation(
                 rotated_at=item["rotated_at"],
@@ -679,7 +733,9 @@ class CatalogueService:
 
     async def _granted(self, conn: AsyncConnection, key_id: str) -> list[RowLike]:
         m, g = schema.models, schema.key_model_grants
-        query = sa.select(m).join(g, g.c.model_id == m.c.id).where(g.c.api_key_id == key_id).order_by(m.c.name)
+        query = (
+            sa.select(m).join(g, g.c.model_id == m.c.id).where(g.c.api_key_id == key_id).order_by(m.c.name)
+        )
         return list((await conn.execute(query)).mappings().all())
 
     async def list_grants(self, key: str, organisation: str | None = None) -> list[ModelRecord]:
@@ -756,6 +812,8 @@ class CatalogueService:
 def _registered(type_name: Any) -> str:
     """A provider type of the provider registry, or 400 provider_type_unsupported (reference §4.1)."""
     if not isinstance(type_name, str):
-        raise BadRequest(f"type must be a provider type name (got {type_name!r})", "provider_type_unsupported")
+        raise BadRequest(
+            f"type must be a provider type name (got {type_name!r})", "provider_type_unsupported"
+        )
     provider_type(type_name)
     return type_name

@@ -116,7 +116,7 @@ def load_secret_box(secret_key: str, database_url: str) -> SecretBox:
         raise SystemExit(
             "ODOCK_SECRET_KEY is required with PostgreSQL: provider credentials are encrypted with it and every "
             "gateway host must share it. Generate one with: "
-            "python -c \"import base64,os;print(base64.b64encode(os.urandom(32)).decode())\""
+            'python -c "import base64,os;print(base64.b64encode(os.urandom(32)).decode())"'
         )
     path = sqlite_key_path(database_url)
     if path is None:

@@ -35,5 +35,7 @@ class redis_errors:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
         self.__exit__(kind, error, tb)

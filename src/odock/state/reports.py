@@ -60,15 +60,19 @@ async def usage_summary(
     end = parse_datetime(until, "until")
     u = schema.usage_records
     column = _group_column(store, group_by)
-    query = sa.select(
-        column.label("group"),
-        sa.func.count().label("requests"),
-        sa.func.coalesce(sa.func.sum(u.c.input_tokens), 0).label("input_tokens"),
-        sa.func.coalesce(sa.func.sum(u.c.output_tokens), 0).label("output_tokens"),
-        sa.func.coalesce(sa.func.sum(u.c.cached_input_tokens), 0).label("cached_input_tokens"),
-        sa.func.coalesce(sa.func.sum(u.c.reasoning_tokens), 0).label("reasoning_tokens"),
-        sa.func.coalesce(sa.func.sum(u.c.cost_nanos), 0).label("cost_nanos"),
-    ).group_by(column).order_by(column)
+    query = (
+        sa.select(
+            column.label("group"),
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(u.c.input_tokens), 0).label("input_tokens"),
+            sa.func.coalesce(sa.func.sum(u.c.output_tokens), 0).label("output_tokens"),
+            sa.func.coalesce(sa.func.sum(u.c.cached_input_tokens), 0).label("cached_input_tokens"),
+            sa.func.coalesce(sa.func.sum(u.c.reasoning_tokens), 0).label("reasoning_tokens"),
+            sa.func.coalesce(sa.func.sum(u.c.cost_nanos), 0).label("cost_nanos"),
+        )
+        .group_by(column)
+        .order_by(column)
+    )
     if organisation_id is not None:
         query = query.where(u.c.organisation_id == organisation_id)
     if start is not None:

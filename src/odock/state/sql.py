@@ -116,23 +116,35 @@ def map_sql_error(error: BaseException) -> GatewayError | None:
     """
     if isinstance(error, GatewayError):
         return None
-    orig: BaseException = error.orig if isinstance(error, exc.DBAPIError) and error.orig is not None else error
+    orig: BaseException = (
+        error.orig if isinstance(error, exc.DBAPIError) and error.orig is not None else error
+    )
     state = _sqlstate(orig)
     if isinstance(error, exc.IntegrityError) or state[:2] == "23":
         return GatewayError(
-            "the change conflicts with existing data (duplicate name or still referenced)", "conflict", status=409
+            "the change conflicts with existing data (duplicate name or still referenced)",
+            "conflict",
+            status=409,
         )
     if state[:2] == "22":
         return BadRequest("a value does not fit its field (too long, out of range or of the wrong type)")
     if (
         state[:2] in _UNAVAILABLE_CLASSES
         or state == _LOCK_NOT_AVAILABLE
-        or isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError)
+        or isinstance(
+            error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError
+        )
         # no statement: the error came while connecting (e.g. "database is not accepting connections")
         or (isinstance(error, exc.DBAPIError) and (error.connection_invalidated or error.statement is None))
         # raw asyncpg (the charge writer): a lost or confused connection
-        or isinstance(orig, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.InternalClientError
-                      | OSError | TimeoutError)
+        or isinstance(
+            orig,
+            asyncpg.PostgresConnectionError
+            | asyncpg.InterfaceError
+            | asyncpg.InternalClientError
+            | OSError
+            | TimeoutError,
+        )
     ):
         return _unavailable(orig)
     return None
@@ -155,7 +167,9 @@ class SqlErrors:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
         self.__exit__(kind, error, tb)
 
 
@@ -182,7 +196,9 @@ class ChargeWriter:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(
-                        self._dsn, timeout=5, command_timeout=15,
+                        self._dsn,
+                        timeout=5,
+                        command_timeout=15,
                         server_settings={"lock_timeout": "5000", "statement_timeout": "15000"},
                     )
                 return list(await self._conn.fetch(statement, *args))
@@ -275,8 +291,13 @@ class SqlStore:
             options.update(pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=_PG_CONNECT_ARGS)
         # JSON columns through msgspec: the usage writer serializes four per record, std json is the slow part;
         # hide_parameters: a statement error (logged by callers) never carries key hashes or catalogue values
-        engine = create_async_engine(url, json_serializer=_json_text, json_deserializer=msgspec.json.decode,
-                                     hide_parameters=True, **options)
+        engine = create_async_engine(
+            url,
+            json_serializer=_json_text,
+            json_deserializer=msgspec.json.decode,
+            hide_parameters=True,
+            **options,
+        )
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -370,17 +391,24 @@ class SqlStore:
 
     def organisation_from_row(self, row: RowLike) -> Organisation:
         """Build an Organisation from a row."""
-        return Organisation(id=row["id"], name=row["name"], timezone=row["timezone"], policies=row["policies"] or {})
+        return Organisation(
+            id=row["id"], name=row["name"], timezone=row["timezone"], policies=row["policies"] or {}
+        )
 
     def team_from_row(self, row: RowLike) -> Team:
         """Build a Team from a row."""
         return Team(
-            id=row["id"], organisation_id=row["organisation_id"], name=row["name"], policies=row["policies"] or {}
+            id=row["id"],
+            organisation_id=row["organisation_id"],
+            name=row["name"],
+            policies=row["policies"] or {},
         )
 
     def user_from_row(self, row: RowLike) -> User:
         """Build a User from a row."""
-        return User(id=row["id"], organisation_id=row["organisation_id"], email=row["email"], name=row["name"])
+        return User(
+            id=row["id"], organisation_id=row["organisation_id"], email=row["email"], name=row["name"]
+        )
 
     def key_from_row(self, row: RowLike) -> ApiKeyRecord:
         """Build an ApiKeyRecord from a row."""
@@ -505,7 +533,9 @@ class SqlStore:
             if sqlite:
                 await conn.exec_driver_sql(_USAGE_INSERT_SQLITE, rows)
             else:
-                await conn.exec_driver_sql(_USAGE_INSERT_PG, tuple(list(column) for column in zip(*rows)))
+                await conn.exec_driver_sql(
+                    _USAGE_INSERT_PG, tuple(list(column) for column in zip(*rows, strict=False))
+                )
 
     async def ping(self) -> None:
         """Raise DependencyUnavailable when the database cannot answer."""
@@ -547,10 +577,14 @@ def _pg_array_type(column: sa.Column[Any]) -> str:
 # row, about 5x less work for the database than executemany)
 _USAGE_INSERT_PG = (
     f"INSERT INTO usage_records ({', '.join(_USAGE_FIELDS)}) SELECT "
-    + ", ".join(f"{name}::jsonb" if index in _JSON_COLUMNS else name for index, name in enumerate(_USAGE_FIELDS))
+    + ", ".join(
+        f"{name}::jsonb" if index in _JSON_COLUMNS else name for index, name in enumerate(_USAGE_FIELDS)
+    )
     + " FROM unnest("
-    + ", ".join(f"${n}::{_pg_array_type(schema.usage_records.c[name])}[]"
-                for n, name in enumerate(_USAGE_FIELDS, start=1))
+    + ", ".join(
+        f"${n}::{_pg_array_type(schema.usage_records.c[name])}[]"
+        for n, name in enumerate(_USAGE_FIELDS, start=1)
+    )
     + f") AS batch({', '.join(_USAGE_FIELDS)}) ON CONFLICT (id) DO NOTHING"
 )
 

@@ -107,7 +107,12 @@ def _pricing(pricing: Object, field: str = "pricing") -> Object:
     for name, price in pricing.items():
         if isinstance(price, dict):
             _pricing(price, f"{field}.{name}")
-        elif isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
+        elif (
+            isinstance(price, bool)
+            or not isinstance(price, int | float)
+            or not math.isfinite(price)
+            or price < 0
+        ):
             raise BadRequest(f"{field}.{name} must be a non-negative number")
     return pricing
 
@@ -332,7 +337,8 @@ def provider_config(config: dict[str, Any]) -> dict[str, Any]:
     """A provider's `config`, its timeouts checked here: a bad one would fail every call to the provider."""
     for name in PROVIDER_TIMEOUTS:
         timeout = config.get(name)
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                    or not 0 < timeout <= 2**31 - 1):
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 2**31 - 1
+        ):
             raise BadRequest(f"provider: config.{name} must be a positive number of milliseconds")
     return config

@@ -33,14 +33,20 @@ class _AiohttpErrors:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
         if isinstance(error, TimeoutError):
-            message = "upstream exceeded its total timeout" if self._body else "upstream did not answer in time"
+            message = (
+                "upstream exceeded its total timeout" if self._body else "upstream did not answer in time"
+            )
             raise UpstreamError(message, "upstream_timeout", kind="timeout") from None
         if isinstance(error, aiohttp.ClientError):
             if self._body:
-                raise UpstreamError(f"upstream connection broke mid-response ({type(error).__name__})",
-                                    "upstream_error", kind="protocol") from None
-            raise UpstreamError(f"upstream unreachable ({type(error).__name__})", "upstream_unreachable",
-                                kind="connect") from None
+                raise UpstreamError(
+                    f"upstream connection broke mid-response ({type(error).__name__})",
+                    "upstream_error",
+                    kind="protocol",
+                ) from None
+            raise UpstreamError(
+                f"upstream unreachable ({type(error).__name__})", "upstream_unreachable", kind="connect"
+            ) from None
 
 
 _HEAD_ERRORS = _AiohttpErrors(body=False)
@@ -106,7 +112,11 @@ class AiohttpTransport:
                 try:
                     async with asyncio.timeout(min(t.first_byte_s, t.total_s)):
                         resp = await self._session.request(
-                            request.method, request.url, headers=request.headers, data=request.body, timeout=timeout
+                            request.method,
+                            request.url,
+                            headers=request.headers,
+                            data=request.body,
+                            timeout=timeout,
                         )
                     return AiohttpResponse(resp, deadline)
                 except _STALE as exc:

@@ -79,8 +79,13 @@ class _Connection(asyncio.Protocol):
             if self.received_any:
                 self._fail(UpstreamError("upstream connection broke mid-response", kind="protocol"))
             else:
-                self._fail(UpstreamError("upstream closed the connection without answering",
-                                         "upstream_unreachable", kind="connect"))
+                self._fail(
+                    UpstreamError(
+                        "upstream closed the connection without answering",
+                        "upstream_unreachable",
+                        kind="connect",
+                    )
+                )
 
     def pause_writing(self) -> None:  # requests are written whole; the kernel buffer absorbs them
         pass
@@ -117,7 +122,9 @@ class _Connection(asyncio.Protocol):
     # --- helpers ---------------------------------------------------------------------------------------------
 
     def _close_delimited(self) -> bool:
-        return "content-length" not in self.headers and "chunked" not in self.headers.get("transfer-encoding", "")
+        return "content-length" not in self.headers and "chunked" not in self.headers.get(
+            "transfer-encoding", ""
+        )
 
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
@@ -172,8 +179,9 @@ class Http11Response:
         self.headers = conn.headers
         # one timer for the whole body (cheaper than a timeout context around every read)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), conn.expire,
-                                   "exceeded its total timeout")
+        self._timer = loop.call_at(
+            loop.time() + max(0.0, deadline - time.monotonic()), conn.expire, "exceeded its total timeout"
+        )
 
     async def _next(self) -> bytes | None:
         """The next body bytes, or None at the end of the body."""
@@ -216,8 +224,13 @@ class Http11Response:
         self._done = True
         self._timer.cancel()
         conn = self._conn
-        if conn.complete and conn.error is None and conn.alive and conn.keep_alive \
-                and len(self._pool) < _MAX_IDLE_PER_ORIGIN:
+        if (
+            conn.complete
+            and conn.error is None
+            and conn.alive
+            and conn.keep_alive
+            and len(self._pool) < _MAX_IDLE_PER_ORIGIN
+        ):
             conn.idle_since = time.monotonic()
             self._pool.append(conn)
         else:
@@ -248,15 +261,18 @@ class Http11Transport:
         try:
             async with asyncio.timeout(timeout_s):
                 _, conn = await loop.create_connection(
-                    _Connection, host, port,
+                    _Connection,
+                    host,
+                    port,
                     ssl=self._ssl_context() if scheme == "https" else None,
                     server_hostname=host if scheme == "https" else None,
                 )
         except TimeoutError:
             raise _timeout_error("connection timed out") from None
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamError(f"upstream unreachable ({type(exc).__name__})", "upstream_unreachable",
-                                kind="connect") from None
+            raise UpstreamError(
+                f"upstream unreachable ({type(exc).__name__})", "upstream_unreachable", kind="connect"
+            ) from None
         return conn
 
     def _idle(self, pool: deque[_Connection]) -> _Connection | None:
@@ -280,9 +296,14 @@ class Http11Transport:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         body = request.body or b""
         host_header = host if parts.port is None else f"{host}:{port}"
-        head = [f"{request.method} {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {len(body)}\r\n"]
-        head.extend(f"{name}: {value}\r\n" for name, value in request.headers.items()
-                    if name.lower() not in ("host", "content-length", "transfer-encoding", "connection"))
+        head = [
+            f"{request.method} {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {len(body)}\r\n"
+        ]
+        head.extend(
+            f"{name}: {value}\r\n"
+            for name, value in request.headers.items()
+            if name.lower() not in ("host", "content-length", "transfer-encoding", "connection")
+        )
         head.append("\r\n")
         payload = "".join(head).encode("latin-1") + body
         t = request.timeouts

@@ -98,8 +98,16 @@ def anthropic_stream(body: dict[str, Any]) -> StreamRelay:
 
 def messages_endpoint() -> ForwardEndpoint:
     """`POST /v1/messages`."""
-    return ForwardEndpoint("anthropic.messages", "/v1/messages", "anthropic", dialect=dialect("anthropic"),
-                           usage=anthropic.usage_from,
-                           stream=anthropic_stream, max_tokens=requested_max_tokens, set_cap=set_max_tokens,
-                           validate=check_messages_body,
-                           forward_headers=FORWARDED_HEADERS, error=anthropic.error_body)
+    return ForwardEndpoint(
+        "anthropic.messages",
+        "/v1/messages",
+        "anthropic",
+        dialect=dialect("anthropic"),
+        usage=anthropic.usage_from,
+        stream=anthropic_stream,
+        max_tokens=requested_max_tokens,
+        set_cap=set_max_tokens,
+        validate=check_messages_body,
+        forward_headers=FORWARDED_HEADERS,
+        error=anthropic.error_body,
+    )

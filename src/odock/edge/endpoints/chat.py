@@ -66,7 +66,9 @@ class OpenAIChatEndpoint(LLMEndpoint):
         body = upstream_json(call, self.dialect, candidate.model.slug)
         body["model"] = candidate.model.slug
         if ctx.output_cap_added and ctx.max_tokens is not None:  # the final gate chose the cap: send it
-            openai_chat.set_output_cap(body, ctx.max_tokens, vllm=family_of(candidate.provider.type) == "vllm")
+            openai_chat.set_output_cap(
+                body, ctx.max_tokens, vllm=family_of(candidate.provider.type) == "vllm"
+            )
         adapter = adapter_for(candidate.provider.type)
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
         return await call.send(candidate, url, _encode(body))
@@ -75,9 +77,13 @@ class OpenAIChatEndpoint(LLMEndpoint):
         assert upstream is not None
         if call.ctx.stream:
             show_usage = bool(call.route_state)
-            inspected = inspected_stream(call, self.dialect, upstream, StreamOptions(include_usage=show_usage))
-            produce, fail = inspected or (openai_sse(call, upstream, show_usage_chunk=show_usage),
-                                          openai_chat.stream_error)
+            inspected = inspected_stream(
+                call, self.dialect, upstream, StreamOptions(include_usage=show_usage)
+            )
+            produce, fail = inspected or (
+                openai_sse(call, upstream, show_usage_chunk=show_usage),
+                openai_chat.stream_error,
+            )
             await call.stream(produce, fail)
         else:
             data, parsed = await relay_openai_unary(call, upstream)
@@ -85,15 +91,39 @@ class OpenAIChatEndpoint(LLMEndpoint):
 
 
 # fields of a unified request; anything else cannot be carried across providers and is refused, never dropped
-UNIFIED_FIELDS = frozenset({
-    "provider", "model", "messages", "temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k", "stop",
-    "presence_penalty", "frequency_penalty", "seed", "metadata", "response_format", "tools", "tool_choice",
-    "stream", "stream_options", "include_usage", "reasoning_effort", "provider_options", "include_raw",
-})
+UNIFIED_FIELDS = frozenset(
+    {
+        "provider",
+        "model",
+        "messages",
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_p",
+        "top_k",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "metadata",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "stream",
+        "stream_options",
+        "include_usage",
+        "reasoning_effort",
+        "provider_options",
+        "include_raw",
+    }
+)
 # fields of one unified message (reference §10.3: `content_blocks` may stand beside `content`), and of its parts
 MESSAGE_FIELDS = frozenset({"role", "content", "content_blocks", "name", "tool_calls", "tool_call_id"})
-PART_FIELDS = {"text": frozenset({"type", "text"}), "image_url": frozenset({"type", "image_url"}),
-               "refusal": frozenset({"type", "refusal"})}
+PART_FIELDS = {
+    "text": frozenset({"type", "text"}),
+    "image_url": frozenset({"type", "image_url"}),
+    "refusal": frozenset({"type", "refusal"}),
+}
 # what `provider_options` may never set: the call's identity and shape stay the gateway's
 RESERVED_OPTIONS = frozenset({"model", "stream", "stream_options"})
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
@@ -110,8 +140,10 @@ def check_messages(body: dict[str, Any]) -> None:
             continue
         unknown = sorted(set(message) - MESSAGE_FIELDS)
         if unknown:
-            raise BadRequest(f"messages[{i}]: unsupported field(s) on /v1/llm/chat: {', '.join(unknown)}",
-                             "invalid_request")
+            raise BadRequest(
+                f"messages[{i}]: unsupported field(s) on /v1/llm/chat: {', '.join(unknown)}",
+                "invalid_request",
+            )
         blocks = message.pop("content_blocks", None)
         if blocks is not None:
             if not isinstance(blocks, list):
@@ -126,8 +158,10 @@ def check_messages(body: dict[str, Any]) -> None:
             allowed = PART_FIELDS.get(str(part.get("type")))
             extra = sorted(set(part) - allowed) if allowed is not None else []
             if extra:
-                raise BadRequest(f"messages[{i}].content[{j}]: unsupported field(s) on /v1/llm/chat: "
-                                 f"{', '.join(extra)}", "invalid_request")
+                raise BadRequest(
+                    f"messages[{i}].content[{j}]: unsupported field(s) on /v1/llm/chat: {', '.join(extra)}",
+                    "invalid_request",
+                )
 
 
 def check_provider_options(raw: Any) -> dict[str, dict[str, Any]]:
@@ -138,13 +172,17 @@ def check_provider_options(raw: Any) -> dict[str, dict[str, Any]]:
         raise BadRequest("provider_options: expected an object keyed by provider", "invalid_request")
     for family, options in raw.items():
         if family not in FAMILIES:
-            raise BadRequest(f"provider_options.{family}: unknown provider (one of: {', '.join(sorted(FAMILIES))})",
-                             "invalid_request")
+            raise BadRequest(
+                f"provider_options.{family}: unknown provider (one of: {', '.join(sorted(FAMILIES))})",
+                "invalid_request",
+            )
         if not isinstance(options, dict):
             raise BadRequest(f"provider_options.{family}: expected an object", "invalid_request")
         reserved = sorted(RESERVED_OPTIONS & set(options))
         if reserved:
-            raise BadRequest(f"provider_options.{family}: cannot set {', '.join(reserved)}", "invalid_request")
+            raise BadRequest(
+                f"provider_options.{family}: cannot set {', '.join(reserved)}", "invalid_request"
+            )
     return raw
 
 
@@ -173,8 +211,11 @@ class UnifiedState:
         reachable = {family_of(c.provider.type) for c in call.plan.candidates}
         stray = sorted(set(self.options) - reachable)
         if stray:
-            raise BadRequest(f"provider_options.{stray[0]}: model {call.ctx.requested_model!r} is not served by "
-                             f"{stray[0]} on this call", "invalid_request")
+            raise BadRequest(
+                f"provider_options.{stray[0]}: model {call.ctx.requested_model!r} is not served by "
+                f"{stray[0]} on this call",
+                "invalid_request",
+            )
         options = self.options.get(family_of(candidate.provider.type))
         return {**upstream, **options} if options else upstream
 
@@ -269,15 +310,19 @@ class UnifiedChatEndpoint(LLMEndpoint):
             answer.provider = family_of(provider.type)
             ctx.usage, ctx.raw_usage = answer.usage, answer.raw_usage
             await call.answered(answer)
-            raw = {"raw_usage": answer.raw_usage, "provider_request_id": ctx.provider_request_id,
-                   "raw": parsed} if state.include_raw else None
+            raw = (
+                {"raw_usage": answer.raw_usage, "provider_request_id": ctx.provider_request_id, "raw": parsed}
+                if state.include_raw
+                else None
+            )
             await call.respond(200, unified_response(answer, model=name, raw=raw))
         elif upstream_dialect.client is UNIFIED.client and not call.pipeline.delta_stages:
             # the upstream streams the client's own wire format: relay its bytes, naming the Odock model
             relayed = openai_sse(call, upstream, show_usage_chunk=show_usage)
             await call.stream(rename_model(relayed, name.encode()), openai_chat.stream_error)
         else:
-            encoder = UNIFIED.client.stream_encoder(model=name, request_id=ctx.request_id,
-                                                    options=StreamOptions(include_usage=show_usage))
+            encoder = UNIFIED.client.stream_encoder(
+                model=name, request_id=ctx.request_id, options=StreamOptions(include_usage=show_usage)
+            )
             decoder = upstream_dialect.upstream.stream_decoder()
             await call.stream(translate_stream(call, upstream, decoder, encoder), encoder.fail)

@@ -42,18 +42,22 @@ async def inspect_unary(call: Call, dialect: Dialect | None, parsed: Any, data: 
         return data
     response = dialect.upstream.decode_response(parsed)
     await call.answered(response)
-    encoded = msgspec.json.decode(dialect.client.encode_response(response, model=str(parsed.get("model", ""))))
+    encoded = msgspec.json.decode(
+        dialect.client.encode_response(response, model=str(parsed.get("model", "")))
+    )
     return msgspec.json.encode({**parsed, **encoded}) if isinstance(encoded, dict) else data
 
 
-def inspected_stream(call: Call, dialect: Dialect | None, upstream: UpstreamResponse,
-                     options: StreamOptions) -> tuple[AsyncIterator[bytes], FailFn] | None:
+def inspected_stream(
+    call: Call, dialect: Dialect | None, upstream: UpstreamResponse, options: StreamOptions
+) -> tuple[AsyncIterator[bytes], FailFn] | None:
     """A stream whose every event passes the stages' delta hooks, re-encoded in the route's dialect; None when
     no stage looks at deltas (the route relays bytes)."""
     if dialect is None or not call.pipeline.delta_stages:
         return None
-    encoder = dialect.client.stream_encoder(model=call.ctx.requested_model or "", request_id=call.ctx.request_id,
-                                            options=options)
+    encoder = dialect.client.stream_encoder(
+        model=call.ctx.requested_model or "", request_id=call.ctx.request_id, options=options
+    )
     decoder = dialect.upstream.stream_decoder()
 
     def fail(err: GatewayError) -> bytes:
@@ -62,8 +66,9 @@ def inspected_stream(call: Call, dialect: Dialect | None, upstream: UpstreamResp
     return translate_stream(call, upstream, decoder, encoder), fail
 
 
-async def translate_stream(call: Call, resp: UpstreamResponse, decoder: StreamDecoder,
-                           encoder: StreamEncoder) -> AsyncIterator[bytes]:
+async def translate_stream(
+    call: Call, resp: UpstreamResponse, decoder: StreamDecoder, encoder: StreamEncoder
+) -> AsyncIterator[bytes]:
     """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
     parser = SSEParser()
     inspect = bool(call.pipeline.delta_stages)

@@ -73,8 +73,10 @@ def check_family(candidate: Candidate, family: str) -> None:
     """A same-dialect forward can only reach the route's family (a routing fallback of another family cannot)."""
     got = family_of(candidate.provider.type)
     if got != family:
-        raise BadRequest(f"model {candidate.model.name!r} is served by a {got} provider; this route only "
-                         f"reaches {family}", "provider_not_allowed")
+        raise BadRequest(
+            f"model {candidate.model.name!r} is served by a {got} provider; this route only reaches {family}",
+            "provider_not_allowed",
+        )
 
 
 def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
@@ -83,8 +85,15 @@ def copy_headers(call: Call, names: tuple[str, ...]) -> dict[str, str]:
     return {name: headers[name] for name in names if headers.get(name)}
 
 
-async def relay_unary(call: Call, resp: UpstreamResponse, usage_key: str, usage: UsageFn,
-                      dialect: Dialect | None = None, *, counts_images: bool = False) -> None:
+async def relay_unary(
+    call: Call,
+    resp: UpstreamResponse,
+    usage_key: str,
+    usage: UsageFn,
+    dialect: Dialect | None = None,
+    *,
+    counts_images: bool = False,
+) -> None:
     """Relay a unary upstream answer byte for byte, capturing its usage when it is JSON (re-encoded only when
     a stage needs the decoded response); on image routes the images returned are billed per image."""
     data = await resp.read()
@@ -124,7 +133,9 @@ def sse_frames(resp: UpstreamResponse) -> AsyncIterator[list[bytes]]:
     return cast(AsyncIterator[list[bytes]], _frames(resp, ()))
 
 
-def sse_frames_passing(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> AsyncIterator[list[bytes] | bytes]:
+def sse_frames_passing(
+    resp: UpstreamResponse, untouched: tuple[bytes, ...]
+) -> AsyncIterator[list[bytes] | bytes]:
     """`sse_frames`, except that a chunk of whole events (nothing buffered before it, a blank line at its end, no
     CR) holding none of the `untouched` markers comes as the bytes it is, for the caller to pass through."""
     return _frames(resp, untouched)
@@ -133,8 +144,13 @@ def sse_frames_passing(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> 
 async def _frames(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> AsyncIterator[list[bytes] | bytes]:
     buffer = b""
     async for chunk in resp.iter_chunks():
-        if untouched and not buffer and chunk.endswith(b"\n\n") and b"\r" not in chunk \
-                and not any(marker in chunk for marker in untouched):
+        if (
+            untouched
+            and not buffer
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and not any(marker in chunk for marker in untouched)
+        ):
             yield chunk
             continue
         buffer += chunk
@@ -145,7 +161,7 @@ async def _frames(resp: UpstreamResponse, untouched: tuple[bytes, ...]) -> Async
         end = buffer.rfind(b"\n\n")
         if end < 0:
             continue
-        ready, buffer = buffer[:end], buffer[end + 2:]
+        ready, buffer = buffer[:end], buffer[end + 2 :]
         events = [event for event in ready.split(b"\n\n") if event.strip()]
         if events:
             yield events
@@ -179,21 +195,32 @@ def sse_data(event: bytes) -> Any:
 class ForwardEndpoint(LLMEndpoint):
     """A native JSON route forwarded to one upstream path of its family with only `model` rewritten."""
 
-    def __init__(self, name: str, path: str, family: str, *, dialect: Dialect | None = None,
-                 usage: UsageFn = usage_any, usage_key: str = "usage", stream: StreamStart | None = None,
-                 max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
-                 set_cap: Callable[[dict[str, Any], int], None] | None = None,
-                 output: Literal["text", "none", "images", "other"] = "other",
-                 validate: Callable[[dict[str, Any]], None] | None = None,
-                 forward_headers: tuple[str, ...] = (),
-                 error: Callable[[GatewayError], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        family: str,
+        *,
+        dialect: Dialect | None = None,
+        usage: UsageFn = usage_any,
+        usage_key: str = "usage",
+        stream: StreamStart | None = None,
+        max_tokens: Callable[[dict[str, Any]], int | None] | None = None,
+        set_cap: Callable[[dict[str, Any], int], None] | None = None,
+        output: Literal["text", "none", "images", "other"] = "other",
+        validate: Callable[[dict[str, Any]], None] | None = None,
+        forward_headers: tuple[str, ...] = (),
+        error: Callable[[GatewayError], bytes] | None = None,
+    ) -> None:
         """`max_tokens` reads the request's output cap and `set_cap` writes the gateway's when it named none (a
         route with both bounds its output: "text"); `output` says what bounds it otherwise ("images": an image
         route, whose `per_image` pricing bills each image returned)."""
         self.name = name
         self.path = path
         self.family = family
-        self.dialect = dialect  # the route's wire format, when it has a codec (None: stages see raw JSON only)
+        self.dialect = (
+            dialect  # the route's wire format, when it has a codec (None: stages see raw JSON only)
+        )
         self.usage = usage
         self.usage_key = usage_key
         self.stream_start = stream
@@ -242,8 +269,14 @@ class ForwardEndpoint(LLMEndpoint):
         assert upstream is not None
         relay: StreamRelay | None = call.route_state
         if relay is None:
-            await relay_unary(call, upstream, self.usage_key, self.usage, self.dialect,
-                              counts_images=self.output == "images")
+            await relay_unary(
+                call,
+                upstream,
+                self.usage_key,
+                self.usage,
+                self.dialect,
+                counts_images=self.output == "images",
+            )
             return
         assert call.json is not None
         options = StreamOptions(include_usage=want_stream_usage(call.json))
@@ -286,8 +319,9 @@ def _malformed(why: str) -> BadRequest:
 def multipart_boundary(content_type: str) -> str:
     """The boundary of a multipart/form-data Content-Type (400 invalid_request_body otherwise)."""
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
-        raise BadRequest(f"expected a multipart/form-data body, got Content-Type {content_type!r}",
-                         "invalid_request_body")
+        raise BadRequest(
+            f"expected a multipart/form-data body, got Content-Type {content_type!r}", "invalid_request_body"
+        )
     boundary = header_param(content_type, "boundary")
     if not boundary or len(boundary) > 70:
         raise _malformed("missing or invalid boundary")
@@ -319,7 +353,7 @@ def scan_multipart(boundary: str, body: bytes) -> list[FormPart]:
         if end < 0:
             raise _malformed("truncated (no closing boundary)")
         disposition = ""
-        for line in body[pos + 2:head_end].decode("utf-8", "replace").split("\r\n"):
+        for line in body[pos + 2 : head_end].decode("utf-8", "replace").split("\r\n"):
             key, _, value = line.partition(":")
             if key.strip().lower() == "content-disposition":
                 disposition = value.strip()
@@ -338,8 +372,16 @@ class MultipartForwardEndpoint(LLMEndpoint):
     The received buffer is the only copy of the files: splicing the slug builds the upstream body and the
     received one is released, so the upload is held once while the upstream call runs."""
 
-    def __init__(self, name: str, path: str, family: str, *, file_fields: tuple[str, ...],
-                 usage: UsageFn = usage_any, images: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        family: str,
+        *,
+        file_fields: tuple[str, ...],
+        usage: UsageFn = usage_any,
+        images: bool = False,
+    ) -> None:
         """`images`: the uploads are images and the answer generates `n` of them (edits, variations)."""
         self.images = images
         self.name = name
@@ -359,25 +401,27 @@ class MultipartForwardEndpoint(LLMEndpoint):
         field = models[0]
         if field.end - field.start > MAX_MODEL_NAME_BYTES:
             raise BadRequest(f"'model' exceeds {MAX_MODEL_NAME_BYTES} bytes", "invalid_request")
-        name = received[field.start:field.end].decode("utf-8", "replace").strip()
+        name = received[field.start : field.end].decode("utf-8", "replace").strip()
         if not name:
             raise BadRequest("'model' must be a non-empty string", "invalid_request")
         if not any(p.name in self.file_fields and p.filename is not None for p in parts):
             wanted = " or ".join(repr(f) for f in self.file_fields)
             raise BadRequest(f"a file part named {wanted} is required", "invalid_request")
-        if any(p.name == "stream" and received[p.start:p.end].strip().lower() == b"true" for p in parts):
+        if any(p.name == "stream" and received[p.start : p.end].strip().lower() == b"true" for p in parts):
             raise BadRequest(f"streaming is not supported on {call.exchange.path}", "invalid_request")
         prompt = next((p for p in parts if p.name == "prompt" and p.filename is None), None)
         prompt_bytes = prompt.end - prompt.start if prompt else 0
         call.ctx.estimated_input_tokens = estimate_tokens(prompt_bytes)
         uploads = sum(1 for p in parts if p.filename is not None)
         n = next((p for p in parts if p.name == "n" and p.filename is None), None)
-        count = received[n.start:n.end].strip() if n is not None else b""
+        count = received[n.start : n.end].strip() if n is not None else b""
         # the form's text fields are bounded by their bytes like a JSON body; each upload by its kind
         call.ctx.prompt = PromptShape(
             size=len(received) - sum(p.end - p.start for p in parts if p.filename is not None),
-            images=uploads if self.images else 0, files=0 if self.images else uploads,
-            choices=int(count) if count.isdigit() and int(count) > 0 else 1)
+            images=uploads if self.images else 0,
+            files=0 if self.images else uploads,
+            choices=int(count) if count.isdigit() and int(count) > 0 else 1,
+        )
         call.ctx.output = "images" if self.images else "other"
         call.ctx.requested_model = name
         # from here on only the upload holds the files; each attempt re-splices only when its slug differs
@@ -411,9 +455,9 @@ class _Upload:
 
     def splice(self, slug: bytes) -> None:
         """Put `slug` in the model field (a new buffer only when it differs from what is there)."""
-        if self.body[self.start:self.end] != slug:
+        if self.body[self.start : self.end] != slug:
             with memoryview(self.body) as view:
-                self.body = b"".join((view[:self.start], slug, view[self.end:]))
+                self.body = b"".join((view[: self.start], slug, view[self.end :]))
             self.end = self.start + len(slug)
 
 
@@ -421,10 +465,13 @@ def openai_media_routes() -> dict[str, LLMEndpoint]:
     """The OpenAI embeddings and images routes."""
     return {
         "/v1/embeddings": ForwardEndpoint("openai.embeddings", "/embeddings", "openai", output="none"),
-        "/v1/images/generations": ForwardEndpoint("openai.images.generations", "/images/generations", "openai",
-                                                  output="images"),
-        "/v1/images/edits": MultipartForwardEndpoint("openai.images.edits", "/images/edits", "openai",
-                                                     file_fields=("image", "image[]"), images=True),
-        "/v1/images/variations": MultipartForwardEndpoint("openai.images.variations", "/images/variations", "openai",
-                                                          file_fields=("image",), images=True),
+        "/v1/images/generations": ForwardEndpoint(
+            "openai.images.generations", "/images/generations", "openai", output="images"
+        ),
+        "/v1/images/edits": MultipartForwardEndpoint(
+            "openai.images.edits", "/images/edits", "openai", file_fields=("image", "image[]"), images=True
+        ),
+        "/v1/images/variations": MultipartForwardEndpoint(
+            "openai.images.variations", "/images/variations", "openai", file_fields=("image",), images=True
+        ),
     }

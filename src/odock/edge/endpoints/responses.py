@@ -76,8 +76,9 @@ class ResponsesRelay:
                     if isinstance(err.get("response"), dict):
                         err = err["response"].get("error") or {}
                     message = err.get("message", "unknown error") if isinstance(err, dict) else str(err)
-                    raise UpstreamError(f"upstream error mid-stream: {message}", kind="5xx",
-                                        upstream_body=event)
+                    raise UpstreamError(
+                        f"upstream error mid-stream: {message}", kind="5xx", upstream_body=event
+                    )
                 self.events += 1
                 out.append(event + b"\n\n")
             if out:
@@ -88,7 +89,13 @@ class ResponsesRelay:
     def fail(self, err: GatewayError) -> bytes:
         """An `error` event, then `response.failed` on the envelope seen so far (nothing looks complete)."""
         seq = self.events
-        error = {"type": "error", "code": err.code, "message": err.message, "param": None, "sequence_number": seq}
+        error = {
+            "type": "error",
+            "code": err.code,
+            "message": err.message,
+            "param": None,
+            "sequence_number": seq,
+        }
         out = sse(msgspec.json.encode(error), "error")
         if self.envelope is not None:
             code = "rate_limit_exceeded" if err.status == 429 else "server_error"
@@ -110,7 +117,14 @@ def responses_stream(body: dict[str, Any]) -> StreamRelay:
 
 def responses_endpoint(route: str = "openai.responses", family: str = "openai") -> ForwardEndpoint:
     """A Responses route of a provider family (openai at /v1/responses, vllm at /v1/vllm/responses)."""
-    return ForwardEndpoint(route, "/responses", family, dialect=dialect("openai_responses"),
-                           usage=openai_responses.usage_from, stream=responses_stream,
-                           max_tokens=max_output_tokens, set_cap=set_max_output_tokens,
-                           error=openai_responses.error_body)
+    return ForwardEndpoint(
+        route,
+        "/responses",
+        family,
+        dialect=dialect("openai_responses"),
+        usage=openai_responses.usage_from,
+        stream=responses_stream,
+        max_tokens=max_output_tokens,
+        set_cap=set_max_output_tokens,
+        error=openai_responses.error_body,
+    )

@@ -64,8 +64,16 @@ class VLLMModelsEndpoint(LLMEndpoint):
             provider = await catalogue.provider(model.provider_id)
             if provider is None or not provider.enabled or family_of(provider.type) != FAMILY:
                 continue
-            data.append({"id": model.name, "object": "model", "created": 0, "owned_by": "odock",
-                         "root": model.name, "parent": None})
+            data.append(
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "odock",
+                    "root": model.name,
+                    "parent": None,
+                }
+            )
         data.sort(key=lambda m: str(m["id"]))
         await call.respond(200, msgspec.json.encode({"object": "list", "data": data}))
 
@@ -84,17 +92,30 @@ def vllm_routes() -> dict[str, Any]:
     routes: dict[str, LLMEndpoint] = {
         f"{PREFIX}/models": VLLMModelsEndpoint(),
         f"{PREFIX}/chat/completions": ForwardEndpoint(
-            "vllm.chat", "/chat/completions", FAMILY, dialect=dialect("vllm_chat"), stream=openai_stream,
-            max_tokens=openai_chat.requested_max_tokens, set_cap=openai_chat.set_max_tokens,
-            validate=openai_chat.check_chat_body),
+            "vllm.chat",
+            "/chat/completions",
+            FAMILY,
+            dialect=dialect("vllm_chat"),
+            stream=openai_stream,
+            max_tokens=openai_chat.requested_max_tokens,
+            set_cap=openai_chat.set_max_tokens,
+            validate=openai_chat.check_chat_body,
+        ),
         f"{PREFIX}/completions": ForwardEndpoint(
-            "vllm.completions", "/completions", FAMILY, stream=openai_stream, max_tokens=_completion_max_tokens,
-            set_cap=openai_chat.set_max_tokens),
+            "vllm.completions",
+            "/completions",
+            FAMILY,
+            stream=openai_stream,
+            max_tokens=_completion_max_tokens,
+            set_cap=openai_chat.set_max_tokens,
+        ),
         f"{PREFIX}/responses": responses_endpoint("vllm.responses", FAMILY),
         f"{PREFIX}/audio/transcriptions": MultipartForwardEndpoint(
-            "vllm.audio", "/audio/transcriptions", FAMILY, file_fields=("file",)),
+            "vllm.audio", "/audio/transcriptions", FAMILY, file_fields=("file",)
+        ),
         f"{PREFIX}/audio/translations": MultipartForwardEndpoint(
-            "vllm.audio", "/audio/translations", FAMILY, file_fields=("file",)),
+            "vllm.audio", "/audio/translations", FAMILY, file_fields=("file",)
+        ),
     }
     for name, path in json_routes.items():  # none of them generates tokens
         routes[f"{PREFIX}/{name}"] = ForwardEndpoint(f"vllm.{name}", path, FAMILY, output="none")

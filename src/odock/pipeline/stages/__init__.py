@@ -29,9 +29,16 @@ if TYPE_CHECKING:
 __all__ = ["Pricer", "listing_stages", "llm_stages"]
 
 
-def llm_stages(*, catalogue: Catalogue, recorder: UsageRecorder, routing: Routing,
-               governance: Governance | None = None, pricer: Pricer | None = None,
-               pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = ()) -> list[Stage]:
+def llm_stages(
+    *,
+    catalogue: Catalogue,
+    recorder: UsageRecorder,
+    routing: Routing,
+    governance: Governance | None = None,
+    pricer: Pricer | None = None,
+    pre_route: Sequence[Stage] = (),
+    pre_upstream: Sequence[Stage] = (),
+) -> list[Stage]:
     """The stages of an LLM call, in order."""
     pricer = pricer or Pricer()
     stages: list[Stage] = []
@@ -47,8 +54,9 @@ def llm_stages(*, catalogue: Catalogue, recorder: UsageRecorder, routing: Routin
     return stages
 
 
-def listing_stages(*, catalogue: Catalogue, governance: Governance | None = None,
-                   pricer: Pricer | None = None) -> list[Stage]:
+def listing_stages(
+    *, catalogue: Catalogue, governance: Governance | None = None, pricer: Pricer | None = None
+) -> list[Stage]:
     """The stages of a call the gateway answers from its catalogue (no upstream, no usage record)."""
     stages: list[Stage] = []
     if governance is not None:

@@ -41,9 +41,15 @@ class ReadBody(Stage):
     async def before(self, call: Call) -> None:
         await call.route.decode(call)
         dialect = call.route.dialect
-        if call.pipeline.needs_request and call.request is None and call.json is not None and dialect is not None:
+        if (
+            call.pipeline.needs_request
+            and call.request is None
+            and call.json is not None
+            and dialect is not None
+        ):
             call.request = call.ctx.request = dialect.client.decode_request(
-                call.json, path_model=call.ctx.requested_model)
+                call.json, path_model=call.ctx.requested_model
+            )
 
 
 # the width of a model name in the catalogue and in the usage ledger
@@ -68,8 +74,10 @@ class ModelAccess(Stage):
             # no model can have such a name, and PostgreSQL could neither look it up nor record it in the ledger:
             # the call's usage record must not carry it either
             ctx.requested_model = None
-            raise BadRequest(f"model: expected a model name of at most {MAX_MODEL_NAME} characters, without NUL",
-                             "invalid_request")
+            raise BadRequest(
+                f"model: expected a model name of at most {MAX_MODEL_NAME} characters, without NUL",
+                "invalid_request",
+            )
         try:
             model = await catalogue.model(ctx.key.organisation_id, name)
         except DependencyUnavailable:
@@ -79,7 +87,9 @@ class ModelAccess(Stage):
         try:
             grants = await catalogue.grants(ctx.key.id)
         except DependencyUnavailable:
-            raise DependencyUnavailable("model access check unavailable", "model_access_unavailable") from None
+            raise DependencyUnavailable(
+                "model access check unavailable", "model_access_unavailable"
+            ) from None
         if model.id not in grants:
             raise Forbidden(f"this API key is not allowed to use model {name!r}", "model_not_allowed")
         candidate = await deployment(catalogue, model)

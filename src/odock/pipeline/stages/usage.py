@@ -56,8 +56,11 @@ class Pricer:
             family = family_of(provider.type) if provider else "unknown"
             for flag in flags:
                 metrics.child(metrics.USAGE_ANOMALIES, family, flag).inc()
-            log.warning("impossible usage from the upstream clamped: %s", ", ".join(flags),
-                        extra={"request_id": ctx.request_id})
+            log.warning(
+                "impossible usage from the upstream clamped: %s",
+                ", ".join(flags),
+                extra={"request_id": ctx.request_id},
+            )
 
 
 def storable(name: str | None) -> bool:
@@ -75,8 +78,14 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
     return {
         "decision": "direct" if direct else "rerouted",
         "attempts": [
-            {"model": a.model, "provider": a.provider, "outcome": a.outcome, "error_class": a.error_class,
-             "status": a.status, "latency_ms": a.latency_ms}
+            {
+                "model": a.model,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "error_class": a.error_class,
+                "status": a.status,
+                "latency_ms": a.latency_ms,
+            }
             for a in ctx.attempts
         ],
     }
@@ -118,41 +127,46 @@ class RecordUsage(Stage):
         if key is None:
             return
         cost = self.pricer.cost(ctx)
-        if self.governance is not None and "above_reservation" not in ctx.usage_flags \
-                and self.governance.above_reservation(ctx, cost):
+        if (
+            self.governance is not None
+            and "above_reservation" not in ctx.usage_flags
+            and self.governance.above_reservation(ctx, cost)
+        ):
             ctx.usage_flags.append("above_reservation")
         usage = ctx.usage
         answered = ctx.answered_by or ctx.model
         provider = ctx.answered_provider or ctx.provider
-        self.recorder.record(UsageRecord(
-            request_id=ctx.request_id,
-            created_at=datetime.now(UTC),
-            organisation_id=key.organisation_id,
-            team_id=key.team_id,
-            user_id=key.user_id,
-            api_key_id=key.id,
-            route=ctx.route,
-            status=ctx.status or 500,
-            outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
-            model=ctx.requested_model if storable(ctx.requested_model) else None,
-            model_slug=answered.slug if answered else None,
-            provider=family_of(provider.type) if provider else None,  # the runtime name (§4.6)
-            stream=ctx.stream,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cached_input_tokens=usage.cached_input_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
-            usage_estimated=usage.estimated if usage else False,
-            latency_ms=ctx.elapsed_ms(),
-            provider_request_id=ctx.provider_request_id,
-            error_code=ctx.error_code,
-            cost_nanos=cost,
-            pricing=answered.pricing if answered and answered.pricing else None,
-            raw_usage=ctx.raw_usage,
-            routing=routing_evidence(ctx),
-            metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
-        ))
+        self.recorder.record(
+            UsageRecord(
+                request_id=ctx.request_id,
+                created_at=datetime.now(UTC),
+                organisation_id=key.organisation_id,
+                team_id=key.team_id,
+                user_id=key.user_id,
+                api_key_id=key.id,
+                route=ctx.route,
+                status=ctx.status or 500,
+                outcome="failed" if ctx.status >= 400 and ctx.outcome == "success" else ctx.outcome,
+                model=ctx.requested_model if storable(ctx.requested_model) else None,
+                model_slug=answered.slug if answered else None,
+                provider=family_of(provider.type) if provider else None,  # the runtime name (§4.6)
+                stream=ctx.stream,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                cached_input_tokens=usage.cached_input_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                usage_estimated=usage.estimated if usage else False,
+                latency_ms=ctx.elapsed_ms(),
+                provider_request_id=ctx.provider_request_id,
+                error_code=ctx.error_code,
+                cost_nanos=cost,
+                pricing=answered.pricing if answered and answered.pricing else None,
+                raw_usage=ctx.raw_usage,
+                routing=routing_evidence(ctx),
+                metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
+            )
+        )
         if usage is not None and provider is not None:
             family = family_of(provider.type)
             metrics.child(metrics.TOKENS, family, "input").inc(usage.total_input)

@@ -50,7 +50,9 @@ def upgrade() -> None:
         *_stamps(),
         sa.PrimaryKeyConstraint("id", name="pk_teams"),
         sa.ForeignKeyConstraint(
-            ["organisation_id"], ["organisations.id"], ondelete="CASCADE",
+            ["organisation_id"],
+            ["organisations.id"],
+            ondelete="CASCADE",
             name="fk_teams_organisation_id_organisations",
         ),
         sa.UniqueConstraint("organisation_id", "name", name="uq_teams_organisation_id_name"),
@@ -64,7 +66,9 @@ def upgrade() -> None:
         *_stamps(),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
         sa.ForeignKeyConstraint(
-            ["organisation_id"], ["organisations.id"], ondelete="CASCADE",
+            ["organisation_id"],
+            ["organisations.id"],
+            ondelete="CASCADE",
             name="fk_users_organisation_id_organisations",
         ),
         sa.UniqueConstraint("organisation_id", "email", name="uq_users_organisation_id_email"),
@@ -88,7 +92,9 @@ def upgrade() -> None:
         *_stamps(),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.ForeignKeyConstraint(
-            ["organisation_id"], ["organisations.id"], ondelete="CASCADE",
+            ["organisation_id"],
+            ["organisations.id"],
+            ondelete="CASCADE",
             name="fk_api_keys_organisation_id_organisations",
         ),
         sa.ForeignKeyConstraint(["team_id"], ["teams.id"], name="fk_api_keys_team_id_teams"),
@@ -126,7 +132,9 @@ def upgrade() -> None:
         *_stamps(),
         sa.PrimaryKeyConstraint("id", name="pk_providers"),
         sa.ForeignKeyConstraint(
-            ["organisation_id"], ["organisations.id"], ondelete="CASCADE",
+            ["organisation_id"],
+            ["organisations.id"],
+            ondelete="CASCADE",
             name="fk_providers_organisation_id_organisations",
         ),
         sa.UniqueConstraint("organisation_id", "name", name="uq_providers_organisation_id_name"),
@@ -146,7 +154,9 @@ def upgrade() -> None:
         *_stamps(),
         sa.PrimaryKeyConstraint("id", name="pk_models"),
         sa.ForeignKeyConstraint(
-            ["organisation_id"], ["organisations.id"], ondelete="CASCADE",
+            ["organisation_id"],
+            ["organisations.id"],
+            ondelete="CASCADE",
             name="fk_models_organisation_id_organisations",
         ),
         sa.ForeignKeyConstraint(["provider_id"], ["providers.id"], name="fk_models_provider_id_providers"),
@@ -160,7 +170,10 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("api_key_id", "model_id", name="pk_key_model_grants"),
         sa.ForeignKeyConstraint(
-            ["api_key_id"], ["api_keys.id"], ondelete="CASCADE", name="fk_key_model_grants_api_key_id_api_keys"
+            ["api_key_id"],
+            ["api_keys.id"],
+            ondelete="CASCADE",
+            name="fk_key_model_grants_api_key_id_api_keys",
         ),
         sa.ForeignKeyConstraint(
             ["model_id"], ["models.id"], ondelete="CASCADE", name="fk_key_model_grants_model_id_models"

@@ -26,7 +26,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("reserved_nanos", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("charged_nanos", sa.BigInteger(), nullable=True))
         batch.drop_constraint("uq_budget_events_window_threshold", type_="unique")
-        batch.create_unique_constraint("uq_budget_events_event", ["window_key", "kind", "threshold", "request_id"])
+        batch.create_unique_constraint(
+            "uq_budget_events_event", ["window_key", "kind", "threshold", "request_id"]
+        )
 
 
 def downgrade() -> None:
