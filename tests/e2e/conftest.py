@@ -26,8 +26,11 @@ from tests.conftest import REDIS_HOST, REDIS_PORT, require_service
 from tests.harness import GatewayProcess
 
 # a Redis database of its own, flushed around every cluster test (the gateway's keys are not prefixable per test)
-E2E_REDIS_DB = 11
-E2E_SHARED_REDIS_DB = 12  # the module-shared pair's
+# Redis databases of their own, flushed around each test: one pair per xdist worker (gw0 -> 4/5, gw1 -> 6/7, …;
+# databases 0-3 are for tests that namespace their keys instead)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+E2E_REDIS_DB = 4 + 2 * (_WORKER % 6)
+E2E_SHARED_REDIS_DB = E2E_REDIS_DB + 1  # the module-shared pair's
 # USD per million tokens; input 0 makes a call's worst case exactly max_tokens × output rate, so when the mock
 # answers exactly max_tokens words the settled cost equals the reservation (deterministic budget arithmetic)
 EXACT_PRICING = {"input": 0, "output": 2.0}
