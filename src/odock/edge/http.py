@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from odock.dialects.body import decode_json
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, PayloadTooLarge, RequestTimeout
 
 Scope = MutableMapping[str, Any]
@@ -24,7 +23,6 @@ __all__ = [
     "Request",
     "Scope",
     "Send",
-    "decode_json",
     "render_error",
 ]
 

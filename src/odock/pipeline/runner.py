@@ -10,7 +10,6 @@ reference order of each kind of call.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from odock.routing.router import AttemptObserver
     from odock.state.catalogue import Catalogue
     from odock.transport.base import Transport
-
-log = logging.getLogger("odock.pipeline")
 
 
 @dataclass(slots=True, frozen=True)

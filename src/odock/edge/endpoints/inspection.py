@@ -8,7 +8,7 @@ the normalized model does not carry (a provider's newest options) still reach th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ from odock.model import StreamEvent, UsageEvent
 from odock.pipeline.call import Call, FinalChunk
 from odock.transport.base import UpstreamResponse
 
-FailFn = Any  # Callable[[GatewayError], bytes]
+FailFn = Callable[[GatewayError], bytes]
 
 
 def upstream_json(call: Call, dialect: Dialect | None, slug: str) -> dict[str, Any]:
@@ -60,10 +60,7 @@ def inspected_stream(
     )
     decoder = dialect.upstream.stream_decoder()
 
-    def fail(err: GatewayError) -> bytes:
-        return encoder.fail(err)
-
-    return translate_stream(call, upstream, decoder, encoder), fail
+    return translate_stream(call, upstream, decoder, encoder), encoder.fail
 
 
 async def translate_stream(
