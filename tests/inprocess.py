@@ -54,7 +54,12 @@ class InProcessGateway:
 
 @asynccontextmanager
 async def in_process_gateway(
-    tmp_path: Path, *, pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = (), **settings: Any
+    tmp_path: Path,
+    *,
+    pre_route: Sequence[Stage] = (),
+    pre_reserve: Sequence[Stage] = (),
+    pre_upstream: Sequence[Stage] = (),
+    **settings: Any,
 ) -> AsyncIterator[InProcessGateway]:
     """A seeded gateway (tests.harness.seed_basic) with optional extra stages, started and stopped around the block."""
     config = Settings(
@@ -66,8 +71,10 @@ async def in_process_gateway(
     mock = create_mock()
     transport = ASGITransport(mock)
     gateway = await Gateway.open(config, transport=transport)
-    if pre_route or pre_upstream:
-        gateway.pipelines = gateway.build_pipelines(pre_route=pre_route, pre_upstream=pre_upstream)
+    if pre_route or pre_reserve or pre_upstream:
+        gateway.pipelines = gateway.build_pipelines(
+            pre_route=pre_route, pre_reserve=pre_reserve, pre_upstream=pre_upstream
+        )
     app = create_app(config, gateway)
     await gateway.start()
     app.gw = gateway

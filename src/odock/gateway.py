@@ -101,7 +101,11 @@ class Gateway:
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 
     def build_pipelines(
-        self, *, pre_route: Sequence[Stage] = (), pre_upstream: Sequence[Stage] = ()
+        self,
+        *,
+        pre_route: Sequence[Stage] = (),
+        pre_reserve: Sequence[Stage] = (),
+        pre_upstream: Sequence[Stage] = (),
     ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
@@ -114,6 +118,7 @@ class Gateway:
             governance=self.governance,
             pricer=pricer,
             pre_route=pre_route,
+            pre_reserve=pre_reserve,
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)

@@ -93,6 +93,20 @@ async def test_llm_stages_follow_the_reference_order(tmp_path: Path) -> None:
         assert gw.gateway.pipelines["listing"].names() == ["pre_auth_gate", "authenticate", "early_gate"]
 
 
+async def test_insertion_points_sit_where_the_reference_puts_them(tmp_path: Path) -> None:
+    """pre_route before model access; pre_reserve after it and before the reservations; pre_upstream after them."""
+
+    class Named(Stage):
+        def __init__(self, name: str) -> None:
+            self.name = name  # type: ignore[misc]
+
+    extra = {"pre_route": [Named("r")], "pre_reserve": [Named("s")], "pre_upstream": [Named("u")]}
+    async with in_process_gateway(tmp_path, **extra) as gw:
+        names = gw.gateway.pipelines["llm"].names()
+    assert names.index("read_body") < names.index("r") < names.index("model_access") < names.index("s")
+    assert names.index("s") < names.index("final_gate") < names.index("u") < names.index("routing")
+
+
 async def test_a_call_runs_in_process_with_the_official_sdk(tmp_path: Path) -> None:
     """The whole app answers the OpenAI SDK in process (no socket) and records the call's usage."""
     async with in_process_gateway(tmp_path) as gw:

@@ -1,11 +1,13 @@
 """The stages of each kind of call, in the reference order (§2.2), built once at start from configuration.
 
     LLM call:  pre-auth gate → authenticate → usage record → early gate → read body → [pre_route]
-               → model access → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
+               → model access → [pre_reserve] → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
     listing:   pre-auth gate → authenticate → early gate            (`/v1/vllm/models`: answered from the catalogue)
 
-`pre_route` is where plugins' pre_route hooks go (§2.2 step 9); `pre_upstream` is where SafetySec, plugins and
-the response cache go (steps 14–15: after the reservations, so a block releases them). Governance stages are
+`pre_route` is where plugins' pre_route hooks go (§2.2 step 9). `pre_reserve` holds SafetySec's request phase and
+then the response cache: the cache must key on the redacted body and answer before any budget is reserved, so the
+request phase moves ahead of the reservations (§2.2 puts it at step 14; a block there has nothing to release).
+`pre_upstream` is where plugins' pre_upstream hooks go (step 15: after the reservations, so a block releases them). Governance stages are
 left out when governance is off; nothing else is conditional.
 """
 
@@ -37,6 +39,7 @@ def llm_stages(
     governance: Governance | None = None,
     pricer: Pricer | None = None,
     pre_route: Sequence[Stage] = (),
+    pre_reserve: Sequence[Stage] = (),
     pre_upstream: Sequence[Stage] = (),
 ) -> list[Stage]:
     """The stages of an LLM call, in order."""
@@ -47,7 +50,7 @@ def llm_stages(
     stages += [Authenticate(catalogue), RecordUsage(recorder, pricer, governance)]
     if governance is not None:
         stages.append(EarlyGate(governance, pricer))
-    stages += [ReadBody(), *pre_route, ModelAccess(catalogue)]
+    stages += [ReadBody(), *pre_route, ModelAccess(catalogue), *pre_reserve]
     if governance is not None:
         stages.append(FinalGate(governance))
     stages += [*pre_upstream, RoutePlanning(routing)]
