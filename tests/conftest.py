@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import hypothesis  # noqa: F401  # imported early: its plugin's lazy import at session end trips a CPython 3.11 AST bug
 import pytest
+
+# Machines that set PYTHONDONTWRITEBYTECODE make every process compile from source: each xdist worker its test
+# modules (assertion rewriting), each gateway subprocess the whole package. Caching bytecode (in gitignored
+# __pycache__ folders) halves a gateway's start; site-packages are compiled once by uv (`compile-bytecode`).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 PG_HOST = os.environ.get("ODOCK_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ODOCK_TEST_PG_PORT", "5432"))
