@@ -162,3 +162,28 @@ async def test_stop_closes_the_rest_when_one_close_fails(gateway: Gateway) -> No
     assert calls == ["broken"]
     assert gateway.governance._task is None  # governance closed: its background task is gone
     assert gateway.store.engine.pool.checkedin() == 0  # the store disposed its pool
+
+
+async def test_a_failed_start_closes_what_was_opened(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Startup failing after the store, governance and pollers opened: the lifespan closes them all."""
+
+    async def broken_recover() -> None:
+        raise OSError("spool unreadable")
+
+    monkeypatch.setattr(gateway.recorder, "recover", broken_recover)
+    app = create_app(gateway.settings, gateway)
+    sent: list[dict[str, object]] = []
+    messages = iter([{"type": "lifespan.startup"}])
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert gateway.store.engine.pool.checkedin() == 0  # the store disposed its pool
+    assert gateway.governance is not None and gateway.governance._task is None

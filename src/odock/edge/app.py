@@ -5,6 +5,7 @@ Admin routes (`/admin/...`) go to the Starlette admin app mounted beside the hot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -129,6 +130,10 @@ class Edge:
                         self.admin = self.admin_factory(self.gw)
                 except BaseException as exc:
                     log.exception("startup failed")
+                    if self.gw is not None:
+                        # what opened before the failure (store, Redis, pollers) is closed, not left to the OS
+                        with contextlib.suppress(Exception):
+                            await self.gw.stop()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
