@@ -34,6 +34,16 @@ def ask_for_stream_usage(body: dict[str, Any]) -> None:
 _INSPECT = (b'"usage":{', b'"usage": {', b'"error"', b"[DONE]", b"\r")
 
 
+def _json_object(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of one `data:` event, or None when the upstream sent something else (relayed as it is:
+    a malformed event must not end the client's stream)."""
+    try:
+        payload = msgspec.json.decode(event[event.index(b"{") :])
+    except (msgspec.DecodeError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bool) -> AsyncIterator[bytes]:  # noqa: C901 - older than the complexity rule; to split
     """Yield the upstream's SSE events unchanged, capturing usage; drop the usage-only chunk the client did not
     ask for; raise when the stream ends without `[DONE]` (a cut must not look like a clean end)."""
@@ -60,17 +70,15 @@ async def openai_sse(call: Call, resp: UpstreamResponse, *, show_usage_chunk: bo
             if event.startswith((b"data: [DONE]", b"data:[DONE]")):
                 done = True
             elif b'"usage":{' in event or b'"usage": {' in event:
-                payload = msgspec.json.decode(event[event.index(b"{") :])
-                ctx.raw_usage = payload.get("usage")
-                ctx.usage = openai_chat.usage_from(ctx.raw_usage)
-                if not show_usage_chunk and not payload.get("choices"):
-                    continue
+                payload = _json_object(event)
+                if payload is not None:
+                    ctx.raw_usage = payload.get("usage")
+                    ctx.usage = openai_chat.usage_from(ctx.raw_usage)
+                    if not show_usage_chunk and not payload.get("choices"):
+                        continue
             elif b'"error"' in event and event.startswith(b"data:"):
-                try:
-                    payload = msgspec.json.decode(event[event.index(b"{") :])
-                except (msgspec.DecodeError, ValueError):
-                    payload = None
-                if isinstance(payload, dict) and "error" in payload:
+                payload = _json_object(event)
+                if payload is not None and "error" in payload:
                     if out:
                         yield b"".join(out)
                     err = payload["error"]
