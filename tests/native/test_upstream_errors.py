@@ -190,6 +190,9 @@ async def test_provider_account_failures_stay_502(gateway: GatewayProcess, key: 
         assert err.status_code == 502 and err.response.headers["x-odock-upstream-status"] == str(status)
     assert via_openai.value.code == "upstream_error" and via_openai.value.body["upstream_status"] == status  # type: ignore[index]
     assert via_anthropic.value.body["error"]["upstream_status"] == status  # type: ignore[index]
+    # the provider's body is about the operator's credential (masked key, project): it never reaches the client
+    assert "upstream_error" not in via_openai.value.body  # type: ignore[operator]
+    assert "upstream_error" not in via_anthropic.value.body["error"]  # type: ignore[index]
 
 
 async def test_upstream_5xx_stays_502(gateway: GatewayProcess, key: str) -> None:

@@ -49,9 +49,13 @@ def adopt_upstream_status(err: UpstreamError, mode: str) -> None:
     The upstream's status and error go in the body and `X-Odock-Upstream-Status`; with `passthrough` (the
     default) a final client-side 4xx — routing gave up or chose not to fail over — also keeps its status and the
     headers a client acts on (Retry-After), so SDKs raise their own class. 5xx, unreachable and timeouts stay
-    502, and `strict` keeps every upstream failure 502."""
-    err.extra.update(upstream_error_body(err))
+    502, and `strict` keeps every upstream failure 502. A failure of the gateway's own provider account keeps
+    only its status: the provider's body names the operator's credential (a masked key, a project id)."""
     status = err.upstream_status
+    if status in PROVIDER_ACCOUNT_STATUSES:
+        err.extra["upstream_status"] = status
+    else:
+        err.extra.update(upstream_error_body(err))
     if status is None:
         return
     err.headers["X-Odock-Upstream-Status"] = str(status)
