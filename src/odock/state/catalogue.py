@@ -53,6 +53,12 @@ class TTLCache(Generic[T]):
         return len(self._data)
 
 
+def _consume(task: asyncio.Task[Any]) -> None:
+    # a read every caller stopped waiting for still has its failure retrieved (no "never retrieved" warning)
+    if not task.cancelled():
+        task.exception()
+
+
 class Catalogue:
     def __init__(
         self,
@@ -76,9 +82,36 @@ class Catalogue:
         self._teams: TTLCache[Team | None] = TTLCache(max_entries)
         self._version: int | None = None
         self._poller: asyncio.Task[None] | None = None
+        # one store read per missing entry however many calls miss it at once (a cold start or a TTL expiry
+        # under load would otherwise send one query per waiting call); the generation keeps a read that an
+        # invalidation overtook from caching what it read
+        self._loading: dict[Any, asyncio.Task[Any]] = {}
+        self._generation = 0
         self.on_invalidate: list[Callable[[], Awaitable[None] | None]] = []
 
     # --- lookups -------------------------------------------------------------------------------------------
+
+    async def _once(self, flight: Any, load: Callable[[], Awaitable[T]], keep: Callable[[T], None]) -> T:
+        """Run `load` once for every concurrent caller asking for `flight`, and `keep` its value (unless the
+        catalogue changed meanwhile). The read is a task of its own: a caller that goes away (a client
+        disconnecting) cancels its wait, never the read the others wait for."""
+        task = self._loading.get(flight)
+        if task is None:
+            generation = self._generation
+
+            async def read() -> T:
+                try:
+                    value = await load()
+                finally:
+                    self._loading.pop(flight, None)
+                if generation == self._generation:
+                    keep(value)
+                return value
+
+            task = asyncio.ensure_future(read())
+            task.add_done_callback(_consume)
+            self._loading[flight] = task
+        return await asyncio.shield(task)
 
     async def _cached(
         self, cache: TTLCache[Any], key: Any, load: Callable[[], Awaitable[Any]], ttl: float
@@ -88,13 +121,19 @@ class Catalogue:
         if hit is not None and hit[1]:
             return hit[0]
         try:
-            value = await load()
+            return await self._once((id(cache), key), load, lambda value: cache.put(key, value, now + ttl))
         except DependencyUnavailable:
             if hit is not None:
                 return hit[0]  # stale-if-error: a store outage must not fail what we already knew
             raise
-        cache.put(key, value, now + ttl)
-        return value
+
+    def _keep_key(self, digest: str, record: ApiKeyRecord | None, now: float) -> None:
+        expires_epoch = record.expires_at.timestamp() if record and record.expires_at else float("inf")
+        ttl = self.key_ttl_s if record else self.negative_ttl_s
+        if record is not None and expires_epoch != float("inf"):
+            # never cache a key past its expiry
+            ttl = max(0.0, min(ttl, expires_epoch - time.time()))
+        self._keys.put(digest, (record, expires_epoch), now + ttl)
 
     async def authenticate(self, secret: str | None) -> ApiKeyRecord:
         """Resolve a presented secret to its key, or raise 401 with the documented code."""
@@ -107,7 +146,11 @@ class Catalogue:
             record, expires_epoch = hit[0]
         else:
             try:
-                record = await self.store.find_key(digest)
+                record = await self._once(
+                    ("key", digest),
+                    lambda: self.store.find_key(digest),
+                    lambda found: self._keep_key(digest, found, now),
+                )
             except DependencyUnavailable:
                 if hit is None:
                     # an unknown key during an outage is 503, never 401 (peer lesson)
@@ -117,11 +160,6 @@ class Catalogue:
                 expires_epoch = (
                     record.expires_at.timestamp() if record and record.expires_at else float("inf")
                 )
-                ttl = self.key_ttl_s if record else self.negative_ttl_s
-                if record is not None and expires_epoch != float("inf"):
-                    # never cache a key past its expiry
-                    ttl = max(0.0, min(ttl, expires_epoch - time.time()))
-                self._keys.put(digest, (record, expires_epoch), now + ttl)
         if record is None:
             raise Unauthorized("invalid API key", "unauthorized")
         if record.revoked:
@@ -170,6 +208,7 @@ class Catalogue:
 
     async def invalidate(self) -> None:
         """Drop every cached entry (catalogue mutations are rare; the next requests reload)."""
+        self._generation += 1
         for cache in (self._keys, self._models, self._providers, self._grants, self._orgs, self._teams):
             cache.clear()
         for callback in self.on_invalidate:
