@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from odock.pipeline.runner import BodyLimits, Pipeline
-from odock.pipeline.stages import Pricer, listing_stages, llm_stages
+from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -133,6 +133,13 @@ class Gateway:
             ),
             "listing": Pipeline(
                 listing,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                catalogue=self.catalogue,
+            ),
+            "key_check": Pipeline(
+                key_check_stages(catalogue=self.catalogue, governance=self.governance),
                 transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
