@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from odock.pipeline.runner import BodyLimits, Pipeline
 from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages
+from odock.pipeline.stages.request_log import RequestLog
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -122,6 +123,8 @@ class Gateway:
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
+        key_check = key_check_stages(catalogue=self.catalogue, governance=self.governance)
+        llm, listing, key_check = self.observed(llm), self.observed(listing), self.observed(key_check)
         return {
             "llm": Pipeline(
                 llm,
@@ -139,13 +142,20 @@ class Gateway:
                 catalogue=self.catalogue,
             ),
             "key_check": Pipeline(
-                key_check_stages(catalogue=self.catalogue, governance=self.governance),
+                key_check,
                 transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,
             ),
         }
+
+    def observed(self, stages: list[Stage]) -> list[Stage]:
+        """Put the observation stages in front, only those configured (off: the list is unchanged)."""
+        front: list[Stage] = []
+        if self.settings.request_log != "off":
+            front.append(RequestLog(self.settings.request_log, self.settings.request_log_sample_rate))
+        return front + stages
 
     @classmethod
     async def open(cls, settings: Settings, *, transport: Transport | None = None) -> Gateway:
@@ -183,6 +193,7 @@ class Gateway:
             self.store.add_change_listener(self._publish_invalidation)
             self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
             self.services.register("invalidation subscriber", self._subscriber, close=self._stop_subscriber)
+        await self._hint_when_empty()
         # the records a killed predecessor left in the spool are written before this process serves
         await self.recorder.recover()
         self.recorder.start()
@@ -193,6 +204,22 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
+
+    async def _hint_when_empty(self) -> None:
+        """On an empty catalogue, say what to do next (the first thing a new operator sees)."""
+        try:
+            empty = not await self.store.has_keys()
+        except Exception:
+            return  # readiness reports a store that does not answer
+        if empty:
+            console = f"http://{self.settings.http_host}:{self.settings.http_port}/console"
+            log.info(
+                "the catalogue is empty: no API key can call a model yet. Apply the quick start "
+                "(`odock apply examples/quickstart.yaml`, see the README), create one step by step with "
+                "`odock orgs create`, `odock providers create`, `odock models create`, `odock keys create`, "
+                "or open the console at %s (with ODOCK_ADMIN_TOKEN set)",
+                console.replace("0.0.0.0", "127.0.0.1"),
+            )
 
     async def _publish_invalidation(self) -> None:
         try:
