@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from odock.governance import Governance
     from odock.pipeline.exchange import Exchange
     from odock.pipeline.stage import Stage
+    from odock.pipeline.tracing import Tracing
+    from odock.routing.router import AttemptObserver
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
@@ -97,6 +99,13 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
+        self.tracing: Tracing | None = None
+        if settings.tracing:
+            # only imported when on: the OpenTelemetry extra is optional and the hot path stays untouched without it
+            from odock.pipeline.tracing import Tracing
+
+            self.tracing = Tracing.from_settings(settings)
+            self.services.register("tracing", self.tracing, close=self.tracing.close)
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
@@ -125,13 +134,18 @@ class Gateway:
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
         key_check = key_check_stages(catalogue=self.catalogue, governance=self.governance)
         llm, listing, key_check = self.observed(llm), self.observed(listing), self.observed(key_check)
+        transport: Transport = self.transport
+        observe: AttemptObserver | None = self.routing.observe
+        if self.tracing is not None:
+            # upstream attempts get their span (and send its traceparent) only when tracing is on
+            transport, observe = self.tracing.transport(transport), self.tracing.observer(observe)
         return {
             "llm": Pipeline(
                 llm,
-                transport=self.transport,
+                transport=transport,
                 limits=limits,
                 client_ip=self.client_ip,
-                observe=self.routing.observe,
+                observe=observe,
                 upstream_errors=self.settings.upstream_errors,
             ),
             "listing": Pipeline(
@@ -153,6 +167,10 @@ class Gateway:
     def observed(self, stages: list[Stage]) -> list[Stage]:
         """Put the observation stages in front, only those configured (off: the list is unchanged)."""
         front: list[Stage] = []
+        if self.tracing is not None:
+            # the root span first (it also ends last), then every stage behind a span proxy
+            front.append(self.tracing.root())
+            stages = self.tracing.stages(stages)
         if self.settings.request_log != "off":
             front.append(RequestLog(self.settings.request_log, self.settings.request_log_sample_rate))
         return front + stages
