@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from odock.dialects.body import decode_json
 from odock.errors import BadRequest, GatewayError
 from odock.state.service import CatalogueService, CreatedKey, to_json
-from odock.state.validation import holds_nul
+from odock.state.validation import KeyRotation, NewGrant, decode, holds_nul
 
 log = logging.getLogger("odock.admin")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -172,13 +172,10 @@ def create_admin_app(  # noqa: C901
         return json_response(await s.get_key(ref, _org(request)))
 
     async def rotate(request: Request) -> Response:
-        body = await read_body(request)
-        unknown = set(body) - {"expires_at"}
-        if unknown:
-            raise BadRequest(f"rotate: unknown field(s) {', '.join(sorted(unknown))}; allowed: expires_at")
+        rotation = decode(KeyRotation, await read_body(request), "rotate")
         created = await s.rotate_key(
             request.path_params["ref"],
-            expires_at=body.get("expires_at"),
+            expires_at=rotation.expires_at,
             organisation=_org(request),
             rotated_by="admin-api",
         )
@@ -193,10 +190,9 @@ def create_admin_app(  # noqa: C901
     async def grants(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "POST":
-            body = await read_body(request)
-            model = body.get("model") or body.get("model_id")
-            if not isinstance(model, str) or not model:
-                raise BadRequest('grants: give the model as {"model": "<name or id>"}')
+            grant = decode(NewGrant, await read_body(request), "grants")
+            model = grant.model or grant.model_id
+            assert model is not None  # NewGrant requires one
             return json_response({"data": await s.add_grant(ref, model, _org(request))}, 201)
         return json_response({"data": await s.list_grants(ref, _org(request))})
 
