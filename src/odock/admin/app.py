@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -24,6 +24,9 @@ from odock.dialects.body import decode_json
 from odock.errors import BadRequest, GatewayError
 from odock.state.service import CatalogueService, CreatedKey, to_json
 from odock.state.validation import KeyRotation, NewGrant, decode, holds_nul
+
+if TYPE_CHECKING:
+    from odock.admin.openapi import Operation
 
 log = logging.getLogger("odock.admin")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -137,9 +140,15 @@ def _crud_routes(
 
 
 def create_admin_app(  # noqa: C901
-    service: CatalogueService, admin_token: str, extra_routes: Sequence[BaseRoute] = ()
+    service: CatalogueService,
+    admin_token: str,
+    extra_routes: Sequence[BaseRoute] = (),
+    extra_operations: Sequence[Operation] = (),
 ) -> ASGIApp:
-    """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard)."""
+    """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard,
+    described in the OpenAPI document by `extra_operations`)."""
+    from odock.admin.openapi import OPERATIONS, document_json
+
     s = service
 
     async def list_orgs(_organisation: str | None) -> Any:
@@ -235,6 +244,14 @@ def create_admin_app(  # noqa: C901
         Route("/admin/usage", usage, methods=["GET"]),
         *extra_routes,
     ]
+    document: list[bytes] = []  # built on first request, from the routes as registered
+
+    async def openapi(_request: Request) -> Response:
+        if not document:
+            document.append(document_json(routes, [*OPERATIONS, *extra_operations]))
+        return Response(document[0], media_type="application/json")
+
+    routes.append(Route("/admin/openapi.json", openapi, methods=["GET"]))
 
     async def gateway_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
