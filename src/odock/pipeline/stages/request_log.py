@@ -107,8 +107,7 @@ class RequestLog(Stage):
         return ctx.trace is not None or random.random() < self.sample_rate
 
     def write(self, ctx: CallContext) -> None:
-        if not self.wanted(ctx):
-            return
-        fields = request_fields(ctx)
-        level = logging.WARNING if fields["status"] >= 500 else logging.INFO
-        log.log(level, "request", extra={"fields": fields})
+        level = logging.WARNING if (ctx.status or 500) >= 500 else logging.INFO
+        # below ODOCK_LOG_LEVEL the line is not even built
+        if log.isEnabledFor(level) and self.wanted(ctx):
+            log.log(level, "request", extra={"fields": request_fields(ctx)})
