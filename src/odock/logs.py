@@ -28,8 +28,14 @@ class DriverDetailFilter(logging.Filter):
         return record.levelno >= logging.WARNING or not record.name.startswith(_DRIVER_LOGGERS)
 
 
+_second: list[Any] = [None, ""]  # the last second formatted (one strftime a second, not one a line)
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+    second = int(record.created)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@ per upstream attempt, GenAI attributes, W3C trace context sent upstream, and sam
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,13 @@ def root_of(spans: list[Span]) -> Span:
     return root
 
 
-async def test_a_call_is_traced_with_genai_attributes_and_trace_context_upstream(tmp_path: Path) -> None:
+async def test_a_call_is_traced_with_genai_attributes_and_trace_context_upstream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A sampled unary call exports one trace: the SERVER root with GenAI attributes and usage, a child span per
-    stage, and a CLIENT span for the upstream attempt whose traceparent the upstream received."""
-    with otlp_receiver() as receiver:
+    stage, and a CLIENT span for the upstream attempt whose traceparent the upstream received; the request's
+    log line names the trace."""
+    with otlp_receiver() as receiver, caplog.at_level(logging.INFO, logger="odock.request"):
         settings = {"traces_exporter": "otlphttp", "otel_endpoint": receiver.url, "sample_rate": 1.0}
         async with in_process_gateway(tmp_path, **settings) as gw:
             raw = await sdk(gw).chat.completions.with_raw_response.create(
@@ -71,6 +75,8 @@ async def test_a_call_is_traced_with_genai_attributes_and_trace_context_upstream
         flags, 16
     ) & 1  # sampled
     assert PROMPT not in repr(spans) and gw.seeded["secret"] not in repr(spans)
+    [line] = [r for r in caplog.records if r.name == "odock.request"]
+    assert line.fields["trace_id"] == root.trace_id  # type: ignore[attr-defined]
 
 
 async def test_streams_failures_and_cached_tokens(tmp_path: Path) -> None:

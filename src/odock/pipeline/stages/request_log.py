@@ -110,4 +110,7 @@ class RequestLog(Stage):
         level = logging.WARNING if (ctx.status or 500) >= 500 else logging.INFO
         # below ODOCK_LOG_LEVEL the line is not even built
         if log.isEnabledFor(level) and self.wanted(ctx):
-            log.log(level, "request", extra={"fields": request_fields(ctx)})
+            # the record is made directly: `log.log` would walk the stack for a caller nobody reads
+            record = log.makeRecord(log.name, level, __file__, 0, "request", None, None)
+            record.fields = request_fields(ctx)
+            log.handle(record)
