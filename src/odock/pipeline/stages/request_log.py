@@ -111,6 +111,6 @@ class RequestLog(Stage):
         # below ODOCK_LOG_LEVEL the line is not even built
         if log.isEnabledFor(level) and self.wanted(ctx):
             # the record is made directly: `log.log` would walk the stack for a caller nobody reads
-            record = log.makeRecord(log.name, level, __file__, 0, "request", None, None)
+            record = log.makeRecord(log.name, level, __file__, 0, "request", (), None)
             record.fields = request_fields(ctx)
             log.handle(record)
