@@ -73,8 +73,8 @@ class DefinitionFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     user: Annotated[str, msgspec.Meta(max_length=320)] | None = None
     key: Text | None = None
     period: Period | None = None
-    start_at: Any = None  # ISO 8601 date-time (naive: UTC)
-    end_at: Any = None
+    start_at: Annotated[Any, msgspec.Meta(description="ISO 8601 date-time (naive: UTC)")] = None
+    end_at: Annotated[Any, msgspec.Meta(description="ISO 8601 date-time (naive: UTC), after start_at")] = None
     timezone: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # "": the owner's time zone
     rollover: bool | None = None
     active: bool | None = None

@@ -35,6 +35,10 @@ Secret = Annotated[str, Meta(max_length=500)]
 Milliseconds = Annotated[int, Meta(gt=0, le=2_147_483_647)]  # an INTEGER column
 Capability = Annotated[str, Meta(min_length=1, max_length=200)]
 Object = dict[str, Any]
+# checked in `Input.__post_init__` (`expiry`): a future ISO 8601 instant or date, naive meaning UTC
+Expiry = Annotated[
+    Any, Meta(description="ISO 8601 date-time in the future (naive: UTC); null or empty: never expires")
+]
 S = TypeVar("S", bound=msgspec.Struct)  # an `Input`, or another strict body Struct (budgets, quotas)
 
 
@@ -273,7 +277,7 @@ class NewKey(Input):
     type: KeyType | None = None
     team: Ref | None = None
     user: Ref | None = None
-    expires_at: Any = None
+    expires_at: Expiry = None
     timezone: TimeZoneName | None = None
     policies: Object | None = None
     secret: Secret | None = None  # none: generated
@@ -286,7 +290,7 @@ class KeyChanges(Input):
     type: KeyType | UnsetType = UNSET
     team: Ref | UnsetType | None = UNSET
     user: Ref | UnsetType | None = UNSET
-    expires_at: Any = UNSET
+    expires_at: Expiry = UNSET
     timezone: TimeZoneName | UnsetType = UNSET
     policies: Object | UnsetType | None = UNSET
     revoked: bool | UnsetType = UNSET
@@ -296,7 +300,7 @@ class KeyChanges(Input):
 class KeyRotation(Input):
     """`POST /admin/keys/{ref}/rotate`: the rotated key's new expiry (none: never expires)."""
 
-    expires_at: Any = None
+    expires_at: Expiry = None
 
 
 class NewGrant(Input):
