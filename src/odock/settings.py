@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -121,6 +122,10 @@ def _check_observability(settings: Settings) -> None:
     for name, value, allowed in choices:
         if value not in allowed:
             raise SystemExit(f"invalid {name}: {value!r} ({' | '.join(allowed)})")
+    if settings.tracing and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise SystemExit(
+            "OBSERVABILITY_OTEL_TRACES_EXPORTER=otlphttp needs the OpenTelemetry extra: pip install 'odock[otel]'"
+        )
     for name, rate in (
         ("OBSERVABILITY_SAMPLE_RATE", settings.sample_rate),
         ("ODOCK_REQUEST_LOG_SAMPLE_RATE", settings.request_log_sample_rate),

@@ -141,3 +141,19 @@ async def test_tracing_off_builds_nothing(tmp_path: Path) -> None:
         assert gw.gateway.tracing is None and "trace" not in pipeline.names()
         assert all(not type(s).__name__.startswith("Traced") for s in pipeline.stages)
         assert pipeline.transport is gw.gateway.transport
+
+
+def test_observability_settings_are_checked() -> None:
+    """Unknown modes and rates outside [0, 1] stop the start with a message naming the variable."""
+    from odock.settings import load_settings
+
+    for overrides, name in (
+        ({"traces_exporter": "jaeger"}, "OBSERVABILITY_OTEL_TRACES_EXPORTER"),
+        ({"sample_rate": 1.5}, "OBSERVABILITY_SAMPLE_RATE"),
+        ({"request_log": "some"}, "ODOCK_REQUEST_LOG"),
+        ({"log_format": "xml"}, "ODOCK_LOG_FORMAT"),
+        ({"request_log_sample_rate": float("nan")}, "ODOCK_REQUEST_LOG_SAMPLE_RATE"),
+    ):
+        with pytest.raises(SystemExit, match=name):
+            load_settings(**overrides)
+    assert load_settings(traces_exporter="otlphttp").traces_url == "http://localhost:4318/v1/traces"
