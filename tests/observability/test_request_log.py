@@ -147,3 +147,24 @@ async def test_an_empty_catalogue_says_what_to_do_next(
         await gateway.stop()
     hint = [r.getMessage() for r in caplog.records if "catalogue is empty" in r.getMessage()]
     assert hint and "odock apply examples/quickstart.yaml" in hint[0] and "/console" in hint[0]
+
+
+async def test_budget_decisions_are_in_the_line(tmp_path: Path, lines: Lines) -> None:
+    """Under a budget a call's line says `budget=settled`; once the budget is spent, `budget=denied`."""
+    from odock.admin.governance import admin_for
+
+    async with in_process_gateway(tmp_path) as gw:
+        governance = gw.gateway.governance
+        assert governance is not None
+        budgets = admin_for(gw.service.store, on_change=governance.refresh_definitions)
+        budget = await budgets.create_budget({"name": "b", "organisation": "acme", "amount_usd": "100"})
+        client = sdk(gw)
+        await client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+        await budgets.update_budget(budget.id, {"amount_nanos": 0})
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+            )
+    settled, denied = lines.json()
+    assert settled["budget"] == "settled" and settled["status"] == 200
+    assert denied["budget"] == "denied" and denied["code"] == "budget_exceeded"

@@ -35,6 +35,8 @@ except ImportError as missing:  # pragma: no cover - depends on the installed ex
 
 from odock.errors import GatewayError
 from odock.pipeline.stage import Stage
+from odock.pipeline.stages.request_log import budget_decision
+from odock.pipeline.stages.usage import storable
 from odock.providers.registry import family_of
 
 if TYPE_CHECKING:
@@ -227,46 +229,45 @@ class TraceRoot(Stage):
         call.defer(finish)
 
 
+def root_attributes(ctx: CallContext) -> dict[str, Any]:
+    """The root span's attributes once the call ended: status, GenAI attributes, usage, cost, decisions."""
+    answered, provider = ctx.answered_by, ctx.answered_provider or ctx.provider
+    family = family_of(provider.type) if provider is not None else None
+    candidates: dict[str, Any] = {
+        "http.response.status_code": ctx.status or 500,
+        "gen_ai.operation.name": operation(ctx),
+        "gateway.stream": ctx.stream,
+        "gateway.outcome": ctx.outcome,
+        "organization.id": ctx.key.organisation_id if ctx.key else None,
+        "gateway.api_key.id": ctx.key.id if ctx.key else None,
+        "gen_ai.request.model": ctx.requested_model if storable(ctx.requested_model) else None,
+        "gen_ai.response.model": answered.slug if answered else None,
+        "gateway.model": answered.name if answered else None,
+        "gen_ai.provider.name": PROVIDER_NAMES.get(family, family) if family else None,
+        "gateway.provider": family,
+        "gateway.retry_count": len(ctx.attempts) - 1 if ctx.attempts else None,
+        "gateway.cost_usd": ctx.cost_nanos / 1e9 if ctx.priced and ctx.cost_nanos is not None else None,
+        "gateway.budget.decision": budget_decision(ctx),
+        "error.type": ctx.error_code,
+    }
+    attributes = {name: value for name, value in candidates.items() if value is not None}
+    if ctx.decisions:
+        attributes.update({f"gateway.decision.{name}": value for name, value in ctx.decisions.items()})
+    attributes.update(usage_attributes(ctx))
+    return attributes
+
+
 def finish_root(ctx: CallContext, state: CallTrace) -> None:
     span = state.root
     if state.attempt is not None:  # an attempt cut by a bug or a cancellation
         state.attempt.set_status(Status(StatusCode.ERROR, "attempt did not complete"))
         state.attempt.end()
         state.attempt = None
-    attributes: dict[str, Any] = {
-        "http.response.status_code": ctx.status or 500,
-        "gen_ai.operation.name": operation(ctx),
-        "gateway.stream": ctx.stream,
-        "gateway.outcome": ctx.outcome,
-    }
-    if ctx.key is not None:
-        attributes["organization.id"] = ctx.key.organisation_id
-        attributes["gateway.api_key.id"] = ctx.key.id
-    if ctx.requested_model is not None and len(ctx.requested_model) <= 200:
-        attributes["gen_ai.request.model"] = ctx.requested_model
-    answered = ctx.answered_by
-    provider = ctx.answered_provider or ctx.provider
-    if answered is not None:
-        attributes["gen_ai.response.model"] = answered.slug
-        attributes["gateway.model"] = answered.name
-    if provider is not None:
-        family = family_of(provider.type)
-        attributes["gen_ai.provider.name"] = PROVIDER_NAMES.get(family, family)
-        attributes["gateway.provider"] = family
-    if ctx.attempts:
-        attributes["gateway.retry_count"] = len(ctx.attempts) - 1
-    if ctx.priced and ctx.cost_nanos is not None:
-        attributes["gateway.cost_usd"] = ctx.cost_nanos / 1e9
-    if ctx.decisions:
-        attributes.update({f"gateway.decision.{name}": value for name, value in ctx.decisions.items()})
-    attributes.update(usage_attributes(ctx))
-    span.set_attributes(attributes)
+    span.set_attributes(root_attributes(ctx))
     if ctx.first_byte_at is not None:
         # the first stream chunk, as an event at its own time (perf_counter → wall clock)
         at = time.time_ns() - int((time.perf_counter() - ctx.first_byte_at) * 1e9)
         span.add_event("gateway.stream.first_chunk", timestamp=at)
-    if ctx.error_code:
-        span.set_attribute("error.type", ctx.error_code)
     if (ctx.status or 500) >= 500 or ctx.outcome == "failed":
         span.set_status(Status(StatusCode.ERROR, ctx.error_code or "failed"))
     span.end()

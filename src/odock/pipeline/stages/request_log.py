@@ -68,7 +68,19 @@ def request_fields(ctx: CallContext) -> dict[str, Any]:
     return fields
 
 
+def budget_decision(ctx: CallContext) -> str | None:
+    """What the call's budget/quota reservation came to: denied, or (once the call ended) settled or released."""
+    if ctx.error_code in ("budget_exceeded", "quota_exceeded"):
+        return "denied"
+    if getattr(ctx.governance, "reservation_id", None) is None:
+        return None  # no budget or quota applied
+    return "settled" if ctx.usage is not None else "released"
+
+
 def _decisions(ctx: CallContext, fields: dict[str, Any]) -> None:
+    budget = budget_decision(ctx)
+    if budget is not None:
+        fields["budget"] = budget
     if ctx.attempts:
         answered = ctx.answered_by
         direct = len(ctx.attempts) == 1 and (answered is None or answered.name == ctx.requested_model)
