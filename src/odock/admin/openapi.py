@@ -269,10 +269,11 @@ def _operation(op: Operation, builder: _Builder, slots: dict[int, Any]) -> dict[
 
 
 def _registered(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
-    """(method, path) of every registered route (HEAD, added by Starlette to GET routes, left out)."""
+    """(method, path) of every registered admin API route (HEAD, added by Starlette to GET routes, left out; pages
+    served beside the API, such as the console, are not API routes)."""
     found = []
     for route in routes:
-        if isinstance(route, Route):
+        if isinstance(route, Route) and route.path.startswith("/admin/"):
             for method in sorted(route.methods or ()):
                 if method != "HEAD":
                     found.append((method, route.path))
