@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from starlette.routing import Route
 
 from odock.admin.openapi import OPERATIONS
 from odock.app import admin_app_for
