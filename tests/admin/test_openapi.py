@@ -67,6 +67,11 @@ async def test_every_admin_route_is_documented(gw: InProcessGateway) -> None:
     assert doc["components"]["schemas"]["KeyInfo"]["properties"].keys().isdisjoint({"key_hash", "secret"})
 
 
+def test_every_request_body_has_an_example() -> None:
+    """Each operation that takes a body shows one."""
+    assert [f"{op.method} {op.path}" for op in OPERATIONS if op.body is not None and op.example is None] == []
+
+
 def examples() -> list[tuple[str, Any, Any]]:
     """(operation, type, example) for every example in the table."""
     found = []
