@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -97,13 +98,25 @@ def usage_attributes(ctx: CallContext) -> dict[str, Any]:
 class CallTrace:
     """One sampled call's spans."""
 
-    __slots__ = ("attempt", "context", "root", "trace_id")
+    __slots__ = ("attempt", "context", "root", "stages", "trace_id")
 
     def __init__(self, root: trace.Span, context: otel_context.Context) -> None:
         self.root = root
         self.context = context  # the root as a parent, for the stage and attempt spans
         self.trace_id = format(root.get_span_context().trace_id, "032x")
         self.attempt: trace.Span | None = None  # the upstream attempt in flight
+        # the stages' timings (span name, stage, start ns, end ns, error code): their spans are made when the call
+        # ends, after the answer went out, so the client does not wait for the SDK's span bookkeeping
+        self.stages: list[tuple[str, str, int, int, str | None]] = []
+
+    def stage_spans(self, tracer: trace.Tracer) -> None:
+        for name, stage, start, end, error in self.stages:
+            attributes = {"gateway.stage": stage}
+            if error is not None:
+                attributes.update({"error.type": error, "gateway.decision": "deny"})
+            span = tracer.start_span(name, context=self.context, start_time=start, attributes=attributes)
+            span.end(end_time=end)
+        self.stages.clear()
 
 
 class Tracing:
@@ -221,8 +234,11 @@ class TraceRoot(Stage):
         ctx.trace = state
         reset = _CURRENT.set(state)
 
+        tracer = self.tracing.tracer
+
         async def finish() -> None:
             _CURRENT.reset(reset)
+            state.stage_spans(tracer)
             finish_root(ctx, state)
             otel_context.detach(token)
 
@@ -319,17 +335,7 @@ async def _before(self: _TracedStage, call: Call) -> None:
     if state is None:
         await self.inner.before(call)
         return
-    # a child of the root given explicitly (cheaper than making it the current span: nothing nests in it)
-    span = self.tracer.start_span(
-        self.span_name, context=state.context, attributes={"gateway.stage": self.inner.name}
-    )
-    try:
-        await self.inner.before(call)
-    except GatewayError as err:
-        span.set_attributes({"error.type": err.code, "gateway.decision": "deny"})
-        raise
-    finally:
-        span.end()
+    await _timed(state, self.span_name, self.inner.name, self.inner.before(call))
 
 
 async def _after(self: _TracedStage, call: Call, response: GatewayResponse | None) -> None:
@@ -337,13 +343,20 @@ async def _after(self: _TracedStage, call: Call, response: GatewayResponse | Non
     if state is None:
         await self.inner.after(call, response)
         return
-    span = self.tracer.start_span(
-        self.span_name + ".after", context=state.context, attributes={"gateway.stage": self.inner.name}
-    )
+    await _timed(state, self.span_name + ".after", self.inner.name, self.inner.after(call, response))
+
+
+async def _timed(state: CallTrace, name: str, stage: str, hook: Awaitable[None]) -> None:
+    """Run a hook and note its timing for its span (made when the call ends: `CallTrace.stage_spans`)."""
+    error: str | None = None
+    start = time.time_ns()
     try:
-        await self.inner.after(call, response)
+        await hook
+    except GatewayError as err:
+        error = err.code
+        raise
     finally:
-        span.end()
+        state.stages.append((name, stage, start, time.time_ns(), error))
 
 
 def _on_delta(self: _TracedStage, call: Call, event: StreamEvent) -> StreamEvent | None:
