@@ -10,6 +10,8 @@ from odock.edge.endpoints.anthropic import messages_endpoint
 from odock.edge.endpoints.chat import OpenAIChatEndpoint, UnifiedChatEndpoint
 from odock.edge.endpoints.gemini import PREFIX as GEMINI_PREFIX
 from odock.edge.endpoints.gemini import GeminiEndpoint
+from odock.edge.endpoints.keys import PATH as KEY_VALIDATE_PATH
+from odock.edge.endpoints.keys import KeyValidateEndpoint
 from odock.edge.endpoints.openai_media import openai_media_routes
 from odock.edge.endpoints.responses import responses_endpoint
 from odock.edge.endpoints.vllm import vllm_routes
@@ -31,6 +33,7 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
         "/v1/llm/chat": UnifiedChatEndpoint(),
         "/v1/responses": responses_endpoint(),
         "/v1/messages": messages_endpoint(),
+        KEY_VALIDATE_PATH: KeyValidateEndpoint(),
     }
     exact.update(openai_media_routes())
     exact.update(vllm_routes())

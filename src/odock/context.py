@@ -76,6 +76,27 @@ class CallContext:
     error_code: str | None = None
     outcome: Literal["success", "failed", "cancelled"] = "success"
     upstream_started: float | None = None
+    # when the first streamed bytes went to the client (time to first token; None for a unary answer)
+    first_byte_at: float | None = None
+    # what stages decided, for the request log line and the trace ("cache": "hit", "safety": "redacted", …):
+    # short names only, never content; None until a stage notes one
+    decisions: dict[str, str] | None = None
+    # the tracing state of a sampled call (odock.observability.tracing); None when tracing is off or unsampled
+    trace: Any = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
+
+    def note(self, name: str, decision: str) -> None:
+        """Record a stage's decision (shown in the request log line and on the call's trace)."""
+        if self.decisions is None:
+            self.decisions = {}
+        self.decisions[name] = decision
+
+    def ttft_ms(self) -> int | None:
+        """Time to the first streamed bytes, in milliseconds (None: not a stream, or nothing was sent)."""
+        return None if self.first_byte_at is None else int((self.first_byte_at - self.started) * 1000)
+
+    def overhead_ms(self) -> int | None:
+        """Time spent in the gateway before the upstream call began (None: no upstream call)."""
+        return None if self.upstream_started is None else int((self.upstream_started - self.started) * 1000)

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from odock.pipeline.runner import BodyLimits, Pipeline
-from odock.pipeline.stages import Pricer, listing_stages, llm_stages
+from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages
+from odock.pipeline.stages.request_log import RequestLog
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from odock.governance import Governance
     from odock.pipeline.exchange import Exchange
     from odock.pipeline.stage import Stage
+    from odock.pipeline.tracing import Tracing
+    from odock.routing.router import AttemptObserver
     from odock.state.sql import SqlStore
 
 log = logging.getLogger("odock.gateway")
@@ -96,6 +99,13 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
+        self.tracing: Tracing | None = None
+        if settings.tracing:
+            # only imported when on: the OpenTelemetry extra is optional and the hot path stays untouched without it
+            from odock.pipeline.tracing import Tracing
+
+            self.tracing = Tracing.from_settings(settings)
+            self.services.register("tracing", self.tracing, close=self.tracing.close)
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
@@ -122,13 +132,20 @@ class Gateway:
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
+        key_check = key_check_stages(catalogue=self.catalogue, governance=self.governance)
+        llm, listing, key_check = self.observed(llm), self.observed(listing), self.observed(key_check)
+        transport: Transport = self.transport
+        observe: AttemptObserver | None = self.routing.observe
+        if self.tracing is not None:
+            # upstream attempts get their span (and send its traceparent) only when tracing is on
+            transport, observe = self.tracing.transport(transport), self.tracing.observer(observe)
         return {
             "llm": Pipeline(
                 llm,
-                transport=self.transport,
+                transport=transport,
                 limits=limits,
                 client_ip=self.client_ip,
-                observe=self.routing.observe,
+                observe=observe,
                 upstream_errors=self.settings.upstream_errors,
             ),
             "listing": Pipeline(
@@ -138,7 +155,25 @@ class Gateway:
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,
             ),
+            "key_check": Pipeline(
+                key_check,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                catalogue=self.catalogue,
+            ),
         }
+
+    def observed(self, stages: list[Stage]) -> list[Stage]:
+        """Put the observation stages in front, only those configured (off: the list is unchanged)."""
+        front: list[Stage] = []
+        if self.tracing is not None:
+            # the root span first (it also ends last), then every stage behind a span proxy
+            front.append(self.tracing.root())
+            stages = self.tracing.stages(stages)
+        if self.settings.request_log != "off":
+            front.append(RequestLog(self.settings.request_log, self.settings.request_log_sample_rate))
+        return front + stages
 
     @classmethod
     async def open(cls, settings: Settings, *, transport: Transport | None = None) -> Gateway:
@@ -176,6 +211,7 @@ class Gateway:
             self.store.add_change_listener(self._publish_invalidation)
             self._subscriber = asyncio.create_task(self._subscribe_invalidations(), name="invalidation-sub")
             self.services.register("invalidation subscriber", self._subscriber, close=self._stop_subscriber)
+        await self._hint_when_empty()
         # the records a killed predecessor left in the spool are written before this process serves
         await self.recorder.recover()
         self.recorder.start()
@@ -186,6 +222,22 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 100)
+
+    async def _hint_when_empty(self) -> None:
+        """On an empty catalogue, say what to do next (the first thing a new operator sees)."""
+        try:
+            empty = not await self.store.has_keys()
+        except Exception:
+            return  # readiness reports a store that does not answer
+        if empty:
+            console = f"http://{self.settings.http_host}:{self.settings.http_port}/console"
+            log.info(
+                "the catalogue is empty: no API key can call a model yet. Apply the quick start "
+                "(`odock apply examples/quickstart.yaml`, see the README), create one step by step with "
+                "`odock orgs create`, `odock providers create`, `odock models create`, `odock keys create`, "
+                "or open the console at %s (with ODOCK_ADMIN_TOKEN set)",
+                console.replace("0.0.0.0", "127.0.0.1"),
+            )
 
     async def _publish_invalidation(self) -> None:
         try:

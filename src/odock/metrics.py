@@ -56,6 +56,20 @@ PROVIDER_REQUESTS = Counter(
 PROVIDER_ERRORS = Counter(
     "gateway_provider_errors_total", "Upstream failures by kind", ["provider", "kind"], registry=REGISTRY
 )
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gateway_time_to_first_token_seconds",
+    "Time from request start to the first streamed bytes sent to the client",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GATEWAY_OVERHEAD = Histogram(
+    "gateway_overhead_seconds",
+    "Time spent in the gateway before the upstream call began (auth, gates, access, routing)",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 STREAMS = Counter(
     "gateway_stream_sessions_total", "Streams served, by outcome", ["route", "outcome"], registry=REGISTRY
 )
@@ -91,6 +105,12 @@ RATELIMIT_DECISIONS = Counter(
     "gateway_ratelimit_decisions_total",
     "Governance gate decisions (rate limits, quotas, budgets)",
     ["ratelimit_stage", "decision"],
+    registry=REGISTRY,
+)
+BUDGET_DECISIONS = Counter(
+    "gateway_budget_decisions_total",
+    "Budget and quota reservations: reserved, denied, then settled or released",
+    ["decision"],
     registry=REGISTRY,
 )
 GOVERNANCE_ERRORS = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -67,7 +68,28 @@ class Settings(msgspec.Struct, kw_only=True):
     # "passthrough": a final upstream 4xx keeps its status (native routes: its body too); "strict": always 502
     upstream_errors: str = "passthrough"
     log_level: str = "info"
+    # "auto": human-readable lines on a terminal, JSON lines otherwise; "json" | "text" force one
+    log_format: str = "auto"
+    # one line per request: "all", "errors" (status >= 400 or a failed stream), "sampled" (errors, traced calls
+    # and a `request_log_sample_rate` share of the rest), "off"
+    request_log: str = "all"
+    request_log_sample_rate: float = 0.1
     prometheus_enabled: bool = True
+    # OpenTelemetry traces (the `odock[otel]` extra): "none" (default: nothing on the hot path) or "otlphttp"
+    traces_exporter: str = "none"
+    otel_endpoint: str = "http://localhost:4318"
+    otel_traces_endpoint: str = ""  # default: `otel_endpoint` + /v1/traces
+    service_name: str = "gateway-service"
+    # head sampling, decided once per call at its root span (reference §13.4)
+    sample_rate: float = 0.1
+
+    @property
+    def tracing(self) -> bool:
+        return self.traces_exporter != "none"
+
+    @property
+    def traces_url(self) -> str:
+        return self.otel_traces_endpoint or self.otel_endpoint.rstrip("/") + "/v1/traces"
 
     @property
     def cluster(self) -> bool:
@@ -89,6 +111,27 @@ def _env(name: str, *aliases: str) -> str | None:
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _check_observability(settings: Settings) -> None:
+    choices = (
+        ("ODOCK_LOG_FORMAT", settings.log_format, ("auto", "json", "text")),
+        ("ODOCK_REQUEST_LOG", settings.request_log, ("all", "errors", "sampled", "off")),
+        ("OBSERVABILITY_OTEL_TRACES_EXPORTER", settings.traces_exporter, ("none", "otlphttp")),
+    )
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise SystemExit(f"invalid {name}: {value!r} ({' | '.join(allowed)})")
+    if settings.tracing and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise SystemExit(
+            "OBSERVABILITY_OTEL_TRACES_EXPORTER=otlphttp needs the OpenTelemetry extra: pip install 'odock[otel]'"
+        )
+    for name, rate in (
+        ("OBSERVABILITY_SAMPLE_RATE", settings.sample_rate),
+        ("ODOCK_REQUEST_LOG_SAMPLE_RATE", settings.request_log_sample_rate),
+    ):
+        if not 0.0 <= rate <= 1.0:
+            raise SystemExit(f"invalid {name}: {rate} (must be in [0, 1])")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -133,6 +176,14 @@ def load_settings(**overrides: Any) -> Settings:
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+        ("log_format", ("ODOCK_LOG_FORMAT",), str),
+        ("request_log", ("ODOCK_REQUEST_LOG",), str),
+        ("request_log_sample_rate", ("ODOCK_REQUEST_LOG_SAMPLE_RATE",), float),
+        ("traces_exporter", ("OBSERVABILITY_OTEL_TRACES_EXPORTER", "OBSERVABILITY_OTEL_EXPORTER"), str),
+        ("otel_endpoint", ("OBSERVABILITY_OTEL_ENDPOINT",), str),
+        ("otel_traces_endpoint", ("OBSERVABILITY_OTEL_TRACES_ENDPOINT",), str),
+        ("service_name", ("OBSERVABILITY_SERVICE_NAME",), str),
+        ("sample_rate", ("OBSERVABILITY_SAMPLE_RATE",), float),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -160,6 +211,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise SystemExit(
             f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)"
         )
+    _check_observability(settings)
     if settings.usage_spool and settings.cluster:
         raise SystemExit(
             "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "

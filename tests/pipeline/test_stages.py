@@ -89,8 +89,11 @@ def openai_client(gw: Any) -> openai.AsyncOpenAI:
 async def test_llm_stages_follow_the_reference_order(tmp_path: Path) -> None:
     """The LLM pipeline's stages are, in order, the reference's §2.2 steps (with governance on)."""
     async with in_process_gateway(tmp_path) as gw:
-        assert gw.gateway.pipelines["llm"].names() == REFERENCE_ORDER
-        assert gw.gateway.pipelines["listing"].names() == ["pre_auth_gate", "authenticate", "early_gate"]
+        # the request log line (on by default) is an observation stage in front of the reference's steps
+        assert gw.gateway.pipelines["llm"].names() == ["request_log", *REFERENCE_ORDER]
+        assert gw.gateway.pipelines["listing"].names() == [
+            "request_log", "pre_auth_gate", "authenticate", "early_gate"
+        ]  # fmt: skip
 
 
 async def test_insertion_points_sit_where_the_reference_puts_them(tmp_path: Path) -> None:

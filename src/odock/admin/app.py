@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -23,7 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from odock.dialects.body import decode_json
 from odock.errors import BadRequest, GatewayError
 from odock.state.service import CatalogueService, CreatedKey, to_json
-from odock.state.validation import holds_nul
+from odock.state.validation import KeyRotation, NewGrant, decode, holds_nul
+
+if TYPE_CHECKING:
+    from odock.admin.openapi import Operation
 
 log = logging.getLogger("odock.admin")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -137,9 +140,15 @@ def _crud_routes(
 
 
 def create_admin_app(  # noqa: C901
-    service: CatalogueService, admin_token: str, extra_routes: Sequence[BaseRoute] = ()
+    service: CatalogueService,
+    admin_token: str,
+    extra_routes: Sequence[BaseRoute] = (),
+    extra_operations: Sequence[Operation] = (),
 ) -> ASGIApp:
-    """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard)."""
+    """Build the admin ASGI app; every route lives under /admin/ (`extra_routes` too, behind the same guard,
+    described in the OpenAPI document by `extra_operations`)."""
+    from odock.admin.openapi import OPERATIONS, document_json
+
     s = service
 
     async def list_orgs(_organisation: str | None) -> Any:
@@ -172,13 +181,10 @@ def create_admin_app(  # noqa: C901
         return json_response(await s.get_key(ref, _org(request)))
 
     async def rotate(request: Request) -> Response:
-        body = await read_body(request)
-        unknown = set(body) - {"expires_at"}
-        if unknown:
-            raise BadRequest(f"rotate: unknown field(s) {', '.join(sorted(unknown))}; allowed: expires_at")
+        rotation = decode(KeyRotation, await read_body(request), "rotate")
         created = await s.rotate_key(
             request.path_params["ref"],
-            expires_at=body.get("expires_at"),
+            expires_at=rotation.expires_at,
             organisation=_org(request),
             rotated_by="admin-api",
         )
@@ -193,10 +199,9 @@ def create_admin_app(  # noqa: C901
     async def grants(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "POST":
-            body = await read_body(request)
-            model = body.get("model") or body.get("model_id")
-            if not isinstance(model, str) or not model:
-                raise BadRequest('grants: give the model as {"model": "<name or id>"}')
+            grant = decode(NewGrant, await read_body(request), "grants")
+            model = grant.model or grant.model_id
+            assert model is not None  # NewGrant requires one
             return json_response({"data": await s.add_grant(ref, model, _org(request))}, 201)
         return json_response({"data": await s.list_grants(ref, _org(request))})
 
@@ -239,6 +244,14 @@ def create_admin_app(  # noqa: C901
         Route("/admin/usage", usage, methods=["GET"]),
         *extra_routes,
     ]
+    document: list[bytes] = []  # built on first request, from the routes as registered
+
+    async def openapi(_request: Request) -> Response:
+        if not document:
+            document.append(document_json(routes, [*OPERATIONS, *extra_operations]))
+        return Response(document[0], media_type="application/json")
+
+    routes.append(Route("/admin/openapi.json", openapi, methods=["GET"]))
 
     async def gateway_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)

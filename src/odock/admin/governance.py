@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from odock.admin.app import error_response, json_response, read_body
 from odock.errors import BadRequest, GatewayError, NotFound
-from odock.governance.periods import PERIODS, zone
+from odock.governance.periods import PERIODS, Period, zone
 from odock.governance.store import (
     DEFAULT_THRESHOLDS,
     METRICS,
@@ -32,8 +32,11 @@ from odock.governance.store import (
     Budget,
     BudgetEvent,
     GovernanceStore,
+    Metric,
+    OwnerType,
     Quota,
 )
+from odock.state.validation import decode
 
 if TYPE_CHECKING:
     from odock.state.service import CatalogueService
@@ -46,6 +49,56 @@ _COMMON = {
 }  # fmt: skip
 BUDGET_FIELDS = _COMMON | {"amount_nanos", "amount_usd", "currency", "thresholds"}
 QUOTA_FIELDS = _COMMON | {"metric", "limit"}
+
+
+INT64 = Annotated[
+    int, msgspec.Meta(ge=0, le=2**63 - 1)
+]  # the BIGINT columns amounts and limits are stored in
+Percent = Annotated[int, msgspec.Meta(gt=0, le=1000)]
+Text = Annotated[str, msgspec.Meta(max_length=200)]
+Id = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class DefinitionFields(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of a budget or quota change: the types the admin API checks first (the OpenAPI document is
+    generated from these); the rules between fields (owner, window, amounts) are checked by `GovernanceAdmin`."""
+
+    name: Text | None = None
+    owner_type: OwnerType | None = None
+    owner_id: Id | None = None
+    organisation_id: Id | None = None
+    # the owner by catalogue name instead: the organisation, and optionally a team, user (e-mail) or key in it
+    organisation: Text | None = None
+    team: Text | None = None
+    user: Annotated[str, msgspec.Meta(max_length=320)] | None = None
+    key: Text | None = None
+    period: Period | None = None
+    start_at: Annotated[Any, msgspec.Meta(description="ISO 8601 date-time (naive: UTC)")] = None
+    end_at: Annotated[Any, msgspec.Meta(description="ISO 8601 date-time (naive: UTC), after start_at")] = None
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None = None  # "": the owner's time zone
+    rollover: bool | None = None
+    active: bool | None = None
+
+
+class BudgetChanges(DefinitionFields, kw_only=True):
+    amount_nanos: INT64 | None = None
+    amount_usd: int | float | str | None = None  # a decimal amount, converted exactly to nanos
+    currency: Annotated[str, msgspec.Meta(max_length=8)] | None = None
+    thresholds: list[Percent] | None = None
+
+
+class NewBudget(BudgetChanges, kw_only=True):
+    name: Text
+
+
+class QuotaChanges(DefinitionFields, kw_only=True):
+    metric: Metric | None = None
+    limit: INT64 | None = None
+
+
+class NewQuota(QuotaChanges, kw_only=True):
+    name: Text
+    metric: Metric
 
 
 def _parse_datetime(value: Any, field: str) -> Any:
@@ -189,6 +242,7 @@ class GovernanceAdmin:
 
     async def create_budget(self, data: Mapping[str, Any]) -> Budget:
         """Create a budget from an API/CLI/YAML object."""
+        decode(NewBudget, data, "budget")
         values = await self._common(data, BUDGET_FIELDS, None)
         amount = _amount(data)
         if amount is None:
@@ -214,6 +268,7 @@ class GovernanceAdmin:
 
     async def update_budget(self, budget_id: str, changes: Mapping[str, Any]) -> Budget:
         """Change some fields of a budget."""
+        decode(BudgetChanges, changes, "budget")
         current = await self.get_budget(budget_id)
         values = await self._common(changes, BUDGET_FIELDS, current)
         amount = _amount(changes)
@@ -237,6 +292,7 @@ class GovernanceAdmin:
 
     async def create_quota(self, data: Mapping[str, Any]) -> Quota:
         """Create a quota from an API/CLI/YAML object."""
+        decode(NewQuota, data, "quota")
         values = await self._common(data, QUOTA_FIELDS, None)
         metric = data.get("metric")
         if metric not in METRICS:
@@ -259,6 +315,7 @@ class GovernanceAdmin:
 
     async def update_quota(self, quota_id: str, changes: Mapping[str, Any]) -> Quota:
         """Change some fields of a quota."""
+        decode(QuotaChanges, changes, "quota")
         current = await self.get_quota(quota_id)
         values = await self._common(changes, QUOTA_FIELDS, current)
         if "metric" in changes:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from odock.edge.server import GatewayHttpProtocol
 
     settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     if args.config:
         asyncio.run(_apply(settings, args.config))
     # workers re-read settings from the environment; carry the command-line overrides there

@@ -381,7 +381,9 @@ class Governance:
             actual = self._actuals(ctx, receipt, cost_nanos)
             exceeded = self._exceeded(ctx, receipt, actual)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
-            metrics.child(DECISIONS, "settle", "settled" if usage is not None else "released").inc()
+            decision = "settled" if usage is not None else "released"
+            metrics.child(DECISIONS, "settle", decision).inc()
+            metrics.child(metrics.BUDGET_DECISIONS, decision).inc()
             if used:
                 self._threshold_events(receipt, actual, used)
             for held, charged in exceeded:
@@ -645,9 +647,11 @@ class Governance:
             denied = await ledger.reserve(reservation_id, items)
         if denied >= 0:
             metrics.child(DECISIONS, "budget", "deny").inc()
+            metrics.child(metrics.BUDGET_DECISIONS, "denied").inc()
             _deny(held[denied], now)
         receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
         metrics.child(DECISIONS, "budget", "reserved").inc()
+        metrics.child(metrics.BUDGET_DECISIONS, "reserved").inc()
 
     def _window(self, d: Budget | Quota, prefix: str, limit: int, now: datetime, tz: str) -> WindowRef | None:
         """The definition's current window, computed once per period (definitions are replaced, not mutated)."""

@@ -215,6 +215,8 @@ class Call:
                 async for chunk in produce:
                     if ended:
                         continue  # draining the upstream after the terminal event (nothing should follow it)
+                    if ctx.first_byte_at is None and chunk:
+                        ctx.first_byte_at = time.perf_counter()
                     if type(chunk) is FinalChunk:
                         # the server reports a finished response as a disconnect: stop watching first
                         watcher.cancel()
@@ -258,6 +260,8 @@ class Call:
             await req.end()
         await aclose(produce)
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
+        if ctx.first_byte_at is not None:
+            metrics.child(metrics.TIME_TO_FIRST_TOKEN, ctx.route).observe(ctx.first_byte_at - ctx.started)
         if outcome == "completed" and self.pipeline.after_stages:
             await self.answered(None)
 

@@ -471,6 +471,10 @@ class SqlStore:
         row = await self._one(sa.select(schema.api_keys).where(schema.api_keys.c.key_hash == key_hash))
         return self.key_from_row(row) if row else None
 
+    async def has_keys(self) -> bool:
+        """Whether the catalogue holds at least one API key (an empty one gets a hint at start)."""
+        return await self._one(sa.select(schema.api_keys.c.id).limit(1)) is not None
+
     async def find_model(self, organisation_id: str, name: str) -> ModelRecord | None:
         """Return the organisation's model called `name`."""
         t = schema.models

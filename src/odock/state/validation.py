@@ -35,7 +35,11 @@ Secret = Annotated[str, Meta(max_length=500)]
 Milliseconds = Annotated[int, Meta(gt=0, le=2_147_483_647)]  # an INTEGER column
 Capability = Annotated[str, Meta(min_length=1, max_length=200)]
 Object = dict[str, Any]
-S = TypeVar("S", bound="Input")
+# checked in `Input.__post_init__` (`expiry`): a future ISO 8601 instant or date, naive meaning UTC
+Expiry = Annotated[
+    Any, Meta(description="ISO 8601 date-time in the future (naive: UTC); null or empty: never expires")
+]
+S = TypeVar("S", bound=msgspec.Struct)  # an `Input`, or another strict body Struct (budgets, quotas)
 
 
 def parse_datetime(value: Any, field: str) -> datetime | None:
@@ -172,7 +176,7 @@ def decode(kind: type[S], data: Any, what: str) -> S:
         raise BadRequest(f"{what}: {message}") from None
 
 
-def _choices(kind: type[Input], field: str) -> list[str]:
+def _choices(kind: type[msgspec.Struct], field: str) -> list[str]:
     """The values a Literal field accepts (for the message naming them)."""
     for info in msgspec.inspect.type_info(kind).fields:  # type: ignore[attr-defined]
         if info.name == field:
@@ -273,7 +277,7 @@ class NewKey(Input):
     type: KeyType | None = None
     team: Ref | None = None
     user: Ref | None = None
-    expires_at: Any = None
+    expires_at: Expiry = None
     timezone: TimeZoneName | None = None
     policies: Object | None = None
     secret: Secret | None = None  # none: generated
@@ -286,11 +290,29 @@ class KeyChanges(Input):
     type: KeyType | UnsetType = UNSET
     team: Ref | UnsetType | None = UNSET
     user: Ref | UnsetType | None = UNSET
-    expires_at: Any = UNSET
+    expires_at: Expiry = UNSET
     timezone: TimeZoneName | UnsetType = UNSET
     policies: Object | UnsetType | None = UNSET
     revoked: bool | UnsetType = UNSET
     blank_is_none: ClassVar[frozenset[str]] = frozenset({"team", "user"})
+
+
+class KeyRotation(Input):
+    """`POST /admin/keys/{ref}/rotate`: the rotated key's new expiry (none: never expires)."""
+
+    expires_at: Expiry = None
+
+
+class NewGrant(Input):
+    """`POST /admin/keys/{ref}/grants`: the model (name or id) the key may use."""
+
+    model: Ref | None = None
+    model_id: Ref | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.model or self.model_id):
+            raise ValueError('give the model as {"model": "<name or id>"}')
 
 
 def ownership(key_type: str, team_id: str | None, user_id: str | None) -> None:

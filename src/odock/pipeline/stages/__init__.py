@@ -3,6 +3,7 @@
     LLM call:  pre-auth gate → authenticate → usage record → early gate → read body → [pre_route]
                → model access → [pre_reserve] → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
     listing:   pre-auth gate → authenticate → early gate            (`/v1/vllm/models`: answered from the catalogue)
+    key check: pre-auth gate → authenticate                         (`/v1/keys/validate`: no limits of the key spent)
 
 `pre_route` is where plugins' pre_route hooks go (§2.2 step 9). `pre_reserve` holds SafetySec's request phase and
 then the response cache: the cache must key on the redacted body and answer before any budget is reserved, so the
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from odock.state.catalogue import Catalogue
     from odock.usage import UsageRecorder
 
-__all__ = ["Pricer", "listing_stages", "llm_stages"]
+__all__ = ["Pricer", "key_check_stages", "listing_stages", "llm_stages"]
 
 
 def llm_stages(
@@ -67,4 +68,14 @@ def listing_stages(
     stages.append(Authenticate(catalogue))
     if governance is not None:
         stages.append(EarlyGate(governance, pricer or Pricer()))
+    return stages
+
+
+def key_check_stages(*, catalogue: Catalogue, governance: Governance | None = None) -> list[Stage]:
+    """The stages of a key validation: the pre-auth gate (IP rules, the global request rate: a brute-force
+    guard) and authentication; the key's own limits are not spent by a control plane asking about it."""
+    stages: list[Stage] = []
+    if governance is not None:
+        stages.append(PreAuthGate(governance))
+    stages.append(Authenticate(catalogue))
     return stages

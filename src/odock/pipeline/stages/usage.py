@@ -91,6 +91,20 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
     }
 
 
+def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
+    """The record's metadata: clamped-usage flags, gateway overhead and time to first token (reference §13.6:
+    "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
+    metadata: dict[str, Any] = {}
+    if ctx.usage_flags:
+        metadata["usage_flags"] = ctx.usage_flags
+    overhead, ttft = ctx.overhead_ms(), ctx.ttft_ms()
+    if overhead is not None:
+        metadata["overhead_ms"] = overhead
+    if ttft is not None:
+        metadata["ttft_ms"] = ttft
+    return metadata or None
+
+
 class RecordUsage(Stage):
     """The call's usage record, taken once: just before the response's last bytes leave (a client never holds a
     complete answer whose record a killed process could not replay from the spool), or — for a call that ends
@@ -164,9 +178,11 @@ class RecordUsage(Stage):
                 pricing=answered.pricing if answered and answered.pricing else None,
                 raw_usage=ctx.raw_usage,
                 routing=routing_evidence(ctx),
-                metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
+                metadata=call_metadata(ctx),
             )
         )
+        if ctx.upstream_started is not None:
+            metrics.child(metrics.GATEWAY_OVERHEAD, ctx.route).observe(ctx.upstream_started - ctx.started)
         if usage is not None and provider is not None:
             family = family_of(provider.type)
             metrics.child(metrics.TOKENS, family, "input").inc(usage.total_input)
