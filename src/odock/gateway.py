@@ -15,8 +15,11 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from odock.mcp.directory import McpDirectory
+from odock.mcp.runtime import McpRuntime
+from odock.mcp.session import SessionSigner, derive_secret
 from odock.pipeline.runner import BodyLimits, Pipeline
-from odock.pipeline.stages import Pricer, listing_stages, llm_stages
+from odock.pipeline.stages import Pricer, listing_stages, llm_stages, mcp_stages
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -96,9 +99,23 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
+        self.mcp = self._mcp_runtime()
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    def _mcp_runtime(self) -> McpRuntime:
+        """The MCP proxy's resources: its directory cache, session signer, upstream auth and stdio pools."""
+        from odock.mcp.stdio import StdioPools
+
+        secret = derive_secret(
+            self.settings.mcp_session_secret, self.store.box.derive(b"odock mcp session v1")
+        )
+        runtime = McpRuntime(self.transport, SessionSigner(secret), self.settings.mcp_timeout_s)
+        runtime.stdio = StdioPools()
+        self.mcp_directory = McpDirectory(self.store, self.catalogue, ttl_s=self.settings.mcp_cache_ttl_s)
+        self.services.register("mcp", runtime, close=runtime.close)
+        return runtime
 
     def build_pipelines(
         self,
@@ -106,6 +123,7 @@ class Gateway:
         pre_route: Sequence[Stage] = (),
         pre_reserve: Sequence[Stage] = (),
         pre_upstream: Sequence[Stage] = (),
+        mcp_pre_upstream: Sequence[Stage] = (),
     ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
@@ -122,6 +140,15 @@ class Gateway:
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
+        mcp = mcp_stages(
+            catalogue=self.catalogue,
+            recorder=self.recorder,
+            directory=self.mcp_directory,
+            runtime=self.mcp,
+            governance=self.governance,
+            pricer=pricer,
+            pre_upstream=mcp_pre_upstream,
+        )
         return {
             "llm": Pipeline(
                 llm,
@@ -137,6 +164,13 @@ class Gateway:
                 limits=limits,
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,
+            ),
+            "mcp": Pipeline(
+                mcp,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                upstream_errors=self.settings.upstream_errors,
             ),
         }
 

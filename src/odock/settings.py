@@ -68,6 +68,11 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_errors: str = "passthrough"
     log_level: str = "info"
     prometheus_enabled: bool = True
+    # MCP gateway: the HMAC secret of session tokens (every process of a cluster must share it; empty: derived
+    # from ODOCK_SECRET_KEY), the server lookup cache, and the upstream call timeout
+    mcp_session_secret: str = ""
+    mcp_cache_ttl_s: float = 300.0
+    mcp_timeout_s: float = 300.0
 
     @property
     def cluster(self) -> bool:
@@ -133,6 +138,9 @@ def load_settings(**overrides: Any) -> Settings:
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+        ("mcp_session_secret", ("ODOCK_MCP_SESSION_SECRET",), str),
+        ("mcp_cache_ttl_s", ("MCP_CACHE_TTL",), parse_duration),
+        ("mcp_timeout_s", ("ODOCK_MCP_TIMEOUT",), parse_duration),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
