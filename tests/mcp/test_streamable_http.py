@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from odock import metrics
 from tests.harness import wait_usage
 from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
 
@@ -63,6 +63,9 @@ async def client(
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_sdk_calls_a_tool_through_the_gateway(env: McpEnv, kind: str, mode: str) -> None:
     """Both eras, JSON and SSE answers: the SDK lists and calls tools, reads a resource, gets a prompt."""
+    discovered = metrics.child(metrics.MCP_REQUESTS, "STREAMABLE_HTTP", "server/discover", "success")
+    initialized = metrics.child(metrics.MCP_REQUESTS, "STREAMABLE_HTTP", "initialize", "success")
+    before = (discovered._value.get(), initialized._value.get())
     async with client(env, f"{kind}-open", mode) as mcp:
         tools = await mcp.list_tools()
         assert {"echo", "add", "secret_tool"} <= {t.name for t in tools.tools}
@@ -73,6 +76,12 @@ async def test_sdk_calls_a_tool_through_the_gateway(env: McpEnv, kind: str, mode
         assert "info body" in str(resource.contents[0])
         prompt = await mcp.get_prompt("greet", {"who": "Ada"})
         assert "Hello Ada" in str(prompt.messages[0].content)
+    # auto: the 2026-07-28 stateless form (server/discover, no handshake); legacy: the initialize handshake
+    after = (discovered._value.get(), initialized._value.get())
+    if mode == "auto":
+        assert after[0] == before[0] + 1 and after[1] == before[1]
+    else:
+        assert after[0] == before[0] and after[1] == before[1] + 1
 
 
 @pytest.mark.parametrize("kind", ["json", "sse"])
