@@ -31,6 +31,7 @@ from odock.mcp.call import McpRequest
 from odock.mcp.protocol import Rules, error_body, filter_json, filter_sse_event, sse_events
 from odock.mcp.records import McpServer
 from odock.mcp.runtime import McpRuntime
+from odock.mcp.stdio import relay_stdio
 from odock.pipeline.call import Call, FinalChunk
 from odock.pipeline.stages.mcp import mcp_request
 from odock.transport.base import UpstreamRequest, UpstreamResponse
@@ -126,12 +127,7 @@ class McpEndpoint(LLMEndpoint):
         assert server is not None and runtime is not None
         try:
             if server.transport == "STDIO":
-                from odock.mcp.stdio import relay_stdio
-
-                assert runtime.stdio is not None
-                status, body = await relay_stdio(runtime.stdio, server, state, call.exchange.method)
-                state.bytes_out = len(body)
-                await call.respond(status, body, b"application/json")
+                await self._relay_stdio(call, state, server, runtime)
             else:
                 await self._relay_http(call, state, server, runtime)
         finally:
@@ -145,6 +141,18 @@ class McpEndpoint(LLMEndpoint):
                     state.bytes_out,
                 )
                 ctx.priced = True
+
+    async def _relay_stdio(
+        self, call: Call, state: McpRequest, server: McpServer, runtime: McpRuntime
+    ) -> None:
+        assert runtime.stdio is not None
+        call.ctx.upstream_started = time.perf_counter()
+        status, body = await relay_stdio(runtime.stdio, server, state, call.exchange.method)
+        rules = state.rules
+        if body and state.list_ids and rules is not None and not rules.empty:
+            body = filter_json(rules, body, state.list_ids)
+        state.bytes_out = len(body)
+        await call.respond(status, body, b"application/json")
 
     def _url(self, call: Call, state: McpRequest, server: McpServer) -> str:
         assert server.endpoint_url is not None
