@@ -332,6 +332,7 @@ class StdioPools:
         self.pools: dict[str, tuple[tuple[Any, ...], StdioPool]] = {}
         self.reap_interval_s = reap_interval_s
         self._reaper: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def pool(self, server: McpServer) -> StdioPool:
         if self._reaper is None:
@@ -343,8 +344,10 @@ class StdioPools:
             return entry[1]
         pool = StdioPool(server)
         self.pools[server.id] = (fingerprint, pool)
-        if entry is not None:
-            asyncio.create_task(entry[1].close())  # its command changed: the old processes go
+        if entry is not None:  # its command changed: the old processes go
+            task = asyncio.create_task(entry[1].close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         return pool
 
     def process_count(self) -> int:
@@ -365,7 +368,9 @@ class StdioPools:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         pools, self.pools = self.pools, {}
-        await asyncio.gather(*(pool.close() for _, pool in pools.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(pool.close() for _, pool in pools.values()), *self._retiring, return_exceptions=True
+        )
 
 
 async def _answer(pool: StdioPool, message: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
