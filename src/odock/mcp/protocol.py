@@ -180,11 +180,12 @@ def enforce(rules: Rules, messages: list[Message], body: bytes) -> None:
                 raise Forbidden("the request holds a blocked keyword", "mcp_guardrail_block")
 
 
-def filter_result(rules: Rules, payload: Any, list_ids: set[Any]) -> bool:
-    """Drop refused tools from `tools/list` results (answers to the ids in `list_ids`); return whether changed."""
+def filter_result(rules: Rules, payload: Any, list_ids: set[Any] | None) -> bool:
+    """Drop refused tools from `tools/list` results (answers to the ids in `list_ids`; None: any result holding
+    a `tools` list, for streams whose requests went elsewhere); return whether changed."""
     changed = False
     for item in payload if isinstance(payload, list) else [payload]:
-        if not isinstance(item, dict) or item.get("id") not in list_ids:
+        if not isinstance(item, dict) or (list_ids is not None and item.get("id") not in list_ids):
             continue
         result = item.get("result")
         tools = result.get("tools") if isinstance(result, dict) else None
@@ -222,7 +223,7 @@ def sse_events(buffer: bytearray) -> Iterator[bytes]:
         yield event
 
 
-def filter_sse_event(rules: Rules, event: bytes, list_ids: set[Any]) -> bytes:
+def filter_sse_event(rules: Rules, event: bytes, list_ids: set[Any] | None) -> bytes:
     """One SSE event with its `data:` JSON-RPC message filtered (other fields kept as they were)."""
     lines = event.replace(b"\r\n", b"\n").split(b"\n")
     data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in lines]
