@@ -70,6 +70,11 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[McpEnv]
             "priced", url + "/mcp", pricing={"callNanosUsd": 10_000_000, "outputByteNanosUsd": 1}
         )
         await env.add_server("down", f"http://127.0.0.1:{free_port()}/mcp")
+        await env.add_server("filtered", url + "/mcp", semantic_filter={"blockedKeywords": ["DROP TABLE"]})
+        other = await env.gw.service.create_key(
+            {"organisation": "acme", "name": "scope-owner", "type": "ORGANISATION"}
+        )
+        await env.add_server("scoped", url + "/mcp", api_key=other.key.id)
         for path in ("empty", "boom", "cut"):
             await env.add_server(path, f"{bad}/{path}")
         yield env
@@ -135,3 +140,17 @@ async def test_a_cut_stream_ends_with_an_error_event(env: McpEnv) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
     assert '"id":1' in resp.text and "mcp_upstream_error" in resp.text
+
+
+async def test_semantic_filter_blocks_keywords_case_insensitively(env: McpEnv) -> None:
+    """A blocked keyword anywhere in the body (any case) is 403 mcp_guardrail_block; other calls pass."""
+    bad = {**CALL, "params": {"name": "echo", "arguments": {"text": "please drop table users"}}}
+    resp = await post(env, "filtered", bad)
+    assert (resp.status_code, data(resp)["code"]) == (403, "mcp_guardrail_block")
+    assert (await post(env, "filtered")).status_code == 200
+
+
+async def test_key_scope_refuses_other_keys_even_with_a_grant(env: McpEnv) -> None:
+    """A server scoped to another key: 403 mcp_not_allowed for this key, although it holds a grant."""
+    resp = await post(env, "scoped")
+    assert (resp.status_code, data(resp)["code"]) == (403, "mcp_not_allowed")
