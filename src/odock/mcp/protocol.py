@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,10 +128,13 @@ class Rules:
     allowed: dict[str, tuple[str, ...]]
     blocked: dict[str, tuple[str, ...]]
     keywords: tuple[str, ...]
+    # tool-definition pinning (odock.mcp.pinning): whether a listed tool may stay, and whether a call is refused
+    pin_admit: Callable[[dict[str, Any]], bool] | None = None
+    pin_refused: Callable[[str], bool] | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.allowed or self.blocked or self.keywords)
+        return not (self.allowed or self.blocked or self.keywords or self.pin_admit)
 
 
 def _by_kind(entries: list[str]) -> dict[str, tuple[str, ...]]:
@@ -173,6 +176,8 @@ def enforce(rules: Rules, messages: list[Message], body: bytes) -> None:
             raise Forbidden(
                 f"{kind} {message.name!r} is not allowed on this MCP server", "mcp_guardrail_block"
             )
+        if kind == "tool" and rules.pin_refused is not None and rules.pin_refused(message.name or ""):
+            raise Forbidden(f"tool {message.name!r} changed since it was pinned", "mcp_guardrail_block")
     if rules.keywords:
         text = body.decode("utf-8", "replace").lower()
         for keyword in rules.keywords:
@@ -191,7 +196,14 @@ def filter_result(rules: Rules, payload: Any, list_ids: set[Any] | None) -> bool
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             continue
-        kept = [t for t in tools if isinstance(t, dict) and permitted(rules, "tool", str(t.get("name", "")))]
+        admit = rules.pin_admit
+        kept = [
+            t
+            for t in tools
+            if isinstance(t, dict)
+            and permitted(rules, "tool", str(t.get("name", "")))
+            and (admit is None or admit(t))
+        ]
         if len(kept) != len(tools):
             assert isinstance(result, dict)
             result["tools"] = kept

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from odock.mcp.auth import UpstreamAuth
+from odock.mcp.pinning import ToolPins
 from odock.mcp.session import SessionSigner
 from odock.transport.base import Timeouts
 
@@ -24,6 +25,7 @@ class McpRuntime:
     signer: SessionSigner
     timeout_s: float = 300.0
     auth: UpstreamAuth = field(init=False)
+    pins: ToolPins = field(default_factory=ToolPins)
     stdio: StdioPools | None = None
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,17 @@ class ResolveMcpServer(Stage):
         if server is None or not server.enabled:
             raise NotFound(f"MCP server {state.ref!r} not found", "mcp_not_found")
         state.server = server
-        state.rules = rules_of(server)
+        rules = rules_of(server)
+        mode = server.config.get("pin_tools")
+        if mode in ("alert", "block", True):
+            mode = "alert" if mode is True else str(mode)
+            pins, sid = self.runtime.pins, server.id
+            rules = replace(
+                rules,
+                pin_admit=lambda tool: pins.admit(sid, tool, mode),
+                pin_refused=(lambda name: pins.refused(sid, name)) if mode == "block" else None,
+            )
+        state.rules = rules
 
 
 class McpAccess(Stage):
