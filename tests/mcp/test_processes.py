@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from odock.mcp.service import McpCatalogueService
+from tests import harness
 from tests.conftest import REDIS_HOST, REDIS_PORT, require_service
 from tests.harness import GatewayProcess, free_port
 from tests.mcp.servers import demo_server, mcp_gateway, serve
@@ -96,10 +97,14 @@ class RoundRobin(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def test_session_continues_on_another_process(tmp_path: Path, postgres_url: str) -> None:
+async def test_session_continues_on_another_process(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two gateway processes on one PostgreSQL + Redis: the SDK (legacy mode: initialize, Mcp-Session-Id) has
     every request sent to the next process in turn, and its session works throughout."""
     require_service("Redis", REDIS_HOST, REDIS_PORT)
+    # two processes start at once; on a loaded 2-core machine one start alone can take 15 s
+    monkeypatch.setattr(harness, "START_TIMEOUT_S", 90.0)
     redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     flush = aioredis.from_url(redis_url)
     await flush.flushdb()
