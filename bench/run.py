@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)"
     )
     p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
+    p.add_argument(
+        "--mcp",
+        action="store_true",
+        help="only the MCP comparison: tools/call through /v1/mcp/{slug} vs direct (see bench/mcp.py)",
+    )
+    p.add_argument("--mcp-rounds", type=int, default=5, help="alternating direct/gateway rounds of --mcp")
     p.add_argument("--no-gateway", action="store_true", help="skip the Odock gateway (direct and peers only)")
     p.add_argument(
         "--soak",
@@ -601,6 +607,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the complexity rule; to split
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
+    if args.mcp:
+        from bench import mcp
+
+        return mcp.run(args)
     ensure_wrk(install=True)
     avail = cores()
     sut_cpu, load_cpu = (avail[0], avail[1]) if len(avail) >= 2 and not args.no_pin else (None, None)

@@ -12,6 +12,7 @@ from odock.edge.endpoints.gemini import PREFIX as GEMINI_PREFIX
 from odock.edge.endpoints.gemini import GeminiEndpoint
 from odock.edge.endpoints.keys import PATH as KEY_VALIDATE_PATH
 from odock.edge.endpoints.keys import KeyValidateEndpoint
+from odock.edge.endpoints.mcp import McpEndpoint
 from odock.edge.endpoints.openai_media import openai_media_routes
 from odock.edge.endpoints.responses import responses_endpoint
 from odock.edge.endpoints.vllm import vllm_routes
@@ -37,7 +38,9 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
     }
     exact.update(openai_media_routes())
     exact.update(vllm_routes())
-    prefixes: list[tuple[str, Endpoint]] = [(GEMINI_PREFIX, GeminiEndpoint())]
+    mcp = McpEndpoint()
+    exact["/v1/mcp"] = mcp  # no server named: 400 invalid_mcp_ref
+    prefixes: list[tuple[str, Endpoint]] = [(GEMINI_PREFIX, GeminiEndpoint()), ("/v1/mcp/", mcp)]
     return exact, prefixes
 
 
@@ -45,11 +48,14 @@ def admin_app_for(gw: Gateway) -> ASGIApp:
     """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
     from odock.admin.app import create_admin_app
     from odock.admin.governance import admin_for, admin_routes
+    from odock.admin.mcp import mcp_admin_routes
+    from odock.mcp.service import McpCatalogueService
 
     # budget and quota changes reload this process's definitions at once (others poll)
     on_change = gw.governance.refresh_definitions if gw.governance is not None else None
     governance = admin_for(gw.store, on_change=on_change)
-    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, admin_routes(governance))
+    extra = [*admin_routes(governance), *mcp_admin_routes(McpCatalogueService(gw.store))]
+    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, extra)
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

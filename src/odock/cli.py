@@ -10,6 +10,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
     from odock.commands import catalogue, serve
     from odock.commands import governance as governance_cli
+    from odock.commands import mcp as mcp_cli
     from odock.mock import cli as mock_cli
 
     parser = argparse.ArgumentParser(prog="odock", description="Odock LLM gateway")
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     mock_cli.add_parser(commands)
     catalogue.add_parsers(commands)
     governance_cli.add_parsers(commands)
+    mcp_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     code = args.func(args)
     sys.exit(code or 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ import msgspec
 import yaml
 
 from odock.errors import BadRequest, NotFound
+from odock.mcp.service import McpCatalogueService
+from odock.mcp.validation import check_auth
 from odock.state.service import CatalogueService, parse_datetime
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ONLY_REF = re.compile(r"^\s*\$\{[A-Za-z_][A-Za-z0-9_]*\}\s*$")
 
-_SECTIONS = {"organisations", "providers", "models", "keys", "budgets", "quotas"}
+_SECTIONS = {"organisations", "providers", "models", "mcp_servers", "keys", "budgets", "quotas"}
 _ORG = {"name", "timezone", "policies", "teams", "users"}
 _TEAM = {"name", "policies"}
 _USER = {"email", "name"}
@@ -40,7 +42,31 @@ _KEY = {
     "timezone",
     "policies",
     "models",
+    "mcp_servers",
 }
+_MCP_SERVER = {
+    "organisation",
+    "name",
+    "slug",
+    "transport",
+    "endpoint_url",
+    "stdio_command",
+    "stdio_args",
+    "stdio_env",
+    "description",
+    "team",
+    "api_key",
+    "auth",
+    "enabled",
+    "allowed_tools",
+    "blocked_tools",
+    "semantic_filter",
+    "pricing",
+    "policies",
+    "config",
+}
+# upstream auth fields that hold secrets: only `${VAR}` references in a file
+_MCP_AUTH_SECRETS = ("token", "value", "password", "client_secret", "clientSecret")
 
 
 class ConfigFileError(BadRequest):
@@ -120,6 +146,17 @@ def _secret_reference(item: Mapping[str, Any], field: str, where: str) -> None:
         )
 
 
+def _check_mcp_servers(document: Mapping[str, Any]) -> None:
+    for i, server in enumerate(_entries(document, "mcp_servers")):
+        where = f"mcp_servers[{i}]"
+        _check_fields(server, _MCP_SERVER, where, ("organisation", "name"))
+        auth = server.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise ConfigFileError(f"{where}.auth: expected a mapping")
+        for field in _MCP_AUTH_SECRETS:
+            _secret_reference(auth or {}, field, f"{where}.auth")
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read, check and expand a catalogue file (no database access)."""
     try:
@@ -147,6 +184,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> dict[
         _secret_reference(provider, "api_key", f"providers[{i}]")
     for i, model in enumerate(_entries(document, "models")):
         _check_fields(model, _MODEL, f"models[{i}]", ("organisation", "name", "provider", "slug"))
+    _check_mcp_servers(document)
     for i, key in enumerate(_entries(document, "keys")):
         _check_fields(key, _KEY, f"keys[{i}]", ("organisation", "name"))
         _secret_reference(key, "secret", f"keys[{i}]")
@@ -252,16 +290,21 @@ async def apply_config(  # noqa: C901
             await service.update_model(model.id, changes)
         record("model", label, changes)
 
+    await _apply_mcp_servers(service, _entries(document, "mcp_servers"), record)
     for entry in _entries(document, "keys"):
         label = f"{entry['organisation']}/{entry['name']}"
         models = entry.get("models")
-        data = {k: v for k, v in entry.items() if k != "models"}
+        data = {k: v for k, v in entry.items() if k not in ("models", "mcp_servers")}
         try:
             key = await service.get_key(entry["name"], entry["organisation"])
         except NotFound:
             created = await service.create_key({**data, "models": models or []})
             if not entry.get("secret"):
                 report.generated_secrets[label] = created.secret
+            if entry.get("mcp_servers"):
+                await McpCatalogueService(service.store).set_mcp_grants(
+                    created.key.id, list(entry["mcp_servers"])
+                )
             record("key", label, None)
             continue
         changes = {}
@@ -296,6 +339,11 @@ async def apply_config(  # noqa: C901
             changes["secret"] = "…"
         if models is not None and await service.set_grants(key.id, list(models)):
             changes["models"] = models
+        servers = entry.get("mcp_servers")
+        if servers is not None and await McpCatalogueService(service.store).set_mcp_grants(
+            key.id, list(servers)
+        ):
+            changes["mcp_servers"] = servers
         record("key", label, changes)
     if document.get("budgets") or document.get("quotas"):
         from odock.admin.governance import admin_for, apply_governance
@@ -305,3 +353,38 @@ async def apply_config(  # noqa: C901
         report.updated += governed["updated"]
         report.unchanged += governed["unchanged"]
     return report
+
+
+async def _apply_mcp_servers(
+    service: CatalogueService,
+    entries: list[dict[str, Any]],
+    record: Callable[[str, str, Mapping[str, Any] | None], None],
+) -> None:
+    """Upsert MCP servers by slug (default: the name) within their organisation; secrets compared decrypted."""
+    mcp = McpCatalogueService(service.store)
+    for entry in entries:
+        slug = entry.get("slug") or entry["name"]
+        label = f"{entry['organisation']}/{slug}"
+        try:
+            info = await mcp.get_mcp_server(slug, entry["organisation"])
+        except NotFound:
+            await mcp.create_mcp_server(entry)
+            record("mcp server", label, None)
+            continue
+        server = await mcp.find_server(info.organisation_id, info.id)
+        assert server is not None
+        current = msgspec.to_builtins(info)
+        secret_fields = ("auth", "stdio_env", "team", "api_key", "organisation")
+        desired = {k: v for k, v in entry.items() if k not in secret_fields}
+        changes = _differs(current, desired)
+        if "endpoint_url" in changes and str(changes["endpoint_url"]).rstrip("/") == current["endpoint_url"]:
+            del changes["endpoint_url"]
+        if "auth" in entry:
+            kind, wanted = check_auth(entry["auth"])
+            if kind != server.auth_type or (wanted or {}) != server.auth:
+                changes["auth"] = entry["auth"]
+        if "stdio_env" in entry and (entry["stdio_env"] or {}) != server.stdio_env:
+            changes["stdio_env"] = entry["stdio_env"]
+        if changes:
+            await mcp.update_mcp_server(info.id, changes)
+        record("mcp server", label, {k: "…" if k in ("auth", "stdio_env") else v for k, v in changes.items()})

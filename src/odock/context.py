@@ -56,6 +56,12 @@ class CallContext:
     output_cap_added: bool = False
     # governance receipts (rate-limit lease, token reservation, budget/quota reservations), opaque to the edge
     governance: Any = None
+    # a scope beside the model's that joins the final gate: (scope, id, policy envelope) — MCP calls put their
+    # server there (the MCP scope, reference §2.3 step 10)
+    extra_scope: tuple[str, str, dict[str, Any]] | None = None
+    # what budgets and cost quotas reserve when the call is not priced by tokens (MCP: pricing × request bytes
+    # plus the per-call and per-tool price); None: the model's worst case
+    reserve_nanos: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     # filled by the router and the response path
     attempts: list[Attempt] = field(default_factory=list)

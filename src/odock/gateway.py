@@ -15,8 +15,11 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from odock.mcp.directory import McpDirectory
+from odock.mcp.runtime import McpRuntime
+from odock.mcp.session import SessionSigner, derive_secret
 from odock.pipeline.runner import BodyLimits, Pipeline
-from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages
+from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages, mcp_stages
 from odock.pipeline.stages.request_log import RequestLog
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
@@ -106,9 +109,23 @@ class Gateway:
 
             self.tracing = Tracing.from_settings(settings)
             self.services.register("tracing", self.tracing, close=self.tracing.close)
+        self.mcp = self._mcp_runtime()
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    def _mcp_runtime(self) -> McpRuntime:
+        """The MCP proxy's resources: its directory cache, session signer, upstream auth and stdio pools."""
+        from odock.mcp.stdio import StdioPools
+
+        secret = derive_secret(
+            self.settings.mcp_session_secret, self.store.box.derive(b"odock mcp session v1")
+        )
+        runtime = McpRuntime(self.transport, SessionSigner(secret), self.settings.mcp_timeout_s)
+        runtime.stdio = StdioPools()
+        self.mcp_directory = McpDirectory(self.store, self.catalogue, ttl_s=self.settings.mcp_cache_ttl_s)
+        self.services.register("mcp", runtime, close=runtime.close)
+        return runtime
 
     def build_pipelines(
         self,
@@ -116,6 +133,7 @@ class Gateway:
         pre_route: Sequence[Stage] = (),
         pre_reserve: Sequence[Stage] = (),
         pre_upstream: Sequence[Stage] = (),
+        mcp_pre_upstream: Sequence[Stage] = (),
     ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
@@ -139,6 +157,17 @@ class Gateway:
         if self.tracing is not None:
             # upstream attempts get their span (and send its traceparent) only when tracing is on
             transport, observe = self.tracing.transport(transport), self.tracing.observer(observe)
+        mcp = self.observed(
+            mcp_stages(
+                catalogue=self.catalogue,
+                recorder=self.recorder,
+                directory=self.mcp_directory,
+                runtime=self.mcp,
+                governance=self.governance,
+                pricer=pricer,
+                pre_upstream=mcp_pre_upstream,
+            )
+        )
         return {
             "llm": Pipeline(
                 llm,
@@ -161,6 +190,13 @@ class Gateway:
                 limits=limits,
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,
+            ),
+            "mcp": Pipeline(
+                mcp,
+                transport=self.transport,
+                limits=limits,
+                client_ip=self.client_ip,
+                upstream_errors=self.settings.upstream_errors,
             ),
         }
 

@@ -142,3 +142,40 @@ def status_class(status: int) -> str:
 def child(metric: Any, *values: str) -> Any:
     """`metric.labels(*values)`, cached: label sets are bounded and `labels()` costs a lock per call."""
     return metric.labels(*values)
+
+
+# MCP gateway: labels from bounded sets only (transport, a known JSON-RPC method or "other", outcome, direction)
+MCP_REQUESTS = Counter(
+    "gateway_mcp_requests_total",
+    "MCP requests answered, by transport, JSON-RPC method and outcome",
+    ["transport", "method", "outcome"],
+    registry=REGISTRY,
+)
+MCP_DURATION = Histogram(
+    "gateway_mcp_request_duration_seconds",
+    "MCP request time, first byte in to last byte out",
+    ["transport"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+MCP_BYTES = Counter(
+    "gateway_mcp_bytes_total",
+    "MCP body bytes relayed, by direction (in, out)",
+    ["direction"],
+    registry=REGISTRY,
+)
+MCP_BLOCKS = Counter(
+    "gateway_mcp_blocked_total",
+    "MCP calls or listed tools refused by the server's tool rules, by kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+MCP_STDIO_PROCESSES = Gauge(
+    "gateway_mcp_stdio_processes", "Live stdio MCP server processes (all pools)", registry=REGISTRY
+)
+MCP_STDIO_EVENTS = Counter(
+    "gateway_mcp_stdio_events_total",
+    "Stdio pool events: spawn, exit, crash, init_timeout, idle_reaped, lifetime_reaped, breaker_open",
+    ["event"],
+    registry=REGISTRY,
+)

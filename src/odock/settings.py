@@ -91,6 +91,12 @@ class Settings(msgspec.Struct, kw_only=True):
     def traces_url(self) -> str:
         return self.otel_traces_endpoint or self.otel_endpoint.rstrip("/") + "/v1/traces"
 
+    # MCP gateway: the HMAC secret of session tokens (every process of a cluster must share it; empty: derived
+    # from ODOCK_SECRET_KEY), the server lookup cache, and the upstream call timeout
+    mcp_session_secret: str = ""
+    mcp_cache_ttl_s: float = 300.0
+    mcp_timeout_s: float = 300.0
+
     @property
     def cluster(self) -> bool:
         return bool(self.redis_url)
@@ -184,6 +190,9 @@ def load_settings(**overrides: Any) -> Settings:
         ("otel_traces_endpoint", ("OBSERVABILITY_OTEL_TRACES_ENDPOINT",), str),
         ("service_name", ("OBSERVABILITY_SERVICE_NAME",), str),
         ("sample_rate", ("OBSERVABILITY_SAMPLE_RATE",), float),
+        ("mcp_session_secret", ("ODOCK_MCP_SESSION_SECRET",), str),
+        ("mcp_cache_ttl_s", ("MCP_CACHE_TTL",), parse_duration),
+        ("mcp_timeout_s", ("ODOCK_MCP_TIMEOUT",), parse_duration),
     ]
     for field, names, convert in readers:
         raw = _env(*names)

@@ -107,7 +107,7 @@ async def test_store_governance_and_admin_share_one_engine(gateway: Gateway) -> 
     assert gateway.governance.store.engine is gateway.store.engine
     assert gateway.governance.store.sql is gateway.store
     assert admin_for(gateway.store).store.engine is gateway.store.engine
-    assert gateway.services.names == ["store", "governance", "transport"]
+    assert gateway.services.names == ["store", "governance", "transport", "mcp"]
 
 
 async def test_shared_charge_writer_on_postgresql(postgres_url: str) -> None:

@@ -294,6 +294,10 @@ class Governance:
         model_limits = self._policies.get(ctx.model.policies) if ctx.model is not None else Limits()
         if ctx.model is not None:
             scopes.append((MODEL, ctx.model.id, model_limits))
+        extra = None
+        if ctx.extra_scope is not None:
+            extra = (ctx.extra_scope[0], ctx.extra_scope[1], self._policies.get(ctx.extra_scope[2]))
+            scopes.append(extra)
         caps = []
         for scope, _, limits in scopes:
             self._static_checks(scope, limits, ctx)
@@ -311,6 +315,8 @@ class Governance:
         checks: list[Check] = []
         if ctx.model is not None:
             checks += self._request_checks(MODEL, ctx.model.id, model_limits, leases=True)
+        if extra is not None:
+            checks += self._request_checks(*extra, leases=True)
         for scope, ident, limits in scopes:
             if limits.tpm:
                 checks.append(
@@ -588,7 +594,10 @@ class Governance:
             est_in = max(0, ctx.estimated_input_tokens)
         # image routes generate one image per choice (`n`), billed at `per_image` beside any token price
         images = ctx.prompt.choices if ctx.output == "images" and ctx.prompt is not None else 0
-        worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
+        if ctx.reserve_nanos is not None:
+            worst = ctx.reserve_nanos
+        else:
+            worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
         held: list[Held] = []
         for owner_type, owner_id, tz in self._owners(ctx):
             for budget in defs.budgets.get((owner_type, owner_id), ()):

@@ -21,6 +21,9 @@ class Exchange(Protocol):
     before_end: Callable[[], None] | None
 
     @property
+    def method(self) -> str: ...
+
+    @property
     def path(self) -> str: ...
 
     def query(self, name: str) -> str | None: ...

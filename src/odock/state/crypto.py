@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -31,6 +33,11 @@ class SecretBox:
         if len(key) != 32:
             raise ValueError("the secret key must be exactly 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def derive(self, label: bytes) -> bytes:
+        """A 32-byte key for another purpose (HMAC of `label`), so one shared secret serves every process."""
+        return hmac.new(self._key, label, hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str) -> str:
         """Return the JSON envelope text for `plaintext` (fresh random IV each time)."""

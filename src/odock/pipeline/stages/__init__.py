@@ -4,12 +4,17 @@
                → model access → [pre_reserve] → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
     listing:   pre-auth gate → authenticate → early gate            (`/v1/vllm/models`: answered from the catalogue)
     key check: pre-auth gate → authenticate                         (`/v1/keys/validate`: no limits of the key spent)
+    MCP call:  pre-auth gate → authenticate → MCP usage record → early gate → resolve server → MCP access
+               → read request → tool rules → [mcp_pre_upstream] → MCP gate (MCP scope, budgets, quotas)
 
 `pre_route` is where plugins' pre_route hooks go (§2.2 step 9). `pre_reserve` holds SafetySec's request phase and
 then the response cache: the cache must key on the redacted body and answer before any budget is reserved, so the
 request phase moves ahead of the reservations (§2.2 puts it at step 14; a block there has nothing to release).
-`pre_upstream` is where plugins' pre_upstream hooks go (step 15: after the reservations, so a block releases them). Governance stages are
-left out when governance is off; nothing else is conditional.
+`mcp_pre_upstream` is where SafetySec and plugins go on MCP calls (reference §2.3 leaves them out: off by default,
+empty); they read the parsed JSON-RPC messages on `call.route_state` (`odock.mcp.call.McpRequest`) and run
+before the reservation, so a block has nothing to release.
+`pre_upstream` is where plugins' pre_upstream hooks go (step 15: after the reservations, so a block releases
+them). Governance stages are left out when governance is off; nothing else is conditional.
 """
 
 from __future__ import annotations
@@ -20,16 +25,26 @@ from typing import TYPE_CHECKING
 from odock.pipeline.stage import Stage
 from odock.pipeline.stages.access import Authenticate, ModelAccess, ReadBody
 from odock.pipeline.stages.gates import EarlyGate, FinalGate, PreAuthGate
+from odock.pipeline.stages.mcp import (
+    McpAccess,
+    McpGate,
+    McpRecordUsage,
+    McpToolRules,
+    ReadMcpRequest,
+    ResolveMcpServer,
+)
 from odock.pipeline.stages.routing import RoutePlanning
 from odock.pipeline.stages.usage import Pricer, RecordUsage
 
 if TYPE_CHECKING:
     from odock.governance import Governance
+    from odock.mcp.directory import McpDirectory
+    from odock.mcp.runtime import McpRuntime
     from odock.routing.policy import Routing
     from odock.state.catalogue import Catalogue
     from odock.usage import UsageRecorder
 
-__all__ = ["Pricer", "key_check_stages", "listing_stages", "llm_stages"]
+__all__ = ["Pricer", "key_check_stages", "listing_stages", "llm_stages", "mcp_stages"]
 
 
 def llm_stages(
@@ -78,4 +93,33 @@ def key_check_stages(*, catalogue: Catalogue, governance: Governance | None = No
     if governance is not None:
         stages.append(PreAuthGate(governance))
     stages.append(Authenticate(catalogue))
+    return stages
+
+
+def mcp_stages(
+    *,
+    catalogue: Catalogue,
+    recorder: UsageRecorder,
+    directory: McpDirectory,
+    runtime: McpRuntime,
+    governance: Governance | None = None,
+    pricer: Pricer | None = None,
+    pre_upstream: Sequence[Stage] = (),
+) -> list[Stage]:
+    """The stages of an MCP call, in the order of reference §2.3."""
+    stages: list[Stage] = []
+    if governance is not None:
+        stages.append(PreAuthGate(governance))
+    stages += [Authenticate(catalogue), McpRecordUsage(recorder)]
+    if governance is not None:
+        stages.append(EarlyGate(governance, pricer or Pricer()))
+    stages += [
+        ResolveMcpServer(directory, runtime),
+        McpAccess(directory),
+        ReadMcpRequest(runtime.signer),
+        McpToolRules(),
+        *pre_upstream,
+    ]
+    if governance is not None:
+        stages.append(McpGate(governance))
     return stages

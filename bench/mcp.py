@@ -1,0 +1,145 @@
+"""`python -m bench --mcp`: `tools/call` through the gateway's MCP route against the same call made directly to
+the upstream (a minimal fast MCP server, so the difference is the gateway's own cost).
+
+Rounds alternate direct and gateway runs of one connection each (wrk, a fixed number of requests); the figure is
+the median over rounds of the added p50 (and p99), and the spread of the added p50 across rounds says how noisy
+the machine was. One gateway process, embedded mode (SQLite), no governance limits configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Supervisor, cores, free_port, pin_tree
+from bench.wrk import ensure_wrk, run_wrk
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "echo", "arguments": {"text": "hello from the benchmark"}},
+}
+HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2025-06-18",
+}
+
+
+async def _seed(database_url: str, secret_key: str, upstream: str, key_secret: str) -> None:
+    from odock.mcp.service import McpCatalogueService
+    from odock.settings import Settings
+    from odock.state.sql import SqlStore
+
+    store = await SqlStore.open(database_url, Settings(database_url=database_url, secret_key=secret_key))
+    try:
+        service = McpCatalogueService(store)
+        await service.create_organisation({"name": "bench"})
+        await service.create_key(
+            {"organisation": "bench", "name": "bench", "type": "ORGANISATION", "secret": key_secret}
+        )
+        await service.create_mcp_server({"organisation": "bench", "name": "bench", "endpoint_url": upstream})
+        await service.add_mcp_grant("bench", "bench", "bench")
+    finally:
+        await store.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the MCP comparison; print it and write bench/results/mcp-<time>.json."""
+    ensure_wrk(install=True)
+    avail = cores()
+    sut_cpu, load_cpu = (avail[0], avail[1]) if len(avail) >= 2 and not args.no_pin else (None, None)
+    workdir = Path(tempfile.mkdtemp(prefix="odock-bench-mcp-"))
+    sup = Supervisor(workdir)
+    rounds, requests = args.mcp_rounds, args.requests
+    try:
+        up_port, gw_port = free_port(), free_port()
+        upstream = sup.start(
+            "mcp-upstream", [sys.executable, "-m", "bench.mcp_upstream", str(up_port)], up_port, cpu=load_cpu
+        )
+        secret_key = base64.b64encode(os.urandom(32)).decode()
+        key_secret = "odk-bench-mcp-" + secrets.token_hex(12)
+        database_url = f"sqlite:///{workdir / 'odock.db'}"
+        asyncio.run(_seed(database_url, secret_key, f"http://127.0.0.1:{up_port}/mcp", key_secret))
+        env = {
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(gw_port),
+            "ODOCK_DATABASE_URL": database_url,
+            "ODOCK_SECRET_KEY": secret_key,
+            "ODOCK_LOG_LEVEL": "warning",
+        }
+        gateway = sup.start("odock", [sys.executable, "-m", "odock", "serve"], gw_port, env=env, cpu=sut_cpu)
+        gateway.wait_ready("/v1/health")
+        pin_tree(upstream.pid, load_cpu)
+        body = json.dumps(CALL).encode()
+        targets = {
+            "direct": (up_port, "/mcp", HEADERS),
+            "gateway": (gw_port, "/v1/mcp/bench", {**HEADERS, "authorization": f"Bearer {key_secret}"}),
+        }
+        for name, (port, path, headers) in targets.items():  # warm up; check the answer is a real result
+            warm = run_wrk(
+                workdir, port, path, body, headers, connections=1, duration_s=60, cap=500, cpu=load_cpu
+            )
+            if warm.err_status or warm.requests < 500:
+                print(f"{name}: warm-up failed ({warm})", file=sys.stderr)
+                return 1
+        figures: dict[str, list[dict[str, int]]] = {"direct": [], "gateway": []}
+        for i in range(rounds):
+            for name, (port, path, headers) in targets.items():
+                res = run_wrk(
+                    workdir,
+                    port,
+                    path,
+                    body,
+                    headers,
+                    connections=1,
+                    duration_s=120,
+                    cap=requests,
+                    cpu=load_cpu,
+                )
+                if res.err_status or res.err_read or res.err_timeout:
+                    print(f"{name}: errors in round {i}: {res}", file=sys.stderr)
+                    return 1
+                figures[name].append({"p50_us": res.p50_us, "p99_us": res.p99_us})
+        added_p50 = [
+            g["p50_us"] - d["p50_us"] for g, d in zip(figures["gateway"], figures["direct"], strict=True)
+        ]
+        added_p99 = [
+            g["p99_us"] - d["p99_us"] for g, d in zip(figures["gateway"], figures["direct"], strict=True)
+        ]
+        summary: dict[str, Any] = {
+            "direct_p50_ms": statistics.median(f["p50_us"] for f in figures["direct"]) / 1000,
+            "gateway_p50_ms": statistics.median(f["p50_us"] for f in figures["gateway"]) / 1000,
+            "added_p50_ms": statistics.median(added_p50) / 1000,
+            "added_p99_ms": statistics.median(added_p99) / 1000,
+            "added_p50_spread_ms": (max(added_p50) - min(added_p50)) / 1000,
+            "rounds": rounds,
+            "requests_per_round": requests,
+            "pinned": {"gateway": sut_cpu, "load_and_upstream": load_cpu},
+        }
+        print(
+            f"MCP tools/call, Streamable HTTP, 1 connection, {rounds} rounds × {requests} requests\n"
+            f"  direct p50 {summary['direct_p50_ms']:.3f} ms   via gateway p50 {summary['gateway_p50_ms']:.3f} ms\n"
+            f"  added p50 {summary['added_p50_ms']:.3f} ms (spread across rounds {summary['added_p50_spread_ms']:.3f} ms)"
+            f"   added p99 {summary['added_p99_ms']:.3f} ms",
+            flush=True,
+        )
+        RESULTS_DIR.mkdir(exist_ok=True)
+        out = RESULTS_DIR / f"mcp-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps({"summary": summary, "rounds": figures}, indent=2))
+        print(f"results: {out}")
+        return 0
+    finally:
+        sup.close()

@@ -1,0 +1,72 @@
+"""What one MCP request carries from stage to stage (kept in `Call.route_state`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from odock.mcp.protocol import Message, Rules
+from odock.mcp.records import McpServer
+from odock.mcp.runtime import McpRuntime
+
+KNOWN_METHODS = frozenset(
+    {
+        "initialize",
+        "notifications/initialized",
+        "server/discover",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "notifications/cancelled",
+    }
+)
+
+
+@dataclass(slots=True)
+class McpRequest:
+    ref: str  # the path's server id or slug
+    subpath: str  # what follows it (forwarded to the upstream URL)
+    server: McpServer | None = None
+    runtime: McpRuntime | None = None
+    rules: Rules | None = None
+    messages: list[Message] = field(default_factory=list)
+    batch: bool = False
+    body: bytes = b""
+    upstream_session: str | None = None
+    bytes_out: int = 0
+    waiting: set[Any] = field(default_factory=set)  # request ids a stream has not answered yet
+    tool_calls: int = 0
+    upstream_status: int | None = None
+    outcome: str = "success"
+
+    @property
+    def method(self) -> str:
+        """A bounded label: the single message's method, "batch", or the HTTP verb's role."""
+        if self.batch:
+            return "batch"
+        if not self.messages:
+            return "none"
+        method = self.messages[0].method
+        if method is None:
+            return "response"
+        return method if method in KNOWN_METHODS else "other"
+
+    @property
+    def tools(self) -> list[str]:
+        return [m.name for m in self.messages if m.method == "tools/call" and m.name is not None]
+
+    @property
+    def list_ids(self) -> set[Any]:
+        """Ids of the `tools/list` requests whose answers must be filtered."""
+        return {m.id for m in self.messages if m.method == "tools/list" and m.id is not None}
+
+    @property
+    def request_ids(self) -> list[Any]:
+        return [m.id for m in self.messages if m.is_request]
