@@ -10,6 +10,8 @@ from starlette.routing import Route
 from odock.admin.app import _crud_routes, _org, json_response, read_body
 from odock.errors import BadRequest
 from odock.mcp.service import McpCatalogueService
+from odock.mcp.validation import NewMcpGrant
+from odock.state.validation import decode
 
 
 def mcp_admin_routes(service: McpCatalogueService) -> list[Route]:
@@ -18,9 +20,9 @@ def mcp_admin_routes(service: McpCatalogueService) -> list[Route]:
     async def grants(request: Request) -> Response:
         ref = request.path_params["ref"]
         if request.method == "POST":
-            body = await read_body(request)
-            server = body.get("mcp_server") or body.get("server")
-            if not isinstance(server, str) or not server:
+            grant = decode(NewMcpGrant, await read_body(request), "mcp grants")
+            server = grant.mcp_server or grant.server
+            if not server:
                 raise BadRequest('mcp grants: give the server as {"mcp_server": "<slug or id>"}')
             return json_response({"data": await s.add_mcp_grant(ref, server, _org(request))}, 201)
         return json_response({"data": await s.list_mcp_grants(ref, _org(request))})

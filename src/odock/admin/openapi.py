@@ -20,6 +20,8 @@ from starlette.routing import BaseRoute, Route
 
 from odock.admin.governance import BudgetChanges, NewBudget, NewQuota, QuotaChanges
 from odock.governance.store import Budget, BudgetEvent, Quota
+from odock.mcp.records import McpServerInfo
+from odock.mcp.validation import McpServerChanges, NewMcpGrant, NewMcpServer
 from odock.state.crud import KeyInfo, KeyRotation, ProviderInfo
 from odock.state.records import ModelRecord, Organisation, Team, User
 from odock.state.reports import GROUP_BY, UsageSummaryRow
@@ -204,6 +206,17 @@ OPERATIONS: list[Operation] = [
               "budgets", response=list[BudgetEvent], errors=(400,),
               query=(Param("budget_id", "One budget's events."), Param("since", "ISO 8601 start."),
                      Param("limit", "At most this many (default 100)."))),
+    *_crud("/admin/mcp-servers", "mcp-servers", McpServerInfo, NewMcpServer, McpServerChanges,
+           {"organisation": "example-co", "name": "search-tools", "transport": "STREAMABLE_HTTP",
+            "endpoint_url": "https://tools.example.com/mcp", "blocked_tools": ["delete_*"],
+            "pricing": {"callNanosUsd": 1000000, "toolNanosUsd": {"search": 500000}}}, {"enabled": False}),
+    Operation("GET", "/admin/keys/{ref}/mcp-grants", "The MCP servers a key may call", "keys",
+              response=Page[McpServerInfo], query=(ORG_SCOPE,)),
+    Operation("POST", "/admin/keys/{ref}/mcp-grants", "Grant an MCP server to a key (a model grant never does)",
+              "keys", NewMcpGrant, Page[McpServerInfo], 201, query=(ORG_SCOPE,),
+              example={"mcp_server": "search-tools"}),
+    Operation("DELETE", "/admin/keys/{ref}/mcp-grants/{server}", "Take an MCP server grant back", "keys",
+              response=Page[McpServerInfo], query=(ORG_SCOPE,)),
     Operation("GET", "/admin/openapi.json", "This document", "meta", response=dict[str, Any], errors=()),
 ]  # fmt: skip
 

@@ -187,3 +187,10 @@ class McpServerChanges(Input):
     blank_is_none: ClassVar[frozenset[str]] = frozenset(
         {"team", "api_key", "endpoint_url", "stdio_command", "description"}
     )
+
+
+class NewMcpGrant(Input):
+    """A key's grant of one MCP server (by slug or id; `server` is accepted as a shorter name)."""
+
+    mcp_server: Ref | None = None
+    server: Ref | None = None
