@@ -151,8 +151,11 @@ async def test_idle_processes_are_reaped(env: McpEnv) -> None:
         if not _pool_pids(env, server_id):
             break
     assert _pool_pids(env, server_id) == []
+    # out of the pool first, then ended and reaped: give the group's end a moment on a loaded machine
     with pytest.raises(ProcessLookupError):
-        os.kill(pids[0], 0)
+        for _ in range(100):
+            os.kill(pids[0], 0)
+            await asyncio.sleep(0.05)
 
 
 async def test_a_server_that_cannot_start_is_an_error(env: McpEnv) -> None:
