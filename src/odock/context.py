@@ -76,6 +76,8 @@ class CallContext:
     error_code: str | None = None
     outcome: Literal["success", "failed", "cancelled"] = "success"
     upstream_started: float | None = None
+    # answered from the response cache (no upstream call, no tokens)
+    cache_hit: bool = False
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

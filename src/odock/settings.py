@@ -68,6 +68,14 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_errors: str = "passthrough"
     log_level: str = "info"
     prometheus_enabled: bool = True
+    # the response cache (`policies.cache`): "auto" wires its stage when some policy turns it on (checked at start
+    # and on every catalogue change), "off" never; entries above cache_max_entry_bytes are not stored; embedded
+    # mode keeps at most cache_max_bytes (LRU); identical concurrent misses wait at most cache_coalesce_wait_s
+    # for the first one's answer
+    cache: str = "auto"
+    cache_max_entry_bytes: int = 1024 * 1024
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_coalesce_wait_s: float = 30.0
 
     @property
     def cluster(self) -> bool:
@@ -89,6 +97,16 @@ def _env(name: str, *aliases: str) -> str | None:
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _check_choices(settings: Settings) -> None:
+    for name, value, choices in (
+        ("ODOCK_UPSTREAM_CLIENT", settings.upstream_client, ("http11", "aiohttp")),
+        ("ODOCK_UPSTREAM_ERRORS", settings.upstream_errors, ("passthrough", "strict")),
+        ("ODOCK_CACHE", settings.cache, ("auto", "off")),
+    ):
+        if value not in choices:
+            raise SystemExit(f"invalid {name}: {value!r} ({' or '.join(choices)})")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -133,6 +151,10 @@ def load_settings(**overrides: Any) -> Settings:
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+        ("cache", ("ODOCK_CACHE",), str),
+        ("cache_max_entry_bytes", ("ODOCK_CACHE_MAX_ENTRY_BYTES",), int),
+        ("cache_max_bytes", ("ODOCK_CACHE_MAX_BYTES",), int),
+        ("cache_coalesce_wait_s", ("ODOCK_CACHE_COALESCE_WAIT",), parse_duration),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -154,12 +176,7 @@ def load_settings(**overrides: Any) -> Settings:
             raise SystemExit(f"invalid {name}: must be positive")
     if settings.usage_max_tokens < 1:
         raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
-    if settings.upstream_client not in ("http11", "aiohttp"):
-        raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
-    if settings.upstream_errors not in ("passthrough", "strict"):
-        raise SystemExit(
-            f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)"
-        )
+    _check_choices(settings)
     if settings.usage_spool and settings.cluster:
         raise SystemExit(
             "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "
