@@ -123,7 +123,12 @@ class Gateway:
         self._extra_stages = (pre_route, pre_reserve, pre_upstream)
         pricer = Pricer(self.settings.usage_max_tokens)
         if self.cache is not None and self.cache_wired:
-            stage = ResponseCache(self.cache, pricer, max_entry_bytes=self.settings.cache_max_entry_bytes)
+            stage = ResponseCache(
+                self.cache,
+                pricer,
+                max_entry_bytes=self.settings.cache_max_entry_bytes,
+                governance=self.governance,
+            )
             pre_reserve = [*pre_reserve, stage]
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(

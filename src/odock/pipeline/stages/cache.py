@@ -20,11 +20,13 @@ from odock import metrics
 from odock.cache.key import cache_key
 from odock.cache.replay import NotReplayable, check_stream, response_events
 from odock.cache.store import Coalescer, Entry, Fill, address, decode_entry, encode_entry
+from odock.errors import GatewayError
 from odock.pipeline.call import Answered
 from odock.pipeline.stage import Stage
 from odock.state.cache_policy import CachePolicy, effective_policy
 
 if TYPE_CHECKING:
+    from odock.governance import Governance
     from odock.model import GatewayResponse, StreamEvent
     from odock.pipeline.call import Call
     from odock.pipeline.stages.usage import Pricer
@@ -71,8 +73,16 @@ class ResponseCache(Stage):
     name = "cache"
     needs_response = True  # a unary answer is stored decoded; deltas come through on_delta
 
-    def __init__(self, coalescer: Coalescer, pricer: Pricer, *, max_entry_bytes: int) -> None:
+    def __init__(
+        self,
+        coalescer: Coalescer,
+        pricer: Pricer,
+        *,
+        max_entry_bytes: int,
+        governance: Governance | None = None,
+    ) -> None:
         self.coalescer = coalescer
+        self.governance = governance
         self.store = coalescer.store
         self.pricer = pricer
         self.max_entry_bytes = max_entry_bytes
@@ -115,7 +125,9 @@ class ResponseCache(Stage):
             self._bypass(call, "unavailable")
             return
         if data is not None:
-            self._hit(call, policy, decode_entry(data))
+            if await self._admitted(call):
+                self._hit(call, policy, decode_entry(data))
+            fill = Fill(addr, None, None)
         assert fill is not None
         call.defer(lambda: self._finish(fill))
         if call.state is None:
@@ -132,6 +144,20 @@ class ResponseCache(Stage):
         if too_old and time.time() - decode_entry(data).created > control.max_age:  # type: ignore[arg-type,operator]
             return None, Fill(addr, None, None)
         return data, fill
+
+    async def _admitted(self, call: Call) -> bool:
+        """A hit reserves nothing, yet a spent budget or quota still refuses it (402/429, as the final gate
+        would); when the windows cannot be read the call goes on as a miss and the final gate decides."""
+        if self.governance is None:
+            return True
+        try:
+            await self.governance.refuse_if_spent(call.ctx)
+        except GatewayError:
+            raise
+        except Exception:
+            log.warning("budget windows unreadable: the hit is served as a miss")
+            return False
+        return True
 
     def _hit(self, call: Call, policy: CachePolicy, entry: Entry) -> NoReturn:
         ctx = call.ctx
