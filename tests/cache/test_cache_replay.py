@@ -118,7 +118,7 @@ async def test_anthropic_stream_then_unary_replay(tmp_path: Path) -> None:
         reply = await client.messages.with_raw_response.create(**args)
         assert reply.headers["x-odock-cache"] == "HIT"
         message = await reply.parse()
-        assert message.content[0].text == original  # type: ignore[union-attr]
+        assert message.content[0].text == original
         assert message.stop_reason == streamed.stop_reason
         async with client.messages.stream(**args) as stream:
             again = await stream.get_final_message()
