@@ -43,9 +43,9 @@ async def test_a_stampede_across_two_processes_makes_one_upstream_call(
         assert len(seen(mock, tenant)) == 1
 
         # purged through the first process (the CLI, over its admin API): the second misses too
+        command = [sys.executable, "-m", "odock", "cache", "purge", "--org", tenant.org, "--model", "chat"]
         purge = subprocess.run(
-            [sys.executable, "-m", "odock", "cache", "purge", "--org", tenant.org, "--model", "chat"]
-            + ["--url", first.base_url, "--admin-token", first.admin_token, "--json"],
+            [*command, "--url", first.base_url, "--admin-token", first.admin_token, "--json"],
             capture_output=True,
             text=True,
             timeout=60,
