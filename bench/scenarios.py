@@ -210,6 +210,23 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             note="same gateway and key as failover-stream, healthy model",
         ),
         Scenario(
+            "cache-hit-unary",
+            frozenset({"cache", "unary"}),
+            "cache",
+            openai_call(key, OPENAI_MODEL, False),
+            openai_call(up, OPENAI_SLUG, False),
+            note="response cache on for the organisation: the probe fills it, every later call is a hit",
+        ),
+        Scenario(
+            "cache-hit-stream",
+            frozenset({"cache", "stream"}),
+            "cache",
+            openai_call(key, OPENAI_MODEL, True),
+            openai_call(up, OPENAI_SLUG, True),
+            stream=True,
+            note="response cache on for the organisation: the probe fills it, every later call is a hit",
+        ),
+        Scenario(
             "governance-unary",
             frozenset({"governance", "unary"}),
             "governance",
@@ -384,8 +401,15 @@ def _governance(spec: CatalogueSpec) -> dict[str, Any]:
     return cat
 
 
+def _cache(spec: CatalogueSpec) -> dict[str, Any]:
+    cat = _base(spec)
+    cat["organisations"][0]["policies"] = {"cache": {"mode": "exact", "ttl": "1h"}}
+    return cat
+
+
 CATALOGUES: dict[str, Callable[[CatalogueSpec], dict[str, Any]]] = {
     "base": _base,
+    "cache": _cache,
     "failover": _failover,
     "governance": _governance,
 }
