@@ -99,6 +99,11 @@ def openai_call(key: str, model: str, stream: bool, path: str = "/v1/chat/comple
     )
 
 
+def _other_prompt(call: Call) -> Call:
+    """The same call with another prompt (its own cache entry)."""
+    return Call(call.path, call.body.replace(b"five words", b"six words"), call.headers, call.expect)
+
+
 def anthropic_call(key: str, model: str) -> Call:
     """Return a streamed Anthropic Messages call (the SDK's x-api-key header)."""
     return Call("/v1/messages", _anthropic(model), {**ANTHROPIC_HEADERS, "x-api-key": key}, b"message_stop")
@@ -221,10 +226,10 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             "cache-hit-stream",
             frozenset({"cache", "stream"}),
             "cache",
-            openai_call(key, OPENAI_MODEL, True),
-            openai_call(up, OPENAI_SLUG, True),
+            _other_prompt(openai_call(key, OPENAI_MODEL, True)),
+            _other_prompt(openai_call(up, OPENAI_SLUG, True)),
             stream=True,
-            note="response cache on for the organisation: the probe fills it, every later call is a hit",
+            note="as cache-hit-unary, another prompt: a cached unary answer would otherwise answer the probe",
         ),
         Scenario(
             "governance-unary",
