@@ -176,3 +176,35 @@ async def test_unified_route_replays_and_keeps_provider_options_in_the_key(tmp_p
         raw = await http.post("/v1/llm/chat", json={**body, "include_raw": True}, headers=headers)
         assert raw.headers["x-odock-cache"] == "BYPASS" and "raw" in raw.json()
         assert upstream_calls(gw.mock) == 3
+
+
+async def test_a_call_the_cache_does_not_cover_stays_a_byte_relay(tmp_path: Path) -> None:
+    """Once some organisation turns the cache on, the stage is wired for every call; for a call it does not
+    cover it steps aside, so the native route relays the answer's bytes undecoded, as with no cache at all."""
+    from odock.pipeline.call import Call
+    from odock.pipeline.stage import Stage
+
+    seen: list[tuple[bool, int]] = []
+
+    class Look(Stage):
+        name = "look"
+
+        async def before(self, call: Call) -> None:
+            seen.append((call.needs_response, len(call.delta_stages)))
+
+    async with in_process_gateway(tmp_path, pre_upstream=[Look()]) as gw:
+        await enable(gw)
+        client = openai_client(gw)
+        await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        key = await gw.service.create_key(
+            {
+                "organisation": "acme",
+                "name": "uncached",
+                "type": "ORGANISATION",
+                "models": ["gpt-test"],
+                "policies": {"cache": {"enabled": False}},
+            }
+        )
+        await gw.gateway.catalogue.invalidate()
+        await openai_client(gw, key.secret).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert seen == [(True, 1), (False, 0)]

@@ -73,6 +73,7 @@ class Call:
         "exchange",
         "headers_from",
         "json",
+        "needs_response",
         "pipeline",
         "plan",
         "primary",
@@ -105,6 +106,7 @@ class Call:
         # the stages whose hooks see the answer: all of them, or those before a stage that answered itself
         self.delta_stages = pipeline.delta_stages
         self.after_stages = pipeline.after_stages
+        self.needs_response = pipeline.needs_response
         self.state: dict[str, Any] | None = (
             None  # per-call state of stages, by stage name (created on demand)
         )
@@ -123,6 +125,14 @@ class Call:
                 await compensation()
             except Exception:
                 log.exception("compensation failed", extra={"request_id": self.ctx.request_id})
+
+    def step_aside(self, stage: Any) -> None:
+        """`stage` has nothing to do on this call: its delta and after hooks are left out, and when no stage
+        left needs the decoded response, the route relays the answer's bytes again (DESIGN principle 1)."""
+        self.delta_stages = tuple(s for s in self.delta_stages if s is not stage)
+        self.after_stages = tuple(s for s in self.after_stages if s is not stage)
+        if stage.needs_response:
+            self.needs_response = any(s.needs_response for s in (*self.after_stages, *self.delta_stages))
 
     # --- client side -------------------------------------------------------------------------------------
 

@@ -88,10 +88,15 @@ class ResponseCache(Stage):
         self.max_entry_bytes = max_entry_bytes
 
     async def before(self, call: Call) -> None:
+        if not await self._open(call):
+            call.step_aside(self)  # not cached: the route relays bytes again, no hook of this stage runs
+
+    async def _open(self, call: Call) -> bool:
+        """Serve a hit (raises Answered) or open a fill for a miss (True); False when the call is not cached."""
         ctx, route = call.ctx, call.route
         primary = call.primary
         if route.replay_dialect is None or call.json is None or primary is None or ctx.key is None:
-            return  # a route the cache cannot replay (embeddings, media, passthrough)
+            return False  # a route the cache cannot replay (embeddings, media, passthrough)
         org = ctx.organisation
         policy = effective_policy(
             org.policies if org else None,
@@ -100,12 +105,12 @@ class ResponseCache(Stage):
             ctx.key.policies,
         )
         if policy is None:
-            return
+            return False
         control = cache_control(call.exchange.headers.get("cache-control"))
         if control.no_store or call.json.get("include_raw") is True:
             # include_raw asks for the provider's own answer, which only the upstream has
             self._bypass(call, "no_store" if control.no_store else "include_raw")
-            return
+            return False
         scoped_key = ctx.key.id if policy.scope == "key" else None
         digest = cache_key(
             dialect=route.name,
@@ -123,7 +128,7 @@ class ResponseCache(Stage):
         except Exception:
             log.warning("cache lookup failed: the call goes upstream", extra={"request_id": ctx.request_id})
             self._bypass(call, "unavailable")
-            return
+            return False
         if data is not None:
             if await self._admitted(call):
                 self._hit(call, policy, decode_entry(data))
@@ -135,6 +140,7 @@ class ResponseCache(Stage):
         call.state[self.name] = Pending(fill, policy, [] if ctx.stream else None)
         call.exchange.response_headers.append((HEADER, b"MISS"))
         metrics.child(metrics.CACHE_MISSES, route.name).inc()
+        return True
 
     async def _lookup(self, addr: str, control: CacheControl) -> tuple[bytes | None, Fill | None]:
         if control.no_cache:
