@@ -141,6 +141,20 @@ async def test_gemini_unary_then_stream_replay(tmp_path: Path) -> None:
         )
         text = "".join([chunk.text or "" async for chunk in chunks])
         assert text == first.text
+        # without ?alt=sse Gemini streams a JSON array: the replay speaks it too
+        reply = await gw.client().post(
+            "/v1beta/models/gemini-test:streamGenerateContent",
+            json={"contents": [{"role": "user", "parts": [{"text": "tell me about caches"}]}]},
+            headers={"x-goog-api-key": gw.seeded["secret"]},
+        )
+        assert reply.headers["x-odock-cache"] == "HIT"
+        parts = [
+            part.get("text", "")
+            for chunk in reply.json()
+            for candidate in chunk.get("candidates", [])
+            for part in candidate.get("content", {}).get("parts", [])
+        ]
+        assert "".join(parts) == first.text
         assert upstream_calls(gw.mock) == 1
 
 

@@ -137,3 +137,26 @@ async def test_a_stampede_makes_one_upstream_call(tmp_path: Path) -> None:
         assert verdicts == ["HIT"] * 49 + ["MISS"]
         assert len({a.parse().choices[0].message.content for a in answers}) == 1
         assert upstream_calls(gw.mock) == 1
+
+
+async def test_model_scope_hit_cost_and_the_entry_bound(tmp_path: Path) -> None:
+    """A model's policy turns the cache on for it alone; a hit is billed hit_cost of the original; an answer above
+    the entry bound is not stored."""
+    async with in_process_gateway(tmp_path, cache_max_entry_bytes=2000) as gw:
+        await gw.service.update_model("gpt-test", {"policies": {"cache": {"hit_cost": 0.5}}}, "acme")
+        await gw.gateway.catalogue.invalidate()
+        client = openai_client(gw)
+        first = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+        hit = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+        assert [first.headers["x-odock-cache"], hit.headers["x-odock-cache"]] == ["MISS", "HIT"]
+        original = (await wait_usage(gw.service, first.headers["x-request-id"]))["cost_nanos"]
+        billed = (await wait_usage(gw.service, hit.headers["x-request-id"]))["cost_nanos"]
+        assert original > 0 and billed == round(original * 0.5)
+        long: Any = [{"role": "user", "content": "long [[mock words=600]]"}]
+        for _ in range(2):
+            big = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=long)
+            assert big.headers["x-odock-cache"] == "MISS"
+            stream = await client.chat.completions.create(model="gpt-test", messages=long, stream=True)
+            async for _chunk in stream:
+                pass
+        assert upstream_calls(gw.mock) == 5

@@ -67,6 +67,9 @@ class Pending:
     fill: Fill
     policy: CachePolicy
     events: list[StreamEvent] | None = field(default=None)
+    # text bytes seen so far: a stream past the entry bound stops being collected (it will not be stored)
+    size: int = 0
+    too_large: bool = False
 
 
 class ResponseCache(Stage):
@@ -189,14 +192,21 @@ class ResponseCache(Stage):
             log.warning("cache fill lock release failed (it expires by itself)")
 
     def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
-        pending = call.state.get(self.name) if call.state else None
+        pending: Pending | None = call.state.get(self.name) if call.state else None
         if pending is not None and pending.events is not None:
-            pending.events.append(event)
+            pending.size += len(getattr(event, "text", "") or "") + len(getattr(event, "arguments", ""))
+            if pending.size > self.max_entry_bytes:
+                pending.events, pending.too_large = None, True
+            else:
+                pending.events.append(event)
         return event
 
     async def after(self, call: Call, response: GatewayResponse | None) -> None:
         pending: Pending | None = call.state.get(self.name) if call.state else None
         if pending is None:
+            return
+        if pending.too_large:
+            metrics.child(metrics.CACHE_BYPASSES, call.route.name, "too_large").inc()
             return
         try:
             events = self._answer(pending, response)
