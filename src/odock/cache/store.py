@@ -211,7 +211,7 @@ class Coalescer:
 
     async def lookup(self, addr: str) -> tuple[bytes | None, Fill | None]:
         """The cached answer, or the fill this call must make (a waiter whose wait ran out fills without the
-        lock); waited means the call waited for another."""
+        lock); a call that waited for another's fill is counted once in gateway_cache_coalesced_waits_total."""
         deadline = time.monotonic() + self.wait_s
         waited = False
         while True:
