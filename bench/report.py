@@ -199,6 +199,23 @@ def _added_row(runs: dict[str, Any], scenario: str) -> str:
     )
 
 
+# a cache hit beside the same call uncached: the hit must add less than the uncached call's gateway overhead
+CACHE_HITS = (("cache-hit-unary", "openai-unary"), ("cache-hit-stream", "openai-stream"))
+
+
+def _cache_rows(runs: dict[str, Any], hit: str, uncached: str) -> list[str]:
+    h, u = _added_ms(runs, hit), _added_ms(runs, uncached)
+    hit_rps = _get(runs, hit, "odock", "throughput", "rps")
+    direct_rps = _get(runs, hit, "direct", "throughput", "rps")
+    ratio = hit_rps / direct_rps if hit_rps and direct_rps else None
+    return [
+        f"| {hit} added p50 < {uncached}'s | "
+        f"{'–' if h is None or u is None else f'{h:.3f} ms vs {u:.3f} ms'} | "
+        f"{_verdict(None if h is None or u is None else h < u)} |",
+        f"| {hit} req/s vs direct to the mock (info) | {'–' if ratio is None else f'{ratio:.2f}×'} | n/a |",
+    ]
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     runs: dict[str, Any] = results.get("runs", {})
     rows = ["| target | measured | verdict |", "|---|---|---|"]
@@ -224,6 +241,9 @@ def _targets(results: dict[str, Any]) -> list[str]:
                 f"{'–' if ratio is None else f'{ratio:.2f}×'} | "
                 f"{_verdict(None if ratio is None else ratio <= TARGET_TRANSLATED_VS_NATIVE)} |"
             )
+    for hit, uncached in CACHE_HITS:
+        if hit in runs:
+            rows += _cache_rows(runs, hit, uncached)
     for name in SOAKS:
         soak = results.get(name)
         if soak is None and name != "soak":

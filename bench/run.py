@@ -75,11 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME|TAG",
-        help="scenario names or tags (unary, stream, core, dialects, failover, governance); repeatable",
+        help="scenario names or tags (unary, stream, core, dialects, failover, governance, cache); repeatable",
     )
     p.add_argument("--dialects", action="store_true", help="add the streamed route of every dialect")
     p.add_argument("--failover", action="store_true", help="add the failover scenarios (1%% 503 primary)")
     p.add_argument("--governance", action="store_true", help="add the limits-configured-not-hit scenarios")
+    p.add_argument(
+        "--cache", action="store_true", help="add the response-cache hit scenarios (unary, stream)"
+    )
     p.add_argument(
         "--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)"
     )
@@ -626,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
                 ("dialects", args.dialects),
                 ("failover", args.failover),
                 ("governance", args.governance),
+                ("cache", args.cache),
             )
             if on
         },

@@ -99,6 +99,11 @@ def openai_call(key: str, model: str, stream: bool, path: str = "/v1/chat/comple
     )
 
 
+def _other_prompt(call: Call) -> Call:
+    """The same call with another prompt (its own cache entry)."""
+    return Call(call.path, call.body.replace(b"five words", b"six words"), call.headers, call.expect)
+
+
 def anthropic_call(key: str, model: str) -> Call:
     """Return a streamed Anthropic Messages call (the SDK's x-api-key header)."""
     return Call("/v1/messages", _anthropic(model), {**ANTHROPIC_HEADERS, "x-api-key": key}, b"message_stop")
@@ -208,6 +213,23 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             openai_call(up, OPENAI_SLUG, True),
             stream=True,
             note="same gateway and key as failover-stream, healthy model",
+        ),
+        Scenario(
+            "cache-hit-unary",
+            frozenset({"cache", "unary"}),
+            "cache",
+            openai_call(key, OPENAI_MODEL, False),
+            openai_call(up, OPENAI_SLUG, False),
+            note="response cache on for the organisation: the probe fills it, every later call is a hit",
+        ),
+        Scenario(
+            "cache-hit-stream",
+            frozenset({"cache", "stream"}),
+            "cache",
+            _other_prompt(openai_call(key, OPENAI_MODEL, True)),
+            _other_prompt(openai_call(up, OPENAI_SLUG, True)),
+            stream=True,
+            note="as cache-hit-unary, another prompt: a cached unary answer would otherwise answer the probe",
         ),
         Scenario(
             "governance-unary",
@@ -384,8 +406,15 @@ def _governance(spec: CatalogueSpec) -> dict[str, Any]:
     return cat
 
 
+def _cache(spec: CatalogueSpec) -> dict[str, Any]:
+    cat = _base(spec)
+    cat["organisations"][0]["policies"] = {"cache": {"mode": "exact", "ttl": "1h"}}
+    return cat
+
+
 CATALOGUES: dict[str, Callable[[CatalogueSpec], dict[str, Any]]] = {
     "base": _base,
+    "cache": _cache,
     "failover": _failover,
     "governance": _governance,
 }

@@ -47,6 +47,7 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
 def admin_app_for(gw: Gateway) -> ASGIApp:
     """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
     from odock.admin.app import create_admin_app
+    from odock.admin.cache import cache_routes
     from odock.admin.governance import admin_for, admin_routes
     from odock.admin.mcp import mcp_admin_routes
     from odock.mcp.service import McpCatalogueService
@@ -54,8 +55,13 @@ def admin_app_for(gw: Gateway) -> ASGIApp:
     # budget and quota changes reload this process's definitions at once (others poll)
     on_change = gw.governance.refresh_definitions if gw.governance is not None else None
     governance = admin_for(gw.store, on_change=on_change)
-    extra = [*admin_routes(governance), *mcp_admin_routes(McpCatalogueService(gw.store))]
-    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, extra)
+    service = CatalogueService(gw.store)
+    extra = [
+        *admin_routes(governance),
+        *mcp_admin_routes(McpCatalogueService(gw.store)),
+        *cache_routes(service, gw.cache),
+    ]
+    return create_admin_app(service, gw.settings.admin_token, extra)
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

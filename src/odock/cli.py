@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
-    from odock.commands import catalogue, serve
+    from odock.commands import cache, catalogue, serve
     from odock.commands import governance as governance_cli
     from odock.commands import mcp as mcp_cli
     from odock.mock import cli as mock_cli
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     catalogue.add_parsers(commands)
     governance_cli.add_parsers(commands)
     mcp_cli.add_parsers(commands)
+    cache.add_parsers(commands)
     args = parser.parse_args(argv)
     code = args.func(args)
     sys.exit(code or 0)

@@ -89,6 +89,8 @@ class CallContext:
     decisions: dict[str, str] | None = None
     # the tracing state of a sampled call (odock.observability.tracing); None when tracing is off or unsampled
     trace: Any = None
+    # answered from the response cache (no upstream call, no tokens)
+    cache_hit: bool = False
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

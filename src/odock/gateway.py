@@ -15,11 +15,13 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from odock.cache.store import Coalescer, MemoryStore, RedisStore
 from odock.mcp.directory import McpDirectory
 from odock.mcp.runtime import McpRuntime
 from odock.mcp.session import SessionSigner, derive_secret
 from odock.pipeline.runner import BodyLimits, Pipeline
 from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages, mcp_stages
+from odock.pipeline.stages.cache import ResponseCache
 from odock.pipeline.stages.request_log import RequestLog
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
@@ -110,6 +112,14 @@ class Gateway:
             self.tracing = Tracing.from_settings(settings)
             self.services.register("tracing", self.tracing, close=self.tracing.close)
         self.mcp = self._mcp_runtime()
+        # the response cache's entries and fill coalescing; its stage is wired only while some policy enables it
+        self.cache: Coalescer | None = None
+        if settings.cache != "off":
+            entries = RedisStore(redis) if redis is not None else MemoryStore(settings.cache_max_bytes)
+            wait = settings.cache_coalesce_wait_s
+            self.cache = Coalescer(entries, wait_s=wait, lock_ttl_s=wait + 5.0)
+        self.cache_wired = False
+        self._extra_stages: dict[str, Sequence[Stage]] = {}  # build_pipelines' arguments, for a rebuild
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
@@ -136,8 +146,23 @@ class Gateway:
         mcp_pre_upstream: Sequence[Stage] = (),
     ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
-        insertion points: see `odock.pipeline.stages`)."""
+        insertion points: see `odock.pipeline.stages`); the response cache goes last in `pre_reserve` (after
+        SafetySec's request phase) while some policy enables it."""
+        self._extra_stages = {
+            "pre_route": pre_route,
+            "pre_reserve": pre_reserve,
+            "pre_upstream": pre_upstream,
+            "mcp_pre_upstream": mcp_pre_upstream,
+        }
         pricer = Pricer(self.settings.usage_max_tokens)
+        if self.cache is not None and self.cache_wired:
+            stage = ResponseCache(
+                self.cache,
+                pricer,
+                max_entry_bytes=self.settings.cache_max_entry_bytes,
+                governance=self.governance,
+            )
+            pre_reserve = [*pre_reserve, stage]
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(
             catalogue=self.catalogue,
@@ -237,7 +262,24 @@ class Gateway:
             await services.aclose()  # what opened before the failure
             raise
 
+    async def wire_cache(self) -> None:
+        """Add or remove the cache stage as the policies ask (at start and after every catalogue change), so
+        that with no cache policy the hot path carries no cache stage and native routes stay byte relays."""
+        if self.cache is None:
+            return
+        try:
+            wanted = await self.store.any_cache_policy()
+        except Exception:
+            log.warning("could not read the cache policies; the cache wiring is unchanged")
+            return
+        if wanted != self.cache_wired:
+            self.cache_wired = wanted
+            self.pipelines = self.build_pipelines(**self._extra_stages)
+            log.info("response cache %s", "wired" if wanted else "unwired")
+
     async def start(self) -> None:
+        await self.wire_cache()
+        self.catalogue.on_invalidate.append(self.wire_cache)
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
         self.services.register("catalogue poller", self.catalogue, close=self.catalogue.stop)

@@ -133,6 +133,35 @@ RESERVATION_EXCEEDED = Counter(
     registry=REGISTRY,
 )
 
+# the response cache (odock.cache): lookups by result, the bytes held (embedded mode), entries evicted by reason
+# ("lru", "expired", "purge"), and misses that waited for an identical call in flight instead of calling upstream
+CACHE_HITS = Counter(
+    "gateway_cache_hits_total", "Calls answered from the cache", ["route"], registry=REGISTRY
+)
+CACHE_MISSES = Counter(
+    "gateway_cache_misses_total", "Cacheable calls not found in the cache", ["route"], registry=REGISTRY
+)
+CACHE_BYPASSES = Counter(
+    "gateway_cache_bypasses_total",
+    "Cacheable calls that skipped the cache (Cache-Control, an answer it cannot replay)",
+    ["route", "reason"],
+    registry=REGISTRY,
+)
+CACHE_BYTES = Gauge(
+    "gateway_cache_bytes", "Bytes of cached answers held in memory (embedded)", registry=REGISTRY
+)
+CACHE_STORED_BYTES = Counter(
+    "gateway_cache_stored_bytes_total", "Bytes of answers written to the cache", registry=REGISTRY
+)
+CACHE_EVICTIONS = Counter(
+    "gateway_cache_evictions_total", "Cached answers removed, by reason", ["reason"], registry=REGISTRY
+)
+CACHE_COALESCED = Counter(
+    "gateway_cache_coalesced_waits_total",
+    "Misses that waited for an identical call in flight rather than calling the upstream",
+    registry=REGISTRY,
+)
+
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"

@@ -96,6 +96,14 @@ class Settings(msgspec.Struct, kw_only=True):
     mcp_session_secret: str = ""
     mcp_cache_ttl_s: float = 300.0
     mcp_timeout_s: float = 300.0
+    # the response cache (`policies.cache`): "auto" wires its stage when some policy turns it on (checked at start
+    # and on every catalogue change), "off" never; entries above cache_max_entry_bytes are not stored; embedded
+    # mode keeps at most cache_max_bytes (LRU); identical concurrent misses wait at most cache_coalesce_wait_s
+    # for the first one's answer
+    cache: str = "auto"
+    cache_max_entry_bytes: int = 1024 * 1024
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_coalesce_wait_s: float = 30.0
 
     @property
     def cluster(self) -> bool:
@@ -119,15 +127,20 @@ def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _check_observability(settings: Settings) -> None:
-    choices = (
+def _check_choices(settings: Settings) -> None:
+    for name, value, choices in (
+        ("ODOCK_UPSTREAM_CLIENT", settings.upstream_client, ("http11", "aiohttp")),
+        ("ODOCK_UPSTREAM_ERRORS", settings.upstream_errors, ("passthrough", "strict")),
+        ("ODOCK_CACHE", settings.cache, ("auto", "off")),
         ("ODOCK_LOG_FORMAT", settings.log_format, ("auto", "json", "text")),
         ("ODOCK_REQUEST_LOG", settings.request_log, ("all", "errors", "sampled", "off")),
         ("OBSERVABILITY_OTEL_TRACES_EXPORTER", settings.traces_exporter, ("none", "otlphttp")),
-    )
-    for name, value, allowed in choices:
-        if value not in allowed:
-            raise SystemExit(f"invalid {name}: {value!r} ({' | '.join(allowed)})")
+    ):
+        if value not in choices:
+            raise SystemExit(f"invalid {name}: {value!r} ({' | '.join(choices)})")
+
+
+def _check_observability(settings: Settings) -> None:
     if settings.tracing and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
         raise SystemExit(
             "OBSERVABILITY_OTEL_TRACES_EXPORTER=otlphttp needs the OpenTelemetry extra: pip install 'odock[otel]'"
@@ -193,6 +206,10 @@ def load_settings(**overrides: Any) -> Settings:
         ("mcp_session_secret", ("ODOCK_MCP_SESSION_SECRET",), str),
         ("mcp_cache_ttl_s", ("MCP_CACHE_TTL",), parse_duration),
         ("mcp_timeout_s", ("ODOCK_MCP_TIMEOUT",), parse_duration),
+        ("cache", ("ODOCK_CACHE",), str),
+        ("cache_max_entry_bytes", ("ODOCK_CACHE_MAX_ENTRY_BYTES",), int),
+        ("cache_max_bytes", ("ODOCK_CACHE_MAX_BYTES",), int),
+        ("cache_coalesce_wait_s", ("ODOCK_CACHE_COALESCE_WAIT",), parse_duration),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -214,12 +231,7 @@ def load_settings(**overrides: Any) -> Settings:
             raise SystemExit(f"invalid {name}: must be positive")
     if settings.usage_max_tokens < 1:
         raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
-    if settings.upstream_client not in ("http11", "aiohttp"):
-        raise SystemExit(f"invalid ODOCK_UPSTREAM_CLIENT: {settings.upstream_client!r} (http11 or aiohttp)")
-    if settings.upstream_errors not in ("passthrough", "strict"):
-        raise SystemExit(
-            f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)"
-        )
+    _check_choices(settings)
     _check_observability(settings)
     if settings.usage_spool and settings.cluster:
         raise SystemExit(

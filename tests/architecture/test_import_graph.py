@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"app"},
     {"edge", "gateway", "admin"},
     {"pipeline"},
-    {"routing", "governance", "usage", "mcp"},
+    {"routing", "governance", "usage", "mcp", "cache"},
     {"context"},
     {"state"},
     {"providers"},

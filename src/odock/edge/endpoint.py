@@ -6,13 +6,20 @@ with `error_body`, so a route holds no gate, access, routing or usage code of it
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from odock.cache.replay import fold_events
 from odock.dialects import openai_chat
+from odock.dialects.contract import StreamOptions
 from odock.errors import GatewayError, UpstreamError
+from odock.model import StreamStart
+from odock.pipeline.call import FinalChunk
+from odock.providers.registry import family_of
 
 if TYPE_CHECKING:
     from odock.dialects.contract import Dialect
+    from odock.model import GatewayResponse, StreamEvent
     from odock.pipeline.call import Call
     from odock.routing.router import Candidate
     from odock.transport.base import UpstreamResponse
@@ -56,3 +63,49 @@ class LLMEndpoint:
 
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         raise NotImplementedError
+
+    # --- replay: answering from a whole normalized answer (a cache hit) ------------------------------------
+
+    @property
+    def replay_dialect(self) -> Dialect | None:
+        """The dialect this route answers in (None: a route without a codec cannot replay)."""
+        return self.dialect
+
+    def replay_model(self, call: Call, events: list[StreamEvent]) -> str:
+        """The model the replayed answer names: the one the original answer named."""
+        start = next((ev for ev in events if isinstance(ev, StreamStart)), None)
+        return (start.model if start else "") or call.ctx.requested_model or ""
+
+    def replay_stream(self, call: Call) -> tuple[StreamOptions, bytes]:
+        """The stream options and content type of this call's replayed stream."""
+        from odock.edge.endpoints.passthrough import want_stream_usage
+
+        return StreamOptions(include_usage=want_stream_usage(call.json or {})), b"text/event-stream"
+
+    def replay_unary(self, call: Call, response: GatewayResponse, model: str) -> bytes:
+        """The unary body of a replayed answer."""
+        dialect = self.replay_dialect
+        assert dialect is not None
+        return dialect.client.encode_response(response, model=model)
+
+    async def replay(self, call: Call, events: list[StreamEvent]) -> None:
+        """Answer as a stream or unary, as this call asked, whichever way the answer was first given."""
+        dialect = self.replay_dialect
+        assert dialect is not None
+        ctx = call.ctx
+        model = self.replay_model(call, events)
+        if not ctx.stream:
+            provider = ctx.answered_provider or ctx.provider
+            response = fold_events(events, family_of(provider.type) if provider else "")
+            await call.answered(response)
+            await call.respond(200, self.replay_unary(call, response, model))
+            return
+        options, content_type = self.replay_stream(call)
+        encoder = dialect.client.stream_encoder(model=model, request_id=ctx.request_id, options=options)
+        passed = (call.delta(ev) for ev in events)
+        body = b"".join(encoder.event(ev) for ev in passed if ev is not None) + encoder.finish()
+        await call.stream(_once(FinalChunk(body)), encoder.fail, content_type)
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk

@@ -424,6 +424,40 @@ class Governance:
         await self._flush_events()
         return await self.store.list_events(budget_id=budget_id, since=since, limit=limit)
 
+    async def refuse_if_spent(self, ctx: CallContext) -> None:
+        """Refuse a call served without any reservation (a response-cache hit) once one of its budget or quota
+        windows is spent, as the final gate would: read only, nothing reserved or charged."""
+        defs = self.definitions
+        if not defs.budgets and not defs.quotas:
+            return
+        now = datetime.now(UTC)
+        held: list[Held] = []
+        for owner_type, owner_id, tz in self._owners(ctx):
+            for budget in defs.budgets.get((owner_type, owner_id), ()):
+                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, 0), budget))
+            for quota in defs.quotas.get((owner_type, owner_id), ()):
+                ref = self._window(quota, "q", quota.limit, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, 0), quota))
+        for entry in held:
+            used, reserved = await self._window_totals(entry.item.ref)
+            if used + reserved >= entry.item.ref.limit:
+                metrics.child(DECISIONS, "budget", "deny").inc()
+                _deny(entry, now)
+
+    async def _window_totals(self, ref: WindowRef) -> tuple[int, int]:
+        """(used, reserved) of a window, loaded from SQL first when this process has not seen it yet."""
+        state = await self.window_state(ref.key)
+        if state is None:
+            if self.redis_ledger is not None:
+                await self.redis_ledger._rebuild([ref])
+            else:
+                await self.local_ledger._load([ref])
+            state = await self.window_state(ref.key)
+        return state or (0, 0)
+
     async def window_state(self, window_key: str) -> tuple[int, int] | None:
         """Return (used, reserved) of a window as the enforcing backend sees it."""
         if self.redis_ledger is not None:

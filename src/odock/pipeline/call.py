@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odock.call")
 
-__all__ = ["Call", "FinalChunk", "aclose", "estimate_tokens", "upstream_error_body"]
+__all__ = ["Answered", "Call", "FinalChunk", "aclose", "estimate_tokens", "upstream_error_body"]
 
 Compensation = Callable[[], Awaitable[None]]
 
@@ -51,21 +51,36 @@ class FinalChunk(bytes):
     __slots__ = ()
 
 
+class Answered(Exception):
+    """Raised by a stage's `before` hook that answers the call itself (a cache hit): the runner skips the later
+    stages, routing and the upstream, and the route replays `events` (a whole normalized answer) in its dialect;
+    only the stages placed before `stage` see the answer (their delta and after hooks)."""
+
+    def __init__(self, stage: Any, events: list[StreamEvent]) -> None:
+        super().__init__(stage.name)
+        self.stage = stage
+        self.events = events
+
+
 class Call:
     """The per-call state shared by the stages and the route, from the first gate to the usage record."""
 
     __slots__ = (
         "_deferred",
+        "after_stages",
         "ctx",
+        "delta_stages",
         "exchange",
         "headers_from",
         "json",
+        "needs_response",
         "pipeline",
         "plan",
         "primary",
         "request",
         "route",
         "route_state",
+        "state",
     )
 
     def __init__(self, pipeline: Pipeline, exchange: Exchange, route: Route, client_ip: str) -> None:
@@ -88,6 +103,13 @@ class Call:
         # a stage that answers with response headers (X-RateLimit-*) sets this
         self.headers_from: Callable[[CallContext], dict[str, str]] | None = None
         self._deferred: list[Compensation] = []
+        # the stages whose hooks see the answer: all of them, or those before a stage that answered itself
+        self.delta_stages = pipeline.delta_stages
+        self.after_stages = pipeline.after_stages
+        self.needs_response = pipeline.needs_response
+        self.state: dict[str, Any] | None = (
+            None  # per-call state of stages, by stage name (created on demand)
+        )
 
     # --- compensations -----------------------------------------------------------------------------------
 
@@ -103,6 +125,14 @@ class Call:
                 await compensation()
             except Exception:
                 log.exception("compensation failed", extra={"request_id": self.ctx.request_id})
+
+    def step_aside(self, stage: Any) -> None:
+        """`stage` has nothing to do on this call: its delta and after hooks are left out, and when no stage
+        left needs the decoded response, the route relays the answer's bytes again (DESIGN principle 1)."""
+        self.delta_stages = tuple(s for s in self.delta_stages if s is not stage)
+        self.after_stages = tuple(s for s in self.after_stages if s is not stage)
+        if stage.needs_response:
+            self.needs_response = any(s.needs_response for s in (*self.after_stages, *self.delta_stages))
 
     # --- client side -------------------------------------------------------------------------------------
 
@@ -167,12 +197,12 @@ class Call:
 
     async def answered(self, response: GatewayResponse | None) -> None:
         """Run the stages' after-hooks (reverse order) once the upstream answered."""
-        for stage in self.pipeline.after_stages:
+        for stage in self.after_stages:
             await stage.after(self, response)
 
     def delta(self, event: StreamEvent) -> StreamEvent | None:
         """Pass one normalized stream event through the stages' delta hooks (None: dropped)."""
-        for stage in self.pipeline.delta_stages:
+        for stage in self.delta_stages:
             passed = stage.on_delta(self, event)
             if passed is None:
                 return None
@@ -262,7 +292,7 @@ class Call:
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
         if ctx.first_byte_at is not None:
             metrics.child(metrics.TIME_TO_FIRST_TOKEN, ctx.route).observe(ctx.first_byte_at - ctx.started)
-        if outcome == "completed" and self.pipeline.after_stages:
+        if outcome == "completed" and self.after_stages:
             await self.answered(None)
 
     def fail(self, err: GatewayError) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from odock.dialects.contract import Dialect
     from odock.errors import GatewayError
+    from odock.model import StreamEvent
     from odock.pipeline.call import Call
     from odock.routing.router import Candidate
     from odock.transport.base import UpstreamResponse
@@ -19,6 +20,11 @@ class Route(Protocol):
     name: str  # bounded route label for metrics and the usage record ("openai.chat", "anthropic.messages", …)
     family: str | None  # the provider family a native route pins (RequiredProvider); None on /v1/llm/chat
     dialect: Dialect | None  # the route's wire format; decodes the call for stages that need it
+
+    @property
+    def replay_dialect(self) -> Dialect | None:
+        """The dialect the route answers in, when it can replay a normalized answer (None: it cannot)."""
+        ...
 
     def render(self, err: GatewayError) -> tuple[bytes, bytes]:
         """An error's body and content type in this route's dialect, so the client's SDK raises its matching
@@ -35,4 +41,8 @@ class Route(Protocol):
 
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         """Answer the client from the upstream's response (None for a route the gateway answers itself)."""
+        ...
+
+    async def replay(self, call: Call, events: list[StreamEvent]) -> None:
+        """Answer from a whole normalized answer (a cache hit), as a stream or unary as the call asked."""
         ...

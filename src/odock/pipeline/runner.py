@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from odock.errors import ClientDisconnected, GatewayError, UpstreamError
-from odock.pipeline.call import Call, upstream_error_body
+from odock.pipeline.call import Answered, Call, upstream_error_body
 from odock.routing.router import run_attempts
 
 if TYPE_CHECKING:
@@ -91,6 +91,14 @@ class Pipeline:
         self.needs_request = any(s.needs_request for s in self.stages)
         self.needs_response = any(s.needs_response for s in self.stages)
 
+    def hooks_before(self, stage: Stage) -> tuple[tuple[Stage, ...], tuple[Stage, ...]]:
+        """The delta and after stages placed before `stage` (those that see an answer `stage` gave itself)."""
+        earlier = set(self.stages[: self.stages.index(stage)])
+        return (
+            tuple(s for s in self.delta_stages if s in earlier),
+            tuple(s for s in self.after_stages if s in earlier),
+        )
+
     def names(self) -> list[str]:
         return [stage.name for stage in self.stages]
 
@@ -98,16 +106,21 @@ class Pipeline:
         """Serve one call: stages, upstream attempts, answer; compensations always."""
         call = Call(self, exchange, route, self.client_ip(exchange))
         try:
-            for stage in self.before_stages:
-                await stage.before(call)
+            try:
+                for stage in self.before_stages:
+                    await stage.before(call)
+            except Answered as answered:
+                call.delta_stages, call.after_stages = self.hooks_before(answered.stage)
+                await route.replay(call, answered.events)
+                return
             upstream = None
             if call.plan is not None:
                 upstream = await run_attempts(
                     call.ctx, call.plan, lambda c: route.send(call, c), self.observe
                 )
-                answered = call.ctx.answered_by
-                if answered is not None:
-                    exchange.response_headers.append((b"x-odock-model", answered.name.encode()))
+                answered_by = call.ctx.answered_by
+                if answered_by is not None:
+                    exchange.response_headers.append((b"x-odock-model", answered_by.name.encode()))
             await route.respond(call, upstream)
         except GatewayError as err:
             if isinstance(err, UpstreamError):

@@ -13,7 +13,15 @@ has nothing to do on a phase costs nothing there:
 
 A stage declares `needs_request` / `needs_response` when it must see the decoded request or response. When no
 enabled stage does, a same-dialect route stays a byte relay (DESIGN principle 1); when one does, the native body
-is decoded with the route's dialect (httpx `Auth.requires_request_body` habit).
+is decoded with the route's dialect (httpx `Auth.requires_request_body` habit). A stage that finds in `before`
+that it has nothing to do on this call calls `call.step_aside(self)`: its delta and after hooks are skipped, and
+when it was the only stage needing the decoded response, the answer is relayed as bytes again.
+
+A `before` hook may answer the call itself (the response cache's hit): it raises `Answered(self, events)` with a
+whole normalized answer (`odock.model` StreamEvent list). The runner then runs no later stage, no routing and no
+upstream call; the route replays the events in its dialect, streamed or unary as the client asked
+(`Route.replay`); only the stages placed before the answering one see the answer (their delta and after hooks),
+and the compensations registered so far run as always.
 """
 
 from __future__ import annotations

@@ -514,6 +514,20 @@ class SqlStore:
         row = await self._one(sa.select(schema.users).where(schema.users.c.id == user_id))
         return self.user_from_row(row) if row else None
 
+    async def any_cache_policy(self) -> bool:
+        """Whether some organisation, team, model or key policy turns the response cache on (the gateway wires
+        the cache stage only then; a text prefilter keeps this one indexed-free scan cheap)."""
+        from odock.state.cache_policy import enables_cache
+
+        async with self.read() as conn:
+            for table in (schema.organisations, schema.teams, schema.models, schema.api_keys):
+                column = table.c.policies
+                query = sa.select(column).where(sa.cast(column, sa.Text).like('%"cache"%'))
+                for (policies,) in await conn.execute(query):
+                    if enables_cache(policies):
+                        return True
+        return False
+
     async def catalogue_version(self) -> int:
         """Return the catalogue version counter (grows on every mutation, from any process)."""
         t = schema.catalogue_version

@@ -77,10 +77,12 @@ def _timezone(name: str) -> str:
 
 
 def _policies(policies: Object) -> Object:
-    """A policy envelope, refused at write time when its routing section is malformed (it would be ignored)."""
+    """A policy envelope, refused at write time when its routing or cache section is malformed (it would be
+    ignored)."""
+    from odock.state.cache_policy import validate_cache
     from odock.state.routing_policy import validate_routing
 
-    problems = validate_routing(policies)
+    problems = validate_routing(policies) + validate_cache(policies)
     if problems:
         raise BadRequest("; ".join(problems), "invalid_policy")
     return policies

@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 
 from odock.dialects import openai_chat
-from odock.dialects.contract import StreamOptions
+from odock.dialects.contract import Dialect, StreamOptions
 from odock.dialects.registry import dialect
 from odock.edge.endpoint import LLMEndpoint
 from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, translate_stream, upstream_json
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
-from odock.model import GatewayResponse
+from odock.model import GatewayResponse, StreamEvent
 from odock.pipeline.call import Call, FinalChunk
 from odock.providers.registry import FAMILIES, adapter_for, dialect_for, family_of
 from odock.routing.router import Candidate
@@ -88,6 +88,9 @@ class OpenAIChatEndpoint(LLMEndpoint):
         else:
             data, parsed = await relay_openai_unary(call, upstream)
             await call.respond(200, await inspect_unary(call, self.dialect, parsed, data))
+
+    def replay_stream(self, call: Call) -> tuple[StreamOptions, bytes]:
+        return StreamOptions(include_usage=bool(call.route_state)), b"text/event-stream"
 
 
 # fields of a unified request; anything else cannot be carried across providers and is refused, never dropped
@@ -258,8 +261,24 @@ class UnifiedChatEndpoint(LLMEndpoint):
     # (code upstream_error, with upstream_status and upstream_error) that the client can parse
     relays_upstream_body = False
 
+    @property
+    def replay_dialect(self) -> Dialect | None:
+        return UNIFIED
+
+    def replay_model(self, call: Call, events: list[StreamEvent]) -> str:
+        assert call.request is not None
+        return call.request.model
+
+    def replay_stream(self, call: Call) -> tuple[StreamOptions, bytes]:
+        state: UnifiedState = call.route_state
+        return StreamOptions(include_usage=state.show_usage), b"text/event-stream"
+
+    def replay_unary(self, call: Call, response: GatewayResponse, model: str) -> bytes:
+        return unified_response(response, model=model)
+
     async def decode(self, call: Call) -> None:
-        body = await call.read_json()
+        # a copy: `call.json` keeps every field the client sent (the cache keys on it), options included
+        body = dict(await call.read_json())
         unknown = sorted(set(body) - UNIFIED_FIELDS)
         if unknown:
             raise BadRequest(f"unsupported field(s) on /v1/llm/chat: {', '.join(unknown)}", "invalid_request")
@@ -316,7 +335,7 @@ class UnifiedChatEndpoint(LLMEndpoint):
                 else None
             )
             await call.respond(200, unified_response(answer, model=name, raw=raw))
-        elif upstream_dialect.client is UNIFIED.client and not call.pipeline.delta_stages:
+        elif upstream_dialect.client is UNIFIED.client and not call.delta_stages:
             # the upstream streams the client's own wire format: relay its bytes, naming the Odock model
             relayed = openai_sse(call, upstream, show_usage_chunk=show_usage)
             await call.stream(rename_model(relayed, name.encode()), openai_chat.stream_error)

@@ -185,6 +185,12 @@ class GeminiEndpoint(LLMEndpoint):
         url = adapter.chat_url(candidate.provider, candidate.model.slug, call.ctx.stream)
         return await call.send(candidate, url, call.route_state)
 
+    def replay_stream(self, call: Call) -> tuple[StreamOptions, bytes]:
+        json_array = call.exchange.query("alt") != "sse"
+        return StreamOptions(
+            json_array=json_array
+        ), b"application/json" if json_array else b"text/event-stream"
+
     async def respond(self, call: Call, upstream: UpstreamResponse | None) -> None:
         assert upstream is not None and call.json is not None
         if not call.ctx.stream:

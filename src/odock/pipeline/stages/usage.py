@@ -92,11 +92,13 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
 
 
 def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
-    """The record's metadata: clamped-usage flags, gateway overhead and time to first token (reference §13.6:
-    "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
+    """The record's metadata: clamped-usage flags, a cache hit, gateway overhead and time to first token
+    (reference §13.6: "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
     metadata: dict[str, Any] = {}
     if ctx.usage_flags:
         metadata["usage_flags"] = ctx.usage_flags
+    if ctx.cache_hit:
+        metadata["cache_hit"] = True
     overhead, ttft = ctx.overhead_ms(), ctx.ttft_ms()
     if overhead is not None:
         metadata["overhead_ms"] = overhead
