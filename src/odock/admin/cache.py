@@ -8,8 +8,9 @@ all of its entries). Embedded mode purges this process's memory; cluster mode pu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,37 +19,39 @@ from odock.admin.app import error_response, json_response, read_body
 from odock.cache.store import PurgeFilter
 from odock.errors import BadRequest, GatewayError
 from odock.state.cache_policy import validate_cache
+from odock.state.validation import Input, Ref, decode
 
 if TYPE_CHECKING:
     from odock.cache.store import Coalescer
     from odock.state.service import CatalogueService
 
-FIELDS = frozenset({"organisation", "namespace", "model", "key"})
+
+class CachePurge(Input):
+    """What to purge: one organisation's entries, narrowed by namespace, model and key (any mix)."""
+
+    organisation: Ref
+    namespace: Ref | None = None
+    model: Ref | None = None
+    key: Ref | None = None
+    blank_is_none: ClassVar[frozenset[str]] = frozenset({"namespace", "model", "key"})
+
+
+class PurgeCount(msgspec.Struct):
+    purged: int
 
 
 async def purge_filter(service: CatalogueService, body: dict[str, object]) -> PurgeFilter:
     """The purge's filter, names resolved to ids within the organisation (404 for an unknown one)."""
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise BadRequest(
-            f"cache purge: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(FIELDS))}"
-        )
-    for field in FIELDS:
-        if field in body and (not isinstance(body[field], str) or not body[field]):
-            raise BadRequest(f"cache purge: {field} must be a non-empty string")
-    org_ref = body.get("organisation")
-    if not isinstance(org_ref, str):
-        raise BadRequest("cache purge: organisation is required")
-    namespace = body.get("namespace")
-    if isinstance(namespace, str) and validate_cache({"cache": {"namespace": namespace}}):
+    purge = decode(CachePurge, body, "cache purge")
+    org_ref, namespace, model, key = purge.organisation, purge.namespace, purge.model, purge.key
+    if namespace is not None and validate_cache({"cache": {"namespace": namespace}}):
         raise BadRequest("cache purge: namespace must be 1-64 letters, digits, '_', '.' or '-'")
     org = await service.get_organisation(org_ref)
-    model, key = body.get("model"), body.get("key")
     return PurgeFilter(
         organisation=org.id,
-        namespace=namespace if isinstance(namespace, str) else None,
-        model_id=(await service.get_model(model, org.id)).id if isinstance(model, str) else None,
-        key_id=(await service.get_key(key, org.id)).id if isinstance(key, str) else None,
+        namespace=namespace,
+        model_id=(await service.get_model(model, org.id)).id if model is not None else None,
+        key_id=(await service.get_key(key, org.id)).id if key is not None else None,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from starlette.routing import BaseRoute, Route
 
+from odock.admin.cache import CachePurge, PurgeCount
 from odock.admin.governance import BudgetChanges, NewBudget, NewQuota, QuotaChanges
 from odock.governance.store import Budget, BudgetEvent, Quota
 from odock.mcp.records import McpServerInfo
@@ -217,6 +218,9 @@ OPERATIONS: list[Operation] = [
               example={"mcp_server": "search-tools"}),
     Operation("DELETE", "/admin/keys/{ref}/mcp-grants/{server}", "Take an MCP server grant back", "keys",
               response=Page[McpServerInfo], query=(ORG_SCOPE,)),
+    Operation("POST", "/admin/cache/purge", "Drop cached answers of an organisation (by namespace, model, key)",
+              "cache", CachePurge, PurgeCount, errors=(400, 404, 409),
+              example={"organisation": "example-co", "namespace": "faq"}),
     Operation("GET", "/admin/openapi.json", "This document", "meta", response=dict[str, Any], errors=()),
 ]  # fmt: skip
 
