@@ -15,8 +15,12 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from odock.pipeline.runner import BodyLimits, Pipeline
 from odock.pipeline.stages import Pricer, listing_stages, llm_stages
+from odock.pipeline.stages.plugins import plugin_stages
+from odock.plugins import PluginConfigError, Plugins, StorageBackends, read_plugins_file
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -96,9 +100,39 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
+        self.plugins = self._load_plugins()
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    def _load_plugins(self) -> Plugins | None:
+        """The plugins named in PLUGINS_CONFIG_PATH (none: no plugin stage at all)."""
+        settings = self.settings
+        if not settings.plugins_config_path:
+            return None
+        try:
+            config = read_plugins_file(settings.plugins_config_path)
+            if config.empty():
+                return None
+            governance = self.governance
+
+            def budgets(owner_type: str, owner_id: str) -> list[dict[str, Any]]:
+                found = governance.definitions.budgets.get((owner_type, owner_id), []) if governance else []
+                return [msgspec.to_builtins(b) for b in found]
+
+            plugins = Plugins.build(
+                config,
+                backends=StorageBackends(self.catalogue, self.store, budgets),
+                max_parallel=settings.plugins_max_parallel,
+                async_post_response=settings.plugins_async_post_response,
+                queue_size=settings.plugins_async_queue_size,
+                workers=settings.plugins_async_workers,
+            )
+        except PluginConfigError as err:
+            raise SystemExit(f"invalid plugin configuration: {err.message}") from None
+        log.info("plugins: %s", ", ".join(sorted(plugins.plugins)))
+        self.services.register("plugins", plugins, close=plugins.close)
+        return plugins
 
     def build_pipelines(
         self,
@@ -110,6 +144,9 @@ class Gateway:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
         pricer = Pricer(self.settings.usage_max_tokens)
+        if self.plugins is not None:
+            route_slot, upstream_slot = plugin_stages(self.plugins)
+            pre_route, pre_upstream = [*route_slot, *pre_route], [*upstream_slot, *pre_upstream]
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(
             catalogue=self.catalogue,
@@ -125,7 +162,6 @@ class Gateway:
         return {
             "llm": Pipeline(
                 llm,
-                transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
                 observe=self.routing.observe,
@@ -133,7 +169,6 @@ class Gateway:
             ),
             "listing": Pipeline(
                 listing,
-                transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,

@@ -68,6 +68,13 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_errors: str = "passthrough"
     log_level: str = "info"
     prometheus_enabled: bool = True
+    # plugins (reference §8): the §8.2 file (JSON or YAML; empty: no plugins), the per-call parallel pool, and the
+    # async post_response queue
+    plugins_config_path: str = ""
+    plugins_max_parallel: int = 4
+    plugins_async_post_response: bool = True
+    plugins_async_queue_size: int = 128
+    plugins_async_workers: int = 2
 
     @property
     def cluster(self) -> bool:
@@ -89,6 +96,18 @@ def _env(name: str, *aliases: str) -> str | None:
 
 def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _check_plugins(settings: Settings) -> None:
+    for name, value in (
+        ("PLUGINS_MAX_PARALLEL", settings.plugins_max_parallel),
+        ("PLUGINS_ASYNC_QUEUE_SIZE", settings.plugins_async_queue_size),
+        ("PLUGINS_ASYNC_WORKERS", settings.plugins_async_workers),
+    ):
+        if value < 1:
+            raise SystemExit(f"invalid {name}: must be at least 1")
+    if settings.plugins_config_path and not os.path.isfile(settings.plugins_config_path):
+        raise SystemExit(f"invalid PLUGINS_CONFIG_PATH: {settings.plugins_config_path!r} is not a file")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -133,6 +152,11 @@ def load_settings(**overrides: Any) -> Settings:
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+        ("plugins_config_path", ("PLUGINS_CONFIG_PATH",), str),
+        ("plugins_max_parallel", ("PLUGINS_MAX_PARALLEL",), int),
+        ("plugins_async_post_response", ("PLUGINS_ASYNC_POST_RESPONSE",), _bool),
+        ("plugins_async_queue_size", ("PLUGINS_ASYNC_QUEUE_SIZE",), int),
+        ("plugins_async_workers", ("PLUGINS_ASYNC_WORKERS",), int),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -152,6 +176,7 @@ def load_settings(**overrides: Any) -> Settings:
     ):
         if value <= 0:
             raise SystemExit(f"invalid {name}: must be positive")
+    _check_plugins(settings)
     if settings.usage_max_tokens < 1:
         raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
     if settings.upstream_client not in ("http11", "aiohttp"):

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"app"},
     {"edge", "gateway", "admin"},
     {"pipeline"},
-    {"routing", "governance", "usage"},
+    {"routing", "governance", "usage", "plugins"},
     {"context"},
     {"state"},
     {"providers"},

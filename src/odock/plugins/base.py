@@ -73,7 +73,12 @@ class PluginResult:
 
     @classmethod
     def block(
-        cls, message: str = "", *, status: int = 403, code: str = "plugin_blocked", findings: tuple[str, ...] = ()
+        cls,
+        message: str = "",
+        *,
+        status: int = 403,
+        code: str = "plugin_blocked",
+        findings: tuple[str, ...] = (),
     ) -> PluginResult:
         return cls("block", status=status, code=code, message=message, findings=findings)
 

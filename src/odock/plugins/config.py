@@ -82,6 +82,23 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _scopes(value: Any, where: str) -> frozenset[str]:
+    scopes = value or []
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise PluginConfigError(f"{where}: expected a list of scopes")
+    raw = sorted(RAW_SCOPES & set(scopes))
+    if raw:
+        raise PluginConfigError(
+            f"{where}: {', '.join(raw)} is not offered (plugins get a read API, not store handles)"
+        )
+    unknown = sorted(set(scopes) - STORAGE_SCOPES - ALL_SCOPES)
+    if unknown:
+        raise PluginConfigError(
+            f"{where}: unknown scope(s) {', '.join(unknown)} (one of: {', '.join(sorted(STORAGE_SCOPES))}, all)"
+        )
+    return STORAGE_SCOPES if ALL_SCOPES & set(scopes) else frozenset(scopes)
+
+
 def _entry(item: Any, where: str) -> PluginEntry | None:
     if not isinstance(item, dict):
         raise PluginConfigError(f"{where}: expected an object")
@@ -96,22 +113,10 @@ def _entry(item: Any, where: str) -> PluginEntry | None:
         raise PluginConfigError(f"{where}.enabled: expected a boolean")
     kind = item.get("type", name)
     if not isinstance(kind, str) or not kind:
-        raise PluginConfigError(f"{where}.type: expected a plugin type (bundled name, entry point or module:attr)")
-    scopes = item.get("storage_access") or []
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise PluginConfigError(f"{where}.storage_access: expected a list of scopes")
-    raw = sorted(RAW_SCOPES & set(scopes))
-    if raw:
         raise PluginConfigError(
-            f"{where}.storage_access: {', '.join(raw)} is not offered (plugins get a read API, not store handles)"
+            f"{where}.type: expected a plugin type (bundled name, entry point or module:attr)"
         )
-    unknown = sorted(set(scopes) - STORAGE_SCOPES - ALL_SCOPES)
-    if unknown:
-        raise PluginConfigError(
-            f"{where}.storage_access: unknown scope(s) {', '.join(unknown)} "
-            f"(one of: {', '.join(sorted(STORAGE_SCOPES))}, all)"
-        )
-    granted = STORAGE_SCOPES if ALL_SCOPES & set(scopes) else frozenset(scopes)
+    granted = _scopes(item.get("storage_access"), f"{where}.storage_access")
     config = item.get("config") or {}
     if not isinstance(config, dict):
         raise PluginConfigError(f"{where}.config: expected an object")

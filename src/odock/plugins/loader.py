@@ -52,7 +52,9 @@ def find_factory(kind: str, where: str) -> Factory:
         raise PluginConfigError(f"{where}: entry point {kind!r} failed to load ({exc})") from None
 
 
-def build_plugin(entry: PluginEntry, phases: set[str], env: Mapping[str, str], transport: Any = None) -> Plugin:
+def build_plugin(
+    entry: PluginEntry, phases: set[str], env: Mapping[str, str], transport: Any = None
+) -> Plugin:
     """Create one configured plugin and check it implements every phase that lists it."""
     where = f"plugin {entry.name!r}"
     factory = find_factory(entry.type, where)

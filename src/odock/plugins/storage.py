@@ -5,7 +5,7 @@ This is an API boundary for plugins the operator chose to run, not a sandbox aga
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -51,7 +51,9 @@ class PluginStorage:
 
     __slots__ = ("_backends", "_ctx", "_name", "_scopes")
 
-    def __init__(self, name: str, scopes: frozenset[str], ctx: CallContext, backends: StorageBackends) -> None:
+    def __init__(
+        self, name: str, scopes: frozenset[str], ctx: CallContext, backends: StorageBackends
+    ) -> None:
         self._name = name
         self._scopes = scopes
         self._ctx = ctx
@@ -69,10 +71,6 @@ class PluginStorage:
         if self._backends.catalogue is None:
             raise StorageAccessDenied("no catalogue in this deployment")
         return self._backends.catalogue
-
-    async def _read(self, scope: str, read: Callable[[], Awaitable[Any]]) -> Any:
-        self._need(scope)
-        return await read()
 
     async def organisation(self) -> dict[str, Any] | None:
         """The calling key's organisation."""
@@ -138,7 +136,9 @@ class PluginStorage:
         owners += [("USER", key.user_id)] if key.user_id else []
         return [budget for owner in owners for budget in reader(*owner)]
 
-    async def usage_summary(self, group_by: str = "model", *, since: Any = None, until: Any = None) -> list[Any]:
+    async def usage_summary(
+        self, group_by: str = "model", *, since: Any = None, until: Any = None
+    ) -> list[Any]:
         """Usage totals of the calling key's organisation (`odock.state.reports.usage_summary`)."""
         self._need("usage")
         key, store = self._ctx.key, self._backends.store
@@ -146,5 +146,7 @@ class PluginStorage:
             return []
         from odock.state.reports import usage_summary
 
-        rows = await usage_summary(store, group_by, since=since, until=until, organisation_id=key.organisation_id)
+        rows = await usage_summary(
+            store, group_by, since=since, until=until, organisation_id=key.organisation_id
+        )
         return [_public(row) for row in rows]

@@ -91,6 +91,37 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
     }
 
 
+def plugin_evidence(ctx: CallContext) -> list[dict[str, Any]] | None:
+    """Each plugin execution of the call so far: plugin, phase, outcome, duration (reference §8.6); never text."""
+    if not ctx.plugin_runs:
+        return None
+    runs = []
+    for run in ctx.plugin_runs:
+        item: dict[str, Any] = {
+            "plugin": run.plugin,
+            "phase": run.phase,
+            "outcome": run.outcome,
+            "duration_us": run.duration_us,
+        }
+        if run.phase == "stream_chunk":
+            item["deltas"] = run.count
+        if run.findings:
+            item["findings"] = list(run.findings)
+        runs.append(item)
+    return runs
+
+
+def record_metadata(ctx: CallContext) -> dict[str, Any] | None:
+    """The usage record's metadata: clamped-usage flags and plugin executions, when there are any."""
+    metadata: dict[str, Any] = {}
+    if ctx.usage_flags:
+        metadata["usage_flags"] = ctx.usage_flags
+    plugins = plugin_evidence(ctx)
+    if plugins:
+        metadata["plugins"] = plugins
+    return metadata or None
+
+
 class RecordUsage(Stage):
     """The call's usage record, taken once: just before the response's last bytes leave (a client never holds a
     complete answer whose record a killed process could not replay from the spool), or — for a call that ends
@@ -164,7 +195,7 @@ class RecordUsage(Stage):
                 pricing=answered.pricing if answered and answered.pricing else None,
                 raw_usage=ctx.raw_usage,
                 routing=routing_evidence(ctx),
-                metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
+                metadata=record_metadata(ctx),
             )
         )
         if usage is not None and provider is not None:
