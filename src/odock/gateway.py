@@ -162,6 +162,7 @@ class Gateway:
         return {
             "llm": Pipeline(
                 llm,
+                transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
                 observe=self.routing.observe,
@@ -169,6 +170,7 @@ class Gateway:
             ),
             "listing": Pipeline(
                 listing,
+                transport=self.transport,
                 limits=limits,
                 client_ip=self.client_ip,
                 catalogue=self.catalogue,

@@ -199,6 +199,9 @@ class Plugin:
     needs_request: ClassVar[bool] = False
     needs_response: ClassVar[bool] = False
 
+    def __init__(self, setup: PluginSetup | None = None) -> None:
+        self.setup = setup
+
     async def pre_route(self, view: PluginView) -> PluginResult | None:
         return None
 

@@ -67,8 +67,9 @@ class PreRoutePlugins(_PluginStage):
     name = "plugins_pre_route"
 
     async def before(self, call: Call) -> None:
+        was = _shape(call.request)
         request, _ = await self.engine.run("pre_route", call.ctx, call.request)
-        adopt(call, request, before_access=True)
+        adopt(call, request, was, before_access=True)
 
 
 class PreUpstreamPlugins(_PluginStage):
@@ -77,8 +78,9 @@ class PreUpstreamPlugins(_PluginStage):
     name = "plugins_pre_upstream"
 
     async def before(self, call: Call) -> None:
+        was = _shape(call.request)
         request, _ = await self.engine.run("pre_upstream", call.ctx, call.request)
-        adopt(call, request, before_access=False)
+        adopt(call, request, was, before_access=False)
 
 
 class StreamChunkPlugins(_PluginStage):
@@ -90,20 +92,32 @@ class StreamChunkPlugins(_PluginStage):
         return self.engine.chunk(call.ctx, event)
 
 
-def adopt(call: Call, request: GatewayRequest | None, *, before_access: bool) -> None:
-    """Make the plugins' request the call's, keeping what the gates measured consistent with it."""
+def _shape(request: GatewayRequest | None) -> tuple[str, bool, int | None] | None:
+    """What the gates measured of a request: model, stream flag, output cap."""
+    return None if request is None else (request.model, request.stream, request.max_tokens)
+
+
+def adopt(
+    call: Call,
+    request: GatewayRequest | None,
+    was: tuple[str, bool, int | None] | None,
+    *,
+    before_access: bool,
+) -> None:
+    """Make the plugins' request the call's, keeping what the gates measured consistent with what they changed."""
     if request is None:
         return
     ctx = call.ctx
     if request is not call.request:
         call.request = ctx.request = request
-    if request.stream != ctx.stream:
+    model, stream, max_tokens = was or (ctx.requested_model, ctx.stream, ctx.max_tokens)
+    if request.stream != stream:
         raise PluginFailed("a plugin changed the request's stream flag, which the route has already chosen")
-    if request.model != ctx.requested_model:
+    if request.model != model:
         if not before_access:
             raise PluginFailed("a pre_upstream plugin changed the model after the access check")
         ctx.requested_model = request.model
-    if request.max_tokens is not None and request.max_tokens != ctx.max_tokens:
+    if request.max_tokens is not None and request.max_tokens != max_tokens:
         if not before_access and ctx.max_tokens is not None and request.max_tokens > ctx.max_tokens:
             raise PluginFailed("a pre_upstream plugin raised max_tokens above what the call reserved")
         # every route sends a cap the gateway chose in its own field
