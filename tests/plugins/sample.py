@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from odock.model import StreamEvent, TextDelta
 from odock.plugins import Plugin, PluginResult, PluginSetup, PluginView
@@ -97,7 +97,7 @@ class Broken(Plugin):
 class Recorder(Plugin):
     """Remembers what each run saw (class-level, for the tests to read)."""
 
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, setup: PluginSetup) -> None:
         self.reads = list(setup.config.get("reads", []))
