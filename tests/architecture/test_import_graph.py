@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"edge", "gateway", "admin"},
     {"pipeline"},
     {"routing", "governance", "usage", "plugins"},
+    {"safety"},
     {"context"},
     {"state"},
     {"providers"},
