@@ -77,6 +77,10 @@ class Slow(Plugin):
         await asyncio.sleep(self.seconds)
         return None
 
+    async def pre_upstream(self, view: PluginView) -> PluginResult | None:
+        await asyncio.sleep(self.seconds)
+        return None
+
 
 class Broken(Plugin):
     """Raises in every phase it runs in."""
@@ -117,3 +121,30 @@ class Recorder(Plugin):
 
     async def post_response(self, view: PluginView) -> PluginResult | None:
         return await self._note(view)
+
+
+class Concurrent(Plugin):
+    """Counts how many of its runs overlap (class-level), holding each run for a moment."""
+
+    running = 0
+    peak = 0
+
+    async def pre_route(self, view: PluginView) -> PluginResult | None:
+        Concurrent.running += 1
+        Concurrent.peak = max(Concurrent.peak, Concurrent.running)
+        await asyncio.sleep(0.01)
+        Concurrent.running -= 1
+        return PluginResult.allow("counted")
+
+
+class Held(Plugin):
+    """A post_response plugin that waits until the test releases it."""
+
+    release: asyncio.Event | None = None
+    done: ClassVar[list[str]] = []
+
+    async def post_response(self, view: PluginView) -> PluginResult | None:
+        assert Held.release is not None
+        await Held.release.wait()
+        Held.done.append(view.request_id)
+        return None
