@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,30 @@ async def test_a_pre_upstream_block_releases_the_reservations(tmp_path: Path) ->
             model="gpt-test", messages=[{"role": "user", "content": "fine"}], max_tokens=100
         )
         assert reply.choices[0].message.content
+
+
+def test_catalogue_file_checks_the_plugins_section_and_serve_runs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`odock apply`'s loader checks the section (a bad one names its place); `odock serve --config` makes it the
+    plugin configuration, and refuses a second one from PLUGINS_CONFIG_PATH."""
+    from odock.commands.serve import _plugins_from
+    from odock.config_file import ConfigFileError, load_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "plugins:\n  plugins: [{name: a, type: audit_log}]\n  phases: {pre_route: {parallel: [a]}}\n"
+    )
+    assert load_config(good)["plugins"]["phases"]["pre_route"]["parallel"] == ["a"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins:\n  phases: {pre_route: {parallel: [ghost]}}\n")
+    with pytest.raises(
+        ConfigFileError, match=r"bad\.yaml: plugins\.phases\.pre_route: plugin 'ghost' is not declared"
+    ):
+        load_config(bad)
+    monkeypatch.delenv("PLUGINS_CONFIG_PATH", raising=False)
+    _plugins_from(str(good))
+    assert Path(os.environ["PLUGINS_CONFIG_PATH"]) == good.resolve()
+    monkeypatch.setenv("PLUGINS_CONFIG_PATH", str(tmp_path / "other.json"))
+    with pytest.raises(SystemExit, match="configured twice"):
+        _plugins_from(str(good))

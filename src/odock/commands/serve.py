@@ -41,11 +41,27 @@ async def _apply(settings: Any, path: str) -> None:
         await store.close()
 
 
+def _plugins_from(path: str) -> None:
+    """A catalogue file's `plugins:` section becomes the plugin configuration of every worker."""
+    from odock.config_file import has_plugins
+
+    if not has_plugins(path):
+        return
+    named = os.environ.get("PLUGINS_CONFIG_PATH")
+    if named and os.path.abspath(named) != os.path.abspath(path):
+        raise SystemExit(
+            f"plugins are configured twice: PLUGINS_CONFIG_PATH={named} and the plugins: section of {path}"
+        )
+    os.environ["PLUGINS_CONFIG_PATH"] = os.path.abspath(path)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from odock.edge.server import GatewayHttpProtocol
 
+    if args.config:
+        _plugins_from(args.config)
     settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
     logs.configure(settings.log_level)
     if args.config:
