@@ -38,7 +38,8 @@ log = logging.getLogger("odock.plugins")
 ENV_PREFIX = "PLUGINS_ENV_"
 _CHUNK = "\x00chunk:"  # per-call state slot of a stream_chunk plugin (view and running record)
 _snapshot_encode = msgspec.json.encode
-_snapshot_decode = msgspec.json.Decoder(GatewayRequest).decode
+_snapshot_request = msgspec.json.Decoder(GatewayRequest).decode
+_snapshot_response = msgspec.json.Decoder(GatewayResponse).decode
 
 
 class Member:
@@ -250,12 +251,13 @@ class Plugins:
         response: GatewayResponse | None,
     ) -> None:
         # findings only: the plugins see a copy, so nothing they do reaches the call
-        snapshot = _snapshot_decode(_snapshot_encode(request)) if request is not None else None
+        snapshot = _snapshot_request(_snapshot_encode(request)) if request is not None else None
+        answer = _snapshot_response(_snapshot_encode(response)) if response is not None else None
         limit = asyncio.Semaphore(self.max_parallel)
 
         async def one(member: Member) -> tuple[PluginResult | None, str]:
             async with limit:
-                view = self._view(phase, member, ctx, snapshot, response)
+                view = self._view(phase, member, ctx, snapshot, answer)
                 return await self._execute(phase, member, ctx, view)
 
         outcomes = await asyncio.gather(*(one(m) for m in members))
