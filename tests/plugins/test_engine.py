@@ -273,3 +273,77 @@ def test_catalogue_file_checks_the_plugins_section_and_serve_runs_it(
     monkeypatch.setenv("PLUGINS_CONFIG_PATH", str(tmp_path / "other.json"))
     with pytest.raises(SystemExit, match="configured twice"):
         _plugins_from(str(good))
+
+
+async def test_a_failing_stream_plugin_fails_open_or_closed(tmp_path: Path) -> None:
+    """stream_chunk: a raising plugin set to fail open is skipped for the rest of the stream (the answer arrives
+    whole); set to fail closed it ends the stream with an error event, never a clean end."""
+    for on_error in ("open", "closed"):
+        home = tmp_path / on_error
+        home.mkdir()
+        document = config([plugin("b", "Broken", on_error=on_error)], stream_chunk={"sequential": ["b"]})
+        async with await open_gateway(home, document) as gw:
+            said = ""
+            stream = await _openai(gw).chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hello"}], stream=True
+            )
+            if on_error == "open":
+                async for chunk in stream:
+                    said += chunk.choices[0].delta.content or "" if chunk.choices else ""
+                assert said.startswith("Mock reply to")
+            else:
+                with pytest.raises(openai.APIError, match="plugin 'b' failed in stream_chunk"):
+                    async for _chunk in stream:
+                        pass
+
+
+def test_audit_log_keeps_prompts_out_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    """audit_log's event names the call, never its text; include_prompt adds the messages."""
+    from odock.context import CallContext
+    from odock.model import GatewayRequest, Message
+    from odock.plugins import PluginSetup
+    from odock.plugins.base import PluginView
+    from odock.plugins.bundled.audit_log import AuditLog
+    from odock.plugins.storage import PluginStorage, StorageBackends
+
+    ctx = CallContext(
+        request_id="req-1", route="openai.chat", client_ip="127.0.0.1", requested_model="gpt-test"
+    )
+    request = GatewayRequest(model="gpt-test", messages=[Message(role="user", content="my secret plan")])
+    storage = PluginStorage("a", frozenset(), ctx, StorageBackends())
+    view = PluginView("pre_route", ctx, request, None, {}, storage, {})
+    quiet = AuditLog(PluginSetup("a", {}))
+    assert not quiet.needs_request
+    event = quiet.event(view)
+    assert event["request_id"] == "req-1" and event["model"] == "gpt-test"
+    assert "my secret plan" not in json.dumps(event)
+    loud = AuditLog(PluginSetup("a", {"include_prompt": True}))
+    assert loud.needs_request and loud.event(view)["prompt"] == [{"role": "user", "text": "my secret plan"}]
+    with caplog.at_level("INFO", logger="odock.audit"):
+        asyncio.run(quiet.pre_route(view))
+    assert caplog.records[0].audit["request_id"] == "req-1"  # type: ignore[attr-defined]
+
+
+def test_request_transform_sets_defaults_and_caps() -> None:
+    """Defaults fill only unset fields; the cap lowers a larger max_tokens and sets a missing one."""
+    from odock.context import CallContext
+    from odock.model import GatewayRequest, Message
+    from odock.plugins import PluginSetup
+    from odock.plugins.base import PluginView
+    from odock.plugins.bundled.request_transform import RequestTransform
+    from odock.plugins.storage import PluginStorage, StorageBackends
+
+    transform = RequestTransform(
+        PluginSetup("t", {"defaults": {"temperature": 0.2, "seed": 7}, "max_tokens_cap": 50})
+    )
+    ctx = CallContext(request_id="r", route="x", client_ip="")
+    storage = PluginStorage("t", frozenset(), ctx, StorageBackends())
+    for given, capped in ((None, 50), (500, 50), (20, 20)):
+        request = GatewayRequest(
+            model="m", messages=[Message(role="user", content="hi")], max_tokens=given, seed=1
+        )
+        view = PluginView("pre_route", ctx, request, None, {}, storage, {})
+        asyncio.run(transform.pre_route(view))
+        assert (request.temperature, request.seed, request.max_tokens) == (0.2, 1, capped)
+    with pytest.raises(ValueError, match="not a defaultable field"):
+        RequestTransform(PluginSetup("t", {"defaults": {"model": "x"}}))
