@@ -347,3 +347,35 @@ def test_request_transform_sets_defaults_and_caps() -> None:
         assert (request.temperature, request.seed, request.max_tokens) == (0.2, 1, capped)
     with pytest.raises(ValueError, match="not a defaultable field"):
         RequestTransform(PluginSetup("t", {"defaults": {"model": "x"}}))
+
+
+async def test_input_added_before_the_reservations_is_reserved(tmp_path: Path) -> None:
+    """A system prompt added in pre_route counts toward the TPM reservation: a key whose limit the client's
+    short prompt fits is refused once the operator's long system prompt is added."""
+    long_prompt = "Always answer with care. " * 200  # ~5000 bytes, ~1250 tokens
+    document = config(
+        [plugin("t", "request_transform", config={"system_prompt": long_prompt})],
+        pre_route={"sequential": ["t"]},
+    )
+    async with await open_gateway(tmp_path, document) as gw:
+        created = await gw.service.create_key(
+            {
+                "organisation": "acme",
+                "name": "small",
+                "type": "ORGANISATION",
+                "models": ["gpt-test"],
+                "policies": {"ratelimit": {"tokens": {"per_minute": 600}}},
+            }
+        )
+        client = openai.AsyncOpenAI(
+            base_url="http://gateway.test/v1",
+            api_key=created.secret,
+            max_retries=0,
+            http_client=gw.sdk_client(),
+        )
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}], max_tokens=50
+            )
+        body = limited.value.body
+        assert isinstance(body, dict) and body["code"] == "tpm_exceeded"

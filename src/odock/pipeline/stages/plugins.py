@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from odock.errors import GatewayError, PluginFailed
+from odock.pipeline.call import estimate_tokens
 from odock.pipeline.stage import Stage
 
 if TYPE_CHECKING:
@@ -70,6 +73,8 @@ class PreRoutePlugins(_PluginStage):
         was = _shape(call.request)
         request, _ = await self.engine.run("pre_route", call.ctx, call.request)
         adopt(call, request, was, before_access=True)
+        if request is not None and modified(call, "pre_route"):
+            remeasure(call, request)
 
 
 class PreUpstreamPlugins(_PluginStage):
@@ -122,6 +127,21 @@ def adopt(
             raise PluginFailed("a pre_upstream plugin raised max_tokens above what the call reserved")
         # every route sends a cap the gateway chose in its own field
         ctx.max_tokens, ctx.output_cap_added = request.max_tokens, True
+
+
+def modified(call: Call, phase: str) -> bool:
+    runs = call.ctx.plugin_runs or ()
+    return any(run.phase == phase and run.outcome == "modify" for run in runs)
+
+
+def remeasure(call: Call, request: GatewayRequest) -> None:
+    """A pre_route plugin may have added input (a system prompt): the reservations that follow must bound it too.
+    The normalized request's JSON size bounds its text bytes, as the body's size bounded the client's."""
+    size = len(msgspec.json.encode(request))
+    ctx = call.ctx
+    if ctx.prompt is not None and size > ctx.prompt.size:
+        ctx.prompt.size = size
+    ctx.estimated_input_tokens = max(ctx.estimated_input_tokens, estimate_tokens(size))
 
 
 def _declaring(cls: type[_PluginStage], engine: Plugins, phase: str) -> _PluginStage:
