@@ -310,7 +310,16 @@ async def test_plugin_runs_reach_the_usage_record(gw: InProcessGateway) -> None:
     assert (record["status"], record["error_code"]) == (403, "plugin_blocked")
     assert record["metadata"]["plugins"][-1]["outcome"] == "block"
     body = refused.value.body
-    assert isinstance(body, dict) and body.get("code") == "plugin_blocked"
+    assert isinstance(body, dict) and body.get("code") == "plugin_blocked" and body.get("plugin") == "gate"
+
+
+async def test_routes_without_a_chat_dialect_still_run_plugins(gw: InProcessGateway) -> None:
+    """Embeddings have no normalized chat request: plugins run with `request` None and the call is answered."""
+    reply = await _openai(gw).embeddings.with_raw_response.create(model="embed-test", input="forbidden words")
+    assert reply.parse().data[0].embedding
+    record = await wait_usage(gw.service, reply.headers["x-request-id"])
+    runs = [(r["plugin"], r["phase"], r["outcome"]) for r in record["metadata"]["plugins"]]
+    assert ("gate", "pre_route", "allow") in runs
 
 
 async def test_metrics_count_plugin_executions(gw: InProcessGateway) -> None:
