@@ -379,3 +379,15 @@ async def test_input_added_before_the_reservations_is_reserved(tmp_path: Path) -
             )
         body = limited.value.body
         assert isinstance(body, dict) and body["code"] == "tpm_exceeded"
+
+
+def test_serve_refuses_a_broken_plugin_file_before_starting(tmp_path: Path) -> None:
+    """`odock serve` checks the plugin file's shape and types first: one line, nonzero exit, no worker started."""
+    from odock.commands.serve import _check_plugins
+
+    path = tmp_path / "plugins.json"
+    path.write_text(json.dumps(config([plugin("t", "nosuch")], pre_route={"sequential": ["t"]})))
+    with pytest.raises(SystemExit, match="invalid plugin configuration: plugin 't': no plugin type 'nosuch'"):
+        _check_plugins(str(path))
+    path.write_text(json.dumps(config([plugin("t", "audit_log")], pre_route={"sequential": ["t"]})))
+    _check_plugins(str(path))

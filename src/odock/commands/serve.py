@@ -55,6 +55,20 @@ def _plugins_from(path: str) -> None:
     os.environ["PLUGINS_CONFIG_PATH"] = os.path.abspath(path)
 
 
+def _check_plugins(path: str) -> None:
+    """Refuse a broken plugin file before any worker starts: its shape, and that every named type loads (each
+    plugin's own `config` is checked when the workers build it)."""
+    from odock.plugins import PluginConfigError, read_plugins_file
+    from odock.plugins.loader import find_factory
+
+    try:
+        config = read_plugins_file(path)
+        for name in sorted({n for plan in config.phases.values() for n in plan.names()}):
+            find_factory(config.entries[name].type, f"plugin {name!r}")
+    except PluginConfigError as err:
+        raise SystemExit(f"invalid plugin configuration: {err.message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -64,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         _plugins_from(args.config)
     settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
     logs.configure(settings.log_level)
+    if settings.plugins_config_path:
+        _check_plugins(settings.plugins_config_path)
     if args.config:
         asyncio.run(_apply(settings, args.config))
     # workers re-read settings from the environment; carry the command-line overrides there
