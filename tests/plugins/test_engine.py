@@ -267,7 +267,8 @@ def test_catalogue_file_checks_the_plugins_section_and_serve_runs_it(
         ConfigFileError, match=r"bad\.yaml: plugins\.phases\.pre_route: plugin 'ghost' is not declared"
     ):
         load_config(bad)
-    monkeypatch.delenv("PLUGINS_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("PLUGINS_CONFIG_PATH", "")  # recorded, so whatever _plugins_from sets is undone
+    monkeypatch.delenv("PLUGINS_CONFIG_PATH")
     _plugins_from(str(good))
     assert Path(os.environ["PLUGINS_CONFIG_PATH"]) == good.resolve()
     monkeypatch.setenv("PLUGINS_CONFIG_PATH", str(tmp_path / "other.json"))
