@@ -58,7 +58,7 @@ async def test_serve_config_runs_its_plugins_in_cluster_mode(
         rows = await org_usage_rows(gw, tenant.org_id)
         return rows if len(rows) >= 2 else None
 
-    rows = await eventually(both_rows)
+    rows = await eventually(both_rows, timeout=15)
     by_status = {row["status"]: row for row in rows}
     blocked_runs = by_status[403]["metadata"]["plugins"]
     assert [(r["plugin"], r["phase"], r["outcome"]) for r in blocked_runs] == [
@@ -71,6 +71,6 @@ async def test_serve_config_runs_its_plugins_in_cluster_mode(
         events = [line["audit"] for line in lines if line.get("logger") == "odock.audit"]
         return events if len(events) >= 2 else None
 
-    events = await eventually(audit_events)
+    events = await eventually(audit_events, timeout=15)
     assert {e["status"] for e in events} == {403, 200}
     assert "zebra" not in gw.log() and "giraffe" not in gw.log()

@@ -95,6 +95,9 @@ class PiiMask(Plugin):
         self.categories = frozenset(categories)
         self.mask_request = bool(config.get("request", True))
         self.mask_response = bool(config.get("response", True))
+        # a side it does not mask need not be decoded
+        self.needs_request = self.mask_request  # type: ignore[misc]
+        self.needs_response = self.mask_response  # type: ignore[misc]
 
     def _request(self, view: PluginView) -> PluginResult | None:
         if not self.mask_request or view.request is None:
