@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from odock.errors import BadRequest
 from odock.plugins.base import PHASES
 
@@ -192,6 +190,8 @@ def parse_plugins_config(document: Any, where: str = "plugins config") -> Plugin
 def read_plugins_file(path: str | Path) -> PluginsConfig:
     """Read a plugin configuration file: a §8.2 document (JSON or YAML), or a catalogue YAML with a `plugins:`
     section holding one."""
+    import yaml  # only when a file is read: the hot path's import stays lean
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
