@@ -20,12 +20,14 @@ import yaml
 from odock.errors import BadRequest, NotFound
 from odock.mcp.service import McpCatalogueService
 from odock.mcp.validation import check_auth
+from odock.plugins.config import PluginConfigError, parse_plugins_config
 from odock.state.service import CatalogueService, parse_datetime
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ONLY_REF = re.compile(r"^\s*\$\{[A-Za-z_][A-Za-z0-9_]*\}\s*$")
 
-_SECTIONS = {"organisations", "providers", "models", "mcp_servers", "keys", "budgets", "quotas"}
+# `plugins` is process configuration (reference §8.2), not catalogue: `odock serve --config` runs it, `apply` skips it
+_SECTIONS = {"organisations", "providers", "models", "mcp_servers", "keys", "budgets", "quotas", "plugins"}
 _ORG = {"name", "timezone", "policies", "teams", "users"}
 _TEAM = {"name", "policies"}
 _USER = {"email", "name"}
@@ -157,6 +159,14 @@ def _check_mcp_servers(document: Mapping[str, Any]) -> None:
             _secret_reference(auth or {}, field, f"{where}.auth")
 
 
+def _check_plugins(document: Mapping[str, Any], path: str | Path) -> None:
+    if document.get("plugins") is not None:
+        try:
+            parse_plugins_config(document["plugins"], f"{path}: plugins")
+        except PluginConfigError as exc:
+            raise ConfigFileError(exc.message) from None
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read, check and expand a catalogue file (no database access)."""
     try:
@@ -188,8 +198,18 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> dict[
     for i, key in enumerate(_entries(document, "keys")):
         _check_fields(key, _KEY, f"keys[{i}]", ("organisation", "name"))
         _secret_reference(key, "secret", f"keys[{i}]")
+    _check_plugins(document, path)
     expanded: dict[str, Any] = _expand(document, str(path), os.environ if env is None else env)
     return expanded
+
+
+def has_plugins(path: str | Path) -> bool:
+    """Whether a catalogue file carries a `plugins:` section (which `odock serve --config` runs)."""
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports it
+    return isinstance(document, dict) and document.get("plugins") is not None
 
 
 def _differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,19 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class PluginRun:
+    """One plugin's execution in one phase (kept in the usage record's metadata; never call text)."""
+
+    plugin: str
+    phase: str
+    outcome: str  # "allow" | "modify" | "block" | "error" | "timeout"
+    duration_us: int = 0
+    # stream_chunk: one run per stream, over this many deltas
+    count: int = 1
+    findings: list[str] | None = None
+
+
+@dataclass(slots=True)
 class CallContext:
     request_id: str
     route: str  # bounded route label, e.g. "openai.chat", "unified.chat", "anthropic.messages"
@@ -77,6 +90,9 @@ class CallContext:
     # impossible usage the gateway clamped ("negative", "above_ceiling"), or a charge above the call's reservation
     # ("above_reservation"): kept on the usage record
     usage_flags: list[str] = field(default_factory=list)
+    # plugin executions (usage record) and per-call plugin state (stream_chunk); None when no plugin ran
+    plugin_runs: list[PluginRun] | None = None
+    plugin_state: dict[str, Any] | None = None
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

@@ -4,11 +4,13 @@
     ├── BadRequest            400  invalid_request, invalid_request_body, model_not_found, provider_not_allowed, …
     ├── Unauthorized          401  unauthorized, api_key_expired, api_key_revoked
     ├── PaymentRequired       402  budget_exceeded
-    ├── Forbidden             403  model_not_allowed, provider_disabled, safety_blocked, plugin_blocked, …
+    ├── Forbidden             403  model_not_allowed, provider_disabled, safety_blocked, …
+    │   └── PluginBlocked     403  plugin_blocked (or the plugin's own 4xx status and code)
     ├── NotFound              404  not_found
     ├── MethodNotAllowed      405  method_not_allowed
     ├── PayloadTooLarge       413  payload_too_large
     ├── TooManyRequests       429  rate-limit codes, quota_exceeded (carries scope/limit/retry_after)
+    ├── PluginFailed          500  plugin_error (a fail-closed plugin raised or timed out)
     ├── UpstreamError         502  upstream_error, upstream_unreachable, upstream_timeout (carries upstream body;
     │                              the edge may give a final upstream 4xx its own status, see odock.edge.endpoint)
     └── DependencyUnavailable 503  store_unavailable, model_lookup_unavailable, …
@@ -111,6 +113,18 @@ class UpstreamError(GatewayError):
         self.upstream_body = upstream_body
         self.upstream_content_type = upstream_content_type
         self.upstream_headers = upstream_headers or {}
+
+
+class PluginBlocked(Forbidden):
+    """A plugin refused the call (reference §8.4): 403 plugin_blocked, or the plugin's own 4xx status and code."""
+
+    status, code = 403, "plugin_blocked"
+
+
+class PluginFailed(GatewayError):
+    """A plugin configured to fail closed raised or timed out: the call cannot go on without it."""
+
+    status, code = 500, "plugin_error"
 
 
 class DependencyUnavailable(GatewayError):

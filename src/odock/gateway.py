@@ -15,6 +15,8 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from odock.cache.store import Coalescer, MemoryStore, RedisStore
 from odock.mcp.directory import McpDirectory
 from odock.mcp.runtime import McpRuntime
@@ -22,7 +24,9 @@ from odock.mcp.session import SessionSigner, derive_secret
 from odock.pipeline.runner import BodyLimits, Pipeline
 from odock.pipeline.stages import Pricer, key_check_stages, listing_stages, llm_stages, mcp_stages
 from odock.pipeline.stages.cache import ResponseCache
+from odock.pipeline.stages.plugins import plugin_stages
 from odock.pipeline.stages.request_log import RequestLog
+from odock.plugins import PluginConfigError, Plugins, StorageBackends, read_plugins_file
 from odock.routing.counters import RedisTurns
 from odock.routing.policy import Routing
 from odock.services import Services
@@ -120,6 +124,7 @@ class Gateway:
             self.cache = Coalescer(entries, wait_s=wait, lock_ttl_s=wait + 5.0)
         self.cache_wired = False
         self._extra_stages: dict[str, Sequence[Stage]] = {}  # build_pipelines' arguments, for a rebuild
+        self.plugins = self._load_plugins()
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
@@ -136,6 +141,35 @@ class Gateway:
         self.mcp_directory = McpDirectory(self.store, self.catalogue, ttl_s=self.settings.mcp_cache_ttl_s)
         self.services.register("mcp", runtime, close=runtime.close)
         return runtime
+
+    def _load_plugins(self) -> Plugins | None:
+        """The plugins named in PLUGINS_CONFIG_PATH (none: no plugin stage at all)."""
+        settings = self.settings
+        if not settings.plugins_config_path:
+            return None
+        try:
+            config = read_plugins_file(settings.plugins_config_path)
+            if config.empty():
+                return None
+            governance = self.governance
+
+            def budgets(owner_type: str, owner_id: str) -> list[dict[str, Any]]:
+                found = governance.definitions.budgets.get((owner_type, owner_id), []) if governance else []
+                return [msgspec.to_builtins(b) for b in found]
+
+            plugins = Plugins.build(
+                config,
+                backends=StorageBackends(self.catalogue, self.store, budgets),
+                max_parallel=settings.plugins_max_parallel,
+                async_post_response=settings.plugins_async_post_response,
+                queue_size=settings.plugins_async_queue_size,
+                workers=settings.plugins_async_workers,
+            )
+        except PluginConfigError as err:
+            raise SystemExit(f"invalid plugin configuration: {err.message}") from None
+        log.info("plugins: %s", ", ".join(sorted(plugins.plugins)))
+        self.services.register("plugins", plugins, close=plugins.close)
+        return plugins
 
     def build_pipelines(
         self,
@@ -163,6 +197,9 @@ class Gateway:
                 governance=self.governance,
             )
             pre_reserve = [*pre_reserve, stage]
+        if self.plugins is not None:
+            route_slot, upstream_slot = plugin_stages(self.plugins)
+            pre_route, pre_upstream = [*route_slot, *pre_route], [*upstream_slot, *pre_upstream]
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(
             catalogue=self.catalogue,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-_FIELDS = ("request_id", "route", "provider", "model", "organisation_id")
+_FIELDS = ("request_id", "route", "provider", "model", "organisation_id", "audit")
 # database drivers log statements with their parameters (key hashes, catalogue values) and result rows below
 # WARNING (aiosqlite's "executing …" at DEBUG, SQLAlchemy's engine at INFO/DEBUG): only their warnings and errors
 # pass, whatever the level, and they carry no parameters (engines use hide_parameters)

@@ -161,6 +161,34 @@ CACHE_COALESCED = Counter(
     "Misses that waited for an identical call in flight rather than calling the upstream",
     registry=REGISTRY,
 )
+# plugin names are bounded: only configured plugins run (reference §8.6)
+PLUGIN_EXECUTIONS = Counter(
+    "gateway_plugin_executions_total",
+    "Plugin executions by outcome (allow, modify, block, error, timeout)",
+    ["plugin_name", "plugin_stage", "outcome"],
+    registry=REGISTRY,
+)
+PLUGIN_DURATION = Histogram(
+    "gateway_plugin_execution_duration_seconds",
+    "Time one plugin execution took",
+    ["plugin_name", "plugin_stage"],
+    buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+    registry=REGISTRY,
+)
+PLUGIN_ERRORS = Counter(
+    "gateway_plugin_errors_total",
+    "Plugin failures (error, timeout), whether the call failed open or closed",
+    ["plugin_name", "plugin_stage", "kind"],
+    registry=REGISTRY,
+)
+PLUGIN_ASYNC_DROPPED = Counter(
+    "gateway_plugin_async_dropped_total",
+    "post_response runs dropped because the async queue was full",
+    registry=REGISTRY,
+)
+PLUGIN_ASYNC_QUEUE = Gauge(
+    "gateway_plugin_async_queue_depth", "post_response runs waiting for a worker", registry=REGISTRY
+)
 
 
 def status_class(status: int) -> str:

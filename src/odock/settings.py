@@ -104,6 +104,13 @@ class Settings(msgspec.Struct, kw_only=True):
     cache_max_entry_bytes: int = 1024 * 1024
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_coalesce_wait_s: float = 30.0
+    # plugins (reference §8): the §8.2 file (JSON or YAML; empty: no plugins), the per-call parallel pool, and the
+    # async post_response queue
+    plugins_config_path: str = ""
+    plugins_max_parallel: int = 4
+    plugins_async_post_response: bool = True
+    plugins_async_queue_size: int = 128
+    plugins_async_workers: int = 2
 
     @property
     def cluster(self) -> bool:
@@ -151,6 +158,18 @@ def _check_observability(settings: Settings) -> None:
     ):
         if not 0.0 <= rate <= 1.0:
             raise SystemExit(f"invalid {name}: {rate} (must be in [0, 1])")
+
+
+def _check_plugins(settings: Settings) -> None:
+    for name, value in (
+        ("PLUGINS_MAX_PARALLEL", settings.plugins_max_parallel),
+        ("PLUGINS_ASYNC_QUEUE_SIZE", settings.plugins_async_queue_size),
+        ("PLUGINS_ASYNC_WORKERS", settings.plugins_async_workers),
+    ):
+        if value < 1:
+            raise SystemExit(f"invalid {name}: must be at least 1")
+    if settings.plugins_config_path and not os.path.isfile(settings.plugins_config_path):
+        raise SystemExit(f"invalid PLUGINS_CONFIG_PATH: {settings.plugins_config_path!r} is not a file")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -210,6 +229,11 @@ def load_settings(**overrides: Any) -> Settings:
         ("cache_max_entry_bytes", ("ODOCK_CACHE_MAX_ENTRY_BYTES",), int),
         ("cache_max_bytes", ("ODOCK_CACHE_MAX_BYTES",), int),
         ("cache_coalesce_wait_s", ("ODOCK_CACHE_COALESCE_WAIT",), parse_duration),
+        ("plugins_config_path", ("PLUGINS_CONFIG_PATH",), str),
+        ("plugins_max_parallel", ("PLUGINS_MAX_PARALLEL",), int),
+        ("plugins_async_post_response", ("PLUGINS_ASYNC_POST_RESPONSE",), _bool),
+        ("plugins_async_queue_size", ("PLUGINS_ASYNC_QUEUE_SIZE",), int),
+        ("plugins_async_workers", ("PLUGINS_ASYNC_WORKERS",), int),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -229,6 +253,7 @@ def load_settings(**overrides: Any) -> Settings:
     ):
         if value <= 0:
             raise SystemExit(f"invalid {name}: must be positive")
+    _check_plugins(settings)
     if settings.usage_max_tokens < 1:
         raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
     _check_choices(settings)

@@ -41,13 +41,45 @@ async def _apply(settings: Any, path: str) -> None:
         await store.close()
 
 
+def _plugins_from(path: str) -> None:
+    """A catalogue file's `plugins:` section becomes the plugin configuration of every worker."""
+    from odock.config_file import has_plugins
+
+    if not has_plugins(path):
+        return
+    named = os.environ.get("PLUGINS_CONFIG_PATH")
+    if named and os.path.abspath(named) != os.path.abspath(path):
+        raise SystemExit(
+            f"plugins are configured twice: PLUGINS_CONFIG_PATH={named} and the plugins: section of {path}"
+        )
+    os.environ["PLUGINS_CONFIG_PATH"] = os.path.abspath(path)
+
+
+def _check_plugins(path: str) -> None:
+    """Refuse a broken plugin file before any worker starts: its shape, and that every named type loads (each
+    plugin's own `config` is checked when the workers build it)."""
+    from odock.plugins import PluginConfigError, read_plugins_file
+    from odock.plugins.loader import find_factory
+
+    try:
+        config = read_plugins_file(path)
+        for name in sorted({n for plan in config.phases.values() for n in plan.names()}):
+            find_factory(config.entries[name].type, f"plugin {name!r}")
+    except PluginConfigError as err:
+        raise SystemExit(f"invalid plugin configuration: {err.message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from odock.edge.server import GatewayHttpProtocol
 
+    if args.config:
+        _plugins_from(args.config)
     settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.plugins_config_path:
+        _check_plugins(settings.plugins_config_path)
     if args.config:
         asyncio.run(_apply(settings, args.config))
     # workers re-read settings from the environment; carry the command-line overrides there

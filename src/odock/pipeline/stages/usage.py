@@ -91,9 +91,29 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
     }
 
 
+def plugin_evidence(ctx: CallContext) -> list[dict[str, Any]] | None:
+    """Each plugin execution of the call so far: plugin, phase, outcome, duration (reference §8.6); never text."""
+    if not ctx.plugin_runs:
+        return None
+    runs = []
+    for run in ctx.plugin_runs:
+        item: dict[str, Any] = {
+            "plugin": run.plugin,
+            "phase": run.phase,
+            "outcome": run.outcome,
+            "duration_us": run.duration_us,
+        }
+        if run.phase == "stream_chunk":
+            item["deltas"] = run.count
+        if run.findings:
+            item["findings"] = list(run.findings)
+        runs.append(item)
+    return runs
+
+
 def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
-    """The record's metadata: clamped-usage flags, a cache hit, gateway overhead and time to first token
-    (reference §13.6: "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
+    """The record's metadata: clamped-usage flags, a cache hit, plugin executions, gateway overhead and time to
+    first token (§13.6: "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
     metadata: dict[str, Any] = {}
     if ctx.usage_flags:
         metadata["usage_flags"] = ctx.usage_flags
@@ -104,6 +124,9 @@ def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
         metadata["overhead_ms"] = overhead
     if ttft is not None:
         metadata["ttft_ms"] = ttft
+    plugins = plugin_evidence(ctx)
+    if plugins:
+        metadata["plugins"] = plugins
     return metadata or None
 
 
