@@ -46,6 +46,8 @@ class Scenario:
     peers: bool = False  # also measured through LiteLLM and Portkey (OpenAI chat only)
     stream: bool = False
     note: str = ""
+    # the same call on a gateway without governance: measured in the same run, for the governance cost ratio
+    baseline: str = ""
 
 
 def _json(obj: Any) -> bytes:
@@ -216,6 +218,7 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             openai_call(key, OPENAI_MODEL, False),
             openai_call(up, OPENAI_SLUG, False),
             note="rate limits on every scope, budgets and quotas on org and key, none hit",
+            baseline="openai-unary",
         ),
         Scenario(
             "governance-stream",
@@ -225,6 +228,7 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             openai_call(up, OPENAI_SLUG, True),
             stream=True,
             note="rate limits on every scope, budgets and quotas on org and key, none hit",
+            baseline="openai-stream",
         ),
     ]
 
@@ -392,7 +396,8 @@ CATALOGUES: dict[str, Callable[[CatalogueSpec], dict[str, Any]]] = {
 
 
 def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[Scenario]:
-    """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`."""
+    """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`, plus the baselines of
+    the picked ones (governance is measured against the same gateway without it, in the same run)."""
     picked = []
     for sc in scenarios:
         if (
@@ -401,4 +406,5 @@ def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[S
             or (only and sc.tags & tags)
         ):
             picked.append(sc)
-    return picked
+    wanted = {sc.baseline for sc in picked} - {sc.name for sc in picked}
+    return [sc for sc in scenarios if sc.name in wanted] + picked
