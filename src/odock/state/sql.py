@@ -240,8 +240,9 @@ def _nice_driver_thread(dbapi_connection: Any) -> None:
     native_id = getattr(thread, "native_id", None)
     if native_id is None or not hasattr(os, "setpriority"):
         return
-    with contextlib.suppress(OSError):  # only ever lowered: allowed without privileges
-        os.setpriority(os.PRIO_PROCESS, native_id, SQLITE_THREAD_NICE)
+    with contextlib.suppress(OSError):  # relative to the loop's own, only ever lowered: needs no privileges
+        own = os.getpriority(os.PRIO_PROCESS, 0)  # the calling (event loop) thread's
+        os.setpriority(os.PRIO_PROCESS, native_id, min(19, own + SQLITE_THREAD_NICE))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
