@@ -33,8 +33,11 @@ from bench.wrk import ensure_wrk, run_wrk
 FLUSH_WAIT_S = 3.0  # longer than the usage (0.5 s) and charge flush intervals: their work is counted too
 
 
-def count(scenario_name: str, requests: int, warmup: int, src: str, workdir: Path) -> int:
-    """Return the instructions callgrind counted over `requests` requests of the scenario (plus their flushes)."""
+def count(
+    scenario_name: str, requests: int, warmup: int, src: str, workdir: Path, forwarder: bool = False
+) -> int:
+    """Return the instructions callgrind counted over `requests` requests of the scenario (plus their flushes);
+    with `forwarder`, of the bare Python forwarder relaying the scenario's direct call instead of the gateway."""
     key = "odk-bench-" + secrets.token_hex(16)
     os.environ[KEY_ENV], os.environ[UPSTREAM_KEY_ENV] = key, "sk-bench-upstream"
     sc = next(s for s in build_scenarios(key, "sk-bench-upstream") if s.name == scenario_name)
@@ -57,12 +60,22 @@ def count(scenario_name: str, requests: int, warmup: int, src: str, workdir: Pat
         }
         out = workdir / f"callgrind-{scenario_name}"
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
-        gw = sup.start(
-            "gw", [*argv, sys.executable, "-m", "odock", "serve", "--config", str(cfg)], port, env=env
-        )
-        gw.wait_ready("/v1/health", timeout=900)
-        bench_run.probe(ctx, port, sc.gateway, "odock")
-        call = sc.gateway
+        if forwarder:
+            from bench.forwarder import HEALTH
+
+            target = ["-m", "bench.forwarder", "--port", str(port), "--upstream", ctx.mock_url]
+            gw = sup.start(
+                "fwd", [*argv, sys.executable, *target], port, cwd=Path(__file__).resolve().parent.parent
+            )
+            gw.wait_ready(HEALTH, timeout=900)
+            call = sc.direct
+        else:
+            gw = sup.start(
+                "gw", [*argv, sys.executable, "-m", "odock", "serve", "--config", str(cfg)], port, env=env
+            )
+            gw.wait_ready("/v1/health", timeout=900)
+            call = sc.gateway
+        bench_run.probe(ctx, port, call, "forwarder" if forwarder else "odock")
         run_wrk(workdir, port, call.path, call.body, call.headers, connections=1, duration_s=900, cap=warmup)
         time.sleep(FLUSH_WAIT_S)
         subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
@@ -95,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         help="repeatable (default: governance-unary and openai-unary)",
     )
     p.add_argument("--requests", type=int, default=1000)
+    p.add_argument(
+        "--forwarder", action="store_true", help="also count the bare Python forwarder on openai-unary"
+    )
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument(
         "--src", default="", help="run the gateway from this source tree instead of the installed one"
@@ -110,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         counts[name] = count(name, args.requests, args.warmup, args.src, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"{name}: {counts[name]:,} instructions per request", flush=True)
+    if args.forwarder:
+        workdir = Path(tempfile.mkdtemp(prefix="odock-instr-"))
+        counts["forwarder"] = count("openai-unary", args.requests, args.warmup, "", workdir, forwarder=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"bare forwarder (openai-unary): {counts['forwarder']:,} instructions per request", flush=True)
     governed = {n: c for n, c in counts.items() if re.match(r"governance-", n)}
     for name, c in governed.items():
         base = counts.get(name.replace("governance-", "openai-"))
