@@ -152,8 +152,26 @@ def start_portkey(sup: Supervisor, cpu: int | None) -> Service:
     return svc
 
 
+def start_forwarder(sup: Supervisor, mock_url: str, cpu: int | None) -> Service:
+    """Start the bare Python forwarder (bench/forwarder.py) in front of the mock and wait until it answers."""
+    from bench.forwarder import HEALTH
+
+    port = free_port()
+    svc = sup.start(
+        "forwarder",
+        [sys.executable, "-m", "bench.forwarder", "--port", str(port), "--upstream", mock_url],
+        port,
+        cpu=cpu,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    svc.wait_ready(HEALTH, timeout=60)
+    return svc
+
+
 def peer_call(peer: str, scenario: Scenario, mock_url: str) -> Call:
     """Return the scenario's call as `peer` takes it (same body shape, the peer's auth and routing)."""
+    if peer == "forwarder":
+        return scenario.direct  # relayed as is: the upstream's model slug and key, no gateway auth
     if peer == "litellm":
         return openai_call(LITELLM_MASTER_KEY, OPENAI_MODEL, scenario.stream)
     if peer == "portkey":

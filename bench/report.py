@@ -6,6 +6,10 @@ from typing import Any
 
 GATEWAYS = ("odock", "odock-cluster")
 PEERS = ("portkey", "litellm")
+FORWARDER = "forwarder"  # the bare Python forwarder (bench/forwarder.py)
+TARGET_ADDED_P99_MS = 1.0  # at one connection, every scenario (issue 16)
+TARGET_MAX_MS = 20.0  # the slowest single request of a latency run
+TARGET_GOVERNED_VS_UNGOVERNED = 0.8  # governed req/s over the same gateway's without governance
 TARGET_ADDED_P50_MS = 0.3
 TARGET_VS_PORTKEY = 2.0
 TARGET_VS_LITELLM = 15.0
@@ -71,20 +75,21 @@ def markdown(results: dict[str, Any]) -> str:  # noqa: C901 - older than the com
     )
     out.append("")
     out.append(
-        "| scenario | via | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | gateway/direct "
+        "| scenario | via | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | req/s | gateway/direct "
         "| gateway CPU % | errors |"
     )
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc, targets in runs.items():
         d50 = _get(runs, sc, "direct", "latency", "p50_us")
         d99 = _get(runs, sc, "direct", "latency", "p99_us")
         drps = _get(runs, sc, "direct", "throughput", "rps")
         out.append(
-            f"| {sc} | direct | {_ms(d50)} | {_ms(d99)} | | | {_n(drps)} | | "
+            f"| {sc} | direct | {_ms(d50)} | {_ms(d99)} | "
+            f"{_ms(_get(runs, sc, 'direct', 'latency', 'lat_max_us'))} | | | {_n(drps)} | | "
             f"{_get(runs, sc, 'direct', 'throughput', 'sut_cpu_pct') or '–'} (mock) | "
             f"{_get(runs, sc, 'direct', 'throughput', 'errors')} |"
         )
-        for target in (*GATEWAYS, *PEERS):
+        for target in (*GATEWAYS, FORWARDER, *PEERS):
             if target not in targets:
                 continue
             g50 = _get(runs, sc, target, "latency", "p50_us")
@@ -93,7 +98,8 @@ def markdown(results: dict[str, Any]) -> str:  # noqa: C901 - older than the com
             added50 = _ms(g50 - d50) if g50 is not None and d50 is not None else "–"
             added99 = _ms(g99 - d99) if g99 is not None and d99 is not None else "–"
             out.append(
-                f"| {sc} | {target} | {_ms(g50)} | {_ms(g99)} | {added50} | {added99} | {_n(grps)} | "
+                f"| {sc} | {target} | {_ms(g50)} | {_ms(g99)} | "
+                f"{_ms(_get(runs, sc, target, 'latency', 'lat_max_us'))} | {added50} | {added99} | {_n(grps)} | "
                 f"{_ratio(grps, drps)} | {_get(runs, sc, target, 'throughput', 'sut_cpu_pct')} | "
                 f"{_get(runs, sc, target, 'throughput', 'errors')} |"
             )
@@ -185,16 +191,20 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def _added_ms(runs: dict[str, Any], scenario: str) -> float | None:
-    d = _get(runs, scenario, "direct", "latency", "p50_us")
-    g = _get(runs, scenario, "odock", "latency", "p50_us")
+def _added_ms(
+    runs: dict[str, Any], scenario: str, target: str = "odock", key: str = "p50_us"
+) -> float | None:
+    d = _get(runs, scenario, "direct", "latency", key)
+    g = _get(runs, scenario, target, "latency", key)
     return None if d is None or g is None else (g - d) / 1000
 
 
-def _added_row(runs: dict[str, Any], scenario: str) -> str:
-    added = _added_ms(runs, scenario)
+def _added_row(runs: dict[str, Any], scenario: str, target: str = "odock") -> str:
+    added = _added_ms(runs, scenario, target)
+    via = "" if target == "odock" else f", {target}"
     return (
-        f"| added p50 ≤ {TARGET_ADDED_P50_MS} ms ({scenario}) | {'–' if added is None else f'{added:.3f} ms'} | "
+        f"| added p50 ≤ {TARGET_ADDED_P50_MS} ms ({scenario}{via}) | "
+        f"{'–' if added is None else f'{added:.3f} ms'} | "
         f"{_verdict(None if added is None else added <= TARGET_ADDED_P50_MS)} |"
     )
 
@@ -214,6 +224,66 @@ def _cache_rows(runs: dict[str, Any], hit: str, uncached: str) -> list[str]:
         f"{_verdict(None if h is None or u is None else h < u)} |",
         f"| {hit} req/s vs direct to the mock (info) | {'–' if ratio is None else f'{ratio:.2f}×'} | n/a |",
     ]
+
+
+def _tail_rows(runs: dict[str, Any]) -> list[str]:
+    """Issue 16: at one connection, added p99 ≤ 1 ms and no request above 20 ms, every scenario, both modes."""
+    rows = []
+    for target in GATEWAYS:
+        for sc in (s for s, t in runs.items() if target in t):
+            added = _added_ms(runs, sc, target, "p99_us")
+            rows.append(
+                f"| added p99 ≤ {TARGET_ADDED_P99_MS:g} ms at 1 connection ({sc}, {target}) | "
+                f"{'–' if added is None else f'{added:.3f} ms'} | "
+                f"{_verdict(None if added is None else added <= TARGET_ADDED_P99_MS)} |"
+            )
+            top = _get(runs, sc, target, "latency", "lat_max_us")
+            top_ms = None if top is None else top / 1000
+            direct = _get(runs, sc, "direct", "latency", "lat_max_us")
+            rows.append(
+                f"| slowest request ≤ {TARGET_MAX_MS:g} ms in the latency run ({sc}, {target}) | "
+                f"{'–' if top_ms is None else f'{top_ms:.3f} ms'}"
+                f"{'' if direct is None else f' (direct {direct / 1000:.3f} ms)'} | "
+                f"{_verdict(None if top_ms is None else top_ms <= TARGET_MAX_MS)} |"
+            )
+    return rows
+
+
+def _ratio_row(label: str, a: float | None, b: float | None, goal: float) -> str:
+    ratio = a / b if a and b else None
+    figures = "–" if ratio is None else f"{ratio:.2f}× ({a:,.0f} / {b:,.0f} req/s)"
+    return f"| {label} | {figures} | {_verdict(None if ratio is None else ratio >= goal)} |"
+
+
+def _governance_rows(results: dict[str, Any]) -> list[str]:
+    """Issue 16: with governance on every scope, added p50 ≤ 0.3 ms, req/s ≥ 0.8× the same gateway without it,
+    and req/s ≥ the bare Python forwarder's, both modes."""
+    runs: dict[str, Any] = results.get("runs", {})
+    rows = []
+    for target in GATEWAYS:
+        for sc, meta in results.get("scenarios", {}).items():
+            baseline = meta.get("baseline")
+            if not baseline or target not in runs.get(sc, {}):
+                continue
+            rows.append(_added_row(runs, sc, target))
+            rps = _get(runs, sc, target, "throughput", "rps")
+            rows.append(
+                _ratio_row(
+                    f"req/s ≥ {TARGET_GOVERNED_VS_UNGOVERNED:g}× without governance ({sc} / {baseline}, {target})",
+                    rps,
+                    _get(runs, baseline, target, "throughput", "rps"),
+                    TARGET_GOVERNED_VS_UNGOVERNED,
+                )
+            )
+            rows.append(
+                _ratio_row(
+                    f"req/s ≥ the bare Python forwarder's ({sc}, {target})",
+                    rps,
+                    _get(runs, sc, FORWARDER, "throughput", "rps"),
+                    1.0,
+                )
+            )
+    return rows
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
@@ -244,6 +314,8 @@ def _targets(results: dict[str, Any]) -> list[str]:
     for hit, uncached in CACHE_HITS:
         if hit in runs:
             rows += _cache_rows(runs, hit, uncached)
+    rows.extend(_governance_rows(results))
+    rows.extend(_tail_rows(runs))
     for name in SOAKS:
         soak = results.get(name)
         if soak is None and name != "soak":

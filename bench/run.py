@@ -459,6 +459,29 @@ def run_peers(ctx: Ctx, scenarios: list[Scenario]) -> None:
                 ctx.sup.stop(svc)
 
 
+def forwarded(scenarios: list[Scenario]) -> list[Scenario]:
+    """The scenarios the bare Python forwarder is measured on: the peers' ones and the governed ones (whose
+    req/s target is the forwarder's)."""
+    return [s for s in scenarios if s.peers or "governance" in s.tags]
+
+
+def run_forwarder(ctx: Ctx, scenarios: list[Scenario]) -> None:
+    """Measure the bare Python forwarder (uvicorn + aiohttp, raw ASGI, no auth or accounting) on `scenarios`."""
+    svc = None
+    try:
+        print("forwarder: starting", flush=True)
+        svc = peers.start_forwarder(ctx.sup, ctx.mock_url, ctx.sut_cpu)
+        for sc in scenarios:
+            print(f"- {sc.name}", flush=True)
+            safe_measure(ctx, sc, "forwarder", svc, svc.port, peers.peer_call("forwarder", sc, ctx.mock_url))
+        ctx.results.setdefault("memory", {})["forwarder"] = {"end": memory_kb(svc.pid)}
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        ctx.note(f"forwarder: {exc}")
+    finally:
+        if svc is not None:
+            ctx.sup.stop(svc)
+
+
 def sqlite_bytes(database_url: str) -> int | None:
     """The size of a SQLite database with its WAL; None for other databases."""
     if not database_url.startswith("sqlite:///"):
@@ -651,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
                 "path": sc.gateway.path,
                 "stream": sc.stream,
                 "note": sc.note,
+                "baseline": sc.baseline,
             }
             for sc in scenarios
         },
@@ -677,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
             run_gateway(ctx, scenarios, cluster=False)
             if args.cluster:
                 run_gateway(ctx, scenarios, cluster=True)
+        if (args.peers or any("governance" in s.tags for s in scenarios)) and not args.soak_only:
+            run_forwarder(ctx, forwarded(scenarios))
         if args.peers and not args.soak_only:
             run_peers(ctx, scenarios)
         soak = args.soak or (500_000 if args.soak_only else 0)

@@ -46,6 +46,8 @@ class Scenario:
     peers: bool = False  # also measured through LiteLLM and Portkey (OpenAI chat only)
     stream: bool = False
     note: str = ""
+    # the same call on a gateway without governance: measured in the same run, for the governance cost ratio
+    baseline: str = ""
 
 
 def _json(obj: Any) -> bytes:
@@ -238,6 +240,7 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             openai_call(key, OPENAI_MODEL, False),
             openai_call(up, OPENAI_SLUG, False),
             note="rate limits on every scope, budgets and quotas on org and key, none hit",
+            baseline="openai-unary",
         ),
         Scenario(
             "governance-stream",
@@ -247,6 +250,7 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             openai_call(up, OPENAI_SLUG, True),
             stream=True,
             note="rate limits on every scope, budgets and quotas on org and key, none hit",
+            baseline="openai-stream",
         ),
     ]
 
@@ -421,7 +425,8 @@ CATALOGUES: dict[str, Callable[[CatalogueSpec], dict[str, Any]]] = {
 
 
 def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[Scenario]:
-    """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`."""
+    """Pick scenarios by name or tag (`only`), plus every scenario carrying one of `tags`, plus the baselines of
+    the picked ones (governance is measured against the same gateway without it, in the same run)."""
     picked = []
     for sc in scenarios:
         if (
@@ -430,4 +435,5 @@ def select(scenarios: list[Scenario], only: list[str], tags: set[str]) -> list[S
             or (only and sc.tags & tags)
         ):
             picked.append(sc)
-    return picked
+    wanted = {sc.baseline for sc in picked} - {sc.name for sc in picked}
+    return [sc for sc in scenarios if sc.name in wanted] + picked

@@ -184,6 +184,53 @@ def test_select_defaults_to_core_and_adds_option_tags() -> None:
     assert {"anthropic-stream", "gemini-stream"} <= {s.name for s in select(all_, [], {"dialects"})}
     assert [s.name for s in select(all_, ["unary"], set())] == [s.name for s in all_ if "unary" in s.tags]
     assert [s.name for s in select(all_, ["gemini-stream"], set())] == ["gemini-stream"]
+    # governance is held against the same gateway without it, in the same run
+    assert [s.name for s in select(all_, ["governance"], set())] == [
+        "openai-unary",
+        "openai-stream",
+        "governance-unary",
+        "governance-stream",
+    ]
+
+
+def test_report_holds_governance_to_its_cost_and_every_gateway_to_its_tail() -> None:
+    """Issue 16's rows: governed added p50, req/s against the ungoverned gateway and the bare forwarder; added
+    p99 and the slowest request of every scenario, per mode."""
+    slow = _run(450, 3_000)
+    slow["latency"] |= {"p99_us": 2_500, "lat_max_us": 25_000}
+    results = {
+        "meta": {},
+        "scenarios": {"openai-unary": {}, "governance-unary": {"baseline": "openai-unary"}},
+        "runs": {
+            "openai-unary": {"direct": _run(100, 10_000), "odock": _run(300, 5_000)},
+            "governance-unary": {
+                "direct": _run(100, 10_000),
+                "odock": _run(350, 4_500),
+                "odock-cluster": slow,
+                "forwarder": _run(400, 4_000),
+            },
+        },
+    }
+    text = report.markdown(results)
+    assert "| added p50 ≤ 0.3 ms (governance-unary) | 0.250 ms | PASS |" in text
+    assert (
+        "| req/s ≥ 0.8× without governance (governance-unary / openai-unary, odock) | 0.90× (4,500 / 5,000 req/s)"
+        " | PASS |" in text
+    )
+    assert (
+        "| req/s ≥ the bare Python forwarder's (governance-unary, odock) | 1.12× (4,500 / 4,000 req/s) | PASS |"
+        in text
+    )
+    assert "| added p50 ≤ 0.3 ms (governance-unary, odock-cluster) | 0.350 ms | FAIL |" in text
+    assert "without governance (governance-unary / openai-unary, odock-cluster) | – | n/a |" in text
+    assert "| req/s ≥ the bare Python forwarder's (governance-unary, odock-cluster) | 0.75×" in text
+    assert "| added p99 ≤ 1 ms at 1 connection (governance-unary, odock) | 0.500 ms | PASS |" in text
+    assert "| added p99 ≤ 1 ms at 1 connection (governance-unary, odock-cluster) | 2.300 ms | FAIL |" in text
+    assert (
+        "| slowest request ≤ 20 ms in the latency run (governance-unary, odock-cluster) | 25.000 ms | FAIL |"
+        in text
+    )
+    assert "| governance-unary | forwarder | 0.400 |" in text
 
 
 def _run(p50: int, rps: float) -> dict[str, dict[str, float]]:
@@ -208,7 +255,7 @@ def test_report_computes_added_latency_ratios_and_verdicts() -> None:
         "soak": {"scenario": "openai-unary", "seconds": 1.0, "rss_growth_pct": 12.5, "marks": []},
     }
     text = report.markdown(results)
-    assert "| openai-unary | odock | 0.350 | 0.700 | 0.250 | 0.500 | 5,000 | 0.50× |" in text
+    assert "| openai-unary | odock | 0.350 | 0.700 | – | 0.250 | 0.500 | 5,000 | 0.50× |" in text
     assert "| req/s ≥ 2× portkey (openai-unary) | 2.50× | PASS |" in text
     assert "| req/s ≥ 15× litellm (openai-unary) | 12.50× | FAIL |" in text
     assert "| added p50 ≤ 0.3 ms (openai-unary) | 0.250 ms | PASS |" in text

@@ -99,6 +99,26 @@ async def test_sliding_window_is_exact_across_boundaries() -> None:
     assert limiter.gate_now([check], "c", 119_001).ok
 
 
+async def test_tpm_running_total_follows_reserves_refunds_and_the_minute() -> None:
+    """The TPM window's running total equals the sum of its seconds after reservations, refunds (unused tokens
+    back, an under-estimate charged) and expiry; a second leaves the window exactly 60 s after it."""
+    limiter = LocalLimiter()
+
+    def tpm(tokens: int) -> Check:
+        return Check("T", "k", 1000, tokens, "tpm_exceeded", "api_key", "tokens_per_minute")
+
+    assert limiter.gate_now([tpm(400)], "a", 10_000).ok
+    assert limiter.gate_now([tpm(400)], "b", 20_000).ok
+    assert not limiter.gate_now([tpm(400)], "c", 30_000).ok
+    await limiter.release([], [("k", 10, 300)], "a")  # 100 of the first 400 used
+    await limiter.release([], [("k", 20, -50)], "b")  # 450 used: an under-estimate is charged
+    assert limiter._token_totals["k"] == sum(limiter._tokens["k"].values()) == 550
+    assert limiter.gate_now([tpm(450)], "c", 30_000).ok
+    assert not limiter.gate_now([tpm(1)], "d", 69_999).ok  # second 10 is still inside the minute
+    assert limiter.gate_now([tpm(100)], "d", 70_000).ok  # ...and left it now: 1000 - 900 + 100
+    assert limiter._token_totals["k"] == sum(limiter._tokens["k"].values()) == 1000
+
+
 async def test_tpm_reserves_and_refunds_unused(embedded: Governance) -> None:
     """TPM 1000 with 500-token reservations: the 3rd is refused until post-flight refunds unused tokens."""
     kwargs = {"key": rl(tpm=1000), "input_tokens": 100, "max_tokens": 400}

@@ -45,3 +45,31 @@ async def test_script_errors_and_unreachable_server_raise_redis_errors(redis_url
         dead = sock.getsockname()[1]
     with pytest.raises(RedisConnectionError):
         await ScriptRunner(port=dead).run(ECHO, ["k"], ["v", 1])
+
+
+async def test_commands_of_one_loop_turn_leave_in_one_write(redis_url: str) -> None:
+    """Gates issued by concurrent calls in one turn of the event loop share one write; replies keep their order."""
+    runner = ScriptRunner(port=int(redis_url.rsplit(":", 1)[1].split("/")[0]), db=7)
+    try:
+        assert await runner.run(ECHO, ["k"], ["v", 0]) == [b"k", b"v", 1]  # connected, script loaded
+        conn = runner._conn
+        assert conn is not None and conn.transport is not None
+        writes: list[bytes] = []
+
+        class Spy:
+            def __init__(self, transport: asyncio.Transport) -> None:
+                self.transport = transport
+
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+                self.transport.write(data)
+
+            def close(self) -> None:
+                self.transport.close()
+
+        conn.transport = Spy(conn.transport)  # type: ignore[assignment]
+        results = await asyncio.gather(*(runner.run(ECHO, [f"k{i}"], ["v", i]) for i in range(50)))
+        assert results == [[f"k{i}".encode(), b"v", i + 1] for i in range(50)]
+        assert len(writes) == 1
+    finally:
+        await runner.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,22 @@ async def test_concurrent_writers_and_opens(db: tuple[str, Settings]) -> None:
     finally:
         for store in stores:
             await store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice values are a Linux feature")
+async def test_sqlite_driver_threads_run_nicer_than_the_event_loop(tmp_path: Path) -> None:
+    """Each pooled SQLite connection's driver thread runs at SQLITE_THREAD_NICE, the loop's thread untouched: a
+    write batch yields the core to the event loop as soon as a response wakes it."""
+    from odock.state.sql import SQLITE_THREAD_NICE
+
+    before = {int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")}
+    store = await SqlStore.open(f"sqlite:///{tmp_path / 'nice.db'}")
+    try:
+        await store.open_pool()
+        added = {int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")} - before
+        assert added, "the pool opened no driver thread"
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in added} == {base + SQLITE_THREAD_NICE}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        await store.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -161,7 +161,7 @@ class Edge:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
-            request_id = os.urandom(16).hex()
+            request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no system call
         req = Request(scope, receive, send, request_id, headers)
         endpoint = self.match(path)
         label = endpoint.name if endpoint is not None else "unmatched"

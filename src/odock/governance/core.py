@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,6 +73,11 @@ class Held:
 
     item: Item
     definition: Budget | Quota
+
+
+def _token() -> str:
+    """A lease/reservation owner token: unique, not secret (no system call per call, unlike os.urandom)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 @dataclass(slots=True)
@@ -253,12 +258,12 @@ class Governance:
             )
         checks = self._request_checks(GLOBAL, "-", limits, leases=False)
         if checks:
-            result, _ = await self._gate(checks, os.urandom(16).hex())
+            result, _ = await self._gate(checks, _token())
             self._raise_if_denied("pre_auth", checks, result)
 
     async def early(self, ctx: CallContext) -> None:
         """Run the early gate: IP rules, payload, max_tokens, concurrency, burst, RPS, RPM."""
-        receipt = Receipt(ctx.request_id, os.urandom(16).hex())
+        receipt = Receipt(ctx.request_id, _token())
         address = None
         checks: list[Check] = []
         for scope, ident, limits in self._scopes(ctx):
@@ -288,7 +293,7 @@ class Governance:
         """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
         receipt = ctx.governance
         if not isinstance(receipt, Receipt):
-            receipt = Receipt(ctx.request_id, os.urandom(16).hex())
+            receipt = Receipt(ctx.request_id, _token())
             ctx.governance = receipt
         scopes = self._scopes(ctx)
         model_limits = self._policies.get(ctx.model.policies) if ctx.model is not None else Limits()

@@ -239,7 +239,10 @@ class LocalLimiter:
         self._logs: dict[str, deque[int]] = {}
         self._leases: dict[str, dict[str, int]] = {}
         self._buckets: dict[str, list[float]] = {}
+        # per TPM window: tokens by second (insertion order is time order) and their running total, so a call
+        # neither scans nor sums the minute's buckets
         self._tokens: dict[str, dict[int, int]] = {}
+        self._token_totals: dict[str, int] = {}
 
     async def gate(self, checks: list[Check], token: str) -> GateResult:
         """Check and apply every limit; no await inside, so concurrent calls cannot interleave."""
@@ -263,9 +266,11 @@ class LocalLimiter:
                 reset.append(free_at)
             elif c.kind == "L":
                 leases = self._leases.setdefault(c.key, {})
-                for held, expiry in list(leases.items()):
-                    if expiry <= now:
-                        del leases[held]
+                if len(leases) >= c.limit:
+                    # leases of calls that died without a post-flight expire; looked for only when they matter
+                    for held, expiry in list(leases.items()):
+                        if expiry <= now:
+                            del leases[held]
                 if len(leases) >= c.limit:
                     return GateResult(False, now, i, 1000)
                 remaining.append(c.limit - len(leases) - 1)
@@ -282,9 +287,7 @@ class LocalLimiter:
                 reset.append(math.ceil((c.limit - level + 1) * 1000 / c.param))
             else:  # "T"
                 buckets = self._tokens.setdefault(c.key, {})
-                for s in [s for s in buckets if s <= sec - 60]:
-                    del buckets[s]
-                total = sum(buckets.values())
+                total = self._expire_tokens(c.key, buckets, sec)
                 amount = int(c.param)
                 if total + amount > c.limit:
                     retry = 60000
@@ -308,7 +311,21 @@ class LocalLimiter:
             elif c.param > 0:
                 buckets = self._tokens[c.key]
                 buckets[sec] = buckets.get(sec, 0) + int(c.param)
+                self._token_totals[c.key] = self._token_totals.get(c.key, 0) + int(c.param)
         return GateResult(True, now, remaining=remaining, reset_ms=reset)
+
+    def _expire_tokens(self, key: str, buckets: dict[int, int], sec: int) -> int:
+        """Drop the seconds that left the minute, oldest first; return the minute's running total. (After a clock
+        step back, a second older than the first one stays until the first one goes: counted a little longer,
+        never less.)"""
+        total = self._token_totals.get(key, 0)
+        while buckets:
+            first = next(iter(buckets))
+            if first > sec - 60:
+                break
+            total -= buckets.pop(first)
+        self._token_totals[key] = total
+        return total
 
     async def release(self, leases: list[str], refunds: list[tuple[str, int, int]], token: str) -> None:
         """Drop leases and refund unused tokens."""
@@ -319,7 +336,9 @@ class LocalLimiter:
         for key, second, amount in refunds:
             buckets = self._tokens.get(key)
             if buckets is not None and second in buckets:
-                buckets[second] = max(0, buckets[second] - amount)
+                kept = max(0, buckets[second] - amount)
+                self._token_totals[key] = self._token_totals.get(key, 0) + kept - buckets[second]
+                buckets[second] = kept
 
     def prune(self) -> None:
         """Forget empty counters (called by the reconciliation task) so memory stays bounded."""
@@ -336,6 +355,7 @@ class LocalLimiter:
         for key, tokens in list(self._tokens.items()):
             if not tokens or max(tokens) <= now // 1000 - 60:
                 del self._tokens[key]
+                self._token_totals.pop(key, None)
         for key, state in list(self._buckets.items()):
             if state[1] <= now - 3_600_000:
                 del self._buckets[key]

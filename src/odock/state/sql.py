@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -226,7 +227,26 @@ class ChargeWriter:
                 await conn.close(timeout=2)
 
 
+# The driver threads of SQLite (aiosqlite: one per connection) run the usage and charge writes: a 500-row batch
+# holds the CPU for milliseconds. At the event loop's priority they share its core as equals, and the loop thread,
+# woken by a response, waits behind a batch (and behind the GIL the driver takes back after every row): the
+# one-connection p99 tail. A little nicer (weight 335 vs 1024: still up to a quarter of a saturated core, several
+# times what the writer needs) and the kernel runs the loop thread first as soon as it wakes.
+SQLITE_THREAD_NICE = 5
+
+
+def _nice_driver_thread(dbapi_connection: Any) -> None:
+    thread = getattr(getattr(dbapi_connection, "_connection", None), "_thread", None)
+    native_id = getattr(thread, "native_id", None)
+    if native_id is None or not hasattr(os, "setpriority"):
+        return
+    with contextlib.suppress(OSError):  # relative to the loop's own, only ever lowered: needs no privileges
+        own = os.getpriority(os.PRIO_PROCESS, 0)  # the calling (event loop) thread's
+        os.setpriority(os.PRIO_PROCESS, native_id, min(19, own + SQLITE_THREAD_NICE))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    _nice_driver_thread(dbapi_connection)
     # take transaction control away from the driver so `begin` below decides DEFERRED vs IMMEDIATE
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
