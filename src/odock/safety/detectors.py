@@ -23,6 +23,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 __all__ = [
@@ -411,7 +412,7 @@ _NOUNS = (
     r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages?|commands|orders|guidance"
     r"|constraints|programming|training)"
 )
-PhraseRule = tuple[str, frozenset[str], re.Pattern[str]]
+PhraseRule = tuple[str, AbstractSet[str], re.Pattern[str]]
 PHRASE_RULES: tuple[PhraseRule, ...] = (
     (
         "injection",
