@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from odock.pipeline.exchange import Exchange
     from odock.pipeline.route import Route
     from odock.pipeline.runner import Pipeline
+    from odock.pipeline.stage import Stage
     from odock.routing.router import Candidate, RoutePlan
 
 log = logging.getLogger("odock.call")
@@ -56,16 +57,20 @@ class Call:
 
     __slots__ = (
         "_deferred",
+        "after_stages",
         "ctx",
+        "delta_stages",
         "exchange",
         "headers_from",
         "json",
+        "needs_response",
         "pipeline",
         "plan",
         "primary",
         "request",
         "route",
         "route_state",
+        "stage_state",
     )
 
     def __init__(self, pipeline: Pipeline, exchange: Exchange, route: Route, client_ip: str) -> None:
@@ -88,6 +93,18 @@ class Call:
         # a stage that answers with response headers (X-RateLimit-*) sets this
         self.headers_from: Callable[[CallContext], dict[str, str]] | None = None
         self._deferred: list[Compensation] = []
+        # this call's response-side stages: the pipeline's, less those that stood down for this call (`skip`)
+        self.after_stages = pipeline.after_stages
+        self.delta_stages = pipeline.delta_stages
+        self.needs_response = pipeline.needs_response
+        self.stage_state: dict[str, Any] | None = None  # per-call state a stage keeps (by stage name)
+
+    def skip(self, stage: Stage) -> None:
+        """`stage` has nothing to do on this call's response: drop its after/delta hooks for this call, so a
+        native route stays a byte relay when no other stage needs the response."""
+        self.after_stages = tuple(s for s in self.after_stages if s is not stage)
+        self.delta_stages = tuple(s for s in self.delta_stages if s is not stage)
+        self.needs_response = any(s.needs_response for s in (*self.after_stages, *self.delta_stages))
 
     # --- compensations -----------------------------------------------------------------------------------
 
@@ -167,15 +184,19 @@ class Call:
 
     async def answered(self, response: GatewayResponse | None) -> None:
         """Run the stages' after-hooks (reverse order) once the upstream answered."""
-        for stage in self.pipeline.after_stages:
+        for stage in self.after_stages:
             await stage.after(self, response)
 
-    def delta(self, event: StreamEvent) -> StreamEvent | None:
-        """Pass one normalized stream event through the stages' delta hooks (None: dropped)."""
-        for stage in self.pipeline.delta_stages:
+    def delta(self, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
+        """Pass one normalized stream event through the stages' delta hooks (None: dropped; a list: the
+        event became several, each passed through the stages after the one that returned it)."""
+        stages = self.delta_stages
+        for i, stage in enumerate(stages):
             passed = stage.on_delta(self, event)
             if passed is None:
                 return None
+            if isinstance(passed, list):
+                return _fan_out(self, passed, stages[i + 1 :])
             event = passed
         return event
 
@@ -258,13 +279,30 @@ class Call:
             await req.end()
         await aclose(produce)
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
-        if outcome == "completed" and self.pipeline.after_stages:
+        if outcome == "completed" and self.after_stages:
             await self.answered(None)
 
     def fail(self, err: GatewayError) -> None:
         self.ctx.status = err.status
         self.ctx.error_code = err.code
         self.ctx.outcome = "failed"
+
+
+def _fan_out(call: Call, events: list[StreamEvent], stages: tuple[Stage, ...]) -> list[StreamEvent]:
+    out: list[StreamEvent] = []
+    for event in events:
+        current: list[StreamEvent] = [event]
+        for stage in stages:
+            nxt: list[StreamEvent] = []
+            for item in current:
+                passed = stage.on_delta(call, item)
+                if isinstance(passed, list):
+                    nxt.extend(passed)
+                elif passed is not None:
+                    nxt.append(passed)
+            current = nxt
+        out.extend(current)
+    return out
 
 
 async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:

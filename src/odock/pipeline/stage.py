@@ -6,14 +6,21 @@ has nothing to do on a phase costs nothing there:
 - `before(call)`: before the upstream call, in list order. Pass, change the call, or raise a `GatewayError`.
   Undo work (a lease, a reservation) by registering a compensation with `call.defer(...)`: compensations run in
   reverse registration order, always — on success, on any error, and on cancellation.
-- `on_delta(call, event)`: each normalized stream event, in list order; return the event (changed or not) or
-  None to drop it.
+- `on_delta(call, event)`: each normalized stream event, in list order; return the event (changed or not),
+  None to drop it, or a list of events (the stages after this one see each of them). A stage that holds text
+  back (SafetySec) returns nothing while it holds and releases what it held as a list before the terminal
+  `StreamStop` event; raising a `GatewayError` ends the stream with the route's error event (never a clean end).
 - `after(call, response)`: once the upstream answered (a unary answer before it is written; a stream after its
   last event), in reverse list order.
 
 A stage declares `needs_request` / `needs_response` when it must see the decoded request or response. When no
 enabled stage does, a same-dialect route stays a byte relay (DESIGN principle 1); when one does, the native body
 is decoded with the route's dialect (httpx `Auth.requires_request_body` habit).
+
+Per call, a stage whose policy leaves it nothing to do on the response calls `call.skip(self)` in `before`:
+its after/delta hooks are dropped for that call only, so the route relays bytes again when no other stage needs
+the response. A stage keeps per-call state in `call.stage_state` (a dict, created by the first stage that
+needs one; keyed by stage name). Stages that use neither pay nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ class Stage:
     async def before(self, call: Call) -> None:
         """Run before the upstream call."""
 
-    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
-        """Look at (or change, or drop) one normalized stream event."""
+    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
+        """Look at (or change, drop, hold back, or release several) normalized stream events."""
         return event
 
     async def after(self, call: Call, response: GatewayResponse | None) -> None:

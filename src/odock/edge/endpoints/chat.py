@@ -316,7 +316,7 @@ class UnifiedChatEndpoint(LLMEndpoint):
                 else None
             )
             await call.respond(200, unified_response(answer, model=name, raw=raw))
-        elif upstream_dialect.client is UNIFIED.client and not call.pipeline.delta_stages:
+        elif upstream_dialect.client is UNIFIED.client and not call.delta_stages:
             # the upstream streams the client's own wire format: relay its bytes, naming the Odock model
             relayed = openai_sse(call, upstream, show_usage_chunk=show_usage)
             await call.stream(rename_model(relayed, name.encode()), openai_chat.stream_error)

@@ -36,8 +36,8 @@ def upstream_json(call: Call, dialect: Dialect | None, slug: str) -> dict[str, A
 async def inspect_unary(call: Call, dialect: Dialect | None, parsed: Any, data: bytes) -> bytes:
     """Run the after-hooks on a unary answer; with a stage that needs the response, on its decoded form, and
     return the answer re-encoded from it."""
-    if dialect is None or not call.pipeline.needs_response or not isinstance(parsed, dict):
-        if call.pipeline.after_stages:
+    if dialect is None or not call.needs_response or not isinstance(parsed, dict):
+        if call.after_stages:
             await call.answered(None)
         return data
     response = dialect.upstream.decode_response(parsed)
@@ -53,7 +53,7 @@ def inspected_stream(
 ) -> tuple[AsyncIterator[bytes], FailFn] | None:
     """A stream whose every event passes the stages' delta hooks, re-encoded in the route's dialect; None when
     no stage looks at deltas (the route relays bytes)."""
-    if dialect is None or not call.pipeline.delta_stages:
+    if dialect is None or not call.delta_stages:
         return None
     encoder = dialect.client.stream_encoder(
         model=call.ctx.requested_model or "", request_id=call.ctx.request_id, options=options
@@ -68,16 +68,18 @@ async def translate_stream(
 ) -> AsyncIterator[bytes]:
     """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
     parser = SSEParser()
-    inspect = bool(call.pipeline.delta_stages)
+    inspect = bool(call.delta_stages)
 
     def encode(events: list[StreamEvent]) -> bytes:
-        out = []
+        out: list[bytes] = []
         for event in events:
             # usage is read before any stage sees the event: billing never depends on a stage
             if isinstance(event, UsageEvent):
                 call.ctx.usage, call.ctx.raw_usage = event.usage, event.raw
             passed = call.delta(event) if inspect else event
-            if passed is not None:
+            if isinstance(passed, list):
+                out.extend(encoder.event(item) for item in passed)
+            elif passed is not None:
                 out.append(encoder.event(passed))
         return b"".join(out)
 
