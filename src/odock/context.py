@@ -71,6 +71,8 @@ class CallContext:
     # impossible usage the gateway clamped ("negative", "above_ceiling"), or a charge above the call's reservation
     # ("above_reservation"): kept on the usage record
     usage_flags: list[str] = field(default_factory=list)
+    # SafetySec decisions ({"phase", "module", "category", "action"}; never the matched text), for the usage record
+    security: list[dict[str, str]] | None = None
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

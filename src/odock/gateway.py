@@ -96,9 +96,46 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
+        self.safety = self.safety_stages()
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
+
+    def safety_stages(self) -> tuple[Stage, ...]:
+        """SafetySec's stage, unless SAFETY_ENGINE_MODE=off. With `noop` (the default) it is there for the
+        scopes whose `policies.safety` switch it on, and stands down at once for every other call."""
+        settings = self.settings
+        if settings.safety_engine_mode == "off":
+            return ()
+        from odock.pipeline.stages.safety import SafetySec
+        from odock.safety.engine import SafetyConfig, SafetyEngine
+        from odock.safety.guard import GuardConfig, WebhookGuard
+        from odock.safety.sessions import MemorySessions, RedisSessions, Sessions
+        from odock.state.redis import REDIS_ERRORS
+
+        engine = SafetyEngine(
+            SafetyConfig(
+                enabled=settings.safety_engine_mode == "security",
+                allow_disable=settings.safety_allow_disable,
+                block_threshold=settings.safety_block_threshold,
+                session_ttl_s=settings.safety_session_ttl_s,
+                fail_status=settings.safety_fail_status,
+                hold_chars=settings.safety_stream_holdback,
+            )
+        )
+        sessions: Sessions = RedisSessions(self.redis) if self.redis is not None else MemorySessions()
+        guard = None
+        if settings.safety_guard_url:
+            guard = WebhookGuard(
+                GuardConfig(
+                    settings.safety_guard_url,
+                    settings.safety_guard_secret,
+                    settings.safety_guard_timeout_s,
+                    fail_open=settings.safety_guard_fail == "open",
+                ),
+                self.transport,
+            )
+        return (SafetySec(engine, sessions, guard, REDIS_ERRORS),)
 
     def build_pipelines(
         self,
@@ -118,7 +155,7 @@ class Gateway:
             governance=self.governance,
             pricer=pricer,
             pre_route=pre_route,
-            pre_reserve=pre_reserve,
+            pre_reserve=(*self.safety, *pre_reserve),  # SafetySec's request phase first, then the cache
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)

@@ -67,6 +67,18 @@ class Settings(msgspec.Struct, kw_only=True):
     # "passthrough": a final upstream 4xx keeps its status (native routes: its body too); "strict": always 502
     upstream_errors: str = "passthrough"
     log_level: str = "info"
+    # SafetySec (reference §7.1): noop (default: only scopes whose policies.safety enable it), security (on for
+    # every call unless a scope may and does switch it off), off (no stage at all: policies.safety ignored)
+    safety_engine_mode: str = "noop"
+    safety_session_ttl_s: float = 24 * 3600.0
+    safety_block_threshold: float = 0.85
+    safety_allow_disable: bool = True
+    safety_fail_status: int = 503
+    safety_stream_holdback: int = 128
+    safety_guard_url: str = ""
+    safety_guard_secret: str = ""
+    safety_guard_timeout_s: float = 2.0
+    safety_guard_fail: str = "closed"
     prometheus_enabled: bool = True
 
     @property
@@ -133,6 +145,16 @@ def load_settings(**overrides: Any) -> Settings:
         ("upstream_client", ("ODOCK_UPSTREAM_CLIENT",), str),
         ("upstream_errors", ("ODOCK_UPSTREAM_ERRORS",), str),
         ("prometheus_enabled", ("OBSERVABILITY_PROMETHEUS_ENABLED",), _bool),
+        ("safety_engine_mode", ("SAFETY_ENGINE_MODE",), str),
+        ("safety_session_ttl_s", ("SAFETY_SESSION_TTL",), parse_duration),
+        ("safety_block_threshold", ("SAFETY_BLOCK_THRESHOLD",), float),
+        ("safety_allow_disable", ("SAFETY_ALLOW_DISABLE",), _bool),
+        ("safety_fail_status", ("SAFETY_FAIL_STATUS",), int),
+        ("safety_stream_holdback", ("SAFETY_STREAM_HOLDBACK",), int),
+        ("safety_guard_url", ("SAFETY_GUARD_URL",), str),
+        ("safety_guard_secret", ("SAFETY_GUARD_SECRET",), str),
+        ("safety_guard_timeout_s", ("SAFETY_GUARD_TIMEOUT",), parse_duration),
+        ("safety_guard_fail", ("SAFETY_GUARD_FAIL",), str),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -160,6 +182,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise SystemExit(
             f"invalid ODOCK_UPSTREAM_ERRORS: {settings.upstream_errors!r} (passthrough or strict)"
         )
+    _check_safety(settings)
     if settings.usage_spool and settings.cluster:
         raise SystemExit(
             "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "
@@ -171,3 +194,20 @@ def load_settings(**overrides: Any) -> Settings:
             "Set ODOCK_REDIS_URL (and a PostgreSQL ODOCK_DATABASE_URL) to run several workers."
         )
     return settings
+
+
+def _check_safety(settings: Settings) -> None:
+    if settings.safety_engine_mode not in ("noop", "security", "off"):
+        raise SystemExit(
+            f"invalid SAFETY_ENGINE_MODE: {settings.safety_engine_mode!r} (noop, security or off)"
+        )
+    if not 0 < settings.safety_block_threshold <= 1:
+        raise SystemExit("invalid SAFETY_BLOCK_THRESHOLD: a score in (0, 1]")
+    if settings.safety_fail_status not in (403, 503):
+        raise SystemExit("invalid SAFETY_FAIL_STATUS: 403 or 503")
+    if settings.safety_stream_holdback < 64:
+        raise SystemExit("invalid SAFETY_STREAM_HOLDBACK: at least 64 characters")
+    if settings.safety_guard_fail not in ("open", "closed"):
+        raise SystemExit("invalid SAFETY_GUARD_FAIL: open or closed")
+    if settings.safety_guard_url and not settings.safety_guard_url.startswith(("http://", "https://")):
+        raise SystemExit("invalid SAFETY_GUARD_URL: an http:// or https:// URL")

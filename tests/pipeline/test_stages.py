@@ -27,6 +27,7 @@ REFERENCE_ORDER = [
     "early_gate",
     "read_body",
     "model_access",
+    "safety",
     "final_gate",
     "routing",
 ]

@@ -74,9 +74,12 @@ def _timezone(name: str) -> str:
 
 def _policies(policies: Object) -> Object:
     """A policy envelope, refused at write time when its routing section is malformed (it would be ignored)."""
+    from odock.safety.policy import validate_safety
     from odock.state.routing_policy import validate_routing
 
     problems = validate_routing(policies)
+    if "safety" in policies:
+        problems += validate_safety(policies["safety"])
     if problems:
         raise BadRequest("; ".join(problems), "invalid_policy")
     return policies

@@ -91,6 +91,15 @@ def routing_evidence(ctx: CallContext) -> dict[str, Any] | None:
     }
 
 
+def _metadata(ctx: CallContext) -> dict[str, Any] | None:
+    metadata: dict[str, Any] = {}
+    if ctx.usage_flags:
+        metadata["usage_flags"] = ctx.usage_flags
+    if ctx.security:
+        metadata["security"] = ctx.security
+    return metadata or None
+
+
 class RecordUsage(Stage):
     """The call's usage record, taken once: just before the response's last bytes leave (a client never holds a
     complete answer whose record a killed process could not replay from the spool), or — for a call that ends
@@ -164,7 +173,7 @@ class RecordUsage(Stage):
                 pricing=answered.pricing if answered and answered.pricing else None,
                 raw_usage=ctx.raw_usage,
                 routing=routing_evidence(ctx),
-                metadata={"usage_flags": ctx.usage_flags} if ctx.usage_flags else None,
+                metadata=_metadata(ctx),
             )
         )
         if usage is not None and provider is not None:
