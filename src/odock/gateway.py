@@ -96,17 +96,41 @@ class Gateway:
             cooldown_failures=settings.routing_cooldown_failures,
             cooldown_s=settings.routing_cooldown_s,
         )
-        self.safety = self.safety_stages()
+        self._safety_stage: Stage | None = None
+        # SafetySec's stage: always with SAFETY_ENGINE_MODE=security; with noop, only while some scope's
+        # policies.safety switches it on (checked at start and on every catalogue change); never with off
+        self.safety: tuple[Stage, ...] = (
+            self.safety_stages() if settings.safety_engine_mode == "security" else ()
+        )
+        self._extra_stages: dict[str, Sequence[Stage]] = {}
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
 
     def safety_stages(self) -> tuple[Stage, ...]:
-        """SafetySec's stage, unless SAFETY_ENGINE_MODE=off. With `noop` (the default) it is there for the
-        scopes whose `policies.safety` switch it on, and stands down at once for every other call."""
+        """SafetySec's stage (built once: its sessions live as long as the gateway). A call whose resolved
+        policy is off stands down at once (`call.skip`)."""
+        if self._safety_stage is None:
+            self._safety_stage = self._new_safety_stage()
+        return (self._safety_stage,)
+
+    async def refresh_safety(self) -> None:
+        """With SAFETY_ENGINE_MODE=noop: add SafetySec's stage when a scope switches it on, drop it when none
+        does any more (the hot path of a gateway nobody configured for SafetySec has no such stage)."""
+        from odock.safety.policy import any_enabled, safety_section
+
+        try:
+            policies = await self.store.safety_policies()
+        except Exception:  # keep the current pipelines; the next catalogue change retries
+            log.exception("reading SafetySec policies failed")
+            return
+        wanted = any_enabled(safety_section(p) for p in policies)
+        if wanted != bool(self.safety):
+            self.safety = self.safety_stages() if wanted else ()
+            self.pipelines = self.build_pipelines(**self._extra_stages)
+
+    def _new_safety_stage(self) -> Stage:
         settings = self.settings
-        if settings.safety_engine_mode == "off":
-            return ()
         from odock.pipeline.stages.safety import SafetySec
         from odock.safety.engine import SafetyConfig, SafetyEngine
         from odock.safety.guard import GuardConfig, WebhookGuard
@@ -135,7 +159,7 @@ class Gateway:
                 ),
                 self.transport,
             )
-        return (SafetySec(engine, sessions, guard, REDIS_ERRORS),)
+        return SafetySec(engine, sessions, guard, REDIS_ERRORS)
 
     def build_pipelines(
         self,
@@ -146,6 +170,11 @@ class Gateway:
     ) -> dict[str, Pipeline]:
         """Each kind of call's stage list, in the reference order, built once (extra stages at the documented
         insertion points: see `odock.pipeline.stages`)."""
+        self._extra_stages = {
+            "pre_route": pre_route,
+            "pre_reserve": pre_reserve,
+            "pre_upstream": pre_upstream,
+        }
         pricer = Pricer(self.settings.usage_max_tokens)
         limits = BodyLimits(self.settings.max_body_bytes, self.settings.read_timeout_s)
         llm = llm_stages(
@@ -204,6 +233,9 @@ class Gateway:
             raise
 
     async def start(self) -> None:
+        if self.settings.safety_engine_mode == "noop":
+            await self.refresh_safety()
+            self.catalogue.on_invalidate.append(self.refresh_safety)
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
         self.services.register("catalogue poller", self.catalogue, close=self.catalogue.stop)

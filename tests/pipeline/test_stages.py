@@ -27,7 +27,6 @@ REFERENCE_ORDER = [
     "early_gate",
     "read_body",
     "model_access",
-    "safety",
     "final_gate",
     "routing",
 ]

@@ -45,7 +45,6 @@ MODELS = ["gpt-test", "claude-test", "gemini-test", "embed-test"]
 
 
 async def keys(gw: InProcessGateway) -> dict[str, str]:
-    record_upstream(gw)
     out = {"plain": gw.seeded["secret"]}
     for name, policies in (
         ("guarded", BLOCK_REDACT),
@@ -62,6 +61,9 @@ async def keys(gw: InProcessGateway) -> dict[str, str]:
             }
         )
         out[name] = created.secret
+    await gw.gateway.catalogue.invalidate()  # as the catalogue poll would: the gateway adds SafetySec's stage
+    assert "safety" in gw.gateway.pipelines["llm"].names()
+    record_upstream(gw)
     return out
 
 
