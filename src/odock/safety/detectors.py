@@ -161,7 +161,15 @@ def _aws_secret(text: str, start: int, end: int) -> bool:
 
 def _token(text: str, start: int, end: int) -> bool:
     token = text[start:end]
-    return _left_free(text, start, _TOKEN_CHARS) and _char_classes(token) == 3 and entropy(token) >= 4.0
+    return (
+        end - start <= MAX_TOKEN
+        and _left_free(text, start, _TOKEN_CHARS)
+        and _char_classes(token) == 3
+        and entropy(token) >= 4.0
+    )
+
+
+MAX_TOKEN = 1024  # a longer run is data (an inline blob), not a credential
 
 
 def _iban(text: str, start: int, end: int) -> bool:
@@ -293,7 +301,8 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "token",
         "secrets",
-        re.compile(r"[A-Za-z0-9_\-+/=]{32,512}(?![A-Za-z0-9_\-+/=])"),
+        # greedy and unbounded: a run is matched once (a bounded repeat would retry every start in a long run)
+        re.compile(r"[A-Za-z0-9_\-+/=]{32,}"),
         validator=_token,
         priority=3,
         region="long",
