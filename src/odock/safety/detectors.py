@@ -176,6 +176,12 @@ def _iban(text: str, start: int, end: int) -> bool:
     return _left_free(text, start, _WORD) and iban_ok(text[start:end])
 
 
+def _ipv4(text: str, start: int, end: int) -> bool:
+    # the unspecified, loopback and broadcast addresses say nothing about anyone
+    address = text[start:end]
+    return address not in ("0.0.0.0", "255.255.255.255") and not address.startswith("127.")
+
+
 def _nino(text: str, start: int, end: int) -> bool:
     return _left_free(text, start, _WORD) and text[start : start + 2] not in _NINO_INVALID
 
@@ -369,6 +375,7 @@ DETECTORS: tuple[Detector, ...] = (
         "ip",
         "pii",
         re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"),
+        validator=_ipv4,
         priority=4,
         region="numeric",
     ),
@@ -421,6 +428,11 @@ _NOUNS = (
     r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages?|commands|orders|guidance"
     r"|constraints|programming|training)"
 )
+_QUALS = (
+    r"(?:hidden\s+|secret\s+|original\s+|initial\s+|full\s+|exact\s+|entire\s+|internal\s+|confidential\s+"
+    r"|complete\s+|verbatim\s+)"
+)
+_SYSTEM_OBJ = r"(?:system\s+(?:prompt|message|instructions?)|developer\s+(?:message|prompt|instructions?)|initial\s+prompt)"
 PhraseRule = tuple[str, AbstractSet[str], re.Pattern[str]]
 PHRASE_RULES: tuple[PhraseRule, ...] = (
     (
@@ -437,10 +449,9 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         {"prompt", "prompts", "instruction", "instructions", "message"},
         re.compile(
             r"\b(?:reveal|show|print|output|repeat|display|leak|dump|expose|disclose|tell\s+me|give\s+me|write\s+out"
-            r"|recite|share|paste|spell\s+out)\s+(?:me\s+|us\s+)?(?:all\s+)?(?:of\s+)?(?:your|the)\s+"
-            r"(?:hidden\s+|secret\s+|original\s+|initial\s+|full\s+|exact\s+|entire\s+|internal\s+|confidential\s+"
-            r"|complete\s+|verbatim\s+)*(?:system\s+(?:prompt|message|instructions?)|developer\s+(?:message|prompt"
-            r"|instructions?)|instructions|initial\s+prompt|prompt)\b"
+            r"|recite|share|paste|spell\s+out)\s+(?:me\s+|us\s+)?(?:all\s+)?(?:of\s+)?"
+            rf"(?:your\s+{_QUALS}*(?:{_SYSTEM_OBJ}|instructions|prompt)|the\s+{_QUALS}*{_SYSTEM_OBJ}"
+            rf"|the\s+{_QUALS}+(?:instructions|prompt))\b"
             r"|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions"
             r"|original\s+instructions)\b"
             r"|\bnew\s+(?:system\s+)?instructions\s*:"
@@ -448,6 +459,14 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
             r"|\b(?:do\s+not|don'?t)\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?"
             r"(?:instructions|rules|guidelines)\b"
             r"|\bprompt\s+injection\s+(?:test|attack|payload)\s*:"
+        ),
+    ),
+    (
+        "injection",
+        {"above"},
+        re.compile(
+            r"\b(?:repeat|print|output|copy|recite|reproduce)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?"
+            r"(?:text|words|content|everything|messages?|lines)\s+above\b"
         ),
     ),
     (
@@ -464,7 +483,7 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         "injection",
         {"system", "inst", "obey", "ignore"},
         re.compile(
-            r"<\|?\s*(?:im_start\|?\s*)?system\s*\|?>"
+            r"<\|\s*im_start\s*\|>\s*system\b|<\|?\s*system\s*\|?>"
             r"|\[\s*/?\s*(?:system|inst)\s*\]\s*(?:you|ignore|new|override)"
             r"|#{2,}\s*system\s*(?:override|prompt|message)?\s*:"
             r"|\byou\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b"
