@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--failover", action="store_true", help="add the failover scenarios (1%% 503 primary)")
     p.add_argument("--governance", action="store_true", help="add the limits-configured-not-hit scenarios")
     p.add_argument(
+        "--safety",
+        action="store_true",
+        help="add SafetySec on/off with a 4 KB prompt, and the detectors' scan cost per 4 KB",
+    )
+    p.add_argument(
         "--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)"
     )
     p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
@@ -616,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
                 ("dialects", args.dialects),
                 ("failover", args.failover),
                 ("governance", args.governance),
+                ("safety", args.safety),
             )
             if on
         },
@@ -652,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
         if args.loadgen_compare:
             print("load generator cost (direct to mock)", flush=True)
             run_loadgen_compare(ctx, scenarios[0] if scenarios else build_scenarios(key, "x")[0])
+        if args.safety:
+            from bench.safety_scan import measure
+
+            results["safety_scan"] = measure()
+            print(f"SafetySec scan cost: {results['safety_scan']}", flush=True)
         if not args.soak_only:
             print("direct to mock", flush=True)
             run_direct(ctx, scenarios)

@@ -126,7 +126,7 @@ async def security_evidence(gw: InProcessGateway) -> list[dict[str, str]]:
     from odock.state import schema
 
     table = schema.usage_records
-    for _ in range(100):
+    for _ in range(300):  # the batch writer flushes every 50 ms; a loaded machine may take seconds
         async with gw.gateway.store.read() as conn:
             rows = (await conn.execute(sa.select(table.c.metadata))).all()
         found = [d for (meta,) in rows if meta for d in meta.get("security", [])]

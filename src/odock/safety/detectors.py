@@ -23,7 +23,6 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 __all__ = [
@@ -333,7 +332,7 @@ DETECTORS: tuple[Detector, ...] = (
         re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
         validator=_iban,
         priority=2,
-        region="digits10",
+        region="near_numeric",
     ),
     Detector(
         "national_id",
@@ -342,7 +341,7 @@ DETECTORS: tuple[Detector, ...] = (
         re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"),
         validator=_nino,
         priority=3,
-        region="digits6",
+        region="near_numeric",
     ),
     Detector(
         "card",
@@ -383,10 +382,10 @@ DETECTORS: tuple[Detector, ...] = (
         "ip",
         "pii",
         re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"),
-        gate=("::", ":0", ":1", ":2", ":3", ":4", ":5", ":6", ":7", ":8", ":9"),
         pre=":",
         validator=_ipv6,
         priority=4,
+        region="ipv6",
     ),
 )
 
@@ -402,8 +401,58 @@ def _numeric_regions(text: str, digits: int) -> list[tuple[int, int]]:
     return [(m.start(), min(len(text), m.end() + 2)) for m in _NUMERIC.finditer(text)]
 
 
+# token characters (letters, digits, _-+/=) as b"a", everything else a space: a run of N token characters is
+# then one C-speed substring test
+_RUN = bytes(97 if (chr(b).isalnum() or chr(b) in "_-+/=") and b < 128 else 32 for b in range(256))
+
+
+def _longest_run_at_least(text: str, length: int) -> bool:
+    return len(text) >= length and b"a" * length in text.encode("utf-8", "surrogatepass").translate(_RUN)
+
+
 def _has_long_word(text: str) -> bool:
-    return len(text) >= _LONG_WORD and max(map(len, text.split()), default=0) >= _LONG_WORD
+    return _longest_run_at_least(text, _LONG_WORD)
+
+
+def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in windows:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _around(text: str, needle: str, before: int, after: int) -> list[tuple[int, int]]:
+    windows = []
+    at = text.find(needle)
+    while at != -1:
+        windows.append((max(0, at - before), min(len(text), at + len(needle) + after)))
+        at = text.find(needle, at + 1)
+    return _merge(windows)
+
+
+def _positions(text: str, needle: str) -> list[int]:
+    found = []
+    at = text.find(needle)
+    while at != -1:
+        found.append(at)
+        at = text.find(needle, at + 1)
+    return found
+
+
+def _ipv6_windows(text: str) -> list[tuple[int, int]]:
+    """Around "::" (a compressed address), or where seven colons fall within 39 characters (a full one)."""
+    windows = _around(text, "::", 40, 40) if "::" in text else []
+    if text.count(":") >= 7:
+        colons = _positions(text, ":")
+        windows += [
+            (max(0, colons[i] - 4), min(len(text), colons[i + 6] + 5))
+            for i in range(len(colons) - 6)
+            if colons[i + 6] - colons[i] <= 39
+        ]
+    return _merge(sorted(windows))
 
 
 def _email_windows(text: str) -> list[tuple[int, int]]:
@@ -420,10 +469,12 @@ def _email_windows(text: str) -> list[tuple[int, int]]:
 
 
 # --- injection and jailbreak phrases over normalized text -------------------------------------------------
-# Each rule: (category, trigger words, pattern). The pattern runs only when one of its words occurs in the
-# normalized text (one set intersection over the text's words), so ordinary prose costs no regex pass at all.
+# Each rule starts with a literal lead word (the regex engine then skips to its occurrences at memchr speed,
+# where a leading \b or alternation would cost a step per character) and runs only when its lead word, and one
+# of its `also` words if any, occur among the normalized text's words (one set lookup each). The left word
+# boundary is checked in Python.
 
-_PREV = r"(?:previous|prior|above|earlier|preceding|former|original|initial|all|any|your|the|these|those|my)"
+_PREV = r"(?:previous|prior|above|earlier|preceding|former|original|initial|all|any|your|the|these|those)"
 _NOUNS = (
     r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages?|commands|orders|guidance"
     r"|constraints|programming|training)"
@@ -433,106 +484,141 @@ _QUALS = (
     r"|complete\s+|verbatim\s+)"
 )
 _SYSTEM_OBJ = r"(?:system\s+(?:prompt|message|instructions?)|developer\s+(?:message|prompt|instructions?)|initial\s+prompt)"
-PhraseRule = tuple[str, AbstractSet[str], re.Pattern[str]]
+_REVEAL = (
+    r"\s+(?:me\s+|us\s+)?(?:all\s+)?(?:of\s+)?"
+    rf"(?:your\s+{_QUALS}*(?:{_SYSTEM_OBJ}|instructions|prompt)|the\s+{_QUALS}*{_SYSTEM_OBJ}"
+    rf"|the\s+{_QUALS}+(?:instructions|prompt))\b"
+)
+_OVERRIDE = (
+    r"\s+(?:all\s+|any\s+|your\s+|the\s+|of\s+)*(?:previous\s+|prior\s+|system\s+|built-in\s+)?(?:instructions"
+    r"|rules|restrictions|guidelines|safety(?:\s+(?:filters?|measures|rules|guidelines|protocols))?|filters?"
+    r"|guardrails|content\s+(?:policy|filters?)|polic(?:y|ies))\b"
+)
+_UNBOUND = r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|unaligned|unethical)"
+_LIMITS = r"(?:restrictions|filters|limits|limitations|rules|guidelines|ethics|morals|censorship|safety)"
+
+
+@dataclass(frozen=True, slots=True)
+class PhraseRule:
+    category: str
+    lead: str  # a word the text must hold (the pattern's literal start, or its gate when `pattern` has none)
+    also: frozenset[str]  # and one of these words, when given
+    pattern: re.Pattern[str]
+
+
+def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseRule]:
+    """One rule per lead phrase ("tell me" leads with "tell"), each compiled as `lead phrase` + `tail`."""
+    out = []
+    for phrase in leads.split("|"):
+        first, *rest = phrase.split(" ")
+        head = re.escape(first) + "".join(r"\s+" + re.escape(w) for w in rest)
+        gate = re.split(r"[^a-z0-9]", first)[0]  # the text's words are split at apostrophes and hyphens
+        out.append(PhraseRule(category, gate, frozenset(also.split()), re.compile(head + tail)))
+    return out
+
+
+def _marker(category: str, gate: str, pattern: str) -> PhraseRule:
+    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds."""
+    return PhraseRule(category, gate, frozenset(), re.compile(pattern))
+
+
 PHRASE_RULES: tuple[PhraseRule, ...] = (
-    (
+    *_rules(
         "injection",
-        {"ignore", "ignoring", "ignores", "disregard", "forget", "neglect", "overlook", "skip", "drop", "abandon", "aside"},
-        re.compile(
-            rf"\b(?:ignore|ignoring|disregard|forget|skip|neglect|overlook|drop|abandon|set\s+aside)\s+"
-            rf"(?:all\s+|any\s+|of\s+)?(?:{_PREV}\s+)*{_NOUNS}\b"
-            r"|\bforget\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|above|before|so\s+far)"
-        ),
+        "ignore|ignoring|disregard|forget|skip|neglect|overlook|drop|abandon|set aside",
+        rf"\s+(?:all\s+|any\s+|of\s+)?(?:{_PREV}\s+)*{_NOUNS}\b",
     ),
-    (
+    *_rules(
         "injection",
-        {"prompt", "prompts", "instruction", "instructions", "message"},
-        re.compile(
-            r"\b(?:reveal|show|print|output|repeat|display|leak|dump|expose|disclose|tell\s+me|give\s+me|write\s+out"
-            r"|recite|share|paste|spell\s+out)\s+(?:me\s+|us\s+)?(?:all\s+)?(?:of\s+)?"
-            rf"(?:your\s+{_QUALS}*(?:{_SYSTEM_OBJ}|instructions|prompt)|the\s+{_QUALS}*{_SYSTEM_OBJ}"
-            rf"|the\s+{_QUALS}+(?:instructions|prompt))\b"
-            r"|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions"
-            r"|original\s+instructions)\b"
-            r"|\bnew\s+(?:system\s+)?instructions\s*:"
-            r"|\b(?:end|ignore)\s+of\s+(?:the\s+)?system\s+prompt\b"
-            r"|\b(?:do\s+not|don'?t)\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?"
-            r"(?:instructions|rules|guidelines)\b"
-            r"|\bprompt\s+injection\s+(?:test|attack|payload)\s*:"
-        ),
+        "forget",
+        r"\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|above|before|so\s+far)",
     ),
-    (
+    *_rules(
         "injection",
-        {"above"},
-        re.compile(
-            r"\b(?:repeat|print|output|copy|recite|reproduce)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?"
-            r"(?:text|words|content|everything|messages?|lines)\s+above\b"
-        ),
+        "reveal|show|print|output|repeat|display|leak|dump|expose|disclose|tell me|give me|write out|recite|share"
+        "|paste|spell out",
+        _REVEAL,
+        also="prompt prompts instruction instructions message",
     ),
-    (
+    *_rules(
         "injection",
-        {"override", "overriding", "bypass", "circumvent", "disable", "turn", "deactivate"},
-        re.compile(
-            r"\b(?:override|bypass|circumvent|disable|turn\s+off|deactivate)\s+(?:all\s+|any\s+|your\s+|the\s+|of\s+)*"
-            r"(?:previous\s+|prior\s+|system\s+|built-in\s+)?(?:instructions|rules|restrictions|guidelines|safety"
-            r"(?:\s+(?:filters?|measures|rules|guidelines|protocols))?|filters?|guardrails|content\s+(?:policy"
-            r"|filters?)|polic(?:y|ies))\b"
-        ),
+        "what",
+        r"\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions"
+        r"|original\s+instructions)\b",
     ),
-    (
+    *_rules("injection", "new", r"\s+(?:system\s+)?instructions\s*:"),
+    *_rules("injection", "end|ignore", r"\s+of\s+(?:the\s+)?system\s+prompt\b"),
+    *_rules(
         "injection",
-        {"system", "inst", "obey", "ignore"},
-        re.compile(
-            r"<\|\s*im_start\s*\|>\s*system\b|<\|?\s*system\s*\|?>"
-            r"|\[\s*/?\s*(?:system|inst)\s*\]\s*(?:you|ignore|new|override)"
-            r"|#{2,}\s*system\s*(?:override|prompt|message)?\s*:"
-            r"|\byou\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b"
-        ),
+        "do not|don't|dont",
+        r"\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?(?:instructions|rules|guidelines)\b",
     ),
-    (
+    *_rules("injection", "prompt", r"\s+injection\s+(?:test|attack|payload)\s*:"),
+    *_rules(
+        "injection",
+        "repeat|print|output|copy|recite|reproduce",
+        r"\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?(?:text|words|content|everything|messages?|lines)\s+above\b",
+    ),
+    *_rules("injection", "override|bypass|circumvent|disable|turn off|deactivate", _OVERRIDE),
+    *_rules("injection", "you", r"\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b"),
+    _marker("injection", "system", r"<\|\s*im_start\s*\|>\s*system\b|<\|?\s*system\s*\|?>"),
+    _marker("injection", "system", r"\[\s*/?\s*system\s*\]\s*(?:you|ignore|new|override)"),
+    _marker("injection", "inst", r"\[\s*/?\s*inst\s*\]\s*(?:you|ignore|new|override)"),
+    _marker("injection", "system", r"##+\s*system\s*(?:override|prompt|message)?\s*:"),
+    *_rules("jailbreak", "do", r"\s+anything\s+now\b"),
+    *_rules("jailbreak", "dan", r"\s+mode\b"),
+    *_rules("jailbreak", "you are|you're", rf"\s+(?:now\s+)?(?:dan|stan|dude|an?\s+{_UNBOUND})\b"),
+    *_rules(
         "jailbreak",
-        {"anything", "dan", "stan", "dude", "unrestricted", "unfiltered", "uncensored", "jailbroken", "jailbreak",
-         "evil", "amoral", "rogue", "unaligned", "unethical", "liberated", "free", "mode"},
-        re.compile(
-            r"\bdo\s+anything\s+now\b"
-            r"|\bdan\s+mode\b"
-            r"|\b(?:you\s+are|you're)\s+(?:now\s+)?(?:dan|stan|dude|an?\s+(?:unrestricted|unfiltered|uncensored"
-            r"|jailbroken|evil|rogue|amoral|unaligned)\b)"
-            r"|\byou\s+are\s+now\s+(?:free|unrestricted|unfiltered|uncensored|jailbroken|liberated|in\s+developer\s+mode)\b"
-            r"|\b(?:act|behave|respond|pretend|roleplay|role-play|role\s+play)\s+(?:as|like)\s+(?:if\s+you\s+"
-            r"(?:were|are)\s+)?(?:an?\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|amoral|rogue|unaligned"
-            r"|unethical)\b"
-            r"|\bjailbr(?:oken|eak\s+(?:mode|prompt|enabled|activated))\b"
-        ),
+        "you are",
+        r"\s+now\s+(?:free|unrestricted|unfiltered|uncensored|jailbroken|liberated|in\s+developer\s+mode)\b",
     ),
-    (
+    *_rules(
         "jailbreak",
-        {"without", "free", "longer", "restrictions", "rules", "limits", "guidelines", "filters", "hypothetically"},
-        re.compile(
-            r"\b(?:act|pretend|roleplay|role-play)\s+(?:as|like|that)\s+.{0,40}?\b(?:without|with\s+no|free\s+"
-            r"(?:of|from))\s+(?:any\s+)?(?:restrictions|filters|limits|limitations|rules|guidelines|ethics|morals"
-            r"|censorship|safety)\b"
-            r"|\b(?:without|with\s+no|free\s+of)\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+(?:guidelines"
-            r"|restrictions|constraints|filters|limits|boundaries)\b"
-            r"|\bno\s+longer\s+(?:bound|restricted|limited)\s+by\b"
-            r"|\byou\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b"
-            r"|\bhypothetically,?\s+if\s+you\s+(?:had|were)\s+no\s+(?:restrictions|rules|filters|guidelines)\b"
-        ),
+        "act|behave|respond|pretend|roleplay|role-play|role play",
+        rf"\s+(?:as|like)\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?{_UNBOUND}\b",
     ),
-    (
+    *_rules(
         "jailbreak",
-        {"mode", "policy", "policies", "character", "chatgpt", "claude", "gpt"},
-        re.compile(
-            r"\b(?:developer|god|jailbreak|unrestricted|debug)\s+mode\s+(?:enabled|activated|on|unlocked)\b"
-            r"|\b(?:enable|activate|enter|switch\s+to|unlock)\s+(?:the\s+)?(?:developer|god|jailbreak|unrestricted"
-            r"|evil)\s+mode\b"
-            r"|\b(?:override|bypass|ignore)\s+(?:your\s+|the\s+|all\s+)?(?:safety|content|usage|openai|anthropic)\s+"
-            r"(?:policy|policies|guidelines|filters|restrictions)\b"
-            r"|\b(?:answer|respond)\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b"
-            r"|\bstay\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"
-        ),
+        "act|pretend|roleplay|role-play",
+        rf"\s+(?:as|like|that)\s+.{{0,40}}?\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?{_LIMITS}\b",
     ),
-)  # fmt: skip
+    *_rules(
+        "jailbreak",
+        "without|with no|free of",
+        r"\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+(?:guidelines|restrictions|constraints|filters|limits"
+        r"|boundaries)\b",
+    ),
+    _marker("jailbreak", "jailbroken", r"jailbroken\b"),
+    _marker("jailbreak", "jailbreak", r"jailbreak\s+(?:mode|prompt|enabled|activated)\b"),
+    *_rules("jailbreak", "no longer", r"\s+(?:bound|restricted|limited)\s+by\b"),
+    *_rules("jailbreak", "you", r"\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b"),
+    *_rules(
+        "jailbreak",
+        "hypothetically",
+        r",?\s+if\s+you\s+(?:had|were)\s+no\s+(?:restrictions|rules|filters|guidelines)\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "developer|god|jailbreak|unrestricted|debug",
+        r"\s+mode\s+(?:enabled|activated|on|unlocked)\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "enable|activate|enter|switch to|unlock",
+        r"\s+(?:the\s+)?(?:god|jailbreak|unrestricted|evil)\s+mode\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "override|bypass|ignore",
+        r"\s+(?:your\s+|the\s+|all\s+)?(?:safety|content|usage|openai|anthropic)\s+(?:policy|policies|guidelines"
+        r"|filters|restrictions)\b",
+    ),
+    *_rules(
+        "jailbreak", "answer|respond", r"\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b"
+    ),
+    *_rules("jailbreak", "stay", r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"),
+)
 
 # zero-width and bidi controls an attacker threads through a phrase
 _INVISIBLE = frozenset(
@@ -624,10 +710,15 @@ def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
 def _phrase_hits(
     folded: str, words: frozenset[str], active: Collection[str]
 ) -> Iterator[tuple[str, int, int]]:
-    for category, triggers, pattern in PHRASE_RULES:
-        if category in active and not triggers.isdisjoint(words):
-            for m in pattern.finditer(folded):
-                yield category, m.start(), m.end()
+    for rule in PHRASE_RULES:
+        if rule.category not in active or rule.lead not in words:
+            continue
+        if rule.also and rule.also.isdisjoint(words):
+            continue
+        for m in rule.pattern.finditer(folded):
+            start = m.start()
+            if start == 0 or not folded[start - 1].isalnum():
+                yield rule.category, start, m.end()
 
 
 def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) -> Iterator[Finding]:
@@ -640,8 +731,8 @@ def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) ->
             yield Finding(start, end, category, category)
         else:
             yield Finding(index[start], index[end - 1] + 1, category, category)
-    # base64 that matters is 20+ characters: a text without such a word has none
-    if not long_words and max(map(len, text.split()), default=0) < 20:
+    # base64 that matters is 20+ characters: a text without such a run has none
+    if not long_words and not _longest_run_at_least(text, 20):
         return
     # base64-wrapped instructions: decoded, then matched as text; the finding is the encoded span
     for m in _BASE64.finditer(text):
@@ -701,6 +792,13 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
         digits = cache["digits"][0][0]
         if d.region == "numeric":
             regions = _numeric_regions(text, digits)
+        elif d.region == "near_numeric":
+            # IBANs and NI numbers: around number-shaped regions (letters up to 12 before, 20 after)
+            regions = _merge(
+                [(max(0, a - 12), min(len(text), b + 20)) for a, b in _numeric_regions(text, digits)]
+            )
+        elif d.region == "ipv6":
+            regions = _ipv6_windows(text)
         elif d.region.startswith("digits"):
             regions = [(0, len(text))] if digits >= int(d.region[6:]) else []
         elif d.region == "email":
