@@ -346,3 +346,31 @@ async def test_webhook_guard_allow_modify_block_and_failures(tmp_path: Path, fai
                         model="gpt-test", messages=[{"role": "user", "content": word}]
                     )
                 assert failed.value.status_code == 503
+
+
+async def test_the_yaml_catalogue_validates_safety_policies(tmp_path: Path) -> None:
+    """The YAML catalogue (like the admin API and the CLI's --policies) goes through the same validation."""
+    from odock.config_file import ConfigFileError, apply_config
+    from odock.errors import BadRequest
+    from odock.settings import Settings
+    from odock.state.service import CatalogueService
+    from odock.state.sql import SqlStore
+
+    config = Settings(database_url=f"sqlite:///{tmp_path / 'odock.db'}")
+    store = await SqlStore.open(config.database_url, config)
+    try:
+        service = CatalogueService(store)
+        good = tmp_path / "good.yaml"
+        good.write_text(
+            "organisations:\n  - name: acme\n    policies:\n      safety: {enabled: true, request: {pii: block}}\n"
+        )
+        await apply_config(service, good, {})
+        assert "safety" in (await store.safety_policies())[0]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "organisations:\n  - name: acme\n    policies:\n      safety: {request: {pii: shred}}\n"
+        )
+        with pytest.raises((BadRequest, ConfigFileError)):
+            await apply_config(service, bad, {})
+    finally:
+        await store.close()

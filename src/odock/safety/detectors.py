@@ -394,10 +394,23 @@ _NUMERIC = re.compile(r"[+(\d][\d \-.()]{5,}\d")
 _LONG_WORD = 32  # the token detectors' shortest match (aws_secret_key is 40)
 
 
+# ASCII digits as b"0", the separators numbers use as b"s", everything else b"x": number-shaped regions are
+# then found by a pattern that starts with a literal (the engine skips to each digit at memchr speed)
+_NUMERIC_MAP = bytes(48 if 48 <= b <= 57 else 115 if chr(b) in " -.()" else 120 for b in range(256))
+_NUMERIC_BYTES = re.compile(rb"0[0s]{5,}0")
+
+
 def _numeric_regions(text: str, digits: int) -> list[tuple[int, int]]:
     # a window two characters wider on the right: the patterns' lookaheads see the real next characters
     if digits < 4:  # the shortest number-shaped match (an IPv4 address) has four digits
         return []
+    n = len(text)
+    if text.isascii():
+        mapped = text.encode("ascii").translate(_NUMERIC_MAP)
+        return [
+            (m.start() - 1 if m.start() and text[m.start() - 1] in "+(" else m.start(), min(n, m.end() + 2))
+            for m in _NUMERIC_BYTES.finditer(mapped)
+        ]
     return [(m.start(), min(len(text), m.end() + 2)) for m in _NUMERIC.finditer(text)]
 
 
