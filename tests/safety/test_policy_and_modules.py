@@ -374,3 +374,25 @@ async def test_the_yaml_catalogue_validates_safety_policies(tmp_path: Path) -> N
             await apply_config(service, bad, {})
     finally:
         await store.close()
+
+
+async def test_the_stage_is_in_the_pipeline_only_while_configured(tmp_path: Path) -> None:
+    """noop (default): no stage until a scope enables SafetySec, and none again once no scope does; security:
+    always; off: never, whatever the policies say."""
+    async with in_process_gateway(tmp_path) as gw:
+        assert "safety" not in gw.gateway.pipelines["llm"].names()
+        on = {"safety": {"enabled": True}}
+        await gw.service.update_key(gw.seeded["key_id"], {"policies": on})
+        await gw.gateway.catalogue.invalidate()
+        assert "safety" in gw.gateway.pipelines["llm"].names()
+        await gw.service.update_key(gw.seeded["key_id"], {"policies": {}})
+        await gw.gateway.catalogue.invalidate()
+        assert "safety" not in gw.gateway.pipelines["llm"].names()
+    (tmp_path / "on").mkdir()
+    (tmp_path / "off").mkdir()
+    async with in_process_gateway(tmp_path / "on", safety_engine_mode="security") as gw:
+        assert "safety" in gw.gateway.pipelines["llm"].names()
+    async with in_process_gateway(tmp_path / "off", safety_engine_mode="off") as gw:
+        await gw.service.update_key(gw.seeded["key_id"], {"policies": {"safety": {"enabled": True}}})
+        await gw.gateway.catalogue.invalidate()
+        assert "safety" not in gw.gateway.pipelines["llm"].names()
