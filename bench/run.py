@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache", action="store_true", help="add the response-cache hit scenarios (unary, stream)"
     )
     p.add_argument(
+        "--safety",
+        action="store_true",
+        help="add SafetySec on/off with a 4 KB prompt, and the detectors' scan cost per 4 KB",
+    )
+    p.add_argument(
         "--cluster", action="store_true", help="also run the gateway in cluster mode (PostgreSQL+Redis)"
     )
     p.add_argument("--peers", action="store_true", help="also run LiteLLM proxy and Portkey gateway")
@@ -653,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
                 ("failover", args.failover),
                 ("governance", args.governance),
                 ("cache", args.cache),
+                ("safety", args.safety),
             )
             if on
         },
@@ -690,6 +696,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
         if args.loadgen_compare:
             print("load generator cost (direct to mock)", flush=True)
             run_loadgen_compare(ctx, scenarios[0] if scenarios else build_scenarios(key, "x")[0])
+        if args.safety:
+            from bench.safety_scan import measure
+
+            results["safety_scan"] = measure()
+            print(f"SafetySec scan cost: {results['safety_scan']}", flush=True)
         if not args.soak_only:
             print("direct to mock", flush=True)
             run_direct(ctx, scenarios)

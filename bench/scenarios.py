@@ -22,6 +22,14 @@ KEY_ENV = "ODOCK_BENCH_KEY"
 UPSTREAM_KEY_ENV = "ODOCK_BENCH_UPSTREAM_KEY"
 PROMPT = "Say hello in five words."
 MAX_TOKENS = 16
+# the SafetySec scenarios' prompt: 4 KB of ordinary prose and code with one e-mail address (redacted each call)
+_SAFETY_UNIT = (
+    "Please review the quarterly report for the logistics team and summarise the main risks. "
+    "The warehouse in Lyon processed 12,400 orders in March, up 8% on February, while returns fell to 2.1%. "
+    "def total(orders):\n    return sum(o.amount for o in orders if o.status == 'shipped')\n"
+    "Questions go to the operations desk; the system prompt of our assistant is configured in settings.py. "
+)
+SAFETY_PROMPT = ("Contact: ops.lead@example.com. " + _SAFETY_UNIT * 12)[:4096]
 
 
 @dataclass(frozen=True)
@@ -54,10 +62,10 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _openai(model: str, stream: bool) -> bytes:
+def _openai(model: str, stream: bool, prompt: str = PROMPT) -> bytes:
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": MAX_TOKENS,
     }
     if stream:
@@ -91,11 +99,13 @@ ANTHROPIC_HEADERS = {**JSON, "anthropic-version": "2023-06-01"}
 GEMINI_STREAM = "/v1beta/models/{model}:streamGenerateContent?alt=sse"
 
 
-def openai_call(key: str, model: str, stream: bool, path: str = "/v1/chat/completions") -> Call:
+def openai_call(
+    key: str, model: str, stream: bool, path: str = "/v1/chat/completions", prompt: str = PROMPT
+) -> Call:
     """Return an OpenAI chat call authenticated with a bearer `key`."""
     return Call(
         path,
-        _openai(model, stream),
+        _openai(model, stream, prompt),
         {**JSON, "Authorization": f"Bearer {key}"},
         b"data:" if stream else b"choices",
     )
@@ -252,7 +262,32 @@ def build_scenarios(key: str, upstream_key: str) -> list[Scenario]:
             note="rate limits on every scope, budgets and quotas on org and key, none hit",
             baseline="openai-stream",
         ),
+        *_safety_scenarios(key, up),
     ]
+
+
+def _safety_scenarios(key: str, up: str) -> list[Scenario]:
+    """The same 4 KB prompt with SafetySec on (every detector, request and response phases) and off."""
+    out = []
+    for stream in (False, True):
+        kind = "stream" if stream else "unary"
+        for catalogue, note in (
+            ("safety", "SafetySec on: every detector, request and response phases, 4 KB prompt"),
+            ("base", "SafetySec off (no stage): the same 4 KB prompt"),
+        ):
+            name = f"safety-{kind}" if catalogue == "safety" else f"safety-off-{kind}"
+            out.append(
+                Scenario(
+                    name,
+                    frozenset({"safety", kind}),
+                    catalogue,
+                    openai_call(key, OPENAI_MODEL, stream, prompt=SAFETY_PROMPT),
+                    openai_call(up, OPENAI_SLUG, stream, prompt=SAFETY_PROMPT),
+                    stream=stream,
+                    note=note,
+                )
+            )
+    return out
 
 
 # --- catalogues (the YAML of `odock serve --config`, see notes/yaml-format.md) -------------------------
@@ -416,9 +451,23 @@ def _cache(spec: CatalogueSpec) -> dict[str, Any]:
     return cat
 
 
+SAFETY_POLICY = {
+    "enabled": True,
+    "request": {"pii": "redact", "secrets": "block", "injection": "observe", "jailbreak": "observe"},
+    "response": {"pii": "redact", "secrets": "redact"},
+}
+
+
+def _safety(spec: CatalogueSpec) -> dict[str, Any]:
+    cat = _base(spec)
+    cat["organisations"][0]["policies"] = {"safety": SAFETY_POLICY}
+    return cat
+
+
 CATALOGUES: dict[str, Callable[[CatalogueSpec], dict[str, Any]]] = {
     "base": _base,
     "cache": _cache,
+    "safety": _safety,
     "failover": _failover,
     "governance": _governance,
 }

@@ -93,6 +93,8 @@ class CallContext:
     # plugin executions (usage record) and per-call plugin state (stream_chunk); None when no plugin ran
     plugin_runs: list[PluginRun] | None = None
     plugin_state: dict[str, Any] | None = None
+    # SafetySec decisions ({"phase", "module", "category", "action"}; never the matched text), for the usage record
+    security: list[dict[str, str]] | None = None
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

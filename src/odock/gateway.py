@@ -123,8 +123,14 @@ class Gateway:
             wait = settings.cache_coalesce_wait_s
             self.cache = Coalescer(entries, wait_s=wait, lock_ttl_s=wait + 5.0)
         self.cache_wired = False
-        self._extra_stages: dict[str, Sequence[Stage]] = {}  # build_pipelines' arguments, for a rebuild
         self.plugins = self._load_plugins()
+        self._safety_stage: Stage | None = None
+        # SafetySec's stage: always with SAFETY_ENGINE_MODE=security; with noop, only while some scope's
+        # policies.safety switches it on (checked at start and on every catalogue change); never with off
+        self.safety: tuple[Stage, ...] = (
+            self.safety_stages() if settings.safety_engine_mode == "security" else ()
+        )
+        self._extra_stages: dict[str, Sequence[Stage]] = {}
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxy_cidrs]
@@ -171,6 +177,60 @@ class Gateway:
         self.services.register("plugins", plugins, close=plugins.close)
         return plugins
 
+    def safety_stages(self) -> tuple[Stage, ...]:
+        """SafetySec's stage (built once: its sessions live as long as the gateway). A call whose resolved
+        policy is off stands down at once (`call.step_aside`)."""
+        if self._safety_stage is None:
+            self._safety_stage = self._new_safety_stage()
+        return (self._safety_stage,)
+
+    async def refresh_safety(self) -> None:
+        """With SAFETY_ENGINE_MODE=noop: add SafetySec's stage when a scope switches it on, drop it when none
+        does any more (the hot path of a gateway nobody configured for SafetySec has no such stage)."""
+        from odock.safety.policy import any_enabled, safety_section
+
+        try:
+            policies = await self.store.safety_policies()
+        except Exception:  # keep the current pipelines; the next catalogue change retries
+            log.exception("reading SafetySec policies failed")
+            return
+        wanted = any_enabled(safety_section(p) for p in policies)
+        if wanted != bool(self.safety):
+            self.safety = self.safety_stages() if wanted else ()
+            self.pipelines = self.build_pipelines(**self._extra_stages)
+
+    def _new_safety_stage(self) -> Stage:
+        settings = self.settings
+        from odock.pipeline.stages.safety import SafetySec
+        from odock.safety.engine import SafetyConfig, SafetyEngine
+        from odock.safety.guard import GuardConfig, WebhookGuard
+        from odock.safety.sessions import MemorySessions, RedisSessions, Sessions
+        from odock.state.redis import REDIS_ERRORS
+
+        engine = SafetyEngine(
+            SafetyConfig(
+                enabled=settings.safety_engine_mode == "security",
+                allow_disable=settings.safety_allow_disable,
+                block_threshold=settings.safety_block_threshold,
+                session_ttl_s=settings.safety_session_ttl_s,
+                fail_status=settings.safety_fail_status,
+                hold_chars=settings.safety_stream_holdback,
+            )
+        )
+        sessions: Sessions = RedisSessions(self.redis) if self.redis is not None else MemorySessions()
+        guard = None
+        if settings.safety_guard_url:
+            guard = WebhookGuard(
+                GuardConfig(
+                    settings.safety_guard_url,
+                    settings.safety_guard_secret,
+                    settings.safety_guard_timeout_s,
+                    fail_open=settings.safety_guard_fail == "open",
+                ),
+                self.transport,
+            )
+        return SafetySec(engine, sessions, guard, REDIS_ERRORS)
+
     def build_pipelines(
         self,
         *,
@@ -208,7 +268,7 @@ class Gateway:
             governance=self.governance,
             pricer=pricer,
             pre_route=pre_route,
-            pre_reserve=pre_reserve,
+            pre_reserve=(*self.safety, *pre_reserve),  # SafetySec's request phase first, then the cache
             pre_upstream=pre_upstream,
         )
         listing = listing_stages(catalogue=self.catalogue, governance=self.governance, pricer=pricer)
@@ -317,6 +377,9 @@ class Gateway:
     async def start(self) -> None:
         await self.wire_cache()
         self.catalogue.on_invalidate.append(self.wire_cache)
+        if self.settings.safety_engine_mode == "noop":
+            await self.refresh_safety()
+            self.catalogue.on_invalidate.append(self.refresh_safety)
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
         self.services.register("catalogue poller", self.catalogue, close=self.catalogue.stop)

@@ -189,6 +189,34 @@ PLUGIN_ASYNC_DROPPED = Counter(
 PLUGIN_ASYNC_QUEUE = Gauge(
     "gateway_plugin_async_queue_depth", "post_response runs waiting for a worker", registry=REGISTRY
 )
+# SafetySec (reference §7.6): module runs, decisions, blocks, redactions and failing modules (never any text)
+SECURITY_MODULE_RUNS = Counter(
+    "gateway_security_module_runs_total", "SafetySec module runs", ["phase", "module"], registry=REGISTRY
+)
+SECURITY_DECISIONS = Counter(
+    "gateway_security_decisions_total",
+    "SafetySec decisions by phase and action (allow, observe, redact, block)",
+    ["phase", "action"],
+    registry=REGISTRY,
+)
+SECURITY_BLOCKS = Counter(
+    "gateway_security_blocks_total",
+    "Calls blocked by SafetySec",
+    ["phase", "module", "category"],
+    registry=REGISTRY,
+)
+SECURITY_REDACTIONS = Counter(
+    "gateway_security_redactions_total",
+    "Spans redacted by SafetySec",
+    ["phase", "category"],
+    registry=REGISTRY,
+)
+SECURITY_ERRORS = Counter(
+    "gateway_security_errors_total",
+    "SafetySec modules that failed, by how the call went on (closed: refused, open: let through)",
+    ["phase", "module", "mode"],
+    registry=REGISTRY,
+)
 
 
 def status_class(status: int) -> str:

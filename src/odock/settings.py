@@ -74,6 +74,18 @@ class Settings(msgspec.Struct, kw_only=True):
     # and a `request_log_sample_rate` share of the rest), "off"
     request_log: str = "all"
     request_log_sample_rate: float = 0.1
+    # SafetySec (reference §7.1): noop (default: only scopes whose policies.safety enable it), security (on for
+    # every call unless a scope may and does switch it off), off (no stage at all: policies.safety ignored)
+    safety_engine_mode: str = "noop"
+    safety_session_ttl_s: float = 24 * 3600.0
+    safety_block_threshold: float = 0.85
+    safety_allow_disable: bool = True
+    safety_fail_status: int = 503
+    safety_stream_holdback: int = 128
+    safety_guard_url: str = ""
+    safety_guard_secret: str = ""
+    safety_guard_timeout_s: float = 2.0
+    safety_guard_fail: str = "closed"
     prometheus_enabled: bool = True
     # OpenTelemetry traces (the `odock[otel]` extra): "none" (default: nothing on the hot path) or "otlphttp"
     traces_exporter: str = "none"
@@ -234,6 +246,16 @@ def load_settings(**overrides: Any) -> Settings:
         ("plugins_async_post_response", ("PLUGINS_ASYNC_POST_RESPONSE",), _bool),
         ("plugins_async_queue_size", ("PLUGINS_ASYNC_QUEUE_SIZE",), int),
         ("plugins_async_workers", ("PLUGINS_ASYNC_WORKERS",), int),
+        ("safety_engine_mode", ("SAFETY_ENGINE_MODE",), str),
+        ("safety_session_ttl_s", ("SAFETY_SESSION_TTL",), parse_duration),
+        ("safety_block_threshold", ("SAFETY_BLOCK_THRESHOLD",), float),
+        ("safety_allow_disable", ("SAFETY_ALLOW_DISABLE",), _bool),
+        ("safety_fail_status", ("SAFETY_FAIL_STATUS",), int),
+        ("safety_stream_holdback", ("SAFETY_STREAM_HOLDBACK",), int),
+        ("safety_guard_url", ("SAFETY_GUARD_URL",), str),
+        ("safety_guard_secret", ("SAFETY_GUARD_SECRET",), str),
+        ("safety_guard_timeout_s", ("SAFETY_GUARD_TIMEOUT",), parse_duration),
+        ("safety_guard_fail", ("SAFETY_GUARD_FAIL",), str),
     ]
     for field, names, convert in readers:
         raw = _env(*names)
@@ -258,6 +280,7 @@ def load_settings(**overrides: Any) -> Settings:
         raise SystemExit(f"invalid ODOCK_USAGE_MAX_TOKENS: {settings.usage_max_tokens} (a positive integer)")
     _check_choices(settings)
     _check_observability(settings)
+    _check_safety(settings)
     if settings.usage_spool and settings.cluster:
         raise SystemExit(
             "ODOCK_USAGE_SPOOL=true is for embedded mode: the spool is a file beside the SQLite database, replayed "
@@ -269,3 +292,20 @@ def load_settings(**overrides: Any) -> Settings:
             "Set ODOCK_REDIS_URL (and a PostgreSQL ODOCK_DATABASE_URL) to run several workers."
         )
     return settings
+
+
+def _check_safety(settings: Settings) -> None:
+    if settings.safety_engine_mode not in ("noop", "security", "off"):
+        raise SystemExit(
+            f"invalid SAFETY_ENGINE_MODE: {settings.safety_engine_mode!r} (noop, security or off)"
+        )
+    if not 0 < settings.safety_block_threshold <= 1:
+        raise SystemExit("invalid SAFETY_BLOCK_THRESHOLD: a score in (0, 1]")
+    if settings.safety_fail_status not in (403, 503):
+        raise SystemExit("invalid SAFETY_FAIL_STATUS: 403 or 503")
+    if settings.safety_stream_holdback < 64:
+        raise SystemExit("invalid SAFETY_STREAM_HOLDBACK: at least 64 characters")
+    if settings.safety_guard_fail not in ("open", "closed"):
+        raise SystemExit("invalid SAFETY_GUARD_FAIL: open or closed")
+    if settings.safety_guard_url and not settings.safety_guard_url.startswith(("http://", "https://")):
+        raise SystemExit("invalid SAFETY_GUARD_URL: an http:// or https:// URL")

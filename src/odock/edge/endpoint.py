@@ -102,8 +102,14 @@ class LLMEndpoint:
             return
         options, content_type = self.replay_stream(call)
         encoder = dialect.client.stream_encoder(model=model, request_id=ctx.request_id, options=options)
-        passed = (call.delta(ev) for ev in events)
-        body = b"".join(encoder.event(ev) for ev in passed if ev is not None) + encoder.finish()
+        passed: list[StreamEvent] = []
+        for event in events:
+            out = call.delta(event)  # a stage may drop an event or turn it into several
+            if isinstance(out, list):
+                passed.extend(out)
+            elif out is not None:
+                passed.append(out)
+        body = b"".join(encoder.event(ev) for ev in passed) + encoder.finish()
         await call.stream(_once(FinalChunk(body)), encoder.fail, content_type)
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from odock.pipeline.exchange import Exchange
     from odock.pipeline.route import Route
     from odock.pipeline.runner import Pipeline
+    from odock.pipeline.stage import Stage
     from odock.routing.router import Candidate, RoutePlan
 
 log = logging.getLogger("odock.call")
@@ -80,7 +81,7 @@ class Call:
         "request",
         "route",
         "route_state",
-        "state",
+        "stage_state",
     )
 
     def __init__(self, pipeline: Pipeline, exchange: Exchange, route: Route, client_ip: str) -> None:
@@ -107,9 +108,7 @@ class Call:
         self.delta_stages = pipeline.delta_stages
         self.after_stages = pipeline.after_stages
         self.needs_response = pipeline.needs_response
-        self.state: dict[str, Any] | None = (
-            None  # per-call state of stages, by stage name (created on demand)
-        )
+        self.stage_state: dict[str, Any] | None = None  # per-call state a stage keeps (by stage name)
 
     # --- compensations -----------------------------------------------------------------------------------
 
@@ -200,12 +199,16 @@ class Call:
         for stage in self.after_stages:
             await stage.after(self, response)
 
-    def delta(self, event: StreamEvent) -> StreamEvent | None:
-        """Pass one normalized stream event through the stages' delta hooks (None: dropped)."""
-        for stage in self.delta_stages:
+    def delta(self, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
+        """Pass one normalized stream event through the stages' delta hooks (None: dropped; a list: the
+        event became several, each passed through the stages after the one that returned it)."""
+        stages = self.delta_stages
+        for i, stage in enumerate(stages):
             passed = stage.on_delta(self, event)
             if passed is None:
                 return None
+            if isinstance(passed, list):
+                return _fan_out(self, passed, stages[i + 1 :])
             event = passed
         return event
 
@@ -299,6 +302,23 @@ class Call:
         self.ctx.status = err.status
         self.ctx.error_code = err.code
         self.ctx.outcome = "failed"
+
+
+def _fan_out(call: Call, events: list[StreamEvent], stages: tuple[Stage, ...]) -> list[StreamEvent]:
+    out: list[StreamEvent] = []
+    for event in events:
+        current: list[StreamEvent] = [event]
+        for stage in stages:
+            nxt: list[StreamEvent] = []
+            for item in current:
+                passed = stage.on_delta(call, item)
+                if isinstance(passed, list):
+                    nxt.extend(passed)
+                elif passed is not None:
+                    nxt.append(passed)
+            current = nxt
+        out.extend(current)
+    return out
 
 
 async def _absorb_cancellation(task: asyncio.Task[Any]) -> None:

@@ -6,8 +6,10 @@ has nothing to do on a phase costs nothing there:
 - `before(call)`: before the upstream call, in list order. Pass, change the call, or raise a `GatewayError`.
   Undo work (a lease, a reservation) by registering a compensation with `call.defer(...)`: compensations run in
   reverse registration order, always — on success, on any error, and on cancellation.
-- `on_delta(call, event)`: each normalized stream event, in list order; return the event (changed or not) or
-  None to drop it.
+- `on_delta(call, event)`: each normalized stream event, in list order; return the event (changed or not),
+  None to drop it, or a list of events (the stages after this one see each of them). A stage that holds text
+  back (SafetySec) returns nothing while it holds and releases what it held as a list before the terminal
+  `StreamStop` event; raising a `GatewayError` ends the stream with the route's error event (never a clean end).
 - `after(call, response)`: once the upstream answered (a unary answer before it is written; a stream after its
   last event), in reverse list order.
 
@@ -16,6 +18,9 @@ enabled stage does, a same-dialect route stays a byte relay (DESIGN principle 1)
 is decoded with the route's dialect (httpx `Auth.requires_request_body` habit). A stage that finds in `before`
 that it has nothing to do on this call calls `call.step_aside(self)`: its delta and after hooks are skipped, and
 when it was the only stage needing the decoded response, the answer is relayed as bytes again.
+
+A stage keeps per-call state in `call.stage_state` (a dict, created by the first stage that needs one; keyed by
+stage name). Stages that use neither pay nothing.
 
 A `before` hook may answer the call itself (the response cache's hit): it raises `Answered(self, events)` with a
 whole normalized answer (`odock.model` StreamEvent list). The runner then runs no later stage, no routing and no
@@ -43,8 +48,8 @@ class Stage:
     async def before(self, call: Call) -> None:
         """Run before the upstream call."""
 
-    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
-        """Look at (or change, or drop) one normalized stream event."""
+    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
+        """Look at (or change, drop, hold back, or release several) normalized stream events."""
         return event
 
     async def after(self, call: Call, response: GatewayResponse | None) -> None:

@@ -359,7 +359,7 @@ async def _timed(state: CallTrace, name: str, stage: str, hook: Awaitable[None])
         state.stages.append((name, stage, start, time.time_ns(), error))
 
 
-def _on_delta(self: _TracedStage, call: Call, event: StreamEvent) -> StreamEvent | None:
+def _on_delta(self: _TracedStage, call: Call, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
     return self.inner.on_delta(call, event)  # no span per delta: a stream has thousands
 
 

@@ -106,254 +106,531 @@ def _char_classes(token: str) -> int:
 
 
 # --- the detectors -----------------------------------------------------------------------------------------
-# Each detector: (category, module, gate, pattern, validator). The gate is a tuple of substrings of which one
-# must occur (empty: always run); the validator, when present, confirms a regex match (checksums, entropy).
+# CPython's regex engine pays for every position it tries, so no pattern is run over the whole text unless it
+# can skip fast: each detector has a gate (a substring of which one must occur, checked at C speed), patterns
+# start with a literal or a character class (the engine's prefix scan) and check their left boundary in the
+# validator rather than in a lookbehind, and the number-shaped detectors run only inside the few regions that
+# look like numbers at all.
 
-Validator = Callable[[str], bool]
+Validator = Callable[[str, int, int], bool]
 
 
 @dataclass(frozen=True, slots=True)
 class Detector:
     category: str
     module: str
-    gate: tuple[str, ...]
     pattern: re.Pattern[str]
-    validator: Validator | None = None
+    gate: tuple[str, ...] = ()  # one of these substrings must occur (empty: no gate)
+    pre: str = ""  # a character every match holds: a memchr-speed test before the gate's substring tests
+    validator: Validator | None = None  # confirms a match (boundaries, checksums, entropy)
     priority: int = 5  # lower wins when two detectors claim the same span
+    region: str = (
+        "text"  # text | numeric (only inside number-shaped regions) | long (only when a long word exists)
+    )
 
 
-def _card(match: str) -> bool:
-    digits = re.sub(r"[ -]", "", match)
+_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_TOKEN_CHARS = _WORD | frozenset("-+/=")
+_DIGITS = frozenset("0123456789")
+
+
+def _left_free(text: str, start: int, chars: frozenset[str]) -> bool:
+    return start == 0 or text[start - 1] not in chars
+
+
+def _free_word(text: str, start: int, end: int) -> bool:
+    return _left_free(text, start, _WORD | {"-"})
+
+
+def _card(text: str, start: int, end: int) -> bool:
+    if not _left_free(text, start, _DIGITS | {"-"}):
+        return False
+    digits = text[start:end].replace(" ", "").replace("-", "")
     return 13 <= len(digits) <= 19 and luhn_ok(digits)
 
 
-def _aws_secret(match: str) -> bool:
-    return _char_classes(match) == 3 and entropy(match) >= 4.2
+def _aws_secret(text: str, start: int, end: int) -> bool:
+    token = text[start:end]
+    return (
+        _left_free(text, start, _WORD | {"/", "+", "="})
+        and _char_classes(token) == 3
+        and entropy(token) >= 4.2
+    )
 
 
-def _token(match: str) -> bool:
-    return _char_classes(match) == 3 and entropy(match) >= 4.0
+def _token(text: str, start: int, end: int) -> bool:
+    token = text[start:end]
+    return (
+        end - start <= MAX_TOKEN
+        and _left_free(text, start, _TOKEN_CHARS)
+        and _char_classes(token) == 3
+        and entropy(token) >= 4.0
+    )
 
 
-def _ipv6(match: str) -> bool:
-    if not any(c.isdigit() for c in match):
+MAX_TOKEN = 1024  # a longer run is data (an inline blob), not a credential
+
+
+def _iban(text: str, start: int, end: int) -> bool:
+    return _left_free(text, start, _WORD) and iban_ok(text[start:end])
+
+
+def _ipv4(text: str, start: int, end: int) -> bool:
+    # the unspecified, loopback and broadcast addresses say nothing about anyone
+    address = text[start:end]
+    return address not in ("0.0.0.0", "255.255.255.255") and not address.startswith("127.")
+
+
+def _nino(text: str, start: int, end: int) -> bool:
+    return _left_free(text, start, _WORD) and text[start : start + 2] not in _NINO_INVALID
+
+
+_NINO_INVALID = frozenset({"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"})
+
+
+def _ipv6(text: str, start: int, end: int) -> bool:
+    candidate = text[start:end]
+    if not _left_free(text, start, _WORD | {":"}) or not any(c.isdigit() for c in candidate):
         return False
     try:
-        ipaddress.IPv6Address(match)
+        ipaddress.IPv6Address(candidate)
     except ValueError:
         return False
     return True
 
 
+def _left_not(chars: str) -> Validator:
+    blocked = frozenset(chars)
+    return lambda text, start, end: _left_free(text, start, blocked)
+
+
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_B64 = "A-Za-z0-9+/"
 
 DETECTORS: tuple[Detector, ...] = (
     # --- secrets (module "secrets") ---
     Detector(
         "private_key",
         "secrets",
-        ("-----BEGIN",),
         # to the END line, or to the end of the text (a key cut short is still a key)
         re.compile(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
             r"(?:[A-Za-z0-9+/=\s:,\-]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[A-Za-z0-9+/=\s:,\-]*)"
         ),
+        gate=("-----BEGIN",),
+        pre="-",
         priority=0,
     ),
     Detector(
         "anthropic_key",
         "secrets",
-        ("sk-ant-",),
         re.compile(r"sk-ant-(?:api|admin|oat|sid)\d{2}-[A-Za-z0-9_\-]{20,}"),
+        gate=("sk-ant-",),
+        pre="-",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "openai_key",
         "secrets",
-        ("sk-",),
-        re.compile(r"(?<![A-Za-z0-9_\-])sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}"),
+        re.compile(r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}"),
+        gate=("sk-",),
+        pre="-",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "stripe_key",
         "secrets",
-        ("_live_", "_test_", "whsec_"),
-        re.compile(r"(?<![A-Za-z0-9_])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
+        re.compile(r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,}"),
+        gate=("_live_", "_test_", "whsec_"),
+        pre="_",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "aws_access_key",
         "secrets",
-        ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "AIPA"),
-        re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"),
+        re.compile(r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"),
+        gate=("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "AIPA"),
+        pre="A",
+        validator=_left_not("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
         priority=1,
     ),
     Detector(
         "github_token",
         "secrets",
-        ("gh", "github_pat_"),
-        re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})"),
+        re.compile(r"gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255}"),
+        gate=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        pre="_",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "slack_token",
         "secrets",
-        ("xox", "hooks.slack.com"),
         re.compile(
-            r"(?<![A-Za-z0-9])xox[abposre]-[A-Za-z0-9\-]{10,}"
-            r"|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"
+            r"xox[abposre]-[A-Za-z0-9\-]{10,}|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"
         ),
+        gate=("xox", "hooks.slack.com"),
+        pre="x",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "google_api_key",
         "secrets",
-        ("AIza",),
-        re.compile(r"(?<![A-Za-z0-9_\-])AIza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"),
+        re.compile(r"AIza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-])"),
+        gate=("AIza",),
+        pre="I",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "jwt",
         "secrets",
-        ("eyJ",),
-        re.compile(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+        re.compile(r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+        gate=("eyJ",),
+        pre="J",
+        validator=_free_word,
         priority=1,
     ),
     Detector(
         "aws_secret_key",
         "secrets",
-        (),
-        re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
-        _aws_secret,
+        re.compile(rf"[{_B64}]{{40}}(?![{_B64}=])"),
+        validator=_aws_secret,
         priority=2,
+        region="long",
     ),
     Detector(
         "token",
         "secrets",
-        (),
-        re.compile(r"(?<![A-Za-z0-9_\-+/=])[A-Za-z0-9_\-+/=]{32,512}(?![A-Za-z0-9_\-+/=])"),
-        _token,
+        # greedy and unbounded: a run is matched once (a bounded repeat would retry every start in a long run)
+        re.compile(r"[A-Za-z0-9_\-+/=]{32,}"),
+        validator=_token,
         priority=3,
+        region="long",
     ),
     # --- personal data (module "pii") ---
     Detector(
         "email",
         "pii",
-        ("@",),
         re.compile(
-            r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@"
+            r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@"
             r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
         ),
+        gate=("@",),
+        pre="@",
+        validator=_left_not("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"),
         priority=2,
-    ),
-    Detector(
-        "card",
-        "pii",
-        (),
-        re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d])"),
-        _card,
-        priority=2,
+        region="email",
     ),
     Detector(
         "iban",
         "pii",
-        (),
-        re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
-        iban_ok,
+        re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
+        validator=_iban,
         priority=2,
+        region="near_numeric",
     ),
     Detector(
         "national_id",
         "pii",
-        (),
-        # US SSN (area/group/serial never zero, area never 666 or 9xx) and UK National Insurance numbers
-        re.compile(
-            r"(?<![\d\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d\-])"
-            r"|(?<![A-Za-z0-9])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
-        ),
+        # UK National Insurance numbers (US SSNs are number-shaped: below)
+        re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"),
+        validator=_nino,
         priority=3,
+        region="near_numeric",
+    ),
+    Detector(
+        "card",
+        "pii",
+        re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d)"),
+        validator=_card,
+        priority=2,
+        region="numeric",
+    ),
+    Detector(
+        "national_id",
+        "pii",
+        # US SSN: area, group and serial never zero, the area never 666 or 9xx
+        re.compile(r"(?<![\d\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d\-])"),
+        priority=3,
+        region="numeric",
     ),
     Detector(
         "phone",
         "pii",
-        (),
         re.compile(
             r"(?<![\w+\-.])(?<!\d )(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?|\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,5}"
             r"(?![\w\-]|[ .]\d)"
             r"|(?<![\w+])\+\d{10,14}(?!\w)"
         ),
         priority=4,
+        region="numeric",
     ),
     Detector(
         "ip",
         "pii",
-        (".", ":"),
-        re.compile(
-            rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"
-            r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"
-        ),
+        re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)"),
+        validator=_ipv4,
         priority=4,
+        region="numeric",
     ),
     Detector(
         "ip",
         "pii",
-        ("::",),
-        re.compile(
-            r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?::(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?(?![\w:])"
-        ),
-        _ipv6,
+        re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"),
+        pre=":",
+        validator=_ipv6,
         priority=4,
+        region="ipv6",
     ),
 )
+
+# a region that may hold a number-shaped detector's match: digits with their usual separators
+_NUMERIC = re.compile(r"[+(\d][\d \-.()]{5,}\d")
+_LONG_WORD = 32  # the token detectors' shortest match (aws_secret_key is 40)
+
+
+# ASCII digits as b"0", the separators numbers use as b"s", everything else b"x": number-shaped regions are
+# then found by a pattern that starts with a literal (the engine skips to each digit at memchr speed)
+_NUMERIC_MAP = bytes(48 if 48 <= b <= 57 else 115 if chr(b) in " -.()" else 120 for b in range(256))
+_NUMERIC_BYTES = re.compile(rb"0[0s]{5,}0")
+
+
+def _numeric_regions(text: str, digits: int) -> list[tuple[int, int]]:
+    # a window two characters wider on the right: the patterns' lookaheads see the real next characters
+    if digits < 4:  # the shortest number-shaped match (an IPv4 address) has four digits
+        return []
+    n = len(text)
+    if text.isascii():
+        mapped = text.encode("ascii").translate(_NUMERIC_MAP)
+        return [
+            (m.start() - 1 if m.start() and text[m.start() - 1] in "+(" else m.start(), min(n, m.end() + 2))
+            for m in _NUMERIC_BYTES.finditer(mapped)
+        ]
+    return [(m.start(), min(len(text), m.end() + 2)) for m in _NUMERIC.finditer(text)]
+
+
+# token characters (letters, digits, _-+/=) as b"a", everything else a space: a run of N token characters is
+# then one C-speed substring test
+_RUN = bytes(97 if (chr(b).isalnum() or chr(b) in "_-+/=") and b < 128 else 32 for b in range(256))
+
+
+def _longest_run_at_least(text: str, length: int) -> bool:
+    return len(text) >= length and b"a" * length in text.encode("utf-8", "surrogatepass").translate(_RUN)
+
+
+def _has_long_word(text: str) -> bool:
+    return _longest_run_at_least(text, _LONG_WORD)
+
+
+def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in windows:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _around(text: str, needle: str, before: int, after: int) -> list[tuple[int, int]]:
+    windows = []
+    at = text.find(needle)
+    while at != -1:
+        windows.append((max(0, at - before), min(len(text), at + len(needle) + after)))
+        at = text.find(needle, at + 1)
+    return _merge(windows)
+
+
+def _positions(text: str, needle: str) -> list[int]:
+    found = []
+    at = text.find(needle)
+    while at != -1:
+        found.append(at)
+        at = text.find(needle, at + 1)
+    return found
+
+
+def _ipv6_windows(text: str) -> list[tuple[int, int]]:
+    """Around "::" (a compressed address), or where seven colons fall within 39 characters (a full one)."""
+    windows = _around(text, "::", 40, 40) if "::" in text else []
+    if text.count(":") >= 7:
+        colons = _positions(text, ":")
+        windows += [
+            (max(0, colons[i] - 4), min(len(text), colons[i + 6] + 5))
+            for i in range(len(colons) - 6)
+            if colons[i + 6] - colons[i] <= 39
+        ]
+    return _merge(sorted(windows))
+
+
+def _email_windows(text: str) -> list[tuple[int, int]]:
+    windows: list[tuple[int, int]] = []
+    at = text.find("@")
+    while at != -1:
+        start, end = max(0, at - 64), min(len(text), at + 256)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+        at = text.find("@", at + 1)
+    return windows
+
 
 # --- injection and jailbreak phrases over normalized text -------------------------------------------------
+# Each rule starts with a literal lead word (the regex engine then skips to its occurrences at memchr speed,
+# where a leading \b or alternation would cost a step per character) and runs only when its lead word, and one
+# of its `also` words if any, occur among the normalized text's words (one set lookup each). The left word
+# boundary is checked in Python.
 
-_PREV = r"(?:previous|prior|above|earlier|preceding|former|original|initial|all|any|your|the|these|those|my)"
-INJECTION = re.compile(
-    "|".join(
-        (
-            rf"\b(?:ignore|disregard|forget|skip|neglect|overlook|drop)\s+(?:all\s+|any\s+|of\s+)?(?:{_PREV}\s+)*"
-            r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages?|commands|orders|guidance|constraints)\b",
-            r"\bforget\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|above|before|so\s+far)",
-            r"\b(?:reveal|show|print|output|repeat|display|leak|dump|expose|disclose|tell\s+me|give\s+me|write\s+out|recite)\s+"
-            r"(?:me\s+)?(?:your|the)\s+(?:hidden\s+|secret\s+|original\s+|initial\s+|full\s+|exact\s+|entire\s+|internal\s+|confidential\s+)*"
-            r"(?:system\s+(?:prompt|message|instructions?)|developer\s+(?:message|prompt|instructions?)|instructions|initial\s+prompt|prompt)\b",
-            r"\b(?:what\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions))\b",
-            r"\b(?:override|bypass|circumvent|disable|turn\s+off)\s+(?:all\s+|any\s+|your\s+|the\s+|of\s+)*(?:previous\s+|prior\s+|system\s+)?"
-            r"(?:instructions|rules|restrictions|guidelines|safety(?:\s+(?:filters?|measures|rules|guidelines|protocols))?|filters?|guardrails|content\s+(?:policy|filters?)|polic(?:y|ies))\b",
-            r"\bnew\s+(?:system\s+)?instructions\s*:",
-            r"\b(?:end|ignore)\s+of\s+(?:the\s+)?system\s+prompt\b",
-            r"<\|?\s*(?:im_start\|?\s*)?system\s*\|?>",
-            r"\[\s*/?\s*(?:system|inst)\s*\]\s*(?:you|ignore|new|override)",
-            r"\byou\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b",
-            r"\b(?:do\s+not|don'?t)\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?(?:instructions|rules|guidelines)\b",
-            r"\bprompt\s+injection\s+(?:test|attack|payload)\s*:",
-        )
-    )
+_PREV = r"(?:previous|prior|above|earlier|preceding|former|original|initial|all|any|your|the|these|those)"
+_NOUNS = (
+    r"(?:instructions?|prompts?|rules|directions|directives|guidelines|context|messages?|commands|orders|guidance"
+    r"|constraints|programming|training)"
 )
-JAILBREAK = re.compile(
-    "|".join(
-        (
-            r"\bdo\s+anything\s+now\b",
-            r"\bdan\s+mode\b",
-            r"\b(?:you\s+are|you're)\s+(?:now\s+)?(?:dan|stan|dude|aim|an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|unaligned)\b)",
-            r"\byou\s+are\s+now\s+(?:free|unrestricted|unfiltered|uncensored|jailbroken|liberated|in\s+developer\s+mode)\b",
-            r"\b(?:act|behave|respond|pretend|roleplay|role-play|role\s+play)\s+(?:as|like)\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?"
-            r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|amoral|rogue|unaligned|unethical)\b",
-            r"\b(?:act|pretend|roleplay|role-play)\s+(?:as|like|that)\s+.{0,40}?\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?"
-            r"(?:restrictions|filters|limits|limitations|rules|guidelines|ethics|morals|censorship|safety)\b",
-            r"\b(?:without|with\s+no|free\s+of)\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+(?:guidelines|restrictions|constraints|filters|limits|boundaries)\b",
-            r"\b(?:developer|god|jailbreak|unrestricted|debug)\s+mode\s+(?:enabled|activated|on|unlocked)\b",
-            r"\b(?:enable|activate|enter|switch\s+to|unlock)\s+(?:the\s+)?(?:developer|god|jailbreak|unrestricted|evil)\s+mode\b",
-            r"\b(?:override|bypass|ignore)\s+(?:your\s+|the\s+|all\s+)?(?:safety|content|usage|openai|anthropic)\s+(?:policy|policies|guidelines|filters|restrictions)\b",
-            r"\bjailbr(?:oken|eak\s+(?:mode|prompt|enabled|activated))\b",
-            r"\bno\s+longer\s+(?:bound|restricted|limited)\s+by\b",
-            r"\byou\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b",
-            r"\b(?:answer|respond)\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b",
-            r"\bstay\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b",
-            r"\bhypothetically,?\s+if\s+you\s+(?:had|were)\s+no\s+(?:restrictions|rules|filters|guidelines)\b",
-        )
-    )
+_QUALS = (
+    r"(?:hidden\s+|secret\s+|original\s+|initial\s+|full\s+|exact\s+|entire\s+|internal\s+|confidential\s+"
+    r"|complete\s+|verbatim\s+)"
+)
+_SYSTEM_OBJ = r"(?:system\s+(?:prompt|message|instructions?)|developer\s+(?:message|prompt|instructions?)|initial\s+prompt)"
+_REVEAL = (
+    r"\s+(?:me\s+|us\s+)?(?:all\s+)?(?:of\s+)?"
+    rf"(?:your\s+{_QUALS}*(?:{_SYSTEM_OBJ}|instructions|prompt)|the\s+{_QUALS}*{_SYSTEM_OBJ}"
+    rf"|the\s+{_QUALS}+(?:instructions|prompt))\b"
+)
+_OVERRIDE = (
+    r"\s+(?:all\s+|any\s+|your\s+|the\s+|of\s+)*(?:previous\s+|prior\s+|system\s+|built-in\s+)?(?:instructions"
+    r"|rules|restrictions|guidelines|safety(?:\s+(?:filters?|measures|rules|guidelines|protocols))?|filters?"
+    r"|guardrails|content\s+(?:policy|filters?)|polic(?:y|ies))\b"
+)
+_UNBOUND = r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|unaligned|unethical)"
+_LIMITS = r"(?:restrictions|filters|limits|limitations|rules|guidelines|ethics|morals|censorship|safety)"
+
+
+@dataclass(frozen=True, slots=True)
+class PhraseRule:
+    category: str
+    lead: str  # a word the text must hold (the pattern's literal start, or its gate when `pattern` has none)
+    also: frozenset[str]  # and one of these words, when given
+    pattern: re.Pattern[str]
+
+
+def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseRule]:
+    """One rule per lead phrase ("tell me" leads with "tell"), each compiled as `lead phrase` + `tail`."""
+    out = []
+    for phrase in leads.split("|"):
+        first, *rest = phrase.split(" ")
+        head = re.escape(first) + "".join(r"\s+" + re.escape(w) for w in rest)
+        gate = re.split(r"[^a-z0-9]", first)[0]  # the text's words are split at apostrophes and hyphens
+        out.append(PhraseRule(category, gate, frozenset(also.split()), re.compile(head + tail)))
+    return out
+
+
+def _marker(category: str, gate: str, pattern: str) -> PhraseRule:
+    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds."""
+    return PhraseRule(category, gate, frozenset(), re.compile(pattern))
+
+
+PHRASE_RULES: tuple[PhraseRule, ...] = (
+    *_rules(
+        "injection",
+        "ignore|ignoring|disregard|forget|skip|neglect|overlook|drop|abandon|set aside",
+        rf"\s+(?:all\s+|any\s+|of\s+)?(?:{_PREV}\s+)*{_NOUNS}\b",
+    ),
+    *_rules(
+        "injection",
+        "forget",
+        r"\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|above|before|so\s+far)",
+    ),
+    *_rules(
+        "injection",
+        "reveal|show|print|output|repeat|display|leak|dump|expose|disclose|tell me|give me|write out|recite|share"
+        "|paste|spell out",
+        _REVEAL,
+        also="prompt prompts instruction instructions message",
+    ),
+    *_rules(
+        "injection",
+        "what",
+        r"\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions"
+        r"|original\s+instructions)\b",
+    ),
+    *_rules("injection", "new", r"\s+(?:system\s+)?instructions\s*:"),
+    *_rules("injection", "end|ignore", r"\s+of\s+(?:the\s+)?system\s+prompt\b"),
+    *_rules(
+        "injection",
+        "do not|don't|dont",
+        r"\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?(?:instructions|rules|guidelines)\b",
+    ),
+    *_rules("injection", "prompt", r"\s+injection\s+(?:test|attack|payload)\s*:"),
+    *_rules(
+        "injection",
+        "repeat|print|output|copy|recite|reproduce",
+        r"\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?(?:text|words|content|everything|messages?|lines)\s+above\b",
+    ),
+    *_rules("injection", "override|bypass|circumvent|disable|turn off|deactivate", _OVERRIDE),
+    *_rules("injection", "you", r"\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b"),
+    _marker("injection", "system", r"<\|\s*im_start\s*\|>\s*system\b|<\|?\s*system\s*\|?>"),
+    _marker("injection", "system", r"\[\s*/?\s*system\s*\]\s*(?:you|ignore|new|override)"),
+    _marker("injection", "inst", r"\[\s*/?\s*inst\s*\]\s*(?:you|ignore|new|override)"),
+    _marker("injection", "system", r"##+\s*system\s*(?:override|prompt|message)?\s*:"),
+    *_rules("jailbreak", "do", r"\s+anything\s+now\b"),
+    *_rules("jailbreak", "dan", r"\s+mode\b"),
+    *_rules("jailbreak", "you are|you're", rf"\s+(?:now\s+)?(?:dan|stan|dude|an?\s+{_UNBOUND})\b"),
+    *_rules(
+        "jailbreak",
+        "you are",
+        r"\s+now\s+(?:free|unrestricted|unfiltered|uncensored|jailbroken|liberated|in\s+developer\s+mode)\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "act|behave|respond|pretend|roleplay|role-play|role play",
+        rf"\s+(?:as|like)\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?{_UNBOUND}\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "act|pretend|roleplay|role-play",
+        rf"\s+(?:as|like|that)\s+.{{0,40}}?\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?{_LIMITS}\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "without|with no|free of",
+        r"\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+(?:guidelines|restrictions|constraints|filters|limits"
+        r"|boundaries)\b",
+    ),
+    _marker("jailbreak", "jailbroken", r"jailbroken\b"),
+    _marker("jailbreak", "jailbreak", r"jailbreak\s+(?:mode|prompt|enabled|activated)\b"),
+    *_rules("jailbreak", "no longer", r"\s+(?:bound|restricted|limited)\s+by\b"),
+    *_rules("jailbreak", "you", r"\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b"),
+    *_rules(
+        "jailbreak",
+        "hypothetically",
+        r",?\s+if\s+you\s+(?:had|were)\s+no\s+(?:restrictions|rules|filters|guidelines)\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "developer|god|jailbreak|unrestricted|debug",
+        r"\s+mode\s+(?:enabled|activated|on|unlocked)\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "enable|activate|enter|switch to|unlock",
+        r"\s+(?:the\s+)?(?:god|jailbreak|unrestricted|evil)\s+mode\b",
+    ),
+    *_rules(
+        "jailbreak",
+        "override|bypass|ignore",
+        r"\s+(?:your\s+|the\s+|all\s+)?(?:safety|content|usage|openai|anthropic)\s+(?:policy|policies|guidelines"
+        r"|filters|restrictions)\b",
+    ),
+    *_rules(
+        "jailbreak", "answer|respond", r"\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b"
+    ),
+    *_rules("jailbreak", "stay", r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"),
 )
 
 # zero-width and bidi controls an attacker threads through a phrase
@@ -369,44 +646,65 @@ _HOMOGLYPHS = str.maketrans(
         "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ı": "i", "ł": "l", "ø": "o", "ß": "ss",
     }
 )  # fmt: skip
-# leetspeak digits and symbols folded to letters (injection phrases only)
-_LEET = str.maketrans(
-    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
-)
+# ASCII lowercase with leetspeak digits and symbols folded to letters, as one byte table (bytes.translate)
+_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
+_ASCII_FOLD = bytes(ord(_LEET.get(chr(b), chr(b).lower())) if b < 128 else b for b in range(256))
 # a word spelt out letter by letter: "i g n o r e", "i.g.n.o.r.e", "i-g-n-o-r-e"
 _SPACED = re.compile(r"(?<![a-z])(?:[a-z][ .\-_*]){3,}[a-z](?![a-z])")
-_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+
+
+# word characters kept, everything else a space: the words of a folded text, for the rules' trigger sets
+_TO_WORDS = bytes(b if (chr(b).isalnum() and b < 128) or b >= 128 else 32 for b in range(256))
+_SINGLE_LETTERS = frozenset("bcdefghjklmnopqrstuvwxyz")
+
+
+def _fold_ascii(text: str) -> str:
+    return text.encode("ascii").translate(_ASCII_FOLD).decode("ascii")
+
+
+def _words(folded: str) -> frozenset[str]:
+    return frozenset(
+        folded.encode("utf-8", "surrogatepass").translate(_TO_WORDS).decode("utf-8", "replace").split()
+    )
 
 
 def normalize(text: str) -> tuple[str, list[int] | None]:
     """Text folded for phrase matching (NFKC, invisible controls removed, casefold, homoglyphs, leetspeak,
-    spelt-out words joined), and the index of each of its characters in `text` (None: the same index)."""
+    spelt-out words joined), and the index in `text` of each of its characters (None: the same index)."""
+    folded, index, _ = _prepare(text)
+    return folded, index
+
+
+def _prepare(text: str) -> tuple[str, list[int] | None, frozenset[str]]:
     if text.isascii():
-        folded = text.lower().translate(_LEET)
-        if _SPACED.search(folded) is None:
-            return folded, None
-        chars, index = list(folded), list(range(len(text)))
-    else:
-        chars, index = [], []
-        for i, ch in enumerate(text):
-            if ord(ch) in _INVISIBLE:
+        folded = _fold_ascii(text)
+        words = _words(folded)
+        if len(words & _SINGLE_LETTERS) < 3 or _SPACED.search(folded) is None:
+            return folded, None, words
+        folded, index = _join_spelt_out(folded, list(range(len(text))))
+        return folded, index, _words(folded)
+    chars: list[str] = []
+    index = []
+    for i, ch in enumerate(text):
+        if ord(ch) < 128:
+            chars.append(ch)
+            index.append(i)
+            continue
+        if ord(ch) in _INVISIBLE:
+            continue
+        for out in unicodedata.normalize("NFKC", ch).casefold().translate(_HOMOGLYPHS):
+            if ord(out) in _INVISIBLE or unicodedata.combining(out):
                 continue
-            if ord(ch) < 128:
-                chars.append(ch.lower())
-                index.append(i)
-                continue
-            for out in unicodedata.normalize("NFKC", ch).casefold().translate(_HOMOGLYPHS):
-                if ord(out) in _INVISIBLE or unicodedata.combining(out):
-                    continue
-                chars.append(out)
-                index.append(i)
-        folded = "".join(chars).translate(_LEET)
-        chars = list(folded)
-    return _join_spelt_out(chars, index)
-
-
-def _join_spelt_out(chars: list[str], index: list[int]) -> tuple[str, list[int]]:
+            chars.append(out)
+            index.append(i)
     folded = "".join(chars)
+    folded = _fold_ascii(folded) if folded.isascii() else "".join(_LEET.get(c, c) for c in folded.lower())
+    folded, index = _join_spelt_out(folded, index)
+    return folded, index, _words(folded)
+
+
+def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
     keep_chars: list[str] = []
     keep_index: list[int] = []
     pos = 0
@@ -422,30 +720,44 @@ def _join_spelt_out(chars: list[str], index: list[int]) -> tuple[str, list[int]]
     return "".join(keep_chars), keep_index
 
 
-PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (("injection", INJECTION), ("jailbreak", JAILBREAK))
+def _phrase_hits(
+    folded: str, words: frozenset[str], active: Collection[str]
+) -> Iterator[tuple[str, int, int]]:
+    for rule in PHRASE_RULES:
+        if rule.category not in active or rule.lead not in words:
+            continue
+        if rule.also and rule.also.isdisjoint(words):
+            continue
+        for m in rule.pattern.finditer(folded):
+            start = m.start()
+            if start == 0 or not folded[start - 1].isalnum():
+                yield rule.category, start, m.end()
 
 
-def _phrases(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
-    active = [(name, pattern) for name, pattern in PHRASES if wanted(name, name)]
+def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) -> Iterator[Finding]:
+    active = {name for name in ("injection", "jailbreak") if wanted(name, name)}
     if not active:
         return
-    folded, index = normalize(text)
-    for name, pattern in active:
-        for m in pattern.finditer(folded):
-            if index is None:
-                yield Finding(m.start(), m.end(), name, name)
-            else:
-                yield Finding(index[m.start()], index[m.end() - 1] + 1, name, name)
+    folded, index, words = _prepare(text)
+    for category, start, end in _phrase_hits(folded, words, active):
+        if index is None:
+            yield Finding(start, end, category, category)
+        else:
+            yield Finding(index[start], index[end - 1] + 1, category, category)
+    # base64 that matters is 20+ characters: a text without such a run has none
+    if not long_words and not _longest_run_at_least(text, 20):
+        return
     # base64-wrapped instructions: decoded, then matched as text; the finding is the encoded span
     for m in _BASE64.finditer(text):
+        if m.end() - m.start() < 20 or not _left_free(text, m.start(), _TOKEN_CHARS):
+            continue
         decoded = _decode_base64(m.group())
         if decoded is None:
             continue
-        inner, _ = normalize(decoded)
-        for name, pattern in active:
-            if pattern.search(inner):
-                yield Finding(m.start(), m.end(), name, name)
-                break
+        inner, _, inner_words = _prepare(decoded)
+        for category, _start, _end in _phrase_hits(inner, inner_words, active):
+            yield Finding(m.start(), m.end(), category, category)
+            break
 
 
 def _decode_base64(chunk: str) -> str | None:
@@ -478,16 +790,53 @@ def _selector(categories: Collection[str] | None) -> Callable[[str, str], bool]:
     return lambda category, module: category in chosen or module in chosen
 
 
+_NOT_DIGIT = bytes(b for b in range(256) if not 48 <= b <= 57)
+
+
+def _digit_count(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_DIGIT))
+
+
+def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    regions = cache.get(d.region)
+    if regions is None:
+        if "digits" not in cache:
+            cache["digits"] = [(_digit_count(text), 0)]
+        digits = cache["digits"][0][0]
+        if d.region == "numeric":
+            regions = _numeric_regions(text, digits)
+        elif d.region == "near_numeric":
+            # IBANs and NI numbers: around number-shaped regions (letters up to 12 before, 20 after)
+            regions = _merge(
+                [(max(0, a - 12), min(len(text), b + 20)) for a, b in _numeric_regions(text, digits)]
+            )
+        elif d.region == "ipv6":
+            regions = _ipv6_windows(text)
+        elif d.region.startswith("digits"):
+            regions = [(0, len(text))] if digits >= int(d.region[6:]) else []
+        elif d.region == "email":
+            regions = _email_windows(text)
+        elif d.region == "long":
+            regions = [(0, len(text))] if _has_long_word(text) else []
+        else:
+            regions = [(0, len(text))]
+        cache[d.region] = regions
+    return regions
+
+
 def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
+    cache: dict[str, list[tuple[int, int]]] = {}
     for d in DETECTORS:
-        if not wanted(d.category, d.module):
+        if not wanted(d.category, d.module) or (d.pre and d.pre not in text):
             continue
         if d.gate and not any(g in text for g in d.gate):
             continue
-        for m in d.pattern.finditer(text):
-            if d.validator is None or d.validator(m.group()):
-                yield Finding(m.start(), m.end(), d.category, d.module)
-    yield from _phrases(text, wanted)
+        validator = d.validator
+        for start, end in _regions(d, text, cache):
+            for m in d.pattern.finditer(text, start, end):
+                if validator is None or validator(text, m.start(), m.end()):
+                    yield Finding(m.start(), m.end(), d.category, d.module)
+    yield from _phrases(text, wanted, bool(cache.get("long")))
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:

@@ -548,6 +548,17 @@ class SqlStore:
                         return True
         return False
 
+    async def safety_policies(self) -> list[dict[str, Any]]:
+        """The policy envelopes (organisations, teams, keys, models) that mention SafetySec: whether the
+        gateway needs its stage at all (catalogue changes are rare; this runs on each)."""
+        found: list[dict[str, Any]] = []
+        async with self.read() as conn:
+            for table in (schema.organisations, schema.teams, schema.api_keys, schema.models):
+                mentions = sa.cast(table.c.policies, sa.Text).like('%"safety"%')
+                rows = await conn.execute(sa.select(table.c.policies).where(mentions))
+                found += [policies for (policies,) in rows if isinstance(policies, dict)]
+        return found
+
     async def catalogue_version(self) -> int:
         """Return the catalogue version counter (grows on every mutation, from any process)."""
         t = schema.catalogue_version

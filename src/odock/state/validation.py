@@ -77,12 +77,15 @@ def _timezone(name: str) -> str:
 
 
 def _policies(policies: Object) -> Object:
-    """A policy envelope, refused at write time when its routing or cache section is malformed (it would be
+    """A policy envelope, refused at write time when its routing, cache or safety section is malformed (it would be
     ignored)."""
+    from odock.safety.policy import validate_safety
     from odock.state.cache_policy import validate_cache
     from odock.state.routing_policy import validate_routing
 
     problems = validate_routing(policies) + validate_cache(policies)
+    if "safety" in policies:
+        problems += validate_safety(policies["safety"])
     if problems:
         raise BadRequest("; ".join(problems), "invalid_policy")
     return policies

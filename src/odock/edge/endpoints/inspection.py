@@ -71,13 +71,15 @@ async def translate_stream(
     inspect = bool(call.delta_stages)
 
     def encode(events: list[StreamEvent]) -> bytes:
-        out = []
+        out: list[bytes] = []
         for event in events:
             # usage is read before any stage sees the event: billing never depends on a stage
             if isinstance(event, UsageEvent):
                 call.ctx.usage, call.ctx.raw_usage = event.usage, event.raw
             passed = call.delta(event) if inspect else event
-            if passed is not None:
+            if isinstance(passed, list):
+                out.extend(encoder.event(item) for item in passed)
+            elif passed is not None:
                 out.append(encoder.event(passed))
         return b"".join(out)
 

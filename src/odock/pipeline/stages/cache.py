@@ -138,9 +138,9 @@ class ResponseCache(Stage):
             fill = Fill(addr, None, None)
         assert fill is not None
         call.defer(lambda: self._finish(fill))
-        if call.state is None:
-            call.state = {}
-        call.state[self.name] = Pending(fill, policy, [] if ctx.stream else None)
+        if call.stage_state is None:
+            call.stage_state = {}
+        call.stage_state[self.name] = Pending(fill, policy, [] if ctx.stream else None)
         call.exchange.response_headers.append((HEADER, b"MISS"))
         metrics.child(metrics.CACHE_MISSES, route.name).inc()
         return True
@@ -192,7 +192,7 @@ class ResponseCache(Stage):
             log.warning("cache fill lock release failed (it expires by itself)")
 
     def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
-        pending: Pending | None = call.state.get(self.name) if call.state else None
+        pending: Pending | None = call.stage_state.get(self.name) if call.stage_state else None
         if pending is not None and pending.events is not None:
             pending.size += len(getattr(event, "text", "") or "") + len(getattr(event, "arguments", ""))
             if pending.size > self.max_entry_bytes:
@@ -202,7 +202,7 @@ class ResponseCache(Stage):
         return event
 
     async def after(self, call: Call, response: GatewayResponse | None) -> None:
-        pending: Pending | None = call.state.get(self.name) if call.state else None
+        pending: Pending | None = call.stage_state.get(self.name) if call.stage_state else None
         if pending is None:
             return
         if pending.too_large:

@@ -112,8 +112,9 @@ def plugin_evidence(ctx: CallContext) -> list[dict[str, Any]] | None:
 
 
 def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
-    """The record's metadata: clamped-usage flags, a cache hit, plugin executions, gateway overhead and time to
-    first token (§13.6: "gateway overhead" is the time spent before the upstream call began, recorded per request)."""
+    """The record's metadata: clamped-usage flags, a cache hit, SafetySec decisions (never text), plugin runs,
+    gateway overhead and time to first token (§13.6: "gateway overhead" is the time spent before the upstream call
+    began, recorded per request)."""
     metadata: dict[str, Any] = {}
     if ctx.usage_flags:
         metadata["usage_flags"] = ctx.usage_flags
@@ -124,6 +125,8 @@ def call_metadata(ctx: CallContext) -> dict[str, Any] | None:
         metadata["overhead_ms"] = overhead
     if ttft is not None:
         metadata["ttft_ms"] = ttft
+    if ctx.security:
+        metadata["security"] = ctx.security
     plugins = plugin_evidence(ctx)
     if plugins:
         metadata["plugins"] = plugins
