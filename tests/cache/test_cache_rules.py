@@ -160,3 +160,35 @@ async def test_model_scope_hit_cost_and_the_entry_bound(tmp_path: Path) -> None:
             async for _chunk in stream:
                 pass
         assert upstream_calls(gw.mock) == 5
+
+
+async def test_safetysec_runs_first_a_block_is_never_cached_and_the_key_is_the_redacted_body(
+    tmp_path: Path,
+) -> None:
+    """SafetySec's request phase sits before the cache: a blocked call never reaches the cache or the upstream,
+    however often it is sent, and two prompts that differ only in what SafetySec redacts share one entry."""
+    safety = {"enabled": True, "request": {"secrets": "block", "pii": "redact"}}
+    async with in_process_gateway(tmp_path) as gw:
+        await enable(gw, {"cache": {"mode": "exact"}, "safety": safety})
+        names = gw.gateway.pipelines["llm"].names()
+        assert names.index("safety") < names.index("cache") < names.index("final_gate")
+        client = openai_client(gw)
+        secret = [{"role": "user", "content": "my key is AKIAIOSFODNN7EXAMPLE, keep it"}]
+        for _ in range(2):
+            with pytest.raises(openai.PermissionDeniedError) as blocked:
+                await client.chat.completions.with_raw_response.create(model="gpt-test", messages=secret)
+            assert blocked.value.code == "safety_blocked"
+            assert "x-odock-cache" not in blocked.value.response.headers
+        assert upstream_calls(gw.mock) == 0
+
+        def mail(address: str) -> list[Any]:
+            return [{"role": "user", "content": f"write to {address} about caches"}]
+
+        first = await client.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=mail("ada@example.com")
+        )
+        second = await client.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=mail("alan@example.org")
+        )
+        assert (first.headers["x-odock-cache"], second.headers["x-odock-cache"]) == ("MISS", "HIT")
+        assert upstream_calls(gw.mock) == 1
