@@ -242,6 +242,41 @@ usage_records = Table(
     Index("ix_usage_records_api_key_id_created_at", "api_key_id", "created_at"),
 )
 
+
+def _rollup_sums(*, histogram: bool) -> list[Column[Any]]:
+    from odock.state.rollups import LATENCY_COLUMNS, SUMS
+
+    names = SUMS + LATENCY_COLUMNS if histogram else SUMS
+    return [Column(name, BigInteger, nullable=False, default=0) for name in names]
+
+
+# rollups of usage_records kept by the usage writer (odock.state.rollups); the console's charts read only these
+usage_rollup_hourly = Table(
+    "usage_rollup_hourly",
+    metadata,
+    Column("bucket", String(13), primary_key=True),  # YYYY-MM-DDTHH (UTC)
+    Column("organisation_id", ID, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    *_rollup_sums(histogram=True),
+)
+
+usage_rollup_daily = Table(
+    "usage_rollup_daily",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC)
+    Column("organisation_id", ID, primary_key=True),
+    Column("team_id", ID, primary_key=True),
+    Column("api_key_id", ID, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    *_rollup_sums(histogram=False),
+    # the explorer groups by one dimension in its order and stops after a page: an index per dimension
+    Index("ix_usage_rollup_daily_organisation_id_day", "organisation_id", "day"),
+    Index("ix_usage_rollup_daily_team_id_day", "team_id", "day"),
+    Index("ix_usage_rollup_daily_api_key_id_day", "api_key_id", "day"),
+    Index("ix_usage_rollup_daily_model_day", "model", "day"),
+)
+
 CATALOGUE_TABLES = (
     "organisations",
     "teams",

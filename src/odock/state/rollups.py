@@ -1,0 +1,112 @@
+"""Hourly and daily usage rollups, kept by the usage writer in the same transaction as the ledger rows.
+
+Charts read these, never the raw ledger. Hourly rows (hour, organisation, model, provider) carry a latency
+histogram for p50/p95; daily rows (day, organisation, team, key, model) feed the usage explorer and budget
+burn-down. Absent dimensions are '' (a NULL would not collide in the upsert's unique key). Buckets are UTC text
+(`YYYY-MM-DDTHH`, `YYYY-MM-DD`): they sort, compare and look the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from datetime import UTC
+from typing import Any
+
+from odock.state.records import UsageRecord
+
+# upper bounds (ms) of the latency histogram's buckets; the last bucket is everything above the last bound
+LATENCY_BOUNDS_MS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 60000)
+LATENCY_COLUMNS = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+SUMS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms_sum",
+)
+HOURLY_KEYS = ("bucket", "organisation_id", "model", "provider")
+DAILY_KEYS = ("day", "organisation_id", "team_id", "api_key_id", "model")
+HOURLY_COLUMNS = HOURLY_KEYS + SUMS + LATENCY_COLUMNS
+DAILY_COLUMNS = DAILY_KEYS + SUMS
+
+
+def latency_bucket(latency_ms: int) -> int:
+    """The index of the histogram bucket holding `latency_ms`."""
+    return bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
+
+
+def _sums(record: UsageRecord) -> list[int]:
+    return [
+        1,
+        0 if record.outcome == "success" else 1,
+        record.input_tokens,
+        record.output_tokens,
+        record.cached_input_tokens,
+        record.reasoning_tokens,
+        record.cost_nanos or 0,
+        record.latency_ms,
+    ]
+
+
+def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The hourly and daily rollup increments of `records`, each sorted by its key (a fixed lock order)."""
+    hourly: dict[tuple[str, ...], list[int]] = {}
+    daily: dict[tuple[str, ...], list[int]] = {}
+    width = len(SUMS)
+    for record in records:
+        created = record.created_at.astimezone(UTC)
+        day = created.strftime("%Y-%m-%d")
+        model = record.model or ""
+        sums = _sums(record)
+        hour_key = (f"{day}T{created.hour:02d}", record.organisation_id, model, record.provider or "")
+        row = hourly.get(hour_key)
+        if row is None:
+            row = hourly[hour_key] = [0] * (width + len(LATENCY_COLUMNS))
+        for i, value in enumerate(sums):
+            row[i] += value
+        row[width + latency_bucket(record.latency_ms)] += 1
+        day_key = (day, record.organisation_id, record.team_id or "", record.api_key_id, model)
+        drow = daily.get(day_key)
+        if drow is None:
+            drow = daily[day_key] = [0] * width
+        for i, value in enumerate(sums):
+            drow[i] += value
+    return (
+        [key + tuple(values) for key, values in sorted(hourly.items())],
+        [key + tuple(values) for key, values in sorted(daily.items())],
+    )
+
+
+def _upsert(table: str, keys: Sequence[str], columns: Sequence[str], placeholder: str) -> str:
+    values = ", ".join(placeholder.format(n=n) for n in range(1, len(columns) + 1))
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+HOURLY_UPSERT_SQLITE = _upsert("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COLUMNS, "?")
+DAILY_UPSERT_SQLITE = _upsert("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS, "?")
+HOURLY_UPSERT_PG = _upsert("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COLUMNS, "${n}")
+DAILY_UPSERT_PG = _upsert("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS, "${n}")
+
+
+def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:
+    """Estimate a latency percentile from histogram counts (linear within the bucket), None when empty."""
+    total = sum(histogram)
+    if total == 0:
+        return None
+    rank = fraction * total
+    seen = 0
+    for index, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            low = LATENCY_BOUNDS_MS[index - 1] if index > 0 else 0
+            high = LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else low * 2
+            return round(low + (high - low) * (rank - seen) / count, 1)
+        seen += count
+    return float(LATENCY_BOUNDS_MS[-1])
