@@ -39,14 +39,20 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
 
 
 def admin_app_for(gw: Gateway) -> ASGIApp:
-    """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
+    """The admin API (Starlette) and its web console over the gateway's own store, so their changes reach this
+    process at once."""
     from odock.admin.app import create_admin_app
     from odock.admin.governance import admin_for, admin_routes
 
     # budget and quota changes reload this process's definitions at once (others poll)
     on_change = gw.governance.refresh_definitions if gw.governance is not None else None
     governance = admin_for(gw.store, on_change=on_change)
-    return create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, admin_routes(governance))
+    admin = create_admin_app(CatalogueService(gw.store), gw.settings.admin_token, admin_routes(governance))
+    if not gw.settings.admin_token:
+        return admin  # the console is on with the admin API only (/console answers 404 admin_disabled)
+    from odock.console.app import ConsoleApp, with_console
+
+    return with_console(admin, ConsoleApp(gw.store, governance, admin, gw.settings.admin_token))
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

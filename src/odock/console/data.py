@@ -1,0 +1,385 @@
+"""The console's reads: charts from the usage rollups, lists by keyset pages. A handful of queries per page.
+
+Nothing here scans the raw ledger except the request log, which walks one of its (…, created_at) indexes
+backwards a page at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from odock.errors import BadRequest
+from odock.state import schema
+from odock.state.rollups import LATENCY_COLUMNS, SUMS, percentile_ms
+from odock.state.sql import SqlStore
+
+PAGE = 50
+MAX_PAGE = 500
+MAX_HOURS = 24 * 31
+MAX_DAYS = 400
+EXPLORER_GROUPS = {
+    "organisation": "organisation_id",
+    "team": "team_id",
+    "key": "api_key_id",
+    "model": "model",
+    "day": "day",
+}
+# the ledger's columns the request log shows (the detail adds pricing, usage, routing and metadata)
+LOG_COLUMNS = (
+    "id",
+    "request_id",
+    "created_at",
+    "organisation_id",
+    "team_id",
+    "api_key_id",
+    "route",
+    "status",
+    "outcome",
+    "model",
+    "provider",
+    "stream",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "latency_ms",
+    "error_code",
+    "cost_nanos",
+)
+DETAIL_COLUMNS = (
+    *LOG_COLUMNS,
+    "user_id",
+    "model_slug",
+    "cache_write_tokens",
+    "usage_estimated",
+    "provider_request_id",
+    "pricing",
+    "raw_usage",
+    "routing",
+    "metadata",
+)
+
+
+def _int_param(value: str | None, name: str, default: int, high: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not 1 <= number <= high:
+        raise BadRequest(f"{name} must be between 1 and {high}")
+    return number
+
+
+def _day_param(value: str | None, name: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError:
+        raise BadRequest(f"{name} must be a day YYYY-MM-DD") from None
+
+
+def _sum_columns(table: sa.Table, names: Sequence[str]) -> list[Any]:
+    return [sa.func.sum(table.c[name]).label(name) for name in names]
+
+
+def _totals(row: Any) -> dict[str, int]:
+    return {name: int(row[name] or 0) for name in SUMS}
+
+
+async def overview(store: SqlStore, hours: str | None, organisation: str | None) -> dict[str, Any]:
+    """Per-hour requests, errors, tokens, cost and p50/p95 latency over the last `hours`, plus per-model totals."""
+    span = _int_param(hours, "hours", 24, MAX_HOURS)
+    now = datetime.now(UTC)
+    since = (now - timedelta(hours=span - 1)).strftime("%Y-%m-%dT%H")
+    h = schema.usage_rollup_hourly
+    where = [h.c.bucket >= since]
+    if organisation:
+        where.append(h.c.organisation_id == organisation)
+    series = (
+        sa.select(h.c.bucket, *_sum_columns(h, SUMS + LATENCY_COLUMNS))
+        .where(*where)
+        .group_by(h.c.bucket)
+        .order_by(h.c.bucket)
+    )
+    by_model = (
+        sa.select(h.c.model, *_sum_columns(h, SUMS)).where(*where).group_by(h.c.model).order_by(h.c.model)
+    )
+    async with store.read() as conn:
+        rows = (await conn.execute(series)).mappings().all()
+        models = (await conn.execute(by_model)).mappings().all()
+    points = []
+    totals = dict.fromkeys(SUMS, 0)
+    histogram = [0] * len(LATENCY_COLUMNS)
+    for row in rows:
+        sums = _totals(row)
+        hist = [int(row[c] or 0) for c in LATENCY_COLUMNS]
+        for name, value in sums.items():
+            totals[name] += value
+        histogram = [a + b for a, b in zip(histogram, hist, strict=True)]
+        points.append(
+            {
+                "t": row["bucket"],
+                **sums,
+                "p50_ms": percentile_ms(hist, 0.5),
+                "p95_ms": percentile_ms(hist, 0.95),
+            }
+        )
+    return {
+        "hours": span,
+        "since": since,
+        "series": points,
+        "totals": {
+            **totals,
+            "p50_ms": percentile_ms(histogram, 0.5),
+            "p95_ms": percentile_ms(histogram, 0.95),
+        },
+        "models": [{"model": row["model"], **_totals(row)} for row in models],
+        # the gateway does not record time to first token yet: the console says so instead of plotting zeros
+        "ttft": None,
+    }
+
+
+def _explorer_filters(params: Any) -> tuple[str, str, list[Any]]:
+    d = schema.usage_rollup_daily
+    today = datetime.now(UTC).date()
+    until = _day_param(params.get("until"), "until") or today.isoformat()
+    since = _day_param(params.get("since"), "since") or (today - timedelta(days=29)).isoformat()
+    if since > until:
+        raise BadRequest("since must not be after until")
+    where: list[Any] = [d.c.day >= since, d.c.day <= until]
+    for param, column in (("organisation", "organisation_id"), ("team", "team_id"), ("key", "api_key_id")):
+        if params.get(param):
+            where.append(d.c[column] == params[param])
+    if params.get("model"):
+        where.append(d.c.model == params["model"])
+    return since, until, where
+
+
+def _group(params: Any) -> str:
+    group = params.get("group_by") or "model"
+    if group not in EXPLORER_GROUPS:
+        raise BadRequest(f"group_by must be one of {', '.join(EXPLORER_GROUPS)} (got {group!r})")
+    return group
+
+
+def _explorer_page_query(group: str, where: list[Any], after: str | None, limit: int) -> sa.Select[Any]:
+    d = schema.usage_rollup_daily
+    column = d.c[EXPLORER_GROUPS[group]]
+    query = sa.select(column.label("group"), *_sum_columns(d, SUMS)).where(*where)
+    if after is not None:
+        query = query.where(column > after)
+    # grouped in the order of the (dimension, day) index: the database stops after one page of groups
+    return query.group_by(column).order_by(column).limit(limit)
+
+
+async def explorer(store: SqlStore, params: Any) -> dict[str, Any]:
+    """One keyset page of totals grouped by organisation, team, key, model or day, plus the daily series."""
+    group = _group(params)
+    since, until, where = _explorer_filters(params)
+    limit = _int_param(params.get("limit"), "limit", PAGE, MAX_PAGE)
+    after = params.get("after") or None
+    d = schema.usage_rollup_daily
+    daily = sa.select(d.c.day, *_sum_columns(d, SUMS)).where(*where).group_by(d.c.day).order_by(d.c.day)
+    async with store.read() as conn:
+        rows = (await conn.execute(_explorer_page_query(group, where, after, limit + 1))).mappings().all()
+        days = (await conn.execute(daily)).mappings().all()
+        names = await _names(conn, group, [row["group"] for row in rows[:limit]])
+    page = [{"group": row["group"], "name": names.get(row["group"]), **_totals(row)} for row in rows[:limit]]
+    return {
+        "group_by": group,
+        "since": since,
+        "until": until,
+        "data": page,
+        "next": page[-1]["group"] if len(rows) > limit else None,
+        "series": [{"t": row["day"], **_totals(row)} for row in days],
+    }
+
+
+async def _names(conn: Any, group: str, ids: list[str]) -> dict[str, str]:
+    table = {"organisation": schema.organisations, "team": schema.teams, "key": schema.api_keys}.get(group)
+    if table is None or not ids:
+        return {}
+    rows = await conn.execute(sa.select(table.c.id, table.c.name).where(table.c.id.in_(ids)))
+    return {row.id: row.name for row in rows}
+
+
+async def explorer_csv(store: SqlStore, params: Any) -> AsyncIterator[str]:
+    """The explorer's whole grouping as CSV, read in keyset pages (never one huge result in memory)."""
+    group = _group(params)
+    _since, _until, where = _explorer_filters(params)
+    yield "group,name," + ",".join(SUMS) + "\r\n"
+    after: str | None = None
+    while True:
+        async with store.read() as conn:
+            rows = (await conn.execute(_explorer_page_query(group, where, after, 5000))).mappings().all()
+            names = await _names(conn, group, [row["group"] for row in rows])
+        for row in rows:
+            name = names.get(row["group"], "")
+            values = ",".join(str(v) for v in _totals(row).values())
+            yield f"{_csv_cell(row['group'])},{_csv_cell(name)},{values}\r\n"
+        if len(rows) < 5000:
+            return
+        after = rows[-1]["group"]
+
+
+def _csv_cell(value: str) -> str:
+    text = str(value)
+    if text[:1] in ("=", "+", "-", "@"):
+        text = "'" + text  # never a formula when opened in a spreadsheet
+    if any(c in text for c in ',"\r\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def encode_cursor(created_at: datetime, ident: str) -> str:
+    """An opaque keyset cursor for the request log."""
+    raw = f"{created_at.astimezone(UTC).isoformat()}|{ident}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor stands for (400 when it is not one of ours)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, ident = raw.split("|", 1)
+        return datetime.fromisoformat(stamp).astimezone(UTC), ident
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("invalid cursor") from None
+
+
+def _log_filters(params: Any) -> list[Any]:
+    u = schema.usage_records
+    where: list[Any] = []
+    for param, column in (
+        ("organisation", "organisation_id"),
+        ("team", "team_id"),
+        ("key", "api_key_id"),
+        ("model", "model"),
+        ("provider", "provider"),
+        ("outcome", "outcome"),
+    ):
+        if params.get(param):
+            where.append(u.c[column] == params[param])
+    return where
+
+
+def _log_row(row: Any, columns: Sequence[str]) -> dict[str, Any]:
+    return {name: row[name] for name in columns}
+
+
+async def records(store: SqlStore, params: Any) -> dict[str, Any]:
+    """A page of usage records, newest first (`before`: the next page), or the ones after `after` (live tail)."""
+    u = schema.usage_records
+    limit = _int_param(params.get("limit"), "limit", PAGE, MAX_PAGE)
+    where = _log_filters(params)
+    columns = [u.c[name] for name in LOG_COLUMNS]
+    if params.get("after"):
+        stamp, ident = decode_cursor(params["after"])
+        where += [u.c.created_at >= stamp, sa.or_(u.c.created_at > stamp, u.c.id > ident)]
+        query = sa.select(*columns).where(*where).order_by(u.c.created_at, u.c.id).limit(limit)
+    else:
+        if params.get("before"):
+            stamp, ident = decode_cursor(params["before"])
+            where += [u.c.created_at <= stamp, sa.or_(u.c.created_at < stamp, u.c.id < ident)]
+        query = (
+            sa.select(*columns).where(*where).order_by(u.c.created_at.desc(), u.c.id.desc()).limit(limit + 1)
+        )
+    async with store.read() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    more = len(rows) > limit and not params.get("after")
+    rows = rows[:limit]
+    data = [_log_row(row, LOG_COLUMNS) for row in rows]
+    cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if rows else None
+    return {
+        "data": data,
+        "next": cursor if more else None,
+        # the tail's position: the newest record seen (the first of a newest-first page)
+        "tail": encode_cursor(rows[0]["created_at"], rows[0]["id"])
+        if rows and not params.get("after")
+        else cursor,
+    }
+
+
+async def record_detail(store: SqlStore, record_id: str) -> dict[str, Any] | None:
+    """One usage record: tokens, cost, pricing, routing attempts and decisions (the ledger holds no prompt text)."""
+    u = schema.usage_records
+    async with store.read() as conn:
+        row = (
+            (await conn.execute(sa.select(*[u.c[n] for n in DETAIL_COLUMNS]).where(u.c.id == record_id)))
+            .mappings()
+            .first()
+        )
+    return _log_row(row, DETAIL_COLUMNS) if row else None
+
+
+async def keys_page(store: SqlStore, params: Any) -> dict[str, Any]:
+    """A keyset page of keys ordered by (organisation, name), optionally of one organisation or name prefix."""
+    k = schema.api_keys
+    limit = _int_param(params.get("limit"), "limit", PAGE, MAX_PAGE)
+    columns = [k.c[n] for n in ("id", "name", "key_preview", "type", "organisation_id", "team_id", "user_id")]
+    columns += [k.c[n] for n in ("expires_at", "revoked", "revealed", "rotation_count", "created_at")]
+    query = sa.select(*columns)
+    if params.get("organisation"):
+        query = query.where(k.c.organisation_id == params["organisation"])
+    if params.get("q"):
+        escaped = params["q"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(k.c.name.like(escaped + "%", escape="\\"))
+    if params.get("after"):
+        org, _, name = params["after"].partition("/")
+        query = query.where(sa.tuple_(k.c.organisation_id, k.c.name) > sa.tuple_(org, name))
+    query = query.order_by(k.c.organisation_id, k.c.name).limit(limit + 1)
+    async with store.read() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    page = [dict(row) for row in rows[:limit]]
+    for row in page:
+        row["revoked"], row["revealed"] = bool(row["revoked"]), bool(row["revealed"])
+    last = page[-1] if page else None
+    return {
+        "data": page,
+        "next": f"{last['organisation_id']}/{last['name']}" if last and len(rows) > limit else None,
+    }
+
+
+_OWNER_COLUMNS = {"ORG": "organisation_id", "TEAM": "team_id", "APIKEY": "api_key_id"}
+
+
+async def budget_burn(store: SqlStore, budget: Any, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The current window's spend, day by day and cumulative, against the budget's amount (from daily rollups)."""
+    now = datetime.now(UTC)
+    current = next((w for w in windows if w["start_at"] <= now < w["end_at"]), None)
+    start = current["start_at"] if current else now - timedelta(days=29)
+    end = current["end_at"] if current else now
+    column = _OWNER_COLUMNS.get(budget.owner_type)
+    days: list[dict[str, Any]] = []
+    if column is not None:
+        d = schema.usage_rollup_daily
+        query = (
+            sa.select(d.c.day, sa.func.sum(d.c.cost_nanos).label("cost_nanos"))
+            .where(d.c[column] == budget.owner_id, d.c.day >= start.strftime("%Y-%m-%d"))
+            .where(d.c.day <= now.strftime("%Y-%m-%d"))
+            .group_by(d.c.day)
+            .order_by(d.c.day)
+        )
+        async with store.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        running = 0
+        for row in rows:
+            running += int(row["cost_nanos"] or 0)
+            days.append(
+                {"t": row["day"], "cost_nanos": int(row["cost_nanos"] or 0), "cumulative_nanos": running}
+            )
+    return {
+        "amount_nanos": budget.amount_nanos,
+        "window": {"start_at": start, "end_at": end, "used": current["used"] if current else None},
+        # a user's spend is not in the rollups (they have no user dimension): the settled windows still show it
+        "by_day": days if column is not None else None,
+    }
