@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from odock.console.auth import CONTENT_SECURITY_POLICY, Sessions
+from tests.console.conftest import wait_for_usage
 from tests.inprocess import InProcessGateway, in_process_gateway
 
 TOKEN = "admin-token-for-console-tests"
@@ -134,7 +135,7 @@ async def test_calls_show_up_in_charts_and_the_request_log_without_prompt_text(g
     prompt = "console-canary-prompt-text"
     for _ in range(3):
         await sdk.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": prompt}])
-    await gw.gateway.recorder.flush()
+    await wait_for_usage(gw.gateway.store, 3)
     async with gw.client() as client:
         await _login(client)
         overview = (await client.get("/console/api/overview")).json()
