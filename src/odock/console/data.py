@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from odock.errors import BadRequest
+from odock.governance.periods import window_at
 from odock.state import schema
 from odock.state.rollups import LATENCY_COLUMNS, SUMS, percentile_ms
 from odock.state.sql import SqlStore
@@ -356,8 +357,13 @@ async def budget_burn(store: SqlStore, budget: Any, windows: list[dict[str, Any]
     """The current window's spend, day by day and cumulative, against the budget's amount (from daily rollups)."""
     now = datetime.now(UTC)
     current = next((w for w in windows if w["start_at"] <= now < w["end_at"]), None)
-    start = current["start_at"] if current else now - timedelta(days=29)
-    end = current["end_at"] if current else now
+    if current is not None:
+        start, end = current["start_at"], current["end_at"]
+    else:
+        # no charge in this window yet: its bounds from the schedule ("" = the owner's zone, taken as UTC here:
+        # the rollups' days are UTC days anyway)
+        bounds = window_at(budget.period, now, budget.timezone or "UTC", budget.start_at, budget.end_at)
+        start, end = bounds if bounds is not None else (now - timedelta(days=29), now)
     column = _OWNER_COLUMNS.get(budget.owner_type)
     days: list[dict[str, Any]] = []
     if column is not None:

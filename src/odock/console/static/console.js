@@ -58,7 +58,8 @@ function s(tag, attrs, ...children) {
 function short(v) {
   const a = Math.abs(v);
   if (a >= 1e9) return (v / 1e9).toFixed(1) + "G"; if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
-  if (a >= 1e3) return (v / 1e3).toFixed(1) + "k"; return String(Math.round(v * 100) / 100);
+  if (a >= 1e3) return (v / 1e3).toFixed(1) + "k"; if (a === 0 || a >= 1) return String(Math.round(v * 100) / 100);
+  return String(Number(v.toPrecision(2)));
 }
 // series: [{name, values}], labels: x labels; opts.limit draws a horizontal limit line
 function chart(title, labels, series, opts = {}) {
