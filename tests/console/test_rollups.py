@@ -31,6 +31,7 @@ def _records(count: int, seed: int = 7) -> list[UsageRecord]:
                 created_at=NOW - timedelta(hours=rng.randrange(0, 60), minutes=rng.randrange(0, 59)),
                 organisation_id=rng.choice(["org-a", "org-b"]),
                 team_id=rng.choice([None, "team-1"]),
+                user_id=rng.choice([None, None, "user-9"]),
                 api_key_id=f"key-{rng.randrange(0, 7)}",
                 route="/v1/chat/completions",
                 status=200 if i % 5 else 502,
@@ -59,17 +60,19 @@ def _expected(
         hist = [0] * len(LATENCY_COLUMNS)
         hist[latency_bucket(r.latency_ms)] = 1
         hk = (r.created_at.strftime("%Y-%m-%dT%H"), r.organisation_id, r.model or "", r.provider or "")
-        dk = (
-            r.created_at.strftime("%Y-%m-%d"),
-            r.organisation_id,
-            r.team_id or "",
-            r.api_key_id,
-            r.model or "",
-        )
         hourly[hk] = [
             a + b for a, b in zip(hourly.get(hk, [0] * (len(sums) + len(hist))), sums + hist, strict=True)
         ]
-        daily[dk] = [a + b for a, b in zip(daily.get(dk, [0] * len(sums)), sums, strict=True)]
+        for dimension, value in (
+            ("organisation", r.organisation_id),
+            ("team", r.team_id),
+            ("user", r.user_id),
+            ("key", r.api_key_id),
+            ("model", r.model),
+        ):
+            if value:
+                dk = (dimension, value, r.created_at.strftime("%Y-%m-%d"), r.organisation_id)
+                daily[dk] = [a + b for a, b in zip(daily.get(dk, [0] * len(sums)), sums, strict=True)]
     return hourly, daily
 
 
@@ -88,10 +91,10 @@ async def _stored(
             )
         }
         daily = {
-            tuple(row[:5]): [int(v) for v in row[5:]]
+            tuple(row[:4]): [int(v) for v in row[4:]]
             for row in await conn.execute(
                 sa.select(
-                    *[d.c[c] for c in ("day", "organisation_id", "team_id", "api_key_id", "model")],
+                    *[d.c[c] for c in ("dimension", "value", "day", "organisation_id")],
                     *[d.c[c] for c in SUMS],
                 )
             )
@@ -152,10 +155,24 @@ async def test_overview_and_explorer_read_the_rollups(store: SqlStore) -> None:
         by_key[r.api_key_id] = by_key.get(r.api_key_id, 0) + 1
     assert seen == by_key
     assert sum(p["requests"] for p in page["series"]) == len(records)
+    for group, attribute in (("model", "model"), ("team", "team_id"), ("organisation", "organisation_id")):
+        totals = (await data.explorer(store, {"group_by": group, "since": since}))["data"]
+        expected: dict[str, int] = {}
+        for r in records:
+            if getattr(r, attribute):
+                expected[getattr(r, attribute)] = expected.get(getattr(r, attribute), 0) + (r.cost_nanos or 0)
+        assert {row["group"]: row["cost_nanos"] for row in totals} == expected
+    one_key = await data.explorer(store, {"group_by": "day", "key": "key-3", "since": since})
+    assert sum(row["requests"] for row in one_key["data"]) == sum(r.api_key_id == "key-3" for r in records)
+    in_org = await data.explorer(store, {"group_by": "key", "organisation": "org-b", "since": since})
+    assert sum(row["requests"] for row in in_org["data"]) == sum(
+        r.organisation_id == "org-b" for r in records
+    )
+    assert sum(p["requests"] for p in in_org["series"]) == sum(r.organisation_id == "org-b" for r in records)
     csv = "".join([chunk async for chunk in data.explorer_csv(store, {"group_by": "model", "since": since})])
     lines = csv.strip().splitlines()
     assert lines[0].startswith("group,name,requests,errors")
-    assert sum(int(line.split(",")[2]) for line in lines[1:]) == len(records)
+    assert sum(int(line.split(",")[2]) for line in lines[1:]) == sum(r.model is not None for r in records)
 
 
 def test_percentiles_from_the_histogram() -> None:

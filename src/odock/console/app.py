@@ -134,8 +134,7 @@ class ConsoleApp:
 
     async def usage_csv(self, request: Request) -> Response:
         params = request.query_params
-        data._group(params)  # a bad parameter is a 400 before the stream starts
-        data._explorer_filters(params)
+        data._explorer_filters(params)  # a bad parameter is a 400 before the stream starts
         name = f"odock-usage-by-{params.get('group_by') or 'model'}.csv"
         return StreamingResponse(
             data.explorer_csv(self.store, params),

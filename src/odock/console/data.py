@@ -24,13 +24,7 @@ PAGE = 50
 MAX_PAGE = 500
 MAX_HOURS = 24 * 31
 MAX_DAYS = 400
-EXPLORER_GROUPS = {
-    "organisation": "organisation_id",
-    "team": "team_id",
-    "key": "api_key_id",
-    "model": "model",
-    "day": "day",
-}
+EXPLORER_GROUPS = ("organisation", "team", "user", "key", "model", "day")
 # the ledger's columns the request log shows (the detail adds pricing, usage, routing and metadata)
 LOG_COLUMNS = (
     "id",
@@ -149,51 +143,79 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
     }
 
 
-def _explorer_filters(params: Any) -> tuple[str, str, list[Any]]:
+def _explorer_filters(params: Any) -> tuple[str, str, str | None, list[Any]]:
+    """The day range, the one dimension filter (for the daily series) and the page's conditions."""
     d = schema.usage_rollup_daily
     today = datetime.now(UTC).date()
     until = _day_param(params.get("until"), "until") or today.isoformat()
     since = _day_param(params.get("since"), "since") or (today - timedelta(days=29)).isoformat()
     if since > until:
         raise BadRequest("since must not be after until")
+    filters = [name for name in ("team", "user", "key", "model") if params.get(name)]
+    group = _group(params)
+    if filters and (group != "day" or len(filters) > 1):
+        # each daily row counts one dimension: a page filters by its organisation, or charts one value by day
+        raise BadRequest("filter by team, user, key or model with group_by=day, one at a time")
     where: list[Any] = [d.c.day >= since, d.c.day <= until]
-    for param, column in (("organisation", "organisation_id"), ("team", "team_id"), ("key", "api_key_id")):
-        if params.get(param):
-            where.append(d.c[column] == params[param])
-    if params.get("model"):
-        where.append(d.c.model == params["model"])
-    return since, until, where
+    if params.get("organisation"):
+        where.append(d.c.organisation_id == params["organisation"])
+    return since, until, (filters[0] if filters else None), where
 
 
 def _group(params: Any) -> str:
     group = params.get("group_by") or "model"
     if group not in EXPLORER_GROUPS:
         raise BadRequest(f"group_by must be one of {', '.join(EXPLORER_GROUPS)} (got {group!r})")
-    return group
+    return str(group)
 
 
 def _explorer_page_query(group: str, where: list[Any], after: str | None, limit: int) -> sa.Select[Any]:
     d = schema.usage_rollup_daily
-    column = d.c[EXPLORER_GROUPS[group]]
-    query = sa.select(column.label("group"), *_sum_columns(d, SUMS)).where(*where)
+    query = sa.select(d.c.value.label("group"), *_sum_columns(d, SUMS)).where(d.c.dimension == group, *where)
     if after is not None:
-        query = query.where(column > after)
-    # grouped in the order of the (dimension, day) index: the database stops after one page of groups
-    return query.group_by(column).order_by(column).limit(limit)
+        query = query.where(d.c.value > after)
+    # grouped in primary-key order (dimension, value, day): the database stops after one page of groups
+    return query.group_by(d.c.value).order_by(d.c.value).limit(limit)
+
+
+def _daily_series_query(params: Any, dimension: str | None, where: list[Any]) -> sa.Select[Any]:
+    d = schema.usage_rollup_daily
+    if dimension is not None:
+        scope = [d.c.dimension == dimension, d.c.value == params[dimension]]
+    elif params.get("organisation"):
+        scope = [d.c.dimension == "organisation", d.c.value == params["organisation"]]
+    else:
+        scope = [d.c.dimension == "organisation"]  # every organisation's rows: one per organisation and day
+    return (
+        sa.select(d.c.day, *_sum_columns(d, SUMS)).where(*scope, *where).group_by(d.c.day).order_by(d.c.day)
+    )
 
 
 async def explorer(store: SqlStore, params: Any) -> dict[str, Any]:
-    """One keyset page of totals grouped by organisation, team, key, model or day, plus the daily series."""
+    """One keyset page of totals grouped by organisation, team, user, key, model or day, plus the daily series."""
     group = _group(params)
-    since, until, where = _explorer_filters(params)
+    since, until, dimension, where = _explorer_filters(params)
     limit = _int_param(params.get("limit"), "limit", PAGE, MAX_PAGE)
     after = params.get("after") or None
-    d = schema.usage_rollup_daily
-    daily = sa.select(d.c.day, *_sum_columns(d, SUMS)).where(*where).group_by(d.c.day).order_by(d.c.day)
     async with store.read() as conn:
-        rows = (await conn.execute(_explorer_page_query(group, where, after, limit + 1))).mappings().all()
-        days = (await conn.execute(daily)).mappings().all()
-        names = await _names(conn, group, [row["group"] for row in rows[:limit]])
+        days = (await conn.execute(_daily_series_query(params, dimension, where))).mappings().all()
+        rows: Sequence[Any] = []
+        names: dict[str, str] = {}
+        if group != "day":
+            rows = (await conn.execute(_explorer_page_query(group, where, after, limit + 1))).mappings().all()
+            names = await _names(conn, group, [row["group"] for row in rows[:limit]])
+    series = [{"t": row["day"], **_totals(row)} for row in days]
+    if group == "day":
+        page = [{"group": point["t"], "name": None, **point} for point in series]
+        page = [{k: v for k, v in row.items() if k != "t"} for row in page]
+        return {
+            "group_by": group,
+            "since": since,
+            "until": until,
+            "data": page,
+            "next": None,
+            "series": series,
+        }
     page = [{"group": row["group"], "name": names.get(row["group"]), **_totals(row)} for row in rows[:limit]]
     return {
         "group_by": group,
@@ -201,12 +223,17 @@ async def explorer(store: SqlStore, params: Any) -> dict[str, Any]:
         "until": until,
         "data": page,
         "next": page[-1]["group"] if len(rows) > limit else None,
-        "series": [{"t": row["day"], **_totals(row)} for row in days],
+        "series": series,
     }
 
 
 async def _names(conn: Any, group: str, ids: list[str]) -> dict[str, str]:
-    table = {"organisation": schema.organisations, "team": schema.teams, "key": schema.api_keys}.get(group)
+    tables = {"organisation": schema.organisations, "team": schema.teams, "key": schema.api_keys}
+    if group == "user" and ids:
+        u = schema.users
+        rows = await conn.execute(sa.select(u.c.id, u.c.email).where(u.c.id.in_(ids)))
+        return {row.id: row.email for row in rows}
+    table = tables.get(group)
     if table is None or not ids:
         return {}
     rows = await conn.execute(sa.select(table.c.id, table.c.name).where(table.c.id.in_(ids)))
@@ -215,9 +242,13 @@ async def _names(conn: Any, group: str, ids: list[str]) -> dict[str, str]:
 
 async def explorer_csv(store: SqlStore, params: Any) -> AsyncIterator[str]:
     """The explorer's whole grouping as CSV, read in keyset pages (never one huge result in memory)."""
-    group = _group(params)
-    _since, _until, where = _explorer_filters(params)
     yield "group,name," + ",".join(SUMS) + "\r\n"
+    if _group(params) == "day":
+        for point in (await explorer(store, params))["series"]:
+            yield f"{point['t']},," + ",".join(str(point[name]) for name in SUMS) + "\r\n"
+        return
+    group = _group(params)
+    _since, _until, _dimension, where = _explorer_filters(params)
     after: str | None = None
     while True:
         async with store.read() as conn:
@@ -350,7 +381,7 @@ async def keys_page(store: SqlStore, params: Any) -> dict[str, Any]:
     }
 
 
-_OWNER_COLUMNS = {"ORG": "organisation_id", "TEAM": "team_id", "APIKEY": "api_key_id"}
+_OWNER_DIMENSIONS = {"ORG": "organisation", "TEAM": "team", "USER": "user", "APIKEY": "key"}
 
 
 async def budget_burn(store: SqlStore, budget: Any, windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,28 +395,23 @@ async def budget_burn(store: SqlStore, budget: Any, windows: list[dict[str, Any]
         # the rollups' days are UTC days anyway)
         bounds = window_at(budget.period, now, budget.timezone or "UTC", budget.start_at, budget.end_at)
         start, end = bounds if bounds is not None else (now - timedelta(days=29), now)
-    column = _OWNER_COLUMNS.get(budget.owner_type)
+    d = schema.usage_rollup_daily
+    query = (
+        sa.select(d.c.day, sa.func.sum(d.c.cost_nanos).label("cost_nanos"))
+        .where(d.c.dimension == _OWNER_DIMENSIONS[budget.owner_type], d.c.value == budget.owner_id)
+        .where(d.c.day >= start.strftime("%Y-%m-%d"), d.c.day <= now.strftime("%Y-%m-%d"))
+        .group_by(d.c.day)
+        .order_by(d.c.day)
+    )
+    async with store.read() as conn:
+        rows = (await conn.execute(query)).mappings().all()
     days: list[dict[str, Any]] = []
-    if column is not None:
-        d = schema.usage_rollup_daily
-        query = (
-            sa.select(d.c.day, sa.func.sum(d.c.cost_nanos).label("cost_nanos"))
-            .where(d.c[column] == budget.owner_id, d.c.day >= start.strftime("%Y-%m-%d"))
-            .where(d.c.day <= now.strftime("%Y-%m-%d"))
-            .group_by(d.c.day)
-            .order_by(d.c.day)
-        )
-        async with store.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        running = 0
-        for row in rows:
-            running += int(row["cost_nanos"] or 0)
-            days.append(
-                {"t": row["day"], "cost_nanos": int(row["cost_nanos"] or 0), "cumulative_nanos": running}
-            )
+    running = 0
+    for row in rows:
+        running += int(row["cost_nanos"] or 0)
+        days.append({"t": row["day"], "cost_nanos": int(row["cost_nanos"] or 0), "cumulative_nanos": running})
     return {
         "amount_nanos": budget.amount_nanos,
         "window": {"start_at": start, "end_at": end, "used": current["used"] if current else None},
-        # a user's spend is not in the rollups (they have no user dimension): the settled windows still show it
-        "by_day": days if column is not None else None,
+        "by_day": days,
     }

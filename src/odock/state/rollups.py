@@ -1,9 +1,13 @@
 """Hourly and daily usage rollups, kept by the usage writer in the same transaction as the ledger rows.
 
 Charts read these, never the raw ledger. Hourly rows (hour, organisation, model, provider) carry a latency
-histogram for p50/p95; daily rows (day, organisation, team, key, model) feed the usage explorer and budget
-burn-down. Absent dimensions are '' (a NULL would not collide in the upsert's unique key). Buckets are UTC text
-(`YYYY-MM-DDTHH`, `YYYY-MM-DD`): they sort, compare and look the same on SQLite and PostgreSQL.
+histogram for p50/p95 and feed the overview. Daily rows are one per (dimension, value, day, organisation): a
+record adds to its organisation's, team's, user's, key's and model's row of the day. The usage explorer and
+the budget burn-down group one dimension in the order of the primary key and stop after a page, so no page
+reads more rows than it shows, whatever the number of keys (a daily row per key and model would make "by
+model" read every key's rows). Absent dimensions are skipped; an absent model or provider in the hourly key
+is '' (a NULL would not collide in the upsert's unique key). Buckets are UTC text (`YYYY-MM-DDTHH`,
+`YYYY-MM-DD`): they sort, compare and look the same on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ SUMS = (
     "latency_ms_sum",
 )
 HOURLY_KEYS = ("bucket", "organisation_id", "model", "provider")
-DAILY_KEYS = ("day", "organisation_id", "team_id", "api_key_id", "model")
+DAILY_KEYS = ("dimension", "value", "day", "organisation_id")
+# dimension name → the record's attribute it counts by
+DIMENSIONS = {
+    "organisation": "organisation_id",
+    "team": "team_id",
+    "user": "user_id",
+    "key": "api_key_id",
+    "model": "model",
+}
 HOURLY_COLUMNS = HOURLY_KEYS + SUMS + LATENCY_COLUMNS
 DAILY_COLUMNS = DAILY_KEYS + SUMS
 
@@ -69,12 +81,16 @@ def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], li
         for i, value in enumerate(sums):
             row[i] += value
         row[width + latency_bucket(record.latency_ms)] += 1
-        day_key = (day, record.organisation_id, record.team_id or "", record.api_key_id, model)
-        drow = daily.get(day_key)
-        if drow is None:
-            drow = daily[day_key] = [0] * width
-        for i, value in enumerate(sums):
-            drow[i] += value
+        for dimension, attribute in DIMENSIONS.items():
+            value = getattr(record, attribute)
+            if not value:
+                continue
+            day_key = (dimension, value, day, record.organisation_id)
+            drow = daily.get(day_key)
+            if drow is None:
+                drow = daily[day_key] = [0] * width
+            for i, amount in enumerate(sums):
+                drow[i] += amount
     return (
         [key + tuple(values) for key, values in sorted(hourly.items())],
         [key + tuple(values) for key, values in sorted(daily.items())],

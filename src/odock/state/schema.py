@@ -264,18 +264,14 @@ usage_rollup_hourly = Table(
 usage_rollup_daily = Table(
     "usage_rollup_daily",
     metadata,
+    # one of odock.state.rollups.DIMENSIONS, and the organisation, team, user, key id or model name
+    Column("dimension", String(16), primary_key=True),
+    Column("value", String(200), primary_key=True),
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC)
     Column("organisation_id", ID, primary_key=True),
-    Column("team_id", ID, primary_key=True),
-    Column("api_key_id", ID, primary_key=True),
-    Column("model", String(200), primary_key=True),
     *_rollup_sums(histogram=False),
-    # the explorer groups by one dimension in its order and stops after a page: an index per dimension
-    Index("ix_usage_rollup_daily_organisation_id_day", "organisation_id", "day"),
-    Index("ix_usage_rollup_daily_team_id_day", "team_id", "day"),
-    Index("ix_usage_rollup_daily_api_key_id_day", "api_key_id", "day"),
-    Index("ix_usage_rollup_daily_model_day", "model", "day"),
 )
+
 
 CATALOGUE_TABLES = (
     "organisations",

@@ -121,13 +121,14 @@ async function overviewPage(params) {
 }
 
 async function usagePage(params) {
-  const p = Object.fromEntries(["group_by", "since", "until", "organisation", "team", "key", "model", "after"].map((k) => [k, params.get(k) || ""]));
+  const p = Object.fromEntries(["group_by", "since", "until", "organisation", "team", "user", "key", "model", "after"].map((k) => [k, params.get(k) || ""]));
   p.group_by = p.group_by || "model";
   const d = await api("/console/api/usage?" + qs(p));
   const field = (name, type) => h("label", {}, name, h("input", { name, type: type || "text", value: p[name] || "" }));
   const form = h("form", { class: "bar", onsubmit: (e) => { e.preventDefault(); go("usage", Object.fromEntries(new FormData(e.target))); } },
-    h("label", {}, "group by", h("select", { name: "group_by" }, ["organisation", "team", "key", "model", "day"].map((g) => h("option", { value: g, selected: g === p.group_by }, g)))),
-    field("since", "date"), field("until", "date"), field("organisation"), field("team"), field("key"), field("model"),
+    h("label", {}, "group by", h("select", { name: "group_by" }, ["organisation", "team", "user", "key", "model", "day"].map((g) => h("option", { value: g, selected: g === p.group_by }, g)))),
+    field("since", "date"), field("until", "date"), field("organisation"),
+    h("span", { class: "muted" }, "with group by day, one of:"), field("team"), field("user"), field("key"), field("model"),
     h("button", { type: "submit" }, "Apply"),
     h("a", { href: "/console/api/usage.csv?" + qs({ ...p, after: "" }), download: "" }, "Export CSV"));
   const labels = d.series.map((r) => r.t);
@@ -249,8 +250,7 @@ async function budgetDetail(b, into) {
   const days = burn.by_day || [];
   into.replaceChildren(h("div", { class: "panel" }, h("h2", {}, `Budget ${b.name}`),
     h("p", { class: "muted" }, `window ${when(burn.window.start_at)} → ${when(burn.window.end_at)}; settled used ${burn.window.used === null ? "–" : usd(burn.window.used)} of ${usd(b.amount_nanos)}`),
-    burn.by_day ? chart("Burn-down: cumulative spend this window (USD)", days.map((r) => r.t), [{ name: "spent", values: days.map((r) => r.cumulative_nanos / 1e9) }], { limit: b.amount_nanos / 1e9 })
-      : h("p", { class: "muted" }, "user budgets: see the settled windows (usage rollups have no user dimension)"),
+    chart("Burn-down: cumulative spend this window (USD)", days.map((r) => r.t), [{ name: "spent", values: days.map((r) => r.cumulative_nanos / 1e9) }], { limit: b.amount_nanos / 1e9 }),
     h("form", { class: "bar", id: "budget-edit", onsubmit: async (e) => {
       e.preventDefault();
       try {

@@ -30,6 +30,13 @@ SUMS = (
 )
 LATENCY_BOUNDS_MS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 60000)
 LATENCY_COLUMNS = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+DIMENSIONS = {
+    "organisation": "organisation_id",
+    "team": "team_id",
+    "user": "user_id",
+    "key": "api_key_id",
+    "model": "model",
+}
 
 
 def _sums(names: Sequence[str]) -> list[sa.Column[int]]:
@@ -50,18 +57,13 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_rollup_daily",
+        sa.Column("dimension", sa.String(16), nullable=False),
+        sa.Column("value", sa.String(200), nullable=False),
         sa.Column("day", sa.String(10), nullable=False),
         sa.Column("organisation_id", sa.String(40), nullable=False),
-        sa.Column("team_id", sa.String(40), nullable=False),
-        sa.Column("api_key_id", sa.String(40), nullable=False),
-        sa.Column("model", sa.String(200), nullable=False),
         *_sums(SUMS),
-        sa.PrimaryKeyConstraint(
-            "day", "organisation_id", "team_id", "api_key_id", "model", name="pk_usage_rollup_daily"
-        ),
+        sa.PrimaryKeyConstraint("dimension", "value", "day", "organisation_id", name="pk_usage_rollup_daily"),
     )
-    for column in ("organisation_id", "team_id", "api_key_id", "model"):
-        op.create_index(f"ix_usage_rollup_daily_{column}_day", "usage_rollup_daily", [column, "day"])
     _backfill()
 
 
@@ -93,12 +95,12 @@ def _backfill() -> None:
         f"coalesce(provider, ''), {sums}, {histogram} FROM usage_records "
         f"GROUP BY {hour}, organisation_id, coalesce(model, ''), coalesce(provider, '')"
     )
-    op.execute(
-        f"INSERT INTO usage_rollup_daily (day, organisation_id, team_id, api_key_id, model, {', '.join(SUMS)}) "
-        f"SELECT {day}, organisation_id, coalesce(team_id, ''), api_key_id, coalesce(model, ''), {sums} "
-        f"FROM usage_records GROUP BY {day}, organisation_id, coalesce(team_id, ''), api_key_id, "
-        "coalesce(model, '')"
-    )
+    for dimension, column in DIMENSIONS.items():
+        op.execute(
+            f"INSERT INTO usage_rollup_daily (dimension, value, day, organisation_id, {', '.join(SUMS)}) "
+            f"SELECT '{dimension}', {column}, {day}, organisation_id, {sums} FROM usage_records "
+            f"WHERE {column} IS NOT NULL AND {column} <> '' GROUP BY {column}, {day}, organisation_id"
+        )
 
 
 def downgrade() -> None:
