@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from odock.state.records import UsageRecord
@@ -51,50 +51,54 @@ def latency_bucket(latency_ms: int) -> int:
     return bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
 
 
-def _sums(record: UsageRecord) -> list[int]:
-    return [
-        1,
-        0 if record.outcome == "success" else 1,
-        record.input_tokens,
-        record.output_tokens,
-        record.cached_input_tokens,
-        record.reasoning_tokens,
-        record.cost_nanos or 0,
-        record.latency_ms,
-    ]
-
-
 def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The hourly and daily rollup increments of `records`, each sorted by its key (a fixed lock order)."""
-    hourly: dict[tuple[str, ...], list[int]] = {}
-    daily: dict[tuple[str, ...], list[int]] = {}
-    width = len(SUMS)
+    """The hourly and daily rollup increments of `records`, each sorted by its key (a fixed lock order).
+
+    Runs in the usage writer, on the gateway's event loop: records are grouped first and each group's columns
+    summed once at the end (C-level `sum` over `zip`), and the bucket texts computed once per hour.
+    """
+    hourly: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
+    histograms: dict[tuple[str, ...], list[int]] = {}
+    daily: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
+    buckets: dict[int, tuple[str, str]] = {}
+    dimensions = tuple(DIMENSIONS.items())
     for record in records:
-        created = record.created_at.astimezone(UTC)
-        day = created.strftime("%Y-%m-%d")
-        model = record.model or ""
-        sums = _sums(record)
-        hour_key = (f"{day}T{created.hour:02d}", record.organisation_id, model, record.provider or "")
-        row = hourly.get(hour_key)
-        if row is None:
-            row = hourly[hour_key] = [0] * (width + len(LATENCY_COLUMNS))
-        for i, value in enumerate(sums):
-            row[i] += value
-        row[width + latency_bucket(record.latency_ms)] += 1
-        for dimension, attribute in DIMENSIONS.items():
+        hour_index = int(record.created_at.timestamp() // 3600)
+        texts = buckets.get(hour_index)
+        if texts is None:
+            start = datetime.fromtimestamp(hour_index * 3600, UTC)
+            texts = buckets[hour_index] = (start.strftime("%Y-%m-%dT%H"), start.strftime("%Y-%m-%d"))
+        hour, day = texts
+        sums = (
+            1,
+            0 if record.outcome == "success" else 1,
+            record.input_tokens,
+            record.output_tokens,
+            record.cached_input_tokens,
+            record.reasoning_tokens,
+            record.cost_nanos or 0,
+            record.latency_ms,
+        )
+        organisation = record.organisation_id
+        hour_key = (hour, organisation, record.model or "", record.provider or "")
+        group = hourly.get(hour_key)
+        if group is None:
+            group = hourly[hour_key] = []
+            histograms[hour_key] = [0] * len(LATENCY_COLUMNS)
+        group.append(sums)
+        histograms[hour_key][bisect.bisect_left(LATENCY_BOUNDS_MS, record.latency_ms)] += 1
+        for dimension, attribute in dimensions:
             value = getattr(record, attribute)
-            if not value:
-                continue
-            day_key = (dimension, value, day, record.organisation_id)
-            drow = daily.get(day_key)
-            if drow is None:
-                drow = daily[day_key] = [0] * width
-            for i, amount in enumerate(sums):
-                drow[i] += amount
+            if value:
+                daily.setdefault((dimension, value, day, organisation), []).append(sums)
     return (
-        [key + tuple(values) for key, values in sorted(hourly.items())],
-        [key + tuple(values) for key, values in sorted(daily.items())],
+        [key + _column_sums(hourly[key]) + tuple(histograms[key]) for key in sorted(hourly)],
+        [key + _column_sums(daily[key]) for key in sorted(daily)],
     )
+
+
+def _column_sums(rows: list[tuple[int, ...]]) -> tuple[int, ...]:
+    return rows[0] if len(rows) == 1 else tuple(map(sum, zip(*rows, strict=True)))
 
 
 def _upsert(table: str, keys: Sequence[str], columns: Sequence[str], placeholder: str) -> str:
