@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -230,3 +231,28 @@ async def test_keys_pages_cover_every_key_once(service: CatalogueService, store:
     assert sorted(names) == sorted([f"k{i:02d}" for i in range(7)] * 2)
     prefixed = await data.keys_page(store, {"q": "k0"})
     assert len(prefixed["data"]) == 14
+
+
+async def test_unindexed_filters_read_a_bounded_stretch_and_carry_on(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "SCAN_ROWS", 25)
+    records = _records(130, seed=21)
+    for i, r in enumerate(records):
+        r.model = "rare" if i % 40 == 0 else "common"
+    await store.insert_usage(records)
+    found: list[str] = []
+    before = ""
+    pages = 0
+    while True:
+        page = await data.records(store, {"model": "rare", "limit": "10", "before": before})
+        found += [row["id"] for row in page["data"]]
+        pages += 1
+        if not page["next"]:
+            break
+        before = page["next"]
+    expected = [
+        r.id for r in sorted(records, key=lambda r: (r.created_at, r.id), reverse=True) if r.model == "rare"
+    ]
+    assert found == expected
+    assert pages >= 130 // 25  # each page looked at 25 records at most

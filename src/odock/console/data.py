@@ -288,20 +288,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("invalid cursor") from None
 
 
-def _log_filters(params: Any) -> list[Any]:
-    u = schema.usage_records
-    where: list[Any] = []
-    for param, column in (
-        ("organisation", "organisation_id"),
-        ("team", "team_id"),
-        ("key", "api_key_id"),
-        ("model", "model"),
-        ("provider", "provider"),
-        ("outcome", "outcome"),
-    ):
-        if params.get(param):
-            where.append(u.c[column] == params[param])
-    return where
+# filters the ledger has a (…, created_at) index for, and the others, checked on a bounded stretch of rows
+_INDEXED_FILTERS = (("organisation", "organisation_id"), ("key", "api_key_id"))
+_SCANNED_FILTERS = (("team", "team_id"), ("model", "model"), ("provider", "provider"), ("outcome", "outcome"))
+# a page with an unindexed filter looks at most this many records, then offers to continue from there
+SCAN_ROWS = 20_000
+
+
+def _filters(table: Any, params: Any, pairs: Sequence[tuple[str, str]]) -> list[Any]:
+    return [table.c[column] == params[param] for param, column in pairs if params.get(param)]
 
 
 def _log_row(row: Any, columns: Sequence[str]) -> dict[str, Any]:
@@ -309,35 +304,63 @@ def _log_row(row: Any, columns: Sequence[str]) -> dict[str, Any]:
 
 
 async def records(store: SqlStore, params: Any) -> dict[str, Any]:
-    """A page of usage records, newest first (`before`: the next page), or the ones after `after` (live tail)."""
+    """A page of usage records, newest first (`before`: the next page), or the ones after `after` (live tail).
+
+    Organisation and key filters walk their index; team, model, provider and outcome are checked on at most
+    `SCAN_ROWS` records a page, so a rare value never makes a page read the whole ledger: such a page may come
+    back short with a `next` cursor to carry on from where it stopped (`scanned_to`)."""
     u = schema.usage_records
     limit = _int_param(params.get("limit"), "limit", PAGE, MAX_PAGE)
-    where = _log_filters(params)
+    indexed = _filters(u, params, _INDEXED_FILTERS)
+    scanned = [(column, params[param]) for param, column in _SCANNED_FILTERS if params.get(param)]
     columns = [u.c[name] for name in LOG_COLUMNS]
     if params.get("after"):
         stamp, ident = decode_cursor(params["after"])
-        where += [u.c.created_at >= stamp, sa.or_(u.c.created_at > stamp, u.c.id > ident)]
+        where = [
+            *indexed,
+            *[u.c[c] == v for c, v in scanned],
+            u.c.created_at >= stamp,
+            sa.or_(u.c.created_at > stamp, u.c.id > ident),
+        ]
         query = sa.select(*columns).where(*where).order_by(u.c.created_at, u.c.id).limit(limit)
-    else:
-        if params.get("before"):
-            stamp, ident = decode_cursor(params["before"])
-            where += [u.c.created_at <= stamp, sa.or_(u.c.created_at < stamp, u.c.id < ident)]
-        query = (
-            sa.select(*columns).where(*where).order_by(u.c.created_at.desc(), u.c.id.desc()).limit(limit + 1)
-        )
+        async with store.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        tail = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if rows else str(params["after"])
+        return {"data": [_log_row(row, LOG_COLUMNS) for row in rows], "next": None, "tail": tail}
+    if params.get("before"):
+        stamp, ident = decode_cursor(params["before"])
+        indexed += [u.c.created_at <= stamp, sa.or_(u.c.created_at < stamp, u.c.id < ident)]
+    newest_first = (u.c.created_at.desc(), u.c.id.desc())
+    scan_end = None
     async with store.read() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    more = len(rows) > limit and not params.get("after")
-    rows = rows[:limit]
-    data = [_log_row(row, LOG_COLUMNS) for row in rows]
-    cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if rows else None
+        if not scanned:
+            query = sa.select(*columns).where(*indexed).order_by(*newest_first).limit(limit + 1)
+            rows = (await conn.execute(query)).mappings().all()
+        else:
+            stretch = sa.select(*columns).where(*indexed).order_by(*newest_first).limit(SCAN_ROWS).subquery()
+            conditions = [stretch.c[column] == value for column, value in scanned]
+            query = (
+                sa.select(*[stretch.c[name] for name in LOG_COLUMNS])
+                .where(*conditions)
+                .order_by(stretch.c.created_at.desc(), stretch.c.id.desc())
+                .limit(limit + 1)
+            )
+            rows = (await conn.execute(query)).mappings().all()
+            if len(rows) <= limit:
+                last = sa.select(u.c.created_at, u.c.id).where(*indexed).order_by(*newest_first)
+                scan_end = (await conn.execute(last.offset(SCAN_ROWS - 1).limit(1))).first()
+    page = rows[:limit]
+    following: str | None = None
+    if len(rows) > limit:
+        following = encode_cursor(page[-1]["created_at"], page[-1]["id"])
+    elif scan_end is not None:
+        following = encode_cursor(scan_end[0], scan_end[1])
     return {
-        "data": data,
-        "next": cursor if more else None,
+        "data": [_log_row(row, LOG_COLUMNS) for row in page],
+        "next": following,
+        "scanned_to": scan_end[0] if scan_end is not None else None,
         # the tail's position: the newest record seen (the first of a newest-first page)
-        "tail": encode_cursor(rows[0]["created_at"], rows[0]["id"])
-        if rows and not params.get("after")
-        else cursor,
+        "tail": encode_cursor(page[0]["created_at"], page[0]["id"]) if page else None,
     }
 
 

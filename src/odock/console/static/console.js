@@ -311,6 +311,7 @@ async function requestsPage(params) {
     h("label", {}, "outcome", h("select", { name: "outcome" }, ["", "success", "failed", "cancelled"].map((o) => h("option", { value: o, selected: o === p.outcome }, o || "any")))),
     h("button", { type: "submit" }, "Filter"));
   return [h("h1", {}, "Request log"), form, table(LOG_COLUMNS, d.data, (r) => showRecord(r.id, detail)),
+    d.scanned_to ? h("p", { class: "muted" }, `looked through the records down to ${when(d.scanned_to)}; "Older" carries on from there`) : null,
     d.next ? h("button", { type: "button", onclick: () => go("requests", { ...p, before: d.next }) }, "Older") : null, detail];
 }
 
