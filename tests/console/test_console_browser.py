@@ -104,6 +104,7 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
                 await page.click("#create-key button[type=submit]")
                 secret = await page.locator("#secret-value").inner_text()
                 assert secret.startswith("sk-")
+                await page.wait_for_selector("td:has-text('browser-key')")  # the list shows the new key
                 await page.screenshot(path=str(shots / "key-created.png"), full_page=True)
                 await page.reload()
                 await page.wait_for_selector("td:has-text('browser-key')")

@@ -160,7 +160,11 @@ async function keysPage(params) {
     e.preventDefault();
     const f = Object.fromEntries(new FormData(e.target));
     const body = { organisation: f.organisation, name: f.name, type: f.type || null, team: f.team || null, expires_at: f.expires_at ? new Date(f.expires_at).toISOString() : null };
-    try { const created = await admin("keys", { method: "POST", body }); out.replaceChildren(secretBox(`Key ${created.name} created`, created)); e.target.reset(); }
+    try {
+      const created = await admin("keys", { method: "POST", body });
+      out.replaceChildren(secretBox(`Key ${created.name} created`, created)); e.target.reset();
+      list.replaceChildren(keyTable(await api("/console/api/keys?" + qs(p)), p));
+    }
     catch (err) { out.replaceChildren(message(err.message)); }
   } },
     h("label", {}, "organisation", h("select", { name: "organisation", required: true }, orgs.data.map((o) => h("option", { value: o.id }, o.name)))),
@@ -172,12 +176,16 @@ async function keysPage(params) {
   const search = h("form", { class: "bar", onsubmit: (e) => { e.preventDefault(); go("keys", Object.fromEntries(new FormData(e.target))); } },
     h("label", {}, "organisation id", h("input", { name: "organisation", value: p.organisation })),
     h("label", {}, "name starts with", h("input", { name: "q", value: p.q })), h("button", { type: "submit" }, "Search"));
-  return [h("h1", {}, "Keys"), h("h2", {}, "New key"), create, out, h("h2", {}, "Keys"), search,
-    table([{ title: "name", get: (r) => r.name }, { title: "preview", get: (r) => r.key_preview }, { title: "type", get: (r) => r.type },
+  const list = h("div", {}, keyTable(d, p));
+  return [h("h1", {}, "Keys"), h("h2", {}, "New key"), create, out, h("h2", {}, "Keys"), search, list];
+}
+
+function keyTable(d, p) {
+  return [table([{ title: "name", get: (r) => r.name }, { title: "preview", get: (r) => r.key_preview }, { title: "type", get: (r) => r.type },
       { title: "organisation", get: (r) => r.organisation_id }, { title: "expires", get: (r) => when(r.expires_at) },
       { title: "state", get: (r) => (r.revoked ? "revoked" : "active") }, { title: "rotations", num: 1, get: (r) => r.rotation_count }],
       d.data, (r) => keyDetail(r.id)),
-    d.next ? h("button", { type: "button", onclick: () => go("keys", { ...p, after: d.next }) }, "Next page") : null];
+    d.next ? h("button", { type: "button", onclick: () => go("keys", { ...p, after: d.next }) }, "Next page") : null].filter(Boolean);
 }
 
 async function keyDetail(id) {
