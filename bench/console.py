@@ -131,18 +131,24 @@ async def _seed_catalogue(store: SqlStore, keys: int) -> dict[str, Any]:
     return {"orgs": orgs, "teams": teams, "keys": [r["id"] for r in rows], "budget": budget.id}
 
 
-def _records(count: int, seeded: dict[str, Any], rng: random.Random) -> list[UsageRecord]:
+def _records(
+    count: int, seeded: dict[str, Any], rng: random.Random, span: tuple[datetime, datetime] | None = None
+) -> list[UsageRecord]:
+    """`count` records at times spread over `span` (default: the last 30 days), oldest first as a ledger is."""
     keys, orgs, teams = seeded["keys"], seeded["orgs"], seeded["teams"]
     now = datetime.now(UTC)
+    first, last = span or (now - timedelta(days=30), now)
+    seconds = (last - first).total_seconds()
+    times = sorted(first + timedelta(seconds=rng.random() * seconds) for _ in range(count))
     out = []
-    for _ in range(count):
+    for created_at in times:
         # 80% of the traffic from 1,000 keys, the rest spread over every key
         key_pos = rng.randrange(1000) if rng.random() < 0.8 else rng.randrange(len(keys))
         failed = rng.random() < 0.02
         out.append(
             UsageRecord(
                 request_id=uuid.uuid4().hex,
-                created_at=now - timedelta(seconds=rng.random() * 30 * 86400),
+                created_at=created_at,
                 organisation_id=orgs[key_pos % 3],
                 team_id=teams[key_pos % 20] if key_pos % 3 == 0 else None,
                 api_key_id=keys[key_pos],
@@ -165,8 +171,12 @@ async def _seed_usage(store: SqlStore, count: int, seeded: dict[str, Any]) -> fl
     rng = random.Random(1)
     started = time.perf_counter()
     chunk = 50_000
+    now = datetime.now(UTC)
+    step = timedelta(days=30) * chunk / count
     for start in range(0, count, chunk):
-        records = _records(min(chunk, count - start), seeded, rng)
+        # written in time order, as the gateway writes its ledger
+        first = now - timedelta(days=30) + step * (start // chunk)
+        records = _records(min(chunk, count - start), seeded, rng, (first, min(first + step, now)))
         for offset in range(0, len(records), 5000):
             await store.insert_usage(records[offset : offset + 5000])
     return time.perf_counter() - started

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -240,6 +241,12 @@ usage_records = Table(
     Index("ix_usage_records_created_at", "created_at"),
     Index("ix_usage_records_organisation_id_created_at", "organisation_id", "created_at"),
     Index("ix_usage_records_api_key_id_created_at", "api_key_id", "created_at"),
+    Index(
+        "ix_usage_records_failed_created_at",
+        "created_at",
+        sqlite_where=text("outcome <> 'success'"),
+        postgresql_where=text("outcome <> 'success'"),
+    ),
 )
 
 

@@ -221,7 +221,7 @@ async function modelsPage() {
   const detail = h("div", {});
   return [h("h1", {}, "Providers"),
     table([{ title: "name", get: (r) => r.name }, { title: "type", get: (r) => r.type }, { title: "base URL", get: (r) => r.base_url },
-      { title: "credential", get: (r) => (r.has_api_key || r.api_key_set ? "set" : "") },
+      { title: "credential", get: (r) => (r.has_api_key ? r.api_key_preview || "set" : "none") },
       { title: "enabled", get: (r) => h("button", { type: "button", onclick: async () => { await admin("providers/" + r.id, { method: "PATCH", body: { enabled: !r.enabled } }); route(); } }, r.enabled ? "enabled: disable" : "disabled: enable") }],
       providers.data),
     h("h1", {}, "Models"),

@@ -1,5 +1,5 @@
 """Hourly and daily rollups of the usage ledger (the console's charts read them, never the raw ledger), filled
-from the rows already stored so that existing history shows up at once.
+from the rows already stored so that existing history shows up at once; a partial index of the failed calls.
 
 Revision ID: 0007_usage_rollups
 Revises: 0005_budget_overspend_events
@@ -64,6 +64,14 @@ def upgrade() -> None:
         *_sums(SUMS),
         sa.PrimaryKeyConstraint("dimension", "value", "day", "organisation_id", name="pk_usage_rollup_daily"),
     )
+    # the request log's "failures only" filter walks this (a few percent of the ledger: little for the writer)
+    op.create_index(
+        "ix_usage_records_failed_created_at",
+        "usage_records",
+        ["created_at"],
+        sqlite_where=sa.text("outcome <> 'success'"),
+        postgresql_where=sa.text("outcome <> 'success'"),
+    )
     _backfill()
 
 
@@ -104,5 +112,6 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_usage_records_failed_created_at", "usage_records")
     op.drop_table("usage_rollup_daily")
     op.drop_table("usage_rollup_hourly")
