@@ -256,3 +256,17 @@ async def test_unindexed_filters_read_a_bounded_stretch_and_carry_on(
     ]
     assert found == expected
     assert pages >= 130 // 25  # each page looked at 25 records at most
+
+
+async def test_migration_matches_the_schema_the_code_queries(store: SqlStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    mine = ("usage_rollup_hourly", "usage_rollup_daily", "ix_usage_records_failed_created_at")
+
+    def inspect(conn: Any) -> list[object]:
+        return compare_metadata(MigrationContext.configure(conn), schema.metadata)
+
+    async with store.engine.connect() as conn:
+        diff = await conn.run_sync(inspect)
+    assert [d for d in diff if any(name in str(d) for name in mine)] == []

@@ -36,7 +36,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert tables >= NAMES
-    assert version == "0005_budget_overspend_events"
+    assert version == "0007_usage_rollups"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 
