@@ -60,7 +60,7 @@ def _expected(
         sums += [r.reasoning_tokens, r.cost_nanos or 0, r.latency_ms]
         hist = [0] * len(LATENCY_COLUMNS)
         hist[latency_bucket(r.latency_ms)] = 1
-        hk = (r.created_at.strftime("%Y-%m-%dT%H"), r.organisation_id, r.model or "", r.provider or "")
+        hk = (r.created_at.strftime("%Y-%m-%dT%H"), r.organisation_id)
         hourly[hk] = [
             a + b for a, b in zip(hourly.get(hk, [0] * (len(sums) + len(hist))), sums + hist, strict=True)
         ]
@@ -83,10 +83,10 @@ async def _stored(
     h, d = schema.usage_rollup_hourly, schema.usage_rollup_daily
     async with store.read() as conn:
         hourly = {
-            tuple(row[:4]): [int(v) for v in row[4:]]
+            tuple(row[:2]): [int(v) for v in row[2:]]
             for row in await conn.execute(
                 sa.select(
-                    *[h.c[c] for c in ("bucket", "organisation_id", "model", "provider")],
+                    *[h.c[c] for c in ("bucket", "organisation_id")],
                     *[h.c[c] for c in SUMS + LATENCY_COLUMNS],
                 )
             )

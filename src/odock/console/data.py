@@ -91,7 +91,8 @@ def _totals(row: Any) -> dict[str, int]:
 
 
 async def overview(store: SqlStore, hours: str | None, organisation: str | None) -> dict[str, Any]:
-    """Per-hour requests, errors, tokens, cost and p50/p95 latency over the last `hours`, plus per-model totals."""
+    """Per-hour requests, errors, tokens, cost and p50/p95 latency over the last `hours`, plus per-model totals
+    (those by whole days: from the first day the range touches)."""
     span = _int_param(hours, "hours", 24, MAX_HOURS)
     now = datetime.now(UTC)
     since = (now - timedelta(hours=span - 1)).strftime("%Y-%m-%dT%H")
@@ -105,8 +106,16 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
         .group_by(h.c.bucket)
         .order_by(h.c.bucket)
     )
+    # per model from the daily rows of the days the range touches (one row per model, organisation and day)
+    d = schema.usage_rollup_daily
+    by_model_where = [d.c.dimension == "model", d.c.day >= since[:10]]
+    if organisation:
+        by_model_where.append(d.c.organisation_id == organisation)
     by_model = (
-        sa.select(h.c.model, *_sum_columns(h, SUMS)).where(*where).group_by(h.c.model).order_by(h.c.model)
+        sa.select(d.c.value.label("model"), *_sum_columns(d, SUMS))
+        .where(*by_model_where)
+        .group_by(d.c.value)
+        .order_by(d.c.value)
     )
     async with store.read() as conn:
         rows = (await conn.execute(series)).mappings().all()
@@ -138,6 +147,7 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
             "p95_ms": percentile_ms(histogram, 0.95),
         },
         "models": [{"model": row["model"], **_totals(row)} for row in models],
+        "models_since": since[:10],
         # the gateway does not record time to first token yet: the console says so instead of plotting zeros
         "ttft": None,
     }

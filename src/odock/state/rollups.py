@@ -1,12 +1,11 @@
 """Hourly and daily usage rollups, kept by the usage writer in the same transaction as the ledger rows.
 
-Charts read these, never the raw ledger. Hourly rows (hour, organisation, model, provider) carry a latency
-histogram for p50/p95 and feed the overview. Daily rows are one per (dimension, value, day, organisation): a
+Charts read these, never the raw ledger. Hourly rows (hour, organisation) carry a latency histogram for
+p50/p95 and feed the overview: one row an hour per active organisation, however many models there are. Daily rows are one per (dimension, value, day, organisation): a
 record adds to its organisation's, team's, user's, key's and model's row of the day. The usage explorer and
 the budget burn-down group one dimension in the order of the primary key and stop after a page, so no page
 reads more rows than it shows, whatever the number of keys (a daily row per key and model would make "by
-model" read every key's rows). Absent dimensions are skipped; an absent model or provider in the hourly key
-is '' (a NULL would not collide in the upsert's unique key). Buckets are UTC text (`YYYY-MM-DDTHH`,
+model" read every key's rows). Absent dimensions are skipped. Buckets are UTC text (`YYYY-MM-DDTHH`,
 `YYYY-MM-DD`): they sort, compare and look the same on SQLite and PostgreSQL.
 """
 
@@ -32,7 +31,7 @@ SUMS = (
     "cost_nanos",
     "latency_ms_sum",
 )
-HOURLY_KEYS = ("bucket", "organisation_id", "model", "provider")
+HOURLY_KEYS = ("bucket", "organisation_id")
 DAILY_KEYS = ("dimension", "value", "day", "organisation_id")
 # dimension name → the record's attribute it counts by
 DIMENSIONS = {
@@ -80,7 +79,7 @@ def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], li
             record.latency_ms,
         )
         organisation = record.organisation_id
-        hour_key = (hour, organisation, record.model or "", record.provider or "")
+        hour_key = (hour, organisation)
         group = hourly.get(hour_key)
         if group is None:
             group = hourly[hour_key] = []

@@ -263,8 +263,6 @@ usage_rollup_hourly = Table(
     metadata,
     Column("bucket", String(13), primary_key=True),  # YYYY-MM-DDTHH (UTC)
     Column("organisation_id", ID, primary_key=True),
-    Column("model", String(200), primary_key=True),
-    Column("provider", String(64), primary_key=True),
     *_rollup_sums(histogram=True),
 )
 

@@ -113,7 +113,7 @@ async function overviewPage(params) {
       chart("Tokens per hour", labels, [{ name: "input", values: col("input_tokens") }, { name: "output", values: col("output_tokens") }]),
       chart("Latency per hour (ms)", labels, [{ name: "p50", values: col("p50_ms") }, { name: "p95", values: col("p95_ms") }]),
       h("div", { class: "chart" }, h("h3", {}, "Time to first token"), h("p", { class: "muted" }, "not recorded by the gateway yet"))),
-    h("h2", {}, "By model"),
+    h("h2", {}, `By model (whole days since ${d.models_since})`),
     table([{ title: "model", get: (r) => r.model || "(none)" }, { title: "requests", num: 1, get: (r) => num(r.requests) },
       { title: "errors", num: 1, get: (r) => num(r.errors) }, { title: "tokens", num: 1, get: (r) => num(r.input_tokens + r.output_tokens) },
       { title: "cost", num: 1, get: (r) => usd(r.cost_nanos) }], d.models),
@@ -163,7 +163,7 @@ async function keysPage(params) {
     try {
       const created = await admin("keys", { method: "POST", body });
       out.replaceChildren(secretBox(`Key ${created.name} created`, created)); e.target.reset();
-      list.replaceChildren(keyTable(await api("/console/api/keys?" + qs(p)), p));
+      list.replaceChildren(...keyTable(await api("/console/api/keys?" + qs(p)), p));
     }
     catch (err) { out.replaceChildren(message(err.message)); }
   } },

@@ -48,12 +48,8 @@ def upgrade() -> None:
         "usage_rollup_hourly",
         sa.Column("bucket", sa.String(13), nullable=False),
         sa.Column("organisation_id", sa.String(40), nullable=False),
-        sa.Column("model", sa.String(200), nullable=False),
-        sa.Column("provider", sa.String(64), nullable=False),
         *_sums(SUMS + LATENCY_COLUMNS),
-        sa.PrimaryKeyConstraint(
-            "bucket", "organisation_id", "model", "provider", name="pk_usage_rollup_hourly"
-        ),
+        sa.PrimaryKeyConstraint("bucket", "organisation_id", name="pk_usage_rollup_hourly"),
     )
     op.create_table(
         "usage_rollup_daily",
@@ -98,10 +94,9 @@ def _backfill() -> None:
         for low, high in zip(lows, highs, strict=True)
     )
     op.execute(
-        f"INSERT INTO usage_rollup_hourly (bucket, organisation_id, model, provider, {', '.join(SUMS)}, "
-        f"{', '.join(LATENCY_COLUMNS)}) SELECT {hour}, organisation_id, coalesce(model, ''), "
-        f"coalesce(provider, ''), {sums}, {histogram} FROM usage_records "
-        f"GROUP BY {hour}, organisation_id, coalesce(model, ''), coalesce(provider, '')"
+        f"INSERT INTO usage_rollup_hourly (bucket, organisation_id, {', '.join(SUMS)}, "
+        f"{', '.join(LATENCY_COLUMNS)}) SELECT {hour}, organisation_id, {sums}, {histogram} FROM usage_records "
+        f"GROUP BY {hour}, organisation_id"
     )
     for dimension, column in DIMENSIONS.items():
         op.execute(
