@@ -83,7 +83,8 @@ def _day_param(value: str | None, name: str) -> str | None:
 
 
 def _sum_columns(table: sa.Table, names: Sequence[str]) -> list[Any]:
-    return [sa.func.sum(table.c[name]).label(name) for name in names]
+    # PostgreSQL's sum(bigint) is numeric (Python Decimal, slow to add and compare): back to bigint
+    return [sa.cast(sa.func.sum(table.c[name]), sa.BigInteger).label(name) for name in names]
 
 
 def _totals(row: Any) -> dict[str, int]:
