@@ -111,8 +111,22 @@ def _upsert(table: str, keys: Sequence[str], columns: Sequence[str], placeholder
 
 HOURLY_UPSERT_SQLITE = _upsert("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COLUMNS, "?")
 DAILY_UPSERT_SQLITE = _upsert("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS, "?")
-HOURLY_UPSERT_PG = _upsert("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COLUMNS, "${n}")
-DAILY_UPSERT_PG = _upsert("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS, "${n}")
+
+
+def _upsert_unnest(table: str, keys: Sequence[str], columns: Sequence[str]) -> str:
+    # PostgreSQL: the whole batch as one statement over column arrays (as the ledger insert), not one per row
+    arrays = ", ".join(
+        f"${n}::{'text' if name in keys else 'int8'}[]" for n, name in enumerate(columns, start=1)
+    )
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+HOURLY_UPSERT_PG = _upsert_unnest("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COLUMNS)
+DAILY_UPSERT_PG = _upsert_unnest("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS)
 
 
 def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:

@@ -633,8 +633,12 @@ async def _upsert_rollups(conn: AsyncConnection, records: Sequence[UsageRecord],
         await conn.exec_driver_sql(rollups.HOURLY_UPSERT_SQLITE, hourly)
         await conn.exec_driver_sql(rollups.DAILY_UPSERT_SQLITE, daily)
     else:
-        await conn.exec_driver_sql(rollups.HOURLY_UPSERT_PG, hourly)
-        await conn.exec_driver_sql(rollups.DAILY_UPSERT_PG, daily)
+        # rows are unique by key within each list (aggregated), so one statement cannot update a row twice
+        for statement, rows in ((rollups.HOURLY_UPSERT_PG, hourly), (rollups.DAILY_UPSERT_PG, daily)):
+            if rows:
+                await conn.exec_driver_sql(
+                    statement, tuple(list(column) for column in zip(*rows, strict=True))
+                )
 
 
 def _json_text(value: Any) -> str:
