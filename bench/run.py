@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bench import peers, report
+from bench import console, peers, report
 from bench.procs import (
     LowLatencyIdle,
     Service,
@@ -137,6 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="JSON results file (default bench/results/<time>.json)"
     )
+    console.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -638,6 +639,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the complexity rule; to split
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
+    if args.console:  # the console's pages on a seeded database: no gateway, mock or load generator
+        return console.main(args)
     if args.mcp:
         from bench import mcp
 

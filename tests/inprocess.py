@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from odock.app import create_app
+from odock.app import admin_app_for, create_app
 from odock.edge.app import Edge
 from odock.gateway import Gateway
 from odock.mock.server import MockApp
@@ -78,6 +78,7 @@ async def in_process_gateway(
     app = create_app(config, gateway)
     await gateway.start()
     app.gw = gateway
+    app.admin = admin_app_for(gateway)  # what the lifespan would mount (the admin API and console)
     try:
         yield InProcessGateway(app, gateway, mock, transport, service, seeded)
     finally:

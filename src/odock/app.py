@@ -45,7 +45,8 @@ def routes() -> tuple[dict[str, Endpoint], list[tuple[str, Endpoint]]]:
 
 
 def admin_app_for(gw: Gateway) -> ASGIApp:
-    """The admin API (Starlette) over the gateway's own store, so its changes reach this process at once."""
+    """The admin API (Starlette) and its web console over the gateway's own store, so their changes reach this
+    process at once."""
     from odock.admin.app import create_admin_app
     from odock.admin.cache import cache_routes
     from odock.admin.governance import admin_for, admin_routes
@@ -61,7 +62,12 @@ def admin_app_for(gw: Gateway) -> ASGIApp:
         *mcp_admin_routes(McpCatalogueService(gw.store)),
         *cache_routes(service, gw.cache),
     ]
-    return create_admin_app(service, gw.settings.admin_token, extra)
+    admin = create_admin_app(service, gw.settings.admin_token, extra)
+    if not gw.settings.admin_token:
+        return admin  # the console is on with the admin API only (/console answers 404 admin_disabled)
+    from odock.console.app import ConsoleApp, with_console
+
+    return with_console(admin, ConsoleApp(gw.store, governance, admin, gw.settings.admin_token))
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"commands"},
     {"config_file", "mock"},
     {"app"},
+    {"console"},
     {"edge", "gateway", "admin"},
     {"pipeline"},
     {"routing", "governance", "usage", "mcp", "cache", "plugins"},

@@ -36,7 +36,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert tables >= NAMES
-    assert version == "0006_mcp_servers"  # the head: MCP servers came after the governance revisions
+    assert version == "0007_usage_rollups"  # the head: MCP servers (0006), then the usage rollups
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

@@ -1,6 +1,7 @@
 """The edge: a raw ASGI app with a route table, request ids, one error renderer, health and metrics.
 
-Admin routes (`/admin/...`) go to the Starlette admin app mounted beside the hot path.
+Admin routes (`/admin/...`, and the console's `/console...`) go to the Starlette admin app mounted beside the hot
+path.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Edge:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path.startswith("/admin") and self.admin is not None:
+        if path.startswith(("/admin", "/console")) and self.admin is not None:
             await self.admin(scope, receive, send)
             return
         # ASGI header names arrive lowercased (uvicorn's parser lowers them), so only decoding is left to do

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -240,7 +241,42 @@ usage_records = Table(
     Index("ix_usage_records_created_at", "created_at"),
     Index("ix_usage_records_organisation_id_created_at", "organisation_id", "created_at"),
     Index("ix_usage_records_api_key_id_created_at", "api_key_id", "created_at"),
+    Index(
+        "ix_usage_records_failed_created_at",
+        "created_at",
+        sqlite_where=text("outcome <> 'success'"),
+        postgresql_where=text("outcome <> 'success'"),
+    ),
 )
+
+
+def _rollup_sums(*, histogram: bool) -> list[Column[Any]]:
+    from odock.state.rollups import LATENCY_COLUMNS, SUMS
+
+    names = SUMS + LATENCY_COLUMNS if histogram else SUMS
+    return [Column(name, BigInteger, nullable=False, default=0) for name in names]
+
+
+# rollups of usage_records kept by the usage writer (odock.state.rollups); the console's charts read only these
+usage_rollup_hourly = Table(
+    "usage_rollup_hourly",
+    metadata,
+    Column("bucket", String(13), primary_key=True),  # YYYY-MM-DDTHH (UTC)
+    Column("organisation_id", ID, primary_key=True),
+    *_rollup_sums(histogram=True),
+)
+
+usage_rollup_daily = Table(
+    "usage_rollup_daily",
+    metadata,
+    # one of odock.state.rollups.DIMENSIONS, and the organisation, team, user, key id or model name
+    Column("dimension", String(16), primary_key=True),
+    Column("value", String(200), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD (UTC)
+    Column("organisation_id", ID, primary_key=True),
+    *_rollup_sums(histogram=False),
+)
+
 
 CATALOGUE_TABLES = (
     "organisations",
