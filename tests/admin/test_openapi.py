@@ -36,7 +36,8 @@ def admin_client(gw: InProcessGateway) -> httpx.AsyncClient:
 
 def registered(gw: InProcessGateway) -> set[tuple[str, str]]:
     """(method, path) of every route the admin app serves."""
-    guard: Any = admin_app_for(gw.gateway)
+    side: Any = admin_app_for(gw.gateway)
+    guard = getattr(side, "admin", side)  # behind the console's dispatch when the console is on
     return {
         (method, route.path) for route in guard.app.routes for method in route.methods if method != "HEAD"
     }

@@ -249,16 +249,20 @@ class ConsoleApp:
         )
 
 
-def with_console(admin: ASGIApp, console: ASGIApp | None) -> ASGIApp:
-    """One ASGI app for the admin side: /console… to the console (when on), the rest to the admin API."""
-    if console is None:
-        return admin
+class AdminSide:
+    """The admin side's one ASGI app: /console… to the console, the rest to the admin API (`admin`)."""
 
-    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, admin: ASGIApp, console: ASGIApp) -> None:
+        self.admin, self.console = admin, console
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == "/console" or path.startswith("/console/")):
-            await console(scope, receive, send)
+            await self.console(scope, receive, send)
         else:
-            await admin(scope, receive, send)
+            await self.admin(scope, receive, send)
 
-    return dispatch
+
+def with_console(admin: ASGIApp, console: ASGIApp | None) -> ASGIApp:
+    """One ASGI app for the admin side: /console… to the console (when on), the rest to the admin API."""
+    return admin if console is None else AdminSide(admin, console)
