@@ -143,6 +143,8 @@ class UsageRecorder:
         self.drain_timeout_s = drain_timeout_s
         self.spool = spool
         self._queue: deque[UsageRecord] = deque()
+        # one flush at a time: two would write the same queued records and pop each other's
+        self._flushing = asyncio.Lock()
         # with a spool: how many records at the queue's head were queued before the spool's file was sealed (once
         # they are committed, the sealed file goes)
         self._sealed_pending = 0
@@ -212,6 +214,10 @@ class UsageRecorder:
         Records that arrive while a batch is being written wait for the next flush: chasing them would turn a
         busy gateway's flush into an endless run of tiny transactions, one per few requests.
         """
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         written = 0
         due = len(self._queue)
         if due and self.spool is not None and not self._sealed_pending:

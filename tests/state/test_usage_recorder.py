@@ -55,6 +55,21 @@ async def test_flush_writes_what_was_queued_in_batches_and_leaves_late_arrivals_
     assert store.batches[2:] == [["r3", "r4"], ["r5"]] and recorder.pending == 0
 
 
+async def test_two_flushes_at_once_write_each_record_once() -> None:
+    """A flush called while another is writing (an operator's, a test's) waits for it: nothing written twice."""
+    store = GatedStore()
+    recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
+    for n in range(3):
+        recorder.record(_record(n))
+    first = asyncio.create_task(recorder.flush())
+    await store.writing.wait()
+    second = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0)
+    store.release.set()
+    assert await first + await second == 3
+    assert [rid for batch in store.batches for rid in batch] == ["r0", "r1", "r2"] and recorder.pending == 0
+
+
 async def test_stop_drains_everything_queued() -> None:
     """Graceful shutdown still writes every queued record, however many flushes that takes."""
     store = GatedStore()
