@@ -66,6 +66,10 @@ def _redis_ping(client: Any) -> Callable[[], Awaitable[None]]:
     return ping
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 INVALIDATION_CHANNEL = os.environ.get("CACHE_INVALIDATION_CHANNEL", "odock:cache-invalidation")
 
 
@@ -183,21 +187,6 @@ class Gateway:
         if self._safety_stage is None:
             self._safety_stage = self._new_safety_stage()
         return (self._safety_stage,)
-
-    async def refresh_safety(self) -> None:
-        """With SAFETY_ENGINE_MODE=noop: add SafetySec's stage when a scope switches it on, drop it when none
-        does any more (the hot path of a gateway nobody configured for SafetySec has no such stage)."""
-        from odock.safety.policy import any_enabled, safety_section
-
-        try:
-            policies = await self.store.safety_policies()
-        except Exception:  # keep the current pipelines; the next catalogue change retries
-            log.exception("reading SafetySec policies failed")
-            return
-        wanted = any_enabled(safety_section(p) for p in policies)
-        if wanted != bool(self.safety):
-            self.safety = self.safety_stages() if wanted else ()
-            self.pipelines = self.build_pipelines(**self._extra_stages)
 
     def _new_safety_stage(self) -> Stage:
         settings = self.settings
@@ -359,27 +348,33 @@ class Gateway:
             await services.aclose()  # what opened before the failure
             raise
 
-    async def wire_cache(self) -> None:
-        """Add or remove the cache stage as the policies ask (at start and after every catalogue change), so
-        that with no cache policy the hot path carries no cache stage and native routes stay byte relays."""
-        if self.cache is None:
+    async def rewire(self) -> None:
+        """Add or remove the policy-driven stages (the response cache; SafetySec with SAFETY_ENGINE_MODE=noop) as
+        the catalogue's policies ask, at start and after every catalogue change: with no such policy the hot path
+        carries no such stage and native routes stay byte relays. One read of the policies, one rebuild at most."""
+        from odock.safety.policy import any_enabled, safety_section
+        from odock.state.cache_policy import enables_cache
+
+        watch_safety = self.settings.safety_engine_mode == "noop"
+        if self.cache is None and not watch_safety:
             return
         try:
-            wanted = await self.store.any_cache_policy()
-        except Exception:
-            log.warning("could not read the cache policies; the cache wiring is unchanged")
+            policies = await self.store.policies_mentioning("cache", "safety")
+        except Exception:  # keep the current pipelines; the next catalogue change retries
+            log.warning("could not read the cache and SafetySec policies; the pipelines are unchanged")
             return
-        if wanted != self.cache_wired:
-            self.cache_wired = wanted
+        cache = self.cache is not None and any(enables_cache(p) for p in policies)
+        safety = self.safety
+        if watch_safety:
+            safety = self.safety_stages() if any_enabled(safety_section(p) for p in policies) else ()
+        if cache != self.cache_wired or safety != self.safety:
+            self.cache_wired, self.safety = cache, safety
             self.pipelines = self.build_pipelines(**self._extra_stages)
-            log.info("response cache %s", "wired" if wanted else "unwired")
+            log.info("pipelines rebuilt: response cache %s, SafetySec %s", _on(cache), _on(bool(safety)))
 
     async def start(self) -> None:
-        await self.wire_cache()
-        self.catalogue.on_invalidate.append(self.wire_cache)
-        if self.settings.safety_engine_mode == "noop":
-            await self.refresh_safety()
-            self.catalogue.on_invalidate.append(self.refresh_safety)
+        await self.rewire()
+        self.catalogue.on_invalidate.append(self.rewire)
         self.store.add_change_listener(self.catalogue.invalidate)
         await self.catalogue.start(self.settings.catalogue_poll_interval_s)
         self.services.register("catalogue poller", self.catalogue, close=self.catalogue.stop)

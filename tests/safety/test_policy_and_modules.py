@@ -365,7 +365,7 @@ async def test_the_yaml_catalogue_validates_safety_policies(tmp_path: Path) -> N
             "organisations:\n  - name: acme\n    policies:\n      safety: {enabled: true, request: {pii: block}}\n"
         )
         await apply_config(service, good, {})
-        assert "safety" in (await store.safety_policies())[0]
+        assert "safety" in (await store.policies_mentioning("safety"))[0]
         bad = tmp_path / "bad.yaml"
         bad.write_text(
             "organisations:\n  - name: acme\n    policies:\n      safety: {request: {pii: shred}}\n"

@@ -91,12 +91,13 @@ class Pipeline:
         self.needs_request = any(s.needs_request for s in self.stages)
         self.needs_response = any(s.needs_response for s in self.stages)
 
-    def hooks_before(self, stage: Stage) -> tuple[tuple[Stage, ...], tuple[Stage, ...]]:
-        """The delta and after stages placed before `stage` (those that see an answer `stage` gave itself)."""
+    def hooks_before(self, call: Call, stage: Stage) -> tuple[tuple[Stage, ...], tuple[Stage, ...]]:
+        """The call's delta and after stages placed before `stage` (those that see an answer `stage` gave
+        itself), less any that stepped aside on this call."""
         earlier = set(self.stages[: self.stages.index(stage)])
         return (
-            tuple(s for s in self.delta_stages if s in earlier),
-            tuple(s for s in self.after_stages if s in earlier),
+            tuple(s for s in call.delta_stages if s in earlier),
+            tuple(s for s in call.after_stages if s in earlier),
         )
 
     def names(self) -> list[str]:
@@ -110,7 +111,7 @@ class Pipeline:
                 for stage in self.before_stages:
                     await stage.before(call)
             except Answered as answered:
-                call.delta_stages, call.after_stages = self.hooks_before(answered.stage)
+                call.delta_stages, call.after_stages = self.hooks_before(call, answered.stage)
                 await route.replay(call, answered.events)
                 return
             upstream = None

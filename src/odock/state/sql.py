@@ -534,27 +534,15 @@ class SqlStore:
         row = await self._one(sa.select(schema.users).where(schema.users.c.id == user_id))
         return self.user_from_row(row) if row else None
 
-    async def any_cache_policy(self) -> bool:
-        """Whether some organisation, team, model or key policy turns the response cache on (the gateway wires
-        the cache stage only then; a text prefilter keeps this one indexed-free scan cheap)."""
-        from odock.state.cache_policy import enables_cache
-
-        async with self.read() as conn:
-            for table in (schema.organisations, schema.teams, schema.models, schema.api_keys):
-                column = table.c.policies
-                query = sa.select(column).where(sa.cast(column, sa.Text).like('%"cache"%'))
-                for (policies,) in await conn.execute(query):
-                    if enables_cache(policies):
-                        return True
-        return False
-
-    async def safety_policies(self) -> list[dict[str, Any]]:
-        """The policy envelopes (organisations, teams, keys, models) that mention SafetySec: whether the
-        gateway needs its stage at all (catalogue changes are rare; this runs on each)."""
+    async def policies_mentioning(self, *sections: str) -> list[dict[str, Any]]:
+        """The policy envelopes (organisations, teams, keys, models) that name one of `sections` (e.g. "cache",
+        "safety"): whether the gateway needs those stages at all. A text prefilter keeps this unindexed scan
+        cheap; it runs at start and on each catalogue change, which are rare."""
         found: list[dict[str, Any]] = []
         async with self.read() as conn:
             for table in (schema.organisations, schema.teams, schema.api_keys, schema.models):
-                mentions = sa.cast(table.c.policies, sa.Text).like('%"safety"%')
+                text = sa.cast(table.c.policies, sa.Text)
+                mentions = sa.or_(*(text.like(f'%"{section}"%') for section in sections))
                 rows = await conn.execute(sa.select(table.c.policies).where(mentions))
                 found += [policies for (policies,) in rows if isinstance(policies, dict)]
         return found
