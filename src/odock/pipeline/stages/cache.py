@@ -127,14 +127,14 @@ class ResponseCache(Stage):
         )
         addr = address(ctx.key.organisation_id, policy.namespace, primary.model.id, scoped_key, digest)
         try:
-            data, fill = await self._lookup(addr, control)
+            entry, fill = await self._lookup(addr, control)
         except Exception:
             log.warning("cache lookup failed: the call goes upstream", extra={"request_id": ctx.request_id})
             self._bypass(call, "unavailable")
             return False
-        if data is not None:
+        if entry is not None:
             if await self._admitted(call):
-                self._hit(call, policy, decode_entry(data))
+                self._hit(call, policy, entry)
             fill = Fill(addr, None, None)
         assert fill is not None
         call.defer(lambda: self._finish(fill))
@@ -145,14 +145,17 @@ class ResponseCache(Stage):
         metrics.child(metrics.CACHE_MISSES, route.name).inc()
         return True
 
-    async def _lookup(self, addr: str, control: CacheControl) -> tuple[bytes | None, Fill | None]:
+    async def _lookup(self, addr: str, control: CacheControl) -> tuple[Entry | None, Fill | None]:
+        """The entry (decoded once) or the fill this miss opens; an entry older than `max-age` is a miss."""
         if control.no_cache:
             return None, Fill(addr, None, None)  # refresh: straight upstream, the fresh answer replaces it
         data, fill = await self.coalescer.lookup(addr)
-        too_old = control.max_age is not None and data is not None
-        if too_old and time.time() - decode_entry(data).created > control.max_age:  # type: ignore[arg-type,operator]
+        if data is None:
+            return None, fill
+        entry = decode_entry(data)
+        if control.max_age is not None and time.time() - entry.created > control.max_age:
             return None, Fill(addr, None, None)
-        return data, fill
+        return entry, fill
 
     async def _admitted(self, call: Call) -> bool:
         """A hit reserves nothing, yet a spent budget or quota still refuses it (402/429, as the final gate
