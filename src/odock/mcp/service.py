@@ -35,60 +35,42 @@ from odock.state.sql import RowLike, SqlStore
 from odock.state.validation import decode, text
 
 
+def _fields(row: RowLike) -> dict[str, Any]:
+    """The columns both views of a server share (the secrets are each view's own business)."""
+    return {
+        "id": row["id"],
+        "organisation_id": row["organisation_id"],
+        "team_id": row["team_id"],
+        "api_key_id": row["api_key_id"],
+        "name": row["name"],
+        "slug": row["slug"],
+        "description": row["description"] or "",
+        "transport": row["transport"],
+        "endpoint_url": row["endpoint_url"],
+        "stdio_command": row["stdio_command"],
+        "stdio_args": list(row["stdio_args"] or []),
+        "auth_type": row["auth_type"],
+        "enabled": bool(row["enabled"]),
+        "allowed_tools": list(row["allowed_tools"] or []),
+        "blocked_tools": list(row["blocked_tools"] or []),
+        "semantic_filter": row["semantic_filter"] or {},
+        "pricing": row["pricing"] or {},
+        "policies": row["policies"] or {},
+        "config": row["config"] or {},
+    }
+
+
 def server_from_row(store: SqlStore, row: RowLike) -> McpServer:
     """The hot path's record, secrets decrypted."""
     box = store.box
     auth = json.loads(box.decrypt(row["auth_encrypted"])) if row["auth_encrypted"] else {}
     env = json.loads(box.decrypt(row["stdio_env_encrypted"])) if row["stdio_env_encrypted"] else {}
-    return McpServer(
-        id=row["id"],
-        organisation_id=row["organisation_id"],
-        team_id=row["team_id"],
-        api_key_id=row["api_key_id"],
-        name=row["name"],
-        slug=row["slug"],
-        description=row["description"] or "",
-        transport=row["transport"],
-        endpoint_url=row["endpoint_url"],
-        stdio_command=row["stdio_command"],
-        stdio_args=list(row["stdio_args"] or []),
-        stdio_env=env,
-        auth_type=row["auth_type"],
-        auth=auth,
-        enabled=bool(row["enabled"]),
-        allowed_tools=list(row["allowed_tools"] or []),
-        blocked_tools=list(row["blocked_tools"] or []),
-        semantic_filter=row["semantic_filter"] or {},
-        pricing=row["pricing"] or {},
-        policies=row["policies"] or {},
-        config=row["config"] or {},
-    )
+    return McpServer(**_fields(row), stdio_env=env, auth=auth)
 
 
 def _info(row: RowLike, env_keys: list[str]) -> McpServerInfo:
-    return McpServerInfo(
-        id=row["id"],
-        organisation_id=row["organisation_id"],
-        team_id=row["team_id"],
-        api_key_id=row["api_key_id"],
-        name=row["name"],
-        slug=row["slug"],
-        description=row["description"] or "",
-        transport=row["transport"],
-        endpoint_url=row["endpoint_url"],
-        stdio_command=row["stdio_command"],
-        stdio_args=list(row["stdio_args"] or []),
-        stdio_env_keys=env_keys,
-        auth_type=row["auth_type"],
-        has_auth=row["auth_encrypted"] is not None,
-        enabled=bool(row["enabled"]),
-        allowed_tools=list(row["allowed_tools"] or []),
-        blocked_tools=list(row["blocked_tools"] or []),
-        semantic_filter=row["semantic_filter"] or {},
-        pricing=row["pricing"] or {},
-        policies=row["policies"] or {},
-        config=row["config"] or {},
-    )
+    """The admin's view: never a secret, only which environment keys and whether auth is set."""
+    return McpServerInfo(**_fields(row), stdio_env_keys=env_keys, has_auth=row["auth_encrypted"] is not None)
 
 
 class McpCatalogueService(CatalogueService):
