@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from odock.dialects.prompt import PromptShape
+from odock.dialects.prompt import PromptShape, measure_prompt
 from odock.model import GatewayRequest, Usage
 from odock.state.records import ApiKeyRecord, ModelRecord, Organisation, ProviderRecord, Team
 
@@ -60,7 +60,9 @@ class CallContext:
     max_tokens: int | None = None
     # a cheap input estimate (TPM reservations); budgets reserve the upper bound measured in `prompt`
     estimated_input_tokens: int = 0
-    prompt: PromptShape | None = None
+    measured_prompt: PromptShape | None = None
+    # the decoded body `prompt` measures on first read: only reservations read it, most calls never do
+    prompt_source: tuple[bytes, dict[str, Any]] | None = None
     # what bounds the route's output: "text" (a max-tokens field the gateway sets when the request has none),
     # "none" (no generated tokens: embeddings, pooling), "images" (one image per choice), "other" (not bounded)
     output: Literal["text", "none", "images", "other"] = "other"
@@ -109,6 +111,18 @@ class CallContext:
     trace: Any = None
     # answered from the response cache (no upstream call, no tokens)
     cache_hit: bool = False
+
+    @property
+    def prompt(self) -> PromptShape | None:
+        """The request's billable shape (measured once, when first asked for)."""
+        if self.measured_prompt is None and self.prompt_source is not None:
+            self.measured_prompt = measure_prompt(*self.prompt_source)
+            self.prompt_source = None
+        return self.measured_prompt
+
+    @prompt.setter
+    def prompt(self, shape: PromptShape | None) -> None:
+        self.measured_prompt, self.prompt_source = shape, None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

@@ -61,6 +61,7 @@ MAX_TOKEN_COUNT = 2**40
 def count(v: Any) -> int:
     """A token count from a provider's usage object: an int (or a float holding one); anything else counts as 0.
     Impossible values (negative, absurd) are left for the pipeline's usage check to clamp and flag."""
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+    kind = type(v)  # exact types: JSON decodes to these, and a bool is not a count
+    if kind is int:
+        return v  # type: ignore[no-any-return]
+    return int(v) if kind is float and v.is_integer() else 0

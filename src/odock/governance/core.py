@@ -308,14 +308,17 @@ class Governance:
             self._static_checks(scope, limits, ctx)
             if limits.max_tokens:
                 caps.append(limits.max_tokens)
-        choices = ctx.prompt.choices if ctx.prompt is not None else 1
         cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
-        if ctx.output == "none":
-            out_tokens = 0
+        defs = self.definitions
+        if ctx.output == "none" or not (
+            any(limits.tpm for _, _, limits in scopes)
+            or (receipt.ledger is None and (defs.budgets or defs.quotas))
+        ):
+            out_tokens = 0  # nothing reserves output tokens: the prompt need not be measured
         elif ctx.output == "images":
-            out_tokens = choices * bounds.image_output_tokens(ctx.model)
-        else:
-            out_tokens = choices * cap  # reasoning/thinking tokens are output inside the cap
+            out_tokens = (ctx.prompt.choices if ctx.prompt else 1) * bounds.image_output_tokens(ctx.model)
+        else:  # reasoning/thinking tokens are output inside the cap
+            out_tokens = (ctx.prompt.choices if ctx.prompt else 1) * cap
         reserve_tokens = max(0, ctx.estimated_input_tokens) + out_tokens
         checks: list[Check] = []
         if ctx.model is not None:

@@ -19,7 +19,6 @@ import msgspec
 from odock import metrics
 from odock.context import CallContext
 from odock.dialects.body import decode_json
-from odock.dialects.prompt import measure_prompt
 from odock.errors import BadRequest, ClientDisconnected, GatewayError, UpstreamError
 from odock.model import GatewayRequest, GatewayResponse, StreamEvent
 from odock.providers.registry import adapter_for
@@ -163,7 +162,7 @@ class Call:
             raise BadRequest("request body must be a JSON object", "invalid_request_body")
         self.ctx.estimated_input_tokens = estimate_tokens(len(body))
         self.json = parsed
-        self.ctx.prompt = measure_prompt(body, parsed)
+        self.ctx.prompt_source = (body, parsed)  # measured if a reservation asks (CallContext.prompt)
         return parsed
 
     def governed_headers(self) -> list[tuple[bytes, bytes]]:

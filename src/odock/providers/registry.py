@@ -57,14 +57,21 @@ def provider_type(name: str) -> ProviderType:
         ) from None
 
 
+# per-call lookups (several per call) go straight to these
+_ADAPTERS = {name: p.adapter for name, p in PROVIDERS.items()}
+_FAMILIES = {name: p.family for name, p in PROVIDERS.items()}
+
+
 def adapter_for(name: str) -> ProviderAdapter:
     """The adapter of a provider type (400 provider_type_unsupported for an unknown type)."""
-    return provider_type(name).adapter
+    adapter = _ADAPTERS.get(name)
+    return adapter if adapter is not None else provider_type(name).adapter
 
 
 def family_of(name: str) -> str:
     """The family of a provider type (400 provider_type_unsupported for an unknown type)."""
-    return provider_type(name).family
+    family = _FAMILIES.get(name)
+    return family if family is not None else provider_type(name).family
 
 
 def dialect_for(name: str) -> Dialect:
