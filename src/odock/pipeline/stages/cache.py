@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from odock import metrics
 from odock.cache.key import cache_key
-from odock.cache.replay import NotReplayable, check_stream, response_events
+from odock.cache.replay import NotReplayable, check_stream, response_events, unreplayable_request
 from odock.cache.store import Coalescer, Entry, Fill, address, decode_entry, encode_entry
 from odock.errors import GatewayError
 from odock.pipeline.call import Answered
@@ -116,6 +116,10 @@ class ResponseCache(Stage):
             # include_raw asks for the provider's own answer, which only the upstream has
             self._bypass(call, "no_store" if control.no_store else "include_raw")
             return False
+        unreplayable = unreplayable_request(call.json, ctx.prompt.choices if ctx.prompt else 1)
+        if unreplayable is not None:
+            self._bypass(call, unreplayable)
+            return False
         scoped_key = ctx.key.id if policy.scope == "key" else None
         digest = cache_key(
             dialect=route.name,
@@ -187,6 +191,14 @@ class ResponseCache(Stage):
         ctx.answered_by, ctx.answered_provider = call.primary.model, call.primary.provider
         raise Answered(self, entry.events)
 
+    @staticmethod
+    def _say(call: Call, verdict: bytes) -> None:
+        """Replace this call's MISS by `verdict` while its headers are not sent yet (a unary answer: the
+        after-hooks run before it goes out; a stream's headers left with its first byte)."""
+        if not call.exchange.started:
+            headers = call.exchange.response_headers
+            headers[:] = [(name, verdict if name == HEADER else value) for name, value in headers]
+
     def _bypass(self, call: Call, reason: str) -> None:
         call.exchange.response_headers.append((HEADER, b"BYPASS"))
         metrics.child(metrics.CACHE_BYPASSES, call.route.name, reason).inc()
@@ -213,17 +225,20 @@ class ResponseCache(Stage):
             return
         if pending.too_large:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "too_large").inc()
+            self._say(call, b"BYPASS")
             return
         try:
             events = self._answer(pending, response)
         except NotReplayable:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "not_replayable").inc()
+            self._say(call, b"BYPASS")
             return
         if events is None:
             return
         data = encode_entry(Entry(created=time.time(), cost_nanos=self.pricer.cost(call.ctx), events=events))
         if len(data) > self.max_entry_bytes:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "too_large").inc()
+            self._say(call, b"BYPASS")
             return
         try:
             await self.store.put(pending.fill.addr, data, pending.policy.ttl_s)
