@@ -66,6 +66,29 @@ async def test_cache_control_directives(tmp_path: Path) -> None:
         assert upstream_calls(gw.mock) == 4
 
 
+async def test_age_is_the_entry_age_and_max_age_bounds_it(tmp_path: Path) -> None:
+    """`Age` on a hit counts seconds since the answer was stored; `max-age=N` takes only an entry at most N
+    seconds old, and a too old one is refreshed (its replacement starts at 0)."""
+    async with in_process_gateway(tmp_path) as gw:
+        await enable(gw)
+        client = openai_client(gw)
+
+        async def age(**extra: Any) -> tuple[str, str | None]:
+            reply = await client.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=MESSAGES, **extra
+            )
+            return reply.headers["x-odock-cache"], reply.headers.get("age")
+
+        assert await age() == ("MISS", None)
+        await asyncio.sleep(1.2)
+        verdict, seconds = await age()
+        assert verdict == "HIT" and seconds is not None and 1 <= int(seconds) <= 3
+        assert (await age(extra_headers={"cache-control": "max-age=60"}))[0] == "HIT"
+        assert await age(extra_headers={"cache-control": "max-age=1"}) == ("MISS", None)
+        assert await age() == ("HIT", "0")
+        assert upstream_calls(gw.mock) == 2
+
+
 async def test_disabled_for_a_key_and_bypassed_fields(tmp_path: Path) -> None:
     """A key can turn off what its organisation turned on; fields outside the short list change the key."""
     async with in_process_gateway(tmp_path) as gw:
