@@ -38,7 +38,9 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def cached_gateway(tmp_path: Path, mode: dict[str, Any], policies: dict[str, Any]) -> AsyncIterator[Any]:
+async def cached_gateway(
+    tmp_path: Path, mode: dict[str, Any], policies: dict[str, Any]
+) -> AsyncIterator[Any]:
     async with in_process_gateway(tmp_path, **mode) as gw:
         await gw.service.update_organisation("acme", {"policies": policies})
         await gw.gateway.catalogue.invalidate()
@@ -48,7 +50,9 @@ async def cached_gateway(tmp_path: Path, mode: dict[str, Any], policies: dict[st
 
 async def ask(gw: InProcessGateway) -> tuple[str, str]:
     """One chat call: its cache verdict and request id."""
-    reply = await openai_client(gw).chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+    reply = await openai_client(gw).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES
+    )
     return reply.headers["x-odock-cache"], reply.headers["x-request-id"]
 
 
@@ -117,10 +121,24 @@ async def test_a_hit_is_one_request_and_no_tokens(tmp_path: Path, mode: dict[str
     """REQUESTS quotas and the model's requests-per-minute count a hit; token quotas do not."""
     async with cached_gateway(tmp_path, mode, {"cache": {"mode": "exact"}}) as (gw, admin):
         requests = await admin.create_quota(
-            {"name": "r", "organisation": "acme", "key": "main", "period": "DAILY", "metric": "REQUESTS", "limit": 3}
+            {
+                "name": "r",
+                "organisation": "acme",
+                "key": "main",
+                "period": "DAILY",
+                "metric": "REQUESTS",
+                "limit": 3,
+            }
         )
         tokens = await admin.create_quota(
-            {"name": "t", "organisation": "acme", "key": "main", "period": "DAILY", "metric": "TOKENS", "limit": 10**9}
+            {
+                "name": "t",
+                "organisation": "acme",
+                "key": "main",
+                "period": "DAILY",
+                "metric": "TOKENS",
+                "limit": 10**9,
+            }
         )
         await governance(gw).refresh_definitions()
         verdict, miss_id = await ask(gw)

@@ -18,7 +18,9 @@ from tests.harness import GatewayProcess, seed_basic
 MESSAGES: list[Any] = [{"role": "user", "content": "tell me about purges"}]
 
 
-def purge(gateway: GatewayProcess, capsys: pytest.CaptureFixture[str], org: str, *args: str) -> tuple[int, str]:
+def purge(
+    gateway: GatewayProcess, capsys: pytest.CaptureFixture[str], org: str, *args: str
+) -> tuple[int, str]:
     """Run the CLI; its exit code and what it printed (stdout, or stderr on failure)."""
     command = ["cache", "purge", "--org", org, *args, "--json"]
     with pytest.raises(SystemExit) as ended:

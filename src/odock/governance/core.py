@@ -644,9 +644,7 @@ class Governance:
             f"{ctx.request_id[:64]}/{receipt.token}", held, now
         )  # id bounded: fits the ledger column
 
-    def _held(
-        self, ctx: CallContext, now: datetime, amount: Callable[[Budget | Quota], int]
-    ) -> list[Held]:
+    def _held(self, ctx: CallContext, now: datetime, amount: Callable[[Budget | Quota], int]) -> list[Held]:
         """The call's running budget and quota windows (org → team/user → key), each with `amount(definition)`."""
         defs = self.definitions
         held: list[Held] = []
