@@ -33,6 +33,10 @@ def unreplayable_request(body: Mapping[str, Any], choices: int) -> str | None:
     (OpenAI `modalities`/`audio`, Gemini `responseModalities`: images and audio are not normalized events)."""
     if choices > 1:
         return "several_choices"
+    if not (
+        "modalities" in body or "audio" in body or "generationConfig" in body or "generation_config" in body
+    ):
+        return None  # the common case, on every cached call: four lookups
     wanted: list[Any] = []
     for holder in (body, body.get("generationConfig"), body.get("generation_config")):
         if isinstance(holder, Mapping):

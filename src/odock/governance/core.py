@@ -439,19 +439,17 @@ class Governance:
         if not isinstance(receipt, Receipt):
             receipt = Receipt(ctx.request_id, _token())
             ctx.governance = receipt
-        checks: list[Check] = []
-        if ctx.model is not None:
-            checks += self._request_checks(
-                MODEL, ctx.model.id, self._policies.get(ctx.model.policies), leases=True
-            )
-        if checks:
-            result, limiter = await self._gate(checks, receipt.token)
-            self._raise_if_denied("final", checks, result)
-            receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
-            header = _header(checks, result)
-            if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
-                receipt.header = header
-        metrics.child(DECISIONS, "final", "allow").inc()
+        if ctx.model is not None and ctx.model.policies:
+            limits = self._policies.get(ctx.model.policies)
+            checks = self._request_checks(MODEL, ctx.model.id, limits, leases=True)
+            if checks:
+                result, limiter = await self._gate(checks, receipt.token)
+                self._raise_if_denied("final", checks, result)
+                receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
+                header = _header(checks, result)
+                if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
+                    receipt.header = header
+                metrics.child(DECISIONS, "final", "allow").inc()
         if receipt.ledger is not None or (not self.definitions.budgets and not self.definitions.quotas):
             return
         now = datetime.now(UTC)
