@@ -15,6 +15,7 @@ from typing import Any
 import openai
 import pytest
 
+from odock import metrics
 from odock.admin.governance import GovernanceAdmin
 from odock.governance import Governance
 from odock.governance.periods import window_at
@@ -118,7 +119,10 @@ async def test_a_hit_is_charged_to_every_budget_once_and_refused_when_it_cannot_
 
 
 async def test_a_hit_is_one_request_and_no_tokens(tmp_path: Path, mode: dict[str, Any]) -> None:
-    """REQUESTS quotas and the model's requests-per-minute count a hit; token quotas do not."""
+    """REQUESTS quotas and the model's requests-per-minute count a hit; token quotas do not (reserved at 0, which
+    must settle too: Redis refused the "-0" a Lua script sent for it, and the reservation stayed held)."""
+    settle_errors = metrics.child(metrics.GOVERNANCE_ERRORS, "settle")
+    errors_before = settle_errors._value.get()
     async with cached_gateway(tmp_path, mode, {"cache": {"mode": "exact"}}) as (gw, admin):
         requests = await admin.create_quota(
             {
@@ -165,3 +169,4 @@ async def test_a_hit_is_one_request_and_no_tokens(tmp_path: Path, mode: dict[str
         with pytest.raises(openai.RateLimitError) as limited:
             await ask(gw)
         assert limited.value.body["code"] == "rpm_exceeded"  # type: ignore[index]
+    assert settle_errors._value.get() == errors_before
