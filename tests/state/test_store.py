@@ -140,8 +140,8 @@ async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
 
 
 async def test_a_large_batch_is_written_whole(store: SqlStore) -> None:
-    """A batch of many rows (on SQLite, more than one statement's worth) is written entirely, and once when
-    retried whole or in part; the rollups count each row once."""
+    """A batch of many rows (a catch-up transaction's) is written entirely, and once when retried whole or in
+    part; the rollups count each row once."""
     when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
     batch = [_usage(f"bulk-{n}", when, output_tokens=n) for n in range(2500)]
     await store.insert_usage(batch[:1200])
