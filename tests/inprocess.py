@@ -62,9 +62,8 @@ async def in_process_gateway(
     **settings: Any,
 ) -> AsyncIterator[InProcessGateway]:
     """A seeded gateway (tests.harness.seed_basic) with optional extra stages, started and stopped around the block."""
-    config = Settings(
-        database_url=f"sqlite:///{tmp_path / 'odock.db'}", usage_flush_interval_s=0.05, **settings
-    )
+    settings.setdefault("database_url", f"sqlite:///{tmp_path / 'odock.db'}")  # or a cluster's PostgreSQL
+    config = Settings(usage_flush_interval_s=0.05, **settings)
     store = await SqlStore.open(config.database_url, config)
     service = CatalogueService(store)
     seeded = await seed_basic(service, MOCK_URL)

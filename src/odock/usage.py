@@ -34,6 +34,10 @@ from odock.state.store import Store
 log = logging.getLogger("odock.usage")
 
 
+# more than _BEHIND batches queued when a flush starts: it writes up to _CATCH_UP batches per transaction
+_BEHIND = 4
+_CATCH_UP = 10
+
 _encode_line = msgspec.json.Encoder().encode
 _decode_record = msgspec.json.Decoder(UsageRecord).decode
 
@@ -223,7 +227,12 @@ class UsageRecorder:
         if due and self.spool is not None and not self._sealed_pending:
             self._seal(self.spool)
         while written < due and self._queue:
-            batch = [self._queue[i] for i in range(min(self.batch_size, due - written, len(self._queue)))]
+            left = due - written
+            # behind (several batches queued): bigger transactions. On a saturated event loop each of a write's
+            # ~14 driver round trips waits for a loop turn, so a batch costs nearly the same whatever its size and
+            # 500-row batches fell behind a stream of cache hits (~4,600 rows/s written beside 6,400 hits/s)
+            size = self.batch_size if left <= _BEHIND * self.batch_size else _CATCH_UP * self.batch_size
+            batch = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
             try:
                 await self.store.insert_usage(batch)
             except BadRequest:

@@ -59,8 +59,11 @@ async def test_purge_by_namespace_model_and_key(tmp_path: Path) -> None:
         assert bad.status_code == 400 and "organisation" in bad.json()["error"]["message"]
         bad = await purge(http, namespace="a b")
         assert bad.status_code == 400
+        await openai_client(gw).chat.completions.create(
+            model="gpt-test", messages=MESSAGES, extra_headers={"cache-control": "no-store"}
+        )
         metrics = (await http.get("/metrics")).text
-        for name in ("hits", "misses", "coalesced_waits", "evictions"):
+        for name in ("hits", "misses", "bypasses", "coalesced_waits", "evictions", "stored_bytes"):
             assert f"gateway_cache_{name}" in metrics
         assert "gateway_cache_bytes" in metrics
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import openai
 import pytest
+from google.genai import types
 
 from odock.admin.governance import GovernanceAdmin
 from odock.governance.store import GovernanceStore
-from tests.cache.test_cache_replay import MESSAGES, enable, openai_client, upstream_calls
+from tests.cache.test_cache_replay import MESSAGES, enable, gemini_client, openai_client, upstream_calls
 from tests.harness import seed_basic, wait_usage
 from tests.inprocess import InProcessGateway, in_process_gateway
 
@@ -63,6 +64,29 @@ async def test_cache_control_directives(tmp_path: Path) -> None:
         assert (await ask(client, extra_headers={"cache-control": "max-age=3600"}))[0] == "HIT"
         assert (await ask(client, extra_headers={"cache-control": "max-age=0"}))[0] == "MISS"  # too old
         assert upstream_calls(gw.mock) == 4
+
+
+async def test_age_is_the_entry_age_and_max_age_bounds_it(tmp_path: Path) -> None:
+    """`Age` on a hit counts seconds since the answer was stored; `max-age=N` takes only an entry at most N
+    seconds old, and a too old one is refreshed (its replacement starts at 0)."""
+    async with in_process_gateway(tmp_path) as gw:
+        await enable(gw)
+        client = openai_client(gw)
+
+        async def age(**extra: Any) -> tuple[str, str | None]:
+            reply = await client.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=MESSAGES, **extra
+            )
+            return reply.headers["x-odock-cache"], reply.headers.get("age")
+
+        assert await age() == ("MISS", None)
+        await asyncio.sleep(1.2)
+        verdict, seconds = await age()
+        assert verdict == "HIT" and seconds is not None and 1 <= int(seconds) <= 3
+        assert (await age(extra_headers={"cache-control": "max-age=60"}))[0] == "HIT"
+        assert await age(extra_headers={"cache-control": "max-age=1"}) == ("MISS", None)
+        assert await age() == ("HIT", "0")
+        assert upstream_calls(gw.mock) == 2
 
 
 async def test_disabled_for_a_key_and_bypassed_fields(tmp_path: Path) -> None:
@@ -155,7 +179,8 @@ async def test_model_scope_hit_cost_and_the_entry_bound(tmp_path: Path) -> None:
         long: Any = [{"role": "user", "content": "long [[mock words=600]]"}]
         for _ in range(2):
             big = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=long)
-            assert big.headers["x-odock-cache"] == "MISS"
+            # a unary answer's headers wait for the after-hooks: it says it was not stored (a stream cannot)
+            assert big.headers["x-odock-cache"] == "BYPASS"
             stream = await client.chat.completions.create(model="gpt-test", messages=long, stream=True)
             async for _chunk in stream:
                 pass
@@ -192,3 +217,27 @@ async def test_safetysec_runs_first_a_block_is_never_cached_and_the_key_is_the_r
         )
         assert (first.headers["x-odock-cache"], second.headers["x-odock-cache"]) == ("MISS", "HIT")
         assert upstream_calls(gw.mock) == 1
+
+
+async def test_answers_the_normalized_events_cannot_carry_are_bypassed(tmp_path: Path) -> None:
+    """Several choices (`n`) and non-text output (audio, images) are never stored: the normalized answer is one
+    choice of text, thinking and tool calls, so their replay would differ; each says BYPASS and goes upstream,
+    untouched (a byte relay: the cache stage steps aside)."""
+    async with in_process_gateway(tmp_path) as gw:
+        await enable(gw)
+        client = openai_client(gw)
+        for _ in range(2):
+            assert (await ask(client, n=2))[0] == "BYPASS"
+            assert (await ask(client, modalities=["text", "audio"]))[0] == "BYPASS"
+        assert upstream_calls(gw.mock) == 4
+        assert (await ask(client, n=1, modalities=["text"]))[0] == "MISS"  # one text choice: cached
+        assert (await ask(client, n=1, modalities=["text"]))[0] == "HIT"
+        gemini = gemini_client(gw)
+        image = types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"])
+        for _ in range(2):
+            reply = await gemini.aio.models.generate_content(
+                model="gemini-test", contents="draw a cache", config=image
+            )
+            assert reply.sdk_http_response is not None and reply.sdk_http_response.headers is not None
+            assert reply.sdk_http_response.headers["x-odock-cache"] == "BYPASS"
+        assert upstream_calls(gw.mock) == 7

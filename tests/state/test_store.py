@@ -140,16 +140,19 @@ async def test_usage_insert_is_idempotent_and_lossless(store: SqlStore) -> None:
 
 
 async def test_a_large_batch_is_written_whole(store: SqlStore) -> None:
-    """A batch of many rows is written entirely, and once when retried."""
+    """A batch of many rows (a catch-up transaction's) is written entirely, and once when retried whole or in
+    part; the rollups count each row once."""
     when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
-    batch = [_usage(f"bulk-{n}", when, output_tokens=n) for n in range(121)]
+    batch = [_usage(f"bulk-{n}", when, output_tokens=n) for n in range(2500)]
+    await store.insert_usage(batch[:1200])
     await store.insert_usage(batch)
     await store.insert_usage(batch)
     async with store.read() as conn:
         count, tokens = (
             await conn.execute(sa.select(sa.func.count(), sa.func.sum(schema.usage_records.c.output_tokens)))
         ).one()
-    assert (count, tokens) == (121, sum(range(121)))
+        rolled = (await conn.exec_driver_sql("SELECT sum(requests) FROM usage_rollup_hourly")).scalar()
+    assert (count, tokens, rolled) == (2500, sum(range(2500)), 2500)
 
 
 async def test_a_request_id_seen_twice_keeps_both_records(store: SqlStore) -> None:

@@ -80,3 +80,16 @@ async def test_stop_drains_everything_queued() -> None:
         recorder.record(_record(n))
     await recorder.stop()
     assert [rid for batch in store.batches for rid in batch] == [f"r{n}" for n in range(10)]
+
+
+async def test_a_recorder_behind_writes_bigger_transactions() -> None:
+    """More than four batches queued: a flush writes up to ten batches per transaction (on a saturated event loop
+    a write costs its driver round trips, nearly whatever its size), then normal batches; every record once."""
+    store = GatedStore()
+    store.release.set()
+    recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
+    for n in range(25):
+        recorder.record(_record(n))
+    assert await recorder.flush() == 25
+    assert [len(batch) for batch in store.batches] == [20, 2, 2, 1]
+    assert [r for batch in store.batches for r in batch] == [f"r{n}" for n in range(25)]

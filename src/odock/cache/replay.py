@@ -4,7 +4,8 @@ through the client dialect's stream encoder) or as a unary answer (the events fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from odock.model import (
     ContentPart,
@@ -24,6 +25,27 @@ from odock.model import (
 class NotReplayable(ValueError):
     """An answer the normalized events cannot carry whole (several choices, images, redacted thinking): never
     stored, since its replay would differ from the original."""
+
+
+def unreplayable_request(body: Mapping[str, Any], choices: int) -> str | None:
+    """Why a request's answer could not be replayed whole, known before it is sent (None: it can be): several
+    choices (`n`, `best_of`, `candidateCount`: the normalized answer is one choice), or an output other than text
+    (OpenAI `modalities`/`audio`, Gemini `responseModalities`: images and audio are not normalized events)."""
+    if choices > 1:
+        return "several_choices"
+    if not (
+        "modalities" in body or "audio" in body or "generationConfig" in body or "generation_config" in body
+    ):
+        return None  # the common case, on every cached call: four lookups
+    wanted: list[Any] = []
+    for holder in (body, body.get("generationConfig"), body.get("generation_config")):
+        if isinstance(holder, Mapping):
+            for name in ("modalities", "responseModalities", "response_modalities"):
+                value = holder.get(name)
+                wanted += value if isinstance(value, list) else [] if value is None else [value]
+    if body.get("audio") is not None or any(str(m).lower() != "text" for m in wanted):
+        return "non_text_output"
+    return None
 
 
 def response_events(resp: GatewayResponse) -> list[StreamEvent]:

@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -395,7 +396,7 @@ class Governance:
             actual = self._actuals(ctx, receipt, cost_nanos)
             exceeded = self._exceeded(ctx, receipt, actual)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
-            decision = "settled" if usage is not None else "released"
+            decision = "settled" if usage is not None or ctx.cache_hit else "released"
             metrics.child(DECISIONS, "settle", decision).inc()
             metrics.child(metrics.BUDGET_DECISIONS, decision).inc()
             if used:
@@ -432,39 +433,32 @@ class Governance:
         await self._flush_events()
         return await self.store.list_events(budget_id=budget_id, since=since, limit=limit)
 
-    async def refuse_if_spent(self, ctx: CallContext) -> None:
-        """Refuse a call served without any reservation (a response-cache hit) once one of its budget or quota
-        windows is spent, as the final gate would: read only, nothing reserved or charged."""
-        defs = self.definitions
-        if not defs.budgets and not defs.quotas:
+    async def hit(self, ctx: CallContext, cost_nanos: int | None) -> None:
+        """Admit a call answered by the response cache: the model scope's request limits (the early gate counted
+        the others), then one reservation of what the hit is billed — `cost_nanos` in budgets and COST quotas, one
+        request in REQUESTS quotas, no tokens anywhere (no TPM, no token quota: it used none) — settled by the
+        post-flight like any call's. A spent window refuses it as the final gate would (402/429)."""
+        receipt = ctx.governance
+        if not isinstance(receipt, Receipt):
+            receipt = Receipt(ctx.request_id, _token())
+            ctx.governance = receipt
+        if ctx.model is not None and ctx.model.policies:
+            limits = self._policies.get(ctx.model.policies)
+            checks = self._request_checks(MODEL, ctx.model.id, limits, leases=True)
+            if checks:
+                result, limiter = await self._gate(checks, receipt.token)
+                self._raise_if_denied("final", checks, result)
+                receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
+                header = _header(checks, result)
+                if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
+                    receipt.header = header
+                metrics.child(DECISIONS, "final", "allow").inc()
+        if receipt.ledger is not None or (not self.definitions.budgets and not self.definitions.quotas):
             return
         now = datetime.now(UTC)
-        held: list[Held] = []
-        for owner_type, owner_id, tz in self._owners(ctx):
-            for budget in defs.budgets.get((owner_type, owner_id), ()):
-                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, 0), budget))
-            for quota in defs.quotas.get((owner_type, owner_id), ()):
-                ref = self._window(quota, "q", quota.limit, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, 0), quota))
-        for entry in held:
-            used, reserved = await self._window_totals(entry.item.ref)
-            if used + reserved >= entry.item.ref.limit:
-                metrics.child(DECISIONS, "budget", "deny").inc()
-                _deny(entry, now)
-
-    async def _window_totals(self, ref: WindowRef) -> tuple[int, int]:
-        """(used, reserved) of a window, loaded from SQL first when this process has not seen it yet."""
-        state = await self.window_state(ref.key)
-        if state is None:
-            if self.redis_ledger is not None:
-                await self.redis_ledger._rebuild([ref])
-            else:
-                await self.local_ledger._load([ref])
-            state = await self.window_state(ref.key)
-        return state or (0, 0)
+        held = self._held(ctx, now, lambda d: _hit_amount(d, cost_nanos))
+        if held:
+            await self._reserve(receipt, _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now))
 
     async def window_state(self, window_key: str) -> tuple[int, int] | None:
         """Return (used, reserved) of a window as the enforcing backend sees it."""
@@ -640,21 +634,31 @@ class Governance:
             worst = ctx.reserve_nanos
         else:
             worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
-        held: list[Held] = []
-        for owner_type, owner_id, tz in self._owners(ctx):
-            for budget in defs.budgets.get((owner_type, owner_id), ()):
-                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, worst), budget))
-            for quota in defs.quotas.get((owner_type, owner_id), ()):
-                ref = self._window(quota, "q", quota.limit, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
+        held = self._held(
+            ctx,
+            now,
+            lambda d: worst if isinstance(d, Budget) else _quota_estimate(d, est_in, out_tokens, worst),
+        )
         if not held:
             return None
         return _Plan(
             f"{ctx.request_id[:64]}/{receipt.token}", held, now
         )  # id bounded: fits the ledger column
+
+    def _held(self, ctx: CallContext, now: datetime, amount: Callable[[Budget | Quota], int]) -> list[Held]:
+        """The call's running budget and quota windows (org → team/user → key), each with `amount(definition)`."""
+        defs = self.definitions
+        held: list[Held] = []
+        for owner_type, owner_id, tz in self._owners(ctx):
+            for budget in defs.budgets.get((owner_type, owner_id), ()):
+                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, amount(budget)), budget))
+            for quota in defs.quotas.get((owner_type, owner_id), ()):
+                ref = self._window(quota, "q", quota.limit, now, tz)
+                if ref is not None:
+                    held.append(Held(Item(ref, amount(quota)), quota))
+        return held
 
     async def _gate_and_reserve(
         self, checks: list[Check], token: str, plan: _Plan
@@ -732,7 +736,9 @@ class Governance:
         for h in receipt.held:
             d = h.definition
             metric = d.metric if isinstance(d, Quota) else "COST"
-            if metric == "ERRORS":
+            if ctx.cache_hit:
+                amount = _hit_amount(d, cost_nanos)
+            elif metric == "ERRORS":
                 amount = 1 if upstream and failed else 0
             elif metric == "LATENCY_MS":
                 amount = ctx.elapsed_ms() if upstream else 0
@@ -928,6 +934,14 @@ def _quota_estimate(quota: Quota, est_in: int, out_tokens: int, worst: int) -> i
     if metric == "COST":
         return worst
     return 0  # ERRORS, LATENCY_MS: known only afterwards; blocked once used reaches the limit
+
+
+def _hit_amount(d: Budget | Quota, cost_nanos: int | None) -> int:
+    """What a response-cache hit is charged in a window: its billed cost, one request, never tokens."""
+    metric = d.metric if isinstance(d, Quota) else "COST"
+    if metric == "COST":
+        return cost_nanos or 0
+    return 1 if metric == "REQUESTS" else 0
 
 
 def _deny(held: Held, now: datetime) -> None:

@@ -218,7 +218,9 @@ for j = 1, #held, 2 do
   local w, estimate = held[j], tonumber(held[j + 1])
   local amount = actual[w] or 0
   if redis.call('EXISTS', w) == 1 then
-    local left = redis.call('HINCRBY', w, 'reserved', -estimate)
+    -- `0 - estimate`, not `-estimate`: Lua's -0 reaches Redis as "-0", which HINCRBY refuses (an item reserved at 0
+    -- would fail the whole settle, leaving the reservation held for ever)
+    local left = redis.call('HINCRBY', w, 'reserved', 0 - estimate)
     if left < 0 then redis.call('HSET', w, 'reserved', 0) end
     out[#out + 1] = w
     out[#out + 1] = redis.call('HINCRBY', w, 'used', amount)

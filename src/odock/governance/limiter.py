@@ -169,9 +169,10 @@ for i = nl + 1, #KEYS do
   local field, amount = ARGV[base], tonumber(ARGV[base + 1])
   local v = redis.call('HGET', KEYS[i], field)
   if v then  -- the bucket is still in the window: refund it and the running total alike
-    local back = math.min(tonumber(v), amount)
-    redis.call('HINCRBY', KEYS[i], field, -back)
-    redis.call('HINCRBY', KEYS[i], 't', -back)
+    -- `0 - back`: Lua's -0 reaches Redis as "-0", which HINCRBY refuses (a refund of 0 failed the rest)
+    local back = 0 - math.min(tonumber(v), amount)
+    redis.call('HINCRBY', KEYS[i], field, back)
+    redis.call('HINCRBY', KEYS[i], 't', back)
   end
 end
 return 1

@@ -1,9 +1,11 @@
 """The response cache stage (issue 14), in the `pre_reserve` insertion point: after authentication, grants, the
 early gate and SafetySec's request phase, before any budget or token reservation.
 
-A hit answers the call itself (`Answered`): no reservation, no routing, no upstream; its usage record says
-`cache_hit` and costs 0 (or the policy's `hit_cost` fraction of the original), counting toward request limits
-(the early gate already counted it) but not token limits. A miss is stored once its answer is complete: a unary
+A hit answers the call itself (`Answered`): no token reservation, no routing, no upstream; its usage record says
+`cache_hit` and costs 0 (or the policy's `hit_cost` fraction of the original), which governance charges to the
+call's budgets and COST quotas once (`Governance.hit`: reserved here, settled by the post-flight); it counts as
+one request in rate limits (the early gate counted the organisation, team and key; the model's are counted here)
+and REQUESTS quotas, and as no tokens anywhere. A miss is stored once its answer is complete: a unary
 answer after it decoded, a stream after its terminal event. Clients steer it with `Cache-Control`: `no-store`
 (neither read nor write), `no-cache` (do not read, store the fresh answer), `max-age=N` (only an entry at most N
 seconds old). Responses say `X-Odock-Cache: HIT | MISS | BYPASS`, and `Age` on a hit.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from odock import metrics
 from odock.cache.key import cache_key
-from odock.cache.replay import NotReplayable, check_stream, response_events
+from odock.cache.replay import NotReplayable, check_stream, response_events, unreplayable_request
 from odock.cache.store import Coalescer, Entry, Fill, address, decode_entry, encode_entry
 from odock.errors import GatewayError
 from odock.pipeline.call import Answered
@@ -114,6 +116,10 @@ class ResponseCache(Stage):
             # include_raw asks for the provider's own answer, which only the upstream has
             self._bypass(call, "no_store" if control.no_store else "include_raw")
             return False
+        unreplayable = unreplayable_request(call.json, ctx.prompt.choices if ctx.prompt else 1)
+        if unreplayable is not None:
+            self._bypass(call, unreplayable)
+            return False
         scoped_key = ctx.key.id if policy.scope == "key" else None
         digest = cache_key(
             dialect=route.name,
@@ -133,8 +139,8 @@ class ResponseCache(Stage):
             self._bypass(call, "unavailable")
             return False
         if entry is not None:
-            if await self._admitted(call):
-                self._hit(call, policy, entry)
+            if await self._admitted(call, policy, entry):
+                self._hit(call, entry)
             fill = Fill(addr, None, None)
         assert fill is not None
         call.defer(lambda: self._finish(fill))
@@ -157,32 +163,41 @@ class ResponseCache(Stage):
             return None, Fill(addr, None, None)
         return entry, fill
 
-    async def _admitted(self, call: Call) -> bool:
-        """A hit reserves nothing, yet a spent budget or quota still refuses it (402/429, as the final gate
-        would); when the windows cannot be read the call goes on as a miss and the final gate decides."""
-        if self.governance is None:
-            return True
-        try:
-            await self.governance.refuse_if_spent(call.ctx)
-        except GatewayError:
-            raise
-        except Exception:
-            log.warning("budget windows unreadable: the hit is served as a miss")
-            return False
+    async def _admitted(self, call: Call, policy: CachePolicy, entry: Entry) -> bool:
+        """Price the hit and let governance admit it: the model's request limits, and a reservation of the hit's
+        cost (budgets, COST quotas) and of one request (REQUESTS quotas), settled by the post-flight like any
+        call's; a spent window refuses it (402/429, as the final gate would). When the windows cannot be
+        reached the call goes on as a miss and the final gate decides."""
+        ctx = call.ctx
+        # billed as configured, never from tokens: the hit used none
+        cost = round(entry.cost_nanos * policy.hit_cost) if entry.cost_nanos is not None else None
+        if self.governance is not None:
+            try:
+                await self.governance.hit(ctx, cost)
+            except GatewayError:
+                raise
+            except Exception:
+                log.warning("budget windows unreadable: the hit is served as a miss")
+                return False
+        ctx.priced, ctx.cost_nanos, ctx.cache_hit = True, cost, True
         return True
 
-    def _hit(self, call: Call, policy: CachePolicy, entry: Entry) -> NoReturn:
+    def _hit(self, call: Call, entry: Entry) -> NoReturn:
         ctx = call.ctx
         assert call.primary is not None
         age = max(0, int(time.time() - entry.created))
         call.exchange.response_headers += [(HEADER, b"HIT"), (b"age", str(age).encode())]
         metrics.child(metrics.CACHE_HITS, call.route.name).inc()
-        ctx.cache_hit = True
         ctx.answered_by, ctx.answered_provider = call.primary.model, call.primary.provider
-        # billed as configured, never from tokens: the hit used none
-        ctx.priced = True
-        ctx.cost_nanos = round(entry.cost_nanos * policy.hit_cost) if entry.cost_nanos is not None else None
         raise Answered(self, entry.events)
+
+    @staticmethod
+    def _say(call: Call, verdict: bytes) -> None:
+        """Replace this call's MISS by `verdict` while its headers are not sent yet (a unary answer: the
+        after-hooks run before it goes out; a stream's headers left with its first byte)."""
+        if not call.exchange.started:
+            headers = call.exchange.response_headers
+            headers[:] = [(name, verdict if name == HEADER else value) for name, value in headers]
 
     def _bypass(self, call: Call, reason: str) -> None:
         call.exchange.response_headers.append((HEADER, b"BYPASS"))
@@ -210,17 +225,20 @@ class ResponseCache(Stage):
             return
         if pending.too_large:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "too_large").inc()
+            self._say(call, b"BYPASS")
             return
         try:
             events = self._answer(pending, response)
         except NotReplayable:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "not_replayable").inc()
+            self._say(call, b"BYPASS")
             return
         if events is None:
             return
         data = encode_entry(Entry(created=time.time(), cost_nanos=self.pricer.cost(call.ctx), events=events))
         if len(data) > self.max_entry_bytes:
             metrics.child(metrics.CACHE_BYPASSES, call.route.name, "too_large").inc()
+            self._say(call, b"BYPASS")
             return
         try:
             await self.store.put(pending.fill.addr, data, pending.policy.ttl_s)
