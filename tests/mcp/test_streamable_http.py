@@ -11,11 +11,13 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+import sqlalchemy as sa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from odock import metrics
+from odock.state import schema
 from tests.harness import wait_usage
 from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
 
@@ -219,7 +221,8 @@ async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
 
 
 async def test_usage_record_and_cost(env: McpEnv) -> None:
-    """A tools/call leaves a UsageRecord with provider mcp, the server's slug, MCP details and the priced cost."""
+    """A tools/call in a session leaves a UsageRecord with provider mcp, the server's slug and the priced cost, and
+    its MCP usage record (same id) with the method, tool and bytes."""
     body = {
         "jsonrpc": "2.0",
         "id": 7,
@@ -243,8 +246,11 @@ async def test_usage_record_and_cost(env: McpEnv) -> None:
     record = await wait_usage(env.gw.service, "mcp-usage-1")
     assert record is not None
     assert record["provider"] == "mcp" and record["model"] == "json-ruled"
-    details = record["metadata"]["mcp"]
-    assert details["method"] == "tools/call" and details["tools"] == ["echo"]
+    table = schema.mcp_usage_records
+    async with env.gw.gateway.store.read() as conn:
+        query = sa.select(table).where(table.c.id == record["id"])
+        details = (await conn.execute(query)).mappings().one()
+    assert details["method"] == "tools/call" and details["tool"] == "echo"
     assert details["bytes_out"] == len(resp.content)
     expected = 1000 + 2 * details["bytes_in"] + 3 * details["bytes_out"]
-    assert record["cost_nanos"] == expected
+    assert record["cost_nanos"] == details["cost_nanos"] == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from odock.mcp import pricing
 from odock.mcp.protocol import Message, Rules
 from odock.mcp.records import McpServer
 from odock.mcp.runtime import McpRuntime
@@ -70,3 +71,11 @@ class McpRequest:
     @property
     def request_ids(self) -> list[Any]:
         return [m.id for m in self.messages if m.is_request]
+
+    def cost_nanos(self) -> int:
+        """The call's cost on the server's pricing: calls, tools, the request's bytes and the bytes relayed."""
+        server = self.server
+        if server is None or not server.pricing:
+            return 0
+        calls = max(1, len(self.request_ids))
+        return pricing.cost_nanos(server.pricing, self.tools, calls, len(self.body), self.bytes_out)

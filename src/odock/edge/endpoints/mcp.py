@@ -26,7 +26,6 @@ import msgspec
 
 from odock.edge.endpoint import LLMEndpoint
 from odock.errors import GatewayError, UpstreamError
-from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import Rules, error_body, filter_json, filter_sse_event, sse_events
 from odock.mcp.records import McpServer
@@ -131,16 +130,10 @@ class McpEndpoint(LLMEndpoint):
             else:
                 await self._relay_http(call, state, server, runtime)
         finally:
-            if call.ctx.upstream_started is not None:
-                ctx = call.ctx
-                ctx.cost_nanos = pricing.cost_nanos(
-                    server.pricing,
-                    state.tools,
-                    max(1, len(state.request_ids)),
-                    len(state.body),
-                    state.bytes_out,
-                )
-                ctx.priced = True
+            ctx = call.ctx
+            if ctx.upstream_started is not None and not ctx.priced:
+                # (priced already when the usage record was taken as the answer's last bytes left)
+                ctx.cost_nanos, ctx.priced = state.cost_nanos(), True
 
     async def _relay_stdio(
         self, call: Call, state: McpRequest, server: McpServer, runtime: McpRuntime

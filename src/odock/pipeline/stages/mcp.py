@@ -22,7 +22,7 @@ from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import check_routing_headers, enforce, parse_body, rules_of
 from odock.pipeline.stage import Stage
-from odock.state.records import UsageRecord
+from odock.state.records import McpUsage, UsageRecord
 
 if TYPE_CHECKING:
     from odock.context import CallContext
@@ -180,9 +180,21 @@ class McpGate(Stage):
         await self.governance.final(ctx)
 
 
+def _clip(value: str | None, width: int) -> str | None:
+    """A client-given name as the ledger can hold it: no NUL (PostgreSQL text refuses one), at most `width`."""
+    if value is None:
+        return None
+    return value.replace("\x00", "")[:width]
+
+
 class McpRecordUsage(Stage):
-    """Step 17: the `UsageRecord` (provider `mcp`, model = the server's slug) with the MCP usage details in its
-    metadata (server, transport, method, tools, bytes, latency, outcome, pricing snapshot), and the metrics."""
+    """Step 17: the `UsageRecord` (provider `mcp`, model = the server's slug, the cost, the pricing snapshot) and
+    its MCP usage record (server, transport, method, tool, bytes in/out, latency, outcome: `UsageRecord.mcp`, one
+    spool line and one ledger transaction with it), and the metrics.
+
+    Taken once, as the LLM record is: just before the response's last bytes leave (so a client never holds a
+    complete answer whose record a killed process could not replay from the spool), or, for a call that ends
+    without a response (a client gone mid-stream), when the call ends. Never raises."""
 
     name = "mcp_usage"
 
@@ -192,13 +204,21 @@ class McpRecordUsage(Stage):
     async def before(self, call: Call) -> None:
         ctx = call.ctx
         started = time.perf_counter()
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                try:
+                    self.record(ctx, call.route_state, started)
+                except Exception:  # the response must still go out
+                    log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
 
         async def at_end() -> None:
-            try:
-                self.record(ctx, call.route_state, started)
-            except Exception:
-                log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
+            record()
 
+        call.exchange.before_end = record
         call.defer(at_end)
 
     def record(self, ctx: CallContext, state: object, started: float) -> None:
@@ -212,26 +232,33 @@ class McpRecordUsage(Stage):
             outcome = "failed"
         metrics.child(metrics.MCP_REQUESTS, transport, method, outcome).inc()
         metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - started)
+        bytes_in = len(mcp.body) if mcp is not None else 0
+        bytes_out = mcp.bytes_out if mcp is not None else 0
         if mcp is not None:
-            metrics.child(metrics.MCP_BYTES, "in").inc(len(mcp.body))
-            metrics.child(metrics.MCP_BYTES, "out").inc(mcp.bytes_out)
+            metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
+            metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
+            if ctx.upstream_started is not None and not ctx.priced:
+                ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key
         if key is None:
             return
         details = None
         if mcp is not None:
-            details = {
-                "server_id": server.id if server else None,
-                "server": mcp.ref,
-                "transport": transport,
-                "method": method,
-                "tools": mcp.tools[:50],
-                "tool_calls": mcp.tool_calls,
-                "bytes_in": len(mcp.body),
-                "bytes_out": mcp.bytes_out,
-                "upstream_status": mcp.upstream_status,
-                "outcome": outcome,
-            }
+            tools = mcp.tools
+            details = McpUsage(
+                server=mcp.ref,
+                server_id=server.id if server else None,
+                transport=transport,
+                method=method,
+                outcome=outcome,
+                tool=_clip(tools[0], 200) if tools else None,
+                tool_calls=mcp.tool_calls,
+                endpoint=_clip(mcp.subpath, 500),
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                upstream_status=mcp.upstream_status,
+                metadata={"tools": [_clip(t, 200) for t in tools[:50]]} if len(tools) > 1 else None,
+            )
         self.recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -242,11 +269,7 @@ class McpRecordUsage(Stage):
                 api_key_id=key.id,
                 route="mcp",
                 status=status,
-                outcome="failed"
-                if outcome == "blocked"
-                else ctx.outcome
-                if outcome != "failed"
-                else "failed",
+                outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
                 model=server.slug if server else None,
                 provider="mcp",
                 stream=ctx.stream,
@@ -254,6 +277,6 @@ class McpRecordUsage(Stage):
                 error_code=ctx.error_code,
                 cost_nanos=ctx.cost_nanos,
                 pricing=server.pricing if server and server.pricing else None,
-                metadata={"mcp": details} if details else None,
+                mcp=details,
             )
         )
