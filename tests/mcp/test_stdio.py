@@ -1,5 +1,6 @@
 """Stdio MCP servers through the gateway: the official SDK client (auto and legacy) against an `MCPServer` run
-by the gateway's supervised pool; many calls with the process and file-descriptor counts flat; a process killed
+by the gateway's supervised pool; 1,000 calls through a gateway process with its process and file-descriptor
+counts flat; a process killed
 mid-call is an error and is replaced; idle processes are reaped; shutdown ends every process group."""
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from odock.mcp.service import McpCatalogueService
 from odock.mcp.stdio import StdioPools
+from tests.harness import GatewayProcess
 from tests.mcp.servers import McpEnv, mcp_gateway
 
 SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
-CALLS = 200  # kept modest for the suite's time; the counts are checked flat across them
+LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
+CALLS = 1000
+CONCURRENCY = 16
 
 
 @pytest.fixture(scope="module")
@@ -75,32 +80,87 @@ async def test_sdk_through_the_stdio_pool(env: McpEnv, mode: str) -> None:
         assert "from-env:" in who
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, …; zombies too: an ended child never waited for is a
+    leak as well), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
-async def test_many_calls_keep_processes_and_fds_flat(env: McpEnv) -> None:
-    """200 concurrent-ish calls: never more processes than the bound, and the fd count does not grow."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": "x"}},
-    }
-    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=8)) as http:
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
-        async def one(i: int) -> None:
-            resp = await http.post(env.route("tools"), json={**body, "id": i}, headers=env.headers())
-            assert resp.status_code == 200 and resp.json()["id"] == i
 
-        await asyncio.gather(*(one(i) for i in range(20)))  # warm: pool and connections exist
-        server_id = await _server_id(env, "tools")
-        before_fds, before_pids = _fds(), set(_pool_pids(env, server_id))
-        for start in range(0, CALLS, 8):
-            await asyncio.gather(*(one(i) for i in range(start, start + 8)))
-        after_fds, after_pids = _fds(), set(_pool_pids(env, server_id))
-    assert len(after_pids) <= 2 and after_pids == before_pids
-    assert after_fds <= before_fds + 2, (before_fds, after_fds)
+async def test_1000_calls_keep_the_gateways_processes_and_fds_flat(tmp_path: Path) -> None:
+    """1,000 tools/call (16 at a time) through a gateway process to a stdio server bounded to 2 processes: the
+    gateway's child processes are the same 2 before and after (none added, none left behind, no zombie), and the
+    descriptors of the gateway and of its children do not grow."""
+    proc = GatewayProcess(tmp_path)
+    service = await proc.open_service()
+    try:
+        await service.create_organisation({"name": "acme"})
+        created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
+        mcp = McpCatalogueService(service.store)
+        await mcp.create_mcp_server(
+            {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
+             "stdio_args": [LEAN], "config": {"max_processes": 2}}
+        )  # fmt: skip
+        await mcp.add_mcp_grant(created.key.id, "lean")
+        proc.start()
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        assert descendants(pid) == set()  # no stdio process before the first call
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        headers = {"Authorization": f"Bearer {created.secret}"}
+        async with httpx.AsyncClient(
+            base_url=proc.base_url, headers=headers, timeout=30, limits=limits
+        ) as http:
+
+            async def one(i: int) -> None:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": f"call {i}"}},
+                }
+                resp = await http.post("/v1/mcp/lean", json=body)
+                assert resp.status_code == 200, resp.text
+                answer = resp.json()
+                assert answer["id"] == i and answer["result"]["content"][0]["text"] == f"call {i}"
+
+            async def wave(start: int, count: int) -> None:
+                queue = iter(range(start, start + count))
+
+                async def worker() -> None:
+                    for i in queue:
+                        await one(i)
+
+                await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+            await wave(0, 4 * CONCURRENCY)  # warm: the pool is full and every client connection is open
+            children = descendants(pid)
+            before = (fd_count(pid), {child: fd_count(child) for child in children})
+            await wave(10_000, CALLS)
+            after_children = descendants(pid)
+            after = (fd_count(pid), {child: fd_count(child) for child in after_children})
+        assert len(children) == 2 and after_children == children, (children, after_children)
+        assert after[1] == before[1]  # each stdio process: the same descriptors
+        assert after[0] <= before[0] + 2, (before[0], after[0])  # the gateway: flat
+    finally:
+        proc.stop()
+        await service.store.close()
 
 
 async def test_a_killed_process_is_an_error_then_replaced(env: McpEnv) -> None:
