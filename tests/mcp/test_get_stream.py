@@ -20,10 +20,11 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import ResourceUpdatedNotification
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.types import JSONRPCMessage, ResourceUpdatedNotification
 
 from bench.mcp_upstream import app as bench_upstream
-from tests.mcp.servers import McpEnv, mcp_gateway, serve
+from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
 
 LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
 
@@ -152,3 +153,56 @@ async def test_an_upstream_without_a_get_stream_answers_405(env: McpEnv, slug: s
         assert {t.name for t in (await mcp.list_tools()).tools} >= (
             {"announce"} if slug == "stateless" else {"echo"}
         )
+
+
+class MemoryEventStore(EventStore):
+    """The upstream's event store (resumability): ids are `<stream>.<n>`, so `<stream>.0` replays a whole stream."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, JSONRPCMessage]] = []
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        n = sum(1 for s, _, _ in self.events if s == stream_id) + 1
+        if message is not None:
+            self.events.append((stream_id, n, message))
+        return f"{stream_id}.{n}"
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        stream, _, after = last_event_id.rpartition(".")
+        for sid, n, message in self.events:
+            if sid == stream and n > int(after):
+                await send_callback(EventMessage(message, f"{sid}.{n}"))
+        return stream
+
+
+async def test_a_resumed_stream_is_filtered_too(tmp_path: Path) -> None:
+    """A GET with Last-Event-ID replays a POST's stream, `tools/list` answer included: the replay is filtered by
+    the tool rules as the first answer was (a blocked tool never shows through a resumption)."""
+    async with (
+        serve(demo_server("resumable").streamable_http_app(event_store=MemoryEventStore())) as url,
+        mcp_gateway(tmp_path) as env,
+    ):
+        await env.add_server("resumable", url + "/mcp", blocked_tools=["secret_tool"])
+        headers = {**env.headers(), "accept": "application/json, text/event-stream"}
+        headers.update(await _session(env, "resumable"))
+        async with httpx.AsyncClient(timeout=10) as http:
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (
+                await http.post(env.route("resumable"), json=initialized, headers=headers)
+            ).status_code == 202
+            listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+            first = await http.post(env.route("resumable"), json=listing, headers=headers)
+            assert "echo" in first.text and "secret_tool" not in first.text
+            event_ids = [line[3:].strip() for line in first.text.splitlines() if line.startswith("id:")]
+            assert event_ids  # the upstream numbers its events: the stream can be resumed from its start
+            start = event_ids[0].rpartition(".")[0] + ".0"
+            async with http.stream(
+                "GET", env.route("resumable"), headers={**headers, "last-event-id": start}
+            ) as replay:
+                assert replay.status_code == 200
+                text = ""
+                async for chunk in replay.aiter_text():
+                    text += chunk
+                    if '"tools"' in text:  # the gateway relays whole events
+                        break
+        assert "echo" in text and "secret_tool" not in text

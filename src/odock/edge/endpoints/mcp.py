@@ -242,8 +242,9 @@ class McpEndpoint(LLMEndpoint):
     async def _sse(self, call: Call, state: McpRequest, resp: UpstreamResponse) -> AsyncIterator[bytes]:
         rules: Rules | None = state.rules
         legacy = state.server is not None and state.server.transport == "SSE"
-        # legacy SSE answers every POST on the GET stream: there, any tools/list result is filtered
-        list_ids: set[Any] | None = None if legacy and call.exchange.method == "GET" else state.list_ids
+        # a GET stream carries answers to requests it did not see (legacy SSE answers every POST there; a Streamable
+        # HTTP GET with Last-Event-ID replays a POST's stream): there, any tools/list result is filtered
+        list_ids: set[Any] | None = None if call.exchange.method == "GET" else state.list_ids
         filtering = (list_ids is None or bool(list_ids)) and rules is not None and not rules.empty
         waiting = state.waiting = set(state.request_ids)
         buffer = bytearray()
