@@ -174,8 +174,11 @@ class McpEndpoint(LLMEndpoint):
     ) -> None:
         ctx, exchange = call.ctx, call.exchange
         method = exchange.method
+        plan = state.plan
+        assert plan is not None
         headers = forward_headers(exchange.headers)
-        headers.update(await runtime.auth.headers(server))
+        static = plan.auth_headers
+        headers.update(static if static is not None else await runtime.auth.headers(server))
         if state.upstream_session:
             headers["mcp-session-id"] = state.upstream_session
         if server.transport == "SSE" and method == "GET":
@@ -185,7 +188,7 @@ class McpEndpoint(LLMEndpoint):
             self._url(call, state, server),
             headers,
             state.body if method == "POST" else None,
-            runtime.timeouts(server.config, stream=method == "GET"),
+            plan.stream if method == "GET" else plan.unary,
         )
         ctx.upstream_started = time.perf_counter()
         try:

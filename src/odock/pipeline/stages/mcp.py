@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from odock import metrics
 from odock.errors import BadRequest, DependencyUnavailable, Forbidden, NotFound
 from odock.mcp import pricing
 from odock.mcp.call import McpRequest
-from odock.mcp.protocol import check_routing_headers, enforce, parse_body, rules_of
+from odock.mcp.protocol import check_routing_headers, enforce, parse_body
 from odock.pipeline.stage import Stage
 from odock.state.records import McpUsage, UsageRecord
 
@@ -78,17 +77,8 @@ class ResolveMcpServer(Stage):
         if server is None or not server.enabled:
             raise NotFound(f"MCP server {state.ref!r} not found", "mcp_not_found")
         state.server = server
-        rules = rules_of(server)
-        mode = server.config.get("pin_tools")
-        if mode in ("alert", "block", True):
-            mode = "alert" if mode is True else str(mode)
-            pins, sid = self.runtime.pins, server.id
-            rules = replace(
-                rules,
-                pin_admit=lambda tool: pins.admit(sid, tool, mode),
-                pin_refused=(lambda name: pins.refused(sid, name)) if mode == "block" else None,
-            )
-        state.rules = rules
+        state.plan = plan = self.runtime.plan(server)
+        state.rules = plan.rules
 
 
 class McpAccess(Stage):
@@ -136,10 +126,9 @@ class ReadMcpRequest(Stage):
             ctx.stream = call.exchange.method == "GET"
             return
         body = await call.read_body()
-        state.messages, state.batch = parse_body(body)
-        state.body = body
-        check_routing_headers(call.exchange.headers, state.messages, state.batch)
-        state.tool_calls = len(state.tools)
+        messages, batch = parse_body(body)
+        check_routing_headers(call.exchange.headers, messages, batch)
+        state.take(messages, batch, body)
 
 
 class McpToolRules(Stage):
