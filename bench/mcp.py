@@ -164,7 +164,17 @@ def count_instructions(requests: int, warmup: int, src: str) -> int:
         secret_key = base64.b64encode(os.urandom(32)).decode()
         key_secret = "odk-bench-mcp-" + secrets.token_hex(12)
         database_url = f"sqlite:///{workdir / 'odock.db'}"
-        asyncio.run(_seed(database_url, secret_key, f"http://127.0.0.1:{up_port}/mcp", key_secret))
+        upstream = f"http://127.0.0.1:{up_port}/mcp"
+        repo = str(Path(__file__).resolve().parent.parent)
+        # seeded by the tree under test (its migrations, its catalogue code)
+        seed = "import asyncio, sys; from bench.mcp import _seed; asyncio.run(_seed(*sys.argv[1:]))"
+        path_env = {"PYTHONPATH": f"{src}:{repo}"} if src else {}
+        subprocess.run(
+            [sys.executable, "-c", seed, database_url, secret_key, upstream, key_secret],
+            check=True,
+            env={**os.environ, **path_env},
+            cwd=repo,
+        )
         env = {
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": str(gw_port),

@@ -6,10 +6,8 @@ the read side only, never on the hot path.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -66,19 +64,16 @@ class McpUsagePage(msgspec.Struct, kw_only=True):
 COLUMNS = tuple(McpUsageRow.__struct_fields__)
 
 
-def encode_cursor(created_at: datetime, ident: str) -> str:
-    raw = f"{created_at.astimezone(UTC).isoformat()}|{ident}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _id_at(moment: datetime) -> str:
+    """The smallest record id of this instant (ids start with the epoch microseconds in 14 hex digits)."""
+    return f"{int(moment.timestamp() * 1_000_000):014x}"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, id) a cursor stands for (400 when it is not one of ours)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, ident = raw.split("|", 1)
-        return datetime.fromisoformat(stamp).astimezone(UTC), ident
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("invalid cursor: give back the `next` of a previous page") from None
+def decode_cursor(cursor: str) -> str:
+    """The record id a cursor stands for (400 when it is not one of ours)."""
+    if not (16 <= len(cursor) <= 128) or not all(c in "0123456789abcdef" for c in cursor):
+        raise BadRequest("invalid cursor: give back the `next` of a previous page")
+    return cursor
 
 
 def _limit(value: str | None) -> int:
@@ -98,14 +93,14 @@ async def mcp_usage_page(store: SqlStore, params: Mapping[str, str]) -> McpUsage
     where: list[Any] = [m.c[name] == params[name] for name in EXACT_FILTERS if params.get(name)]
     if params.get("key"):
         where.append(m.c.api_key_id == params["key"])
+    # ids are time-ordered: a time range and a page are ranges of ids (walking an index, never sorting)
     since, until = parse_datetime(params.get("since"), "since"), parse_datetime(params.get("until"), "until")
     if since is not None:
-        where.append(m.c.created_at >= since)
+        where.append(m.c.id >= _id_at(since))
     if until is not None:
-        where.append(m.c.created_at < until)
+        where.append(m.c.id < _id_at(until))
     if params.get("before"):
-        stamp, ident = decode_cursor(params["before"])
-        where += [m.c.created_at <= stamp, sa.or_(m.c.created_at < stamp, m.c.id < ident)]
+        where.append(m.c.id < decode_cursor(params["before"]))
     async with store.read() as conn:
         org_id = None
         if params.get("organisation"):
@@ -124,12 +119,9 @@ async def mcp_usage_page(store: SqlStore, params: Mapping[str, str]) -> McpUsage
             ids = {ref, *(await conn.execute(lookup)).scalars().all()}
             where.append(m.c.mcp_server_id.in_(sorted(ids)))
         query = (
-            sa.select(*[m.c[name] for name in COLUMNS])
-            .where(*where)
-            .order_by(m.c.created_at.desc(), m.c.id.desc())
-            .limit(limit + 1)
+            sa.select(*[m.c[name] for name in COLUMNS]).where(*where).order_by(m.c.id.desc()).limit(limit + 1)
         )
         rows = (await conn.execute(query)).mappings().all()
     page = [McpUsageRow(**row) for row in rows[:limit]]
-    following = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    following = page[-1].id if len(rows) > limit else None
     return McpUsagePage(data=page, next=following)

@@ -306,9 +306,10 @@ mcp_usage_records = Table(
     Column("cost_nanos", BigInteger, nullable=True),
     Column("pricing", JsonType, nullable=True),
     Column("metadata", JsonType, nullable=True),
-    Index("ix_mcp_usage_records_created_at", "created_at"),
-    Index("ix_mcp_usage_records_organisation_id_created_at", "organisation_id", "created_at"),
-    Index("ix_mcp_usage_records_mcp_server_id_created_at", "mcp_server_id", "created_at"),
+    # ids are time-ordered (new_usage_id): pages and time ranges walk the primary key or these, and a row costs
+    # the writer two index entries besides its key
+    Index("ix_mcp_usage_records_organisation_id_id", "organisation_id", "id"),
+    Index("ix_mcp_usage_records_mcp_server_id_id", "mcp_server_id", "id"),
 )
 
 

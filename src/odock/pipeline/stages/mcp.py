@@ -51,7 +51,7 @@ def parse_path(path: str) -> McpRequest:
     ref, _, subpath = rest.partition("/")
     if not _REF.match(ref):
         raise BadRequest("the path must name an MCP server: /v1/mcp/{slug or id}[/{path}]", "invalid_mcp_ref")
-    if any(part in (".", "..") for part in subpath.split("/")):
+    if "." in subpath and any(part in (".", "..") for part in subpath.split("/")):
         raise BadRequest("the MCP path must not hold '.' or '..' segments", "invalid_mcp_ref")
     return McpRequest(ref, subpath)
 
@@ -192,7 +192,6 @@ class McpRecordUsage(Stage):
 
     async def before(self, call: Call) -> None:
         ctx = call.ctx
-        started = time.perf_counter()
         recorded = False
 
         def record() -> None:
@@ -200,7 +199,7 @@ class McpRecordUsage(Stage):
             if not recorded:
                 recorded = True
                 try:
-                    self.record(ctx, call.route_state, started)
+                    self.record(ctx, call.route_state)
                 except Exception:  # the response must still go out
                     log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
 
@@ -210,7 +209,7 @@ class McpRecordUsage(Stage):
         call.exchange.before_end = record
         call.defer(at_end)
 
-    def record(self, ctx: CallContext, state: object, started: float) -> None:
+    def record(self, ctx: CallContext, state: object) -> None:
         mcp = state if isinstance(state, McpRequest) else None
         server = mcp.server if mcp is not None else None
         transport = server.transport if server is not None else "none"
@@ -220,12 +219,14 @@ class McpRecordUsage(Stage):
         if status >= 400 and outcome == "success":
             outcome = "failed"
         metrics.child(metrics.MCP_REQUESTS, transport, method, outcome).inc()
-        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - started)
+        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - ctx.started)
         bytes_in = len(mcp.body) if mcp is not None else 0
         bytes_out = mcp.bytes_out if mcp is not None else 0
         if mcp is not None:
-            metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
-            metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
+            if bytes_in:
+                metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
+            if bytes_out:
+                metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
             if ctx.upstream_started is not None and not ctx.priced:
                 ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key

@@ -53,20 +53,13 @@ def upgrade() -> None:
         sa.Column("metadata", JsonType, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_mcp_usage_records"),
     )
-    op.create_index("ix_mcp_usage_records_created_at", "mcp_usage_records", ["created_at"])
-    op.create_index(
-        "ix_mcp_usage_records_organisation_id_created_at",
-        "mcp_usage_records",
-        ["organisation_id", "created_at"],
-    )
-    op.create_index(
-        "ix_mcp_usage_records_mcp_server_id_created_at", "mcp_usage_records", ["mcp_server_id", "created_at"]
-    )
+    # ids are time-ordered: pages and time ranges walk the primary key or these (no created_at index to keep up)
+    op.create_index("ix_mcp_usage_records_organisation_id_id", "mcp_usage_records", ["organisation_id", "id"])
+    op.create_index("ix_mcp_usage_records_mcp_server_id_id", "mcp_usage_records", ["mcp_server_id", "id"])
 
 
 def downgrade() -> None:
     """Drop mcp_usage_records."""
-    op.drop_index("ix_mcp_usage_records_mcp_server_id_created_at", table_name="mcp_usage_records")
-    op.drop_index("ix_mcp_usage_records_organisation_id_created_at", table_name="mcp_usage_records")
-    op.drop_index("ix_mcp_usage_records_created_at", table_name="mcp_usage_records")
+    op.drop_index("ix_mcp_usage_records_mcp_server_id_id", table_name="mcp_usage_records")
+    op.drop_index("ix_mcp_usage_records_organisation_id_id", table_name="mcp_usage_records")
     op.drop_table("mcp_usage_records")
