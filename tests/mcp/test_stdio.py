@@ -1,7 +1,8 @@
 """Stdio MCP servers through the gateway: the official SDK client (auto and legacy) against an `MCPServer` run
 by the gateway's supervised pool; 1,000 calls through a gateway process with its process and file-descriptor
 counts flat; a process killed
-mid-call is an error and is replaced; idle processes are reaped; shutdown ends every process group."""
+mid-call is an error and is replaced; idle processes are reaped, old ones retired; an init timeout, start back-off
+and breaker; stderr in a bounded ring; shutdown ends every process group."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from odock.mcp.service import McpCatalogueService
-from odock.mcp.stdio import StdioPools
+from odock.mcp.stdio import STDERR_RING_BYTES, StdioPools
 from tests.harness import GatewayProcess
 from tests.mcp.servers import McpEnv, mcp_gateway
 
@@ -47,6 +48,12 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[McpEnv]
         )
         await env.add_server("reaped", "", **stdio, stdio_args=[SCRIPT], config={"idle_ttl_s": 0.2})
         await env.add_server("broken", "", **stdio, stdio_args=["-c", "import sys; sys.exit(3)"])
+        await env.add_server("flaky", "", **stdio, stdio_args=["-c", "import sys; sys.exit(4)"])
+        await env.add_server(
+            "mute", "", **stdio, stdio_args=[LEAN, "--mute-init"], config={"init_timeout_ms": 300}
+        )
+        await env.add_server("aging", "", **stdio, stdio_args=[LEAN], config={"max_lifetime_s": 0.3})
+        await env.add_server("chatty", "", **stdio, stdio_args=[LEAN, "--stderr", "100000"])
         yield env
 
 
@@ -246,3 +253,86 @@ async def test_shutdown_ends_every_process_group(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _echo(rid: int = 1) -> dict[str, object]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "t"}},
+    }
+
+
+async def test_a_server_that_never_initializes_times_out(env: McpEnv) -> None:
+    """A process that does not answer `initialize` within `init_timeout_ms` is a 502 mcp_stdio_error in about
+    that time (no hang), and it is ended, not kept in the pool."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        started = asyncio.get_running_loop().time()
+        resp = await http.post(env.route("mute"), json=_echo(), headers=env.headers())
+        elapsed = asyncio.get_running_loop().time() - started
+    assert resp.status_code == 502 and resp.json()["error"]["data"]["code"] == "mcp_stdio_error"
+    assert "initialize" in resp.json()["error"]["message"]
+    assert elapsed < 5
+    assert _pool_pids(env, await _server_id(env, "mute")) == []
+
+
+async def test_failed_starts_back_off_then_open_the_breaker(env: McpEnv) -> None:
+    """A server that keeps failing to start: each failure is 502 mcp_stdio_error; calls during the back-off are 503
+    mcp_stdio_unavailable with Retry-After (no process started); after 5 failures in a row the breaker stays open
+    for 30 s."""
+    failures = 0
+    backed_off = 0
+    async with httpx.AsyncClient(timeout=20) as http:
+        for _ in range(400):
+            resp = await http.post(env.route("flaky"), json=_echo(), headers=env.headers())
+            code = resp.json()["error"]["data"]["code"]
+            if resp.status_code == 502:
+                assert code == "mcp_stdio_error"
+                failures += 1
+                if failures == 5:
+                    break
+            else:
+                assert (resp.status_code, code) == (503, "mcp_stdio_unavailable")
+                assert int(resp.headers["retry-after"]) >= 1
+                backed_off += 1
+                await asyncio.sleep(0.05)
+        assert failures == 5 and backed_off >= 4  # every failure was followed by a back-off
+        opened = await http.post(env.route("flaky"), json=_echo(), headers=env.headers())
+    assert opened.status_code == 503 and int(opened.headers["retry-after"]) >= 29
+
+
+async def test_a_process_past_its_lifetime_is_replaced(env: McpEnv) -> None:
+    """A process older than `max_lifetime_s` is retired once idle (whole group) and the next call gets a new one."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        assert (await http.post(env.route("aging"), json=_echo(), headers=env.headers())).status_code == 200
+        server_id = await _server_id(env, "aging")
+        [first] = _pool_pids(env, server_id)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if first not in _pool_pids(env, server_id):
+                break
+        assert (await http.post(env.route("aging"), json=_echo(2), headers=env.headers())).status_code == 200
+    assert first not in _pool_pids(env, server_id) and _pool_pids(env, server_id)
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(first, 0)
+            await asyncio.sleep(0.05)
+
+
+async def test_stderr_is_kept_in_a_bounded_ring(env: McpEnv) -> None:
+    """A process writing 100 kB to stderr: the gateway keeps only its last ~16 KiB (for diagnostics), and none of
+    it reaches the client."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(env.route("chatty"), json=_echo(), headers=env.headers())
+    assert resp.status_code == 200 and "eeee" not in resp.text
+    pools = env.gw.gateway.mcp.stdio
+    assert pools is not None
+    [process] = pools.pools[await _server_id(env, "chatty")][1].processes
+    for _ in range(100):  # the reader drains the pipe concurrently
+        if process.stderr_tail().endswith("e" * 100) and "000099000" in process.stderr_tail():
+            break
+        await asyncio.sleep(0.05)
+    tail = process.stderr_tail()
+    assert "000099000" in tail and "000000000" not in tail  # the newest kept, the oldest dropped
+    assert STDERR_RING_BYTES - 4096 < process.stderr_size <= STDERR_RING_BYTES
