@@ -575,15 +575,16 @@ class SqlStore:
                     # undo and redo without them (rare, so the common batch pays no extra query for it)
                     raise _RetriedBatch
                 await _upsert_rollups(conn, records, sqlite)
-                await _insert_mcp_rows(conn, records, sqlite)
+                await _insert_mcp_rows(conn, records, rows, sqlite)
         except _RetriedBatch:
             async with self.write() as conn:
                 stored = await _stored_usage_ids(conn, [record.id for record in records], sqlite)
                 fresh = [record for record in records if record.id not in stored]
                 if fresh:
-                    await self._insert_usage_rows(conn, [_usage_values(r, sqlite) for r in fresh], sqlite)
+                    fresh_rows = [_usage_values(r, sqlite) for r in fresh]
+                    await self._insert_usage_rows(conn, fresh_rows, sqlite)
                     await _upsert_rollups(conn, fresh, sqlite)
-                    await _insert_mcp_rows(conn, fresh, sqlite)
+                    await _insert_mcp_rows(conn, fresh, fresh_rows, sqlite)
 
     async def _insert_usage_rows(
         self, conn: AsyncConnection, rows: list[tuple[Any, ...]], sqlite: bool
@@ -669,8 +670,10 @@ _MCP_PARENT = (
 _MCP_COLUMNS = tuple(
     "mcp_server_id" if name == "server_id" else name for name in (*_MCP_PARENT, *_MCP_FIELDS)
 )
+# where each parent column sits in the usage row (already converted there: the timestamp, the pricing's JSON)
+_MCP_FROM_USAGE = tuple(_USAGE_FIELDS.index(name) for name in _MCP_PARENT)
+_MCP_METADATA = _MCP_COLUMNS.index("metadata") - len(_MCP_PARENT)
 _MCP_JSON = tuple(_MCP_COLUMNS.index(name) for name in ("pricing", "metadata"))
-_MCP_CREATED_AT = _MCP_COLUMNS.index("created_at")
 _MCP_INSERT_SQLITE = (
     f"INSERT INTO mcp_usage_records ({', '.join(_MCP_COLUMNS)}) VALUES ({', '.join('?' * len(_MCP_COLUMNS))}) "
     "ON CONFLICT (id) DO NOTHING"
@@ -687,23 +690,23 @@ _MCP_INSERT_PG = (
 )
 
 
-def _mcp_values(record: UsageRecord, mcp: McpUsage, sqlite: bool) -> tuple[Any, ...]:
-    values = [getattr(record, name) for name in _MCP_PARENT]
-    values += msgspec.structs.astuple(mcp)
-    created: datetime = values[_MCP_CREATED_AT].astimezone(UTC)
-    values[_MCP_CREATED_AT] = (
-        created.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else created
-    )
-    for index in _MCP_JSON:
-        if values[index] is not None:
-            values[index] = _json_text(values[index])
-    return tuple(values)
+def _mcp_values(usage_row: tuple[Any, ...], mcp: McpUsage) -> tuple[Any, ...]:
+    own = list(msgspec.structs.astuple(mcp))
+    if own[_MCP_METADATA] is not None:
+        own[_MCP_METADATA] = _json_text(own[_MCP_METADATA])
+    return (*[usage_row[index] for index in _MCP_FROM_USAGE], *own)
 
 
-async def _insert_mcp_rows(conn: AsyncConnection, records: Sequence[UsageRecord], sqlite: bool) -> None:
+async def _insert_mcp_rows(
+    conn: AsyncConnection, records: Sequence[UsageRecord], usage_rows: list[tuple[Any, ...]], sqlite: bool
+) -> None:
     """The batch's MCP usage records, in the transaction of their usage records (one statement, none when the
-    batch holds no MCP call)."""
-    rows = [_mcp_values(record, record.mcp, sqlite) for record in records if record.mcp is not None]
+    batch holds no MCP call); their shared columns are taken from the usage rows, converted once."""
+    rows = [
+        _mcp_values(row, record.mcp)
+        for record, row in zip(records, usage_rows, strict=True)
+        if record.mcp is not None
+    ]
     if not rows:
         return
     if sqlite:
