@@ -150,9 +150,10 @@ def run(args: argparse.Namespace) -> int:
         sup.close()
 
 
-def count_instructions(requests: int, warmup: int, src: str) -> int:
+def count_instructions(requests: int, warmup: int, src: str, request_path: bool = False) -> int:
     """Instructions of the gateway process per `tools/call` (callgrind, user space, every thread), the usage
-    records' flush included."""
+    records' flush included; with `request_path`, without it (no flush during the count: the figure that moves
+    latency, and steadier, since batch sizes follow the wall clock)."""
     from bench.instructions import FLUSH_WAIT_S, _total
 
     ensure_wrk(install=True)
@@ -182,6 +183,11 @@ def count_instructions(requests: int, warmup: int, src: str) -> int:
             "ODOCK_SECRET_KEY": secret_key,
             "ODOCK_LOG_LEVEL": "warning",
             **({"PYTHONPATH": src} if src else {}),
+            **(
+                {"ODOCK_USAGE_FLUSH_INTERVAL": "1h", "ODOCK_USAGE_BATCH_SIZE": "1000000"}
+                if request_path
+                else {}
+            ),
         }
         out = workdir / "callgrind-mcp"
         argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
@@ -217,11 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--src", default="", help="run the gateway from this source tree instead of the installed one"
     )
+    p.add_argument(
+        "--request-path",
+        action="store_true",
+        help="leave the usage flush out of the count (no flush meanwhile)",
+    )
     args = p.parse_args(argv)
     if not args.instructions:
         p.error("use `python -m bench --mcp` for the latency comparison, or --instructions here")
-    per_call = count_instructions(args.requests, args.warmup, args.src)
-    print(f"MCP tools/call through the gateway: {per_call:,} instructions per call", flush=True)
+    per_call = count_instructions(args.requests, args.warmup, args.src, args.request_path)
+    what = "request path only" if args.request_path else "usage flush included"
+    print(f"MCP tools/call through the gateway: {per_call:,} instructions per call ({what})", flush=True)
     return 0
 
 
