@@ -4,6 +4,10 @@ the upstream (a minimal fast MCP server, so the difference is the gateway's own 
 Rounds alternate direct and gateway runs of one connection each (wrk, a fixed number of requests); the figure is
 the median over rounds of the added p50 (and p99), and the spread of the added p50 across rounds says how noisy
 the machine was. One gateway process, embedded mode (SQLite), no governance limits configured.
+
+`python -m bench.mcp --instructions [--requests N] [--src DIR]` counts instead the instructions the gateway process
+executes per `tools/call` under callgrind (as bench/instructions.py does for the LLM routes: a figure the machine's
+load cannot move), the usage flush that follows included; `--src` runs another tree's `src` for a before/after.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,3 +148,94 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         sup.close()
+
+
+def count_instructions(requests: int, warmup: int, src: str, request_path: bool = False) -> int:
+    """Instructions of the gateway process per `tools/call` (callgrind, user space, every thread), the usage
+    records' flush included; with `request_path`, without it (no flush during the count: the figure that moves
+    latency, and steadier, since batch sizes follow the wall clock)."""
+    from bench.instructions import FLUSH_WAIT_S, _total
+
+    ensure_wrk(install=True)
+    workdir = Path(tempfile.mkdtemp(prefix="odock-instr-mcp-"))
+    sup = Supervisor(workdir)
+    try:
+        up_port, gw_port = free_port(), free_port()
+        sup.start("mcp-upstream", [sys.executable, "-m", "bench.mcp_upstream", str(up_port)], up_port)
+        secret_key = base64.b64encode(os.urandom(32)).decode()
+        key_secret = "odk-bench-mcp-" + secrets.token_hex(12)
+        database_url = f"sqlite:///{workdir / 'odock.db'}"
+        upstream = f"http://127.0.0.1:{up_port}/mcp"
+        repo = str(Path(__file__).resolve().parent.parent)
+        # seeded by the tree under test (its migrations, its catalogue code)
+        seed = "import asyncio, sys; from bench.mcp import _seed; asyncio.run(_seed(*sys.argv[1:]))"
+        path_env = {"PYTHONPATH": f"{src}:{repo}"} if src else {}
+        subprocess.run(
+            [sys.executable, "-c", seed, database_url, secret_key, upstream, key_secret],
+            check=True,
+            env={**os.environ, **path_env},
+            cwd=repo,
+        )
+        env = {
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(gw_port),
+            "ODOCK_DATABASE_URL": database_url,
+            "ODOCK_SECRET_KEY": secret_key,
+            "ODOCK_LOG_LEVEL": "warning",
+            **({"PYTHONPATH": src} if src else {}),
+            **(
+                {"ODOCK_USAGE_FLUSH_INTERVAL": "1h", "ODOCK_USAGE_BATCH_SIZE": "1000000"}
+                if request_path
+                else {}
+            ),
+        }
+        out = workdir / "callgrind-mcp"
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
+        gw = sup.start("odock", [*argv, sys.executable, "-m", "odock", "serve"], gw_port, env=env)
+        gw.wait_ready("/v1/health", timeout=900)
+        body = json.dumps(CALL).encode()
+        headers = {**HEADERS, "authorization": f"Bearer {key_secret}"}
+        warm = run_wrk(
+            workdir, gw_port, "/v1/mcp/bench", body, headers, connections=1, duration_s=900, cap=warmup
+        )
+        if warm.errors or warm.requests < warmup:
+            raise RuntimeError(f"warm-up failed: {warm}")
+        time.sleep(FLUSH_WAIT_S)
+        subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
+        res = run_wrk(
+            workdir, gw_port, "/v1/mcp/bench", body, headers, connections=1, duration_s=900, cap=requests
+        )
+        time.sleep(FLUSH_WAIT_S)
+        subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+        if res.errors:
+            raise RuntimeError(f"{res.errors} of {res.requests} requests failed")
+        return _total(sorted(workdir.glob(f"{out.name}.*.1"))[-1]) // res.requests
+    finally:
+        sup.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mcp", description=__doc__)
+    p.add_argument("--instructions", action="store_true", help="count instructions per call (callgrind)")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument(
+        "--src", default="", help="run the gateway from this source tree instead of the installed one"
+    )
+    p.add_argument(
+        "--request-path",
+        action="store_true",
+        help="leave the usage flush out of the count (no flush meanwhile)",
+    )
+    args = p.parse_args(argv)
+    if not args.instructions:
+        p.error("use `python -m bench --mcp` for the latency comparison, or --instructions here")
+    per_call = count_instructions(args.requests, args.warmup, args.src, args.request_path)
+    what = "request path only" if args.request_path else "usage flush included"
+    print(f"MCP tools/call through the gateway: {per_call:,} instructions per call ({what})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

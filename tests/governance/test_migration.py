@@ -36,7 +36,8 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert tables >= NAMES
-    assert version == "0007_usage_rollups"  # the head: MCP servers (0006), then the usage rollups
+    # the head: MCP servers (0006), the usage rollups (0007), the MCP usage records (0008)
+    assert version == "0008_mcp_usage"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

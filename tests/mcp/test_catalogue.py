@@ -91,14 +91,15 @@ async def test_admin_crud_validation_and_grants(gw: InProcessGateway) -> None:
 
 
 async def test_migration_matches_schema_and_downgrades(tmp_path: Path) -> None:
-    """0006 creates exactly the MCP tables the code queries; a downgrade to 0005 drops them."""
+    """0006 and 0008 create exactly the MCP tables the code queries (servers, grants, usage records); a downgrade
+    to 0007 drops the usage records only, one to 0005 every MCP table."""
     url = f"sqlite:///{tmp_path / 'm.db'}"
     store = await SqlStore.open(
         url, Settings(database_url=url, secret_key=base64.b64encode(os.urandom(32)).decode())
     )
-    names = {t.name for t in MCP_TABLES}
+    names = {t.name for t in MCP_TABLES} | {schema.mcp_usage_records.name}
 
-    def inspect(conn: sa.Connection) -> tuple[set[str], list[object], set[str]]:
+    def inspect(conn: sa.Connection) -> tuple[set[str], list[object], set[str], set[str]]:
         from alembic import command
         from alembic.config import Config
 
@@ -113,17 +114,20 @@ async def test_migration_matches_schema_and_downgrades(tmp_path: Path) -> None:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.attributes["connection"] = conn
+        command.downgrade(config, "0007_usage_rollups")
+        before_usage = set(sa.inspect(conn).get_table_names())
         command.downgrade(config, "0005_budget_overspend_events")
         after = set(sa.inspect(conn).get_table_names())
         command.upgrade(config, "head")
-        return tables, diff, after
+        return tables, diff, before_usage, after
 
     try:
         async with store.engine.begin() as conn:
-            tables, diff, after = await conn.run_sync(inspect)
+            tables, diff, before_usage, after = await conn.run_sync(inspect)
     finally:
         await store.close()
     assert tables >= names and diff == []
+    assert before_usage & names == names - {"mcp_usage_records"}
     assert not (after & names)
 
 

@@ -1,6 +1,8 @@
 """Stdio MCP servers through the gateway: the official SDK client (auto and legacy) against an `MCPServer` run
-by the gateway's supervised pool; many calls with the process and file-descriptor counts flat; a process killed
-mid-call is an error and is replaced; idle processes are reaped; shutdown ends every process group."""
+by the gateway's supervised pool; 1,000 calls through a gateway process with its process and file-descriptor
+counts flat; a process killed
+mid-call is an error and is replaced; idle processes are reaped, old ones retired; an init timeout, start back-off
+and breaker; stderr in a bounded ring; shutdown ends every process group."""
 
 from __future__ import annotations
 
@@ -18,11 +20,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from odock.mcp.stdio import StdioPools
+from odock.mcp.service import McpCatalogueService
+from odock.mcp.stdio import STDERR_RING_BYTES, StdioPools
+from tests.harness import GatewayProcess
 from tests.mcp.servers import McpEnv, mcp_gateway
 
 SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
-CALLS = 200  # kept modest for the suite's time; the counts are checked flat across them
+LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
+CALLS = 1000
+CONCURRENCY = 16
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +48,12 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[McpEnv]
         )
         await env.add_server("reaped", "", **stdio, stdio_args=[SCRIPT], config={"idle_ttl_s": 0.2})
         await env.add_server("broken", "", **stdio, stdio_args=["-c", "import sys; sys.exit(3)"])
+        await env.add_server("flaky", "", **stdio, stdio_args=["-c", "import sys; sys.exit(4)"])
+        await env.add_server(
+            "mute", "", **stdio, stdio_args=[LEAN, "--mute-init"], config={"init_timeout_ms": 300}
+        )
+        await env.add_server("aging", "", **stdio, stdio_args=[LEAN], config={"max_lifetime_s": 0.3})
+        await env.add_server("chatty", "", **stdio, stdio_args=[LEAN, "--stderr", "100000"])
         yield env
 
 
@@ -75,32 +87,87 @@ async def test_sdk_through_the_stdio_pool(env: McpEnv, mode: str) -> None:
         assert "from-env:" in who
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, …; zombies too: an ended child never waited for is a
+    leak as well), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
-async def test_many_calls_keep_processes_and_fds_flat(env: McpEnv) -> None:
-    """200 concurrent-ish calls: never more processes than the bound, and the fd count does not grow."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": "x"}},
-    }
-    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=8)) as http:
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
-        async def one(i: int) -> None:
-            resp = await http.post(env.route("tools"), json={**body, "id": i}, headers=env.headers())
-            assert resp.status_code == 200 and resp.json()["id"] == i
 
-        await asyncio.gather(*(one(i) for i in range(20)))  # warm: pool and connections exist
-        server_id = await _server_id(env, "tools")
-        before_fds, before_pids = _fds(), set(_pool_pids(env, server_id))
-        for start in range(0, CALLS, 8):
-            await asyncio.gather(*(one(i) for i in range(start, start + 8)))
-        after_fds, after_pids = _fds(), set(_pool_pids(env, server_id))
-    assert len(after_pids) <= 2 and after_pids == before_pids
-    assert after_fds <= before_fds + 2, (before_fds, after_fds)
+async def test_1000_calls_keep_the_gateways_processes_and_fds_flat(tmp_path: Path) -> None:
+    """1,000 tools/call (16 at a time) through a gateway process to a stdio server bounded to 2 processes: the
+    gateway's child processes are the same 2 before and after (none added, none left behind, no zombie), and the
+    descriptors of the gateway and of its children do not grow."""
+    proc = GatewayProcess(tmp_path)
+    service = await proc.open_service()
+    try:
+        await service.create_organisation({"name": "acme"})
+        created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
+        mcp = McpCatalogueService(service.store)
+        await mcp.create_mcp_server(
+            {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
+             "stdio_args": [LEAN], "config": {"max_processes": 2}}
+        )  # fmt: skip
+        await mcp.add_mcp_grant(created.key.id, "lean")
+        proc.start()
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        assert descendants(pid) == set()  # no stdio process before the first call
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        headers = {"Authorization": f"Bearer {created.secret}"}
+        async with httpx.AsyncClient(
+            base_url=proc.base_url, headers=headers, timeout=30, limits=limits
+        ) as http:
+
+            async def one(i: int) -> None:
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": f"call {i}"}},
+                }
+                resp = await http.post("/v1/mcp/lean", json=body)
+                assert resp.status_code == 200, resp.text
+                answer = resp.json()
+                assert answer["id"] == i and answer["result"]["content"][0]["text"] == f"call {i}"
+
+            async def wave(start: int, count: int) -> None:
+                queue = iter(range(start, start + count))
+
+                async def worker() -> None:
+                    for i in queue:
+                        await one(i)
+
+                await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+            await wave(0, 4 * CONCURRENCY)  # warm: the pool is full and every client connection is open
+            children = descendants(pid)
+            before = (fd_count(pid), {child: fd_count(child) for child in children})
+            await wave(10_000, CALLS)
+            after_children = descendants(pid)
+            after = (fd_count(pid), {child: fd_count(child) for child in after_children})
+        assert len(children) == 2 and after_children == children, (children, after_children)
+        assert after[1] == before[1]  # each stdio process: the same descriptors
+        assert after[0] <= before[0] + 2, (before[0], after[0])  # the gateway: flat
+    finally:
+        proc.stop()
+        await service.store.close()
 
 
 async def test_a_killed_process_is_an_error_then_replaced(env: McpEnv) -> None:
@@ -186,3 +253,86 @@ async def test_shutdown_ends_every_process_group(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _echo(rid: int = 1) -> dict[str, object]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": "t"}},
+    }
+
+
+async def test_a_server_that_never_initializes_times_out(env: McpEnv) -> None:
+    """A process that does not answer `initialize` within `init_timeout_ms` is a 502 mcp_stdio_error in about
+    that time (no hang), and it is ended, not kept in the pool."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        started = asyncio.get_running_loop().time()
+        resp = await http.post(env.route("mute"), json=_echo(), headers=env.headers())
+        elapsed = asyncio.get_running_loop().time() - started
+    assert resp.status_code == 502 and resp.json()["error"]["data"]["code"] == "mcp_stdio_error"
+    assert "initialize" in resp.json()["error"]["message"]
+    assert elapsed < 5
+    assert _pool_pids(env, await _server_id(env, "mute")) == []
+
+
+async def test_failed_starts_back_off_then_open_the_breaker(env: McpEnv) -> None:
+    """A server that keeps failing to start: each failure is 502 mcp_stdio_error; calls during the back-off are 503
+    mcp_stdio_unavailable with Retry-After (no process started); after 5 failures in a row the breaker stays open
+    for 30 s."""
+    failures = 0
+    backed_off = 0
+    async with httpx.AsyncClient(timeout=20) as http:
+        for _ in range(400):
+            resp = await http.post(env.route("flaky"), json=_echo(), headers=env.headers())
+            code = resp.json()["error"]["data"]["code"]
+            if resp.status_code == 502:
+                assert code == "mcp_stdio_error"
+                failures += 1
+                if failures == 5:
+                    break
+            else:
+                assert (resp.status_code, code) == (503, "mcp_stdio_unavailable")
+                assert int(resp.headers["retry-after"]) >= 1
+                backed_off += 1
+                await asyncio.sleep(0.05)
+        assert failures == 5 and backed_off >= 4  # every failure was followed by a back-off
+        opened = await http.post(env.route("flaky"), json=_echo(), headers=env.headers())
+    assert opened.status_code == 503 and int(opened.headers["retry-after"]) >= 29
+
+
+async def test_a_process_past_its_lifetime_is_replaced(env: McpEnv) -> None:
+    """A process older than `max_lifetime_s` is retired once idle (whole group) and the next call gets a new one."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        assert (await http.post(env.route("aging"), json=_echo(), headers=env.headers())).status_code == 200
+        server_id = await _server_id(env, "aging")
+        [first] = _pool_pids(env, server_id)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if first not in _pool_pids(env, server_id):
+                break
+        assert (await http.post(env.route("aging"), json=_echo(2), headers=env.headers())).status_code == 200
+    assert first not in _pool_pids(env, server_id) and _pool_pids(env, server_id)
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(first, 0)
+            await asyncio.sleep(0.05)
+
+
+async def test_stderr_is_kept_in_a_bounded_ring(env: McpEnv) -> None:
+    """A process writing 100 kB to stderr: the gateway keeps only its last ~16 KiB (for diagnostics), and none of
+    it reaches the client."""
+    async with httpx.AsyncClient(timeout=20) as http:
+        resp = await http.post(env.route("chatty"), json=_echo(), headers=env.headers())
+    assert resp.status_code == 200 and "eeee" not in resp.text
+    pools = env.gw.gateway.mcp.stdio
+    assert pools is not None
+    [process] = pools.pools[await _server_id(env, "chatty")][1].processes
+    for _ in range(100):  # the reader drains the pipe concurrently
+        if process.stderr_tail().endswith("e" * 100) and "000099000" in process.stderr_tail():
+            break
+        await asyncio.sleep(0.05)
+    tail = process.stderr_tail()
+    assert "000099000" in tail and "000000000" not in tail  # the newest kept, the oldest dropped
+    assert STDERR_RING_BYTES - 4096 < process.stderr_size <= STDERR_RING_BYTES

@@ -11,11 +11,13 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+import sqlalchemy as sa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from odock import metrics
+from odock.state import schema
 from tests.harness import wait_usage
 from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
 
@@ -219,7 +221,8 @@ async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
 
 
 async def test_usage_record_and_cost(env: McpEnv) -> None:
-    """A tools/call leaves a UsageRecord with provider mcp, the server's slug, MCP details and the priced cost."""
+    """A tools/call in a session leaves a UsageRecord with provider mcp, the server's slug and the priced cost, and
+    its MCP usage record (same id) with the method, tool and bytes."""
     body = {
         "jsonrpc": "2.0",
         "id": 7,
@@ -243,8 +246,50 @@ async def test_usage_record_and_cost(env: McpEnv) -> None:
     record = await wait_usage(env.gw.service, "mcp-usage-1")
     assert record is not None
     assert record["provider"] == "mcp" and record["model"] == "json-ruled"
-    details = record["metadata"]["mcp"]
-    assert details["method"] == "tools/call" and details["tools"] == ["echo"]
+    table = schema.mcp_usage_records
+    async with env.gw.gateway.store.read() as conn:
+        query = sa.select(table).where(table.c.id == record["id"])
+        details = (await conn.execute(query)).mappings().one()
+    assert details["method"] == "tools/call" and details["tool"] == "echo"
     assert details["bytes_out"] == len(resp.content)
     expected = 1000 + 2 * details["bytes_in"] + 3 * details["bytes_out"]
-    assert record["cost_nanos"] == expected
+    assert record["cost_nanos"] == details["cost_nanos"] == expected
+
+
+async def test_resources_read_is_ruled(env: McpEnv) -> None:
+    """A `resource:URI` rule refuses resources/read of that resource (403 mcp_guardrail_block, never forwarded);
+    other resources still read."""
+    await env.add_server("resource-ruled", (await env.service.get_mcp_server("json-open", "acme")).endpoint_url or "",
+                         blocked_tools=["resource:demo://info"])  # fmt: skip
+    read = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "demo://info"}}
+    resp = await _post(env, "resource-ruled", read)
+    assert (resp.status_code, _code(resp)) == (403, "mcp_guardrail_block")
+    assert "demo://info" in resp.json()["error"]["message"]
+    async with client(env, "resource-ruled", "legacy") as mcp, client(env, "json-open", "legacy") as open_mcp:
+        with pytest.raises(MCPError):
+            await mcp.read_resource("demo://info")
+        assert "info body" in str((await open_mcp.read_resource("demo://info")).contents[0])
+
+
+async def test_delete_ends_the_upstream_session(env: McpEnv) -> None:
+    """DELETE with the session token ends the upstream's session (the upstream's answer comes back); the token
+    then leads to the upstream's 404, passed through so that the client starts a new session."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    token = (await _post(env, "json-open", init)).headers["mcp-session-id"]
+    session = {"mcp-session-id": token, "mcp-protocol-version": "2025-06-18"}
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    assert (await _post(env, "json-open", listing, session)).status_code == 200
+    async with httpx.AsyncClient(timeout=10) as http:
+        ended = await http.delete(env.route("json-open"), headers={**env.headers(), **session})
+    assert ended.status_code == 200, ended.text
+    after = await _post(env, "json-open", listing, session)
+    assert after.status_code == 404

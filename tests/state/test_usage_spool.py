@@ -55,7 +55,7 @@ async def stored(store: SqlStore) -> list[UsageRecord]:
     table = schema.usage_records
     async with store.read() as conn:
         rows = (await conn.execute(sa.select(table).order_by(table.c.id))).mappings().all()
-    return [UsageRecord(**{k: row[k] for k in UsageRecord.__struct_fields__}) for row in rows]
+    return [UsageRecord(**{k: row[k] for k in UsageRecord.__struct_fields__ if k in row}) for row in rows]
 
 
 def spool_of(store: SqlStore, max_bytes: int = 1 << 20) -> UsageSpool:

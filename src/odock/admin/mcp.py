@@ -1,5 +1,6 @@
 """Admin routes of the MCP gateway: /admin/mcp-servers CRUD and /admin/keys/{ref}/mcp-grants (deny by default:
-a key reaches an MCP server only through a grant made here, never through a model grant)."""
+a key reaches an MCP server only through a grant made here, never through a model grant), and /admin/mcp/usage (the
+MCP usage records, filtered, in keyset pages)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.routing import Route
 from odock.admin.app import _crud_routes, _org, json_response, read_body
 from odock.errors import BadRequest
 from odock.mcp.service import McpCatalogueService
+from odock.mcp.usage import mcp_usage_page
 from odock.mcp.validation import NewMcpGrant
 from odock.state.validation import decode
 
@@ -33,6 +35,9 @@ def mcp_admin_routes(service: McpCatalogueService) -> list[Route]:
         )
         return json_response({"data": data})
 
+    async def usage(request: Request) -> Response:
+        return json_response(await mcp_usage_page(s.store, request.query_params))
+
     return [
         *_crud_routes(
             "/admin/mcp-servers",
@@ -44,4 +49,5 @@ def mcp_admin_routes(service: McpCatalogueService) -> list[Route]:
         ),
         Route("/admin/keys/{ref}/mcp-grants", grants, methods=["GET", "POST"]),
         Route("/admin/keys/{ref}/mcp-grants/{server}", grant_item, methods=["DELETE"]),
+        Route("/admin/mcp/usage", usage, methods=["GET"]),
     ]

@@ -22,6 +22,7 @@ from odock.admin.cache import CachePurge, PurgeCount
 from odock.admin.governance import BudgetChanges, NewBudget, NewQuota, QuotaChanges
 from odock.governance.store import Budget, BudgetEvent, Quota
 from odock.mcp.records import McpServerInfo
+from odock.mcp.usage import McpUsagePage
 from odock.mcp.validation import McpServerChanges, NewMcpGrant, NewMcpServer
 from odock.state.crud import KeyInfo, KeyRotation, ProviderInfo
 from odock.state.records import ModelRecord, Organisation, Team, User
@@ -218,6 +219,16 @@ OPERATIONS: list[Operation] = [
               example={"mcp_server": "search-tools"}),
     Operation("DELETE", "/admin/keys/{ref}/mcp-grants/{server}", "Take an MCP server grant back", "keys",
               response=Page[McpServerInfo], query=(ORG_SCOPE,)),
+    Operation("GET", "/admin/mcp/usage", "MCP usage records (server, method, tool, bytes, latency, outcome, cost), "
+              "newest first", "usage", response=McpUsagePage, errors=(400, 404),
+              query=(Param("organisation", "One organisation (id or name)."),
+                     Param("server", "One MCP server (id, or slug)."), Param("key", "One API key (id)."),
+                     Param("method", "One JSON-RPC method (e.g. tools/call)."), Param("tool", "One tool name."),
+                     Param("outcome", "success, failed, blocked or cancelled."),
+                     Param("transport", "STREAMABLE_HTTP, SSE or STDIO."),
+                     Param("since", "ISO 8601 start (inclusive)."), Param("until", "ISO 8601 end (exclusive)."),
+                     Param("limit", "At most this many (default 100, at most 1000)."),
+                     Param("before", "The `next` cursor of the previous page."))),
     Operation("POST", "/admin/cache/purge", "Drop cached answers of an organisation (by namespace, model, key)",
               "cache", CachePurge, PurgeCount, errors=(400, 404, 409),
               example={"organisation": "example-co", "namespace": "faq"}),

@@ -39,19 +39,10 @@ class UpstreamAuth:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[_Token]] = {}
 
     async def headers(self, server: McpServer) -> dict[str, str]:
-        auth, kind = server.auth, server.auth_type
-        if kind == "NONE" or not auth:
-            return {}
-        if kind == "HEADER":
-            return {str(auth["name"]): str(auth["value"])}
-        if kind == "BEARER":
-            return {"authorization": f"Bearer {auth['token']}"}
-        if kind == "BASIC":
-            pair = f"{auth['username']}:{auth['password']}".encode()
-            return {"authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
-        if kind == "OAUTH2":
-            return {"authorization": f"Bearer {await self.oauth2_token(server)}"}
-        raise auth_error(f"unsupported upstream auth type {kind}")
+        static = static_headers(server)
+        if static is not None:
+            return static
+        return {"authorization": f"Bearer {await self.oauth2_token(server)}"}
 
     async def oauth2_token(self, server: McpServer) -> str:
         auth = server.auth
@@ -117,3 +108,21 @@ class UpstreamAuth:
         now = time.monotonic()
         early = min(EARLY_REFRESH_S, lifetime * 0.1)
         return _Token(value, now + lifetime - early, now + lifetime)
+
+
+def static_headers(server: McpServer) -> dict[str, str] | None:
+    """The upstream auth headers that do not change from call to call (None for OAuth2: its token expires);
+    502 mcp_auth_error for an auth type the gateway does not know."""
+    auth, kind = server.auth, server.auth_type
+    if kind == "NONE" or not auth:
+        return {}
+    if kind == "HEADER":
+        return {str(auth["name"]): str(auth["value"])}
+    if kind == "BEARER":
+        return {"authorization": f"Bearer {auth['token']}"}
+    if kind == "BASIC":
+        pair = f"{auth['username']}:{auth['password']}".encode()
+        return {"authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    if kind == "OAUTH2":
+        return None
+    raise auth_error(f"unsupported upstream auth type {kind}")

@@ -1,13 +1,17 @@
 """What the MCP proxy needs at run time, built once by the gateway: the upstream HTTP client, the session signer,
-upstream auth (with its OAuth2 token cache) and the stdio pools."""
+upstream auth (with its OAuth2 token cache), the stdio pools, and each server's plan (its tool rules, timeouts and
+static auth headers, worked out once per server record instead of once per call)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from odock.mcp.auth import UpstreamAuth
+from odock.errors import UpstreamError
+from odock.mcp.auth import UpstreamAuth, static_headers
 from odock.mcp.pinning import ToolPins
+from odock.mcp.protocol import Rules, rules_of
+from odock.mcp.records import McpServer
 from odock.mcp.session import SessionSigner
 from odock.transport.base import Timeouts
 
@@ -17,6 +21,18 @@ if TYPE_CHECKING:
 
 # a GET stream stays open while the client listens (server notifications); the client's disconnect ends it
 STREAM_TOTAL_S = 24 * 3600.0
+MAX_PLANS = 10_000
+
+
+@dataclass(slots=True, frozen=True)
+class ServerPlan:
+    """What every call to one server record needs, worked out once."""
+
+    server: McpServer  # the record it was made from (a changed server is a new record: a new plan)
+    rules: Rules
+    unary: Timeouts
+    stream: Timeouts
+    auth_headers: dict[str, str] | None  # None: fetched per call (OAuth2 tokens expire)
 
 
 @dataclass(slots=True)
@@ -27,9 +43,43 @@ class McpRuntime:
     auth: UpstreamAuth = field(init=False)
     pins: ToolPins = field(default_factory=ToolPins)
     stdio: StdioPools | None = None
+    _plans: dict[str, ServerPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.auth = UpstreamAuth(self.transport)
+
+    def plan(self, server: McpServer) -> ServerPlan:
+        """The server's plan; made again when the directory hands out a new record (after a catalogue change)."""
+        plan = self._plans.get(server.id)
+        if plan is not None and plan.server is server:
+            return plan
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        try:
+            auth: dict[str, str] | None = static_headers(server)
+        except (UpstreamError, KeyError):
+            auth = None  # an unusable auth config fails the calls that forward, when they do
+        plan = self._plans[server.id] = ServerPlan(
+            server,
+            self._rules(server),
+            self.timeouts(server.config, stream=False),
+            self.timeouts(server.config, stream=True),
+            auth,
+        )
+        return plan
+
+    def _rules(self, server: McpServer) -> Rules:
+        rules = rules_of(server)
+        mode = server.config.get("pin_tools")
+        if mode in ("alert", "block", True):
+            mode = "alert" if mode is True else str(mode)
+            pins, sid = self.pins, server.id
+            rules = replace(
+                rules,
+                pin_admit=lambda tool: pins.admit(sid, tool, mode),
+                pin_refused=(lambda name: pins.refused(sid, name)) if mode == "block" else None,
+            )
+        return rules
 
     def timeouts(self, config: dict[str, object], *, stream: bool) -> Timeouts:
         timeout = config.get("timeout_ms")

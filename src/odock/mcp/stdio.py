@@ -208,21 +208,29 @@ class StdioPool:
     retry_at: float = 0.0
     starting: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # resolved when a start under way ends (callers waiting at the bound look again)
+    _start_ended: asyncio.Future[None] | None = None
 
     def setting(self, name: str) -> float:
         value = self.server.config.get(name, DEFAULTS[name])
         return float(value) if isinstance(value, int | float) else float(DEFAULTS[name])
 
     async def acquire(self) -> StdioProcess:
-        """The least busy live process, or a new one while every process is busy and the bound allows."""
-        await self.reap()
-        live = [p for p in self.processes if not p.dead]
-        idle = min(live, key=lambda p: p.busy, default=None)
-        if idle is not None and (
-            idle.busy == 0 or len(live) + self.starting >= self.setting("max_processes")
-        ):
-            return idle
-        return await self.spawn()
+        """The least busy live process, or a new one while every process is busy and the bound allows; at the
+        bound with none running yet (all still starting), wait for a start to end and look again."""
+        bound = max(1, int(self.setting("max_processes")))
+        while True:
+            await self.reap()
+            live = [p for p in self.processes if not p.dead]
+            idle = min(live, key=lambda p: p.busy, default=None)
+            at_bound = len(live) + self.starting >= bound
+            if idle is not None and (idle.busy == 0 or at_bound):
+                return idle
+            if not at_bound:
+                return await self.spawn()
+            if self._start_ended is None:
+                self._start_ended = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._start_ended)
 
     async def spawn(self) -> StdioProcess:
         now = time.monotonic()
@@ -248,6 +256,9 @@ class StdioPool:
             raise
         finally:
             self.starting -= 1
+            ended, self._start_ended = self._start_ended, None
+            if ended is not None:
+                ended.set_result(None)
         self.failures = 0
         self.processes.append(process)
         return process

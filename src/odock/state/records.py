@@ -94,6 +94,24 @@ def new_usage_id() -> str:
     return f"{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
 
 
+class McpUsage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The MCP side of an MCP call's ledger entry (reference §11.7), carried by its `UsageRecord` so that both
+    travel together: one spool line, one batch, one transaction (the `mcp_usage_records` row shares its id)."""
+
+    server: str  # the path's server reference (slug or id)
+    transport: str  # STREAMABLE_HTTP | SSE | STDIO, "none" when the server was not resolved
+    method: str  # a bounded label: the JSON-RPC method, "batch", "response", "other" or "none"
+    outcome: str  # success | failed | blocked | cancelled
+    server_id: str | None = None
+    tool: str | None = None  # the first tools/call name (all of them in `metadata.tools` for a batch)
+    tool_calls: int = 0
+    endpoint: str | None = None  # the path below the server that was forwarded ("" for its root)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_status: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
 class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One call's ledger row (reference §12.1). Never the prompt, completion or a credential.
 
@@ -128,3 +146,5 @@ class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     raw_usage: dict[str, Any] | None = None
     routing: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    # MCP calls only: their sidecar row (kept last: the usage_records columns are the fields before it)
+    mcp: McpUsage | None = None

@@ -277,6 +277,41 @@ usage_rollup_daily = Table(
     *_rollup_sums(histogram=False),
 )
 
+# the MCP side of MCP calls' ledger rows (reference §11.7): one row per usage_records row of an MCP call, same id,
+# written by the usage writer in the same transaction; no foreign keys either
+mcp_usage_records = Table(
+    "mcp_usage_records",
+    metadata,
+    Column("id", String(128), primary_key=True),  # the usage record's id
+    Column("request_id", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("organisation_id", ID, nullable=False),
+    Column("team_id", ID, nullable=True),
+    Column("user_id", ID, nullable=True),
+    Column("api_key_id", ID, nullable=False),
+    Column("mcp_server_id", ID, nullable=True),
+    Column("server", String(200), nullable=False),
+    Column("transport", String(16), nullable=False),
+    Column("method", String(64), nullable=False),
+    Column("tool", String(200), nullable=True),
+    Column("tool_calls", Integer, nullable=False, default=0),
+    Column("endpoint", String(500), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_code", String(100), nullable=True),
+    Column("upstream_status", Integer, nullable=True),
+    Column("latency_ms", Integer, nullable=False, default=0),
+    Column("bytes_in", BigInteger, nullable=False, default=0),
+    Column("bytes_out", BigInteger, nullable=False, default=0),
+    Column("cost_nanos", BigInteger, nullable=True),
+    Column("pricing", JsonType, nullable=True),
+    Column("metadata", JsonType, nullable=True),
+    # ids are time-ordered (new_usage_id): pages and time ranges walk the primary key or these, and a row costs
+    # the writer two index entries besides its key
+    Index("ix_mcp_usage_records_organisation_id_id", "organisation_id", "id"),
+    Index("ix_mcp_usage_records_mcp_server_id_id", "mcp_server_id", "id"),
+)
+
 
 CATALOGUE_TABLES = (
     "organisations",

@@ -36,6 +36,7 @@ from odock.state import rollups, schema
 from odock.state.crypto import SecretBox, load_secret_box
 from odock.state.records import (
     ApiKeyRecord,
+    McpUsage,
     ModelRecord,
     Organisation,
     ProviderRecord,
@@ -574,13 +575,16 @@ class SqlStore:
                     # undo and redo without them (rare, so the common batch pays no extra query for it)
                     raise _RetriedBatch
                 await _upsert_rollups(conn, records, sqlite)
+                await _insert_mcp_rows(conn, records, rows, sqlite)
         except _RetriedBatch:
             async with self.write() as conn:
                 stored = await _stored_usage_ids(conn, [record.id for record in records], sqlite)
                 fresh = [record for record in records if record.id not in stored]
                 if fresh:
-                    await self._insert_usage_rows(conn, [_usage_values(r, sqlite) for r in fresh], sqlite)
+                    fresh_rows = [_usage_values(r, sqlite) for r in fresh]
+                    await self._insert_usage_rows(conn, fresh_rows, sqlite)
                     await _upsert_rollups(conn, fresh, sqlite)
+                    await _insert_mcp_rows(conn, fresh, fresh_rows, sqlite)
 
     async def _insert_usage_rows(
         self, conn: AsyncConnection, rows: list[tuple[Any, ...]], sqlite: bool
@@ -607,7 +611,9 @@ class SqlStore:
             await self.engine.dispose()
 
 
-_USAGE_FIELDS = tuple(UsageRecord.__struct_fields__)
+# every field but the last (`mcp`: the MCP sidecar row, written to mcp_usage_records)
+_USAGE_FIELDS = tuple(UsageRecord.__struct_fields__)[:-1]
+assert UsageRecord.__struct_fields__[-1] == "mcp"
 _CREATED_AT = _USAGE_FIELDS.index("created_at")
 _JSON_COLUMNS = tuple(_USAGE_FIELDS.index(name) for name in ("pricing", "raw_usage", "routing", "metadata"))
 _USAGE_INSERT_SQLITE = (
@@ -643,6 +649,70 @@ _USAGE_INSERT_PG = (
     )
     + f") AS batch({', '.join(_USAGE_FIELDS)}) ON CONFLICT (id) DO NOTHING"
 )
+
+
+# mcp_usage_records: the MCP fields, and the parent record's that the MCP record repeats (for its own filters)
+_MCP_FIELDS = tuple(McpUsage.__struct_fields__)
+_MCP_PARENT = (
+    "id",
+    "request_id",
+    "created_at",
+    "organisation_id",
+    "team_id",
+    "user_id",
+    "api_key_id",
+    "status",
+    "error_code",
+    "latency_ms",
+    "cost_nanos",
+    "pricing",
+)
+_MCP_COLUMNS = tuple(
+    "mcp_server_id" if name == "server_id" else name for name in (*_MCP_PARENT, *_MCP_FIELDS)
+)
+# where each parent column sits in the usage row (already converted there: the timestamp, the pricing's JSON)
+_MCP_FROM_USAGE = tuple(_USAGE_FIELDS.index(name) for name in _MCP_PARENT)
+_MCP_METADATA = _MCP_COLUMNS.index("metadata") - len(_MCP_PARENT)
+_MCP_JSON = tuple(_MCP_COLUMNS.index(name) for name in ("pricing", "metadata"))
+_MCP_INSERT_SQLITE = (
+    f"INSERT INTO mcp_usage_records ({', '.join(_MCP_COLUMNS)}) VALUES ({', '.join('?' * len(_MCP_COLUMNS))}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_MCP_INSERT_PG = (
+    f"INSERT INTO mcp_usage_records ({', '.join(_MCP_COLUMNS)}) SELECT "
+    + ", ".join(f"{name}::jsonb" if index in _MCP_JSON else name for index, name in enumerate(_MCP_COLUMNS))
+    + " FROM unnest("
+    + ", ".join(
+        f"${n}::{_pg_array_type(schema.mcp_usage_records.c[name])}[]"
+        for n, name in enumerate(_MCP_COLUMNS, start=1)
+    )
+    + f") AS batch({', '.join(_MCP_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _mcp_values(usage_row: tuple[Any, ...], mcp: McpUsage) -> tuple[Any, ...]:
+    own = list(msgspec.structs.astuple(mcp))
+    if own[_MCP_METADATA] is not None:
+        own[_MCP_METADATA] = _json_text(own[_MCP_METADATA])
+    return (*[usage_row[index] for index in _MCP_FROM_USAGE], *own)
+
+
+async def _insert_mcp_rows(
+    conn: AsyncConnection, records: Sequence[UsageRecord], usage_rows: list[tuple[Any, ...]], sqlite: bool
+) -> None:
+    """The batch's MCP usage records, in the transaction of their usage records (one statement, none when the
+    batch holds no MCP call); their shared columns are taken from the usage rows, converted once."""
+    rows = [
+        _mcp_values(row, record.mcp)
+        for record, row in zip(records, usage_rows, strict=True)
+        if record.mcp is not None
+    ]
+    if not rows:
+        return
+    if sqlite:
+        await conn.exec_driver_sql(_MCP_INSERT_SQLITE, rows)
+    else:
+        await conn.exec_driver_sql(_MCP_INSERT_PG, tuple(list(column) for column in zip(*rows, strict=True)))
 
 
 class _RetriedBatch(Exception):
@@ -683,7 +753,7 @@ def _json_text(value: Any) -> str:
 
 
 def _usage_values(record: UsageRecord, sqlite: bool) -> tuple[Any, ...]:
-    values = list(msgspec.structs.astuple(record))
+    values = list(msgspec.structs.astuple(record))[:-1]  # without `mcp`
     created: datetime = values[_CREATED_AT].astimezone(UTC)
     # SQLite: the naive UTC text SQLAlchemy's DATETIME stores (UTCDateTime reads it back as aware UTC)
     values[_CREATED_AT] = created.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else created

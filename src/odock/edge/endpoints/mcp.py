@@ -26,7 +26,6 @@ import msgspec
 
 from odock.edge.endpoint import LLMEndpoint
 from odock.errors import GatewayError, UpstreamError
-from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import Rules, error_body, filter_json, filter_sse_event, sse_events
 from odock.mcp.records import McpServer
@@ -131,16 +130,10 @@ class McpEndpoint(LLMEndpoint):
             else:
                 await self._relay_http(call, state, server, runtime)
         finally:
-            if call.ctx.upstream_started is not None:
-                ctx = call.ctx
-                ctx.cost_nanos = pricing.cost_nanos(
-                    server.pricing,
-                    state.tools,
-                    max(1, len(state.request_ids)),
-                    len(state.body),
-                    state.bytes_out,
-                )
-                ctx.priced = True
+            ctx = call.ctx
+            if ctx.upstream_started is not None and not ctx.priced:
+                # (priced already when the usage record was taken as the answer's last bytes left)
+                ctx.cost_nanos, ctx.priced = state.cost_nanos(), True
 
     async def _relay_stdio(
         self, call: Call, state: McpRequest, server: McpServer, runtime: McpRuntime
@@ -181,8 +174,11 @@ class McpEndpoint(LLMEndpoint):
     ) -> None:
         ctx, exchange = call.ctx, call.exchange
         method = exchange.method
+        plan = state.plan
+        assert plan is not None
         headers = forward_headers(exchange.headers)
-        headers.update(await runtime.auth.headers(server))
+        static = plan.auth_headers
+        headers.update(static if static is not None else await runtime.auth.headers(server))
         if state.upstream_session:
             headers["mcp-session-id"] = state.upstream_session
         if server.transport == "SSE" and method == "GET":
@@ -192,7 +188,7 @@ class McpEndpoint(LLMEndpoint):
             self._url(call, state, server),
             headers,
             state.body if method == "POST" else None,
-            runtime.timeouts(server.config, stream=method == "GET"),
+            plan.stream if method == "GET" else plan.unary,
         )
         ctx.upstream_started = time.perf_counter()
         try:
@@ -249,8 +245,9 @@ class McpEndpoint(LLMEndpoint):
     async def _sse(self, call: Call, state: McpRequest, resp: UpstreamResponse) -> AsyncIterator[bytes]:
         rules: Rules | None = state.rules
         legacy = state.server is not None and state.server.transport == "SSE"
-        # legacy SSE answers every POST on the GET stream: there, any tools/list result is filtered
-        list_ids: set[Any] | None = None if legacy and call.exchange.method == "GET" else state.list_ids
+        # a GET stream carries answers to requests it did not see (legacy SSE answers every POST there; a Streamable
+        # HTTP GET with Last-Event-ID replays a POST's stream): there, any tools/list result is filtered
+        list_ids: set[Any] | None = None if call.exchange.method == "GET" else state.list_ids
         filtering = (list_ids is None or bool(list_ids)) and rules is not None and not rules.empty
         waiting = state.waiting = set(state.request_ids)
         buffer = bytearray()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,9 +19,9 @@ from odock import metrics
 from odock.errors import BadRequest, DependencyUnavailable, Forbidden, NotFound
 from odock.mcp import pricing
 from odock.mcp.call import McpRequest
-from odock.mcp.protocol import check_routing_headers, enforce, parse_body, rules_of
+from odock.mcp.protocol import check_routing_headers, enforce, parse_body
 from odock.pipeline.stage import Stage
-from odock.state.records import UsageRecord
+from odock.state.records import McpUsage, UsageRecord
 
 if TYPE_CHECKING:
     from odock.context import CallContext
@@ -52,7 +51,7 @@ def parse_path(path: str) -> McpRequest:
     ref, _, subpath = rest.partition("/")
     if not _REF.match(ref):
         raise BadRequest("the path must name an MCP server: /v1/mcp/{slug or id}[/{path}]", "invalid_mcp_ref")
-    if any(part in (".", "..") for part in subpath.split("/")):
+    if "." in subpath and any(part in (".", "..") for part in subpath.split("/")):
         raise BadRequest("the MCP path must not hold '.' or '..' segments", "invalid_mcp_ref")
     return McpRequest(ref, subpath)
 
@@ -78,17 +77,8 @@ class ResolveMcpServer(Stage):
         if server is None or not server.enabled:
             raise NotFound(f"MCP server {state.ref!r} not found", "mcp_not_found")
         state.server = server
-        rules = rules_of(server)
-        mode = server.config.get("pin_tools")
-        if mode in ("alert", "block", True):
-            mode = "alert" if mode is True else str(mode)
-            pins, sid = self.runtime.pins, server.id
-            rules = replace(
-                rules,
-                pin_admit=lambda tool: pins.admit(sid, tool, mode),
-                pin_refused=(lambda name: pins.refused(sid, name)) if mode == "block" else None,
-            )
-        state.rules = rules
+        state.plan = plan = self.runtime.plan(server)
+        state.rules = plan.rules
 
 
 class McpAccess(Stage):
@@ -136,10 +126,9 @@ class ReadMcpRequest(Stage):
             ctx.stream = call.exchange.method == "GET"
             return
         body = await call.read_body()
-        state.messages, state.batch = parse_body(body)
-        state.body = body
-        check_routing_headers(call.exchange.headers, state.messages, state.batch)
-        state.tool_calls = len(state.tools)
+        messages, batch = parse_body(body)
+        check_routing_headers(call.exchange.headers, messages, batch)
+        state.take(messages, batch, body)
 
 
 class McpToolRules(Stage):
@@ -180,9 +169,21 @@ class McpGate(Stage):
         await self.governance.final(ctx)
 
 
+def _clip(value: str | None, width: int) -> str | None:
+    """A client-given name as the ledger can hold it: no NUL (PostgreSQL text refuses one), at most `width`."""
+    if value is None:
+        return None
+    return value.replace("\x00", "")[:width]
+
+
 class McpRecordUsage(Stage):
-    """Step 17: the `UsageRecord` (provider `mcp`, model = the server's slug) with the MCP usage details in its
-    metadata (server, transport, method, tools, bytes, latency, outcome, pricing snapshot), and the metrics."""
+    """Step 17: the `UsageRecord` (provider `mcp`, model = the server's slug, the cost, the pricing snapshot) and
+    its MCP usage record (server, transport, method, tool, bytes in/out, latency, outcome: `UsageRecord.mcp`, one
+    spool line and one ledger transaction with it), and the metrics.
+
+    Taken once, as the LLM record is: just before the response's last bytes leave (so a client never holds a
+    complete answer whose record a killed process could not replay from the spool), or, for a call that ends
+    without a response (a client gone mid-stream), when the call ends. Never raises."""
 
     name = "mcp_usage"
 
@@ -191,17 +192,24 @@ class McpRecordUsage(Stage):
 
     async def before(self, call: Call) -> None:
         ctx = call.ctx
-        started = time.perf_counter()
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                try:
+                    self.record(ctx, call.route_state)
+                except Exception:  # the response must still go out
+                    log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
 
         async def at_end() -> None:
-            try:
-                self.record(ctx, call.route_state, started)
-            except Exception:
-                log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
+            record()
 
+        call.exchange.before_end = record
         call.defer(at_end)
 
-    def record(self, ctx: CallContext, state: object, started: float) -> None:
+    def record(self, ctx: CallContext, state: object) -> None:
         mcp = state if isinstance(state, McpRequest) else None
         server = mcp.server if mcp is not None else None
         transport = server.transport if server is not None else "none"
@@ -211,27 +219,36 @@ class McpRecordUsage(Stage):
         if status >= 400 and outcome == "success":
             outcome = "failed"
         metrics.child(metrics.MCP_REQUESTS, transport, method, outcome).inc()
-        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - started)
+        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - ctx.started)
+        bytes_in = len(mcp.body) if mcp is not None else 0
+        bytes_out = mcp.bytes_out if mcp is not None else 0
         if mcp is not None:
-            metrics.child(metrics.MCP_BYTES, "in").inc(len(mcp.body))
-            metrics.child(metrics.MCP_BYTES, "out").inc(mcp.bytes_out)
+            if bytes_in:
+                metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
+            if bytes_out:
+                metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
+            if ctx.upstream_started is not None and not ctx.priced:
+                ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key
         if key is None:
             return
         details = None
         if mcp is not None:
-            details = {
-                "server_id": server.id if server else None,
-                "server": mcp.ref,
-                "transport": transport,
-                "method": method,
-                "tools": mcp.tools[:50],
-                "tool_calls": mcp.tool_calls,
-                "bytes_in": len(mcp.body),
-                "bytes_out": mcp.bytes_out,
-                "upstream_status": mcp.upstream_status,
-                "outcome": outcome,
-            }
+            tools = mcp.tools
+            details = McpUsage(
+                server=mcp.ref,
+                server_id=server.id if server else None,
+                transport=transport,
+                method=method,
+                outcome=outcome,
+                tool=_clip(tools[0], 200) if tools else None,
+                tool_calls=mcp.tool_calls,
+                endpoint=_clip(mcp.subpath, 500),
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                upstream_status=mcp.upstream_status,
+                metadata={"tools": [_clip(t, 200) for t in tools[:50]]} if len(tools) > 1 else None,
+            )
         self.recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -242,11 +259,7 @@ class McpRecordUsage(Stage):
                 api_key_id=key.id,
                 route="mcp",
                 status=status,
-                outcome="failed"
-                if outcome == "blocked"
-                else ctx.outcome
-                if outcome != "failed"
-                else "failed",
+                outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
                 model=server.slug if server else None,
                 provider="mcp",
                 stream=ctx.stream,
@@ -254,6 +267,6 @@ class McpRecordUsage(Stage):
                 error_code=ctx.error_code,
                 cost_nanos=ctx.cost_nanos,
                 pricing=server.pricing if server and server.pricing else None,
-                metadata={"mcp": details} if details else None,
+                mcp=details,
             )
         )
