@@ -24,6 +24,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
 
 __all__ = [
     "CATEGORIES",
@@ -273,7 +276,7 @@ DETECTORS: tuple[Detector, ...] = (
             r"xox[abposre]-[A-Za-z0-9\-]{10,}|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"
         ),
         gate=("xox", "hooks.slack.com"),
-        pre="x",
+        pre="o",  # in both gates (an "x" missed the webhook URLs)
         validator=_free_word,
         priority=1,
     ),
@@ -427,6 +430,21 @@ def _has_long_word(text: str) -> bool:
     return _longest_run_at_least(text, _LONG_WORD)
 
 
+def _runs(text: str, length: int) -> list[tuple[int, int]]:
+    """The maximal runs of token characters at least `length` long in an ASCII `text` (half-open spans)."""
+    mapped = text.encode("ascii").translate(_RUN)
+    needle = b"a" * length
+    runs = []
+    at = mapped.find(needle)  # the first occurrence in a run is the run's start
+    while at != -1:
+        end = mapped.find(b" ", at + length)
+        if end == -1:
+            end = len(mapped)
+        runs.append((at, end))
+        at = mapped.find(needle, end)
+    return runs
+
+
 def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for start, end in windows:
@@ -479,6 +497,36 @@ def _email_windows(text: str) -> list[tuple[int, int]]:
             windows.append((start, end))
         at = text.find("@", at + 1)
     return windows
+
+
+_LOCAL_PART = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+
+
+def _email_matches(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """The e-mail pattern's `finditer` over the '@' windows, tried only where a match can start.
+
+    A match holds one '@' and its local part is the (up to 64) local-part characters right before it, starting
+    with a letter or digit: for each '@' that one start is found at C speed (rstrip/lstrip) and the pattern is
+    matched there once, where `finditer` would try and fail at every position of the window."""
+    ats = _positions(text, "@")
+    i = 0
+    for window_start, window_end in _email_windows(text):
+        pos = window_start
+        while i < len(ats) and ats[i] < window_end:
+            at = ats[i]
+            i += 1
+            if at <= pos:
+                continue
+            before = text[max(pos, at - 64) : at]
+            start = at - (len(before) - len(before.rstrip(_LOCAL_PART)))
+            local = text[start:at]
+            start += len(local) - len(local.lstrip("._%+-"))
+            if start >= at:
+                continue
+            m = pattern.match(text, start, window_end)
+            if m is not None:
+                yield m
+                pos = m.end()
 
 
 # --- injection and jailbreak phrases over normalized text -------------------------------------------------
@@ -633,6 +681,23 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
     *_rules("jailbreak", "stay", r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"),
 )
 
+
+def _re2_set(patterns: Sequence[str]) -> Any:
+    """An RE2 set of (small, literal-led) patterns: which of them occur, in one linear pass."""
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 32 << 20
+    found = re2.Set.SearchSet(options)
+    for pattern in patterns:
+        found.Add(pattern)
+    found.Compile()
+    return found
+
+
+_LEADS = tuple(sorted({rule.lead for rule in PHRASE_RULES}.union(*(rule.also for rule in PHRASE_RULES))))
+_WORD_EDGE = r"[^A-Za-z0-9\x{80}-\x{10ffff}]"  # what `_words` splits at: ASCII other than letters and digits
+_LEAD_SET = _re2_set([rf"(?:^|{_WORD_EDGE}){re.escape(word)}(?:{_WORD_EDGE}|$)" for word in _LEADS])
+
 # zero-width and bidi controls an attacker threads through a phrase
 _INVISIBLE = frozenset(
     (0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0xFEFF, 0x3164, 0xFFA0)
@@ -676,9 +741,14 @@ def normalize(text: str) -> tuple[str, list[int] | None]:
     return folded, index
 
 
-def _prepare(text: str) -> tuple[str, list[int] | None, frozenset[str]]:
+def _prepare(text: str, hits: Sequence[int] | None = None) -> tuple[str, list[int] | None, frozenset[str]]:
+    """`hits`: what `_ASCII_SET` found in an ASCII `text`, when the caller has it already."""
     if text.isascii():
+        if hits is None:
+            hits = _ASCII_SET.Match(text.encode("ascii")) or ()
         folded = _fold_ascii(text)
+        if _SPELT not in hits:
+            return folded, None, frozenset(_LEADS[i - _LEAD0] for i in hits if i >= _LEAD0)
         words = _words(folded)
         if len(words & _SINGLE_LETTERS) < 3 or _SPACED.search(folded) is None:
             return folded, None, words
@@ -700,8 +770,29 @@ def _prepare(text: str) -> tuple[str, list[int] | None, frozenset[str]]:
             index.append(i)
     folded = "".join(chars)
     folded = _fold_ascii(folded) if folded.isascii() else "".join(_LEET.get(c, c) for c in folded.lower())
-    folded, index = _join_spelt_out(folded, index)
-    return folded, index, _words(folded)
+    if _spelt_out_possible(folded):
+        folded, index = _join_spelt_out(folded, index)
+    return folded, index, _lead_words(folded)
+
+
+# letters as b"a", the separators of a spelt-out word as b"s": a spelt-out word ("i g n o r e") shows as
+# b"asasasa" at least, one C-speed substring test before the (costly, lookbehind-led) pattern runs
+_SPELT_MAP = bytes(97 if 97 <= b <= 122 else 115 if chr(b) in " .-_*" else 120 for b in range(256))
+
+
+def _spelt_out_possible(folded: str) -> bool:
+    return b"asasasa" in folded.encode("utf-8", "surrogatepass").translate(_SPELT_MAP)
+
+
+def _lead_words(folded: str) -> frozenset[str]:
+    """The rules' lead and `also` words that occur as words of `folded` (what `_words(folded)` would hold of
+    them), in one RE2 pass instead of splitting the text into all its words."""
+    try:
+        raw = folded.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
+        return _words(folded)
+    hits = _LEAD_SET.Match(raw)
+    return frozenset(_LEADS[i] for i in hits) if hits else frozenset()
 
 
 def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
@@ -734,21 +825,25 @@ def _phrase_hits(
                 yield rule.category, start, m.end()
 
 
-def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) -> Iterator[Finding]:
+def _phrases(
+    text: str,
+    wanted: Callable[[str, str], bool],
+    runs: list[tuple[int, int]] | None,
+    hits: Sequence[int] | None,
+) -> Iterator[Finding]:
+    """Phrase findings; `runs` are an ASCII text's runs of 20+ token characters and `hits` what `_ASCII_SET`
+    found in it (None: not ASCII)."""
     active = {name for name in ("injection", "jailbreak") if wanted(name, name)}
     if not active:
         return
-    folded, index, words = _prepare(text)
+    folded, index, words = _prepare(text, hits)
     for category, start, end in _phrase_hits(folded, words, active):
         if index is None:
             yield Finding(start, end, category, category)
         else:
             yield Finding(index[start], index[end - 1] + 1, category, category)
-    # base64 that matters is 20+ characters: a text without such a run has none
-    if not long_words and not _longest_run_at_least(text, 20):
-        return
     # base64-wrapped instructions: decoded, then matched as text; the finding is the encoded span
-    for m in _BASE64.finditer(text):
+    for m in _base64_matches(text, runs):
         if m.end() - m.start() < 20 or not _left_free(text, m.start(), _TOKEN_CHARS):
             continue
         decoded = _decode_base64(m.group())
@@ -758,6 +853,18 @@ def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) ->
         for category, _start, _end in _phrase_hits(inner, inner_words, active):
             yield Finding(m.start(), m.end(), category, category)
             break
+
+
+def _base64_matches(text: str, runs: list[tuple[int, int]] | None) -> Iterator[re.Match[str]]:
+    # base64 that matters is 20+ characters, all of them token characters: only the runs that long can hold it
+    if runs is None:
+        if _longest_run_at_least(text, 20):
+            yield from _BASE64.finditer(text)
+        return
+    for start, end in runs:
+        yield from _BASE64.finditer(
+            text, start, end + 1
+        )  # one more: the lookahead sees the real next character
 
 
 def _decode_base64(chunk: str) -> str | None:
@@ -807,9 +914,10 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
             regions = _numeric_regions(text, digits)
         elif d.region == "near_numeric":
             # IBANs and NI numbers: around number-shaped regions (letters up to 12 before, 20 after)
-            regions = _merge(
-                [(max(0, a - 12), min(len(text), b + 20)) for a, b in _numeric_regions(text, digits)]
-            )
+            numeric = cache.get("numeric")
+            if numeric is None:
+                numeric = cache["numeric"] = _numeric_regions(text, digits)
+            regions = _merge([(max(0, a - 12), min(len(text), b + 20)) for a, b in numeric])
         elif d.region == "ipv6":
             regions = _ipv6_windows(text)
         elif d.region.startswith("digits"):
@@ -824,19 +932,96 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
     return regions
 
 
+# one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates), and whether two
+# colons stand close enough for an IPv6 address: the `in` tests it replaces cost a pass each. An ASCII text's
+# pass also finds the phrase rules' lead words as the folding will spell them (case and leetspeak as character
+# classes), runs of 20 token characters (base64, keys) and the shape of a spelt-out word, so the text is folded
+# only when a phrase can be there, and split into words only when a spelt-out word may need joining.
+_GATES = tuple(sorted({g for d in DETECTORS for g in d.gate}))
+_IPV6_GATE = len(_GATES)
+_RUN20 = _IPV6_GATE + 1
+_NUMBER = _IPV6_GATE + 2
+_SPELT = _IPV6_GATE + 3
+_LEAD0 = _IPV6_GATE + 4
+_GATE_PATTERNS = [*(re.escape(g) for g in _GATES), r":[0-9A-Fa-f]{0,4}:"]
+_PREFILTER = _re2_set(_GATE_PATTERNS)
+
+
+def _folds_to(letter: str) -> str:
+    """A character class of the ASCII characters `_fold_ascii` turns into `letter`."""
+    return (
+        "[" + re.escape(letter + letter.upper() + "".join(k for k, v in _LEET.items() if v == letter)) + "]"
+    )
+
+
+_FOLDED_WORD = "A-Za-z0-9" + re.escape("".join(_LEET))  # the ASCII characters that fold to word characters
+_FOLDS_TO_LETTER = "[A-Za-z" + re.escape("".join(_LEET)) + "]"
+_ASCII_SET = _re2_set(
+    [
+        *_GATE_PATTERNS,
+        r"[A-Za-z0-9_+/=\-]{20}",
+        r"[0-9][0-9 .()\-]{5,}[0-9]",  # `_NUMERIC_BYTES`: a number-shaped region
+        "[ .\\-_*]".join([_FOLDS_TO_LETTER] * 4),  # `_SPACED`'s shortest match, before folding
+        *(
+            rf"(?:^|[^{_FOLDED_WORD}])" + "".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)"
+            for word in _LEADS
+        ),
+    ]
+)
+assert all(word.isalpha() and word.islower() for word in _LEADS)  # what `_folds_to` can spell
+
+
+@dataclass(slots=True)
+class _Prefiltered:
+    gates: frozenset[str] | None  # the gates present (None: test each by substring)
+    ipv6: bool  # an IPv6 address may be present
+    ascii_hits: Sequence[int] | None  # `_ASCII_SET`'s hits (None: not ASCII)
+    runs: list[tuple[int, int]] | None  # runs of 20+ token characters (None: not ASCII)
+
+
+def _prefilter(text: str) -> _Prefiltered:
+    if text.isascii():
+        hits = _ASCII_SET.Match(text.encode("ascii")) or ()
+        runs = _runs(text, 20) if _RUN20 in hits else []
+        return _Prefiltered(
+            frozenset(_GATES[i] for i in hits if i < _IPV6_GATE), _IPV6_GATE in hits, hits, runs
+        )
+    try:
+        hits = _PREFILTER.Match(text.encode("utf-8")) or ()
+    except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
+        return _Prefiltered(None, True, None, None)
+    return _Prefiltered(frozenset(_GATES[i] for i in hits if i < _IPV6_GATE), _IPV6_GATE in hits, None, None)
+
+
 def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
+    plan = _prefilter(text)
+    gates = plan.gates
     cache: dict[str, list[tuple[int, int]]] = {}
+    if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
+        n = len(text)
+        cache["long"] = [(start, min(n, end + 1)) for start, end in plan.runs if end - start >= _LONG_WORD]
+    if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
+        cache["numeric"] = cache["near_numeric"] = []
+    if not plan.ipv6:
+        cache["ipv6"] = []
     for d in DETECTORS:
-        if not wanted(d.category, d.module) or (d.pre and d.pre not in text):
+        if not wanted(d.category, d.module):
             continue
-        if d.gate and not any(g in text for g in d.gate):
+        if gates is None:
+            if (d.pre and d.pre not in text) or (d.gate and not any(g in text for g in d.gate)):
+                continue
+        elif d.gate and gates.isdisjoint(d.gate):
             continue
         validator = d.validator
-        for start, end in _regions(d, text, cache):
-            for m in d.pattern.finditer(text, start, end):
-                if validator is None or validator(text, m.start(), m.end()):
-                    yield Finding(m.start(), m.end(), d.category, d.module)
-    yield from _phrases(text, wanted, bool(cache.get("long")))
+        matches = (
+            _email_matches(d.pattern, text)
+            if d.region == "email"
+            else (m for start, end in _regions(d, text, cache) for m in d.pattern.finditer(text, start, end))
+        )
+        for m in matches:
+            if validator is None or validator(text, m.start(), m.end()):
+                yield Finding(m.start(), m.end(), d.category, d.module)
+    yield from _phrases(text, wanted, plan.runs, plan.ascii_hits)
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
