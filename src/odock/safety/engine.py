@@ -194,7 +194,8 @@ class SafetyEngine:
 
         response.content = visit(response.content)
         for block in response.content_blocks or ():
-            if block.type == "text" and block.text:
+            # reasoning (OpenAI reasoning, Anthropic thinking, Gemini thought parts) is text the client reads
+            if block.type in ("text", "thinking", "refusal") and block.text:
                 block.text = visit(block.text)
         for tool_call in response.tool_calls or ():
             tool_call.arguments = visit(tool_call.arguments)
