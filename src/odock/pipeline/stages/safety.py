@@ -14,7 +14,7 @@ phase is the built-in detectors' and the operator's patterns'.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from odock import metrics
 from odock.pipeline.stage import Stage
@@ -31,9 +31,12 @@ from odock.safety.engine import (
     walk_response,
 )
 from odock.safety.guard import GuardFailed, WebhookGuard
+from odock.safety.sessions import SCRIPT as SESSION_SCRIPT
+from odock.safety.sessions import RedisSessions
 from odock.safety.stream import StreamGuard
 
 if TYPE_CHECKING:
+    from odock.context import CallContext
     from odock.model import GatewayResponse, StreamEvent
     from odock.pipeline.call import Call
     from odock.safety.sessions import Sessions
@@ -89,11 +92,25 @@ class SafetySec(Stage):
         fp = fingerprint(
             ctx.client_ip, ctx.key.id if ctx.key else None, call.exchange.headers.get("user-agent")
         )
+        ttl_s = self.engine.config.session_ttl_s
+        if isinstance(self.sessions, RedisSessions) and _final_gate_follows(call):
+            # cluster mode: the script rides in the final gate's round trip (Redis applies it atomically); a
+            # call that ends before the gate sends it still has its signals counted, after the fact
+            rider = _SessionRider(self, screen, ctx, *RedisSessions.call(fp, increment, ttl_s))
+            ctx.redis_riders = [*(ctx.redis_riders or ()), rider]
+            call.defer(rider.count_if_left)
+            return
         try:
-            score = await self.sessions.bump(fp, increment, self.engine.config.session_ttl_s)
+            score = await self.sessions.bump(fp, increment, ttl_s)
         except self.session_errors:
-            metrics.child(metrics.SECURITY_ERRORS, "request", "session", "closed").inc()
-            raise self.engine.failure("session") from None
+            self.session_failed()
+        self.decide(score, screen, ctx)
+
+    def session_failed(self) -> NoReturn:
+        metrics.child(metrics.SECURITY_ERRORS, "request", "session", "closed").inc()
+        raise self.engine.failure("session") from None
+
+    def decide(self, score: float, screen: Screen, ctx: CallContext) -> None:
         if score >= self.engine.config.block_threshold:
             screen.decisions[("request", "session", "session_score")] = "block"
             ctx.security = screen.evidence()
@@ -163,6 +180,59 @@ class SafetySec(Stage):
             swap = await self._verdict(call, screen, "response", response_texts(response))
             if swap is not None:
                 walk_response(response, swap)
+
+
+def _final_gate_follows(call: Call) -> bool:
+    """Whether the final gate runs after SafetySec with no stage between that may answer the call itself (the
+    response cache): then the session's script can ride in the gate's round trip. Known per pipeline."""
+    pipeline = call.pipeline
+    known = _FOLLOWS.get(id(pipeline))
+    if known is None or known[0] is not pipeline:
+        names = pipeline.names()
+        after = names[names.index("safety") + 1 :] if "safety" in names else []
+        follows = "final_gate" in after and "cache" not in after[: after.index("final_gate")]
+        if len(_FOLLOWS) > 64:
+            _FOLLOWS.clear()
+        known = _FOLLOWS[id(pipeline)] = (pipeline, follows)
+    return known[1]
+
+
+_FOLLOWS: dict[int, tuple[Any, bool]] = {}
+
+
+class _SessionRider:
+    """The session script handed to the final gate (`odock.governance.Rider`)."""
+
+    __slots__ = ("args", "ctx", "delivered", "keys", "screen", "script", "stage")
+
+    def __init__(
+        self, stage: SafetySec, screen: Screen, ctx: CallContext, keys: list[str], args: list[Any]
+    ) -> None:
+        self.script = SESSION_SCRIPT
+        self.stage, self.screen, self.ctx = stage, screen, ctx
+        self.keys, self.args = keys, args
+        self.delivered = False
+
+    def done(self, reply: Any) -> None:
+        self.delivered = True
+        self.stage.decide(RedisSessions.score(reply), self.screen, self.ctx)
+
+    def failed(self, exc: BaseException) -> None:
+        self.delivered = True
+        self.stage.session_failed()
+
+    async def count_if_left(self) -> None:
+        """The call ended before the gate sent the script (refused, failed): count its signals anyway."""
+        if self.delivered or float(self.args[0]) <= 0:
+            return
+        sessions = self.stage.sessions
+        assert isinstance(sessions, RedisSessions)
+        try:
+            await sessions.bump(
+                self.keys[0].removeprefix("safety:session:"), float(self.args[0]), self.args[1]
+            )
+        except self.stage.session_errors:
+            metrics.child(metrics.SECURITY_ERRORS, "request", "session", "open").inc()
 
 
 async def _count_decisions(screen: Screen) -> None:
