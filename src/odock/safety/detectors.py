@@ -430,9 +430,9 @@ def _has_long_word(text: str) -> bool:
     return _longest_run_at_least(text, _LONG_WORD)
 
 
-def _runs(text: str, length: int) -> list[tuple[int, int]]:
-    """The maximal runs of token characters at least `length` long in an ASCII `text` (half-open spans)."""
-    mapped = text.encode("ascii").translate(_RUN)
+def _runs(raw: bytes, length: int) -> list[tuple[int, int]]:
+    """The maximal runs of token characters at least `length` long in an ASCII text's bytes (half-open spans)."""
+    mapped = raw.translate(_RUN)
     needle = b"a" * length
     runs = []
     at = mapped.find(needle)  # the first occurrence in a run is the run's start
@@ -565,6 +565,7 @@ class PhraseRule:
     lead: str  # a word the text must hold (the pattern's literal start, or its gate when `pattern` has none)
     also: frozenset[str]  # and one of these words, when given
     pattern: re.Pattern[str]
+    punctuation: str = ""  # the character a marker's pattern starts with (absent: the rule cannot match)
 
 
 def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseRule]:
@@ -579,8 +580,11 @@ def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseR
 
 
 def _marker(category: str, gate: str, pattern: str) -> PhraseRule:
-    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds."""
-    return PhraseRule(category, gate, frozenset(), re.compile(pattern))
+    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds, and by
+    that punctuation (every branch starts with it)."""
+    first = pattern.lstrip("\\")[0]
+    punctuation = first if not first.isalnum() else ""
+    return PhraseRule(category, gate, frozenset(), re.compile(pattern), punctuation)
 
 
 PHRASE_RULES: tuple[PhraseRule, ...] = (
@@ -683,7 +687,11 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
 
 
 def _re2_set(patterns: Sequence[str]) -> Any:
-    """An RE2 set of (small, literal-led) patterns: which of them occur, in one linear pass."""
+    """An RE2 set: which of the patterns occur, in one linear pass. Its automaton also remembers which patterns
+    have matched so far, so its states multiply with the patterns a text matches: the patterns here are literals,
+    words whose match ends the pattern, and short fixed shapes; no long counters and no leading context (with a
+    word boundary before each lead word, texts crafted to match many of them made it build states for
+    milliseconds per 4 KB, four times the scanner's old worst case)."""
     options = re2.Options()
     options.log_errors = False
     options.max_mem = 32 << 20
@@ -695,8 +703,7 @@ def _re2_set(patterns: Sequence[str]) -> Any:
 
 
 _LEADS = tuple(sorted({rule.lead for rule in PHRASE_RULES}.union(*(rule.also for rule in PHRASE_RULES))))
-_WORD_EDGE = r"[^A-Za-z0-9\x{80}-\x{10ffff}]"  # what `_words` splits at: ASCII other than letters and digits
-_LEAD_SET = _re2_set([rf"(?:^|{_WORD_EDGE}){re.escape(word)}(?:{_WORD_EDGE}|$)" for word in _LEADS])
+_LEAD_BYTES = frozenset(word.encode() for word in _LEADS)
 
 # zero-width and bidi controls an attacker threads through a phrase
 _INVISIBLE = frozenset(
@@ -748,7 +755,7 @@ def _prepare(text: str, hits: Sequence[int] | None = None) -> tuple[str, list[in
             hits = _ASCII_SET.Match(text.encode("ascii")) or ()
         folded = _fold_ascii(text)
         if _SPELT not in hits:
-            return folded, None, frozenset(_LEADS[i - _LEAD0] for i in hits if i >= _LEAD0)
+            return folded, None, _exact_leads(folded, [_LEADS[i - _LEAD0] for i in hits if i >= _LEAD0])
         words = _words(folded)
         if len(words & _SINGLE_LETTERS) < 3 or _SPACED.search(folded) is None:
             return folded, None, words
@@ -784,15 +791,19 @@ def _spelt_out_possible(folded: str) -> bool:
     return b"asasasa" in folded.encode("utf-8", "surrogatepass").translate(_SPELT_MAP)
 
 
+def _exact_leads(folded: str, candidates: list[str]) -> frozenset[str]:
+    """Which candidates (lead words the RE2 pass saw end a word) are whole words of `folded`: one translation
+    and a substring test each, far less than the rules the others would run for nothing."""
+    if not candidates:
+        return frozenset()
+    spaced = b" " + folded.encode("ascii").translate(_TO_WORDS) + b" "
+    return frozenset(word for word in candidates if b" " + word.encode() + b" " in spaced)
+
+
 def _lead_words(folded: str) -> frozenset[str]:
-    """The rules' lead and `also` words that occur as words of `folded` (what `_words(folded)` would hold of
-    them), in one RE2 pass instead of splitting the text into all its words."""
-    try:
-        raw = folded.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
-        return _words(folded)
-    hits = _LEAD_SET.Match(raw)
-    return frozenset(_LEADS[i] for i in hits) if hits else frozenset()
+    """The rules' lead and `also` words among the words of `folded` (what `_words(folded)` holds of them)."""
+    raw = folded.encode("utf-8", "surrogatepass").translate(_TO_WORDS)
+    return frozenset(word.decode() for word in _LEAD_BYTES.intersection(raw.split()))
 
 
 def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
@@ -818,6 +829,8 @@ def _phrase_hits(
         if rule.category not in active or rule.lead not in words:
             continue
         if rule.also and rule.also.isdisjoint(words):
+            continue
+        if rule.punctuation and rule.punctuation not in folded:
             continue
         for m in rule.pattern.finditer(folded):
             start = m.start()
@@ -932,19 +945,18 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
     return regions
 
 
-# one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates), and whether two
-# colons stand close enough for an IPv6 address: the `in` tests it replaces cost a pass each. An ASCII text's
-# pass also finds the phrase rules' lead words as the folding will spell them (case and leetspeak as character
-# classes), runs of 20 token characters (base64, keys) and the shape of a spelt-out word, so the text is folded
-# only when a phrase can be there, and split into words only when a spelt-out word may need joining.
+# one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates): the `in` tests it
+# replaces cost a pass each. An ASCII text's pass also finds the phrase rules' lead words as the folding will spell
+# them (case and leetspeak as character classes) where a word ends (candidates, checked as whole words by
+# `_exact_leads`), the shape of a spelt-out word (the text is split into words only then) and the start of a
+# number shape. Runs of token characters and IPv6 colons are found by C-speed byte translations and substring
+# tests; only the regions found are scanned.
 _GATES = tuple(sorted({g for d in DETECTORS for g in d.gate}))
-_IPV6_GATE = len(_GATES)
-_RUN20 = _IPV6_GATE + 1
-_NUMBER = _IPV6_GATE + 2
-_SPELT = _IPV6_GATE + 3
-_LEAD0 = _IPV6_GATE + 4
-_GATE_PATTERNS = [*(re.escape(g) for g in _GATES), r":[0-9A-Fa-f]{0,4}:"]
-_PREFILTER = _re2_set(_GATE_PATTERNS)
+_SPELT = len(_GATES)
+_NUMBER = _SPELT + 1
+_LEAD0 = _SPELT + 2
+_PREFILTER = _re2_set([re.escape(g) for g in _GATES])
+_IPV6_SHAPE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # two colons close enough for an IPv6 address
 
 
 def _folds_to(letter: str) -> str:
@@ -958,14 +970,10 @@ _FOLDED_WORD = "A-Za-z0-9" + re.escape("".join(_LEET))  # the ASCII characters t
 _FOLDS_TO_LETTER = "[A-Za-z" + re.escape("".join(_LEET)) + "]"
 _ASCII_SET = _re2_set(
     [
-        *_GATE_PATTERNS,
-        r"[A-Za-z0-9_+/=\-]{20}",
-        r"[0-9][0-9 .()\-]{5,}[0-9]",  # `_NUMERIC_BYTES`: a number-shaped region
+        *(re.escape(g) for g in _GATES),
         "[ .\\-_*]".join([_FOLDS_TO_LETTER] * 4),  # `_SPACED`'s shortest match, before folding
-        *(
-            rf"(?:^|[^{_FOLDED_WORD}])" + "".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)"
-            for word in _LEADS
-        ),
+        r"[0-9][0-9 .()\-]{5}",  # how every number-shaped region (`_NUMERIC_BYTES`) starts
+        *("".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)" for word in _LEADS),
     ]
 )
 assert all(word.isalpha() and word.islower() for word in _LEADS)  # what `_folds_to` can spell
@@ -974,23 +982,20 @@ assert all(word.isalpha() and word.islower() for word in _LEADS)  # what `_folds
 @dataclass(slots=True)
 class _Prefiltered:
     gates: frozenset[str] | None  # the gates present (None: test each by substring)
-    ipv6: bool  # an IPv6 address may be present
     ascii_hits: Sequence[int] | None  # `_ASCII_SET`'s hits (None: not ASCII)
     runs: list[tuple[int, int]] | None  # runs of 20+ token characters (None: not ASCII)
 
 
 def _prefilter(text: str) -> _Prefiltered:
     if text.isascii():
-        hits = _ASCII_SET.Match(text.encode("ascii")) or ()
-        runs = _runs(text, 20) if _RUN20 in hits else []
-        return _Prefiltered(
-            frozenset(_GATES[i] for i in hits if i < _IPV6_GATE), _IPV6_GATE in hits, hits, runs
-        )
+        raw = text.encode("ascii")
+        hits = _ASCII_SET.Match(raw) or ()
+        return _Prefiltered(frozenset(_GATES[i] for i in hits if i < _SPELT), hits, _runs(raw, 20))
     try:
         hits = _PREFILTER.Match(text.encode("utf-8")) or ()
     except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
-        return _Prefiltered(None, True, None, None)
-    return _Prefiltered(frozenset(_GATES[i] for i in hits if i < _IPV6_GATE), _IPV6_GATE in hits, None, None)
+        return _Prefiltered(None, None, None)
+    return _Prefiltered(frozenset(_GATES[i] for i in hits), None, None)
 
 
 def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
@@ -1000,10 +1005,10 @@ def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Fin
     if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
         n = len(text)
         cache["long"] = [(start, min(n, end + 1)) for start, end in plan.runs if end - start >= _LONG_WORD]
+    if ":" not in text or _IPV6_SHAPE.search(text) is None:
+        cache["ipv6"] = []
     if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
         cache["numeric"] = cache["near_numeric"] = []
-    if not plan.ipv6:
-        cache["ipv6"] = []
     for d in DETECTORS:
         if not wanted(d.category, d.module):
             continue
