@@ -97,6 +97,8 @@ class CallContext:
     plugin_state: dict[str, Any] | None = None
     # SafetySec decisions ({"phase", "module", "category", "action"}; never the matched text), for the usage record
     security: list[dict[str, str]] | None = None
+    # Redis script calls an earlier stage asks the final gate to send in its round trip (`governance.Rider`)
+    redis_riders: list[Any] | None = None
     provider_request_id: str | None = None
     status: int = 0
     error_code: str | None = None

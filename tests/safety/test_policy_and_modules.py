@@ -325,7 +325,8 @@ async def test_webhook_guard_allow_modify_block_and_failures(tmp_path: Path, fai
             model="gpt-test", messages=[{"role": "user", "content": "trip to Paris please"}]
         )
         assert "[CITY]" in (reply.choices[0].message.content or "")
-        assert seen[-1]["texts"] == ["trip to Paris please"] and seen[-1]["phase"] == "request"
+        assert seen[-2]["texts"] == ["trip to Paris please"] and seen[-2]["phase"] == "request"
+        assert seen[-1]["phase"] == "response"  # then the answer (tests/safety/test_guard_http.py)
         with pytest.raises(openai.PermissionDeniedError) as caught:
             await client.chat.completions.create(
                 model="gpt-test", messages=[{"role": "user", "content": "something forbidden"}]

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from odock import metrics
 from odock.context import CallContext
@@ -47,7 +47,7 @@ from odock.governance.policy import (
     parse_ip,
     parse_policy,
 )
-from odock.governance.resp import ScriptRunner
+from odock.governance.resp import LuaScript, ScriptRunner
 from odock.governance.store import Budget, BudgetEvent, GovernanceStore, NewEvent, Quota
 from odock.settings import Settings
 from odock.state.redis import REDIS_ERRORS as _REDIS_ERRORS
@@ -79,6 +79,20 @@ class Held:
 def _token() -> str:
     """A lease/reservation owner token: unique, not secret (no system call per call, unlike os.urandom)."""
     return f"{random.getrandbits(128):032x}"
+
+
+class Rider(Protocol):
+    """A Redis script call another stage hands the final gate (`ctx.redis_riders`), sent in the gate's round trip
+    when the gate goes to Redis, else on its own. Each script is atomic; `done` gets its reply and `failed` a Redis
+    error (either may raise to refuse the call, after the gate's receipts are recorded for the post-flight)."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+    def done(self, reply: Any) -> None: ...
+
+    def failed(self, exc: BaseException) -> None: ...
 
 
 @dataclass(slots=True)
@@ -170,6 +184,7 @@ class Governance:
         self.redis_limiter: RedisLimiter | None = None
         self.redis_ledger: RedisLedger | None = None
         self.redis_runner: ScriptRunner | None = None
+        self._rider_scripts: dict[str, LuaScript] = {}
         if redis is not None:
             # one pipelined connection for limiter and ledger, so the final gate and the reservation share a write
             self.redis_runner = ScriptRunner.like(redis)
@@ -341,9 +356,16 @@ class Governance:
                 )
         plan = self._reservation_plan(ctx, receipt, out_tokens)
         reply = None  # the reserve script's reply, when it went to Redis together with the gate
+        riders, ctx.redis_riders = ctx.redis_riders or [], None
+        rides = [self._ride(r) for r in riders] if self.redis_runner is not None else []
+        ridden: list[Any] | None = None  # the riders' replies, when they went with the gate
         if checks:
             if plan is not None and self.redis_runner is not None:
-                result, limiter, reply = await self._gate_and_reserve(checks, receipt.token, plan)
+                result, limiter, reply, ridden = await self._gate_and_reserve(
+                    checks, receipt.token, plan, rides
+                )
+            elif rides:
+                result, limiter, ridden = await self._gate_riding(checks, receipt.token, rides)
             else:
                 result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("final", checks, result)
@@ -361,6 +383,48 @@ class Governance:
                 if cap_chosen and ctx.output == "text":
                     # the reservation holds only if the upstream cannot generate more: the endpoint sends this cap
                     ctx.max_tokens, ctx.output_cap_added = cap, True
+        if riders:
+            await self._deliver(riders, rides, ridden)
+
+    def _ride(self, rider: Rider) -> tuple[LuaScript, list[str], list[Any]]:
+        script = self._rider_scripts.get(rider.script)
+        if script is None:
+            script = self._rider_scripts[rider.script] = LuaScript(rider.script)
+        return script, rider.keys, rider.args
+
+    async def _gate_riding(
+        self, checks: list[Check], token: str, rides: list[tuple[LuaScript, list[str], list[Any]]]
+    ) -> tuple[GateResult, Limiter, list[Any] | None]:
+        """The final gate with the riders' scripts in one round trip (None: they did not go)."""
+        limiter, runner = self.redis_limiter, self.redis_runner
+        assert limiter is not None and runner is not None
+        try:
+            gate_reply, *replies = await runner.run_many([limiter.gate_call(checks, token), *rides])
+        except _REDIS_ERRORS:
+            result, fallback = await self._gate(checks, token)
+            return result, fallback, None
+        return limiter.gate_result(gate_reply), limiter, replies
+
+    async def _deliver(
+        self,
+        riders: list[Rider],
+        rides: list[tuple[LuaScript, list[str], list[Any]]],
+        replies: list[Any] | None,
+    ) -> None:
+        """Hand each rider its reply; those that did not go with the gate run now, on their own."""
+        for index, rider in enumerate(riders):
+            if replies is not None:
+                rider.done(replies[index])
+                continue
+            if self.redis_runner is None:
+                rider.failed(RuntimeError("no Redis in embedded mode"))
+                continue
+            try:
+                reply = await self.redis_runner.run(*rides[index])
+            except _REDIS_ERRORS as exc:
+                rider.failed(exc)
+                continue
+            rider.done(reply)
 
     async def complete(self, ctx: CallContext, cost_nanos: int | None) -> None:
         """Post-flight: release leases, refund tokens, settle or release budgets/quotas. Never raises."""
@@ -661,19 +725,27 @@ class Governance:
         return held
 
     async def _gate_and_reserve(
-        self, checks: list[Check], token: str, plan: _Plan
-    ) -> tuple[GateResult, Limiter, Any]:
-        """The final gate and the reservation in one round trip to Redis (two scripts, one write)."""
+        self,
+        checks: list[Check],
+        token: str,
+        plan: _Plan,
+        rides: list[tuple[LuaScript, list[str], list[Any]]],
+    ) -> tuple[GateResult, Limiter, Any, list[Any] | None]:
+        """The final gate and the reservation (and the riders' scripts) in one round trip to Redis (one write)."""
         limiter, ledger, runner = self.redis_limiter, self.redis_ledger, self.redis_runner
         assert limiter is not None and ledger is not None and runner is not None
         try:
-            gate_reply, reserve_reply = await runner.run_many(
-                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)]
+            gate_reply, reserve_reply, *ridden = await runner.run_many(
+                [
+                    limiter.gate_call(checks, token),
+                    ledger.reserve_call(plan.reservation_id, plan.items),
+                    *rides,
+                ]
             )
         except _REDIS_ERRORS:
             # one at a time instead: that path applies the fail-open/fail-closed policy
             result, fallback = await self._gate(checks, token)
-            return result, fallback, None
+            return result, fallback, None, None
         result = limiter.gate_result(gate_reply)
         if not result.ok and ledger.reserve_outcome(reserve_reply) == -1:
             # refused by a limit: the reservation made alongside must not stay held
@@ -681,7 +753,7 @@ class Governance:
                 await ledger.release(plan.reservation_id)
             except _REDIS_ERRORS:
                 log.warning("could not release a refused call's reservation (reconciliation will)")
-        return result, limiter, reserve_reply
+        return result, limiter, reserve_reply, ridden
 
     async def _reserve(self, receipt: Receipt, plan: _Plan, reply: Any = None) -> None:
         reservation_id, held, now, items = plan.reservation_id, plan.held, plan.now, plan.items

@@ -8,7 +8,8 @@ phases call it, sequentially or in parallel. Every phase method but `stream_chun
     pre_upstream(view)   after the reservations, before routing (step 15): a block releases them
     post_upstream(view)  once the upstream answered (step 18): `view.response` is the decoded unary answer
     post_response(view)  after the answer went out (step 22), off the request path when the phase is async
-    stream_chunk(view, event)  each normalized stream delta, synchronously (one plugin serves all dialects)
+    stream_chunk(view, event)  each normalized stream delta, synchronously (one plugin serves all dialects);
+                              it may replace, drop, hold back and later release events (`events`)
 
 A plugin declares `needs_request` / `needs_response` when it reads the decoded call: only then do native routes
 decode it (they stay byte relays otherwise). A plugin that modifies changes `view.request` / `view.response` in
@@ -48,13 +49,15 @@ class PluginResult:
     action: Action = "allow"
     request: GatewayRequest | None = None
     response: GatewayResponse | None = None
-    # stream_chunk: the replacement event (None with `drop=True` removes the event)
+    # stream_chunk: the replacement event (None with `drop=True` removes the event), or `events`: the events to
+    # send in its place, none or several (a plugin that holds text back and releases it later)
     event: StreamEvent | None = None
     drop: bool = False
     status: int = 403
     code: str = "plugin_blocked"
     message: str = ""
     findings: tuple[str, ...] = ()
+    events: list[StreamEvent] | None = None
 
     @classmethod
     def allow(cls, *findings: str) -> PluginResult:
@@ -67,9 +70,12 @@ class PluginResult:
         request: GatewayRequest | None = None,
         response: GatewayResponse | None = None,
         event: StreamEvent | None = None,
+        events: list[StreamEvent] | None = None,
         findings: tuple[str, ...] = (),
     ) -> PluginResult:
-        return cls("modify", request=request, response=response, event=event, findings=findings)
+        return cls(
+            "modify", request=request, response=response, event=event, findings=findings, events=events
+        )
 
     @classmethod
     def block(

@@ -275,21 +275,45 @@ class Plugins:
 
     # --- stream_chunk -------------------------------------------------------------------------------------
 
-    def chunk(self, ctx: CallContext, event: StreamEvent) -> StreamEvent | None:
-        """Pass one normalized stream event through the stream_chunk plugins (None: dropped). A plugin's time
-        limit is checked after each delta (a synchronous hook cannot be interrupted); a plugin failing open is
-        skipped for the rest of the stream."""
+    def chunk(self, ctx: CallContext, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
+        """Pass one normalized stream event through the stream_chunk plugins (None: dropped; a list: the events
+        a plugin released in its place, each passed to the plugins after it). A plugin's time limit is checked
+        after each delta (a synchronous hook cannot be interrupted); a plugin failing open is skipped for the
+        rest of the stream."""
         run = self.phases.get("stream_chunk")
         assert run is not None
+        events: list[StreamEvent] | None = None  # None: still the one `event`
         for member in run.sequential:
-            result = self._chunk_one(member, ctx, event)
-            if result is None:
+            if events is None:
+                replaced = self._chunk_replace(member, ctx, event)
+                if replaced is None:
+                    return None
+                if isinstance(replaced, list):
+                    events = replaced
+                else:
+                    event = replaced
                 continue
-            if result.drop:
-                return None
-            if result.event is not None:
-                event = result.event
-        return event
+            out: list[StreamEvent] = []
+            for one in events:
+                replaced = self._chunk_replace(member, ctx, one)
+                if isinstance(replaced, list):
+                    out += replaced
+                elif replaced is not None:
+                    out.append(replaced)
+            events = out
+        return event if events is None else events
+
+    def _chunk_replace(
+        self, member: Member, ctx: CallContext, event: StreamEvent
+    ) -> StreamEvent | list[StreamEvent] | None:
+        result = self._chunk_one(member, ctx, event)
+        if result is None:
+            return event
+        if result.drop:
+            return None
+        if result.events is not None:
+            return list(result.events)
+        return result.event if result.event is not None else event
 
     def _chunk_one(self, member: Member, ctx: CallContext, event: StreamEvent) -> PluginResult | None:
         """One plugin on one delta: its modification (None: unchanged); raises on a block or a closed failure."""

@@ -24,6 +24,9 @@ import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
 
 __all__ = [
     "CATEGORIES",
@@ -273,7 +276,7 @@ DETECTORS: tuple[Detector, ...] = (
             r"xox[abposre]-[A-Za-z0-9\-]{10,}|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+"
         ),
         gate=("xox", "hooks.slack.com"),
-        pre="x",
+        pre="o",  # in both gates (an "x" missed the webhook URLs)
         validator=_free_word,
         priority=1,
     ),
@@ -427,6 +430,21 @@ def _has_long_word(text: str) -> bool:
     return _longest_run_at_least(text, _LONG_WORD)
 
 
+def _runs(raw: bytes, length: int) -> list[tuple[int, int]]:
+    """The maximal runs of token characters at least `length` long in an ASCII text's bytes (half-open spans)."""
+    mapped = raw.translate(_RUN)
+    needle = b"a" * length
+    runs = []
+    at = mapped.find(needle)  # the first occurrence in a run is the run's start
+    while at != -1:
+        end = mapped.find(b" ", at + length)
+        if end == -1:
+            end = len(mapped)
+        runs.append((at, end))
+        at = mapped.find(needle, end)
+    return runs
+
+
 def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for start, end in windows:
@@ -481,6 +499,36 @@ def _email_windows(text: str) -> list[tuple[int, int]]:
     return windows
 
 
+_LOCAL_PART = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+
+
+def _email_matches(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """The e-mail pattern's `finditer` over the '@' windows, tried only where a match can start.
+
+    A match holds one '@' and its local part is the (up to 64) local-part characters right before it, starting
+    with a letter or digit: for each '@' that one start is found at C speed (rstrip/lstrip) and the pattern is
+    matched there once, where `finditer` would try and fail at every position of the window."""
+    ats = _positions(text, "@")
+    i = 0
+    for window_start, window_end in _email_windows(text):
+        pos = window_start
+        while i < len(ats) and ats[i] < window_end:
+            at = ats[i]
+            i += 1
+            if at <= pos:
+                continue
+            before = text[max(pos, at - 64) : at]
+            start = at - (len(before) - len(before.rstrip(_LOCAL_PART)))
+            local = text[start:at]
+            start += len(local) - len(local.lstrip("._%+-"))
+            if start >= at:
+                continue
+            m = pattern.match(text, start, window_end)
+            if m is not None:
+                yield m
+                pos = m.end()
+
+
 # --- injection and jailbreak phrases over normalized text -------------------------------------------------
 # Each rule starts with a literal lead word (the regex engine then skips to its occurrences at memchr speed,
 # where a leading \b or alternation would cost a step per character) and runs only when its lead word, and one
@@ -517,6 +565,7 @@ class PhraseRule:
     lead: str  # a word the text must hold (the pattern's literal start, or its gate when `pattern` has none)
     also: frozenset[str]  # and one of these words, when given
     pattern: re.Pattern[str]
+    punctuation: str = ""  # the character a marker's pattern starts with (absent: the rule cannot match)
 
 
 def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseRule]:
@@ -531,8 +580,11 @@ def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseR
 
 
 def _marker(category: str, gate: str, pattern: str) -> PhraseRule:
-    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds."""
-    return PhraseRule(category, gate, frozenset(), re.compile(pattern))
+    """A rule whose pattern starts with punctuation (chat-template markers): gated by a word it holds, and by
+    that punctuation (every branch starts with it)."""
+    first = pattern.lstrip("\\")[0]
+    punctuation = first if not first.isalnum() else ""
+    return PhraseRule(category, gate, frozenset(), re.compile(pattern), punctuation)
 
 
 PHRASE_RULES: tuple[PhraseRule, ...] = (
@@ -633,6 +685,26 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
     *_rules("jailbreak", "stay", r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"),
 )
 
+
+def _re2_set(patterns: Sequence[str]) -> Any:
+    """An RE2 set: which of the patterns occur, in one linear pass. Its automaton also remembers which patterns
+    have matched so far, so its states multiply with the patterns a text matches: the patterns here are literals,
+    words whose match ends the pattern, and short fixed shapes; no long counters and no leading context (with a
+    word boundary before each lead word, texts crafted to match many of them made it build states for
+    milliseconds per 4 KB, four times the scanner's old worst case)."""
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 32 << 20
+    found = re2.Set.SearchSet(options)
+    for pattern in patterns:
+        found.Add(pattern)
+    found.Compile()
+    return found
+
+
+_LEADS = tuple(sorted({rule.lead for rule in PHRASE_RULES}.union(*(rule.also for rule in PHRASE_RULES))))
+_LEAD_BYTES = frozenset(word.encode() for word in _LEADS)
+
 # zero-width and bidi controls an attacker threads through a phrase
 _INVISIBLE = frozenset(
     (0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0xFEFF, 0x3164, 0xFFA0)
@@ -676,9 +748,14 @@ def normalize(text: str) -> tuple[str, list[int] | None]:
     return folded, index
 
 
-def _prepare(text: str) -> tuple[str, list[int] | None, frozenset[str]]:
+def _prepare(text: str, hits: Sequence[int] | None = None) -> tuple[str, list[int] | None, frozenset[str]]:
+    """`hits`: what `_ASCII_SET` found in an ASCII `text`, when the caller has it already."""
     if text.isascii():
+        if hits is None:
+            hits = _ASCII_SET.Match(text.encode("ascii")) or ()
         folded = _fold_ascii(text)
+        if _SPELT not in hits:
+            return folded, None, _exact_leads(folded, [_LEADS[i - _LEAD0] for i in hits if i >= _LEAD0])
         words = _words(folded)
         if len(words & _SINGLE_LETTERS) < 3 or _SPACED.search(folded) is None:
             return folded, None, words
@@ -700,8 +777,33 @@ def _prepare(text: str) -> tuple[str, list[int] | None, frozenset[str]]:
             index.append(i)
     folded = "".join(chars)
     folded = _fold_ascii(folded) if folded.isascii() else "".join(_LEET.get(c, c) for c in folded.lower())
-    folded, index = _join_spelt_out(folded, index)
-    return folded, index, _words(folded)
+    if _spelt_out_possible(folded):
+        folded, index = _join_spelt_out(folded, index)
+    return folded, index, _lead_words(folded)
+
+
+# letters as b"a", the separators of a spelt-out word as b"s": a spelt-out word ("i g n o r e") shows as
+# b"asasasa" at least, one C-speed substring test before the (costly, lookbehind-led) pattern runs
+_SPELT_MAP = bytes(97 if 97 <= b <= 122 else 115 if chr(b) in " .-_*" else 120 for b in range(256))
+
+
+def _spelt_out_possible(folded: str) -> bool:
+    return b"asasasa" in folded.encode("utf-8", "surrogatepass").translate(_SPELT_MAP)
+
+
+def _exact_leads(folded: str, candidates: list[str]) -> frozenset[str]:
+    """Which candidates (lead words the RE2 pass saw end a word) are whole words of `folded`: one translation
+    and a substring test each, far less than the rules the others would run for nothing."""
+    if not candidates:
+        return frozenset()
+    spaced = b" " + folded.encode("ascii").translate(_TO_WORDS) + b" "
+    return frozenset(word for word in candidates if b" " + word.encode() + b" " in spaced)
+
+
+def _lead_words(folded: str) -> frozenset[str]:
+    """The rules' lead and `also` words among the words of `folded` (what `_words(folded)` holds of them)."""
+    raw = folded.encode("utf-8", "surrogatepass").translate(_TO_WORDS)
+    return frozenset(word.decode() for word in _LEAD_BYTES.intersection(raw.split()))
 
 
 def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
@@ -728,27 +830,33 @@ def _phrase_hits(
             continue
         if rule.also and rule.also.isdisjoint(words):
             continue
+        if rule.punctuation and rule.punctuation not in folded:
+            continue
         for m in rule.pattern.finditer(folded):
             start = m.start()
             if start == 0 or not folded[start - 1].isalnum():
                 yield rule.category, start, m.end()
 
 
-def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) -> Iterator[Finding]:
+def _phrases(
+    text: str,
+    wanted: Callable[[str, str], bool],
+    runs: list[tuple[int, int]] | None,
+    hits: Sequence[int] | None,
+) -> Iterator[Finding]:
+    """Phrase findings; `runs` are an ASCII text's runs of 20+ token characters and `hits` what `_ASCII_SET`
+    found in it (None: not ASCII)."""
     active = {name for name in ("injection", "jailbreak") if wanted(name, name)}
     if not active:
         return
-    folded, index, words = _prepare(text)
+    folded, index, words = _prepare(text, hits)
     for category, start, end in _phrase_hits(folded, words, active):
         if index is None:
             yield Finding(start, end, category, category)
         else:
             yield Finding(index[start], index[end - 1] + 1, category, category)
-    # base64 that matters is 20+ characters: a text without such a run has none
-    if not long_words and not _longest_run_at_least(text, 20):
-        return
     # base64-wrapped instructions: decoded, then matched as text; the finding is the encoded span
-    for m in _BASE64.finditer(text):
+    for m in _base64_matches(text, runs):
         if m.end() - m.start() < 20 or not _left_free(text, m.start(), _TOKEN_CHARS):
             continue
         decoded = _decode_base64(m.group())
@@ -758,6 +866,18 @@ def _phrases(text: str, wanted: Callable[[str, str], bool], long_words: bool) ->
         for category, _start, _end in _phrase_hits(inner, inner_words, active):
             yield Finding(m.start(), m.end(), category, category)
             break
+
+
+def _base64_matches(text: str, runs: list[tuple[int, int]] | None) -> Iterator[re.Match[str]]:
+    # base64 that matters is 20+ characters, all of them token characters: only the runs that long can hold it
+    if runs is None:
+        if _longest_run_at_least(text, 20):
+            yield from _BASE64.finditer(text)
+        return
+    for start, end in runs:
+        yield from _BASE64.finditer(
+            text, start, end + 1
+        )  # one more: the lookahead sees the real next character
 
 
 def _decode_base64(chunk: str) -> str | None:
@@ -807,9 +927,10 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
             regions = _numeric_regions(text, digits)
         elif d.region == "near_numeric":
             # IBANs and NI numbers: around number-shaped regions (letters up to 12 before, 20 after)
-            regions = _merge(
-                [(max(0, a - 12), min(len(text), b + 20)) for a, b in _numeric_regions(text, digits)]
-            )
+            numeric = cache.get("numeric")
+            if numeric is None:
+                numeric = cache["numeric"] = _numeric_regions(text, digits)
+            regions = _merge([(max(0, a - 12), min(len(text), b + 20)) for a, b in numeric])
         elif d.region == "ipv6":
             regions = _ipv6_windows(text)
         elif d.region.startswith("digits"):
@@ -824,19 +945,88 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
     return regions
 
 
+# one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates): the `in` tests it
+# replaces cost a pass each. An ASCII text's pass also finds the phrase rules' lead words as the folding will spell
+# them (case and leetspeak as character classes) where a word ends (candidates, checked as whole words by
+# `_exact_leads`), the shape of a spelt-out word (the text is split into words only then) and the start of a
+# number shape. Runs of token characters and IPv6 colons are found by C-speed byte translations and substring
+# tests; only the regions found are scanned.
+_GATES = tuple(sorted({g for d in DETECTORS for g in d.gate}))
+_SPELT = len(_GATES)
+_NUMBER = _SPELT + 1
+_LEAD0 = _SPELT + 2
+_PREFILTER = _re2_set([re.escape(g) for g in _GATES])
+_IPV6_SHAPE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # two colons close enough for an IPv6 address
+
+
+def _folds_to(letter: str) -> str:
+    """A character class of the ASCII characters `_fold_ascii` turns into `letter`."""
+    return (
+        "[" + re.escape(letter + letter.upper() + "".join(k for k, v in _LEET.items() if v == letter)) + "]"
+    )
+
+
+_FOLDED_WORD = "A-Za-z0-9" + re.escape("".join(_LEET))  # the ASCII characters that fold to word characters
+_FOLDS_TO_LETTER = "[A-Za-z" + re.escape("".join(_LEET)) + "]"
+_ASCII_SET = _re2_set(
+    [
+        *(re.escape(g) for g in _GATES),
+        "[ .\\-_*]".join([_FOLDS_TO_LETTER] * 4),  # `_SPACED`'s shortest match, before folding
+        r"[0-9][0-9 .()\-]{5}",  # how every number-shaped region (`_NUMERIC_BYTES`) starts
+        *("".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)" for word in _LEADS),
+    ]
+)
+assert all(word.isalpha() and word.islower() for word in _LEADS)  # what `_folds_to` can spell
+
+
+@dataclass(slots=True)
+class _Prefiltered:
+    gates: frozenset[str] | None  # the gates present (None: test each by substring)
+    ascii_hits: Sequence[int] | None  # `_ASCII_SET`'s hits (None: not ASCII)
+    runs: list[tuple[int, int]] | None  # runs of 20+ token characters (None: not ASCII)
+
+
+def _prefilter(text: str) -> _Prefiltered:
+    if text.isascii():
+        raw = text.encode("ascii")
+        hits = _ASCII_SET.Match(raw) or ()
+        return _Prefiltered(frozenset(_GATES[i] for i in hits if i < _SPELT), hits, _runs(raw, 20))
+    try:
+        hits = _PREFILTER.Match(text.encode("utf-8")) or ()
+    except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
+        return _Prefiltered(None, None, None)
+    return _Prefiltered(frozenset(_GATES[i] for i in hits), None, None)
+
+
 def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
+    plan = _prefilter(text)
+    gates = plan.gates
     cache: dict[str, list[tuple[int, int]]] = {}
+    if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
+        n = len(text)
+        cache["long"] = [(start, min(n, end + 1)) for start, end in plan.runs if end - start >= _LONG_WORD]
+    if ":" not in text or _IPV6_SHAPE.search(text) is None:
+        cache["ipv6"] = []
+    if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
+        cache["numeric"] = cache["near_numeric"] = []
     for d in DETECTORS:
-        if not wanted(d.category, d.module) or (d.pre and d.pre not in text):
+        if not wanted(d.category, d.module):
             continue
-        if d.gate and not any(g in text for g in d.gate):
+        if gates is None:
+            if (d.pre and d.pre not in text) or (d.gate and not any(g in text for g in d.gate)):
+                continue
+        elif d.gate and gates.isdisjoint(d.gate):
             continue
         validator = d.validator
-        for start, end in _regions(d, text, cache):
-            for m in d.pattern.finditer(text, start, end):
-                if validator is None or validator(text, m.start(), m.end()):
-                    yield Finding(m.start(), m.end(), d.category, d.module)
-    yield from _phrases(text, wanted, bool(cache.get("long")))
+        matches = (
+            _email_matches(d.pattern, text)
+            if d.region == "email"
+            else (m for start, end in _regions(d, text, cache) for m in d.pattern.finditer(text, start, end))
+        )
+        for m in matches:
+            if validator is None or validator(text, m.start(), m.end()):
+                yield Finding(m.start(), m.end(), d.category, d.module)
+    yield from _phrases(text, wanted, plan.runs, plan.ascii_hits)
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:

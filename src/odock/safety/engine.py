@@ -192,12 +192,7 @@ class SafetyEngine:
         def visit(text: str) -> str:
             return self.screen_text(text, screen, "response")
 
-        response.content = visit(response.content)
-        for block in response.content_blocks or ():
-            if block.type == "text" and block.text:
-                block.text = visit(block.text)
-        for tool_call in response.tool_calls or ():
-            tool_call.arguments = visit(tool_call.arguments)
+        walk_response(response, visit)
         metrics.child(metrics.SECURITY_MODULE_RUNS, "response", "builtin").inc()
 
 
@@ -312,6 +307,31 @@ def walk_request(request: GatewayRequest, visit: Visit) -> None:
                     part.text = visit(part.text)
         for tool_call in message.tool_calls or ():
             tool_call.arguments = visit(tool_call.arguments)
+
+
+def walk_response(response: GatewayResponse, visit: Visit) -> None:
+    """Screen a decoded answer's text surfaces in place: its text; its text, reasoning and refusal blocks
+    (OpenAI reasoning, Anthropic thinking, Gemini thought parts are text the client reads), tool arguments."""
+    if response.content:
+        response.content = visit(response.content)
+    for block in response.content_blocks or ():
+        if block.type in ("text", "thinking", "refusal") and block.text:
+            block.text = visit(block.text)
+    for tool_call in response.tool_calls or ():
+        if tool_call.arguments:
+            tool_call.arguments = visit(tool_call.arguments)
+
+
+def response_texts(response: GatewayResponse) -> list[str]:
+    """Every text `walk_response` would screen, once each (for the external guard)."""
+    found: dict[str, None] = {}
+
+    def collect(text: str) -> str:
+        found[text] = None
+        return text
+
+    walk_response(response, collect)
+    return list(found)
 
 
 def texts_of(node: dict[str, Any]) -> Iterator[str]:

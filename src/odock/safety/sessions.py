@@ -2,7 +2,9 @@
 signals, kept for `SAFETY_SESSION_TTL`; a session at `SAFETY_BLOCK_THRESHOLD` or above is blocked.
 
 Cluster mode keeps it in Redis (`safety:session:{fingerprint}`, a hash: score, signals, requests, last_seen),
-read and raised atomically in one round trip (a script); embedded mode keeps it in this process."""
+read and raised atomically by one script; the SafetySec stage hands that script to the final gate, which sends
+it in its own round trip (`governance.Rider`), so a screened call pays no round trip of its own for its session.
+Embedded mode keeps the scores in this process."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Protocol
 SCORE_CEILING = 1.0
 
 # KEYS[1] the session; ARGV: increment, ttl seconds, now (epoch seconds). Returns the score after the increment.
-_SCRIPT = """
+SCRIPT = """
 local inc = tonumber(ARGV[1])
 local score = tonumber(redis.call('HGET', KEYS[1], 'score') or '0')
 if inc > 0 then
@@ -63,10 +65,21 @@ class RedisSessions:
     """Cluster mode: one script call per screened request (read, raise, refresh the TTL atomically)."""
 
     def __init__(self, redis: Any) -> None:
-        self._script = redis.register_script(_SCRIPT)
+        self._script = redis.register_script(SCRIPT)
+
+    @staticmethod
+    def call(fingerprint: str, increment: float, ttl_s: float) -> tuple[list[str], list[Any]]:
+        """The script's keys and arguments for one request (to send it in another round trip)."""
+        return [f"safety:session:{fingerprint}"], [
+            repr(float(increment)),
+            max(1, int(ttl_s)),
+            int(time.time()),
+        ]
+
+    @staticmethod
+    def score(reply: Any) -> float:
+        return float(reply.decode() if isinstance(reply, bytes) else reply)
 
     async def bump(self, fingerprint: str, increment: float, ttl_s: float) -> float:
-        raw = await self._script(
-            keys=[f"safety:session:{fingerprint}"], args=[increment, max(1, int(ttl_s)), int(time.time())]
-        )
-        return float(raw.decode() if isinstance(raw, bytes) else raw)
+        keys, args = self.call(fingerprint, increment, ttl_s)
+        return self.score(await self._script(keys=keys, args=args))

@@ -1,29 +1,44 @@
-"""Response-phase SafetySec while streaming, without buffering the answer.
+"""Response-phase screening while streaming, without buffering the answer.
 
-Each text channel (a choice's text) keeps a tail of at most `hold` characters unreleased: the tail is where a
-match could still be growing. On every delta the buffer is screened whole; a block anywhere in it ends the
-stream at once (nothing of the match left the gateway), and text is released only up to a cut that is at least
-`hold` characters behind the newest character and never inside a finding. Every bounded detector's match is
-shorter than `hold`, so a match whose start was released had its end in the buffer when it was screened: a
-secret split across any number of deltas, at any boundary, is redacted or blocked before it leaves. The cut also
-falls only at whitespace (keys, tokens, JWTs and e-mails hold none, whatever their length), and unbounded
-matches (a PEM private key) hold their whole span until they end.
+`HeldText` is the streaming redactor (SafetySec's response phase and the `pii_mask` plugin both use it): each
+text channel (a choice's text, the reasoning text) keeps a tail of at most `hold` characters unreleased: the
+tail is where a match could still be growing. On every delta the buffer is screened whole; a block anywhere in
+it ends the stream at once (nothing of the match left the gateway), and text is released only up to a cut that
+is at least `hold` characters behind the newest character and never inside a finding. Every bounded detector's
+match is shorter than `hold`, so a match whose start was released had its end in the buffer when it was
+screened: a secret split across any number of deltas, at any boundary, is redacted or blocked before it leaves.
+The cut also falls only at whitespace (keys, tokens, JWTs and e-mails hold none, whatever their length), and
+unbounded matches (a PEM private key) hold their whole span until they end.
 
-Events other than text and tool-call deltas that arrive while text is held (usage, thinking) wait behind it, so
-the client sees them in their original order; tool-call arguments are held whole until the terminal event when
-the response phase screens anything, then screened as one string.
+`StreamRedactor` applies it to normalized stream events: text deltas per choice, reasoning/thinking deltas
+(OpenAI reasoning, Anthropic thinking, Gemini thought parts) as one more channel, released whole as soon as
+anything else arrives (thinking precedes the answer; a signature closes it), and events that arrive while text
+is held (usage, tool calls when not held) wait behind it, so the client sees them in their original order.
+Tool-call arguments are held whole until the terminal event when `hold_tools` is set, then screened as one
+string.
+
+A redacted Anthropic thinking block keeps its signature, which no longer verifies: a client that sends that
+block back in a later turn is refused by Anthropic. That is the price of not letting the secret out; a policy
+that must keep thinking replayable blocks instead of redacting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from odock.model import StreamEvent, StreamStart, StreamStop, TextDelta, ToolCallDelta
+from odock.model import StreamEvent, StreamStart, StreamStop, TextDelta, ThinkingDelta, ToolCallDelta
 from odock.safety.detectors import Finding
 from odock.safety.engine import SafetyEngine, Screen, apply_redactions, blocked
 
+__all__ = ["HeldText", "StreamGuard", "StreamRedactor"]
+
 # a run without whitespace longer than this is cut anyway (no secret or marker-worthy token is this long)
 MAX_WORD = 4096
+
+Hits = Callable[[str], list[tuple[Finding, str]]]  # findings with their action; raises to block
+Note = Callable[[Finding, str], None]  # a finding released to the client, with its action
+THINKING = -1  # the reasoning channel's key among the text channels
 
 
 def _boundary(buffer: str, cut: int) -> int:
@@ -35,6 +50,51 @@ def _boundary(buffer: str, cut: int) -> int:
     return start if cut - start < MAX_WORD else cut
 
 
+class HeldText:
+    """Text channels with bounded hold-back: `push` returns what is safe to release (redacted), `flush` the rest
+    once the channel is complete."""
+
+    __slots__ = ("hits", "hold", "note", "texts")
+
+    def __init__(self, hold: int, hits: Hits, note: Note | None = None) -> None:
+        self.hold = hold
+        self.hits = hits
+        self.note = note
+        self.texts: dict[int, str] = {}
+
+    def holding(self) -> bool:
+        return any(self.texts.values())
+
+    def push(self, channel: int, text: str) -> str:
+        released, kept = self._release(self.texts.get(channel, "") + text, final=False)
+        self.texts[channel] = kept
+        return released
+
+    def flush(self, channel: int) -> str:
+        released, _ = self._release(self.texts.pop(channel, ""), final=True)
+        return released
+
+    def _release(self, buffer: str, *, final: bool) -> tuple[str, str]:
+        """(text safe to send, text still held) of one channel's buffer."""
+        if not buffer:
+            return "", ""
+        hits = self.hits(buffer)
+        cut = len(buffer) if final else _boundary(buffer, max(0, len(buffer) - self.hold))
+        for finding, _ in hits:
+            if finding.start < cut < finding.end:
+                cut = finding.start
+                break  # findings are sorted and disjoint: no later one starts before this cut
+        redacted: list[Finding] = []
+        for finding, action in hits:
+            if finding.end > cut:
+                break
+            if self.note is not None:
+                self.note(finding, action)
+            if action == "redact":
+                redacted.append(finding)
+        return apply_redactions(buffer[:cut], redacted), buffer[cut:]
+
+
 @dataclass(slots=True)
 class _Tool:
     index: int
@@ -43,40 +103,56 @@ class _Tool:
     arguments: list[str] = field(default_factory=list)
 
 
-class StreamGuard:
-    """One streamed answer's response-phase screening (lives in the call's stage state)."""
+class StreamRedactor:
+    """One streamed answer's screening over normalized events (see the module docstring)."""
 
-    __slots__ = ("engine", "hold", "pending", "screen", "texts", "tools")
+    __slots__ = ("hold_tools", "pending", "screen_whole", "text", "tools")
 
-    def __init__(self, engine: SafetyEngine, screen: Screen) -> None:
-        self.engine = engine
-        self.screen = screen
-        self.hold = engine.config.hold_chars
-        self.texts: dict[int, str] = {}  # choice index -> held text
+    def __init__(
+        self, hold: int, hits: Hits, screen_whole: Callable[[str], str], note: Note | None = None
+    ) -> None:
+        self.text = HeldText(hold, hits, note)
+        self.screen_whole = screen_whole  # a complete string (tool arguments) screened at once
+        self.hold_tools = True
         self.tools: dict[int, _Tool] = {}  # tool-call index -> held call
         self.pending: list[StreamEvent] = []  # other events waiting behind held text
 
     def feed(self, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
-        if isinstance(event, TextDelta):
-            return self._text(event)
-        if isinstance(event, ToolCallDelta):
-            self._tool(event)
-            return None
-        if isinstance(event, StreamStop):
-            return [*self.flush(), event]
-        if isinstance(event, StreamStart) or not self._holding():
+        if isinstance(event, ThinkingDelta):
+            return self._thinking(event)
+        if isinstance(event, StreamStart):
             return event
-        self.pending.append(event)
-        return None
+        out = self._end_thinking()
+        if isinstance(event, TextDelta):
+            released = self.text.push(event.index, event.text)
+            if released:
+                out.append(TextDelta(text=released, index=event.index))
+        elif isinstance(event, ToolCallDelta) and self.hold_tools:
+            self._tool(event)
+        elif isinstance(event, StreamStop):
+            out += [*self.flush(), event]
+        elif self._holding():
+            self.pending.append(event)
+        else:
+            out.append(event)
+        return out[0] if len(out) == 1 else out or None
+
+    def _thinking(self, event: ThinkingDelta) -> ThinkingDelta | None:
+        if event.signature is None:
+            released = self.text.push(THINKING, event.text)
+            return ThinkingDelta(text=released) if released else None
+        # a signature closes the block: everything held is released with it
+        self.text.texts[THINKING] = self.text.texts.get(THINKING, "") + event.text
+        return ThinkingDelta(text=self.text.flush(THINKING), signature=event.signature)
+
+    def _end_thinking(self) -> list[StreamEvent]:
+        if THINKING not in self.text.texts:
+            return []
+        released = self.text.flush(THINKING)
+        return [ThinkingDelta(text=released)] if released else []
 
     def _holding(self) -> bool:
-        return bool(self.tools) or any(self.texts.values())
-
-    def _text(self, event: TextDelta) -> TextDelta | None:
-        buffer = self.texts.get(event.index, "") + event.text
-        released, kept = self._release(buffer, final=False)
-        self.texts[event.index] = kept
-        return TextDelta(text=released, index=event.index) if released else None
+        return bool(self.tools) or self.text.holding()
 
     def _tool(self, event: ToolCallDelta) -> None:
         tool = self.tools.get(event.index)
@@ -87,10 +163,39 @@ class StreamGuard:
         if event.arguments:
             tool.arguments.append(event.arguments)
 
-    def _release(self, buffer: str, *, final: bool) -> tuple[str, str]:
-        """(text safe to send, text still held) of one channel's buffer; raises on a block."""
-        if not buffer:
-            return "", ""
+    def flush(self) -> list[StreamEvent]:
+        """Everything held, screened as complete text, in order: text, tool calls, then the waiting events."""
+        out: list[StreamEvent] = self._end_thinking()
+        for index in list(self.text.texts):
+            released = self.text.flush(index)
+            if released:
+                out.append(TextDelta(text=released, index=index))
+        for tool in self.tools.values():
+            arguments = self.screen_whole("".join(tool.arguments))
+            out.append(ToolCallDelta(index=tool.index, id=tool.id, name=tool.name, arguments=arguments))
+        self.tools = {}
+        out += self.pending
+        self.pending = []
+        return out
+
+
+class StreamGuard(StreamRedactor):
+    """SafetySec's response phase over one streamed answer (lives in the call's stage state): a block anywhere
+    in the held text ends the stream before the match leaves."""
+
+    __slots__ = ("engine", "screen")
+
+    def __init__(self, engine: SafetyEngine, screen: Screen) -> None:
+        self.engine = engine
+        self.screen = screen
+        super().__init__(
+            engine.config.hold_chars,
+            self._hits,
+            lambda text: engine.screen_text(text, screen, "response"),
+            lambda finding, action: screen.note("response", finding, action),
+        )
+
+    def _hits(self, buffer: str) -> list[tuple[Finding, str]]:
         screen = self.screen
         hits = self.engine.guarded(
             lambda: self.engine.findings(buffer, screen.policy, "response"), screen.policy, "response"
@@ -99,32 +204,4 @@ class StreamGuard:
             if action == "block":
                 screen.note("response", finding, action)
                 raise blocked("response", finding.module, finding.category)
-        cut = len(buffer) if final else _boundary(buffer, max(0, len(buffer) - self.hold))
-        for finding, _ in hits:
-            if finding.start < cut < finding.end:
-                cut = finding.start
-                break  # findings are sorted and disjoint: no later one starts before this cut
-        redacted: list[Finding] = []
-        for finding, action in hits:
-            if finding.end > cut:
-                break
-            screen.note("response", finding, action)
-            if action == "redact":
-                redacted.append(finding)
-        return apply_redactions(buffer[:cut], redacted), buffer[cut:]
-
-    def flush(self) -> list[StreamEvent]:
-        """Everything held, screened as complete text, in order: text, tool calls, then the waiting events."""
-        out: list[StreamEvent] = []
-        for index, buffer in self.texts.items():
-            released, _ = self._release(buffer, final=True)
-            if released:
-                out.append(TextDelta(text=released, index=index))
-        self.texts = {}
-        for tool in self.tools.values():
-            arguments = self.engine.screen_text("".join(tool.arguments), self.screen, "response")
-            out.append(ToolCallDelta(index=tool.index, id=tool.id, name=tool.name, arguments=arguments))
-        self.tools = {}
-        out += self.pending
-        self.pending = []
-        return out
+        return hits

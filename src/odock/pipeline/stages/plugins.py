@@ -93,7 +93,7 @@ class StreamChunkPlugins(_PluginStage):
 
     name = "plugins_stream_chunk"
 
-    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | None:
+    def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
         return self.engine.chunk(call.ctx, event)
 
 

@@ -3,11 +3,18 @@ policy is known; before the reservations, so a block has nothing to release), th
 after-hook (unary) and the delta hook (streams, with bounded hold-back: `odock.safety.stream`).
 
 A call whose resolved policy is off stands down at once (`call.skip`): its native route stays a byte relay.
+
+The external guard (`odock.safety.guard`) sees the request phase's texts (after the built-in detectors) and a
+unary answer's texts (after the built-in response phase): allow, modify or block either. A streamed answer is not
+sent to it: the delta hooks are synchronous, so the only way to wait for a webhook before the client sees the text
+would be to buffer the whole answer, which streams never do (see `odock.safety.stream`); a stream's response
+phase is the built-in detectors' and the operator's patterns'.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from odock import metrics
 from odock.pipeline.stage import Stage
@@ -17,14 +24,19 @@ from odock.safety.engine import (
     Screen,
     blocked,
     fingerprint,
+    response_texts,
     texts_of,
     walk_json,
     walk_request,
+    walk_response,
 )
 from odock.safety.guard import GuardFailed, WebhookGuard
+from odock.safety.sessions import SCRIPT as SESSION_SCRIPT
+from odock.safety.sessions import RedisSessions
 from odock.safety.stream import StreamGuard
 
 if TYPE_CHECKING:
+    from odock.context import CallContext
     from odock.model import GatewayResponse, StreamEvent
     from odock.pipeline.call import Call
     from odock.safety.sessions import Sessions
@@ -65,7 +77,7 @@ class SafetySec(Stage):
             call.stage_state = {}
         call.stage_state[_SCREEN] = screen
         call.defer(lambda: _count_decisions(screen))
-        if not policy.active("response"):
+        if not policy.active("response") and (self.guard is None or call.ctx.stream):
             call.step_aside(self)
         if policy.active("request"):
             self.engine.screen_request(call.json, call.request, screen)
@@ -80,53 +92,73 @@ class SafetySec(Stage):
         fp = fingerprint(
             ctx.client_ip, ctx.key.id if ctx.key else None, call.exchange.headers.get("user-agent")
         )
+        ttl_s = self.engine.config.session_ttl_s
+        if isinstance(self.sessions, RedisSessions) and _final_gate_follows(call):
+            # cluster mode: the script rides in the final gate's round trip (Redis applies it atomically); a
+            # call that ends before the gate sends it still has its signals counted, after the fact
+            rider = _SessionRider(self, screen, ctx, *RedisSessions.call(fp, increment, ttl_s))
+            ctx.redis_riders = [*(ctx.redis_riders or ()), rider]
+            call.defer(rider.count_if_left)
+            return
         try:
-            score = await self.sessions.bump(fp, increment, self.engine.config.session_ttl_s)
+            score = await self.sessions.bump(fp, increment, ttl_s)
         except self.session_errors:
-            metrics.child(metrics.SECURITY_ERRORS, "request", "session", "closed").inc()
-            raise self.engine.failure("session") from None
+            self.session_failed()
+        self.decide(score, screen, ctx)
+
+    def session_failed(self) -> NoReturn:
+        metrics.child(metrics.SECURITY_ERRORS, "request", "session", "closed").inc()
+        raise self.engine.failure("session") from None
+
+    def decide(self, score: float, screen: Screen, ctx: CallContext) -> None:
         if score >= self.engine.config.block_threshold:
             screen.decisions[("request", "session", "session_score")] = "block"
             ctx.security = screen.evidence()
             raise blocked("request", "session", "session_score")
 
     async def _external(self, call: Call, screen: Screen) -> None:
-        assert self.guard is not None and call.json is not None
-        texts = list(dict.fromkeys(texts_of(call.json)))
+        assert call.json is not None
+        swap = await self._verdict(call, screen, "request", list(dict.fromkeys(texts_of(call.json))))
+        if swap is not None:
+            walk_json(call.json, swap)
+            if call.request is not None:
+                walk_request(call.request, swap)
+
+    async def _verdict(
+        self, call: Call, screen: Screen, phase: str, texts: list[str]
+    ) -> Callable[[str], str] | None:
+        """Ask the external guard about one phase's texts: raises on a block (or a failure failing closed);
+        returns the replacement of each text on a modify, None otherwise."""
+        assert self.guard is not None
         if not texts:
-            return
+            return None
         ctx = call.ctx
         payload: dict[str, Any] = {
-            "phase": "request",
+            "phase": phase,
             "request_id": ctx.request_id,
             "route": ctx.route,
             "model": ctx.requested_model,
             "texts": texts,
         }
-        metrics.child(metrics.SECURITY_MODULE_RUNS, "request", "external").inc()
+        metrics.child(metrics.SECURITY_MODULE_RUNS, phase, "external").inc()
         try:
             verdict = await self.guard.check(payload)
         except GuardFailed:
             mode = "open" if self.guard.config.fail_open else "closed"
-            metrics.child(metrics.SECURITY_ERRORS, "request", "external", mode).inc()
+            metrics.child(metrics.SECURITY_ERRORS, phase, "external", mode).inc()
             if mode == "closed":
                 raise self.engine.failure("external") from None
-            return
+            return None
         if verdict.action == "block":
-            screen.decisions[("request", "external", verdict.category)] = "block"
+            screen.decisions[(phase, "external", verdict.category)] = "block"
             ctx.security = screen.evidence()
-            raise blocked("request", "external", verdict.category)
-        if verdict.action == "modify" and verdict.texts is not None:
-            replaced = dict(zip(texts, verdict.texts, strict=True))
-            screen.decisions[("request", "external", verdict.category)] = "redact"
-            ctx.security = screen.evidence()
-
-            def swap(text: str) -> str:
-                return replaced.get(text, text)
-
-            walk_json(call.json, swap)
-            if call.request is not None:
-                walk_request(call.request, swap)
+            raise blocked(phase, "external", verdict.category)
+        if verdict.action != "modify" or verdict.texts is None:
+            return None
+        replaced = dict(zip(texts, verdict.texts, strict=True))
+        screen.decisions[(phase, "external", verdict.category)] = "redact"
+        ctx.security = screen.evidence()
+        return lambda text: replaced.get(text, text)
 
     def on_delta(self, call: Call, event: StreamEvent) -> StreamEvent | list[StreamEvent] | None:
         state = call.stage_state
@@ -140,8 +172,67 @@ class SafetySec(Stage):
         if response is None or call.stage_state is None:
             return  # a stream (screened delta by delta) or an answer no stage decoded
         screen = call.stage_state.get(_SCREEN)
-        if screen is not None:
+        if screen is None:
+            return
+        if screen.policy.active("response"):
             self.engine.screen_response(response, screen)
+        if self.guard is not None:
+            swap = await self._verdict(call, screen, "response", response_texts(response))
+            if swap is not None:
+                walk_response(response, swap)
+
+
+def _final_gate_follows(call: Call) -> bool:
+    """Whether the final gate runs after SafetySec with no stage between that may answer the call itself (the
+    response cache): then the session's script can ride in the gate's round trip. Known per pipeline."""
+    pipeline = call.pipeline
+    known = _FOLLOWS.get(id(pipeline))
+    if known is None or known[0] is not pipeline:
+        names = pipeline.names()
+        after = names[names.index("safety") + 1 :] if "safety" in names else []
+        follows = "final_gate" in after and "cache" not in after[: after.index("final_gate")]
+        if len(_FOLLOWS) > 64:
+            _FOLLOWS.clear()
+        known = _FOLLOWS[id(pipeline)] = (pipeline, follows)
+    return known[1]
+
+
+_FOLLOWS: dict[int, tuple[Any, bool]] = {}
+
+
+class _SessionRider:
+    """The session script handed to the final gate (`odock.governance.Rider`)."""
+
+    __slots__ = ("args", "ctx", "delivered", "keys", "screen", "script", "stage")
+
+    def __init__(
+        self, stage: SafetySec, screen: Screen, ctx: CallContext, keys: list[str], args: list[Any]
+    ) -> None:
+        self.script = SESSION_SCRIPT
+        self.stage, self.screen, self.ctx = stage, screen, ctx
+        self.keys, self.args = keys, args
+        self.delivered = False
+
+    def done(self, reply: Any) -> None:
+        self.delivered = True
+        self.stage.decide(RedisSessions.score(reply), self.screen, self.ctx)
+
+    def failed(self, exc: BaseException) -> None:
+        self.delivered = True
+        self.stage.session_failed()
+
+    async def count_if_left(self) -> None:
+        """The call ended before the gate sent the script (refused, failed): count its signals anyway."""
+        if self.delivered or float(self.args[0]) <= 0:
+            return
+        sessions = self.stage.sessions
+        assert isinstance(sessions, RedisSessions)
+        try:
+            await sessions.bump(
+                self.keys[0].removeprefix("safety:session:"), float(self.args[0]), self.args[1]
+            )
+        except self.stage.session_errors:
+            metrics.child(metrics.SECURITY_ERRORS, "request", "session", "open").inc()
 
 
 async def _count_decisions(screen: Screen) -> None:

@@ -4,11 +4,14 @@ SafetySec's detectors (`odock.safety.detectors`): an email becomes `[REDACTED_EM
 
     {"categories": ["pii"],     detector categories or modules (pii, secrets, email, card, …); default pii
      "request": true,           mask the request (pre_route / pre_upstream): messages, content parts, tool calls
-     "response": true}          mask the answer (post_upstream) and each streamed text delta (stream_chunk)
+     "response": true,          mask the answer (post_upstream) and the streamed text (stream_chunk)
+     "hold_chars": 128}         what a stream holds back (at least the longest value to mask)
 
-stream_chunk masks what lies within one delta: a value split across deltas is SafetySec's to catch (its response
-phase holds back a detector window), since a plugin's delta hook returns one event and cannot hold text back.
-Findings (the categories seen, never the text) go to the usage record.
+stream_chunk masks streams with SafetySec's streaming redactor (`odock.safety.stream`): each text channel (a
+choice's text, the reasoning text) holds back at most `hold_chars` characters (default 128, the longest bounded
+detector's span) and releases at word boundaries, so a value split across any number of deltas is masked before
+it leaves; tool-call arguments are held whole and masked at the end. Findings (the categories seen, never the
+text) go to the usage record.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from odock.model import (
     GatewayResponse,
     Message,
     StreamEvent,
-    TextDelta,
     ToolCall,
 )
 from odock.plugins.base import Plugin, PluginResult, PluginSetup, PluginView
-from odock.safety.detectors import CATEGORIES, MODULES, redact, scan
+from odock.safety.detectors import CATEGORIES, MODULES, Finding, redact, scan
+from odock.safety.engine import SafetyConfig
+from odock.safety.stream import StreamRedactor
 
-_FIELDS = {"categories", "request", "response"}
+_FIELDS = {"categories", "request", "response", "hold_chars"}
+_STATE = "pii_mask.stream"
 
 
 class Masker:
@@ -44,9 +49,15 @@ class Masker:
         self.found.update(f.category for f in findings)
         return redact(value, findings)
 
+    def hits(self, value: str) -> list[tuple[Finding, str]]:
+        """The stream redactor's view: every finding is redacted."""
+        findings = scan(value, self.categories)
+        self.found.update(f.category for f in findings)
+        return [(f, "redact") for f in findings]
+
     def parts(self, parts: list[ContentPart]) -> None:
         for part in parts:
-            if part.text is not None and part.type in ("text", "refusal"):
+            if part.text is not None and part.type in ("text", "refusal", "thinking"):
                 part.text = self.text(part.text)
 
     def tool_calls(self, calls: list[ToolCall] | None) -> None:
@@ -93,6 +104,10 @@ class PiiMask(Plugin):
                 f"categories: {', '.join(sorted(CATEGORIES))})"
             )
         self.categories = frozenset(categories)
+        hold = config.get("hold_chars", SafetyConfig().hold_chars)
+        if not isinstance(hold, int) or isinstance(hold, bool) or not 16 <= hold <= 65536:
+            raise ValueError("hold_chars: expected an integer from 16 to 65536")
+        self.hold = hold
         self.mask_request = bool(config.get("request", True))
         self.mask_response = bool(config.get("response", True))
         # a side it does not mask need not be decoded
@@ -120,10 +135,17 @@ class PiiMask(Plugin):
         return masker.result()
 
     def stream_chunk(self, view: PluginView, event: StreamEvent) -> PluginResult | None:
-        if not self.mask_response or not isinstance(event, TextDelta):
+        if not self.mask_response:
             return None
-        masker = Masker(self.categories)
-        text = masker.text(event.text)
-        if text is event.text:
+        slot = view.state.get(_STATE)
+        if slot is None:
+            masker = Masker(self.categories)
+            slot = view.state[_STATE] = (masker, StreamRedactor(self.hold, masker.hits, masker.text))
+        masker, redactor = slot
+        seen = len(masker.found)
+        out = redactor.feed(event)
+        if out is event:
             return None
-        return PluginResult.modify(event=TextDelta(text, event.index), findings=tuple(sorted(masker.found)))
+        findings = tuple(sorted(masker.found)) if len(masker.found) > seen else ()
+        events = [] if out is None else out if isinstance(out, list) else [out]
+        return PluginResult.modify(events=events, findings=findings)
