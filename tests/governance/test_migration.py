@@ -36,7 +36,7 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert tables >= NAMES
-    assert version == "0007_usage_rollups"  # the head: MCP servers (0006), then the usage rollups
+    assert version == "0008_rollup_ttft"  # the head: usage rollups (0007), then their time to first token
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from odock.errors import BadRequest
 from odock.governance.periods import window_at
 from odock.state import schema
-from odock.state.rollups import LATENCY_COLUMNS, SUMS, percentile_ms
+from odock.state.rollups import HISTOGRAMS, LATENCY_COLUMNS, SUMS, TTFT_BOUNDS_MS, TTFT_COLUMNS, percentile_ms
 from odock.state.sql import SqlStore
 
 PAGE = 50
@@ -92,8 +92,8 @@ def _totals(row: Any) -> dict[str, int]:
 
 
 async def overview(store: SqlStore, hours: str | None, organisation: str | None) -> dict[str, Any]:
-    """Per-hour requests, errors, tokens, cost and p50/p95 latency over the last `hours`, plus per-model totals
-    (those by whole days: from the first day the range touches)."""
+    """Per-hour requests, errors, tokens, cost, p50/p95 latency and p50/p95 time to first token (streamed calls)
+    over the last `hours`, plus per-model totals (those by whole days: from the first day the range touches)."""
     span = _int_param(hours, "hours", 24, MAX_HOURS)
     now = datetime.now(UTC)
     since = (now - timedelta(hours=span - 1)).strftime("%Y-%m-%dT%H")
@@ -102,7 +102,7 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
     if organisation:
         where.append(h.c.organisation_id == organisation)
     series = (
-        sa.select(h.c.bucket, *_sum_columns(h, SUMS + LATENCY_COLUMNS))
+        sa.select(h.c.bucket, *_sum_columns(h, SUMS + HISTOGRAMS))
         .where(*where)
         .group_by(h.c.bucket)
         .order_by(h.c.bucket)
@@ -124,18 +124,23 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
     points = []
     totals = dict.fromkeys(SUMS, 0)
     histogram = [0] * len(LATENCY_COLUMNS)
+    ttft_histogram = [0] * len(TTFT_COLUMNS)
     for row in rows:
         sums = _totals(row)
         hist = [int(row[c] or 0) for c in LATENCY_COLUMNS]
+        ttft = [int(row[c] or 0) for c in TTFT_COLUMNS]
         for name, value in sums.items():
             totals[name] += value
         histogram = [a + b for a, b in zip(histogram, hist, strict=True)]
+        ttft_histogram = [a + b for a, b in zip(ttft_histogram, ttft, strict=True)]
         points.append(
             {
                 "t": row["bucket"],
                 **sums,
                 "p50_ms": percentile_ms(hist, 0.5),
                 "p95_ms": percentile_ms(hist, 0.95),
+                "ttft_p50_ms": percentile_ms(ttft, 0.5, TTFT_BOUNDS_MS),
+                "ttft_p95_ms": percentile_ms(ttft, 0.95, TTFT_BOUNDS_MS),
             }
         )
     return {
@@ -146,11 +151,11 @@ async def overview(store: SqlStore, hours: str | None, organisation: str | None)
             **totals,
             "p50_ms": percentile_ms(histogram, 0.5),
             "p95_ms": percentile_ms(histogram, 0.95),
+            "ttft_p50_ms": percentile_ms(ttft_histogram, 0.5, TTFT_BOUNDS_MS),
+            "ttft_p95_ms": percentile_ms(ttft_histogram, 0.95, TTFT_BOUNDS_MS),
         },
         "models": [{"model": row["model"], **_totals(row)} for row in models],
         "models_since": since[:10],
-        # the gateway does not record time to first token yet: the console says so instead of plotting zeros
-        "ttft": None,
     }
 
 

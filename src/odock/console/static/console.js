@@ -105,14 +105,16 @@ async function overviewPage(params) {
     h("h1", {}, "Overview"), h("div", { class: "bar" }, pick),
     h("div", { class: "tiles" },
       [["Requests", num(t.requests)], ["Errors", num(t.errors)], ["Cost", usd(t.cost_nanos)],
-       ["Input tokens", num(t.input_tokens)], ["Output tokens", num(t.output_tokens)], ["p50 latency", ms(t.p50_ms)], ["p95 latency", ms(t.p95_ms)]]
+       ["Input tokens", num(t.input_tokens)], ["Output tokens", num(t.output_tokens)], ["p50 latency", ms(t.p50_ms)], ["p95 latency", ms(t.p95_ms)],
+       ["p50 TTFT", ms(t.ttft_p50_ms)], ["p95 TTFT", ms(t.ttft_p95_ms)]]
         .map(([k, v]) => h("div", { class: "tile" }, k, h("b", {}, v)))),
     h("div", { class: "charts" },
       chart("Requests and errors per hour", labels, [{ name: "requests", values: col("requests") }, { name: "errors", values: col("errors") }]),
       chart("Cost per hour (USD)", labels, [{ name: "cost", values: col("cost_nanos").map((v) => v / 1e9) }]),
       chart("Tokens per hour", labels, [{ name: "input", values: col("input_tokens") }, { name: "output", values: col("output_tokens") }]),
       chart("Latency per hour (ms)", labels, [{ name: "p50", values: col("p50_ms") }, { name: "p95", values: col("p95_ms") }]),
-      h("div", { class: "chart" }, h("h3", {}, "Time to first token"), h("p", { class: "muted" }, "not recorded by the gateway yet"))),
+      // streamed calls only (a call answered at once has no first token before its whole answer)
+      chart("Time to first token per hour, streamed calls (ms)", labels, [{ name: "p50", values: col("ttft_p50_ms") }, { name: "p95", values: col("ttft_p95_ms") }])),
     h("h2", {}, `By model (whole days since ${d.models_since})`),
     table([{ title: "model", get: (r) => r.model || "(none)" }, { title: "requests", num: 1, get: (r) => num(r.requests) },
       { title: "errors", num: 1, get: (r) => num(r.errors) }, { title: "tokens", num: 1, get: (r) => num(r.input_tokens + r.output_tokens) },
