@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--console-traffic-s", type=float, default=30.0, help="seconds of each wrk run driving the gateway"
     )
+    p.add_argument(
+        "--console-think-s",
+        type=float,
+        default=0.5,
+        help="pause between two page loads under traffic (0: back to back, the admin side as load)",
+    )
     p.add_argument("--console-own-port", action="store_true", help="time the console on ODOCK_CONSOLE_PORT")
     p.add_argument("--console-no-browser", action="store_true", help="skip the Chromium timings")
 
@@ -266,9 +272,11 @@ async def _time_pages(
     pages: dict[str, list[str]],
     rounds: int,
     busy: Callable[[], bool] | None = None,
+    think_s: float = 0.0,
 ) -> dict[str, Any]:
     """Load every page in turn (its calls one after another, as its script makes them): one warm-up round, then at
-    least `rounds` rounds, and more while `busy()` (the traffic still runs). Per page: p50, p95, max."""
+    least `rounds` rounds, and more while `busy()` (the traffic still runs), `think_s` between two pages (an
+    operator reading, not a loop hammering the admin side). Per page: p50, p95, max."""
     samples: dict[str, list[float]] = {name: [] for name in pages}
     done = -1
     while done < rounds or (busy is not None and busy()):
@@ -280,6 +288,8 @@ async def _time_pages(
                     raise SystemExit(f"{name}: {call} answered {response.status_code}: {response.text[:200]}")
             if done >= 0:  # the first round warms the caches
                 samples[name].append((time.perf_counter() - started) * 1000)
+            if think_s:
+                await asyncio.sleep(think_s)
         done += 1
     return {name: {**_stats(values), "calls": len(pages[name])} for name, values in samples.items()}
 
@@ -294,7 +304,9 @@ def _stats(values: list[float]) -> dict[str, float | int]:
     }
 
 
-async def _time_browser(base: str, rounds: int, busy: Callable[[], bool]) -> dict[str, Any] | None:
+async def _time_browser(
+    base: str, rounds: int, busy: Callable[[], bool], think_s: float
+) -> dict[str, Any] | None:
     """Each page drawn in Debian's Chromium (Playwright, never its own browser download): from the route change
     to the page drawn, as the console measures it itself (#view's data-render-ms); None without a browser."""
     chromium = os.environ.get("ODOCK_CHROMIUM", "/usr/bin/chromium")
@@ -323,14 +335,13 @@ async def _time_browser(base: str, rounds: int, busy: Callable[[], bool]) -> dic
                     # a fresh hash each time, so that the same page loads again (a hash change, not a reload)
                     glue = "&" if "?" in route else "?"
                     await page.evaluate(f"location.hash = {json.dumps('#/' + route + glue + f'n={n}')}")
-                    await page.wait_for_function(
-                        f"Number(document.getElementById('view').dataset.rendered) > {rendered}",
-                        timeout=30_000,
-                    )
+                    # a selector, not a predicate: the console's CSP refuses Playwright's eval of one
+                    await page.wait_for_selector(f"#view[data-rendered='{rendered + 1}']", timeout=30_000)
                     if await page.locator("#view > p.error").count():
                         raise SystemExit(f"browser page {name}: {await page.locator('#view').inner_text()}")
                     if done >= 0:
                         samples[name].append(float(await page.get_attribute("#view", "data-render-ms") or 0))
+                    await asyncio.sleep(think_s)
                 done += 1
         finally:
             await browser.close()
@@ -403,8 +414,10 @@ def _serve(
         "ODOCK_REQUEST_LOG": "off",
         "ODOCK_CONSOLE_PORT": str(console_port) if own_port else "0",
     }
-    if settings.secret_key:
+    if url.startswith("postgresql"):
+        # as a PostgreSQL deployment runs: cluster mode, counters in Redis
         env["ODOCK_SECRET_KEY"] = settings.secret_key
+        env["ODOCK_REDIS_URL"] = os.environ.get("ODOCK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     gateway = sup.start(
         "odock", [*argv, "serve", "--config", str(cfg)], port, env=env, cpu=sut_cpu, cwd=workdir
     )
@@ -479,13 +492,20 @@ async def _measure(
         print("pages, under traffic", flush=True)
         traffic = _Traffic(workdir, gateway.port, key, seconds, load_cpu)
         traffic.start()
-        results["http_traffic"] = await _time_pages(client, pages, args.console_repeat, traffic.busy)
+        results["http_traffic"] = await _time_pages(
+            client, pages, args.console_repeat, traffic.busy, args.console_think_s
+        )
         results["traffic_with_console"] = (await traffic.result()).as_dict()
     if not args.console_no_browser:
         print("pages in Chromium, under traffic", flush=True)
         traffic = _Traffic(workdir, gateway.port, key, seconds, load_cpu)
         traffic.start()
-        results["browser_traffic"] = await _time_browser(base, args.console_repeat, traffic.busy)
+        try:
+            results["browser_traffic"] = await _time_browser(
+                base, args.console_repeat, traffic.busy, args.console_think_s
+            )
+        except Exception as exc:  # the HTTP figures are still worth printing
+            print(f"! the browser timings failed: {exc}", flush=True)
         results["traffic_with_browser"] = (await traffic.result()).as_dict()
     return results
 
