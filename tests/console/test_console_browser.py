@@ -175,9 +175,9 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
                 await page.screenshot(path=str(shots / "api-reference.png"), full_page=True)
                 await page.fill("#view input[name=q]", "budget")
                 await page.click("#view form button[type=submit]")
-                await page.wait_for_function(
-                    "[...document.querySelectorAll('details.op')].every(e => e.dataset.path.includes('budget'))"
-                )
+                await page.wait_for_selector("#view input[name=q][value='budget']")  # the page drawn again
+                paths = await page.eval_on_selector_all("details.op", "els => els.map(e => e.dataset.path)")
+                assert paths and all("budget" in path for path in paths)
                 assert 0 < await page.locator("details.op").count() < len(operations)
                 # no script error, no CSP violation (the 401s are the session probe and the wrong token)
                 assert [e for e in errors if "401" not in e] == []

@@ -302,3 +302,15 @@ async def test_migration_matches_the_schema_the_code_queries(store: SqlStore) ->
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(inspect)
     assert [d for d in diff if any(name in str(d) for name in mine)] == []
+
+
+async def test_sqlite_pages_read_in_one_thread_hop_on_a_read_only_connection(store: SqlStore) -> None:
+    engine = data._sync_engine(store)
+    if store.dialect != "sqlite":
+        assert engine is None  # PostgreSQL keeps the async pool
+        return
+    assert engine is not None and data._sync_engine(store) is engine
+    await store.insert_usage(_records(3))
+    assert (await data.records(store, {}))["data"]  # read through the thread
+    with engine.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly"):
+        conn.execute(sa.text("DELETE FROM usage_records"))
