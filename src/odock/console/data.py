@@ -6,8 +6,9 @@ backwards a page at a time.
 Each page's queries run as one unit of work (`_read`). On a SQLite file that unit runs on a worker thread over a
 plain pysqlite connection: one hand-off to and from the event loop per page, where aiosqlite costs one per
 cursor step (begin, execute, fetch, close, rollback: a dozen a page). Under full traffic every hand-off waits
-behind the gateway's ready callbacks, so the hand-offs, not the queries, made a page slow. The thread runs at the
-normal priority (the gateway's niced aiosqlite threads are its writers'). PostgreSQL keeps the async pool.
+behind the gateway's ready callbacks, so the hand-offs, not the queries, made a page slow. The console's threads
+are niced as the store's driver threads are (odock.state.sql.SQLITE_THREAD_NICE): on a saturated core the
+gateway's loop runs first and a page waits, never the traffic. PostgreSQL keeps the async pool.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -28,7 +32,7 @@ from odock.errors import BadRequest
 from odock.governance.periods import window_at
 from odock.state import schema
 from odock.state.rollups import HISTOGRAMS, LATENCY_COLUMNS, SUMS, TTFT_BOUNDS_MS, TTFT_COLUMNS, percentile_ms
-from odock.state.sql import SqlStore, sql_errors
+from odock.state.sql import SQLITE_THREAD_NICE, SqlStore, sql_errors
 
 T = TypeVar("T")
 
@@ -103,6 +107,23 @@ def _sync_engine(store: SqlStore) -> sa.Engine | None:
     return engine
 
 
+def _nice_reader_thread() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # only ever lowered: needs no privileges
+        own = os.getpriority(os.PRIO_PROCESS, 0)  # this new thread's, inherited from the event loop's
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, own + SQLITE_THREAD_NICE))
+
+
+_READERS: ThreadPoolExecutor | None = None
+
+
+def _readers() -> ThreadPoolExecutor:
+    # its own threads (not the loop's default executor: the niceness stays with the thread)
+    global _READERS
+    if _READERS is None:
+        _READERS = ThreadPoolExecutor(2, thread_name_prefix="console-read", initializer=_nice_reader_thread)
+    return _READERS
+
+
 async def _read(store: SqlStore, work: Callable[[sa.Connection], T]) -> T:
     """Run `work` (a page's queries, written against a synchronous connection) in one read transaction."""
     engine = _sync_engine(store)
@@ -115,7 +136,7 @@ async def _read(store: SqlStore, work: Callable[[sa.Connection], T]) -> T:
             return work(conn)
 
     async with sql_errors:
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(_readers(), run)
 
 
 def _int_param(value: str | None, name: str, default: int, high: int) -> int:
