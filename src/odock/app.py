@@ -65,9 +65,18 @@ def admin_app_for(gw: Gateway) -> ASGIApp:
     admin = create_admin_app(service, gw.settings.admin_token, extra)
     if not gw.settings.admin_token:
         return admin  # the console is on with the admin API only (/console answers 404 admin_disabled)
-    from odock.console.app import ConsoleApp, with_console
+    from odock.console.app import ConsoleApp, with_console, without_console
 
-    return with_console(admin, ConsoleApp(gw.store, governance, admin, gw.settings.admin_token))
+    side = with_console(admin, ConsoleApp(gw.store, governance, admin, gw.settings.admin_token))
+    if not gw.settings.console_port:
+        return side
+    # the console (and the admin API) on their own listener; the main port keeps /admin for the CLI and scripts
+    from odock.console.listener import ConsoleListener
+
+    listener = ConsoleListener(side, gw.settings.http_host, gw.settings.console_port)
+    gw.services.register("console listener", listener, close=listener.stop)
+    listener.start()
+    return without_console(admin)
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Edge:

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # empty: embedded mode (in-process counters, one process); set: cluster mode
     redis_url: str = ""
     admin_token: str = ""
+    # 0: the console at /console on the main port; a port: the console (and the admin API) on their own listener
+    # in the same process (HTTP_HOST), /console on the main port answers 404
+    console_port: int = 0
     # base64 32-byte key for provider credentials; embedded mode generates a key file beside the database
     secret_key: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
@@ -194,6 +197,7 @@ def load_settings(**overrides: Any) -> Settings:
         ("database_url", ("ODOCK_DATABASE_URL", "POSTGRES_DSN"), str),
         ("redis_url", ("ODOCK_REDIS_URL",), str),
         ("admin_token", ("ODOCK_ADMIN_TOKEN",), str),
+        ("console_port", ("ODOCK_CONSOLE_PORT",), int),
         ("secret_key", ("ODOCK_SECRET_KEY",), str),
         ("max_body_bytes", ("ODOCK_MAX_BODY_BYTES",), int),
         ("read_timeout_s", ("HTTP_READ_TIMEOUT",), parse_duration),
@@ -268,6 +272,10 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings(**values)
     if not 0 < settings.http_port < 65536:
         raise SystemExit(f"invalid HTTP_PORT: {settings.http_port}")
+    if not 0 <= settings.console_port < 65536 or settings.console_port == settings.http_port:
+        raise SystemExit(
+            f"invalid ODOCK_CONSOLE_PORT: {settings.console_port} (0: off, or a port not HTTP_PORT)"
+        )
     for name, value in (
         ("HTTP_MAX_HEADER_BYTES", settings.max_header_bytes),
         ("HTTP_READ_HEADER_TIMEOUT", settings.read_header_timeout_s),

@@ -133,15 +133,24 @@ async def test_calls_show_up_in_charts_and_the_request_log_without_prompt_text(g
     secret = gw.seeded["secret"]
     sdk = openai.AsyncOpenAI(api_key=secret, base_url="http://gateway.test/v1", http_client=gw.sdk_client())
     prompt = "console-canary-prompt-text"
-    for _ in range(3):
+    for _ in range(2):
         await sdk.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": prompt}])
+    # a streamed call: its time to first token reaches the overview's TTFT plot
+    stream = await sdk.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    async for _chunk in stream:
+        pass
     await wait_for_usage(gw.gateway.store, 3)
     async with gw.client() as client:
         await _login(client)
         overview = (await client.get("/console/api/overview")).json()
         assert overview["totals"]["requests"] == 3 and overview["series"][-1]["requests"] == 3
+        assert overview["totals"]["ttft_count"] == 1 and overview["series"][-1]["ttft_count"] == 1
+        assert overview["series"][-1]["ttft_p50_ms"] is not None
         usage = (await client.get("/console/api/usage?group_by=key")).json()
         assert usage["data"][0]["requests"] == 3 and usage["data"][0]["name"]
+        assert usage["data"][0]["ttft_count"] == 1
         csv = await client.get("/console/api/usage.csv?group_by=model")
         assert csv.status_code == 200 and "gpt-test" in csv.text
         log = (await client.get("/console/api/records?limit=2")).json()

@@ -65,10 +65,15 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
         async with openai.AsyncOpenAI(
             api_key=gw.seeded["secret"], base_url=f"{base}/v1", max_retries=0
         ) as sdk:
-            for _ in range(4):
+            for _ in range(3):
                 await sdk.chat.completions.create(
                     model="gpt-test", messages=[{"role": "user", "content": "hi"}]
                 )
+            stream = await sdk.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            async for _chunk in stream:
+                pass
         await wait_for_usage(gw.gateway.store, 4)
         budget = await _create_budget(gw)
 
@@ -95,6 +100,12 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
                 assert await chart.locator("circle").count() >= 1
                 assert int(await chart.get_attribute("data-points") or 0) >= 1
                 assert await page.locator(".tile", has_text="Requests").locator("b").inner_text() == "4"
+                # time to first token, from the one streamed call
+                ttft = page.locator("svg[aria-label^='Time to first token']")
+                assert await ttft.locator("circle").count() >= 1
+                assert (await page.locator(".tile", has_text="p50 TTFT").locator("b").inner_text()).endswith(
+                    " ms"
+                )
                 await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
                 # a key created in the console: its secret is shown once, never again
@@ -137,6 +148,37 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
                     assert await page.locator("#view .error").count() == 0
                 await page.wait_for_selector("#view td:has-text('gpt-test')")  # the tail lists the calls
                 await page.screenshot(path=str(shots / "tail.png"), full_page=True)
+
+                # the admin API reference, drawn from /admin/openapi.json: every operation of the document
+                async with gw.client() as http:
+                    doc = (
+                        await http.get("/admin/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+                    ).json()
+                operations = {
+                    (method.upper(), path)
+                    for path, item in doc["paths"].items()
+                    for method in item
+                    if method in ("get", "post", "put", "patch", "delete")
+                }
+                await page.click("a[href='#/api']")
+                await page.wait_for_selector("#view h1:has-text('Odock admin API')")
+                shown = await page.eval_on_selector_all(
+                    "details.op", "els => els.map(e => [e.dataset.method, e.dataset.path])"
+                )
+                assert {tuple(x) for x in shown} == operations and len(shown) == len(operations)
+                create = page.locator("details.op[data-method='POST'][data-path='/admin/keys']")
+                await create.locator("summary").click()
+                assert await create.locator("td code", has_text="organisation").count() >= 1
+                assert await create.locator("pre").count() >= 1  # the request's example
+                await create.locator("button.link").first.click()  # a jump to the body's schema
+                assert await page.locator("details.schema[open]").count() == 1
+                await page.screenshot(path=str(shots / "api-reference.png"), full_page=True)
+                await page.fill("#view input[name=q]", "budget")
+                await page.click("#view form button[type=submit]")
+                await page.wait_for_selector("#view input[name=q][value='budget']")  # the page drawn again
+                paths = await page.eval_on_selector_all("details.op", "els => els.map(e => e.dataset.path)")
+                assert paths and all("budget" in path for path in paths)
+                assert 0 < await page.locator("details.op").count() < len(operations)
                 # no script error, no CSP violation (the 401s are the session probe and the wrong token)
                 assert [e for e in errors if "401" not in e] == []
             finally:
@@ -144,6 +186,7 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
         stored = await _budget_amount(gw, budget["id"])
         assert stored == 12_500_000_000
     assert sorted(p.name for p in shots.iterdir()) == [
+        "api-reference.png",
         "budget-edited.png",
         "key-created.png",
         "overview.png",

@@ -3,6 +3,7 @@ never double counted by a retried batch, backfilled by the migration; and the co
 
 from __future__ import annotations
 
+import bisect
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,15 @@ from alembic.config import Config
 from odock.console import data
 from odock.state import schema
 from odock.state.records import UsageRecord
-from odock.state.rollups import LATENCY_COLUMNS, SUMS, latency_bucket, percentile_ms
+from odock.state.rollups import (
+    HISTOGRAMS,
+    LATENCY_COLUMNS,
+    SUMS,
+    TTFT_BOUNDS_MS,
+    TTFT_COLUMNS,
+    latency_bucket,
+    percentile_ms,
+)
 from odock.state.service import CatalogueService
 from odock.state.sql import MIGRATIONS_DIR, SqlStore
 
@@ -45,6 +54,10 @@ def _records(count: int, seed: int = 7) -> list[UsageRecord]:
                 reasoning_tokens=rng.randrange(0, 20),
                 latency_ms=rng.choice([10, 60, 150, 999, 1000, 4000, 70000]),
                 cost_nanos=rng.choice([None, rng.randrange(0, 10**7)]),
+                # streamed calls have a time to first token; others none (or other metadata only)
+                metadata=rng.choice(
+                    [None, {"cache_hit": True}, {"ttft_ms": rng.choice([3, 25, 26, 180, 900, 40000])}]
+                ),
             )
         )
     return out
@@ -57,9 +70,12 @@ def _expected(
     daily: dict[tuple[str, ...], list[int]] = {}
     for r in records:
         sums = [1, int(r.outcome != "success"), r.input_tokens, r.output_tokens, r.cached_input_tokens]
-        sums += [r.reasoning_tokens, r.cost_nanos or 0, r.latency_ms]
-        hist = [0] * len(LATENCY_COLUMNS)
+        ttft = (r.metadata or {}).get("ttft_ms")
+        sums += [r.reasoning_tokens, r.cost_nanos or 0, r.latency_ms, int(ttft is not None), ttft or 0]
+        hist = [0] * len(HISTOGRAMS)
         hist[latency_bucket(r.latency_ms)] = 1
+        if ttft is not None:
+            hist[len(LATENCY_COLUMNS) + bisect.bisect_left(TTFT_BOUNDS_MS, ttft)] = 1
         hk = (r.created_at.strftime("%Y-%m-%dT%H"), r.organisation_id)
         hourly[hk] = [
             a + b for a, b in zip(hourly.get(hk, [0] * (len(sums) + len(hist))), sums + hist, strict=True)
@@ -87,7 +103,7 @@ async def _stored(
             for row in await conn.execute(
                 sa.select(
                     *[h.c[c] for c in ("bucket", "organisation_id")],
-                    *[h.c[c] for c in SUMS + LATENCY_COLUMNS],
+                    *[h.c[c] for c in SUMS + HISTOGRAMS],
                 )
             )
         }
@@ -122,11 +138,13 @@ async def test_migration_backfills_rollups_from_the_existing_ledger(store: SqlSt
         config.attributes["connection"] = connection
         (command.upgrade if up else command.downgrade)(config, target)
 
-    async with store.write() as conn:
-        await conn.run_sync(migrate, "0006_mcp_servers", False)
-    async with store.write() as conn:
-        await conn.run_sync(migrate, "head", True)
-    assert await _stored(store) == expected
+    # from before the rollups, and from rollups without time to first token (0008's own backfill)
+    for base in ("0006_mcp_servers", "0007_usage_rollups"):
+        async with store.write() as conn:
+            await conn.run_sync(migrate, base, False)
+        async with store.write() as conn:
+            await conn.run_sync(migrate, "head", True)
+        assert await _stored(store) == expected
 
 
 async def test_overview_and_explorer_read_the_rollups(store: SqlStore) -> None:
@@ -139,6 +157,16 @@ async def test_overview_and_explorer_read_the_rollups(store: SqlStore) -> None:
     assert view["totals"]["cost_nanos"] == sum(r.cost_nanos or 0 for r in recent)
     assert sum(p["errors"] for p in view["series"]) == sum(r.outcome != "success" for r in recent)
     assert view["totals"]["p50_ms"] is not None and view["totals"]["p95_ms"] >= view["totals"]["p50_ms"]
+    assert view["totals"]["ttft_count"] == sum(bool(r.metadata and "ttft_ms" in r.metadata) for r in recent)
+    ttft_hist = [0] * len(TTFT_COLUMNS)
+    for r in recent:
+        if r.metadata and "ttft_ms" in r.metadata:
+            ttft_hist[bisect.bisect_left(TTFT_BOUNDS_MS, r.metadata["ttft_ms"])] += 1
+    assert view["totals"]["ttft_p50_ms"] == percentile_ms(ttft_hist, 0.5, TTFT_BOUNDS_MS)
+    assert view["totals"]["ttft_p95_ms"] == percentile_ms(ttft_hist, 0.95, TTFT_BOUNDS_MS)
+    assert all(
+        p["ttft_p50_ms"] is None or p["ttft_p95_ms"] >= p["ttft_p50_ms"] for p in view["series"]
+    ) and any(p["ttft_p50_ms"] for p in view["series"])
     org_a = await data.overview(store, "24", "org-a")
     assert org_a["totals"]["requests"] == sum(r.organisation_id == "org-a" for r in recent)
 
@@ -184,6 +212,9 @@ def test_percentiles_from_the_histogram() -> None:
     assert percentile_ms(hist, 0.5) == 50
     assert 750 < (percentile_ms(hist, 0.95) or 0) <= 1000
     assert percentile_ms([0] * len(LATENCY_COLUMNS), 0.5) is None
+    ttft = [0] * len(TTFT_COLUMNS)
+    ttft[bisect.bisect_left(TTFT_BOUNDS_MS, 120)] = 10  # 100–150 ms
+    assert 100 < (percentile_ms(ttft, 0.5, TTFT_BOUNDS_MS) or 0) <= 150
 
 
 async def test_request_log_pages_newest_first_without_gaps_or_repeats(store: SqlStore) -> None:
@@ -271,3 +302,15 @@ async def test_migration_matches_the_schema_the_code_queries(store: SqlStore) ->
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(inspect)
     assert [d for d in diff if any(name in str(d) for name in mine)] == []
+
+
+async def test_sqlite_pages_read_in_one_thread_hop_on_a_read_only_connection(store: SqlStore) -> None:
+    engine = data._sync_engine(store)
+    if store.dialect != "sqlite":
+        assert engine is None  # PostgreSQL keeps the async pool
+        return
+    assert engine is not None and data._sync_engine(store) is engine
+    await store.insert_usage(_records(3))
+    assert (await data.records(store, {}))["data"]  # read through the thread
+    with engine.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly"):
+        conn.execute(sa.text("DELETE FROM usage_records"))

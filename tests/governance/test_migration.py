@@ -36,8 +36,8 @@ async def _check(url: str) -> None:
     finally:
         await store.close()
     assert tables >= NAMES
-    # the head: MCP servers (0006), the usage rollups (0007), the MCP usage records (0008)
-    assert version == "0008_mcp_usage"
+    # the head: the usage rollups (0007), their time to first token (0008), the MCP usage records (0009)
+    assert version == "0009_mcp_usage"
     assert [d for d in diff if any(name in str(d) for name in NAMES)] == []
 
 

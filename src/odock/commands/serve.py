@@ -21,6 +21,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--config", metavar="FILE", help="catalogue YAML applied before serving")
     parser.add_argument("--host", help="listen address (HTTP_HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="listen port (HTTP_PORT, default 8080)")
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        help="serve the console and the admin API on this port of HTTP_HOST too, and /console on the main port "
+        "answers 404 (ODOCK_CONSOLE_PORT; default: the console at /console on the main port)",
+    )
     parser.add_argument("--workers", type=int, help="worker processes (cluster mode only; ODOCK_WORKERS)")
     parser.set_defaults(func=run)
 
@@ -76,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config:
         _plugins_from(args.config)
-    settings = load_settings(http_host=args.host, http_port=args.port, workers=args.workers)
+    settings = load_settings(
+        http_host=args.host, http_port=args.port, workers=args.workers, console_port=args.console_port
+    )
     logs.configure(settings.log_level, settings.log_format)
     if settings.plugins_config_path:
         _check_plugins(settings.plugins_config_path)
@@ -84,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(_apply(settings, args.config))
     # workers re-read settings from the environment; carry the command-line overrides there
     os.environ["HTTP_HOST"], os.environ["HTTP_PORT"] = settings.http_host, str(settings.http_port)
+    os.environ["ODOCK_CONSOLE_PORT"] = str(settings.console_port)
     mode = "cluster" if settings.cluster else "embedded"
     log.info(
         "odock gateway listening on %s:%d (%s mode, %d worker(s))",
@@ -94,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if not settings.admin_token:
         log.info("admin API disabled: set ODOCK_ADMIN_TOKEN to enable /admin")
+    elif settings.console_port:
+        log.info("console and admin API also on %s:%d", settings.http_host, settings.console_port)
     uvicorn.run(
         "odock.app:create_app",
         factory=True,

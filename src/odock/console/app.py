@@ -250,14 +250,19 @@ class ConsoleApp:
 
 
 class AdminSide:
-    """The admin side's one ASGI app: /console… to the console, the rest to the admin API (`admin`)."""
+    """The admin side's one ASGI app: /console… to the console, the rest to the admin API (`admin`). Without a
+    console (it has its own port), /console… answers 404 before the admin API's token check could say 401."""
 
-    def __init__(self, admin: ASGIApp, console: ASGIApp) -> None:
+    def __init__(self, admin: ASGIApp, console: ASGIApp | None) -> None:
         self.admin, self.console = admin, console
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and (path == "/console" or path.startswith("/console/")):
+            if self.console is None:
+                response = error_response(404, "not_found", "the console is not served on this port")
+                await response(scope, receive, send)
+                return
             await self.console(scope, receive, send)
         else:
             await self.admin(scope, receive, send)
@@ -266,3 +271,8 @@ class AdminSide:
 def with_console(admin: ASGIApp, console: ASGIApp | None) -> ASGIApp:
     """One ASGI app for the admin side: /console… to the console (when on), the rest to the admin API."""
     return admin if console is None else AdminSide(admin, console)
+
+
+def without_console(admin: ASGIApp) -> ASGIApp:
+    """The main port's admin side when the console has its own port: /console… answers 404."""
+    return AdminSide(admin, None)

@@ -1,12 +1,17 @@
 """Hourly and daily usage rollups, kept by the usage writer in the same transaction as the ledger rows.
 
-Charts read these, never the raw ledger. Hourly rows (hour, organisation) carry a latency histogram for
-p50/p95 and feed the overview: one row an hour per active organisation, however many models there are. Daily rows are one per (dimension, value, day, organisation): a
+Charts read these, never the raw ledger. Hourly rows (hour, organisation) carry a latency histogram and a
+time-to-first-token histogram for p50/p95 and feed the overview: one row an hour per active organisation, however many models there are. Daily rows are one per (dimension, value, day, organisation): a
 record adds to its organisation's, team's, user's, key's and model's row of the day. The usage explorer and
 the budget burn-down group one dimension in the order of the primary key and stop after a page, so no page
 reads more rows than it shows, whatever the number of keys (a daily row per key and model would make "by
 model" read every key's rows). Absent dimensions are skipped. Buckets are UTC text (`YYYY-MM-DDTHH`,
 `YYYY-MM-DD`): they sort, compare and look the same on SQLite and PostgreSQL.
+
+Time to first token exists for streamed calls only (the record's `metadata["ttft_ms"]`): `ttft_count` counts the
+calls that have one, so a mean is `ttft_ms_sum / ttft_count` and the histogram's percentiles are over those calls.
+Percentiles come from fixed buckets (as latency's): they add up across batches, hours and organisations with a
+plain sum, which exact percentiles (or any sketch needing a merge function) would not do in one SQL upsert.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from odock.state.records import UsageRecord
 # upper bounds (ms) of the latency histogram's buckets; the last bucket is everything above the last bound
 LATENCY_BOUNDS_MS = (50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 60000)
 LATENCY_COLUMNS = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+# time to first token is mostly well under a second: finer buckets at the low end
+TTFT_BOUNDS_MS = (25, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 30000)
+TTFT_COLUMNS = tuple(f"ttft_{i:02d}" for i in range(len(TTFT_BOUNDS_MS) + 1))
 SUMS = (
     "requests",
     "errors",
@@ -30,6 +38,8 @@ SUMS = (
     "reasoning_tokens",
     "cost_nanos",
     "latency_ms_sum",
+    "ttft_count",
+    "ttft_ms_sum",
 )
 HOURLY_KEYS = ("bucket", "organisation_id")
 DAILY_KEYS = ("dimension", "value", "day", "organisation_id")
@@ -41,7 +51,8 @@ DIMENSIONS = {
     "key": "api_key_id",
     "model": "model",
 }
-HOURLY_COLUMNS = HOURLY_KEYS + SUMS + LATENCY_COLUMNS
+HISTOGRAMS = LATENCY_COLUMNS + TTFT_COLUMNS
+HOURLY_COLUMNS = HOURLY_KEYS + SUMS + HISTOGRAMS
 DAILY_COLUMNS = DAILY_KEYS + SUMS
 
 
@@ -58,6 +69,7 @@ def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], li
     """
     hourly: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
     histograms: dict[tuple[str, ...], list[int]] = {}
+    ttft_offset = len(LATENCY_COLUMNS)
     daily: dict[tuple[str, ...], list[tuple[int, ...]]] = {}
     buckets: dict[int, tuple[str, str]] = {}
     dimensions = tuple(DIMENSIONS.items())
@@ -68,6 +80,10 @@ def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], li
             start = datetime.fromtimestamp(hour_index * 3600, UTC)
             texts = buckets[hour_index] = (start.strftime("%Y-%m-%dT%H"), start.strftime("%Y-%m-%d"))
         hour, day = texts
+        metadata = record.metadata
+        ttft = metadata.get("ttft_ms") if metadata else None
+        if not isinstance(ttft, int) or isinstance(ttft, bool) or ttft < 0:
+            ttft = None
         sums = (
             1,
             0 if record.outcome == "success" else 1,
@@ -77,15 +93,20 @@ def aggregate(records: Iterable[UsageRecord]) -> tuple[list[tuple[Any, ...]], li
             record.reasoning_tokens,
             record.cost_nanos or 0,
             record.latency_ms,
+            0 if ttft is None else 1,
+            ttft or 0,
         )
         organisation = record.organisation_id
         hour_key = (hour, organisation)
         group = hourly.get(hour_key)
         if group is None:
             group = hourly[hour_key] = []
-            histograms[hour_key] = [0] * len(LATENCY_COLUMNS)
+            histograms[hour_key] = [0] * len(HISTOGRAMS)
         group.append(sums)
-        histograms[hour_key][bisect.bisect_left(LATENCY_BOUNDS_MS, record.latency_ms)] += 1
+        histogram = histograms[hour_key]
+        histogram[bisect.bisect_left(LATENCY_BOUNDS_MS, record.latency_ms)] += 1
+        if ttft is not None:
+            histogram[ttft_offset + bisect.bisect_left(TTFT_BOUNDS_MS, ttft)] += 1
         for dimension, attribute in dimensions:
             value = getattr(record, attribute)
             if value:
@@ -129,8 +150,10 @@ HOURLY_UPSERT_PG = _upsert_unnest("usage_rollup_hourly", HOURLY_KEYS, HOURLY_COL
 DAILY_UPSERT_PG = _upsert_unnest("usage_rollup_daily", DAILY_KEYS, DAILY_COLUMNS)
 
 
-def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:
-    """Estimate a latency percentile from histogram counts (linear within the bucket), None when empty."""
+def percentile_ms(
+    histogram: Sequence[int], fraction: float, bounds: Sequence[int] = LATENCY_BOUNDS_MS
+) -> float | None:
+    """Estimate a percentile from histogram counts over `bounds` (linear within the bucket), None when empty."""
     total = sum(histogram)
     if total == 0:
         return None
@@ -138,8 +161,8 @@ def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:
     seen = 0
     for index, count in enumerate(histogram):
         if count and seen + count >= rank:
-            low = LATENCY_BOUNDS_MS[index - 1] if index > 0 else 0
-            high = LATENCY_BOUNDS_MS[index] if index < len(LATENCY_BOUNDS_MS) else low * 2
+            low = bounds[index - 1] if index > 0 else 0
+            high = bounds[index] if index < len(bounds) else low * 2
             return round(low + (high - low) * (rank - seen) / count, 1)
         seen += count
-    return float(LATENCY_BOUNDS_MS[-1])
+    return float(bounds[-1])

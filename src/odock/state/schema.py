@@ -251,9 +251,9 @@ usage_records = Table(
 
 
 def _rollup_sums(*, histogram: bool) -> list[Column[Any]]:
-    from odock.state.rollups import LATENCY_COLUMNS, SUMS
+    from odock.state.rollups import HISTOGRAMS, SUMS
 
-    names = SUMS + LATENCY_COLUMNS if histogram else SUMS
+    names = SUMS + HISTOGRAMS if histogram else SUMS
     return [Column(name, BigInteger, nullable=False, default=0) for name in names]
 
 

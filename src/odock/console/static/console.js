@@ -105,14 +105,16 @@ async function overviewPage(params) {
     h("h1", {}, "Overview"), h("div", { class: "bar" }, pick),
     h("div", { class: "tiles" },
       [["Requests", num(t.requests)], ["Errors", num(t.errors)], ["Cost", usd(t.cost_nanos)],
-       ["Input tokens", num(t.input_tokens)], ["Output tokens", num(t.output_tokens)], ["p50 latency", ms(t.p50_ms)], ["p95 latency", ms(t.p95_ms)]]
+       ["Input tokens", num(t.input_tokens)], ["Output tokens", num(t.output_tokens)], ["p50 latency", ms(t.p50_ms)], ["p95 latency", ms(t.p95_ms)],
+       ["p50 TTFT", ms(t.ttft_p50_ms)], ["p95 TTFT", ms(t.ttft_p95_ms)]]
         .map(([k, v]) => h("div", { class: "tile" }, k, h("b", {}, v)))),
     h("div", { class: "charts" },
       chart("Requests and errors per hour", labels, [{ name: "requests", values: col("requests") }, { name: "errors", values: col("errors") }]),
       chart("Cost per hour (USD)", labels, [{ name: "cost", values: col("cost_nanos").map((v) => v / 1e9) }]),
       chart("Tokens per hour", labels, [{ name: "input", values: col("input_tokens") }, { name: "output", values: col("output_tokens") }]),
       chart("Latency per hour (ms)", labels, [{ name: "p50", values: col("p50_ms") }, { name: "p95", values: col("p95_ms") }]),
-      h("div", { class: "chart" }, h("h3", {}, "Time to first token"), h("p", { class: "muted" }, "not recorded by the gateway yet"))),
+      // streamed calls only (a call answered at once has no first token before its whole answer)
+      chart("Time to first token per hour, streamed calls (ms)", labels, [{ name: "p50", values: col("ttft_p50_ms") }, { name: "p95", values: col("ttft_p95_ms") }])),
     h("h2", {}, `By model (whole days since ${d.models_since})`),
     table([{ title: "model", get: (r) => r.model || "(none)" }, { title: "requests", num: 1, get: (r) => num(r.requests) },
       { title: "errors", num: 1, get: (r) => num(r.errors) }, { title: "tokens", num: 1, get: (r) => num(r.input_tokens + r.output_tokens) },
@@ -342,10 +344,104 @@ async function tailPage() {
   return [h("h1", {}, "Live tail"), h("p", { class: "muted" }, "newest first; checks for new records every 2 s while this page is visible"), holder, detail];
 }
 
+// ---------------------------------------------------------------- admin API reference (from /admin/openapi.json)
+
+const METHODS = ["get", "post", "put", "patch", "delete"];
+const refName = (ref) => String(ref).split("/").pop();
+// a schema as a short type text: a $ref by its name, arrays and unions spelled out, enums listed
+function typeText(schema) {
+  if (!schema || typeof schema !== "object") return "any";
+  if (schema.$ref) return refName(schema.$ref);
+  const union = schema.anyOf || schema.oneOf;
+  if (union) return union.map(typeText).join(" | ");
+  if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
+  if (schema.const !== undefined) return JSON.stringify(schema.const);
+  const type = Array.isArray(schema.type) ? schema.type.join(" | ") : schema.type;
+  if (type === "array") return "array of " + typeText(schema.items);
+  if (type === "object" && schema.additionalProperties && typeof schema.additionalProperties === "object") return "object of " + typeText(schema.additionalProperties);
+  return (type || "any") + (schema.format ? ` (${schema.format})` : "");
+}
+// the named schemas a schema mentions (to offer a jump to each)
+function refsOf(schema, out = new Set()) {
+  if (Array.isArray(schema)) schema.forEach((x) => refsOf(x, out));
+  else if (schema && typeof schema === "object") for (const [k, v] of Object.entries(schema)) { if (k === "$ref") out.add(refName(v)); else refsOf(v, out); }
+  return out;
+}
+function jumpTo(name) {
+  const el = document.getElementById("schema-" + name);
+  if (el) { el.open = true; el.scrollIntoView(); }
+}
+function schemaLinks(schema) {
+  const names = [...refsOf(schema)];
+  return names.length ? h("span", { class: "refs" }, names.map((n) => h("button", { type: "button", class: "link", onclick: () => jumpTo(n) }, n))) : null;
+}
+function fieldsTable(schema, schemas) {
+  const target = schema && schema.$ref ? schemas[refName(schema.$ref)] : schema;
+  if (!target || !target.properties) return h("p", {}, h("code", {}, typeText(schema)), " ", schemaLinks(schema));
+  const required = new Set(target.required || []);
+  return table([{ title: "field", get: (r) => h("code", {}, r[0]) }, { title: "type", get: (r) => typeText(r[1]) },
+    { title: "required", get: (r) => (required.has(r[0]) ? "yes" : "") }, { title: "description", get: (r) => r[1].description || "" }],
+    Object.entries(target.properties));
+}
+function operationView(method, path, op, schemas) {
+  const params = op.parameters || [];
+  const body = op.requestBody && op.requestBody.content && op.requestBody.content["application/json"];
+  const responses = Object.entries(op.responses || {}).map(([status, r]) => {
+    const resolved = r.$ref ? (reference.components.responses || {})[refName(r.$ref)] || {} : r;
+    const media = resolved.content && resolved.content["application/json"];
+    return { status, description: resolved.description || "", schema: media && media.schema, example: media && media.example };
+  });
+  return h("details", { class: "op", "data-method": method.toUpperCase(), "data-path": path },
+    h("summary", {}, h("span", { class: "method m-" + method }, method.toUpperCase()), " ", h("code", {}, path), " ", h("span", { class: "muted" }, op.summary || "")),
+    op.description ? h("p", {}, op.description) : null,
+    params.length ? [h("h4", {}, "Parameters"), table([{ title: "name", get: (p) => h("code", {}, p.name) }, { title: "in", get: (p) => p.in },
+      { title: "type", get: (p) => typeText(p.schema) }, { title: "required", get: (p) => (p.required ? "yes" : "") },
+      { title: "description", get: (p) => p.description || "" }], params)] : null,
+    body ? [h("h4", {}, "Request body ", schemaLinks(body.schema)), fieldsTable(body.schema, schemas),
+      body.example !== undefined ? h("pre", {}, JSON.stringify(body.example, null, 2)) : null] : null,
+    h("h4", {}, "Responses"),
+    table([{ title: "status", get: (r) => r.status }, { title: "description", get: (r) => r.description },
+      { title: "body", get: (r) => (r.schema ? h("span", {}, typeText(r.schema), " ", schemaLinks(r.schema)) : "") }], responses),
+    responses.filter((r) => r.example !== undefined).flatMap((r) => [h("p", { class: "muted" }, `example ${r.status}`), h("pre", {}, JSON.stringify(r.example, null, 2))]));
+}
+// the document's shared parts (error responses), for the page being drawn
+const reference = { components: {} };
+async function apiPage(params) {
+  const doc = await admin("openapi.json");
+  reference.components = doc.components || {};
+  const schemas = reference.components.schemas || {};
+  const q = (params.get("q") || "").toLowerCase();
+  const byTag = new Map();
+  let count = 0;
+  for (const [path, item] of Object.entries(doc.paths || {})) {
+    for (const method of METHODS) {
+      const op = item[method];
+      if (!op) continue;
+      if (q && !(path + " " + method + " " + (op.summary || "") + " " + (op.tags || []).join(" ")).toLowerCase().includes(q)) continue;
+      const tag = (op.tags && op.tags[0]) || "other";
+      if (!byTag.has(tag)) byTag.set(tag, []);
+      byTag.get(tag).push(operationView(method, path, op, schemas));
+      count++;
+    }
+  }
+  const search = h("form", { class: "bar", onsubmit: (e) => { e.preventDefault(); go("api", { q: new FormData(e.target).get("q") }); } },
+    h("label", {}, "filter", h("input", { name: "q", value: params.get("q") || "", placeholder: "path, method, summary" })), h("button", { type: "submit" }, "Apply"),
+    h("a", { href: "/console/api/admin/openapi.json", download: "odock-admin-openapi.json" }, "Download openapi.json"));
+  return [
+    h("h1", {}, (doc.info && doc.info.title) || "Admin API"),
+    h("p", { class: "muted" }, `OpenAPI ${doc.openapi}, version ${(doc.info && doc.info.version) || "?"}: ${count} operations. `, (doc.info && doc.info.description) || ""),
+    search,
+    h("div", {}, [...byTag.entries()].map(([tag, ops]) => h("section", { class: "tag", "data-tag": tag }, h("h2", {}, tag), ops))),
+    h("h2", {}, "Schemas"),
+    h("div", {}, Object.entries(schemas).map(([name, schema]) => h("details", { class: "schema", id: "schema-" + name },
+      h("summary", {}, h("code", {}, name), " ", h("span", { class: "muted" }, schema.description || typeText(schema))), fieldsTable(schema, schemas)))),
+  ];
+}
+
 // ---------------------------------------------------------------- routing, login
 
 const PAGES = { overview: overviewPage, usage: usagePage, keys: keysPage, models: modelsPage, budgets: budgetsPage,
-  quotas: quotasPage, routing: routingPage, requests: requestsPage, tail: tailPage };
+  quotas: quotasPage, routing: routingPage, requests: requestsPage, tail: tailPage, api: apiPage };
 
 function go(page, params) { location.hash = "#/" + page + (params ? "?" + qs(params) : ""); }
 function render(nodes) { view().replaceChildren(...[nodes].flat().filter(Boolean)); }
@@ -355,8 +451,13 @@ async function route() {
   const [path, query] = (location.hash.slice(2) || "overview").split("?");
   const page = PAGES[path] ? path : "overview";
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === "#/" + page));
+  const started = performance.now();
   try { render(await PAGES[page](new URLSearchParams(query || ""))); }
   catch (err) { if (state.csrf) render(message(err.message)); }
+  // when the page was drawn and how long it took from the route change (read by the browser tests and bench)
+  state.renders = (state.renders || 0) + 1;
+  view().dataset.page = page; view().dataset.renderMs = (performance.now() - started).toFixed(1);
+  view().dataset.rendered = String(state.renders);
 }
 
 function showLogin() {

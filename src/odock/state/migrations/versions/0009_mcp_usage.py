@@ -1,8 +1,8 @@
 """The MCP usage records (reference §11.7): the MCP side of each MCP call's usage record (server, method, tool,
 bytes in and out, latency, outcome, cost), one row per `usage_records` row of an MCP call, with the same id.
 
-Revision ID: 0008_mcp_usage
-Revises: 0007_usage_rollups
+Revision ID: 0009_mcp_usage
+Revises: 0008_rollup_ttft
 Create Date: 2026-12-06
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from odock.state.schema import JsonType, UTCDateTime
 
-revision: str = "0008_mcp_usage"
-down_revision: str | None = "0007_usage_rollups"
+revision: str = "0009_mcp_usage"
+down_revision: str | None = "0008_rollup_ttft"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
