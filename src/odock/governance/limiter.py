@@ -253,19 +253,28 @@ class LocalLimiter:
         sec = now // 1000
         remaining: list[int] = []
         reset: list[int] = []
-        bucket_levels: dict[int, float] = {}
+        # what the check pass found, per check, for the apply pass (no second lookup, no allocation on a hit)
+        found: list[Any] = []
         for i, c in enumerate(checks):
-            if c.kind == "W":
-                log = self._logs.setdefault(c.key, deque())
-                while log and log[0] <= now - c.param:
+            kind = c.kind
+            if kind == "W":
+                log = self._logs.get(c.key)
+                if log is None:
+                    log = self._logs[c.key] = deque()
+                edge = now - c.param
+                while log and log[0] <= edge:
                     log.popleft()
-                free_at = int(log[0] + c.param - now) if log else int(c.param)
-                if len(log) >= c.limit:
+                n = len(log)
+                free_at = int(log[0] + c.param - now) if n else int(c.param)
+                if n >= c.limit:
                     return GateResult(False, now, i, free_at)
-                remaining.append(c.limit - len(log) - 1)
+                remaining.append(c.limit - n - 1)
                 reset.append(free_at)
-            elif c.kind == "L":
-                leases = self._leases.setdefault(c.key, {})
+                found.append(log)
+            elif kind == "L":
+                leases = self._leases.get(c.key)
+                if leases is None:
+                    leases = self._leases[c.key] = {}
                 if len(leases) >= c.limit:
                     # leases of calls that died without a post-flight expire; looked for only when they matter
                     for held, expiry in list(leases.items()):
@@ -275,18 +284,21 @@ class LocalLimiter:
                     return GateResult(False, now, i, 1000)
                 remaining.append(c.limit - len(leases) - 1)
                 reset.append(0)
-            elif c.kind == "B":
+                found.append(leases)
+            elif kind == "B":
                 state = self._buckets.get(c.key)
                 level = float(c.limit)
                 if state is not None:
-                    level = min(float(c.limit), state[0] + (now - state[1]) * c.param / 1000)
+                    level = min(level, state[0] + (now - state[1]) * c.param / 1000)
                 if level < 1:
                     return GateResult(False, now, i, math.ceil((1 - level) * 1000 / c.param))
-                bucket_levels[i] = level
                 remaining.append(math.floor(level - 1))
                 reset.append(math.ceil((c.limit - level + 1) * 1000 / c.param))
+                found.append(level)
             else:  # "T"
-                buckets = self._tokens.setdefault(c.key, {})
+                buckets = self._tokens.get(c.key)
+                if buckets is None:
+                    buckets = self._tokens[c.key] = {}
                 total = self._expire_tokens(c.key, buckets, sec)
                 amount = int(c.param)
                 if total + amount > c.limit:
@@ -301,17 +313,19 @@ class LocalLimiter:
                     return GateResult(False, now, i, retry)
                 remaining.append(c.limit - total - amount)
                 reset.append(60000)
-        for i, c in enumerate(checks):
-            if c.kind == "W":
-                self._logs[c.key].append(now)
-            elif c.kind == "L":
-                self._leases[c.key][token] = now + int(c.param)
-            elif c.kind == "B":
-                self._buckets[c.key] = [bucket_levels[i] - 1, float(now)]
+                found.append(buckets)
+        for c, state in zip(checks, found, strict=True):
+            kind = c.kind
+            if kind == "W":
+                state.append(now)
+            elif kind == "L":
+                state[token] = now + int(c.param)
+            elif kind == "B":
+                self._buckets[c.key] = [state - 1, float(now)]
             elif c.param > 0:
-                buckets = self._tokens[c.key]
-                buckets[sec] = buckets.get(sec, 0) + int(c.param)
-                self._token_totals[c.key] = self._token_totals.get(c.key, 0) + int(c.param)
+                amount = int(c.param)
+                state[sec] = state.get(sec, 0) + amount
+                self._token_totals[c.key] = self._token_totals.get(c.key, 0) + amount
         return GateResult(True, now, remaining=remaining, reset_ms=reset)
 
     def _expire_tokens(self, key: str, buckets: dict[int, int], sec: int) -> int:
