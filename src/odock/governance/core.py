@@ -64,6 +64,12 @@ _CACHE_SIZE = 4096
 DECISIONS = metrics.RATELIMIT_DECISIONS
 ERRORS = metrics.GOVERNANCE_ERRORS
 
+# the decisions every admitted call counts, resolved once
+_EARLY_ALLOW = metrics.child(DECISIONS, "early", "allow")
+_FINAL_ALLOW = metrics.child(DECISIONS, "final", "allow")
+_BUDGET_RESERVED = metrics.child(DECISIONS, "budget", "reserved")
+_BUDGETS_RESERVED = metrics.child(metrics.BUDGET_DECISIONS, "reserved")
+
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
 
 
@@ -109,10 +115,37 @@ class _Plan:
     reservation_id: str
     held: list[Held]
     now: datetime
+    items: list[Item]  # the held windows' items, in order
+    bounds_output: bool  # whether a held window's reservation depends on the output cap
 
-    @property
-    def items(self) -> list[Item]:
-        return [h.item for h in self.held]
+
+@dataclass(slots=True, eq=False)
+class _Scopes:
+    """What the caller's scopes (global → organisation → team → key) ask of every call, built once per set of
+    catalogue records (records are replaced on change, never mutated) instead of per call."""
+
+    records: tuple[Any, Any, Any]  # organisation, team, key: held, so their ids stay theirs while cached
+    scopes: list[tuple[str, str, Limits]]
+    ip: list[tuple[str, Limits]]  # the non-global scopes with IP rules
+    static: list[tuple[str, Limits]]  # the scopes with a payload or max_tokens cap
+    checks: list[Check]  # the early gate's
+    owners: list[tuple[str, str, str]]  # budget/quota owners, enforcement order: (type, id, time zone)
+    # the owners' active budgets and quotas as (definition, key prefix, limit, time zone, metric), for the
+    # definition tables they were read from
+    entries: list[tuple[Budget | Quota, str, int, str, str]] = field(default_factory=list)
+    entries_of: tuple[Any, Any] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _ModelScopes:
+    """The final gate's share of the work that only changes with the caller's scopes and the model."""
+
+    records: tuple[_Scopes, Any]
+    model_limits: Limits
+    static: list[tuple[str, Limits]]  # every scope with a payload or max_tokens cap, the model's included
+    caps: list[int]  # the scopes' max_tokens
+    checks: list[Check]  # the model's request checks
+    tpm: list[tuple[str, str, int]]  # (scope, counter key, limit) of every scope with a TPM limit
 
 
 class _Definitions:
@@ -162,8 +195,11 @@ class Governance:
         self._policies = PolicyCache()
         # per-call work that only changes with the policy or the period: built once, reused (bounded caches)
         self._checks: dict[tuple[str, str, int, bool], tuple[Limits, list[Check]]] = {}
+        self._scope_plans: dict[tuple[int, int, int], _Scopes] = {}
+        self._model_plans: dict[tuple[int, int], _ModelScopes] = {}
         self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef]] = {}
         self.global_limits = parse_policy(settings.ratelimit_global_policy)
+        self._global_empty = self.global_limits.empty
         self.local_limiter = LocalLimiter()
         self.local_ledger = LocalLedger(store, reservation_ttl_s=reservation_ttl_s)
         self.redis_limiter: RedisLimiter | None = None
@@ -248,7 +284,7 @@ class Governance:
     async def pre_auth(self, client_ip: str) -> None:
         """Refuse blocked IPs (429 ip_not_allowed) and enforce the global request rate before auth."""
         limits = self.global_limits
-        if limits.empty:
+        if self._global_empty:
             return
         reason = ip_denied(limits, parse_ip(client_ip))
         if reason is not None:
@@ -264,30 +300,26 @@ class Governance:
     async def early(self, ctx: CallContext) -> None:
         """Run the early gate: IP rules, payload, max_tokens, concurrency, burst, RPS, RPM."""
         receipt = Receipt(ctx.request_id, _token())
-        address = None
-        checks: list[Check] = []
-        for scope, ident, limits in self._scopes(ctx):
-            if scope != GLOBAL and (limits.allow or limits.block):
-                address = address or parse_ip(ctx.client_ip)
+        plan = self._scopes_of(ctx)
+        if plan.ip:
+            address = parse_ip(ctx.client_ip)
+            for scope, limits in plan.ip:
                 reason = ip_denied(limits, address)
                 if reason is not None:
                     metrics.child(DECISIONS, "early", "deny").inc()
                     raise TooManyRequests(
                         "client IP is not allowed", "ip_not_allowed", extra={"scope": scope, "limit": reason}
                     )
+        for scope, limits in plan.static:
             self._static_checks(scope, limits, ctx)
-            if scope == GLOBAL:  # the global request rate was counted in pre_auth
-                if limits.concurrency:
-                    checks.append(self._lease(scope, ident, limits))
-            else:
-                checks += self._request_checks(scope, ident, limits, leases=True)
+        checks = plan.checks
         if checks:
             result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("early", checks, result)
             receipt.leases = [(limiter, c.key) for c in checks if c.kind == "L"]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
-        metrics.child(DECISIONS, "early", "allow").inc()
+        _EARLY_ALLOW.inc()
 
     async def final(self, ctx: CallContext) -> None:  # noqa: C901 - older than the complexity rule; to split
         """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
@@ -295,19 +327,19 @@ class Governance:
         if not isinstance(receipt, Receipt):
             receipt = Receipt(ctx.request_id, _token())
             ctx.governance = receipt
-        scopes = self._scopes(ctx)
-        model_limits = self._policies.get(ctx.model.policies) if ctx.model is not None else Limits()
-        if ctx.model is not None:
-            scopes.append((MODEL, ctx.model.id, model_limits))
+        plan_m = self._model_scopes_of(ctx)
+        static, caps, tpm = plan_m.static, plan_m.caps, plan_m.tpm
         extra = None
         if ctx.extra_scope is not None:
             extra = (ctx.extra_scope[0], ctx.extra_scope[1], self._policies.get(ctx.extra_scope[2]))
-            scopes.append(extra)
-        caps = []
-        for scope, _, limits in scopes:
+            if extra[2].max_request_bytes or extra[2].max_tokens:
+                static = [*static, (extra[0], extra[2])]
+            if extra[2].max_tokens:
+                caps = [*caps, extra[2].max_tokens]
+            if extra[2].tpm:
+                tpm = [*tpm, (extra[0], f"{extra[0]}:{extra[1]}:tpm2", extra[2].tpm)]
+        for scope, limits in static:
             self._static_checks(scope, limits, ctx)
-            if limits.max_tokens:
-                caps.append(limits.max_tokens)
         choices = ctx.prompt.choices if ctx.prompt is not None else 1
         cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
         if ctx.output == "none":
@@ -317,24 +349,11 @@ class Governance:
         else:
             out_tokens = choices * cap  # reasoning/thinking tokens are output inside the cap
         reserve_tokens = max(0, ctx.estimated_input_tokens) + out_tokens
-        checks: list[Check] = []
-        if ctx.model is not None:
-            checks += self._request_checks(MODEL, ctx.model.id, model_limits, leases=True)
+        checks = list(plan_m.checks)
         if extra is not None:
             checks += self._request_checks(*extra, leases=True)
-        for scope, ident, limits in scopes:
-            if limits.tpm:
-                checks.append(
-                    Check(
-                        "T",
-                        f"{scope}:{ident}:tpm2",  # "2": the Redis hash also holds a running total
-                        limits.tpm,
-                        reserve_tokens,
-                        "tpm_exceeded",
-                        scope,
-                        "tokens_per_minute",
-                    )
-                )
+        for scope, key, limit in tpm:
+            checks.append(Check("T", key, limit, reserve_tokens, "tpm_exceeded", scope, "tokens_per_minute"))
         plan = self._reservation_plan(ctx, receipt, out_tokens)
         reply = None  # the reserve script's reply, when it went to Redis together with the gate
         if checks:
@@ -349,10 +368,10 @@ class Governance:
             header = _header(checks, result)
             if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
                 receipt.header = header
-        metrics.child(DECISIONS, "final", "allow").inc()
+        _FINAL_ALLOW.inc()
         if plan is not None:
             await self._reserve(receipt, plan, reply)
-            if _bounds_output(plan.held):
+            if plan.bounds_output:
                 receipt.output_tokens = out_tokens
                 if cap_chosen and ctx.output == "text":
                     # the reservation holds only if the upstream cannot generate more: the endpoint sends this cap
@@ -496,6 +515,81 @@ class Governance:
             scopes.append((API_KEY, ctx.key.id, self._policies.get(ctx.key.policies)))
         return scopes
 
+    def _scopes_of(self, ctx: CallContext) -> _Scopes:
+        """The caller's scope plan, from the cache while its organisation, team and key records are the same."""
+        org, team, key = ctx.organisation, ctx.team, ctx.key
+        hit = self._scope_plans.get((id(org), id(team), id(key)))
+        if hit is not None:
+            records = hit.records
+            if records[0] is org and records[1] is team and records[2] is key:
+                return hit
+        scopes = self._scopes(ctx)
+        checks: list[Check] = []
+        for scope, ident, limits in scopes:
+            if scope == GLOBAL:  # the global request rate was counted in pre_auth
+                if limits.concurrency:
+                    checks.append(self._lease(scope, ident, limits))
+            else:
+                checks += self._build_request_checks(scope, ident, limits, leases=True)
+        plan = _Scopes(
+            (org, team, key),
+            scopes,
+            [
+                (scope, limits)
+                for scope, _, limits in scopes
+                if scope != GLOBAL and (limits.allow or limits.block)
+            ],
+            [(scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens],
+            checks,
+            self._owners(ctx),
+        )
+        if len(self._scope_plans) >= _CACHE_SIZE:
+            self._scope_plans.clear()
+        self._scope_plans[(id(org), id(team), id(key))] = plan
+        return plan
+
+    def _model_scopes_of(self, ctx: CallContext) -> _ModelScopes:
+        """The caller's scope plan joined with the model's, cached like `_scopes_of`."""
+        base, model = self._scopes_of(ctx), ctx.model
+        hit = self._model_plans.get((id(base), id(model)))
+        if hit is not None and hit.records[0] is base and hit.records[1] is model:
+            return hit
+        scopes = list(base.scopes)
+        model_limits = self._policies.get(model.policies) if model is not None else Limits()
+        checks: list[Check] = []
+        if model is not None:
+            scopes.append((MODEL, model.id, model_limits))
+            checks = self._build_request_checks(MODEL, model.id, model_limits, leases=True)
+        plan = _ModelScopes(
+            (base, model),
+            model_limits,
+            [(scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens],
+            [limits.max_tokens for _, _, limits in scopes if limits.max_tokens],
+            checks,
+            # "2": the Redis hash also holds a running total
+            [(scope, f"{scope}:{ident}:tpm2", limits.tpm) for scope, ident, limits in scopes if limits.tpm],
+        )
+        if len(self._model_plans) >= _CACHE_SIZE:
+            self._model_plans.clear()
+        self._model_plans[(id(base), id(model))] = plan
+        return plan
+
+    def _entries(self, plan: _Scopes) -> list[tuple[Budget | Quota, str, int, str, str]]:
+        """The active budgets and quotas of the plan's owners, read again only when the definitions change."""
+        defs = self.definitions
+        tables = (defs.budgets, defs.quotas)
+        of = plan.entries_of
+        if of is not None and of[0] is tables[0] and of[1] is tables[1]:
+            return plan.entries
+        entries: list[tuple[Budget | Quota, str, int, str, str]] = []
+        for owner_type, owner_id, tz in plan.owners:
+            for budget in defs.budgets.get((owner_type, owner_id), ()):
+                entries.append((budget, "b", budget.amount_nanos, tz, "COST"))
+            for quota in defs.quotas.get((owner_type, owner_id), ()):
+                entries.append((quota, "q", quota.limit, tz, quota.metric))
+        plan.entries, plan.entries_of = entries, tables
+        return entries
+
     @staticmethod
     def _static_checks(scope: str, limits: Limits, ctx: CallContext) -> None:
         if limits.max_request_bytes and ctx.body_bytes > limits.max_request_bytes:
@@ -624,6 +718,9 @@ class Governance:
         defs = self.definitions
         if not defs.budgets and not defs.quotas:
             return None
+        entries = self._entries(self._scopes_of(ctx))
+        if not entries:
+            return None
         now = datetime.now(UTC)
         model_pricing = ctx.model.pricing if ctx.model is not None else {}
         if ctx.prompt is not None:
@@ -638,20 +735,20 @@ class Governance:
         else:
             worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
         held: list[Held] = []
-        for owner_type, owner_id, tz in self._owners(ctx):
-            for budget in defs.budgets.get((owner_type, owner_id), ()):
-                ref = self._window(budget, "b", budget.amount_nanos, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, worst), budget))
-            for quota in defs.quotas.get((owner_type, owner_id), ()):
-                ref = self._window(quota, "q", quota.limit, now, tz)
-                if ref is not None:
-                    held.append(Held(Item(ref, _quota_estimate(quota, est_in, out_tokens, worst)), quota))
+        items: list[Item] = []
+        bounds_output = False
+        for d, prefix, limit, tz, metric in entries:
+            ref = self._window(d, prefix, limit, now, tz)
+            if ref is not None:
+                item = Item(ref, _estimate(metric, est_in, out_tokens, worst))
+                held.append(Held(item, d))
+                items.append(item)
+                # budgets, token and cost quotas reserve an amount that depends on the output cap
+                bounds_output = bounds_output or metric in _OUTPUT_BOUND
         if not held:
             return None
-        return _Plan(
-            f"{ctx.request_id[:64]}/{receipt.token}", held, now
-        )  # id bounded: fits the ledger column
+        # id bounded: fits the ledger column
+        return _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now, items, bounds_output)
 
     async def _gate_and_reserve(
         self, checks: list[Check], token: str, plan: _Plan
@@ -698,8 +795,8 @@ class Governance:
             metrics.child(metrics.BUDGET_DECISIONS, "denied").inc()
             _deny(held[denied], now)
         receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
-        metrics.child(DECISIONS, "budget", "reserved").inc()
-        metrics.child(metrics.BUDGET_DECISIONS, "reserved").inc()
+        _BUDGET_RESERVED.inc()
+        _BUDGETS_RESERVED.inc()
 
     def _window(self, d: Budget | Quota, prefix: str, limit: int, now: datetime, tz: str) -> WindowRef | None:
         """The definition's current window, computed once per period (definitions are replaced, not mutated)."""
@@ -904,16 +1001,11 @@ def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz:
     )
 
 
-def _bounds_output(held: list[Held]) -> bool:
-    """Whether any held window's reservation depends on the output cap (budgets, token and cost quotas)."""
-    return any(
-        isinstance(h.definition, Budget) or h.definition.metric in ("TOKENS", "TOKENS_OUT", "COST")
-        for h in held
-    )
+_OUTPUT_BOUND = frozenset({"TOKENS", "TOKENS_OUT", "COST"})
 
 
-def _quota_estimate(quota: Quota, est_in: int, out_tokens: int, worst: int) -> int:
-    metric = quota.metric
+def _estimate(metric: str, est_in: int, out_tokens: int, worst: int) -> int:
+    """What a call reserves in a window of this metric (a budget's is "COST")."""
     if metric == "REQUESTS":
         return 1
     if metric == "TOKENS":
