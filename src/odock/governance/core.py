@@ -69,6 +69,11 @@ _EARLY_ALLOW = metrics.child(DECISIONS, "early", "allow")
 _FINAL_ALLOW = metrics.child(DECISIONS, "final", "allow")
 _BUDGET_RESERVED = metrics.child(DECISIONS, "budget", "reserved")
 _BUDGETS_RESERVED = metrics.child(metrics.BUDGET_DECISIONS, "reserved")
+_SETTLED = (metrics.child(DECISIONS, "settle", "settled"), metrics.child(metrics.BUDGET_DECISIONS, "settled"))
+_RELEASED = (
+    metrics.child(DECISIONS, "settle", "released"),
+    metrics.child(metrics.BUDGET_DECISIONS, "released"),
+)
 
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
 
@@ -102,6 +107,8 @@ class Receipt:
     held: list[Held] = field(default_factory=list)
     output_tokens: int | None = None  # output tokens a budget or token/cost quota reservation covers
     done: bool = False
+    # the last `_actuals` answer and what it was computed from (compared by identity)
+    actual_memo: tuple[tuple[Any, ...], dict[str, int]] | None = None
 
     @property
     def reserved_tokens(self) -> int:
@@ -196,6 +203,7 @@ class Governance:
         # per-call work that only changes with the policy or the period: built once, reused (bounded caches)
         self._checks: dict[tuple[str, str, int, bool], tuple[Limits, list[Check]]] = {}
         self._scope_plans: dict[tuple[int, int, int], _Scopes] = {}
+        self._marks: dict[int, tuple[Budget, list[int]]] = {}  # a budget's thresholds, sorted once
         self._model_plans: dict[tuple[int, int], _ModelScopes] = {}
         self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef]] = {}
         self.global_limits = parse_policy(settings.ratelimit_global_policy)
@@ -384,36 +392,15 @@ class Governance:
             return
         receipt.done = True
         usage = ctx.usage
-        try:
-            actual_tokens = usage.total if usage is not None else 0
-            by_limiter: dict[int, tuple[Limiter, list[str], list[tuple[str, int, int]]]] = {}
-            for limiter, key in receipt.leases:
-                by_limiter.setdefault(id(limiter), (limiter, [], []))[1].append(key)
-            for limiter, key, second, reserved in receipt.tokens:
-                # refund what was not used; an under-estimate is charged, so the window stays exact
-                by_limiter.setdefault(id(limiter), (limiter, [], []))[2].append(
-                    (key, second, reserved - actual_tokens)
-                )
-            # at once, not with the (batched) settle below: a sequential client's next call must find its lease
-            # and unused tokens back
-            for limiter, leases, refunds in by_limiter.values():
-                try:
-                    await limiter.release(leases, refunds, receipt.token)
-                except Exception:
-                    metrics.child(ERRORS, "post_flight").inc()
-                    log.warning("rate-limit post-flight failed (leases expire by TTL)", exc_info=True)
-        except Exception:
-            metrics.child(ERRORS, "post_flight").inc()
-            log.warning("rate-limit post-flight failed", exc_info=True)
+        await self._release_limits(receipt, usage.total if usage is not None else 0)
         if receipt.ledger is None or receipt.reservation_id is None:
             return
         try:
             actual = self._actuals(ctx, receipt, cost_nanos)
             exceeded = self._exceeded(ctx, receipt, actual)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
-            decision = "settled" if usage is not None else "released"
-            metrics.child(DECISIONS, "settle", decision).inc()
-            metrics.child(metrics.BUDGET_DECISIONS, decision).inc()
+            for counter in _SETTLED if usage is not None else _RELEASED:
+                counter.inc()
             if used:
                 self._threshold_events(receipt, actual, used)
             for held, charged in exceeded:
@@ -422,6 +409,52 @@ class Governance:
         except Exception:
             metrics.child(ERRORS, "settle").inc()
             log.warning("budget settle failed (reconciliation will release it)", exc_info=True)
+
+    @staticmethod
+    async def _release_limits(receipt: Receipt, actual_tokens: int) -> None:
+        """Drop the call's leases and refund its unused tokens. Never raises."""
+        try:
+            groups: list[tuple[Limiter, list[str], list[tuple[str, int, int]]]]
+            first = (
+                receipt.leases[0][0] if receipt.leases else receipt.tokens[0][0] if receipt.tokens else None
+            )
+            if (
+                first is not None
+                and all(t[0] is first for t in receipt.leases)
+                and all(t[0] is first for t in receipt.tokens)
+            ):
+                # one limiter held everything (the rule: the other only serves while Redis is failing open)
+                groups = [
+                    (
+                        first,
+                        [key for _, key in receipt.leases],
+                        # refund what was not used; an under-estimate is charged, so the window stays exact
+                        [
+                            (key, second, reserved - actual_tokens)
+                            for _, key, second, reserved in receipt.tokens
+                        ],
+                    )
+                ]
+            else:
+                by_limiter: dict[int, tuple[Limiter, list[str], list[tuple[str, int, int]]]] = {}
+                for limiter, key in receipt.leases:
+                    by_limiter.setdefault(id(limiter), (limiter, [], []))[1].append(key)
+                for limiter, key, second, reserved in receipt.tokens:
+                    by_limiter.setdefault(id(limiter), (limiter, [], []))[2].append(
+                        (key, second, reserved - actual_tokens)
+                    )
+                groups = list(by_limiter.values())
+            # at once, not with the (batched) settle below: a sequential client's next call must find its lease
+            # and unused tokens back
+            for limiter, leases, refunds in groups:
+                try:
+                    await limiter.release(leases, refunds, receipt.token)
+                except Exception:
+                    metrics.child(ERRORS, "post_flight").inc()
+                    log.warning("rate-limit post-flight failed (leases expire by TTL)", exc_info=True)
+        except Exception:
+            metrics.child(ERRORS, "post_flight").inc()
+            log.warning("rate-limit post-flight failed", exc_info=True)
 
     def response_headers(self, ctx: CallContext) -> dict[str, str]:
         """Return X-RateLimit-Limit/-Remaining/-Reset for the tightest request window the call passed, and
@@ -818,11 +851,17 @@ class Governance:
 
     def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
         usage = ctx.usage
+        upstream = ctx.upstream_started is not None
+        # the usage record asks first, the post-flight next: the same call's answer, unless something changed
+        memo_key = (cost_nanos, usage, upstream, ctx.outcome, ctx.status)
+        memo = receipt.actual_memo
+        if memo is not None and memo[0] == memo_key:
+            return memo[1]
         if usage is not None and cost_nanos is None and ctx.model is not None:
             cost_nanos = pricing.cost_nanos(ctx.model.pricing, usage)
-        upstream = ctx.upstream_started is not None
         failed = ctx.outcome == "failed" or ctx.status >= 400
         actual: dict[str, int] = {}
+        timed = False
         for h in receipt.held:
             d = h.definition
             metric = d.metric if isinstance(d, Quota) else "COST"
@@ -830,6 +869,7 @@ class Governance:
                 amount = 1 if upstream and failed else 0
             elif metric == "LATENCY_MS":
                 amount = ctx.elapsed_ms() if upstream else 0
+                timed = True
             elif usage is None and cost_nanos is None:
                 amount = 0  # failed before upstream, or no usage returned: release (reference §6.4 [INF])
             elif metric == "COST":
@@ -846,6 +886,8 @@ class Governance:
                 amount = usage.output_tokens
             # a charge never credits a window (usage is clamped before this; a negative cost is not a refund)
             actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + max(0, amount)
+        # a latency is measured when asked: never reused
+        receipt.actual_memo = None if timed else (memo_key, actual)
         return actual
 
     def above_reservation(self, ctx: CallContext, cost_nanos: int | None) -> bool:
@@ -914,7 +956,14 @@ class Governance:
                 continue
             after = used[key]
             before = after - actual.get(key, 0)
-            for threshold in sorted(set(d.thresholds)):
+            if before == after:
+                continue  # nothing charged: nothing crossed
+            marks = self._marks.get(id(d))
+            if marks is None or marks[0] is not d:
+                if len(self._marks) >= _CACHE_SIZE:
+                    self._marks.clear()
+                marks = self._marks[id(d)] = (d, sorted(set(d.thresholds)))
+            for threshold in marks[1]:
                 mark = d.amount_nanos * threshold / 100
                 if before < mark <= after:
                     self._events.append(NewEvent(d.id, key, threshold, after, d.amount_nanos))
