@@ -84,6 +84,9 @@ class Held:
 
     item: Item
     definition: Budget | Quota
+    # whether the reservation bounds the charge (not an ERRORS or LATENCY_MS quota: known only afterwards,
+    # reserved 0 by design)
+    bounded: bool = True
 
 
 def _token() -> str:
@@ -418,11 +421,12 @@ class Governance:
             first = (
                 receipt.leases[0][0] if receipt.leases else receipt.tokens[0][0] if receipt.tokens else None
             )
-            if (
-                first is not None
-                and all(t[0] is first for t in receipt.leases)
-                and all(t[0] is first for t in receipt.tokens)
-            ):
+            mixed = False
+            for held in receipt.leases:
+                mixed = mixed or held[0] is not first
+            for held_tokens in receipt.tokens:
+                mixed = mixed or held_tokens[0] is not first
+            if first is not None and not mixed:
                 # one limiter held everything (the rule: the other only serves while Redis is failing open)
                 groups = [
                     (
@@ -760,7 +764,7 @@ class Governance:
             provider_type = ctx.provider.type if ctx.provider is not None else None
             est_in = bounds.input_bound(ctx.prompt, ctx.model, provider_type)
         else:  # a context built without a measured body (internal callers): its estimate is all there is
-            est_in = max(0, ctx.estimated_input_tokens)
+            est_in = ctx.estimated_input_tokens if ctx.estimated_input_tokens > 0 else 0
         # image routes generate one image per choice (`n`), billed at `per_image` beside any token price
         images = ctx.prompt.choices if ctx.output == "images" and ctx.prompt is not None else 0
         if ctx.reserve_nanos is not None:
@@ -774,7 +778,7 @@ class Governance:
             ref = self._window(d, prefix, limit, now, tz)
             if ref is not None:
                 item = Item(ref, _estimate(metric, est_in, out_tokens, worst))
-                held.append(Held(item, d))
+                held.append(Held(item, d, metric not in _UNBOUNDED))
                 items.append(item)
                 # budgets, token and cost quotas reserve an amount that depends on the output cap
                 bounds_output = bounds_output or metric in _OUTPUT_BOUND
@@ -850,13 +854,23 @@ class Governance:
         return ref
 
     def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
-        usage = ctx.usage
         upstream = ctx.upstream_started is not None
         # the usage record asks first, the post-flight next: the same call's answer, unless something changed
-        memo_key = (cost_nanos, usage, upstream, ctx.outcome, ctx.status)
+        memo_key = (cost_nanos, ctx.usage, upstream, ctx.outcome, ctx.status)
         memo = receipt.actual_memo
         if memo is not None and memo[0] == memo_key:
             return memo[1]
+        actual, timed = self._measure(ctx, receipt, cost_nanos, upstream)
+        # a latency is measured when asked: never reused
+        receipt.actual_memo = None if timed else (memo_key, actual)
+        return actual
+
+    @staticmethod
+    def _measure(
+        ctx: CallContext, receipt: Receipt, cost_nanos: int | None, upstream: bool
+    ) -> tuple[dict[str, int], bool]:
+        """Each held window's charge, and whether one of them is a latency (measured now)."""
+        usage = ctx.usage
         if usage is not None and cost_nanos is None and ctx.model is not None:
             cost_nanos = pricing.cost_nanos(ctx.model.pricing, usage)
         failed = ctx.outcome == "failed" or ctx.status >= 400
@@ -885,10 +899,9 @@ class Governance:
             else:  # TOKENS_OUT
                 amount = usage.output_tokens
             # a charge never credits a window (usage is clamped before this; a negative cost is not a refund)
-            actual[h.item.ref.key] = actual.get(h.item.ref.key, 0) + max(0, amount)
-        # a latency is measured when asked: never reused
-        receipt.actual_memo = None if timed else (memo_key, actual)
-        return actual
+            key = h.item.ref.key
+            actual[key] = actual.get(key, 0) + amount if amount > 0 else actual.get(key, 0)
+        return actual, timed
 
     def above_reservation(self, ctx: CallContext, cost_nanos: int | None) -> bool:
         """Whether the call's charge exceeds what it reserved in some window. Pure: the usage record reads it
@@ -897,11 +910,10 @@ class Governance:
         if not isinstance(receipt, Receipt) or receipt.ledger is None or receipt.reservation_id is None:
             return False
         actual = self._actuals(ctx, receipt, cost_nanos)
-        return any(
-            actual.get(h.item.ref.key, 0) > h.item.amount
-            for h in receipt.held
-            if not (isinstance(h.definition, Quota) and h.definition.metric in ("ERRORS", "LATENCY_MS"))
-        )
+        for h in receipt.held:  # noqa: SIM110 - a loop: no generator object per call
+            if h.bounded and actual.get(h.item.ref.key, 0) > h.item.amount:
+                return True
+        return False
 
     @staticmethod
     def _exceeded(ctx: CallContext, receipt: Receipt, actual: dict[str, int]) -> list[tuple[Held, int]]:
@@ -909,12 +921,12 @@ class Governance:
         dearer model): counted and logged here; the charge itself stands."""
         exceeded: list[tuple[Held, int]] = []
         for h in receipt.held:
-            d = h.definition
-            if isinstance(d, Quota) and d.metric in ("ERRORS", "LATENCY_MS"):
+            if not h.bounded:
                 continue  # known only afterwards: reserved 0 by design
             charged = actual.get(h.item.ref.key, 0)
             if charged <= h.item.amount:
                 continue
+            d = h.definition
             kind = "budget" if isinstance(d, Budget) else "quota"
             metrics.child(metrics.RESERVATION_EXCEEDED, kind).inc()
             log.warning(
@@ -1020,14 +1032,16 @@ class Governance:
 
 
 def _header(checks: list[Check], result: GateResult) -> tuple[int, int, int] | None:
-    best: tuple[int, int, int] | None = None
+    """(limit, remaining, reset seconds) of the request window with the least left."""
+    best = -1
+    remaining = result.remaining
+    n = len(remaining)
     for i, c in enumerate(checks):
-        if c.kind != "W" or i >= len(result.remaining):
-            continue
-        candidate = (c.limit, result.remaining[i], max(0, math.ceil(result.reset_ms[i] / 1000)))
-        if best is None or candidate[1] < best[1]:
-            best = candidate
-    return best
+        if c.kind == "W" and i < n and (best < 0 or remaining[i] < remaining[best]):
+            best = i
+    if best < 0:
+        return None
+    return checks[best].limit, remaining[best], max(0, math.ceil(result.reset_ms[best] / 1000))
 
 
 def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz: str) -> WindowRef | None:
@@ -1051,6 +1065,7 @@ def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz:
 
 
 _OUTPUT_BOUND = frozenset({"TOKENS", "TOKENS_OUT", "COST"})
+_UNBOUNDED = frozenset({"ERRORS", "LATENCY_MS"})  # quota metrics measured only after the call
 
 
 def _estimate(metric: str, est_in: int, out_tokens: int, worst: int) -> int:

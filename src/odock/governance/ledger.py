@@ -130,7 +130,8 @@ class LocalLedger:
             w = self._windows.get(key)
             amount = actual.get(key, 0)
             if w is not None:
-                w.reserved = max(0, w.reserved - estimate)
+                left = w.reserved - estimate
+                w.reserved = left if left > 0 else 0
                 w.used += amount
                 result[key] = w.used
             if amount:

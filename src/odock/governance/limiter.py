@@ -29,9 +29,11 @@ from odock.governance.resp import LuaScript, ScriptRunner
 Kind = Literal["W", "B", "L", "T"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Check:
-    """One limit of one scope instance."""
+    """One limit of one scope instance. Never changed once built (cached lists share them); not frozen because
+    a frozen dataclass's constructor costs a `object.__setattr__` per field, and the final gate builds some per
+    call."""
 
     kind: Kind
     key: str  # "<scope>:<id>:<limit>", prefixed by the backend
@@ -255,65 +257,67 @@ class LocalLimiter:
         reset: list[int] = []
         # what the check pass found, per check, for the apply pass (no second lookup, no allocation on a hit)
         found: list[Any] = []
+        logs, all_leases, buckets_of, tokens_of = self._logs, self._leases, self._buckets, self._tokens
         for i, c in enumerate(checks):
-            kind = c.kind
+            kind, limit, param = c.kind, c.limit, c.param
             if kind == "W":
-                log = self._logs.get(c.key)
+                log = logs.get(c.key)
                 if log is None:
-                    log = self._logs[c.key] = deque()
-                edge = now - c.param
+                    log = logs[c.key] = deque()
+                edge = now - param
                 while log and log[0] <= edge:
                     log.popleft()
                 n = len(log)
-                free_at = int(log[0] + c.param - now) if n else int(c.param)
-                if n >= c.limit:
+                free_at = int(log[0] + param - now) if n else int(param)
+                if n >= limit:
                     return GateResult(False, now, i, free_at)
-                remaining.append(c.limit - n - 1)
+                remaining.append(limit - n - 1)
                 reset.append(free_at)
                 found.append(log)
             elif kind == "L":
-                leases = self._leases.get(c.key)
+                leases = all_leases.get(c.key)
                 if leases is None:
-                    leases = self._leases[c.key] = {}
-                if len(leases) >= c.limit:
+                    leases = all_leases[c.key] = {}
+                if len(leases) >= limit:
                     # leases of calls that died without a post-flight expire; looked for only when they matter
                     for held, expiry in list(leases.items()):
                         if expiry <= now:
                             del leases[held]
-                if len(leases) >= c.limit:
-                    return GateResult(False, now, i, 1000)
-                remaining.append(c.limit - len(leases) - 1)
+                    if len(leases) >= limit:
+                        return GateResult(False, now, i, 1000)
+                remaining.append(limit - len(leases) - 1)
                 reset.append(0)
                 found.append(leases)
             elif kind == "B":
-                state = self._buckets.get(c.key)
-                level = float(c.limit)
+                state = buckets_of.get(c.key)
+                level = float(limit)
                 if state is not None:
-                    level = min(level, state[0] + (now - state[1]) * c.param / 1000)
+                    level = min(level, state[0] + (now - state[1]) * param / 1000)
                 if level < 1:
-                    return GateResult(False, now, i, math.ceil((1 - level) * 1000 / c.param))
+                    return GateResult(False, now, i, math.ceil((1 - level) * 1000 / param))
                 remaining.append(math.floor(level - 1))
-                reset.append(math.ceil((c.limit - level + 1) * 1000 / c.param))
+                reset.append(math.ceil((limit - level + 1) * 1000 / param))
                 found.append(level)
             else:  # "T"
-                buckets = self._tokens.get(c.key)
+                buckets = tokens_of.get(c.key)
                 if buckets is None:
-                    buckets = self._tokens[c.key] = {}
+                    buckets = tokens_of[c.key] = {}
                 total = self._expire_tokens(c.key, buckets, sec)
-                amount = int(c.param)
-                if total + amount > c.limit:
+                amount = int(param)
+                if total + amount > limit:
                     retry = 60000
-                    if amount <= c.limit:
+                    if amount <= limit:
                         freed = 0
                         for s in sorted(buckets):
                             freed += buckets[s]
-                            if total - freed + amount <= c.limit:
+                            if total - freed + amount <= limit:
                                 retry = (s + 60) * 1000 - now
                                 break
                     return GateResult(False, now, i, retry)
-                remaining.append(c.limit - total - amount)
+                remaining.append(limit - total - amount)
                 reset.append(60000)
                 found.append(buckets)
+        totals = self._token_totals
         for c, state in zip(checks, found, strict=True):
             kind = c.kind
             if kind == "W":
@@ -321,11 +325,11 @@ class LocalLimiter:
             elif kind == "L":
                 state[token] = now + int(c.param)
             elif kind == "B":
-                self._buckets[c.key] = [state - 1, float(now)]
+                buckets_of[c.key] = [state - 1, float(now)]
             elif c.param > 0:
                 amount = int(c.param)
                 state[sec] = state.get(sec, 0) + amount
-                self._token_totals[c.key] = self._token_totals.get(c.key, 0) + amount
+                totals[c.key] = totals.get(c.key, 0) + amount
         return GateResult(True, now, remaining=remaining, reset_ms=reset)
 
     def _expire_tokens(self, key: str, buckets: dict[int, int], sec: int) -> int:
@@ -350,7 +354,9 @@ class LocalLimiter:
         for key, second, amount in refunds:
             buckets = self._tokens.get(key)
             if buckets is not None and second in buckets:
-                kept = max(0, buckets[second] - amount)
+                kept = buckets[second] - amount
+                if kept < 0:
+                    kept = 0
                 self._token_totals[key] = self._token_totals.get(key, 0) + kept - buckets[second]
                 buckets[second] = kept
 
