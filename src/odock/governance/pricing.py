@@ -100,7 +100,8 @@ def _scale(rates: dict[str, Decimal]) -> _Scaled:
         if rate is None:
             return 0
         sign, digits, exponent = rate.as_tuple()
-        value = int("".join(map(str, digits)) or "0") * 10 ** (int(exponent) + power + shift)
+        # the shift makes the power of ten non-negative for every rate: an int, never a float
+        value = int("".join(map(str, digits)) or "0") * int(10 ** (int(exponent) + power + shift))
         return -value if sign else value
 
     def tok(key: str) -> int:
