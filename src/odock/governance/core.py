@@ -139,6 +139,7 @@ class _Scopes:
     ip: list[tuple[str, Limits]]  # the non-global scopes with IP rules
     static: list[tuple[str, Limits]]  # the scopes with a payload or max_tokens cap
     checks: list[Check]  # the early gate's
+    lease_keys: list[str]  # the keys of its concurrency leases
     owners: list[tuple[str, str, str]]  # budget/quota owners, enforcement order: (type, id, time zone)
     # the owners' active budgets and quotas as (definition, key prefix, limit, time zone, metric), for the
     # definition tables they were read from
@@ -156,6 +157,7 @@ class _ModelScopes:
     caps: list[int]  # the scopes' max_tokens
     checks: list[Check]  # the model's request checks
     tpm: list[tuple[str, str, int]]  # (scope, counter key, limit) of every scope with a TPM limit
+    lease_keys: list[str]  # the keys of the model's concurrency leases
 
 
 class _Definitions:
@@ -208,7 +210,7 @@ class Governance:
         self._scope_plans: dict[tuple[int, int, int], _Scopes] = {}
         self._marks: dict[int, tuple[Budget, list[int]]] = {}  # a budget's thresholds, sorted once
         self._model_plans: dict[tuple[int, int], _ModelScopes] = {}
-        self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef]] = {}
+        self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef, datetime, datetime]] = {}
         self.global_limits = parse_policy(settings.ratelimit_global_policy)
         self._global_empty = self.global_limits.empty
         self.local_limiter = LocalLimiter()
@@ -327,7 +329,7 @@ class Governance:
         if checks:
             result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("early", checks, result)
-            receipt.leases = [(limiter, c.key) for c in checks if c.kind == "L"]
+            receipt.leases = [(limiter, key) for key in plan.lease_keys]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
         _EARLY_ALLOW.inc()
@@ -359,7 +361,8 @@ class Governance:
             out_tokens = choices * bounds.image_output_tokens(ctx.model)
         else:
             out_tokens = choices * cap  # reasoning/thinking tokens are output inside the cap
-        reserve_tokens = max(0, ctx.estimated_input_tokens) + out_tokens
+        estimated = ctx.estimated_input_tokens
+        reserve_tokens = (estimated if estimated > 0 else 0) + out_tokens
         checks = list(plan_m.checks)
         if extra is not None:
             checks += self._request_checks(*extra, leases=True)
@@ -374,8 +377,12 @@ class Governance:
                 result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("final", checks, result)
             second = result.now_ms // 1000
-            receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
-            receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
+            if extra is None:  # the plan knows which checks are leases and token windows
+                receipt.leases += [(limiter, key) for key in plan_m.lease_keys]
+                receipt.tokens += [(limiter, key, second, reserve_tokens) for _, key, _ in tpm]
+            else:
+                receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
+                receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
             header = _header(checks, result)
             if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
                 receipt.header = header
@@ -470,7 +477,7 @@ class Governance:
         if receipt.header is not None:
             limit, remaining, reset = receipt.header
             headers["X-RateLimit-Limit"] = str(limit)
-            headers["X-RateLimit-Remaining"] = str(max(0, remaining))
+            headers["X-RateLimit-Remaining"] = str(remaining if remaining > 0 else 0)
             headers["X-RateLimit-Reset"] = str(reset)
         if receipt.output_tokens is not None:
             headers["X-Odock-Reserved-Output-Tokens"] = str(receipt.output_tokens)
@@ -578,6 +585,7 @@ class Governance:
             ],
             [(scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens],
             checks,
+            [c.key for c in checks if c.kind == "L"],
             self._owners(ctx),
         )
         if len(self._scope_plans) >= _CACHE_SIZE:
@@ -605,6 +613,7 @@ class Governance:
             checks,
             # "2": the Redis hash also holds a running total
             [(scope, f"{scope}:{ident}:tpm2", limits.tpm) for scope, ident, limits in scopes if limits.tpm],
+            [c.key for c in checks if c.kind == "L"],
         )
         if len(self._model_plans) >= _CACHE_SIZE:
             self._model_plans.clear()
@@ -705,8 +714,9 @@ class Governance:
         return checks
 
     async def _gate(self, checks: list[Check], token: str) -> tuple[GateResult, Limiter]:
-        if self.redis_limiter is None:
-            return await self.local_limiter.gate(checks, token), self.local_limiter
+        if self.redis_limiter is None:  # in process: no await needed
+            local = self.local_limiter
+            return local.gate_now(checks, token, int(time.time() * 1000)), local
         try:
             return await self.redis_limiter.gate(checks, token), self.redis_limiter
         except _REDIS_ERRORS as exc:
@@ -774,10 +784,13 @@ class Governance:
         held: list[Held] = []
         items: list[Item] = []
         bounds_output = False
+        # what a window reserves, by metric (`_ESTIMATE`): ERRORS and LATENCY_MS are known only afterwards (0:
+        # blocked once used reaches the limit)
+        estimates = (0, 1, est_in + out_tokens, est_in, out_tokens, worst)
         for d, prefix, limit, tz, metric in entries:
             ref = self._window(d, prefix, limit, now, tz)
             if ref is not None:
-                item = Item(ref, _estimate(metric, est_in, out_tokens, worst))
+                item = Item(ref, estimates[_ESTIMATE.get(metric, 0)])
                 held.append(Held(item, d, metric not in _UNBOUNDED))
                 items.append(item)
                 # budgets, token and cost quotas reserve an amount that depends on the output cap
@@ -839,18 +852,16 @@ class Governance:
         """The definition's current window, computed once per period (definitions are replaced, not mutated)."""
         key = (id(d), tz)
         hit = self._windows.get(key)
-        if (
-            hit is not None
-            and hit[0] is d
-            and hit[1].start <= now < hit[1].end
-            and (d.end_at is None or now < as_aware(d.end_at))
-        ):
+        # (aware datetimes of one tzinfo compare field by field: cheaper than converting to epoch seconds)
+        if hit is not None and hit[0] is d and hit[2] <= now < hit[3]:
             return hit[1]
         ref = _window(d, prefix, limit, now, tz)
         if ref is not None:  # "not running now" is never cached: a schedule may start any moment
             if len(self._windows) >= _CACHE_SIZE:
                 self._windows.clear()
-            self._windows[key] = (d, ref)
+            # valid from the window's start until its end or the definition's, whichever comes first
+            until = ref.end if d.end_at is None else min(ref.end, as_aware(d.end_at))
+            self._windows[key] = (d, ref, ref.start, until)
         return ref
 
     def _actuals(self, ctx: CallContext, receipt: Receipt, cost_nanos: int | None) -> dict[str, int]:
@@ -1041,7 +1052,8 @@ def _header(checks: list[Check], result: GateResult) -> tuple[int, int, int] | N
             best = i
     if best < 0:
         return None
-    return checks[best].limit, remaining[best], max(0, math.ceil(result.reset_ms[best] / 1000))
+    reset = -(-result.reset_ms[best] // 1000)  # whole seconds, rounded up
+    return checks[best].limit, remaining[best], reset if reset > 0 else 0
 
 
 def _window(d: Budget | Quota, prefix: str, limit: int, now: datetime, owner_tz: str) -> WindowRef | None:
@@ -1068,19 +1080,8 @@ _OUTPUT_BOUND = frozenset({"TOKENS", "TOKENS_OUT", "COST"})
 _UNBOUNDED = frozenset({"ERRORS", "LATENCY_MS"})  # quota metrics measured only after the call
 
 
-def _estimate(metric: str, est_in: int, out_tokens: int, worst: int) -> int:
-    """What a call reserves in a window of this metric (a budget's is "COST")."""
-    if metric == "REQUESTS":
-        return 1
-    if metric == "TOKENS":
-        return est_in + out_tokens
-    if metric == "TOKENS_IN":
-        return est_in
-    if metric == "TOKENS_OUT":
-        return out_tokens
-    if metric == "COST":
-        return worst
-    return 0  # ERRORS, LATENCY_MS: known only afterwards; blocked once used reaches the limit
+# a window's metric (a budget's is "COST") → its reservation among (0, 1, input + output, input, output, cost)
+_ESTIMATE = {"REQUESTS": 1, "TOKENS": 2, "TOKENS_IN": 3, "TOKENS_OUT": 4, "COST": 5}
 
 
 def _deny(held: Held, now: datetime) -> None:

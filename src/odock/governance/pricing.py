@@ -176,6 +176,8 @@ def worst_case_nanos(
     r = _rates(pricing)
     if r is None:
         return 0  # missing pricing: reserve nothing (reference §6.4 [INF]); usage is still recorded
-    cap = DEFAULT_MAX_TOKENS if max_tokens is None else max(0, max_tokens)
-    exact = max(0, input_tokens) * r.worst_input + cap * r.worst_output + max(0, images) * r.per_image
+    cap = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens if max_tokens > 0 else 0
+    exact = (input_tokens if input_tokens > 0 else 0) * r.worst_input + cap * r.worst_output
+    if images > 0:
+        exact += images * r.per_image
     return -(-exact // r.den)  # rounded up: a reservation never falls short
