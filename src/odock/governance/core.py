@@ -64,16 +64,25 @@ _CACHE_SIZE = 4096
 DECISIONS = metrics.RATELIMIT_DECISIONS
 ERRORS = metrics.GOVERNANCE_ERRORS
 
-# the decisions every admitted call counts, resolved once
-_EARLY_ALLOW = metrics.child(DECISIONS, "early", "allow")
-_FINAL_ALLOW = metrics.child(DECISIONS, "final", "allow")
-_BUDGET_RESERVED = metrics.child(DECISIONS, "budget", "reserved")
-_BUDGETS_RESERVED = metrics.child(metrics.BUDGET_DECISIONS, "reserved")
-_SETTLED = (metrics.child(DECISIONS, "settle", "settled"), metrics.child(metrics.BUDGET_DECISIONS, "settled"))
-_RELEASED = (
+# The decisions every admitted call counts, tallied in plain ints on the hot path (a Prometheus `inc` takes a lock
+# and ~0.3 µs; a call made six) and added to the counters by the background loop each flush interval and on close.
+_TALLIED = (
+    metrics.child(DECISIONS, "early", "allow"),
+    metrics.child(DECISIONS, "final", "allow"),
+    metrics.child(DECISIONS, "budget", "reserved"),
+    metrics.child(metrics.BUDGET_DECISIONS, "reserved"),
+    metrics.child(DECISIONS, "settle", "settled"),
+    metrics.child(metrics.BUDGET_DECISIONS, "settled"),
     metrics.child(DECISIONS, "settle", "released"),
     metrics.child(metrics.BUDGET_DECISIONS, "released"),
 )
+_EARLY_ALLOW, _FINAL_ALLOW, _RESERVED, _SETTLED, _RELEASED = (
+    0,
+    1,
+    2,
+    4,
+    6,
+)  # indexes; the last three are pairs
 
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
 
@@ -228,6 +237,7 @@ class Governance:
         self.definitions = _Definitions()
         self._reconcile_interval = reconcile_interval_s
         self._events: list[NewEvent] = []
+        self._tally = [0] * len(_TALLIED)  # decisions not yet added to their counters (see `_TALLIED`)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -332,7 +342,7 @@ class Governance:
             receipt.leases = [(limiter, key) for key in plan.lease_keys]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
-        _EARLY_ALLOW.inc()
+        self._tally[_EARLY_ALLOW] += 1
 
     async def final(self, ctx: CallContext) -> None:  # noqa: C901 - older than the complexity rule; to split
         """Run the final gate (model limits, caps, TPM) and reserve budgets and quotas."""
@@ -386,7 +396,7 @@ class Governance:
             header = _header(checks, result)
             if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
                 receipt.header = header
-        _FINAL_ALLOW.inc()
+        self._tally[_FINAL_ALLOW] += 1
         if plan is not None:
             await self._reserve(receipt, plan, reply)
             if plan.bounds_output:
@@ -409,8 +419,9 @@ class Governance:
             actual = self._actuals(ctx, receipt, cost_nanos)
             exceeded = self._exceeded(ctx, receipt, actual)
             used = await receipt.ledger.settle(receipt.reservation_id, actual)
-            for counter in _SETTLED if usage is not None else _RELEASED:
-                counter.inc()
+            pair = _SETTLED if usage is not None else _RELEASED
+            self._tally[pair] += 1
+            self._tally[pair + 1] += 1
             if used:
                 self._threshold_events(receipt, actual, used)
             for held, charged in exceeded:
@@ -845,8 +856,8 @@ class Governance:
             metrics.child(metrics.BUDGET_DECISIONS, "denied").inc()
             _deny(held[denied], now)
         receipt.ledger, receipt.reservation_id, receipt.held = ledger, reservation_id, held
-        _BUDGET_RESERVED.inc()
-        _BUDGETS_RESERVED.inc()
+        self._tally[_RESERVED] += 1
+        self._tally[_RESERVED + 1] += 1
 
     def _window(self, d: Budget | Quota, prefix: str, limit: int, now: datetime, tz: str) -> WindowRef | None:
         """The definition's current window, computed once per period (definitions are replaced, not mutated)."""
@@ -1000,7 +1011,16 @@ class Governance:
                 self._events = batch + self._events
                 raise
 
+    def flush_tally(self) -> None:
+        """Add the tallied decisions to their Prometheus counters."""
+        tally = self._tally
+        for i, n in enumerate(tally):
+            if n:
+                tally[i] = 0
+                _TALLIED[i].inc(n)
+
     async def _flush(self) -> None:
+        self.flush_tally()
         await self.local_ledger.flush()
         await self._flush_events()
 
