@@ -88,14 +88,18 @@ _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API
 
 
 @dataclass(slots=True)
-class Held:
-    """One budget/quota window held by a call, with how its actual amount is measured."""
+class Held(Item):
+    """One budget/quota window held by a call (the item reserved in it), with how its actual amount is measured."""
 
-    item: Item
     definition: Budget | Quota
     # whether the reservation bounds the charge (not an ERRORS or LATENCY_MS quota: known only afterwards,
     # reserved 0 by design)
     bounded: bool = True
+
+    @property
+    def item(self) -> Item:
+        """The item reserved (the held window itself: one object per window, not two)."""
+        return self
 
 
 def _token() -> str:
@@ -134,7 +138,6 @@ class _Plan:
     reservation_id: str
     held: list[Held]
     now: datetime
-    items: list[Item]  # the held windows' items, in order
     bounds_output: bool  # whether a held window's reservation depends on the output cap
 
 
@@ -147,6 +150,7 @@ class _Scopes:
     scopes: list[tuple[str, str, Limits]]
     ip: list[tuple[str, Limits]]  # the non-global scopes with IP rules
     static: list[tuple[str, Limits]]  # the scopes with a payload or max_tokens cap
+    tightest: tuple[int, int]  # their smallest payload and max_tokens caps (0: none): below both, all pass
     checks: list[Check]  # the early gate's
     lease_keys: list[str]  # the keys of its concurrency leases
     owners: list[tuple[str, str, str]]  # budget/quota owners, enforcement order: (type, id, time zone)
@@ -163,6 +167,7 @@ class _ModelScopes:
     records: tuple[_Scopes, Any]
     model_limits: Limits
     static: list[tuple[str, Limits]]  # every scope with a payload or max_tokens cap, the model's included
+    tightest: tuple[int, int]
     caps: list[int]  # the scopes' max_tokens
     checks: list[Check]  # the model's request checks
     tpm: list[tuple[str, str, int]]  # (scope, counter key, limit) of every scope with a TPM limit
@@ -333,8 +338,9 @@ class Governance:
                     raise TooManyRequests(
                         "client IP is not allowed", "ip_not_allowed", extra={"scope": scope, "limit": reason}
                     )
-        for scope, limits in plan.static:
-            self._static_checks(scope, limits, ctx)
+        if plan.static and _over(plan.tightest, ctx):
+            for scope, limits in plan.static:
+                self._static_checks(scope, limits, ctx)
         checks = plan.checks
         if checks:
             result, limiter = await self._gate(checks, receipt.token)
@@ -361,8 +367,9 @@ class Governance:
                 caps = [*caps, extra[2].max_tokens]
             if extra[2].tpm:
                 tpm = [*tpm, (extra[0], f"{extra[0]}:{extra[1]}:tpm2", extra[2].tpm)]
-        for scope, limits in static:
-            self._static_checks(scope, limits, ctx)
+        if static and (extra is not None or _over(plan_m.tightest, ctx)):
+            for scope, limits in static:
+                self._static_checks(scope, limits, ctx)
         choices = ctx.prompt.choices if ctx.prompt is not None else 1
         cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
         if ctx.output == "none":
@@ -426,7 +433,7 @@ class Governance:
                 self._threshold_events(receipt, actual, used)
             for held, charged in exceeded:
                 if isinstance(held.definition, Budget):
-                    self._overspend_event(ctx, held, charged, (used or {}).get(held.item.ref.key, 0))
+                    self._overspend_event(ctx, held, charged, (used or {}).get(held.ref.key, 0))
         except Exception:
             metrics.child(ERRORS, "settle").inc()
             log.warning("budget settle failed (reconciliation will release it)", exc_info=True)
@@ -515,14 +522,14 @@ class Governance:
             for budget in defs.budgets.get((owner_type, owner_id), ()):
                 ref = self._window(budget, "b", budget.amount_nanos, now, tz)
                 if ref is not None:
-                    held.append(Held(Item(ref, 0), budget))
+                    held.append(Held(ref, 0, budget))
             for quota in defs.quotas.get((owner_type, owner_id), ()):
                 ref = self._window(quota, "q", quota.limit, now, tz)
                 if ref is not None:
-                    held.append(Held(Item(ref, 0), quota))
+                    held.append(Held(ref, 0, quota))
         for entry in held:
-            used, reserved = await self._window_totals(entry.item.ref)
-            if used + reserved >= entry.item.ref.limit:
+            used, reserved = await self._window_totals(entry.ref)
+            if used + reserved >= entry.ref.limit:
                 metrics.child(DECISIONS, "budget", "deny").inc()
                 _deny(entry, now)
 
@@ -586,6 +593,9 @@ class Governance:
                     checks.append(self._lease(scope, ident, limits))
             else:
                 checks += self._build_request_checks(scope, ident, limits, leases=True)
+        static = [
+            (scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens
+        ]
         plan = _Scopes(
             (org, team, key),
             scopes,
@@ -594,7 +604,8 @@ class Governance:
                 for scope, _, limits in scopes
                 if scope != GLOBAL and (limits.allow or limits.block)
             ],
-            [(scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens],
+            static,
+            _tightest(static),
             checks,
             [c.key for c in checks if c.kind == "L"],
             self._owners(ctx),
@@ -616,10 +627,14 @@ class Governance:
         if model is not None:
             scopes.append((MODEL, model.id, model_limits))
             checks = self._build_request_checks(MODEL, model.id, model_limits, leases=True)
+        static = [
+            (scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens
+        ]
         plan = _ModelScopes(
             (base, model),
             model_limits,
-            [(scope, limits) for scope, _, limits in scopes if limits.max_request_bytes or limits.max_tokens],
+            static,
+            _tightest(static),
             [limits.max_tokens for _, _, limits in scopes if limits.max_tokens],
             checks,
             # "2": the Redis hash also holds a running total
@@ -793,7 +808,6 @@ class Governance:
         else:
             worst = pricing.worst_case_nanos(model_pricing, est_in, out_tokens, images=images)
         held: list[Held] = []
-        items: list[Item] = []
         bounds_output = False
         # what a window reserves, by metric (`_ESTIMATE`): ERRORS and LATENCY_MS are known only afterwards (0:
         # blocked once used reaches the limit)
@@ -801,15 +815,13 @@ class Governance:
         for d, prefix, limit, tz, metric in entries:
             ref = self._window(d, prefix, limit, now, tz)
             if ref is not None:
-                item = Item(ref, estimates[_ESTIMATE.get(metric, 0)])
-                held.append(Held(item, d, metric not in _UNBOUNDED))
-                items.append(item)
+                held.append(Held(ref, estimates[_ESTIMATE.get(metric, 0)], d, metric not in _UNBOUNDED))
                 # budgets, token and cost quotas reserve an amount that depends on the output cap
                 bounds_output = bounds_output or metric in _OUTPUT_BOUND
         if not held:
             return None
         # id bounded: fits the ledger column
-        return _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now, items, bounds_output)
+        return _Plan(f"{ctx.request_id[:64]}/{receipt.token}", held, now, bounds_output)
 
     async def _gate_and_reserve(
         self, checks: list[Check], token: str, plan: _Plan
@@ -819,7 +831,7 @@ class Governance:
         assert limiter is not None and ledger is not None and runner is not None
         try:
             gate_reply, reserve_reply = await runner.run_many(
-                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.items)]
+                [limiter.gate_call(checks, token), ledger.reserve_call(plan.reservation_id, plan.held)]
             )
         except _REDIS_ERRORS:
             # one at a time instead: that path applies the fail-open/fail-closed policy
@@ -835,7 +847,8 @@ class Governance:
         return result, limiter, reserve_reply
 
     async def _reserve(self, receipt: Receipt, plan: _Plan, reply: Any = None) -> None:
-        reservation_id, held, now, items = plan.reservation_id, plan.held, plan.now, plan.items
+        reservation_id, held, now = plan.reservation_id, plan.held, plan.now
+        items = held  # a held window is the item reserved in it
         ledger: LocalLedger | RedisLedger = self.redis_ledger or self.local_ledger
         try:
             if isinstance(ledger, RedisLedger):
@@ -921,7 +934,7 @@ class Governance:
             else:  # TOKENS_OUT
                 amount = usage.output_tokens
             # a charge never credits a window (usage is clamped before this; a negative cost is not a refund)
-            key = h.item.ref.key
+            key = h.ref.key
             actual[key] = actual.get(key, 0) + amount if amount > 0 else actual.get(key, 0)
         return actual, timed
 
@@ -933,7 +946,7 @@ class Governance:
             return False
         actual = self._actuals(ctx, receipt, cost_nanos)
         for h in receipt.held:  # noqa: SIM110 - a loop: no generator object per call
-            if h.bounded and actual.get(h.item.ref.key, 0) > h.item.amount:
+            if h.bounded and actual.get(h.ref.key, 0) > h.amount:
                 return True
         return False
 
@@ -945,8 +958,8 @@ class Governance:
         for h in receipt.held:
             if not h.bounded:
                 continue  # known only afterwards: reserved 0 by design
-            charged = actual.get(h.item.ref.key, 0)
-            if charged <= h.item.amount:
+            charged = actual.get(h.ref.key, 0)
+            if charged <= h.amount:
                 continue
             d = h.definition
             kind = "budget" if isinstance(d, Budget) else "quota"
@@ -956,7 +969,7 @@ class Governance:
                 kind,
                 d.id,
                 charged,
-                h.item.amount,
+                h.amount,
                 extra={"request_id": ctx.request_id},
             )
             exceeded.append((h, charged))
@@ -971,13 +984,13 @@ class Governance:
         self._events.append(
             NewEvent(
                 d.id,
-                held.item.ref.key,
+                held.ref.key,
                 percent,
                 used,
                 d.amount_nanos,
                 kind="overspend",
                 request_id=ctx.request_id[:128],
-                reserved=held.item.amount,
+                reserved=held.amount,
                 charged=charged,
             )
         )
@@ -985,7 +998,7 @@ class Governance:
     def _threshold_events(self, receipt: Receipt, actual: dict[str, int], used: dict[str, int]) -> None:
         for h in receipt.held:
             d = h.definition
-            key = h.item.ref.key
+            key = h.ref.key
             if not isinstance(d, Budget) or key not in used or d.amount_nanos <= 0:
                 continue
             after = used[key]
@@ -1062,6 +1075,21 @@ class Governance:
                 next_reconcile = now + self._reconcile_interval
 
 
+def _tightest(static: list[tuple[str, Limits]]) -> tuple[int, int]:
+    payload = [limits.max_request_bytes for _, limits in static if limits.max_request_bytes]
+    tokens = [limits.max_tokens for _, limits in static if limits.max_tokens]
+    return min(payload, default=0), min(tokens, default=0)
+
+
+def _over(tightest: tuple[int, int], ctx: CallContext) -> bool:
+    """Whether the call exceeds one of the tightest caps (then each scope is checked, in order, for its error)."""
+    payload, tokens = tightest
+    return bool(
+        (payload and ctx.body_bytes > payload)
+        or (tokens and ctx.max_tokens is not None and ctx.max_tokens > tokens)
+    )
+
+
 def _header(checks: list[Check], result: GateResult) -> tuple[int, int, int] | None:
     """(limit, remaining, reset seconds) of the request window with the least left."""
     best = -1
@@ -1107,7 +1135,7 @@ _ESTIMATE = {"REQUESTS": 1, "TOKENS": 2, "TOKENS_IN": 3, "TOKENS_OUT": 4, "COST"
 def _deny(held: Held, now: datetime) -> None:
     d = held.definition
     owner = _OWNER_SCOPE.get(d.owner_type, d.owner_type.lower())
-    retry = max(1, math.ceil((held.item.ref.end - now).total_seconds()))
+    retry = max(1, math.ceil((held.ref.end - now).total_seconds()))
     if isinstance(d, Budget):
         error: GatewayError = PaymentRequired(
             f"budget '{d.name}' exceeded for this {d.period.lower()} window",
