@@ -245,6 +245,9 @@ class LocalLimiter:
         # neither scans nor sums the minute's buckets
         self._tokens: dict[str, dict[int, int]] = {}
         self._token_totals: dict[str, int] = {}
+        self._expired_at: dict[
+            str, int
+        ] = {}  # per TPM window: the second its old buckets were last dropped at
 
     async def gate(self, checks: list[Check], token: str) -> GateResult:
         """Check and apply every limit; no await inside, so concurrent calls cannot interleave."""
@@ -258,6 +261,7 @@ class LocalLimiter:
         # what the check pass found, per check, for the apply pass (no second lookup, no allocation on a hit)
         found: list[Any] = []
         logs, all_leases, buckets_of, tokens_of = self._logs, self._leases, self._buckets, self._tokens
+        expired_at = self._expired_at
         for i, c in enumerate(checks):
             kind, limit, param = c.kind, c.limit, c.param
             if kind == "W":
@@ -302,7 +306,12 @@ class LocalLimiter:
                 buckets = tokens_of.get(c.key)
                 if buckets is None:
                     buckets = tokens_of[c.key] = {}
-                total = self._expire_tokens(c.key, buckets, sec)
+                # seconds leave the minute only when the second changes: expired once per second and key
+                if expired_at.get(c.key) == sec:
+                    total = self._token_totals.get(c.key, 0)
+                else:
+                    total = self._expire_tokens(c.key, buckets, sec)
+                    expired_at[c.key] = sec
                 amount = int(param)
                 if total + amount > limit:
                     retry = 60000
@@ -376,6 +385,7 @@ class LocalLimiter:
             if not tokens or max(tokens) <= now // 1000 - 60:
                 del self._tokens[key]
                 self._token_totals.pop(key, None)
+                self._expired_at.pop(key, None)
         for key, state in list(self._buckets.items()):
             if state[1] <= now - 3_600_000:
                 del self._buckets[key]
