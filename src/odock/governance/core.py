@@ -222,7 +222,8 @@ class Governance:
         # per-call work that only changes with the policy or the period: built once, reused (bounded caches)
         self._checks: dict[tuple[str, str, int, bool], tuple[Limits, list[Check]]] = {}
         self._scope_plans: dict[tuple[int, int, int], _Scopes] = {}
-        self._marks: dict[int, tuple[Budget, list[int]]] = {}  # a budget's thresholds, sorted once
+        # a budget's thresholds, sorted, with the amount each marks: computed once
+        self._marks: dict[int, tuple[Budget, list[tuple[int, float]]]] = {}
         self._model_plans: dict[tuple[int, int], _ModelScopes] = {}
         self._windows: dict[tuple[int, str], tuple[Budget | Quota, WindowRef, datetime, datetime]] = {}
         self.global_limits = parse_policy(settings.ratelimit_global_policy)
@@ -1009,9 +1010,11 @@ class Governance:
             if marks is None or marks[0] is not d:
                 if len(self._marks) >= _CACHE_SIZE:
                     self._marks.clear()
-                marks = self._marks[id(d)] = (d, sorted(set(d.thresholds)))
-            for threshold in marks[1]:
-                mark = d.amount_nanos * threshold / 100
+                marks = self._marks[id(d)] = (
+                    d,
+                    [(t, d.amount_nanos * t / 100) for t in sorted(set(d.thresholds))],
+                )
+            for threshold, mark in marks[1]:
                 if before < mark <= after:
                     self._events.append(NewEvent(d.id, key, threshold, after, d.amount_nanos))
 
