@@ -125,6 +125,7 @@ class Receipt:
     done: bool = False
     # the last `_actuals` answer and what it was computed from (compared by identity)
     actual_memo: tuple[tuple[Any, ...], dict[str, int]] | None = None
+    scopes: _Scopes | None = None  # the caller's scope plan, found once per call
 
     @property
     def reserved_tokens(self) -> int:
@@ -329,7 +330,7 @@ class Governance:
     async def early(self, ctx: CallContext) -> None:
         """Run the early gate: IP rules, payload, max_tokens, concurrency, burst, RPS, RPM."""
         receipt = Receipt(ctx.request_id, _token())
-        plan = self._scopes_of(ctx)
+        plan = receipt.scopes = self._scopes_of(ctx)
         if plan.ip:
             address = parse_ip(ctx.client_ip)
             for scope, limits in plan.ip:
@@ -581,6 +582,11 @@ class Governance:
     def _scopes_of(self, ctx: CallContext) -> _Scopes:
         """The caller's scope plan, from the cache while its organisation, team and key records are the same."""
         org, team, key = ctx.organisation, ctx.team, ctx.key
+        receipt = ctx.governance
+        if isinstance(receipt, Receipt) and receipt.scopes is not None:
+            records = receipt.scopes.records
+            if records[0] is org and records[1] is team and records[2] is key:
+                return receipt.scopes
         hit = self._scope_plans.get((id(org), id(team), id(key)))
         if hit is not None:
             records = hit.records
