@@ -76,13 +76,12 @@ _TALLIED = (
     metrics.child(DECISIONS, "settle", "released"),
     metrics.child(metrics.BUDGET_DECISIONS, "released"),
 )
-_EARLY_ALLOW, _FINAL_ALLOW, _RESERVED, _SETTLED, _RELEASED = (
-    0,
-    1,
-    2,
-    4,
-    6,
-)  # indexes; the last three are pairs
+# indexes into `_TALLIED`; reserved, settled and released are pairs (the gate's counter, then the budget's)
+_EARLY_ALLOW = 0
+_FINAL_ALLOW = 1
+_RESERVED = 2
+_SETTLED = 4
+_RELEASED = 6
 
 _OWNER_SCOPE = {"ORG": ORGANISATION, "TEAM": TEAM, "USER": "user", "APIKEY": API_KEY}
 
