@@ -382,3 +382,43 @@ async def test_window_is_computed_once_per_period(embedded: Governance) -> None:
     wider = Budget(id="b1", name="b", owner_type="APIKEY", owner_id=KEY_ID, period="DAILY", amount_nanos=10)
     day = embedded._window(wider, "b", 10, jan, "UTC")
     assert day is not None and day.end.day == 21
+
+
+async def test_decisions_reach_their_counters_by_the_next_flush(tmp_path: Path) -> None:
+    """Admitted calls' decisions are tallied on the hot path and added to the Prometheus counters by the background
+    loop within a flush interval (and on close): each admitted, reserved and settled call is counted once."""
+
+    def counts() -> tuple[float, ...]:
+        value = metrics.REGISTRY.get_sample_value
+        return tuple(
+            value(name, labels) or 0.0
+            for name, labels in (
+                ("gateway_ratelimit_decisions_total", {"ratelimit_stage": "early", "decision": "allow"}),
+                ("gateway_ratelimit_decisions_total", {"ratelimit_stage": "final", "decision": "allow"}),
+                ("gateway_budget_decisions_total", {"decision": "reserved"}),
+                ("gateway_budget_decisions_total", {"decision": "settled"}),
+                ("gateway_budget_decisions_total", {"decision": "released"}),
+            )
+        )
+
+    gov = await open_embedded(tmp_path, usage_flush_interval_s=0.05)
+    try:
+        await add_budget(gov, 10 * WORST)
+        before = counts()
+        for settled in (True, True, False):
+            ctx = make_ctx()
+            await gov.early(ctx)
+            await gov.final(ctx)
+            ctx.usage = Usage(input_tokens=10, output_tokens=10) if settled else None
+            await gov.complete(ctx, None)
+        expected = [3, 3, 3, 2, 1]
+        for _ in range(100):  # the background loop adds them within its interval
+            if [a - b for a, b in zip(counts(), before, strict=True)] == expected:
+                break
+            await asyncio.sleep(0.02)
+        assert [a - b for a, b in zip(counts(), before, strict=True)] == expected
+        ctx = make_ctx()
+        await gov.early(ctx)
+    finally:
+        await gov.close()
+    assert counts()[0] - before[0] == 4  # tallied just before close: added by close

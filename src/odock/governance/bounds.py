@@ -39,6 +39,7 @@ DEFAULT_IMAGE_OUTPUT_TOKENS = 6_240
 #   gemini     4,128 — 258 tokens per 768×768 tile, images scaled into 3072×3072: at most 16 tiles.
 #   vllm       16,384 — self-hosted vision models differ (Qwen2-VL's default ceiling is 16,384 per image).
 IMAGE_TOKENS = {"openai": 48_169, "anthropic": 1_600, "gemini": 4_128, "vllm": 16_384}
+_MOST_IMAGE_TOKENS = max(IMAGE_TOKENS.values())  # an unknown family
 
 
 def configured(model: ModelRecord | None, key: str) -> int | None:
@@ -53,7 +54,7 @@ def image_tokens(model: ModelRecord | None, provider_type: str | None) -> int:
     """Input tokens one image part can cost on this model."""
     entry = PROVIDERS.get(provider_type or "")
     family = entry.family if entry is not None else ""
-    return configured(model, "image_tokens") or IMAGE_TOKENS.get(family, max(IMAGE_TOKENS.values()))
+    return configured(model, "image_tokens") or IMAGE_TOKENS.get(family, _MOST_IMAGE_TOKENS)
 
 
 def input_bound(prompt: PromptShape, model: ModelRecord | None, provider_type: str | None) -> int:
@@ -61,19 +62,21 @@ def input_bound(prompt: PromptShape, model: ModelRecord | None, provider_type: s
     window = configured(model, "context_window") or DEFAULT_CONTEXT_WINDOW
     if prompt.hidden:
         return window
-    bound = prompt.size + prompt.images * image_tokens(model, provider_type)
+    bound = prompt.size
+    if prompt.images:
+        bound += prompt.images * image_tokens(model, provider_type)
     if prompt.files:
         bound += prompt.files * (configured(model, "file_tokens") or window)
     if prompt.tools:
         bound += configured(model, "tool_overhead_tokens") or DEFAULT_TOOL_OVERHEAD_TOKENS
-    return min(bound, window)
+    return bound if bound < window else window
 
 
 def output_cap(requested: int | None, policy_caps: list[int], model: ModelRecord | None) -> tuple[int, bool]:
     """The output cap per choice, and whether the gateway chose it (the request named none)."""
     model_max = configured(model, "max_output_tokens")
     if requested is not None and requested > 0:
-        return (min(requested, model_max) if model_max else requested), False
+        return (model_max if model_max and model_max < requested else requested), False
     candidates = [*policy_caps, *([model_max] if model_max else [])]
     return (min(candidates) if candidates else DEFAULT_MAX_TOKENS), True
 

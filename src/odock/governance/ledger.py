@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,7 +101,7 @@ class LocalLedger:
             for ref, value in zip(refs, used, strict=True):
                 self._windows.setdefault(ref.key, _Window(value, 0, ref.end.timestamp()))
 
-    async def reserve(self, reservation_id: str, items: list[Item]) -> int:
+    async def reserve(self, reservation_id: str, items: Sequence[Item]) -> int:
         """Reserve every item or none; return -1 when admitted, else the index of the first full window."""
         missing = [i.ref for i in items if i.ref.key not in self._windows]
         if missing:
@@ -130,7 +131,8 @@ class LocalLedger:
             w = self._windows.get(key)
             amount = actual.get(key, 0)
             if w is not None:
-                w.reserved = max(0, w.reserved - estimate)
+                left = w.reserved - estimate
+                w.reserved = left if left > 0 else 0
                 w.used += amount
                 result[key] = w.used
             if amount:
@@ -325,7 +327,9 @@ class RedisLedger:
             args += [value, int(ref.end.timestamp() * 1000) + _WINDOW_GRACE_MS]
         await self._runner.run(_INIT, [self.window_key(ref.key) for ref in refs], args)
 
-    def reserve_call(self, reservation_id: str, items: list[Item]) -> tuple[LuaScript, list[str], list[Any]]:
+    def reserve_call(
+        self, reservation_id: str, items: Sequence[Item]
+    ) -> tuple[LuaScript, list[str], list[Any]]:
         """The reserve as a script call, for a caller sending it together with others (`run_many`)."""
         keys = [self._reservation_key(reservation_id), self._expiry_key]
         keys += [self.window_key(i.ref.key) for i in items]
@@ -344,7 +348,7 @@ class RedisLedger:
             return int(reply[1]) - 1
         return None
 
-    async def reserve(self, reservation_id: str, items: list[Item], reply: Any = None) -> int:
+    async def reserve(self, reservation_id: str, items: Sequence[Item], reply: Any = None) -> int:
         """Reserve every item or none in one script; return -1 when admitted, else the first full window.
 
         `reply`: the reply of a `reserve_call` already sent (only its missing windows are left to handle)."""

@@ -29,9 +29,11 @@ from odock.governance.resp import LuaScript, ScriptRunner
 Kind = Literal["W", "B", "L", "T"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Check:
-    """One limit of one scope instance."""
+    """One limit of one scope instance. Never changed once built (cached lists share them); not frozen because
+    a frozen dataclass's constructor costs a `object.__setattr__` per field, and the final gate builds some per
+    call."""
 
     kind: Kind
     key: str  # "<scope>:<id>:<limit>", prefixed by the backend
@@ -244,6 +246,9 @@ class LocalLimiter:
         # neither scans nor sums the minute's buckets
         self._tokens: dict[str, dict[int, int]] = {}
         self._token_totals: dict[str, int] = {}
+        self._expired_at: dict[
+            str, int
+        ] = {}  # per TPM window: the second its old buckets were last dropped at
 
     async def gate(self, checks: list[Check], token: str) -> GateResult:
         """Check and apply every limit; no await inside, so concurrent calls cannot interleave."""
@@ -254,65 +259,87 @@ class LocalLimiter:
         sec = now // 1000
         remaining: list[int] = []
         reset: list[int] = []
-        bucket_levels: dict[int, float] = {}
+        # what the check pass found, per check, for the apply pass (no second lookup, no allocation on a hit)
+        found: list[Any] = []
+        logs, all_leases, buckets_of, tokens_of = self._logs, self._leases, self._buckets, self._tokens
+        expired_at = self._expired_at
         for i, c in enumerate(checks):
-            if c.kind == "W":
-                log = self._logs.setdefault(c.key, deque())
-                while log and log[0] <= now - c.param:
+            kind, limit, param = c.kind, c.limit, c.param
+            if kind == "W":
+                log = logs.get(c.key)
+                if log is None:
+                    log = logs[c.key] = deque()
+                edge = now - param
+                while log and log[0] <= edge:
                     log.popleft()
-                free_at = int(log[0] + c.param - now) if log else int(c.param)
-                if len(log) >= c.limit:
+                n = len(log)
+                free_at = int(log[0] + param - now) if n else int(param)
+                if n >= limit:
                     return GateResult(False, now, i, free_at)
-                remaining.append(c.limit - len(log) - 1)
+                remaining.append(limit - n - 1)
                 reset.append(free_at)
-            elif c.kind == "L":
-                leases = self._leases.setdefault(c.key, {})
-                if len(leases) >= c.limit:
+                found.append(log)
+            elif kind == "L":
+                leases = all_leases.get(c.key)
+                if leases is None:
+                    leases = all_leases[c.key] = {}
+                if len(leases) >= limit:
                     # leases of calls that died without a post-flight expire; looked for only when they matter
                     for held, expiry in list(leases.items()):
                         if expiry <= now:
                             del leases[held]
-                if len(leases) >= c.limit:
-                    return GateResult(False, now, i, 1000)
-                remaining.append(c.limit - len(leases) - 1)
+                    if len(leases) >= limit:
+                        return GateResult(False, now, i, 1000)
+                remaining.append(limit - len(leases) - 1)
                 reset.append(0)
-            elif c.kind == "B":
-                state = self._buckets.get(c.key)
-                level = float(c.limit)
+                found.append(leases)
+            elif kind == "B":
+                state = buckets_of.get(c.key)
+                level = float(limit)
                 if state is not None:
-                    level = min(float(c.limit), state[0] + (now - state[1]) * c.param / 1000)
+                    level = min(level, state[0] + (now - state[1]) * param / 1000)
                 if level < 1:
-                    return GateResult(False, now, i, math.ceil((1 - level) * 1000 / c.param))
-                bucket_levels[i] = level
+                    return GateResult(False, now, i, math.ceil((1 - level) * 1000 / param))
                 remaining.append(math.floor(level - 1))
-                reset.append(math.ceil((c.limit - level + 1) * 1000 / c.param))
+                reset.append(math.ceil((limit - level + 1) * 1000 / param))
+                found.append(level)
             else:  # "T"
-                buckets = self._tokens.setdefault(c.key, {})
-                total = self._expire_tokens(c.key, buckets, sec)
-                amount = int(c.param)
-                if total + amount > c.limit:
+                buckets = tokens_of.get(c.key)
+                if buckets is None:
+                    buckets = tokens_of[c.key] = {}
+                # seconds leave the minute only when the second changes: expired once per second and key
+                if expired_at.get(c.key) == sec:
+                    total = self._token_totals.get(c.key, 0)
+                else:
+                    total = self._expire_tokens(c.key, buckets, sec)
+                    expired_at[c.key] = sec
+                amount = int(param)
+                if total + amount > limit:
                     retry = 60000
-                    if amount <= c.limit:
+                    if amount <= limit:
                         freed = 0
                         for s in sorted(buckets):
                             freed += buckets[s]
-                            if total - freed + amount <= c.limit:
+                            if total - freed + amount <= limit:
                                 retry = (s + 60) * 1000 - now
                                 break
                     return GateResult(False, now, i, retry)
-                remaining.append(c.limit - total - amount)
+                remaining.append(limit - total - amount)
                 reset.append(60000)
-        for i, c in enumerate(checks):
-            if c.kind == "W":
-                self._logs[c.key].append(now)
-            elif c.kind == "L":
-                self._leases[c.key][token] = now + int(c.param)
-            elif c.kind == "B":
-                self._buckets[c.key] = [bucket_levels[i] - 1, float(now)]
+                found.append(buckets)
+        totals = self._token_totals
+        for c, state in zip(checks, found, strict=True):
+            kind = c.kind
+            if kind == "W":
+                state.append(now)
+            elif kind == "L":
+                state[token] = now + int(c.param)
+            elif kind == "B":
+                buckets_of[c.key] = [state - 1, float(now)]
             elif c.param > 0:
-                buckets = self._tokens[c.key]
-                buckets[sec] = buckets.get(sec, 0) + int(c.param)
-                self._token_totals[c.key] = self._token_totals.get(c.key, 0) + int(c.param)
+                amount = int(c.param)
+                state[sec] = state.get(sec, 0) + amount
+                totals[c.key] = totals.get(c.key, 0) + amount
         return GateResult(True, now, remaining=remaining, reset_ms=reset)
 
     def _expire_tokens(self, key: str, buckets: dict[int, int], sec: int) -> int:
@@ -337,7 +364,9 @@ class LocalLimiter:
         for key, second, amount in refunds:
             buckets = self._tokens.get(key)
             if buckets is not None and second in buckets:
-                kept = max(0, buckets[second] - amount)
+                kept = buckets[second] - amount
+                if kept < 0:
+                    kept = 0
                 self._token_totals[key] = self._token_totals.get(key, 0) + kept - buckets[second]
                 buckets[second] = kept
 
@@ -357,6 +386,7 @@ class LocalLimiter:
             if not tokens or max(tokens) <= now // 1000 - 60:
                 del self._tokens[key]
                 self._token_totals.pop(key, None)
+                self._expired_at.pop(key, None)
         for key, state in list(self._buckets.items()):
             if state[1] <= now - 3_600_000:
                 del self._buckets[key]

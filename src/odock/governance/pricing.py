@@ -16,15 +16,13 @@ tokens fall back to the `input` rate when their own rate is absent.
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from odock.model import Usage
 
 NANOS_PER_USD = 1_000_000_000
-# USD per 1M tokens → nanos per token is rate × 1e9 / 1e6
-_PER_TOKEN = Decimal(1000)
-_NANOS = Decimal(NANOS_PER_USD)
 # Worst-case output when the request gives no max_tokens and the model config no `max_output_tokens`.
 DEFAULT_MAX_TOKENS = 4096
 
@@ -76,50 +74,97 @@ def normalize_pricing(pricing: dict[str, Any] | None) -> dict[str, Decimal]:
     return rates
 
 
+@dataclass(frozen=True, slots=True)
+class _Scaled:
+    """A pricing's rates as integers over one power-of-ten denominator (exact: rates are finite decimals), with
+    the fallbacks resolved, so pricing a call is a few integer multiplications instead of Decimal arithmetic."""
+
+    den: int
+    input: int  # nanos per token × den
+    output: int
+    cached_input: int
+    cache_write: int
+    reasoning: int
+    per_image: int  # nanos per item × den
+    per_unit: int
+    worst_input: int  # the dearest input rate, the dearest output rate
+    worst_output: int
+
+
+def _scale(rates: dict[str, Decimal]) -> _Scaled:
+    # nanos per token = USD per 1M × 10^3, nanos per item = USD × 10^9: the denominator makes both whole numbers
+    shift = max([0] + [-(int(r.as_tuple().exponent) + 3) for r in rates.values()])
+
+    def whole(rate: Decimal | None, power: int) -> int:
+        # rate × 10^(power + shift) from its digits: exact, whatever their number (no context rounding)
+        if rate is None:
+            return 0
+        sign, digits, exponent = rate.as_tuple()
+        # the shift makes the power of ten non-negative for every rate: an int, never a float
+        value = int("".join(map(str, digits)) or "0") * int(10 ** (int(exponent) + power + shift))
+        return -value if sign else value
+
+    def tok(key: str) -> int:
+        return whole(rates.get(key), 3)
+
+    input_rate = tok("input")
+    output_rate = tok("output")
+    cached, write, reasoning = tok("cached_input"), tok("cache_write"), tok("reasoning")
+    return _Scaled(
+        10**shift,
+        input_rate,
+        output_rate,
+        cached if "cached_input" in rates else input_rate,
+        write if "cache_write" in rates else input_rate,
+        reasoning if "reasoning" in rates else output_rate,
+        whole(rates.get("per_image"), 9),
+        whole(rates.get("per_unit"), 9),
+        max(input_rate, write, cached),
+        max(output_rate, reasoning),
+    )
+
+
 # parsed rates per pricing dict: every call prices with its model's dict, which the catalogue caches and replaces
 # (never mutates); the dict is held so its id() cannot be reused while cached
-_RATES: dict[int, tuple[dict[str, Any], dict[str, Decimal]]] = {}
+_RATES: dict[int, tuple[dict[str, Any], _Scaled | None]] = {}
 _RATES_SIZE = 1024
 
 
-def _rates(pricing: dict[str, Any] | None) -> dict[str, Decimal]:
+def _rates(pricing: dict[str, Any] | None) -> _Scaled | None:
     if not pricing:
-        return {}
+        return None
     hit = _RATES.get(id(pricing))
     if hit is not None and hit[0] is pricing:
         return hit[1]
     rates = normalize_pricing(pricing)
+    scaled = _scale(rates) if rates else None
     if len(_RATES) >= _RATES_SIZE:
         _RATES.clear()
-    _RATES[id(pricing)] = (pricing, rates)
-    return rates
-
-
-def _exact(rates: dict[str, Decimal], usage: Usage, images: int, units: int) -> Decimal:
-    zero = Decimal(0)
-    input_rate = rates.get("input", zero)
-    output_rate = rates.get("output", zero)
-    reasoning_rate = rates.get("reasoning", output_rate)
-    reasoning = max(0, min(usage.reasoning_tokens, usage.output_tokens))
-    per_million = (
-        usage.input_tokens * input_rate
-        + usage.cached_input_tokens * rates.get("cached_input", input_rate)
-        + usage.cache_write_tokens * rates.get("cache_write", input_rate)
-        + (usage.output_tokens - reasoning) * output_rate
-        + reasoning * reasoning_rate
-    )
-    per_item = images * rates.get("per_image", zero) + units * rates.get("per_unit", zero)
-    return per_million * _PER_TOKEN + per_item * _NANOS
+    _RATES[id(pricing)] = (pricing, scaled)
+    return scaled
 
 
 def cost_nanos(
     pricing: dict[str, Any] | None, usage: Usage, *, images: int = 0, units: int = 0
 ) -> int | None:
     """Return the exact cost of `usage` in nanos USD, or None when the model has no usable pricing."""
-    rates = _rates(pricing)
-    if not rates:
+    r = _rates(pricing)
+    if r is None:
         return None
-    return int(_exact(rates, usage, images, units).to_integral_value(rounding=ROUND_HALF_UP))
+    reasoning = max(0, min(usage.reasoning_tokens, usage.output_tokens))
+    exact = (
+        usage.input_tokens * r.input
+        + usage.cached_input_tokens * r.cached_input
+        + usage.cache_write_tokens * r.cache_write
+        + (usage.output_tokens - reasoning) * r.output
+        + reasoning * r.reasoning
+        + images * r.per_image
+        + units * r.per_unit
+    )
+    # rounded once, half-up (away from zero), like Decimal's ROUND_HALF_UP
+    if exact >= 0:
+        return (2 * exact + r.den) // (2 * r.den)
+    return -((-2 * exact + r.den) // (2 * r.den))
 
 
 def worst_case_nanos(
@@ -128,15 +173,11 @@ def worst_case_nanos(
     """Return the most a call can cost: all input at the dearest input rate (input, cache write or cached read:
     a cache write may cost more than input), `max_tokens` at the dearest output rate (None: the default cap;
     0: no output), and `images` generated images at the `per_image` price."""
-    rates = _rates(pricing)
-    if not rates:
+    r = _rates(pricing)
+    if r is None:
         return 0  # missing pricing: reserve nothing (reference §6.4 [INF]); usage is still recorded
-    cap = DEFAULT_MAX_TOKENS if max_tokens is None else max(0, max_tokens)
-    zero = Decimal(0)
-    input_rate = max(
-        rates.get("input", zero), rates.get("cache_write", zero), rates.get("cached_input", zero)
-    )
-    output_rate = max(rates.get("output", zero), rates.get("reasoning", zero))
-    exact = (max(0, input_tokens) * input_rate + cap * output_rate) * _PER_TOKEN
-    exact += max(0, images) * rates.get("per_image", zero) * _NANOS
-    return int(exact.to_integral_value(rounding=ROUND_CEILING))
+    cap = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens if max_tokens > 0 else 0
+    exact = (input_tokens if input_tokens > 0 else 0) * r.worst_input + cap * r.worst_output
+    if images > 0:
+        exact += images * r.per_image
+    return -(-exact // r.den)  # rounded up: a reservation never falls short
