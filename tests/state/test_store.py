@@ -352,3 +352,45 @@ async def test_sqlite_driver_threads_run_nicer_than_the_event_loop(tmp_path: Pat
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
         await store.close()
+
+
+async def test_a_batch_is_prepared_in_slices_that_let_requests_run_between_them(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer prepares a batch's rows and rollups on the event loop a slice at a time, with a loop turn between
+    slices (in one go a large batch held every request behind it); the rows and rollups are those of the whole."""
+    import asyncio
+    import itertools
+
+    from odock.state import rollups, sql
+
+    turns = 0
+    seen: list[tuple[int, int]] = []  # (slice size, loop turns so far) at each slice
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    original = rollups.Aggregate.add
+
+    def add(self: rollups.Aggregate, records: Any) -> None:
+        seen.append((len(records), turns))
+        original(self, records)
+
+    monkeypatch.setattr(rollups.Aggregate, "add", add)
+    when = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
+    batch = [_usage(f"sliced-{n}", when, output_tokens=n) for n in range(10 * sql._PREPARE_SLICE + 3)]
+    counter = asyncio.create_task(count_turns())
+    try:
+        await store.insert_usage(batch)
+    finally:
+        counter.cancel()
+    assert [size for size, _ in seen] == [sql._PREPARE_SLICE] * 10 + [3]
+    assert all(later > earlier for (_, earlier), (_, later) in itertools.pairwise(seen))
+    async with store.read() as conn:
+        rolled = (
+            await conn.exec_driver_sql("SELECT sum(requests), sum(output_tokens) FROM usage_rollup_hourly")
+        ).one()
+    assert tuple(rolled) == (len(batch), sum(range(len(batch))))
