@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import math
 import re
@@ -998,7 +999,15 @@ def _prefilter(text: str) -> _Prefiltered:
     return _Prefiltered(frozenset(_GATES[i] for i in hits), None, None)
 
 
-def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Finding]:
+@functools.lru_cache(maxsize=1024)
+def _detectors_for(chosen: frozenset[str] | None) -> tuple[Detector, ...]:
+    """The detectors a category/module selection runs (a policy has a handful of selections: worked out once)."""
+    return tuple(d for d in DETECTORS if chosen is None or d.category in chosen or d.module in chosen)
+
+
+def _raw_findings(
+    text: str, detectors: tuple[Detector, ...], wanted: Callable[[str, str], bool]
+) -> Iterator[Finding]:
     plan = _prefilter(text)
     gates = plan.gates
     cache: dict[str, list[tuple[int, int]]] = {}
@@ -1009,9 +1018,7 @@ def _raw_findings(text: str, wanted: Callable[[str, str], bool]) -> Iterator[Fin
         cache["ipv6"] = []
     if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
         cache["numeric"] = cache["near_numeric"] = []
-    for d in DETECTORS:
-        if not wanted(d.category, d.module):
-            continue
+    for d in detectors:
         if gates is None:
             if (d.pre and d.pre not in text) or (d.gate and not any(g in text for g in d.gate)):
                 continue
@@ -1047,4 +1054,5 @@ def scan(text: str, categories: Collection[str] | None = None) -> list[Finding]:
     """Every built-in finding in `text` (or only those of `categories`), non-overlapping and sorted."""
     if not text:
         return []
-    return resolve_overlaps(list(_raw_findings(text, _selector(categories))))
+    chosen = None if categories is None else frozenset(categories)
+    return resolve_overlaps(list(_raw_findings(text, _detectors_for(chosen), _selector(categories))))

@@ -2,9 +2,11 @@
 
 `HeldText` is the streaming redactor (SafetySec's response phase and the `pii_mask` plugin both use it): each
 text channel (a choice's text, the reasoning text) keeps a tail of at most `hold` characters unreleased: the
-tail is where a match could still be growing. On every delta the buffer is screened whole; a block anywhere in
-it ends the stream at once (nothing of the match left the gateway), and text is released only up to a cut that
-is at least `hold` characters behind the newest character and never inside a finding. Every bounded detector's
+tail is where a match could still be growing. Once at least `MIN_RELEASE` characters could be released (and at
+the end) the buffer is screened whole; a block anywhere in it ends the stream then (nothing of the match left the
+gateway: it was all held), and text is released only up to a cut that is at least `hold` characters behind the
+newest character and never inside a finding. Screening a delta that could release nothing would cost a scan per
+delta for no earlier byte; a block is found no later than the first release that would have carried it. Every bounded detector's
 match is shorter than `hold`, so a match whose start was released had its end in the buffer when it was
 screened: a secret split across any number of deltas, at any boundary, is redacted or blocked before it leaves.
 The cut also falls only at whitespace (keys, tokens, JWTs and e-mails hold none, whatever their length), and
@@ -31,10 +33,12 @@ from odock.model import StreamEvent, StreamStart, StreamStop, TextDelta, Thinkin
 from odock.safety.detectors import Finding
 from odock.safety.engine import SafetyEngine, Screen, apply_redactions, blocked
 
-__all__ = ["HeldText", "StreamGuard", "StreamRedactor"]
+__all__ = ["MIN_RELEASE", "HeldText", "StreamGuard", "StreamRedactor"]
 
 # a run without whitespace longer than this is cut anyway (no secret or marker-worthy token is this long)
 MAX_WORD = 4096
+# the least text worth a scan of the held buffer (see the module docstring)
+MIN_RELEASE = 32
 
 Hits = Callable[[str], list[tuple[Finding, str]]]  # findings with their action; raises to block
 Note = Callable[[Finding, str], None]  # a finding released to the client, with its action
@@ -66,7 +70,13 @@ class HeldText:
         return any(self.texts.values())
 
     def push(self, channel: int, text: str) -> str:
-        released, kept = self._release(self.texts.get(channel, "") + text, final=False)
+        buffer = self.texts.get(channel, "") + text
+        if len(buffer) < self.hold + MIN_RELEASE:
+            self.texts[channel] = (
+                buffer  # too little could be released to be worth a scan: held, unscreened yet
+            )
+            return ""
+        released, kept = self._release(buffer, final=False)
         self.texts[channel] = kept
         return released
 
