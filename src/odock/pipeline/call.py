@@ -124,6 +124,27 @@ class Call:
             except Exception:
                 log.exception("compensation failed", extra={"request_id": self.ctx.request_id})
 
+    def before_last_bytes(self, action: Callable[[], None], what: str) -> None:
+        """Run `action` once: just before the response's last bytes leave (a client never holds a complete answer
+        whose usage record a killed process could not replay from the spool), or, for a call that ends without a
+        response, as a compensation. Its failure is logged as `what`, never raised: the response must still go."""
+        done = False
+
+        def run() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                try:
+                    action()
+                except Exception:
+                    log.exception("%s failed", what, extra={"request_id": self.ctx.request_id})
+
+        async def at_end() -> None:
+            run()
+
+        self.exchange.before_end = run
+        self.defer(at_end)
+
     def step_aside(self, stage: Any) -> None:
         """`stage` has nothing to do on this call: its delta and after hooks are left out, and when no stage
         left needs the decoded response, the route relays the answer's bytes again (DESIGN principle 1)."""

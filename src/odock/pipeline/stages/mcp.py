@@ -9,7 +9,6 @@ A stage keeps what it learnt in the call's `McpRequest` (`call.route_state`).
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from datetime import UTC, datetime
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from odock.pipeline.call import Call
     from odock.usage import UsageRecorder
 
-log = logging.getLogger("odock.mcp")
 
 PREFIX = "/v1/mcp"
 MCP_SCOPE = "mcp"
@@ -192,22 +190,7 @@ class McpRecordUsage(Stage):
 
     async def before(self, call: Call) -> None:
         ctx = call.ctx
-        recorded = False
-
-        def record() -> None:
-            nonlocal recorded
-            if not recorded:
-                recorded = True
-                try:
-                    self.record(ctx, call.route_state)
-                except Exception:  # the response must still go out
-                    log.exception("MCP usage record failed", extra={"request_id": ctx.request_id})
-
-        async def at_end() -> None:
-            record()
-
-        call.exchange.before_end = record
-        call.defer(at_end)
+        call.before_last_bytes(lambda: self.record(ctx, call.route_state), "MCP usage record")
 
     def record(self, ctx: CallContext, state: object) -> None:
         mcp = state if isinstance(state, McpRequest) else None

@@ -147,22 +147,7 @@ class RecordUsage(Stage):
 
     async def before(self, call: Call) -> None:
         ctx = call.ctx
-        recorded = False
-
-        def record() -> None:
-            nonlocal recorded
-            if not recorded:
-                recorded = True
-                try:
-                    self.record(ctx)
-                except Exception:  # the response must still go out
-                    log.exception("usage record failed", extra={"request_id": ctx.request_id})
-
-        async def at_end() -> None:
-            record()
-
-        call.exchange.before_end = record
-        call.defer(at_end)
+        call.before_last_bytes(lambda: self.record(ctx), "usage record")
 
     def record(self, ctx: CallContext) -> None:
         key = ctx.key
