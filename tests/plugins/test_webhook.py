@@ -4,8 +4,6 @@ decisions reaching the SDK and the upstream, and a slow or broken service handle
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from aiohttp import web
 from odock.transport.base import UpstreamRequest
 from tests.inprocess import InProcessGateway, in_process_gateway
 from tests.plugins.test_plugins_routes import _openai
+from tests.webhook_service import serving, signed_by
 
 SECRET = "webhook-test-secret"
 
@@ -31,12 +30,7 @@ class Guard:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        timestamp = request.headers["x-odock-timestamp"]
-        expected = (
-            "sha256="
-            + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        )
-        if not hmac.compare_digest(expected, request.headers["x-odock-signature"]):
+        if not signed_by(SECRET, request, body):
             self.bad_signatures += 1
             return web.json_response({"error": "bad signature"}, status=401)
         payload = json.loads(body)
@@ -60,17 +54,8 @@ class Guard:
 @pytest.fixture(scope="module")
 async def guard_url() -> AsyncIterator[tuple[str, Guard]]:
     guard = Guard()
-    app = web.Application()
-    app.router.add_post("/check", guard.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/check", guard
-    finally:
-        await runner.cleanup()
+    async with serving(guard.handle) as url:
+        yield url, guard
 
 
 @pytest.fixture(scope="module")

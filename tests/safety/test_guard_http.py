@@ -6,8 +6,6 @@ the guard's response phase (see `odock.pipeline.stages.safety`)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from odock.safety.sessions import MemorySessions
 from odock.transport.http11 import Http11Transport
 from tests.inprocess import in_process_gateway
 from tests.safety.test_safety_routes import oai
+from tests.webhook_service import serving, signed_by
 
 SECRET = "guard-hmac-secret"
 
@@ -45,9 +44,7 @@ class GuardService:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        timestamp = request.headers["x-odock-timestamp"]
-        expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(f"sha256={expected}", request.headers.get("x-odock-signature", "")):
+        if not signed_by(SECRET, request, body):
             return web.json_response({"error": "bad signature"}, status=401)
         payload = json.loads(body)
         self.seen.append(payload)
@@ -72,17 +69,8 @@ class GuardService:
 @pytest.fixture
 async def service() -> AsyncIterator[tuple[str, GuardService]]:
     guard = GuardService()
-    app = web.Application()
-    app.router.add_post("/check", guard.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/check", guard
-    finally:
-        await runner.cleanup()
+    async with serving(guard.handle) as url:
+        yield url, guard
 
 
 def ask(client: openai.AsyncOpenAI, text: str) -> Any:
