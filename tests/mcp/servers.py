@@ -19,6 +19,18 @@ from odock.mcp.service import McpCatalogueService
 from odock.transport.http11 import Http11Transport
 from tests.inprocess import InProcessGateway, in_process_gateway
 
+# a handshake-era client's first message (the raw JSON-RPC tests send it themselves)
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
 
 def demo_server(name: str = "demo") -> MCPServer:
     """Tools, a prompt and a resource; `secret_tool`, `secret_prompt` and `secret://x` are what rules block."""

@@ -11,7 +11,6 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import httpx2
@@ -24,7 +23,7 @@ from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.types import JSONRPCMessage, ResourceUpdatedNotification
 
 from bench.mcp_upstream import app as bench_upstream
-from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
+from tests.mcp.servers import INITIALIZE, McpEnv, demo_server, mcp_gateway, serve
 
 LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
 
@@ -116,20 +115,10 @@ async def _get(env: McpEnv, slug: str, headers: dict[str, str] | None = None) ->
 
 
 async def _session(env: McpEnv, slug: str) -> dict[str, str]:
-    init: dict[str, Any] = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
     async with httpx.AsyncClient(timeout=10) as http:
         resp = await http.post(
             env.route(slug),
-            json=init,
+            json=INITIALIZE,
             headers={**env.headers(), "accept": "application/json, text/event-stream"},
         )
     assert resp.status_code == 200

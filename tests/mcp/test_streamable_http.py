@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from odock import metrics
 from odock.state import schema
 from tests.harness import wait_usage
-from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
+from tests.mcp.servers import INITIALIZE, McpEnv, demo_server, mcp_gateway, serve
 
 
 @pytest.fixture(scope="module")
@@ -190,17 +190,7 @@ async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
         {"organisation": "acme", "name": "other", "type": "ORGANISATION"}
     )
     await env.service.add_mcp_grant(created.key.id, "json-open")
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    resp = await _post(env, "json-open", init)
+    resp = await _post(env, "json-open", INITIALIZE)
     assert resp.status_code == 200
     token = resp.headers["mcp-session-id"]
     assert token.startswith("odk1.")
@@ -230,17 +220,7 @@ async def test_usage_record_and_cost(env: McpEnv) -> None:
         "params": {"name": "echo", "arguments": {"text": "hi"}},
     }
     headers = {"x-request-id": "mcp-usage-1", "mcp-protocol-version": "2025-06-18"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    token = (await _post(env, "json-ruled", init)).headers["mcp-session-id"]
+    token = (await _post(env, "json-ruled", INITIALIZE)).headers["mcp-session-id"]
     resp = await _post(env, "json-ruled", body, {**headers, "mcp-session-id": token})
     assert resp.status_code == 200, resp.text
     record = await wait_usage(env.gw.service, "mcp-usage-1")
@@ -274,17 +254,7 @@ async def test_resources_read_is_ruled(env: McpEnv) -> None:
 async def test_delete_ends_the_upstream_session(env: McpEnv) -> None:
     """DELETE with the session token ends the upstream's session (the upstream's answer comes back); the token
     then leads to the upstream's 404, passed through so that the client starts a new session."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    token = (await _post(env, "json-open", init)).headers["mcp-session-id"]
+    token = (await _post(env, "json-open", INITIALIZE)).headers["mcp-session-id"]
     session = {"mcp-session-id": token, "mcp-protocol-version": "2025-06-18"}
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     assert (await _post(env, "json-open", listing, session)).status_code == 200
