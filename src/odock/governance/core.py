@@ -144,6 +144,12 @@ class Receipt:
     def reserved_tokens(self) -> int:
         return max((t[3] for t in self.tokens), default=0)
 
+    def keep_tightest(self, checks: list[Check], result: GateResult) -> None:
+        """Keep the X-RateLimit-* window with the least left of this gate's and the earlier gates'."""
+        header = _header(checks, result)
+        if header is not None and (self.header is None or header[1] < self.header[1]):
+            self.header = header
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -423,9 +429,7 @@ class Governance:
             else:
                 receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
                 receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
-            header = _header(checks, result)
-            if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
-                receipt.header = header
+            receipt.keep_tightest(checks, result)
         self._tally[_FINAL_ALLOW] += 1
         if plan is not None:
             await self._reserve(receipt, plan, reply)
@@ -591,10 +595,8 @@ class Governance:
                 result, limiter = await self._gate(checks, receipt.token)
                 self._raise_if_denied("final", checks, result)
                 receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
-                header = _header(checks, result)
-                if header is not None and (receipt.header is None or header[1] < receipt.header[1]):
-                    receipt.header = header
-                metrics.child(DECISIONS, "final", "allow").inc()
+                receipt.keep_tightest(checks, result)
+                self._tally[_FINAL_ALLOW] += 1
         if receipt.ledger is not None or (not self.definitions.budgets and not self.definitions.quotas):
             return
         now = datetime.now(UTC)
