@@ -33,11 +33,20 @@ from bench.wrk import ensure_wrk, run_wrk
 FLUSH_WAIT_S = 3.0  # longer than the usage (0.5 s) and charge flush intervals: their work is counted too
 
 
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (the gateway's usage writer)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def count(
     scenario_name: str, requests: int, warmup: int, src: str, workdir: Path, forwarder: bool = False
-) -> int:
-    """Return the instructions callgrind counted over `requests` requests of the scenario (plus their flushes);
-    with `forwarder`, of the bare Python forwarder relaying the scenario's direct call instead of the gateway."""
+) -> tuple[int, int]:
+    """Return the instructions callgrind counted per request over `requests` requests of the scenario (plus
+    their flushes): in the gateway's process, and in its usage writer process; with `forwarder`, of the bare
+    Python forwarder relaying the scenario's direct call instead of the gateway."""
     key = "odk-bench-" + secrets.token_hex(16)
     os.environ[KEY_ENV], os.environ[UPSTREAM_KEY_ENV] = key, "sk-bench-upstream"
     sc = next(s for s in build_scenarios(key, "sk-bench-upstream") if s.name == scenario_name)
@@ -59,7 +68,13 @@ def count(
             **({"PYTHONPATH": src} if src else {}),
         }
         out = workdir / f"callgrind-{scenario_name}"
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
+        argv = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--trace-children=yes",
+            f"--callgrind-out-file={out}.%p",
+        ]
         if forwarder:
             from bench.forwarder import HEALTH
 
@@ -78,16 +93,20 @@ def count(
         bench_run.probe(ctx, port, call, "forwarder" if forwarder else "odock")
         run_wrk(workdir, port, call.path, call.body, call.headers, connections=1, duration_s=900, cap=warmup)
         time.sleep(FLUSH_WAIT_S)
-        subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], check=True, capture_output=True)
+        counted = [gw.pid, *_children(gw.pid)]
+        for pid in counted:
+            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
         res = run_wrk(
             workdir, port, call.path, call.body, call.headers, connections=1, duration_s=900, cap=requests
         )
         time.sleep(FLUSH_WAIT_S)
-        subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(gw.pid)], check=True, capture_output=True)
+        for pid in counted:
+            subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
         if res.errors:
             raise RuntimeError(f"{res.errors} of {res.requests} requests failed")
-        return _total(sorted(workdir.glob(f"{out.name}.*.1"))[-1]) // res.requests
+        own, *writer = (_total(workdir / f"{out.name}.{pid}.1") // res.requests for pid in counted)
+        return own, sum(writer)
     finally:
         sup.close()
 
@@ -123,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for name in args.scenario or ["governance-unary", "openai-unary"]:
         workdir = Path(tempfile.mkdtemp(prefix="odock-instr-"))
-        counts[name] = count(name, args.requests, args.warmup, args.src, workdir)
+        counts[name], writer = count(name, args.requests, args.warmup, args.src, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"{name}: {counts[name]:,} instructions per request", flush=True)
+        print(
+            f"{name}: {counts[name]:,} instructions per request (and {writer:,} in the usage writer process)",
+            flush=True,
+        )
     if args.forwarder:
         workdir = Path(tempfile.mkdtemp(prefix="odock-instr-"))
-        counts["forwarder"] = count("openai-unary", args.requests, args.warmup, "", workdir, forwarder=True)
+        counts["forwarder"], _ = count("openai-unary", args.requests, args.warmup, "", workdir, forwarder=True)
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"bare forwarder (openai-unary): {counts['forwarder']:,} instructions per request", flush=True)
     governed = {n: c for n, c in counts.items() if re.match(r"governance-", n)}

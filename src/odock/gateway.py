@@ -34,7 +34,8 @@ from odock.settings import Settings
 from odock.state.catalogue import Catalogue
 from odock.state.redis import redis_errors
 from odock.transport.base import Transport
-from odock.usage import UsageRecorder, UsageSpool, spool_path
+from odock.usage import UsageRecorder, UsageSpool, shared_database, spool_path
+from odock.usage_writer import WriterProcess
 
 if TYPE_CHECKING:
     from odock.governance import Governance
@@ -98,12 +99,18 @@ class Gateway:
         self.transport: Transport = transport or new_transport(settings.upstream_client)
         self.services.register("transport", self.transport, close=self.transport.close)
         spool = spool_path(settings.database_url) if settings.spool_usage else None
+        writer = None
+        if settings.usage_writer == "process" and shared_database(settings.database_url):
+            writer = WriterProcess(
+                settings.database_url, secret_key=settings.secret_key, cpus=settings.usage_writer_cpus
+            )
         self.recorder = UsageRecorder(
             store,
             flush_interval_s=settings.usage_flush_interval_s,
             batch_size=settings.usage_batch_size,
             buffer_max=settings.usage_buffer_max,
             spool=UsageSpool(spool, settings.usage_spool_max_bytes) if spool is not None else None,
+            writer=writer,
         )
         self.governance = governance
         self.routing = Routing(
@@ -387,7 +394,7 @@ class Gateway:
         await self._hint_when_empty()
         # the records a killed predecessor left in the spool are written before this process serves
         await self.recorder.recover()
-        self.recorder.start()
+        await self.recorder.start()
         # registered last, closed first: the usage flush on shutdown still has the store
         self.services.register("usage recorder", self.recorder, close=self.recorder.stop)
         # everything loaded so far lives as long as the process: keep it out of every future GC pass, and let

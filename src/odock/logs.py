@@ -92,10 +92,11 @@ def formatter(fmt: str = "auto", stream: Any = None) -> logging.Formatter:
     return TextFormatter() if fmt == "text" else JSONFormatter()
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """Send odock's logs to stdout: JSON lines, or readable lines on a terminal (`fmt`)."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter(fmt, sys.stdout))
+def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    """Send odock's logs to stdout (or `stream`): JSON lines, or readable lines on a terminal (`fmt`)."""
+    stream = stream or sys.stdout
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter(fmt, stream))
     handler.addFilter(DriverDetailFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

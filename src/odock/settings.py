@@ -57,6 +57,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # the local copy of not yet committed usage records (embedded mode; None: on in embedded mode, off in cluster)
     usage_spool: bool | None = None
     usage_spool_max_bytes: int = 128 * 1024 * 1024
+    # where usage batches are written: "process" (a child process of this one, off the event loop) or "inline"
+    usage_writer: str = "process"
+    # CPUs the writer process may run on (None: the gateway's own); e.g. a core the event loop is not pinned to
+    usage_writer_cpus: list[int] | None = None
     ratelimit_global_policy: dict[str, Any] = {}
     redis_fail_open: bool = False
     # a reservation older than this belongs to a crashed process; reconciliation releases it every interval
@@ -145,6 +149,20 @@ def _env(name: str, *aliases: str) -> str | None:
     return None
 
 
+def parse_cpus(text: str) -> list[int]:
+    """A CPU list as taskset takes it: "1", "0,2", "2-3"."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        low, high = int(first), int(last or first)
+        if low < 0 or high < low:
+            raise ValueError(f"{part!r} is not a CPU or CPU range")
+        cpus.update(range(low, high + 1))
+    if not cpus:
+        raise ValueError("no CPU listed")
+    return sorted(cpus)
+
+
 def _bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -154,6 +172,7 @@ def _check_choices(settings: Settings) -> None:
         ("ODOCK_UPSTREAM_CLIENT", settings.upstream_client, ("http11", "aiohttp")),
         ("ODOCK_UPSTREAM_ERRORS", settings.upstream_errors, ("passthrough", "strict")),
         ("ODOCK_CACHE", settings.cache, ("auto", "off")),
+        ("ODOCK_USAGE_WRITER", settings.usage_writer, ("process", "inline")),
         ("ODOCK_LOG_FORMAT", settings.log_format, ("auto", "json", "text")),
         ("ODOCK_REQUEST_LOG", settings.request_log, ("all", "errors", "sampled", "off")),
         ("OBSERVABILITY_OTEL_TRACES_EXPORTER", settings.traces_exporter, ("none", "otlphttp")),
@@ -219,6 +238,8 @@ def load_settings(**overrides: Any) -> Settings:
         ("usage_batch_size", ("ODOCK_USAGE_BATCH_SIZE",), int),
         ("usage_spool", ("ODOCK_USAGE_SPOOL",), _bool),
         ("usage_spool_max_bytes", ("ODOCK_USAGE_SPOOL_MAX_BYTES",), int),
+        ("usage_writer", ("ODOCK_USAGE_WRITER",), str),
+        ("usage_writer_cpus", ("ODOCK_USAGE_WRITER_CPUS",), parse_cpus),
         ("ratelimit_global_policy", ("RATELIMIT_GLOBAL_POLICY",), json.loads),
         ("redis_fail_open", ("ODOCK_REDIS_FAIL_OPEN",), _bool),
         ("reservation_ttl_s", ("ODOCK_RESERVATION_TTL",), parse_duration),

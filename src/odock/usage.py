@@ -11,6 +11,10 @@ Embedded mode adds a spool (`<db>.usage-spool`): each record is appended to it, 
 dropped from it (see UsageSpool), and what is left is replayed on start (ids make the replay idempotent).
 Appends are plain write() calls without fsync: the page cache outlives the process, and a machine crash may lose
 the last records like it may lose the last SQLite commits (synchronous=NORMAL).
+
+Batches are written by a child process (`odock.usage_writer`, `ODOCK_USAGE_WRITER=process`, the default) so that
+neither preparing rows nor the driver's work shares the event loop's time; `inline` (and an in-memory database,
+which no other process can open) writes them on the loop.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -42,19 +47,26 @@ _encode_line = msgspec.json.Encoder().encode
 _decode_record = msgspec.json.Decoder(UsageRecord).decode
 
 
-def spool_path(database_url: str) -> Path | None:
-    """`<db file>.usage-spool` for a SQLite file database; None for in-memory SQLite or other databases."""
+def _sqlite_file(database_url: str) -> str | None:
+    """The file of a SQLite file database; "" for in-memory SQLite; None for other databases."""
     from sqlalchemy.engine import make_url
 
     url = make_url(database_url)
-    database = url.database or ""
-    if (
-        not url.drivername.startswith("sqlite")
-        or database in ("", ":memory:")
-        or database.startswith("file:")
-    ):
+    if not url.drivername.startswith("sqlite"):
         return None
-    return Path(database + ".usage-spool")
+    database = url.database or ""
+    return "" if database in ("", ":memory:") or database.startswith("file:") else database
+
+
+def spool_path(database_url: str) -> Path | None:
+    """`<db file>.usage-spool` for a SQLite file database; None for in-memory SQLite or other databases."""
+    database = _sqlite_file(database_url)
+    return Path(database + ".usage-spool") if database else None
+
+
+def shared_database(database_url: str) -> bool:
+    """Whether another process can open this database (all but in-memory SQLite)."""
+    return _sqlite_file(database_url) != ""
 
 
 class UsageSpool:
@@ -90,9 +102,8 @@ class UsageSpool:
                 sealed = len(records)
         return records, sealed, bad
 
-    def append(self, record: UsageRecord) -> bool:
+    def append(self, line: bytes) -> bool:
         """Append one record's line; False when it does not fit (OSError when it cannot be written)."""
-        line = _encode_line(record) + b"\n"
         if self.size + self.sealed_size + len(line) > self.max_bytes:
             return False
         view = memoryview(line)
@@ -129,6 +140,32 @@ class UsageSpool:
         os.close(self._fd)
 
 
+class UsageWriter(Protocol):
+    """Writes one batch: its records, and the same records as JSON lines (one per record, as the spool keeps)."""
+
+    async def start(self) -> None: ...
+
+    async def write(self, records: Sequence[UsageRecord], lines: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class InlineWriter:
+    """The store's own insert, on this event loop (an in-memory database: no other process can reach it)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def start(self) -> None:
+        pass
+
+    async def write(self, records: Sequence[UsageRecord], lines: bytes) -> None:
+        await self.store.insert_usage(records)
+
+    async def close(self) -> None:
+        pass
+
+
 class UsageRecorder:
     def __init__(
         self,
@@ -139,14 +176,17 @@ class UsageRecorder:
         buffer_max: int = 100_000,
         drain_timeout_s: float = 30.0,
         spool: UsageSpool | None = None,
+        writer: UsageWriter | None = None,
     ) -> None:
         self.store = store
+        self.writer: UsageWriter = writer or InlineWriter(store)
         self.flush_interval_s = flush_interval_s
         self.batch_size = batch_size
         self.buffer_max = buffer_max
         self.drain_timeout_s = drain_timeout_s
         self.spool = spool
-        self._queue: deque[UsageRecord] = deque()
+        # each record with its JSON line (encoded once, when recorded: the spool's line and the writer process's)
+        self._queue: deque[tuple[UsageRecord, bytes]] = deque()
         # one flush at a time: two would write the same queued records and pop each other's
         self._flushing = asyncio.Lock()
         # with a spool: how many records at the queue's head were queued before the spool's file was sealed (once
@@ -168,15 +208,16 @@ class UsageRecorder:
                 self._last_drop_log = now
                 log.error("usage buffer full (%d records): dropping new records", self.buffer_max)
             return
+        line = _encode_line(record) + b"\n"
         if self.spool is not None:
-            self._spool(self.spool, record)
-        self._queue.append(record)
+            self._spool(self.spool, line)
+        self._queue.append((record, line))
         if len(self._queue) >= self.batch_size:
             self._wakeup.set()
 
-    def _spool(self, spool: UsageSpool, record: UsageRecord) -> None:
+    def _spool(self, spool: UsageSpool, line: bytes) -> None:
         try:
-            if spool.append(record):
+            if spool.append(line):
                 return
             reason = f"full ({spool.max_bytes} bytes)"
         except OSError as exc:
@@ -199,7 +240,7 @@ class UsageRecorder:
             log.warning("usage spool: %d unreadable line(s) skipped", bad)
         if not self._sealed_pending:
             self.spool.drop_sealed()  # nothing readable in it
-        self._queue.extendleft(reversed(records))
+        self._queue.extendleft((record, _encode_line(record) + b"\n") for record in reversed(records))
         if records:
             log.info("usage spool: replaying %d record(s) left by the previous process", len(records))
             try:
@@ -232,13 +273,14 @@ class UsageRecorder:
             # ~14 driver round trips waits for a loop turn, so a batch costs nearly the same whatever its size and
             # 500-row batches fell behind a stream of cache hits (~4,600 rows/s written beside 6,400 hits/s)
             size = self.batch_size if left <= _BEHIND * self.batch_size else _CATCH_UP * self.batch_size
-            batch = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
+            queued = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
+            batch = [record for record, _ in queued]
             try:
-                await self.store.insert_usage(batch)
+                await self.writer.write(batch, b"".join([line for _, line in queued]))
             except BadRequest:
                 # a record the store cannot hold (a value too wide for its column): write the others one by one
                 # and set that one aside, or it would block every later batch of the process for good
-                await self._write_one_by_one(batch)
+                await self._write_one_by_one(queued)
             for _ in batch:
                 self._queue.popleft()
             written += len(batch)
@@ -255,10 +297,10 @@ class UsageRecorder:
             log.debug("usage: wrote %d record(s), %d queued", written, len(self._queue))
         return written
 
-    async def _write_one_by_one(self, batch: list[UsageRecord]) -> None:
-        for record in batch:
+    async def _write_one_by_one(self, queued: list[tuple[UsageRecord, bytes]]) -> None:
+        for record, line in queued:
             try:
-                await self.store.insert_usage([record])
+                await self.writer.write([record], line)
             except BadRequest:
                 metrics.USAGE_REFUSED.inc()
                 log.error("usage record %s refused by the store and set aside", record.id)
@@ -307,7 +349,8 @@ class UsageRecorder:
                 log.exception("usage flush failed")
                 backoff = min(backoff * 2, 5.0)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.writer.start()
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
 
     async def stop(self) -> None:
@@ -331,5 +374,6 @@ class UsageRecorder:
                         return
                     await asyncio.sleep(0.2)
         finally:
+            await self.writer.close()
             if self.spool is not None:
                 self.spool.close()

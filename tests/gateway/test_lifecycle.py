@@ -122,8 +122,11 @@ async def test_store_outage(
         auth = {"Authorization": f"Bearer {seeded['secret']}"}
         async with httpx.AsyncClient(base_url=proc.base_url, timeout=20) as http:
             assert (await http.post("/v1/chat/completions", json=BODY, headers=auth)).status_code == 200
-            await asyncio.sleep(0.3)
+            deadline = time.monotonic() + 15
+            while await count_usage(service) < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)  # the first record written: the outage's records are the next ones
             before = await count_usage(service)
+            assert before == 1
             await set_connections(postgres_server_url, database, False)
             try:
                 during = [await http.post("/v1/chat/completions", json=BODY, headers=auth) for _ in range(5)]

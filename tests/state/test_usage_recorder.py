@@ -75,7 +75,7 @@ async def test_stop_drains_everything_queued() -> None:
     store = GatedStore()
     store.release.set()
     recorder = UsageRecorder(store, batch_size=4, flush_interval_s=60)  # type: ignore[arg-type]
-    recorder.start()
+    await recorder.start()
     for n in range(10):
         recorder.record(_record(n))
     await recorder.stop()

@@ -10,6 +10,7 @@ one request per connection at a time, a whole request written at once, bodies by
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections import deque
@@ -25,6 +26,18 @@ from odock.transport.base import UpstreamRequest
 # a streamed body buffered above this is not read from the socket until the consumer catches up
 _HIGH_WATER = 256 * 1024
 _MAX_IDLE_PER_ORIGIN = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
+    """The origin (scheme, host, port), request target and Host header of an upstream URL (a handful of URLs,
+    each called again and again: parsed once)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    host = parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (scheme, host, port), target, host if parts.port is None else f"{host}:{port}"
 
 
 def _timeout_error(what: str) -> UpstreamError:
@@ -285,17 +298,12 @@ class Http11Transport:
         return None
 
     async def send(self, request: UpstreamRequest) -> Http11Response:
-        parts = urlsplit(request.url)
-        scheme = parts.scheme or "http"
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
+        origin, target, host_header = _split(request.url)
+        scheme, host, port = origin
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = deque()
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         body = request.body or b""
-        host_header = host if parts.port is None else f"{host}:{port}"
         head = [
             f"{request.method} {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {len(body)}\r\n"
         ]

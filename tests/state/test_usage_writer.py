@@ -1,0 +1,152 @@
+"""The usage writer process: batches reach the store through a child process, on SQLite and PostgreSQL; a killed
+child is replaced and its batch retried; a record the store refuses is set aside; the child ends with its
+gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import sqlalchemy as sa
+
+from odock import metrics
+from odock.errors import DependencyUnavailable
+from odock.settings import Settings
+from odock.state import schema
+from odock.state.records import UsageRecord
+from odock.state.sql import SqlStore
+from odock.usage import UsageRecorder
+from odock.usage_writer import WriterProcess
+
+
+def _record(n: int, **changes: object) -> UsageRecord:
+    record = UsageRecord(
+        request_id=f"r{n}",
+        created_at=datetime.now(UTC),
+        organisation_id="org",
+        api_key_id="key",
+        route="openai.chat",
+        status=200,
+        outcome="success",
+        model="m",
+        input_tokens=n,
+        output_tokens=2 * n,
+        cost_nanos=1000 + n,
+        routing={"decision": "direct", "attempts": []},
+    )
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+async def _request_ids(store: SqlStore) -> list[str]:
+    table = schema.usage_records
+    async with store.read() as conn:
+        rows = (await conn.execute(sa.select(table.c.request_id).order_by(table.c.request_id))).all()
+    return [row[0] for row in rows]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie still answers signal 0: count it as ended
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _recorder(store: SqlStore, db: tuple[str, Settings]) -> tuple[UsageRecorder, WriterProcess]:
+    writer = WriterProcess(db[0], secret_key=db[1].secret_key)
+    return UsageRecorder(store, flush_interval_s=60, writer=writer), writer
+
+
+async def test_batches_are_written_by_a_child_process(store: SqlStore, db: tuple[str, Settings]) -> None:
+    """Every record reaches the store, the rows and rollups come from the child, and stopping ends it."""
+    recorder, writer = _recorder(store, db)
+    await recorder.start()
+    for n in range(40):
+        recorder.record(_record(n))
+    assert await recorder.flush() == 40
+    child = writer.pid
+    assert child is not None and child != os.getpid() and _alive(child)
+    assert await _request_ids(store) == sorted(f"r{n}" for n in range(40))
+    async with store.read() as conn:
+        requests = (await conn.execute(sa.select(sa.func.sum(schema.usage_rollup_hourly.c.requests)))).scalar()
+    assert requests == 40
+    await recorder.stop()
+    assert writer.pid is None and not _alive(child)
+
+
+async def test_a_killed_writer_is_replaced_and_its_batch_written_once(
+    store: SqlStore, db: tuple[str, Settings]
+) -> None:
+    recorder, writer = _recorder(store, db)
+    await recorder.start()
+    recorder.record(_record(0))
+    assert await recorder.flush() == 1
+    first = writer.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    for n in range(1, 6):
+        recorder.record(_record(n))
+    deadline = time.monotonic() + 20
+    while True:  # the batch that finds the child dead fails (503 to the writer loop) and is retried
+        try:
+            assert await recorder.flush() == 5
+            break
+        except DependencyUnavailable:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    assert writer.pid not in (None, first)
+    assert await _request_ids(store) == [f"r{n}" for n in range(6)]
+    await recorder.stop()
+
+
+async def test_a_record_the_store_refuses_is_set_aside(store: SqlStore, db: tuple[str, Settings]) -> None:
+    """On PostgreSQL a value wider than its column is refused: the child says so, the batch is written one by
+    one, that record is set aside and counted, the others are written."""
+    if store.dialect != "postgresql":
+        return  # SQLite keeps any length: nothing to refuse
+    recorder, _ = _recorder(store, db)
+    await recorder.start()
+    before = metrics.USAGE_REFUSED._value.get()
+    for record in (_record(1), _record(2, provider="p" * 500), _record(3)):
+        recorder.record(record)
+    assert await recorder.flush() == 3
+    assert await _request_ids(store) == ["r1", "r3"] and recorder.pending == 0
+    assert metrics.USAGE_REFUSED._value.get() == before + 1
+    await recorder.stop()
+
+
+async def test_the_child_ends_when_its_gateway_dies(tmp_path: Path) -> None:
+    """A gateway killed with SIGKILL closes the child's stdin with it: the child exits instead of lingering."""
+    url = f"sqlite:///{tmp_path}/odock.db"
+    await (await SqlStore.open(url, Settings())).close()  # migrated
+    script = (
+        "import asyncio, sys\n"
+        "from odock.usage_writer import WriterProcess\n"
+        "async def main():\n"
+        f"    writer = WriterProcess({url!r})\n"
+        "    await writer.start()\n"
+        "    print(writer.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, cwd=tmp_path
+    )
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 20))
+    assert _alive(child)
+    parent.kill()
+    await parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the writer outlived its gateway"
+        await asyncio.sleep(0.05)
