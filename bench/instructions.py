@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.forwarder:
         workdir = Path(tempfile.mkdtemp(prefix="odock-instr-"))
-        counts["forwarder"], _ = count("openai-unary", args.requests, args.warmup, "", workdir, forwarder=True)
+        counts["forwarder"], _ = count(
+            "openai-unary", args.requests, args.warmup, "", workdir, forwarder=True
+        )
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"bare forwarder (openai-unary): {counts['forwarder']:,} instructions per request", flush=True)
     governed = {n: c for n, c in counts.items() if re.match(r"governance-", n)}

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"edge", "gateway", "admin"},
     {"pipeline"},
     {"routing", "governance", "usage", "mcp", "cache", "plugins"},
+    {"usage_writer"},
     {"context"},
     {"state"},
     {"safety"},

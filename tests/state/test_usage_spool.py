@@ -165,7 +165,9 @@ async def test_replay_skips_records_already_committed(store: SqlStore) -> None:
     first = UsageRecorder(store, spool=spool_of(store))
     for n in range(4):
         first.record(_record(n))
-    await store.insert_usage([record for record, _ in first._queue])  # committed, but killed before the spool was cut
+    await store.insert_usage(
+        [record for record, _ in first._queue]
+    )  # committed, but killed before the spool was cut
     killed(first)
     second = UsageRecorder(store, spool=spool_of(store))
     assert await second.recover() == 4

@@ -77,7 +77,9 @@ async def test_batches_are_written_by_a_child_process(store: SqlStore, db: tuple
     assert child is not None and child != os.getpid() and _alive(child)
     assert await _request_ids(store) == sorted(f"r{n}" for n in range(40))
     async with store.read() as conn:
-        requests = (await conn.execute(sa.select(sa.func.sum(schema.usage_rollup_hourly.c.requests)))).scalar()
+        requests = (
+            await conn.execute(sa.select(sa.func.sum(schema.usage_rollup_hourly.c.requests)))
+        ).scalar()
     assert requests == 40
     await recorder.stop()
     assert writer.pid is None and not _alive(child)
