@@ -166,10 +166,9 @@ def main() -> None:
             log.warning("usage writer: ODOCK_USAGE_WRITER_CPUS not applied (%s)", exc.strerror)
     with contextlib.suppress(OSError):
         os.nice(WRITER_NICE)
-    try:
+    # ends quietly when the gateway is gone or stopping
+    with contextlib.suppress(KeyboardInterrupt, asyncio.IncompleteReadError, BrokenPipeError):
         asyncio.run(_serve())
-    except (KeyboardInterrupt, asyncio.IncompleteReadError, BrokenPipeError):
-        pass  # the gateway is gone or stopping
 
 
 if __name__ == "__main__":
