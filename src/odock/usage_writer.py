@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -166,6 +167,10 @@ def main() -> None:
             log.warning("usage writer: ODOCK_USAGE_WRITER_CPUS not applied (%s)", exc.strerror)
     with contextlib.suppress(OSError):
         os.nice(WRITER_NICE)
+    # Ctrl-C or a supervisor's SIGTERM reaches the whole process group: the gateway drains its queue through
+    # this process before it stops, and its stdin closing is what ends it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # ends quietly when the gateway is gone or stopping
     with contextlib.suppress(KeyboardInterrupt, asyncio.IncompleteReadError, BrokenPipeError):
         asyncio.run(_serve())

@@ -152,3 +152,24 @@ async def test_the_child_ends_when_its_gateway_dies(tmp_path: Path) -> None:
     while _alive(child):
         assert time.monotonic() < deadline, "the writer outlived its gateway"
         await asyncio.sleep(0.05)
+
+
+async def test_the_child_waits_out_a_group_wide_signal_for_its_gateways_drain(
+    store: SqlStore, db: tuple[str, Settings]
+) -> None:
+    """Ctrl-C or a supervisor's SIGTERM reaches the child too: it keeps serving, so the gateway's shutdown drain
+    still goes through it, and it ends when its stdin closes."""
+    recorder, writer = _recorder(store, db)
+    await recorder.start()
+    recorder.record(_record(0))
+    assert await recorder.flush() == 1
+    child = writer.pid
+    assert child is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):  # it has served a batch: its handlers are in place
+        os.kill(child, sig)
+    recorder.record(_record(1))
+    assert await recorder.flush() == 1 and writer.pid == child
+    recorder.record(_record(2))
+    await recorder.stop()  # the drain, through the same child
+    assert await _request_ids(store) == ["r0", "r1", "r2"]
+    assert not _alive(child)
