@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -85,22 +85,24 @@ class UsageSpool:
         self.size = os.fstat(self._fd).st_size
         self.sealed_size = self.sealed_path.stat().st_size if self.sealed_path.exists() else 0
 
-    def load(self) -> tuple[list[UsageRecord], int, int]:
-        """The spooled records, oldest first; how many come from the sealed file; how many lines did not decode
-        (a write cut short by a machine crash: skipped)."""
-        records: list[UsageRecord] = []
+    def load(self) -> tuple[list[bytes], int, int]:
+        """The spooled records' lines, oldest first; how many come from the sealed file; how many lines did not
+        decode (a write cut short by a machine crash: skipped)."""
+        lines: list[bytes] = []
         bad = sealed = 0
         for path in (self.sealed_path, self.path):
             if not path.exists():
                 continue
-            for line in path.read_bytes().splitlines():
+            for line in path.read_bytes().splitlines(keepends=True):
                 try:
-                    records.append(_decode_record(line))
+                    _decode_record(line)
                 except msgspec.DecodeError:
                     bad += 1
+                    continue
+                lines.append(line if line.endswith(b"\n") else line + b"\n")
             if path == self.sealed_path:
-                sealed = len(records)
-        return records, sealed, bad
+                sealed = len(lines)
+        return lines, sealed, bad
 
     def append(self, line: bytes) -> bool:
         """Append one record's line; False when it does not fit (OSError when it cannot be written)."""
@@ -141,11 +143,11 @@ class UsageSpool:
 
 
 class UsageWriter(Protocol):
-    """Writes one batch: its records, and the same records as JSON lines (one per record, as the spool keeps)."""
+    """Writes one batch of records, each a JSON line (as the spool keeps them)."""
 
     async def start(self) -> None: ...
 
-    async def write(self, records: Sequence[UsageRecord], lines: bytes) -> None: ...
+    async def write(self, lines: Sequence[bytes]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -159,8 +161,8 @@ class InlineWriter:
     async def start(self) -> None:
         pass
 
-    async def write(self, records: Sequence[UsageRecord], lines: bytes) -> None:
-        await self.store.insert_usage(records)
+    async def write(self, lines: Sequence[bytes]) -> None:
+        await self.store.insert_usage([_decode_record(line) for line in lines])
 
     async def close(self) -> None:
         pass
@@ -185,8 +187,9 @@ class UsageRecorder:
         self.buffer_max = buffer_max
         self.drain_timeout_s = drain_timeout_s
         self.spool = spool
-        # each record with its JSON line (encoded once, when recorded: the spool's line and the writer process's)
-        self._queue: deque[tuple[UsageRecord, bytes]] = deque()
+        # each record as its JSON line, encoded once when recorded (the spool's line and the writer's): bytes, which
+        # the garbage collector never has to look at however long the queue grows
+        self._queue: deque[bytes] = deque()
         # one flush at a time: two would write the same queued records and pop each other's
         self._flushing = asyncio.Lock()
         # with a spool: how many records at the queue's head were queued before the spool's file was sealed (once
@@ -196,8 +199,6 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
         self._last_spool_log = 0.0
-        # called with each written batch (budget settlement hooks in here)
-        self.after_write: list[Callable[[Sequence[UsageRecord]], Awaitable[None]]] = []
 
     def record(self, record: UsageRecord) -> None:
         """Queue one record (and append it to the spool); never blocks the request."""
@@ -211,7 +212,7 @@ class UsageRecorder:
         line = _encode_line(record) + b"\n"
         if self.spool is not None:
             self._spool(self.spool, line)
-        self._queue.append((record, line))
+        self._queue.append(line)
         if len(self._queue) >= self.batch_size:
             self._wakeup.set()
 
@@ -235,19 +236,19 @@ class UsageRecorder:
         """
         if self.spool is None:
             return 0
-        records, self._sealed_pending, bad = self.spool.load()
+        lines, self._sealed_pending, bad = self.spool.load()
         if bad:
             log.warning("usage spool: %d unreadable line(s) skipped", bad)
         if not self._sealed_pending:
             self.spool.drop_sealed()  # nothing readable in it
-        self._queue.extendleft((record, _encode_line(record) + b"\n") for record in reversed(records))
-        if records:
-            log.info("usage spool: replaying %d record(s) left by the previous process", len(records))
+        self._queue.extendleft(reversed(lines))
+        if lines:
+            log.info("usage spool: replaying %d record(s) left by the previous process", len(lines))
             try:
                 await self.flush()
             except Exception:  # still queued and spooled: the writer retries them
                 log.exception("usage spool: replay failed; the records stay queued")
-        return len(records)
+        return len(lines)
 
     @property
     def pending(self) -> int:
@@ -273,37 +274,31 @@ class UsageRecorder:
             # ~14 driver round trips waits for a loop turn, so a batch costs nearly the same whatever its size and
             # 500-row batches fell behind a stream of cache hits (~4,600 rows/s written beside 6,400 hits/s)
             size = self.batch_size if left <= _BEHIND * self.batch_size else _CATCH_UP * self.batch_size
-            queued = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
-            batch = [record for record, _ in queued]
+            batch = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
             try:
-                await self.writer.write(batch, b"".join([line for _, line in queued]))
+                await self.writer.write(batch)
             except BadRequest:
                 # a record the store cannot hold (a value too wide for its column): write the others one by one
                 # and set that one aside, or it would block every later batch of the process for good
-                await self._write_one_by_one(queued)
+                await self._write_one_by_one(batch)
             for _ in batch:
                 self._queue.popleft()
             written += len(batch)
             metrics.USAGE_FLUSHED.inc(len(batch))
             if self.spool is not None:
                 self._committed(self.spool, len(batch))
-            for hook in self.after_write:
-                try:
-                    await hook(batch)
-                except Exception:
-                    log.exception("usage after-write hook failed")
         metrics.USAGE_QUEUE.set(len(self._queue))
         if written:
             log.debug("usage: wrote %d record(s), %d queued", written, len(self._queue))
         return written
 
-    async def _write_one_by_one(self, queued: list[tuple[UsageRecord, bytes]]) -> None:
-        for record, line in queued:
+    async def _write_one_by_one(self, batch: list[bytes]) -> None:
+        for line in batch:
             try:
-                await self.writer.write([record], line)
+                await self.writer.write([line])
             except BadRequest:
                 metrics.USAGE_REFUSED.inc()
-                log.error("usage record %s refused by the store and set aside", record.id)
+                log.error("usage record %s refused by the store and set aside", _decode_record(line).id)
 
     def _seal(self, spool: UsageSpool) -> None:
         """Seal the spool file holding every record queued now (the ones this flush writes)."""

@@ -78,15 +78,15 @@ class WriterProcess:
             )
         return process
 
-    async def write(self, records: Sequence[UsageRecord], lines: bytes) -> None:
-        """Write one batch (its records' JSON lines); raise as the store would."""
-        del records  # the child decodes the lines
+    async def write(self, lines: Sequence[bytes]) -> None:
+        """Write one batch of records (JSON lines); raise as the store would."""
+        payload = b"".join(lines)
         async with self._lock:
             process = await self._running()
             assert process.stdin is not None and process.stdout is not None
             try:
-                process.stdin.write(b"%d\n" % len(lines))
-                process.stdin.write(lines)
+                process.stdin.write(b"%d\n" % len(payload))
+                process.stdin.write(payload)
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
                     await process.stdin.drain()
                     reply = await process.stdout.readline()

@@ -166,7 +166,7 @@ async def test_replay_skips_records_already_committed(store: SqlStore) -> None:
     for n in range(4):
         first.record(_record(n))
     await store.insert_usage(
-        [record for record, _ in first._queue]
+        [msgspec.json.decode(line, type=UsageRecord) for line in first._queue]
     )  # committed, but killed before the spool was cut
     killed(first)
     second = UsageRecorder(store, spool=spool_of(store))
