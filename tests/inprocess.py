@@ -63,6 +63,9 @@ async def in_process_gateway(
 ) -> AsyncIterator[InProcessGateway]:
     """A seeded gateway (tests.harness.seed_basic) with optional extra stages, started and stopped around the block."""
     settings.setdefault("database_url", f"sqlite:///{tmp_path / 'odock.db'}")  # or a cluster's PostgreSQL
+    # usage written on this loop: these tests are about the pipeline, and a writer process per test would cost the
+    # suite a Python start each; the writer process is tested on its own and by every live gateway (harness.py)
+    settings.setdefault("usage_writer", "inline")
     config = Settings(usage_flush_interval_s=0.05, **settings)
     store = await SqlStore.open(config.database_url, config)
     service = CatalogueService(store)
