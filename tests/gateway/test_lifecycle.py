@@ -50,6 +50,33 @@ async def test_graceful_shutdown_flushes_usage(tmp_path: Path, mock: MockServer)
         await service.store.close()
 
 
+def usage_writer_of(pid: int) -> int:
+    """The usage writer process the gateway `pid` started."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue  # not a process, or ended meanwhile
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and b"odock.usage_writer" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"gateway {pid} has no usage writer process")
+
+
+async def ended(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until process `pid` has ended (a zombie not yet reaped by its new parent counts as ended)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat[stat.rindex(")") + 2] == "Z":
+            return
+        assert time.monotonic() < deadline, f"process {pid} is still running"
+        await asyncio.sleep(0.05)
+
+
 async def test_sigkill_loses_no_usage_in_embedded_mode(tmp_path: Path, mock: MockServer) -> None:
     """A gateway killed (SIGKILL) right after its last reply, before any flush, loses no usage record: the next
     process on the same database replays its spool, each record once; the spool holds no prompt or answer."""
@@ -78,7 +105,10 @@ async def test_sigkill_loses_no_usage_in_embedded_mode(tmp_path: Path, mock: Moc
                     )
                 else:
                     answers.append(parsed.choices[0].message.content or "")
+        assert proc.proc is not None
+        writer = usage_writer_of(proc.proc.pid)
         assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        await ended(writer)  # the usage writer process does not outlive its gateway
         assert await count_usage(service) == 0  # nothing was flushed: only the spool has them
         spool = (tmp_path / "odock.db.usage-spool").read_text()
         assert len(spool.splitlines()) == 12
