@@ -363,11 +363,20 @@ class Governance:
         if plan.static and _over(plan.tightest, ctx):
             for scope, limits in plan.static:
                 self._static_checks(scope, limits, ctx)
-        checks = plan.checks
+        checks, lease_keys = plan.checks, plan.lease_keys
+        if ctx.extra_scope is not None:  # an MCP server's policy joins the caller's scopes (reference §2.3 step 10)
+            scope, ident, raw = ctx.extra_scope
+            limits = self._policies.get(raw)
+            if limits.max_request_bytes:
+                self._static_checks(scope, limits, ctx)
+            extra = self._request_checks(scope, ident, limits, leases=True)
+            if extra:
+                checks = [*checks, *extra]
+                lease_keys = [*lease_keys, *(c.key for c in extra if c.kind == "L")]
         if checks:
             result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("early", checks, result)
-            receipt.leases = [(limiter, key) for key in plan.lease_keys]
+            receipt.leases = [(limiter, key) for key in lease_keys]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
         self._tally[_EARLY_ALLOW] += 1
@@ -402,9 +411,7 @@ class Governance:
             out_tokens = (ctx.prompt.choices if ctx.prompt else 1) * cap
         estimated = ctx.estimated_input_tokens
         reserve_tokens = (estimated if estimated > 0 else 0) + out_tokens
-        checks = list(plan_m.checks)
-        if extra is not None:
-            checks += self._request_checks(*extra, leases=True)
+        checks = list(plan_m.checks)  # (an extra scope's request rates were counted by the early gate)
         for scope, key, limit in tpm:
             checks.append(Check("T", key, limit, reserve_tokens, "tpm_exceeded", scope, "tokens_per_minute"))
         plan = self._reservation_plan(ctx, receipt, out_tokens)
@@ -423,12 +430,8 @@ class Governance:
                 result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("final", checks, result)
             second = result.now_ms // 1000
-            if extra is None:  # the plan knows which checks are leases and token windows
-                receipt.leases += [(limiter, key) for key in plan_m.lease_keys]
-                receipt.tokens += [(limiter, key, second, reserve_tokens) for _, key, _ in tpm]
-            else:
-                receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
-                receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
+            receipt.leases += [(limiter, key) for key in plan_m.lease_keys]
+            receipt.tokens += [(limiter, key, second, reserve_tokens) for _, key, _ in tpm]
             receipt.keep_tightest(checks, result)
         self._tally[_FINAL_ALLOW] += 1
         if plan is not None:

@@ -1,8 +1,9 @@
 """The MCP call's own stages (reference §2.3 steps 7–13 and 17), between the shared ones:
 
-    pre-auth gate → authenticate → MCP usage record → early gate → resolve server → MCP access → read request
-    → tool rules → [pre_upstream: SafetySec / plugins on MCP, off by default] → MCP gate (MCP-scope limits,
-    budget and quota reservation) → (the endpoint proxies through the server's transport)
+    pre-auth gate → authenticate → MCP usage record → resolve server → MCP access → early gate (the caller's
+    scopes and the server's policy under MCP scope: step 10) → read request → tool rules → [pre_upstream:
+    SafetySec / plugins on MCP, off by default] → MCP gate (budget and quota reservation) → (the endpoint
+    proxies through the server's transport)
 
 A stage keeps what it learnt in the call's `McpRequest` (`call.route_state`).
 """
@@ -77,6 +78,8 @@ class ResolveMcpServer(Stage):
         state.server = server
         state.plan = plan = self.runtime.plan(server)
         state.rules = plan.rules
+        # the early gate (step 10) adds the server's policy under MCP scope; the MCP gate checks the measured bytes
+        call.ctx.extra_scope = (MCP_SCOPE, server.id, server.policies)
 
 
 class McpAccess(Stage):
@@ -148,8 +151,8 @@ class McpToolRules(Stage):
 
 
 class McpGate(Stage):
-    """Steps 10 and 13: the server's policy joins the final gate under the MCP scope (bytes, RPS/RPM, burst,
-    concurrency), and budgets and quotas reserve pricing × request bytes plus the per-call and per-tool price."""
+    """Step 13: the server's byte cap on the body as read, and budgets and quotas reserve pricing × request bytes
+    plus the per-call and per-tool price (its rates and concurrency were the early gate's, step 10)."""
 
     name = "mcp_gate"
 
@@ -160,7 +163,6 @@ class McpGate(Stage):
         state, ctx = mcp_request(call), call.ctx
         server = state.server
         assert server is not None
-        ctx.extra_scope = (MCP_SCOPE, server.id, server.policies)
         calls = max(1, len(state.request_ids))
         ctx.reserve_nanos = pricing.reserve_nanos(server.pricing, state.tools, calls, len(state.body))
         ctx.output = "none"
