@@ -364,7 +364,8 @@ class Governance:
             for scope, limits in plan.static:
                 self._static_checks(scope, limits, ctx)
         checks, lease_keys = plan.checks, plan.lease_keys
-        if ctx.extra_scope is not None:  # an MCP server's policy joins the caller's scopes (reference §2.3 step 10)
+        # an MCP server's policy joins the caller's scopes (reference §2.3 step 10)
+        if ctx.extra_scope is not None:
             scope, ident, raw = ctx.extra_scope
             limits = self._policies.get(raw)
             if limits.max_request_bytes:

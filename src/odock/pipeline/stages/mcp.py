@@ -21,6 +21,7 @@ from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import check_routing_headers, enforce, parse_body
 from odock.pipeline.stage import Stage
+from odock.pipeline.stages.usage import call_metadata
 from odock.state.records import McpUsage, UsageRecord
 
 if TYPE_CHECKING:
@@ -252,6 +253,8 @@ class McpRecordUsage(Stage):
                 error_code=ctx.error_code,
                 cost_nanos=ctx.cost_nanos,
                 pricing=server.pricing if server and server.pricing else None,
+                # SafetySec decisions and plugin runs (never text), on a server that opted in
+                metadata=call_metadata(ctx) if ctx.security or ctx.plugin_runs else None,
                 mcp=details,
             )
         )
