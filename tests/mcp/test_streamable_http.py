@@ -4,22 +4,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
 import sqlalchemy as sa
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from odock import metrics
 from odock.state import schema
 from tests.harness import wait_usage
-from tests.mcp.servers import INITIALIZE, McpEnv, demo_server, mcp_gateway, serve
+from tests.mcp.servers import INITIALIZE, McpEnv, client, demo_server, mcp_gateway, serve
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +43,6 @@ async def env(tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, str
         await env.add_server("ungranted", upstreams["json"], grant=False)
         await env.add_server("disabled", upstreams["json"], enabled=False)
         yield env
-
-
-@contextlib.asynccontextmanager
-async def client(
-    env: McpEnv, slug: str, mode: str = "auto", secret: str | None = None
-) -> AsyncIterator[Client]:
-    """The SDK's client through the gateway (its HTTP client carries the Odock key, and is closed after)."""
-    async with (
-        httpx2.AsyncClient(headers=env.headers(secret), timeout=httpx2.Timeout(10.0)) as http,
-        Client(streamable_http_client(env.route(slug), http_client=http), mode=mode) as mcp,
-    ):
-        yield mcp
 
 
 @pytest.mark.parametrize("kind", ["json", "sse"])
