@@ -169,7 +169,8 @@ async def test_routing_headers_must_match_the_body(env: McpEnv) -> None:
 
 
 async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
-    """The session id the client holds is a gateway token: another key presenting it gets 404, never the session."""
+    """The session id the client holds is a gateway token: another key presenting it gets 404, never the session
+    (also once the owner's use has the token verified and memoized)."""
     created = await env.gw.service.create_key(
         {"organisation": "acme", "name": "other", "type": "ORGANISATION"}
     )
@@ -180,6 +181,12 @@ async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
     assert token.startswith("odk1.")
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     async with httpx.AsyncClient(timeout=10) as http:
+        owned = await http.post(
+            env.route("json-open"),
+            json=listing,
+            headers={**env.headers(), "mcp-session-id": token, "accept": "application/json"},
+        )
+        assert owned.status_code == 200 and owned.headers["mcp-session-id"] == token
         stolen = await http.post(
             env.route("json-open"),
             json=listing,

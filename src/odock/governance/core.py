@@ -399,11 +399,16 @@ class Governance:
                 caps = [*caps, extra[2].max_tokens]
             if extra[2].tpm:
                 tpm = [*tpm, (extra[0], f"{extra[0]}:{extra[1]}:tpm2", extra[2].tpm)]
+        defs = self.definitions
+        if not (static or tpm or plan_m.checks or ctx.redis_riders) and (
+            receipt.ledger is not None or not (defs.budgets or defs.quotas)
+        ):
+            self._tally[_FINAL_ALLOW] += 1  # nothing to check, cap or reserve: no more to do
+            return
         if static and (extra is not None or _over(plan_m.tightest, ctx)):
             for scope, limits in static:
                 self._static_checks(scope, limits, ctx)
         cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
-        defs = self.definitions
         if ctx.output == "none" or not (tpm or (receipt.ledger is None and (defs.budgets or defs.quotas))):
             out_tokens = 0  # nothing reserves output tokens: the prompt need not be measured
         elif ctx.output == "images":
