@@ -11,9 +11,10 @@
 `pre_route` is where plugins' pre_route hooks go (§2.2 step 9). `pre_reserve` holds SafetySec's request phase and
 then the response cache: the cache must key on the redacted body and answer before any budget is reserved, so the
 request phase moves ahead of the reservations (§2.2 puts it at step 14; a block there has nothing to release).
-`mcp_pre_upstream` is where SafetySec and plugins go on MCP calls (reference §2.3 leaves them out: off by default,
-empty); they read the parsed JSON-RPC messages on `call.route_state` (`odock.mcp.call.McpRequest`) and run
-before the reservation, so a block has nothing to release.
+`mcp_pre_upstream` is where SafetySec and plugins go on MCP calls (reference §2.3 leaves them out: off by default;
+the gateway puts `odock.pipeline.stages.mcp_screen.McpScreening` there only while some server opts in); they read
+the parsed JSON-RPC messages on `call.route_state` (`odock.mcp.call.McpRequest`) and run before the reservation,
+so a block has nothing to release (and the reservation measures the arguments as forwarded).
 `pre_upstream` is where plugins' pre_upstream hooks go (step 15: after the reservations, so a block releases
 them). Governance stages are left out when governance is off; nothing else is conditional.
 """
