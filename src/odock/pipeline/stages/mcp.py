@@ -20,6 +20,7 @@ from odock.errors import BadRequest, DependencyUnavailable, Forbidden, NotFound
 from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import check_routing_headers, enforce, parse_body
+from odock.mcp.tally import TALLY
 from odock.pipeline.stage import Stage
 from odock.pipeline.stages.usage import call_metadata
 from odock.state.records import McpUsage, UsageRecord
@@ -204,17 +205,11 @@ class McpRecordUsage(Stage):
         outcome = mcp.outcome if mcp is not None and mcp.outcome != "success" else ctx.outcome
         if status >= 400 and outcome == "success":
             outcome = "failed"
-        metrics.child(metrics.MCP_REQUESTS, transport, method, outcome).inc()
-        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - ctx.started)
         bytes_in = len(mcp.body) if mcp is not None else 0
         bytes_out = mcp.bytes_out if mcp is not None else 0
-        if mcp is not None:
-            if bytes_in:
-                metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
-            if bytes_out:
-                metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
-            if ctx.upstream_started is not None and not ctx.priced:
-                ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
+        TALLY.add(transport, method, outcome, time.perf_counter() - ctx.started, bytes_in, bytes_out)
+        if mcp is not None and ctx.upstream_started is not None and not ctx.priced:
+            ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key
         if key is None:
             return
