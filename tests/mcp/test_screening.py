@@ -44,6 +44,16 @@ def guarded_server() -> MCPServer:
         """Answer with what the response phase blocks."""
         return "code SECRET-1234"
 
+    @server.prompt()
+    def greet(who: str) -> str:
+        """A prompt echoing its argument."""
+        return f"Hello {who}"
+
+    @server.resource("demo://contact")
+    def contact() -> str:
+        """A resource holding personal data."""
+        return "reach carol@example.com"
+
     return server
 
 
@@ -140,6 +150,19 @@ async def test_safety_redacts_results(env: McpEnv, kind: str, mode: str) -> None
     assert text_of(reveal) == "write to [REDACTED_EMAIL]"
     assert profile.structured_content == {"name": "Bob", "email": "[REDACTED_EMAIL]"}
     assert "bob@example.com" not in text_of(profile)
+
+
+@pytest.mark.parametrize("kind", ["json", "sse"])
+async def test_safety_screens_prompts_and_resources(env: McpEnv, kind: str) -> None:
+    """prompts/get arguments are screened before the upstream (a block refuses the call); prompt messages and
+    resources/read text come back redacted."""
+    async with client(env, f"{kind}-safe") as mcp:
+        with pytest.raises(MCPError, match="blocked by SafetySec"):
+            await mcp.get_prompt("greet", {"who": "TICKET-123456"})
+        prompt = await mcp.get_prompt("greet", {"who": "dave@example.com"})
+        resource = await mcp.read_resource("demo://contact")
+    assert "Hello [REDACTED_EMAIL]" in str(prompt.messages[0].content)
+    assert getattr(resource.contents[0], "text", "") == "reach [REDACTED_EMAIL]"
 
 
 @pytest.mark.parametrize("kind", ["json", "sse"])
