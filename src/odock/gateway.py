@@ -136,11 +136,14 @@ class Gateway:
         self.cache_wired = False
         self.plugins = self._load_plugins()
         self._safety_stage: Stage | None = None
+        self._mcp_screening_stage: Stage | None = None
         # SafetySec's stage: always with SAFETY_ENGINE_MODE=security; with noop, only while some scope's
         # policies.safety switches it on (checked at start and on every catalogue change); never with off
         self.safety: tuple[Stage, ...] = (
             self.safety_stages() if settings.safety_engine_mode == "security" else ()
         )
+        # SafetySec and plugins on MCP calls: wired only while some MCP server opts in (checked like `safety`)
+        self.mcp_screening: tuple[Stage, ...] = ()
         self._extra_stages: dict[str, Sequence[Stage]] = {}
         self.pipelines = self.build_pipelines()
         self._subscriber: asyncio.Task[None] | None = None
@@ -194,6 +197,21 @@ class Gateway:
         if self._safety_stage is None:
             self._safety_stage = self._new_safety_stage()
         return (self._safety_stage,)
+
+    def mcp_screening_stages(self) -> tuple[Stage, ...]:
+        """The MCP screening stage (built once): SafetySec's engine (none with SAFETY_ENGINE_MODE=off) and the
+        plugins, for the servers that opt in."""
+        if self._mcp_screening_stage is None:
+            from odock.pipeline.stages.mcp_screen import McpScreening
+            from odock.pipeline.stages.safety import SafetySec
+
+            engine = None
+            if self.settings.safety_engine_mode != "off":
+                stage = self.safety_stages()[0]
+                assert isinstance(stage, SafetySec)
+                engine = stage.engine
+            self._mcp_screening_stage = McpScreening(engine, self.plugins)
+        return (self._mcp_screening_stage,)
 
     def _new_safety_stage(self) -> Stage:
         settings = self.settings
@@ -283,7 +301,7 @@ class Gateway:
                 runtime=self.mcp,
                 governance=self.governance,
                 pricer=pricer,
-                pre_upstream=mcp_pre_upstream,
+                pre_upstream=(*self.mcp_screening, *mcp_pre_upstream),
             )
         )
         return {
@@ -359,14 +377,18 @@ class Gateway:
         """Add or remove the policy-driven stages (the response cache; SafetySec with SAFETY_ENGINE_MODE=noop) as
         the catalogue's policies ask, at start and after every catalogue change: with no such policy the hot path
         carries no such stage and native routes stay byte relays. One read of the policies, one rebuild at most."""
+        from odock.mcp.service import screening_wanted_anywhere
         from odock.safety.policy import any_enabled, safety_section
         from odock.state.cache_policy import enables_cache
 
         watch_safety = self.settings.safety_engine_mode == "noop"
-        if self.cache is None and not watch_safety:
-            return
         try:
-            policies = await self.store.policies_mentioning("cache", "safety")
+            policies = (
+                await self.store.policies_mentioning("cache", "safety")
+                if self.cache is not None or watch_safety
+                else []
+            )
+            mcp_wanted = await screening_wanted_anywhere(self.store)
         except Exception:  # keep the current pipelines; the next catalogue change retries
             log.warning("could not read the cache and SafetySec policies; the pipelines are unchanged")
             return
@@ -374,10 +396,16 @@ class Gateway:
         safety = self.safety
         if watch_safety:
             safety = self.safety_stages() if any_enabled(safety_section(p) for p in policies) else ()
-        if cache != self.cache_wired or safety != self.safety:
-            self.cache_wired, self.safety = cache, safety
+        mcp_screening = self.mcp_screening_stages() if mcp_wanted else ()
+        if cache != self.cache_wired or safety != self.safety or mcp_screening != self.mcp_screening:
+            self.cache_wired, self.safety, self.mcp_screening = cache, safety, mcp_screening
             self.pipelines = self.build_pipelines(**self._extra_stages)
-            log.info("pipelines rebuilt: response cache %s, SafetySec %s", _on(cache), _on(bool(safety)))
+            log.info(
+                "pipelines rebuilt: response cache %s, SafetySec %s, MCP screening %s",
+                _on(cache),
+                _on(bool(safety)),
+                _on(bool(mcp_screening)),
+            )
 
     async def start(self) -> None:
         await self.rewire()

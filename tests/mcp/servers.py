@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import httpx2
 import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
 from odock.mcp.auth import UpstreamAuth
@@ -121,6 +125,19 @@ class McpEnv:
     def headers(self, secret: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret or self.secret}"}
 
+    async def post(self, slug: str, body: Any, request_id: str) -> httpx.Response:
+        """One raw JSON-RPC POST through the gateway, under a request id (to find its usage record)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await http.post(
+                self.route(slug),
+                json=body,
+                headers={
+                    **self.headers(),
+                    "accept": "application/json, text/event-stream",
+                    "x-request-id": request_id,
+                },
+            )
+
     async def add_server(self, slug: str, upstream: str, *, grant: bool = True, **fields: Any) -> str:
         info = await self.service.create_mcp_server(
             {
@@ -150,3 +167,15 @@ async def mcp_gateway(tmp_path: Path, **settings: Any) -> AsyncIterator[McpEnv]:
                 yield McpEnv(gw, url, service, gw.seeded["secret"], gw.seeded["key_id"])
         finally:
             await http.close()
+
+
+@contextlib.asynccontextmanager
+async def client(
+    env: McpEnv, slug: str, mode: str = "auto", secret: str | None = None, timeout: float = 10.0
+) -> AsyncIterator[Client]:
+    """The SDK's client through the gateway (its HTTP client carries the Odock key, and is closed after)."""
+    async with (
+        httpx2.AsyncClient(headers=env.headers(secret), timeout=httpx2.Timeout(timeout)) as http,
+        Client(streamable_http_client(env.route(slug), http_client=http), mode=mode) as mcp,
+    ):
+        yield mcp

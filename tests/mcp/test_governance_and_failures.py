@@ -67,6 +67,12 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[McpEnv]
     ):
         await env.add_server("limited", url + "/mcp", policies={"ratelimit": {"requests": {"per_minute": 2}}})
         await env.add_server(
+            "limited-ruled",
+            url + "/mcp",
+            policies={"ratelimit": {"requests": {"per_minute": 1}}},
+            blocked_tools=["secret_tool"],
+        )
+        await env.add_server(
             "priced", url + "/mcp", pricing={"callNanosUsd": 10_000_000, "outputByteNanosUsd": 1}
         )
         await env.add_server("down", f"http://127.0.0.1:{free_port()}/mcp")
@@ -101,6 +107,18 @@ async def test_mcp_scope_rate_limit(env: McpEnv) -> None:
     assert third.status_code == 429
     assert data(third)["code"] == "rpm_exceeded" and data(third)["scope"] == "mcp"
     assert "retry-after" in third.headers
+
+
+async def test_mcp_scope_rate_limit_runs_before_tool_rules(env: McpEnv) -> None:
+    """Reference §2.3: the MCP-scope limit (step 10) comes before the tool rules (step 12): a call both over the
+    limit and for a blocked tool is 429, not 403; a blocked call within the limit still counts against it."""
+    blocked = {**CALL, "params": {"name": "secret_tool", "arguments": {}}}
+    first = await post(env, "limited-ruled", blocked)
+    assert (first.status_code, data(first)["code"]) == (403, "mcp_guardrail_block")
+    second = await post(env, "limited-ruled", blocked)
+    assert (second.status_code, data(second)["code"], data(second)["scope"]) == (429, "rpm_exceeded", "mcp")
+    allowed = await post(env, "limited-ruled")
+    assert (allowed.status_code, data(allowed)["code"]) == (429, "rpm_exceeded")
 
 
 async def test_budget_reserves_before_and_settles_on_actual_bytes(env: McpEnv) -> None:

@@ -7,7 +7,6 @@ and breaker; stderr in a bounded ring; shutdown ends every process group."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -15,15 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from odock.mcp.service import McpCatalogueService
 from odock.mcp.stdio import STDERR_RING_BYTES, StdioPools
 from tests.harness import GatewayProcess
-from tests.mcp.servers import McpEnv, mcp_gateway
+from tests.mcp.servers import McpEnv, client, mcp_gateway
 
 SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
 LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
@@ -57,15 +53,6 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[McpEnv]
         yield env
 
 
-@contextlib.asynccontextmanager
-async def client(env: McpEnv, slug: str, mode: str) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers=env.headers(), timeout=httpx2.Timeout(20.0)) as http,
-        Client(streamable_http_client(env.route(slug), http_client=http), mode=mode) as mcp,
-    ):
-        yield mcp
-
-
 def _pool_pids(env: McpEnv, server_id: str) -> list[int]:
     pools = env.gw.gateway.mcp.stdio
     assert pools is not None
@@ -79,7 +66,7 @@ async def _server_id(env: McpEnv, slug: str) -> str:
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_sdk_through_the_stdio_pool(env: McpEnv, mode: str) -> None:
     """The SDK lists (filtered) and calls tools of a stdio server; `${VAR}` in its environment was resolved."""
-    async with client(env, "tools", mode) as mcp:
+    async with client(env, "tools", mode, timeout=20.0) as mcp:
         names = {t.name for t in (await mcp.list_tools()).tools}
         assert "echo" in names and "secret_tool" not in names
         assert "hello" in str((await mcp.call_tool("echo", {"text": "hello"})).content[0])

@@ -4,22 +4,19 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
 import sqlalchemy as sa
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from odock import metrics
+from odock.mcp.tally import TALLY
 from odock.state import schema
 from tests.harness import wait_usage
-from tests.mcp.servers import INITIALIZE, McpEnv, demo_server, mcp_gateway, serve
+from tests.mcp.servers import INITIALIZE, McpEnv, client, demo_server, mcp_gateway, serve
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +46,13 @@ async def env(tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, str
         yield env
 
 
-@contextlib.asynccontextmanager
-async def client(
-    env: McpEnv, slug: str, mode: str = "auto", secret: str | None = None
-) -> AsyncIterator[Client]:
-    """The SDK's client through the gateway (its HTTP client carries the Odock key, and is closed after)."""
-    async with (
-        httpx2.AsyncClient(headers=env.headers(secret), timeout=httpx2.Timeout(10.0)) as http,
-        Client(streamable_http_client(env.route(slug), http_client=http), mode=mode) as mcp,
-    ):
-        yield mcp
-
-
 @pytest.mark.parametrize("kind", ["json", "sse"])
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_sdk_calls_a_tool_through_the_gateway(env: McpEnv, kind: str, mode: str) -> None:
     """Both eras, JSON and SSE answers: the SDK lists and calls tools, reads a resource, gets a prompt."""
     discovered = metrics.child(metrics.MCP_REQUESTS, "STREAMABLE_HTTP", "server/discover", "success")
     initialized = metrics.child(metrics.MCP_REQUESTS, "STREAMABLE_HTTP", "initialize", "success")
+    TALLY.flush()
     before = (discovered._value.get(), initialized._value.get())
     async with client(env, f"{kind}-open", mode) as mcp:
         tools = await mcp.list_tools()
@@ -79,6 +65,7 @@ async def test_sdk_calls_a_tool_through_the_gateway(env: McpEnv, kind: str, mode
         prompt = await mcp.get_prompt("greet", {"who": "Ada"})
         assert "Hello Ada" in str(prompt.messages[0].content)
     # auto: the 2026-07-28 stateless form (server/discover, no handshake); legacy: the initialize handshake
+    TALLY.flush()  # (the counters get the calls within FLUSH_S; not waiting for it here)
     after = (discovered._value.get(), initialized._value.get())
     if mode == "auto":
         assert after[0] == before[0] + 1 and after[1] == before[1]
@@ -185,7 +172,8 @@ async def test_routing_headers_must_match_the_body(env: McpEnv) -> None:
 
 
 async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
-    """The session id the client holds is a gateway token: another key presenting it gets 404, never the session."""
+    """The session id the client holds is a gateway token: another key presenting it gets 404, never the session
+    (also once the owner's use has the token verified and memoized)."""
     created = await env.gw.service.create_key(
         {"organisation": "acme", "name": "other", "type": "ORGANISATION"}
     )
@@ -196,6 +184,12 @@ async def test_session_token_is_bound_to_the_key(env: McpEnv) -> None:
     assert token.startswith("odk1.")
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
     async with httpx.AsyncClient(timeout=10) as http:
+        owned = await http.post(
+            env.route("json-open"),
+            json=listing,
+            headers={**env.headers(), "mcp-session-id": token, "accept": "application/json"},
+        )
+        assert owned.status_code == 200 and owned.headers["mcp-session-id"] == token
         stolen = await http.post(
             env.route("json-open"),
             json=listing,

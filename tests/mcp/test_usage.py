@@ -63,23 +63,10 @@ def admin(env: McpEnv) -> httpx.AsyncClient:
     )
 
 
-async def post(env: McpEnv, slug: str, body: Any, request_id: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as http:
-        return await http.post(
-            env.route(slug),
-            json=body,
-            headers={
-                **env.headers(),
-                "accept": "application/json, text/event-stream",
-                "x-request-id": request_id,
-            },
-        )
-
-
 async def test_a_call_leaves_both_records_and_the_admin_api_reads_them(env: McpEnv) -> None:
     """A tools/call: the UsageRecord (provider mcp, the cost) and the MCP record share an id; the MCP record holds
     server, method, tool, bytes in/out, latency, outcome, the same cost and the pricing snapshot."""
-    resp = await post(env, "priced", call(7, text="hi"), "mcp-usage-ok")
+    resp = await env.post("priced", call(7, text="hi"), "mcp-usage-ok")
     assert resp.status_code == 200 and "result" in resp.json()
     usage = await wait_usage(env.gw.service, "mcp-usage-ok")
     assert usage["provider"] == "mcp" and usage["model"] == "priced" and usage["route"] == "mcp"
@@ -104,7 +91,7 @@ async def test_a_call_leaves_both_records_and_the_admin_api_reads_them(env: McpE
 
 async def test_a_blocked_call_is_recorded_as_blocked(env: McpEnv) -> None:
     """A refused tools/call never reaches the upstream; its MCP record says `blocked`, its usage record `failed`."""
-    resp = await post(env, "priced", call(8, "secret_tool"), "mcp-usage-blocked")
+    resp = await env.post("priced", call(8, "secret_tool"), "mcp-usage-blocked")
     assert resp.status_code == 403
     usage = await wait_usage(env.gw.service, "mcp-usage-blocked")
     assert usage["outcome"] == "failed" and usage["error_code"] == "mcp_guardrail_block"
@@ -123,7 +110,7 @@ async def test_a_blocked_call_is_recorded_as_blocked(env: McpEnv) -> None:
 async def test_admin_filters_and_keyset_pages(env: McpEnv) -> None:
     """Filters by server, method, key, time; pages of `limit` newest first, `next` until the end, none repeated."""
     for n in range(5):
-        assert (await post(env, "other", call(n, text=str(n)), f"mcp-page-{n}")).status_code == 200
+        assert (await env.post("other", call(n, text=str(n)), f"mcp-page-{n}")).status_code == 200
     await wait_usage(env.gw.service, "mcp-page-4")
     async with admin(env) as http:
         seen: list[str] = []

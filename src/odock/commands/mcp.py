@@ -158,7 +158,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
         "--blocked-tool", action="append", help="blocked tool name or glob; prompt:NAME, resource:URI"
     )
     p.add_argument("--pricing", help='JSON, e.g. {"callNanosUsd": 2000, "toolNanosUsd": {"search": 5000}}')
-    p.add_argument("--policies", help="JSON policy envelope (rate limits under the MCP scope)")
+    p.add_argument(
+        "--policies",
+        help="JSON policy envelope (rate limits under the MCP scope; safety: SafetySec on its calls)",
+    )
     p.add_argument("--config", help='JSON, e.g. {"timeout_ms": 30000, "max_processes": 4}')
     p.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
 

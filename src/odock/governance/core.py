@@ -363,11 +363,21 @@ class Governance:
         if plan.static and _over(plan.tightest, ctx):
             for scope, limits in plan.static:
                 self._static_checks(scope, limits, ctx)
-        checks = plan.checks
+        checks, lease_keys = plan.checks, plan.lease_keys
+        # an MCP server's policy joins the caller's scopes (reference §2.3 step 10)
+        if ctx.extra_scope is not None:
+            scope, ident, raw = ctx.extra_scope
+            limits = self._policies.get(raw)
+            if limits.max_request_bytes:
+                self._static_checks(scope, limits, ctx)
+            extra = self._request_checks(scope, ident, limits, leases=True)
+            if extra:
+                checks = [*checks, *extra]
+                lease_keys = [*lease_keys, *(c.key for c in extra if c.kind == "L")]
         if checks:
             result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("early", checks, result)
-            receipt.leases = [(limiter, key) for key in plan.lease_keys]
+            receipt.leases = [(limiter, key) for key in lease_keys]
             receipt.header = _header(checks, result)
         ctx.governance = receipt
         self._tally[_EARLY_ALLOW] += 1
@@ -389,11 +399,16 @@ class Governance:
                 caps = [*caps, extra[2].max_tokens]
             if extra[2].tpm:
                 tpm = [*tpm, (extra[0], f"{extra[0]}:{extra[1]}:tpm2", extra[2].tpm)]
+        defs = self.definitions
+        if not (static or tpm or plan_m.checks or ctx.redis_riders) and (
+            receipt.ledger is not None or not (defs.budgets or defs.quotas)
+        ):
+            self._tally[_FINAL_ALLOW] += 1  # nothing to check, cap or reserve: no more to do
+            return
         if static and (extra is not None or _over(plan_m.tightest, ctx)):
             for scope, limits in static:
                 self._static_checks(scope, limits, ctx)
         cap, cap_chosen = bounds.output_cap(ctx.max_tokens, caps, ctx.model)
-        defs = self.definitions
         if ctx.output == "none" or not (tpm or (receipt.ledger is None and (defs.budgets or defs.quotas))):
             out_tokens = 0  # nothing reserves output tokens: the prompt need not be measured
         elif ctx.output == "images":
@@ -402,9 +417,7 @@ class Governance:
             out_tokens = (ctx.prompt.choices if ctx.prompt else 1) * cap
         estimated = ctx.estimated_input_tokens
         reserve_tokens = (estimated if estimated > 0 else 0) + out_tokens
-        checks = list(plan_m.checks)
-        if extra is not None:
-            checks += self._request_checks(*extra, leases=True)
+        checks = list(plan_m.checks)  # (an extra scope's request rates were counted by the early gate)
         for scope, key, limit in tpm:
             checks.append(Check("T", key, limit, reserve_tokens, "tpm_exceeded", scope, "tokens_per_minute"))
         plan = self._reservation_plan(ctx, receipt, out_tokens)
@@ -423,12 +436,8 @@ class Governance:
                 result, limiter = await self._gate(checks, receipt.token)
             self._raise_if_denied("final", checks, result)
             second = result.now_ms // 1000
-            if extra is None:  # the plan knows which checks are leases and token windows
-                receipt.leases += [(limiter, key) for key in plan_m.lease_keys]
-                receipt.tokens += [(limiter, key, second, reserve_tokens) for _, key, _ in tpm]
-            else:
-                receipt.leases += [(limiter, c.key) for c in checks if c.kind == "L"]
-                receipt.tokens += [(limiter, c.key, second, int(c.param)) for c in checks if c.kind == "T"]
+            receipt.leases += [(limiter, key) for key in plan_m.lease_keys]
+            receipt.tokens += [(limiter, key, second, reserve_tokens) for _, key, _ in tpm]
             receipt.keep_tightest(checks, result)
         self._tally[_FINAL_ALLOW] += 1
         if plan is not None:

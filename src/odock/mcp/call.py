@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from odock.mcp import pricing
 from odock.mcp.protocol import Message, Rules
@@ -30,6 +30,14 @@ KNOWN_METHODS = frozenset(
 )
 
 
+class AnswerScreen(Protocol):
+    """The response phase of SafetySec and plugins on a call whose server opted in (the relay calls it)."""
+
+    async def answer_json(self, body: bytes) -> bytes: ...
+
+    async def answer_event(self, event: bytes) -> bytes: ...
+
+
 @dataclass(slots=True)
 class McpRequest:
     ref: str  # the path's server id or slug
@@ -53,6 +61,7 @@ class McpRequest:
     tool_calls: int = 0
     upstream_status: int | None = None
     outcome: str = "success"
+    screen: AnswerScreen | None = None  # set only when the server opted in to SafetySec or plugins
 
     def take(self, messages: list[Message], batch: bool, body: bytes) -> None:
         """Keep the POST's messages, and what the later stages ask of them, in one pass."""

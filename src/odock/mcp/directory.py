@@ -42,11 +42,18 @@ class McpDirectory:
 
     async def server(self, organisation_id: str, ref: str) -> McpServer | None:
         """The server by id, else by slug, within the key's organisation."""
+        key = (organisation_id, ref)
+        hit = self._servers.get(key, time.monotonic())
+        if hit is not None and hit[1]:  # the common case, without a load closure and a coroutine
+            return hit[0]
         return await self._cached(  # type: ignore[no-any-return]
-            self._servers, (organisation_id, ref), lambda: self.service.find_server(organisation_id, ref)
+            self._servers, key, lambda: self.service.find_server(organisation_id, ref)
         )
 
     async def grants(self, api_key_id: str) -> frozenset[str]:
+        hit = self._grants.get(api_key_id, time.monotonic())
+        if hit is not None and hit[1]:
+            return hit[0]
         return await self._cached(  # type: ignore[no-any-return]
             self._grants, api_key_id, lambda: self.service.granted_server_ids(api_key_id)
         )

@@ -39,6 +39,7 @@ class Message:
     id: Any
     name: str | None  # tools/call and prompts/get `params.name`, resources/read `params.uri`
     params: dict[str, Any]
+    item: dict[str, Any]  # the element as decoded (`params` is its own): re-encoded when a screen rewrites it
 
     @property
     def is_request(self) -> bool:
@@ -74,8 +75,13 @@ def parse_body(body: bytes) -> tuple[list[Message], bool]:
                     f"{method} needs params.{NAME_PARAMS[method]} (a string)", "invalid_request_body"
                 )
             name = value
-        messages.append(Message(method, item.get("id"), name, params))
+        messages.append(Message(method, item.get("id"), name, params, item))
     return messages, batch
+
+
+def encode_messages(messages: list[Message], batch: bool) -> bytes:
+    """The POST body again, after a screen changed its elements in place."""
+    return _encoder.encode([m.item for m in messages] if batch else messages[0].item)
 
 
 def decode_header_value(value: str | None) -> str | None:
@@ -235,22 +241,31 @@ def sse_events(buffer: bytearray) -> Iterator[bytes]:
         yield event
 
 
-def filter_sse_event(rules: Rules, event: bytes, list_ids: set[Any] | None) -> bytes:
-    """One SSE event with its `data:` JSON-RPC message filtered (other fields kept as they were)."""
+def sse_payload(event: bytes) -> tuple[list[bytes], Any] | None:
+    """An SSE event's lines and its `data:` JSON decoded (None: no data, or not JSON)."""
     lines = event.replace(b"\r\n", b"\n").split(b"\n")
-    data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in lines]
-    payload_lines = [d for d in data if d is not None]
+    payload_lines = [line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:")]
     if not payload_lines:
-        return event
+        return None
     try:
-        payload = _decoder.decode(b"\n".join(payload_lines))
+        return lines, _decoder.decode(b"\n".join(payload_lines))
     except msgspec.DecodeError:
-        return event
-    if not filter_result(rules, payload, list_ids):
-        return event
+        return None
+
+
+def sse_with_payload(lines: list[bytes], payload: Any) -> bytes:
+    """The event of `lines` (its other fields kept as they were) carrying `payload` as its data."""
     out = [line for line in lines if not line.startswith(b"data:") and line]
     out.append(b"data: " + _encoder.encode(payload))
     return b"\n".join(out) + b"\n\n"
+
+
+def filter_sse_event(rules: Rules, event: bytes, list_ids: set[Any] | None) -> bytes:
+    """One SSE event with its `data:` JSON-RPC message filtered (other fields kept as they were)."""
+    parsed = sse_payload(event)
+    if parsed is None or not filter_result(rules, parsed[1], list_ids):
+        return event
+    return sse_with_payload(*parsed)
 
 
 def rpc_errors(payload: Any) -> bool:

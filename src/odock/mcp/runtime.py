@@ -5,7 +5,7 @@ static auth headers, worked out once per server record instead of once per call)
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from odock.errors import UpstreamError
 from odock.mcp.auth import UpstreamAuth, static_headers
@@ -33,6 +33,19 @@ class ServerPlan:
     unary: Timeouts
     stream: Timeouts
     auth_headers: dict[str, str] | None  # None: fetched per call (OAuth2 tokens expire)
+    safety: bool = False  # the server opted in to SafetySec (`policies.safety.enabled`)
+    plugins: bool = False  # the server opted in to the plugins (`config.plugins`)
+
+
+def safety_opted_in(policies: dict[str, Any]) -> bool:
+    """SafetySec is off for MCP unless the server's own `policies.safety` says `enabled: true`."""
+    section = policies.get("safety")
+    return isinstance(section, dict) and section.get("enabled") is True
+
+
+def screening_wanted(policies: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether calls to a server of these policies and config need the MCP screening stage at all."""
+    return safety_opted_in(policies) or config.get("plugins") is True
 
 
 @dataclass(slots=True)
@@ -65,6 +78,8 @@ class McpRuntime:
             self.timeouts(server.config, stream=False),
             self.timeouts(server.config, stream=True),
             auth,
+            safety=safety_opted_in(server.policies),
+            plugins=server.config.get("plugins") is True,
         )
         return plan
 

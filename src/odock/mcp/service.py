@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from odock.errors import BadRequest, NotFound
 from odock.mcp.records import McpServer, McpServerInfo
+from odock.mcp.runtime import screening_wanted
 from odock.mcp.schema import key_mcp_grants, mcp_servers
 from odock.mcp.validation import (
     McpServerChanges,
@@ -319,3 +320,15 @@ class McpCatalogueService(CatalogueService):
                 await conn.execute(sa.select(g.c.mcp_server_id).where(g.c.api_key_id == api_key_id))
             ).all()
         return frozenset(r[0] for r in rows)
+
+
+async def screening_wanted_anywhere(store: SqlStore) -> bool:
+    """Whether some MCP server opted in to SafetySec or plugins: the gateway wires the MCP screening stage only
+    then. A text prefilter keeps the scan cheap; it runs at start and on each catalogue change."""
+    t = mcp_servers
+    mentions = sa.or_(
+        sa.cast(t.c.policies, sa.Text).like('%"safety"%'), sa.cast(t.c.config, sa.Text).like('%"plugins"%')
+    )
+    async with store.read() as conn:
+        rows = (await conn.execute(sa.select(t.c.policies, t.c.config).where(mentions))).all()
+    return any(screening_wanted(policies or {}, config or {}) for policies, config in rows)

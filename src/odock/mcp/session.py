@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from typing import Any
 
 import msgspec
 
@@ -18,6 +19,9 @@ from odock.errors import NotFound
 
 PREFIX = "odk1."
 MAX_TOKEN = 4096
+# every call of a handshake-era session carries its token and gets it back: each is signed and verified once per
+# process, then served from a bounded memo (HMAC and JSON are deterministic: a memoized token is the same token)
+MEMO_ENTRIES = 4096
 
 
 class SessionClaims(msgspec.Struct, frozen=True):
@@ -39,18 +43,29 @@ class SessionSigner:
         if len(secret) < 16:
             raise ValueError("the MCP session secret must be at least 16 bytes")
         self._secret = secret
+        self._tokens: dict[SessionClaims, str] = {}  # claims -> the token signed for them
+        self._verified: dict[str, SessionClaims] = {}  # token -> its claims, MAC checked
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
     def wrap(self, upstream_session: str, key_id: str, server_id: str) -> str:
-        payload = msgspec.json.encode(SessionClaims(upstream_session, key_id, server_id))
-        return f"{PREFIX}{_b64(payload)}.{_b64(self._mac(payload))}"
+        claims = SessionClaims(upstream_session, key_id, server_id)
+        token = self._tokens.get(claims)
+        if token is None:
+            payload = msgspec.json.encode(claims)
+            token = f"{PREFIX}{_b64(payload)}.{_b64(self._mac(payload))}"
+            _remember(self._tokens, claims, token)
+        return token
 
     def unwrap(self, token: str, key_id: str, server_id: str) -> str:
         """The upstream session id of a token this gateway issued for this key and server; else 404 (the MCP
         answer to an unknown session: the client starts a new one)."""
-        claims = self._claims(token)
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._claims(token)
+            if claims is not None:
+                _remember(self._verified, token, claims)
         if claims is None or not hmac.compare_digest(claims.k, key_id) or claims.v != server_id:
             raise NotFound("MCP session not found", "mcp_session_not_found")
         return claims.s
@@ -69,6 +84,12 @@ class SessionSigner:
             return msgspec.json.decode(payload, type=SessionClaims)
         except msgspec.DecodeError:
             return None
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()  # bounded: a flood of sessions costs a re-sign or a re-check, never memory
+    memo[key] = value
 
 
 def derive_secret(configured: str, fallback: bytes) -> bytes:

@@ -36,7 +36,7 @@ _AUTH_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 _CAMEL = {"tokenUrl": "token_url", "clientId": "client_id", "clientSecret": "client_secret"}
 
-# config keys the gateway reads (timeouts, stdio pool, tool pinning)
+# config keys the gateway reads (timeouts, stdio pool, tool pinning; `plugins`: run the plugins on its calls)
 _CONFIG_NUMBERS = (
     "timeout_ms",
     "connect_timeout_ms",
@@ -94,6 +94,8 @@ def check_config(config: Object) -> Object:
             _number(config[name], f"mcp server: config.{name}")
     if "pin_tools" in config and config["pin_tools"] not in ("off", "alert", "block", False, True):
         raise BadRequest("mcp server: config.pin_tools must be off, alert or block")
+    if "plugins" in config and not isinstance(config["plugins"], bool):
+        raise BadRequest("mcp server: config.plugins must be true or false")
     return config
 
 

@@ -6,7 +6,8 @@ proxies through the server's transport and answers:
 - Streamable HTTP (both eras of the spec): the body, the era's headers (`MCP-Protocol-Version`, `Mcp-Method`,
   `Mcp-Name`, `Last-Event-ID`) and the query go to the upstream with the server's own auth (never the client's
   `Authorization`); the answer comes back as JSON or SSE, `tools/list` results filtered by the tool rules, the
-  upstream's `Mcp-Session-Id` wrapped in a signed token. GET streams and DELETE are relayed too.
+  upstream's `Mcp-Session-Id` wrapped in a signed token. GET streams and DELETE are relayed too. A server that
+  opted in to SafetySec or plugins has its results screened here (`McpRequest.screen`), in JSON and SSE bodies.
 - Legacy SSE (2024-11-05 HTTP+SSE): the same relay; the `endpoint` event's message URL is rewritten to this
   route with its session id wrapped.
 - STDIO: each JSON-RPC message goes to a process of the server's supervised pool (odock.mcp.stdio).
@@ -144,6 +145,8 @@ class McpEndpoint(LLMEndpoint):
         rules = state.rules
         if body and state.list_ids and rules is not None and not rules.empty:
             body = filter_json(rules, body, state.list_ids)
+        if body and state.screen is not None:
+            body = await state.screen.answer_json(body)
         state.bytes_out = len(body)
         await call.respond(status, body, b"application/json")
 
@@ -235,6 +238,8 @@ class McpEndpoint(LLMEndpoint):
         rules = state.rules
         if body and state.list_ids and rules is not None and not rules.empty:
             body = filter_json(rules, body, state.list_ids)
+        if body and state.screen is not None:
+            body = await state.screen.answer_json(body)
         state.bytes_out = len(body)
         await call.respond(resp.status, body, (content_type or "application/json").encode("latin-1"))
 
@@ -250,6 +255,7 @@ class McpEndpoint(LLMEndpoint):
         list_ids: set[Any] | None = None if call.exchange.method == "GET" else state.list_ids
         filtering = (list_ids is None or bool(list_ids)) and rules is not None and not rules.empty
         waiting = state.waiting = set(state.request_ids)
+        screen = state.screen
         buffer = bytearray()
         try:
             async for chunk in resp.iter_chunks():
@@ -272,6 +278,8 @@ class McpEndpoint(LLMEndpoint):
                     if filtering:
                         assert rules is not None
                         event = filter_sse_event(rules, event, list_ids)
+                    if screen is not None:
+                        event = await screen.answer_event(event)
                     if waiting:
                         for rid in _answered_ids(event):
                             waiting.discard(rid)

@@ -4,15 +4,17 @@
                → model access → [pre_reserve] → final gate (TPM, budgets, quotas) → [pre_upstream] → routing plan
     listing:   pre-auth gate → authenticate → early gate            (`/v1/vllm/models`: answered from the catalogue)
     key check: pre-auth gate → authenticate                         (`/v1/keys/validate`: no limits of the key spent)
-    MCP call:  pre-auth gate → authenticate → MCP usage record → early gate → resolve server → MCP access
-               → read request → tool rules → [mcp_pre_upstream] → MCP gate (MCP scope, budgets, quotas)
+    MCP call:  pre-auth gate → authenticate → MCP usage record → resolve server → MCP access → early gate
+               (the caller's scopes and the server's, under MCP scope) → read request → tool rules
+               → [mcp_pre_upstream] → MCP gate (budgets, quotas)
 
 `pre_route` is where plugins' pre_route hooks go (§2.2 step 9). `pre_reserve` holds SafetySec's request phase and
 then the response cache: the cache must key on the redacted body and answer before any budget is reserved, so the
 request phase moves ahead of the reservations (§2.2 puts it at step 14; a block there has nothing to release).
-`mcp_pre_upstream` is where SafetySec and plugins go on MCP calls (reference §2.3 leaves them out: off by default,
-empty); they read the parsed JSON-RPC messages on `call.route_state` (`odock.mcp.call.McpRequest`) and run
-before the reservation, so a block has nothing to release.
+`mcp_pre_upstream` is where SafetySec and plugins go on MCP calls (reference §2.3 leaves them out: off by default;
+the gateway puts `odock.pipeline.stages.mcp_screen.McpScreening` there only while some server opts in); they read
+the parsed JSON-RPC messages on `call.route_state` (`odock.mcp.call.McpRequest`) and run before the reservation,
+so a block has nothing to release (and the reservation measures the arguments as forwarded).
 `pre_upstream` is where plugins' pre_upstream hooks go (step 15: after the reservations, so a block releases
 them). Governance stages are left out when governance is off; nothing else is conditional.
 """
@@ -110,16 +112,11 @@ def mcp_stages(
     stages: list[Stage] = []
     if governance is not None:
         stages.append(PreAuthGate(governance))
-    stages += [Authenticate(catalogue), McpRecordUsage(recorder)]
+    stages += [Authenticate(catalogue), McpRecordUsage(recorder), ResolveMcpServer(directory, runtime)]
+    stages.append(McpAccess(directory))
     if governance is not None:
-        stages.append(EarlyGate(governance, pricer or Pricer()))
-    stages += [
-        ResolveMcpServer(directory, runtime),
-        McpAccess(directory),
-        ReadMcpRequest(runtime.signer),
-        McpToolRules(),
-        *pre_upstream,
-    ]
+        stages.append(EarlyGate(governance, pricer or Pricer()))  # with the server's policy, under MCP scope
+    stages += [ReadMcpRequest(runtime.signer), McpToolRules(), *pre_upstream]
     if governance is not None:
         stages.append(McpGate(governance))
     return stages

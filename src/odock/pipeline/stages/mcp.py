@@ -1,8 +1,9 @@
 """The MCP call's own stages (reference §2.3 steps 7–13 and 17), between the shared ones:
 
-    pre-auth gate → authenticate → MCP usage record → early gate → resolve server → MCP access → read request
-    → tool rules → [pre_upstream: SafetySec / plugins on MCP, off by default] → MCP gate (MCP-scope limits,
-    budget and quota reservation) → (the endpoint proxies through the server's transport)
+    pre-auth gate → authenticate → MCP usage record → resolve server → MCP access → early gate (the caller's
+    scopes and the server's policy under MCP scope: step 10) → read request → tool rules → [pre_upstream:
+    SafetySec / plugins on MCP, off by default] → MCP gate (budget and quota reservation) → (the endpoint
+    proxies through the server's transport)
 
 A stage keeps what it learnt in the call's `McpRequest` (`call.route_state`).
 """
@@ -19,7 +20,9 @@ from odock.errors import BadRequest, DependencyUnavailable, Forbidden, NotFound
 from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import check_routing_headers, enforce, parse_body
+from odock.mcp.tally import TALLY
 from odock.pipeline.stage import Stage
+from odock.pipeline.stages.usage import call_metadata
 from odock.state.records import McpUsage, UsageRecord
 
 if TYPE_CHECKING:
@@ -77,6 +80,8 @@ class ResolveMcpServer(Stage):
         state.server = server
         state.plan = plan = self.runtime.plan(server)
         state.rules = plan.rules
+        # the early gate (step 10) adds the server's policy under MCP scope; the MCP gate checks the measured bytes
+        call.ctx.extra_scope = (MCP_SCOPE, server.id, server.policies)
 
 
 class McpAccess(Stage):
@@ -148,8 +153,8 @@ class McpToolRules(Stage):
 
 
 class McpGate(Stage):
-    """Steps 10 and 13: the server's policy joins the final gate under the MCP scope (bytes, RPS/RPM, burst,
-    concurrency), and budgets and quotas reserve pricing × request bytes plus the per-call and per-tool price."""
+    """Step 13: the server's byte cap on the body as read, and budgets and quotas reserve pricing × request bytes
+    plus the per-call and per-tool price (its rates and concurrency were the early gate's, step 10)."""
 
     name = "mcp_gate"
 
@@ -160,7 +165,6 @@ class McpGate(Stage):
         state, ctx = mcp_request(call), call.ctx
         server = state.server
         assert server is not None
-        ctx.extra_scope = (MCP_SCOPE, server.id, server.policies)
         calls = max(1, len(state.request_ids))
         ctx.reserve_nanos = pricing.reserve_nanos(server.pricing, state.tools, calls, len(state.body))
         ctx.output = "none"
@@ -201,17 +205,11 @@ class McpRecordUsage(Stage):
         outcome = mcp.outcome if mcp is not None and mcp.outcome != "success" else ctx.outcome
         if status >= 400 and outcome == "success":
             outcome = "failed"
-        metrics.child(metrics.MCP_REQUESTS, transport, method, outcome).inc()
-        metrics.child(metrics.MCP_DURATION, transport).observe(time.perf_counter() - ctx.started)
         bytes_in = len(mcp.body) if mcp is not None else 0
         bytes_out = mcp.bytes_out if mcp is not None else 0
-        if mcp is not None:
-            if bytes_in:
-                metrics.child(metrics.MCP_BYTES, "in").inc(bytes_in)
-            if bytes_out:
-                metrics.child(metrics.MCP_BYTES, "out").inc(bytes_out)
-            if ctx.upstream_started is not None and not ctx.priced:
-                ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
+        TALLY.add(transport, method, outcome, time.perf_counter() - ctx.started, bytes_in, bytes_out)
+        if mcp is not None and ctx.upstream_started is not None and not ctx.priced:
+            ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key
         if key is None:
             return
@@ -250,6 +248,8 @@ class McpRecordUsage(Stage):
                 error_code=ctx.error_code,
                 cost_nanos=ctx.cost_nanos,
                 pricing=server.pricing if server and server.pricing else None,
+                # SafetySec decisions and plugin runs (never text), on a server that opted in
+                metadata=call_metadata(ctx) if ctx.security or ctx.plugin_runs else None,
                 mcp=details,
             )
         )

@@ -76,7 +76,7 @@ class SafetySec(Stage):
         if call.stage_state is None:
             call.stage_state = {}
         call.stage_state[_SCREEN] = screen
-        call.defer(lambda: _count_decisions(screen))
+        call.defer(lambda: count_decisions(screen))
         if not policy.active("response") and (self.guard is None or call.ctx.stream):
             call.step_aside(self)
         if policy.active("request"):
@@ -235,7 +235,7 @@ class _SessionRider:
             metrics.child(metrics.SECURITY_ERRORS, "request", "session", "open").inc()
 
 
-async def _count_decisions(screen: Screen) -> None:
+async def count_decisions(screen: Screen) -> None:
     for phase in ("request", "response"):
         if screen.policy.active(phase):
             metrics.child(metrics.SECURITY_DECISIONS, phase, screen.outcome(phase)).inc()
