@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from mcp.shared.exceptions import MCPError
 
 from odock import metrics
-from odock.mcp.tally import TALLY
+from odock.metrics import TALLY
 from odock.state import schema
 from tests.harness import wait_usage
 from tests.mcp.servers import INITIALIZE, McpEnv, client, demo_server, mcp_gateway, serve
@@ -65,7 +65,7 @@ async def test_sdk_calls_a_tool_through_the_gateway(env: McpEnv, kind: str, mode
         prompt = await mcp.get_prompt("greet", {"who": "Ada"})
         assert "Hello Ada" in str(prompt.messages[0].content)
     # auto: the 2026-07-28 stateless form (server/discover, no handshake); legacy: the initialize handshake
-    TALLY.flush()  # (the counters get the calls within FLUSH_S; not waiting for it here)
+    TALLY.flush()  # (the counters get the calls within Tally.FLUSH_S; not waiting for it here)
     after = (discovered._value.get(), initialized._value.get())
     if mode == "auto":
         assert after[0] == before[0] + 1 and after[1] == before[1]

@@ -166,7 +166,7 @@ class Edge:
         req = Request(scope, receive, send, request_id, headers)
         endpoint = self.match(path)
         label = endpoint.name if endpoint is not None else "unmatched"
-        metrics.IN_FLIGHT.inc()
+        metrics.REQUESTS_IN_FLIGHT.value += 1
         started = time.perf_counter()
         try:
             if endpoint is None:
@@ -199,6 +199,7 @@ class Edge:
             elif not req.finished:
                 await req.end()
         finally:
-            metrics.IN_FLIGHT.dec()
-            metrics.child(metrics.REQUEST_DURATION, label).observe(time.perf_counter() - started)
-            metrics.child(metrics.REQUESTS, label, metrics.status_class(req.status or 500)).inc()
+            metrics.REQUESTS_IN_FLIGHT.value -= 1
+            tally = metrics.TALLY
+            tally.observe(metrics.REQUEST_DURATION, time.perf_counter() - started, (label,))
+            tally.inc(metrics.REQUESTS, (label, metrics.status_class(req.status or 500)))

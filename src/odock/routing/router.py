@@ -114,15 +114,15 @@ async def run_attempts(
                 model=candidate.model.name, provider=family, outcome="success", latency_ms=int(elapsed * 1000)
             )
         )
-        metrics.child(metrics.PROVIDER_REQUESTS, family, "success").inc()
-        metrics.child(metrics.PROVIDER_DURATION, family).observe(elapsed)
+        metrics.TALLY.inc(metrics.PROVIDER_REQUESTS, (family, "success"))
+        metrics.TALLY.observe(metrics.PROVIDER_DURATION, elapsed, (family,))
         if on_result is not None:
             on_result(candidate, True, elapsed, None)
         ctx.answered_by = candidate.model
         ctx.answered_provider = candidate.provider
         if plan.routed:
-            metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))
-            metrics.child(metrics.ROUTING_DECISIONS, "rerouted" if number else "direct").inc()
+            metrics.TALLY.observe(metrics.ROUTING_ATTEMPTS, len(ctx.attempts))
+            metrics.TALLY.inc(metrics.ROUTING_DECISIONS, ("rerouted" if number else "direct",))
         return result
     if plan.routed:
         metrics.ROUTING_ATTEMPTS.observe(len(ctx.attempts))

@@ -20,7 +20,6 @@ from odock.errors import BadRequest, DependencyUnavailable, Forbidden, NotFound
 from odock.mcp import pricing
 from odock.mcp.call import McpRequest
 from odock.mcp.protocol import check_routing_headers, enforce, parse_body
-from odock.mcp.tally import TALLY
 from odock.pipeline.stage import Stage
 from odock.pipeline.stages.usage import call_metadata
 from odock.state.records import McpUsage, UsageRecord
@@ -207,7 +206,11 @@ class McpRecordUsage(Stage):
             outcome = "failed"
         bytes_in = len(mcp.body) if mcp is not None else 0
         bytes_out = mcp.bytes_out if mcp is not None else 0
-        TALLY.add(transport, method, outcome, time.perf_counter() - ctx.started, bytes_in, bytes_out)
+        tally = metrics.TALLY
+        tally.inc(metrics.MCP_REQUESTS, (transport, method, outcome))
+        tally.observe(metrics.MCP_DURATION, time.perf_counter() - ctx.started, (transport,))
+        tally.inc(metrics.MCP_BYTES, ("in",), bytes_in)
+        tally.inc(metrics.MCP_BYTES, ("out",), bytes_out)
         if mcp is not None and ctx.upstream_started is not None and not ctx.priced:
             ctx.cost_nanos, ctx.priced = mcp.cost_nanos(), True
         key = ctx.key

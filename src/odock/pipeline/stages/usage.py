@@ -195,8 +195,8 @@ class RecordUsage(Stage):
             )
         )
         if ctx.upstream_started is not None:
-            metrics.child(metrics.GATEWAY_OVERHEAD, ctx.route).observe(ctx.upstream_started - ctx.started)
+            metrics.TALLY.observe(metrics.GATEWAY_OVERHEAD, ctx.upstream_started - ctx.started, (ctx.route,))
         if usage is not None and provider is not None:
             family = family_of(provider.type)
-            metrics.child(metrics.TOKENS, family, "input").inc(usage.total_input)
-            metrics.child(metrics.TOKENS, family, "output").inc(usage.output_tokens)
+            metrics.TALLY.inc(metrics.TOKENS, (family, "input"), usage.total_input)
+            metrics.TALLY.inc(metrics.TOKENS, (family, "output"), usage.output_tokens)
