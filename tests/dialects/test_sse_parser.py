@@ -31,23 +31,19 @@ def _reference(stream: bytes) -> list[tuple[str | None, str]]:
     event: str | None = None
     data: list[str] = []
     lines = stream.split(b"\n")
-    for i, raw in enumerate(lines):
-        if i == len(lines) - 1 and raw:  # unterminated last line: what `flush` reads
-            raw_lines = [raw, b""]
-        else:
-            raw_lines = [raw] if i < len(lines) - 1 else []
-        for line_bytes in raw_lines:
-            line = line_bytes.rstrip(b"\r").decode("utf-8", "replace")
-            if not line:
-                if data or event is not None:
-                    out.append((event, "\n".join(data)))
-                event, data = None, []
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                if name == "data":
-                    data.append(value.removeprefix(" "))
-                elif name == "event":
-                    event = value.removeprefix(" ")
+    tail = lines.pop()  # after the last newline: an unterminated line, read at the end (`flush`)
+    for line_bytes in [*lines, tail] if tail else lines:
+        line = line_bytes.rstrip(b"\r").decode("utf-8", "replace")
+        if not line:
+            if data or event is not None:
+                out.append((event, "\n".join(data)))
+            event, data = None, []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+            elif name == "event":
+                event = value.removeprefix(" ")
     if data:
         out.append((event, "\n".join(data)))
     return out
