@@ -30,8 +30,8 @@ class SSEParser:
         data = self._buffer + chunk
         self._buffer = b""
         if b"\r" not in data and not self._data and self._event is None:
-            # the complete events, split at their blank lines: an event of one `data:` line (what providers
-            # send) is read whole, without the line loop
+            # at a line start with no event half-read and no CR, the complete events end at each b"\n\n": an
+            # event of one `data:` line (what providers send) is read whole, anything else by the line loop
             end = data.rfind(b"\n\n")
             if end >= 0:
                 ready, data = data[:end], data[end + 2 :]
