@@ -2,6 +2,7 @@
 
     uv run python -m bench.instructions                       # governance-unary and openai-unary, embedded
     uv run python -m bench.instructions --scenario governance-unary --requests 1000 --src /path/to/other/src
+    uv run python -m bench.instructions --scenario safety-off-stream --scenario safety-stream   # SafetySec's cost
 
 The gateway runs under `valgrind --tool=callgrind` with instrumentation off until a warm-up (the catalogue and
 key caches filled, every code path taken once) is done; then `--requests` sequential requests (one connection)
@@ -30,6 +31,8 @@ from bench.procs import Supervisor, cores, free_port
 from bench.scenarios import CATALOGUES, KEY_ENV, UPSTREAM_KEY_ENV, CatalogueSpec, build_scenarios
 from bench.wrk import ensure_wrk, run_wrk
 
+# a feature's scenario name -> its baseline's (governance-unary / openai-unary, safety-stream / safety-off-stream)
+FEATURE_BASELINES = ((r"^governance-", "openai-"), (r"^safety-(?!off-)", "safety-off-"))
 FLUSH_WAIT_S = 3.0  # longer than the usage (0.5 s) and charge flush intervals: their work is counted too
 
 
@@ -155,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"bare forwarder (openai-unary): {counts['forwarder']:,} instructions per request", flush=True)
-    governed = {n: c for n, c in counts.items() if re.match(r"governance-", n)}
-    for name, c in governed.items():
-        base = counts.get(name.replace("governance-", "openai-"))
-        if base:
-            print(
-                f"{name} / {name.replace('governance-', 'openai-')}: {c / base:.3f}× the instructions "
-                f"(governance adds {c - base:,} per request)"
-            )
+    # a feature's cost: its scenario against the same call without it, when both were counted
+    for name, c in counts.items():
+        for feature, without in FEATURE_BASELINES:
+            base_name = re.sub(feature, without, name)
+            base = counts.get(base_name) if base_name != name else None
+            if base:
+                print(
+                    f"{name} / {base_name}: {c / base:.3f}× the instructions (adds {c - base:,} per request)"
+                )
     return 0
 
 

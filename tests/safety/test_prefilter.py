@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import random
 
-from odock.safety.detectors import scan
+from odock.safety.detectors import PHRASE_RULES, _phrase_hits, _words, normalize, scan
 from tests.safety.corpus import attacks, benign
 
 PIECES = [
@@ -76,3 +76,18 @@ def test_a_slack_webhook_without_an_x_is_found() -> None:
     # the detector used to be skipped unless the text held an "x" (its `xox` tokens' letter)
     text = "post to https://hooks.slack.com/services/T123/B456/abcDEF now"
     assert [f.category for f in scan(text)] == ["slack_token"]
+
+
+def test_the_phrase_rules_run_by_lead_word_find_what_every_rule_finds() -> None:
+    # the rules are looked up by the lead words the text holds; run all in order, they must find the same
+    for text in _texts() + attacks():
+        folded, _ = normalize(text)
+        words = _words(folded)
+        every_rule = [
+            (rule.category, m.start(), m.end())
+            for rule in PHRASE_RULES
+            if rule.lead in words and (not rule.also or not rule.also.isdisjoint(words))
+            for m in rule.pattern.finditer(folded)
+            if m.start() == 0 or not folded[m.start() - 1].isalnum()
+        ]
+        assert list(_phrase_hits(folded, words, {"injection", "jailbreak"})) == every_rule, text

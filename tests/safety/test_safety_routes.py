@@ -202,6 +202,28 @@ async def test_openai_chat_response_phase_block_and_redact_while_streaming(tmp_p
         assert "Mock reply" in text  # released text is the answer, in order
 
 
+async def test_a_unary_answer_is_re_encoded_only_when_redacted(tmp_path: Path) -> None:
+    """An answer the response phase did not change reaches the client as the upstream's bytes, as with SafetySec
+    off (the mock's message carries `annotations`, which the dialect's re-encoding leaves out); a redacted one is
+    re-encoded."""
+    async with in_process_gateway(tmp_path) as gw:
+        k = await keys(gw)
+        client = oai(gw, k["response_redact"])
+        prompt = [{"role": "user", "content": "say hello back"}]
+        clean = await client.chat.completions.with_raw_response.create(model="gpt-test", messages=prompt)
+        plain = await oai(gw, k["plain"]).chat.completions.with_raw_response.create(
+            model="gpt-test", messages=prompt
+        )
+        message = json.loads(clean.http_response.content)["choices"][0]["message"]
+        assert "annotations" in message
+        assert message == json.loads(plain.http_response.content)["choices"][0]["message"]
+        redacted = await client.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=[{"role": "user", "content": f"say {EMAIL} back"}]
+        )
+        message = json.loads(redacted.http_response.content)["choices"][0]["message"]
+        assert EMAIL not in message["content"] and "[REDACTED_EMAIL]" in message["content"]
+
+
 async def test_responses_route(tmp_path: Path) -> None:
     async with in_process_gateway(tmp_path) as gw:
         k = await keys(gw)

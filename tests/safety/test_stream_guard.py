@@ -139,3 +139,25 @@ def test_tool_arguments_are_held_whole_and_screened() -> None:
     assert isinstance(out, list) and isinstance(out[0], ToolCallDelta) and isinstance(out[-1], StreamStop)
     assert out[0].id == "c1" and out[0].name == "send"
     assert out[0].arguments == '{"to": "[REDACTED_EMAIL]", "body": "hi"}'
+
+
+@pytest.mark.parametrize("dialect", DIALECT_NAMES)
+def test_upstream_bytes_cut_at_any_byte_never_leak(dialect: str) -> None:
+    """The path of an inspected stream from the upstream's bytes (the SSE parser reads whole events without its
+    line loop): the secret split across deltas, the bytes cut at every boundary, still never leaves."""
+    secret = SECRETS["openai_key"]
+    d = DIALECTS[dialect]
+    encoder = d.client.stream_encoder(model="m", request_id="r1", options=StreamOptions())
+    pieces = ["Sure. The key is ", secret[:9], secret[9:20], secret[20:] + " and that is all."]
+    upstream = [StreamStart(id="r1", model="m"), *(TextDelta(text=p) for p in pieces)]
+    wire = b"".join(encoder.event(e) for e in upstream) + encoder.finish()
+    for cut in range(len(wire) + 1):
+        parser, decoder = SSEParser(), d.upstream.stream_decoder()
+        guard = StreamGuard(ENGINE, Screen(REDACT))
+        out: list[StreamEvent] = []
+        sse = [*parser.feed(wire[:cut]), *parser.feed(wire[cut:]), *parser.flush()]
+        for event in [e for s in sse for e in decoder.feed(s)]:
+            passed = guard.feed(event)
+            out += passed if isinstance(passed, list) else [passed] if passed is not None else []
+        released = text_of(out)
+        assert secret not in released and "[REDACTED_OPENAI_KEY]" in released, cut

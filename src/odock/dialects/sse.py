@@ -27,13 +27,31 @@ class SSEParser:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> Iterator[SSEEvent]:
-        self._buffer += chunk
+        data = self._buffer + chunk
+        self._buffer = b""
+        if b"\r" not in data and not self._data and self._event is None:
+            # at a line start with no event half-read and no CR, the complete events end at each b"\n\n": an
+            # event of one `data:` line (what providers send) is read whole, anything else by the line loop
+            end = data.rfind(b"\n\n")
+            if end >= 0:
+                ready, data = data[:end], data[end + 2 :]
+                for block in ready.split(b"\n\n"):
+                    if block.startswith(b"data:") and b"\n" not in block:
+                        yield SSEEvent(None, block[5:].decode("utf-8", "replace").removeprefix(" "))
+                    else:
+                        yield from self._lines(block + b"\n\n")
+        yield from self._lines(data)
+
+    def _lines(self, data: bytes) -> Iterator[SSEEvent]:
+        """Read the complete lines of `data`; keep the unterminated rest for the next chunk."""
+        start = 0
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = data.find(b"\n", start)
             if newline < 0:
+                self._buffer = data[start:]
                 return
-            line = self._buffer[:newline].rstrip(b"\r").decode("utf-8", "replace")
-            self._buffer = self._buffer[newline + 1 :]
+            line = data[start:newline].rstrip(b"\r").decode("utf-8", "replace")
+            start = newline + 1
             if not line:
                 if self._data or self._event is not None:
                     yield SSEEvent(self._event, "\n".join(self._data))

@@ -55,6 +55,12 @@ class Stage:
     async def after(self, call: Call, response: GatewayResponse | None) -> None:
         """Run once the upstream answered; `response` is decoded only when some stage needs it."""
 
+    def rewrote(self, call: Call) -> bool:
+        """Whether this call's after-hook may have changed the decoded answer; when no stage did, a native route
+        sends the upstream's bytes instead of re-encoding them. A stage that needs the response may have, unless
+        it says otherwise."""
+        return self.needs_response
+
     # which hooks a subclass actually overrides (the runner builds its per-phase lists from these)
     @classmethod
     def hooks(cls) -> frozenset[str]:

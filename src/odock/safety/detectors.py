@@ -704,6 +704,11 @@ def _re2_set(patterns: Sequence[str]) -> Any:
 
 
 _LEADS = tuple(sorted({rule.lead for rule in PHRASE_RULES}.union(*(rule.also for rule in PHRASE_RULES))))
+_RULES_BY_LEAD: dict[str, tuple[int, ...]] = {
+    lead: tuple(i for i, rule in enumerate(PHRASE_RULES) if rule.lead == lead)
+    for lead in {rule.lead for rule in PHRASE_RULES}
+}
+_RULE_LEADS = frozenset(_RULES_BY_LEAD)
 _LEAD_BYTES = frozenset(word.encode() for word in _LEADS)
 
 # zero-width and bidi controls an attacker threads through a phrase
@@ -826,8 +831,12 @@ def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
 def _phrase_hits(
     folded: str, words: frozenset[str], active: Collection[str]
 ) -> Iterator[tuple[str, int, int]]:
-    for rule in PHRASE_RULES:
-        if rule.category not in active or rule.lead not in words:
+    leads = _RULE_LEADS.intersection(words)
+    if not leads:
+        return
+    for i in sorted({i for lead in leads for i in _RULES_BY_LEAD[lead]}):  # the rules' order, as written
+        rule = PHRASE_RULES[i]
+        if rule.category not in active:
             continue
         if rule.also and rule.also.isdisjoint(words):
             continue
@@ -841,21 +850,20 @@ def _phrase_hits(
 
 def _phrases(
     text: str,
-    wanted: Callable[[str, str], bool],
+    active: frozenset[str],
     runs: list[tuple[int, int]] | None,
     hits: Sequence[int] | None,
 ) -> Iterator[Finding]:
-    """Phrase findings; `runs` are an ASCII text's runs of 20+ token characters and `hits` what `_ASCII_SET`
-    found in it (None: not ASCII)."""
-    active = {name for name in ("injection", "jailbreak") if wanted(name, name)}
-    if not active:
-        return
-    folded, index, words = _prepare(text, hits)
-    for category, start, end in _phrase_hits(folded, words, active):
-        if index is None:
-            yield Finding(start, end, category, category)
-        else:
-            yield Finding(index[start], index[end - 1] + 1, category, category)
+    """Phrase findings of the `active` categories; `runs` are an ASCII text's runs of 20+ token characters and
+    `hits` what `_ASCII_SET` found in it (None: not ASCII)."""
+    # an ASCII text where the prefilter saw no lead word and no spelt-out word holds no phrase: not folded
+    if hits is None or _SPELT in hits or (hits and max(hits) >= _LEAD0):
+        folded, index, words = _prepare(text, hits)
+        for category, start, end in _phrase_hits(folded, words, active):
+            if index is None:
+                yield Finding(start, end, category, category)
+            else:
+                yield Finding(index[start], index[end - 1] + 1, category, category)
     # base64-wrapped instructions: decoded, then matched as text; the finding is the encoded span
     for m in _base64_matches(text, runs):
         if m.end() - m.start() < 20 or not _left_free(text, m.start(), _TOKEN_CHARS):
@@ -902,13 +910,6 @@ MODULES: dict[str, frozenset[str]] = {
 CATEGORIES: frozenset[str] = frozenset().union(*MODULES.values())
 MODULE_OF: dict[str, str] = {c: m for m, cs in MODULES.items() for c in cs}
 _PRIORITY = {d.category: d.priority for d in DETECTORS} | {"injection": 0, "jailbreak": 0}
-
-
-def _selector(categories: Collection[str] | None) -> Callable[[str, str], bool]:
-    if categories is None:
-        return lambda category, module: True
-    chosen = frozenset(categories)
-    return lambda category, module: category in chosen or module in chosen
 
 
 _NOT_DIGIT = bytes(b for b in range(256) if not 48 <= b <= 57)
@@ -999,15 +1000,35 @@ def _prefilter(text: str) -> _Prefiltered:
     return _Prefiltered(frozenset(_GATES[i] for i in hits), None, None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """What a category/module selection runs, worked out once (a policy has a handful of selections)."""
+
+    detectors: tuple[Detector, ...]
+    # a gate, or "@" + region for a detector without a gate -> the positions in `detectors` it may run
+    by_key: dict[str, tuple[int, ...]]
+    phrases: frozenset[str]  # the active phrase categories (injection, jailbreak)
+
+
 @functools.lru_cache(maxsize=1024)
-def _detectors_for(chosen: frozenset[str] | None) -> tuple[Detector, ...]:
-    """The detectors a category/module selection runs (a policy has a handful of selections: worked out once)."""
-    return tuple(d for d in DETECTORS if chosen is None or d.category in chosen or d.module in chosen)
+def _selection(chosen: frozenset[str] | None) -> _Selection:
+    def picked(category: str, module: str) -> bool:
+        return chosen is None or category in chosen or module in chosen
+
+    detectors = tuple(d for d in DETECTORS if picked(d.category, d.module))
+    by_key: dict[str, list[int]] = {}
+    for i, d in enumerate(detectors):
+        for key in d.gate or ("@" + d.region,):
+            by_key.setdefault(key, []).append(i)
+    phrases = frozenset(name for name in ("injection", "jailbreak") if picked(name, name))
+    return _Selection(detectors, {k: tuple(v) for k, v in by_key.items()}, phrases)
 
 
-def _raw_findings(
-    text: str, detectors: tuple[Detector, ...], wanted: Callable[[str, str], bool]
-) -> Iterator[Finding]:
+# the keys of the detectors without a gate: each runs unless the prefilter found its region empty
+_REGION_KEYS = tuple(sorted({"@" + d.region for d in DETECTORS if not d.gate}))
+
+
+def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
     plan = _prefilter(text)
     gates = plan.gates
     cache: dict[str, list[tuple[int, int]]] = {}
@@ -1018,12 +1039,19 @@ def _raw_findings(
         cache["ipv6"] = []
     if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
         cache["numeric"] = cache["near_numeric"] = []
-    for d in detectors:
-        if gates is None:
-            if (d.pre and d.pre not in text) or (d.gate and not any(g in text for g in d.gate)):
-                continue
-        elif d.gate and gates.isdisjoint(d.gate):
-            continue
+    detectors = selection.detectors
+    if gates is None:  # no prefilter: each detector's own substring tests
+        run = [
+            d
+            for d in detectors
+            if not (d.pre and d.pre not in text) and not (d.gate and not any(g in text for g in d.gate))
+        ]
+    else:
+        # only the detectors whose gate occurred, or whose region was not ruled out, in their order
+        by_key = selection.by_key
+        keys = [*gates, *(k for k in _REGION_KEYS if cache.get(k[1:]) != [])]
+        run = [detectors[i] for i in sorted({i for key in keys for i in by_key.get(key, ())})]
+    for d in run:
         validator = d.validator
         matches = (
             _email_matches(d.pattern, text)
@@ -1033,7 +1061,8 @@ def _raw_findings(
         for m in matches:
             if validator is None or validator(text, m.start(), m.end()):
                 yield Finding(m.start(), m.end(), d.category, d.module)
-    yield from _phrases(text, wanted, plan.runs, plan.ascii_hits)
+    if selection.phrases:
+        yield from _phrases(text, selection.phrases, plan.runs, plan.ascii_hits)
 
 
 def resolve_overlaps(findings: list[Finding]) -> list[Finding]:
@@ -1055,4 +1084,4 @@ def scan(text: str, categories: Collection[str] | None = None) -> list[Finding]:
     if not text:
         return []
     chosen = None if categories is None else frozenset(categories)
-    return resolve_overlaps(list(_raw_findings(text, _detectors_for(chosen), _selector(categories))))
+    return resolve_overlaps(list(_raw_findings(text, _selection(chosen))))

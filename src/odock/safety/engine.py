@@ -172,14 +172,7 @@ class SafetyEngine:
     ) -> None:
         """Screen every text surface of the request: the client's JSON (native routes forward it), and the
         normalized request when the route translates from it (the unified route)."""
-        done: dict[str, str] = {}
-
-        def visit(text: str) -> str:
-            out = done.get(text)
-            if out is None:
-                out = done[text] = self.screen_text(text, screen, "request")
-            return out
-
+        visit = self._screen_once(screen, "request")
         if body is not None:
             walk_json(body, visit)
         if request is not None:
@@ -189,11 +182,21 @@ class SafetyEngine:
     # --- response phase (unary) ---------------------------------------------------------------------------
 
     def screen_response(self, response: GatewayResponse, screen: Screen) -> None:
-        def visit(text: str) -> str:
-            return self.screen_text(text, screen, "response")
-
-        walk_response(response, visit)
+        walk_response(response, self._screen_once(screen, "response"))
         metrics.child(metrics.SECURITY_MODULE_RUNS, "response", "builtin").inc()
+
+    def _screen_once(self, screen: Screen, phase: str) -> Visit:
+        """`screen_text` for one phase that scans a text met twice once (a decoded answer holds its text both
+        as content and as a text block; a request both as JSON and normalized)."""
+        done: dict[str, str] = {}
+
+        def visit(text: str) -> str:
+            out = done.get(text)
+            if out is None:
+                out = done[text] = self.screen_text(text, screen, phase)
+            return out
+
+        return visit
 
 
 def apply_redactions(text: str, findings: list[Finding]) -> str:

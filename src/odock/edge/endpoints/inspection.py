@@ -35,13 +35,15 @@ def upstream_json(call: Call, dialect: Dialect | None, slug: str) -> dict[str, A
 
 async def inspect_unary(call: Call, dialect: Dialect | None, parsed: Any, data: bytes) -> bytes:
     """Run the after-hooks on a unary answer; with a stage that needs the response, on its decoded form, and
-    return the answer re-encoded from it."""
+    return the answer re-encoded from it when a stage changed it."""
     if dialect is None or not call.needs_response or not isinstance(parsed, dict):
         if call.after_stages:
             await call.answered(None)
         return data
     response = dialect.upstream.decode_response(parsed)
     await call.answered(response)
+    if not any(stage.rewrote(call) for stage in call.after_stages):
+        return data  # nothing changed the answer: the upstream's bytes, as the byte relay sends them
     encoded = msgspec.json.decode(
         dialect.client.encode_response(response, model=str(parsed.get("model", "")))
     )

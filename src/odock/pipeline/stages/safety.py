@@ -168,6 +168,12 @@ class SafetySec(Stage):
             guard = state[_STREAM] = StreamGuard(self.engine, state[_SCREEN])
         return guard.feed(event)
 
+    def rewrote(self, call: Call) -> bool:
+        # every change to an answer (a detector's, a pattern's or the external guard's redaction) is noted as a
+        # response-phase decision stricter than observe
+        screen = call.stage_state.get(_SCREEN) if call.stage_state else None
+        return screen is not None and screen.outcome("response") not in ("allow", "observe")
+
     async def after(self, call: Call, response: GatewayResponse | None) -> None:
         if response is None or call.stage_state is None:
             return  # a stream (screened delta by delta) or an answer no stage decoded
