@@ -6,55 +6,21 @@ that did not opt in never reaches it. The SDK client through a live gateway agai
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
 from odock.pipeline.stages.safety import SafetySec
 from tests.harness import free_port, wait_usage
 from tests.mcp.servers import McpEnv, client, mcp_gateway, serve
-from tests.webhook_service import serving, signed_by
+from tests.safety.test_guard_http import SECRET, GuardService  # the LLM guard tests' service and verdicts
+from tests.webhook_service import serving
 
-SECRET = "mcp-guard-hmac-secret"
 SEEN: list[str] = []  # what the upstream's `store` tool was given
-
-# a word in the texts the guard sees -> its verdict, per phase
-VERDICTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("request", "forbidden"): {"action": "block", "category": "toxicity"},
-    ("request", "Paris"): {"action": "modify"},
-    ("response", "Lyon"): {"action": "block", "category": "leak"},
-    ("response", "Berlin"): {"action": "modify"},
-}
-SWAPS = {"Paris": "[CITY]", "Berlin": "[TOWN]"}
-
-
-class GuardService:
-    def __init__(self) -> None:
-        self.seen: list[dict[str, Any]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if not signed_by(SECRET, request, body):
-            return web.json_response({"error": "bad signature"}, status=401)
-        payload = json.loads(body)
-        self.seen.append(payload)
-        text = " ".join(payload["texts"])
-        verdict = next(
-            (v for (phase, word), v in VERDICTS.items() if phase == payload["phase"] and word in text),
-            {"action": "allow"},
-        )
-        if verdict["action"] == "modify":
-            texts = payload["texts"]
-            for word, mark in SWAPS.items():
-                texts = [t.replace(word, mark) for t in texts]
-            verdict = {"action": "modify", "texts": texts, "category": "places"}
-        return web.json_response(verdict)
 
 
 def upstream_server() -> MCPServer:
