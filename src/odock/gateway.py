@@ -199,18 +199,18 @@ class Gateway:
         return (self._safety_stage,)
 
     def mcp_screening_stages(self) -> tuple[Stage, ...]:
-        """The MCP screening stage (built once): SafetySec's engine (none with SAFETY_ENGINE_MODE=off) and the
-        plugins, for the servers that opt in."""
+        """The MCP screening stage (built once): SafetySec's stage, for its engine, sessions and external guard (none
+        with SAFETY_ENGINE_MODE=off), and the plugins, for the servers that opt in."""
         if self._mcp_screening_stage is None:
             from odock.pipeline.stages.mcp_screen import McpScreening
             from odock.pipeline.stages.safety import SafetySec
 
-            engine = None
+            safety: SafetySec | None = None
             if self.settings.safety_engine_mode != "off":
                 stage = self.safety_stages()[0]
                 assert isinstance(stage, SafetySec)
-                engine = stage.engine
-            self._mcp_screening_stage = McpScreening(engine, self.plugins)
+                safety = stage
+            self._mcp_screening_stage = McpScreening(safety, self.plugins)
         return (self._mcp_screening_stage,)
 
     def _new_safety_stage(self) -> Stage:

@@ -5,8 +5,13 @@
   request phase screens `tools/call` and `prompts/get` arguments before the upstream (block: 403
   safety_blocked; redact: the upstream receives the redacted arguments); the response phase screens the
   results (`odock.mcp.screening`) in JSON and SSE bodies (block: an error for that request; redact: the result
-  rewritten). The built-in detectors and the operator's patterns run; the session score and the external guard
-  are the LLM calls' only.
+  rewritten). The built-in detectors and the operator's patterns run, then, as for LLM calls, the session score
+  and the external guard: the arguments' injection and jailbreak signals raise the caller's session score (same
+  fingerprint), and a call carrying `tools/call`, `prompts/get` or `resources/read` from a session at the
+  threshold is refused (403 safety_blocked); with `SAFETY_GUARD_URL` the guard sees the arguments' strings, then
+  each answer's result texts (a whole JSON-RPC message, in JSON or in one SSE event), and may allow, modify (the
+  new texts go back into the body) or block; its failures follow `SAFETY_GUARD_FAIL`. The session's script is
+  its own Redis round trip in cluster mode (it does not ride the MCP gate's, as the LLM calls' does).
 - Plugins: a server with `config.plugins: true` runs the configured pre_upstream, post_upstream and
   post_response phases on a normalized view: the request is an assistant message whose tool calls are the
   arguments (JSON text; `name` the tool or prompt), the answer a list of text parts (every result text, in
@@ -19,7 +24,7 @@ of servers that do not: zero cost when off. Decisions go to the usage record as 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -40,11 +45,13 @@ from odock.pipeline.stages.safety import count_decisions
 from odock.safety.engine import Screen
 
 if TYPE_CHECKING:
-    from odock.context import CallContext
     from odock.mcp.call import McpRequest
+    from odock.mcp.protocol import Message as McpMessage
     from odock.pipeline.call import Call
+    from odock.pipeline.stages.safety import SafetySec
     from odock.plugins import Plugins
-    from odock.safety.engine import SafetyEngine
+
+T = TypeVar("T")
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -56,8 +63,8 @@ class McpScreening(Stage):
 
     name = "mcp_screen"
 
-    def __init__(self, safety: SafetyEngine | None, plugins: Plugins | None) -> None:
-        self.safety = safety
+    def __init__(self, safety: SafetySec | None, plugins: Plugins | None) -> None:
+        self.safety = safety  # the LLM calls' SafetySec: its engine, sessions and external guard
         self.plugins = plugins
 
     async def before(self, call: Call) -> None:
@@ -66,7 +73,7 @@ class McpScreening(Stage):
         assert plan is not None and server is not None
         screen = None
         if plan.safety and self.safety is not None:
-            policy = self.safety.policy(
+            policy = self.safety.engine.policy(
                 ctx.organisation.policies if ctx.organisation else None,
                 ctx.team.policies if ctx.team else None,
                 ctx.key.policies if ctx.key else None,
@@ -80,7 +87,7 @@ class McpScreening(Stage):
             return
         get = call.exchange.method == "GET"
         ids = None if get else frozenset(m.id for m in state.messages if m.method in SCREENED_METHODS)
-        guard = McpGuard(ctx, state, self.safety, screen, plugins, ids)
+        guard = McpGuard(call, state, self.safety, screen, plugins, ids)
         if ids is None or ids:
             state.screen = guard
         try:
@@ -100,18 +107,18 @@ class McpScreening(Stage):
 class McpGuard:
     """One call's SafetySec screen and plugin view, across the request and the response phases."""
 
-    __slots__ = ("ctx", "engine", "ids", "plugins", "screen", "state", "view")
+    __slots__ = ("call", "ctx", "ids", "plugins", "safety", "screen", "state", "view")
 
     def __init__(
         self,
-        ctx: CallContext,
+        call: Call,
         state: McpRequest,
-        engine: SafetyEngine | None,
+        safety: SafetySec | None,
         screen: Screen | None,
         plugins: Plugins | None,
         ids: frozenset[Any] | None,
     ) -> None:
-        self.ctx, self.state, self.engine = ctx, state, engine
+        self.call, self.ctx, self.state, self.safety = call, call.ctx, state, safety
         self.screen, self.plugins, self.ids = screen, plugins, ids
         self.view: GatewayRequest | None = None
 
@@ -120,13 +127,7 @@ class McpGuard:
     async def request(self) -> None:
         state = self.state
         carriers = [m for m in state.messages if m.method in ARGUMENT_METHODS]
-        changed = False
-        if self.screen is not None and carriers and self.screen.policy.active("request"):
-            visit, redacted = self._screener("request")
-            for message in carriers:
-                walk_arguments(message, visit)
-            metrics.child(metrics.SECURITY_MODULE_RUNS, "request", "builtin").inc()
-            changed = bool(redacted)
+        changed = await self._safety_request(carriers) if self.screen is not None else False
         if self.plugins is not None and state.messages:
             sent = [_encode(m.params.get("arguments") or {}).decode() for m in carriers]
             calls = [
@@ -145,10 +146,34 @@ class McpGuard:
             state.body = encode_messages(state.messages, state.batch)
             self.ctx.body_bytes = len(state.body)
 
+    async def _safety_request(self, carriers: list[McpMessage]) -> bool:
+        """SafetySec's request phase in the LLM calls' order (`odock.pipeline.stages.safety`): the built-in
+        detectors, the session score, the external guard; returns whether the arguments changed."""
+        safety, screen = self.safety, self.screen
+        assert safety is not None and screen is not None
+        changed = False
+        if carriers and screen.policy.active("request"):
+            visit, redacted = self._screener("request")
+            for message in carriers:
+                walk_arguments(message, visit)
+            metrics.child(metrics.SECURITY_MODULE_RUNS, "request", "builtin").inc()
+            changed = bool(redacted)
+        if any(m.method in SCREENED_METHODS for m in self.state.messages):
+            # only calls that carry text in or out: listings, pings and the handshake do not pay a session look-up
+            await safety._session(self.call, screen)
+        if safety.guard is not None and carriers:
+            swap = await safety._verdict(self.call, screen, "request", _guard_texts(carriers, walk_arguments))
+            if swap is not None:
+                for message in carriers:
+                    walk_arguments(message, swap)
+                changed = True
+        return changed
+
     def _screener(self, phase: str) -> tuple[Callable[[str], str], list[str]]:
         """SafetySec's visit of one phase's texts (each distinct text screened once), and the texts it changed."""
-        engine, screen = self.engine, self.screen
-        assert engine is not None and screen is not None
+        safety, screen = self.safety, self.screen
+        assert safety is not None and screen is not None
+        engine = safety.engine
         done: dict[str, str] = {}
         redacted: list[str] = []
 
@@ -206,6 +231,14 @@ class McpGuard:
                 walk_result(result, visit)
             metrics.child(metrics.SECURITY_MODULE_RUNS, "response", "builtin").inc()
             changed = bool(redacted)
+        safety = self.safety
+        if screen is not None and safety is not None and safety.guard is not None:
+            # every answer is a whole JSON-RPC message (one SSE event at most): the guard sees complete results
+            swap = await safety._verdict(self.call, screen, "response", _guard_texts(results, walk_result))
+            if swap is not None:
+                for result in results:
+                    walk_result(result, swap)
+                changed = True
         if self.plugins is not None and self.plugins.phase("post_upstream"):
             changed = await self._post_upstream(results) or changed
         return changed
@@ -213,14 +246,7 @@ class McpGuard:
     async def _post_upstream(self, results: list[dict[str, Any]]) -> bool:
         plugins = self.plugins
         assert plugins is not None
-        texts: list[str] = []
-
-        def collect(text: str) -> str:
-            texts.append(text)
-            return text
-
-        for result in results:
-            walk_result(result, collect)
+        texts = _texts(results, walk_result)
         server = self.state.server
         assert server is not None
         answer = GatewayResponse(
@@ -259,3 +285,21 @@ def _adopt_arguments(request: GatewayRequest, carriers: list[Any], sent: list[st
         message.params["arguments"] = arguments
         changed = True
     return changed
+
+
+def _texts(items: list[T], walk: Callable[[T, Callable[[str], str]], None]) -> list[str]:
+    """Every text `walk` visits in `items`, in order."""
+    texts: list[str] = []
+
+    def collect(text: str) -> str:
+        texts.append(text)
+        return text
+
+    for item in items:
+        walk(item, collect)
+    return texts
+
+
+def _guard_texts(items: list[T], walk: Callable[[T, Callable[[str], str]], None]) -> list[str]:
+    """The texts the external guard is sent: each distinct non-empty one, once."""
+    return list(dict.fromkeys(text for text in _texts(items, walk) if text))
