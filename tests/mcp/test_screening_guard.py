@@ -128,6 +128,9 @@ async def test_guard_modifies_arguments(env: McpEnv, guard: tuple[str, GuardServ
     assert request["phase"] == "request" and request["texts"] == ["trip to Paris, write to [REDACTED_EMAIL]"]
     assert response["phase"] == "response" and response["texts"] == ["stored"]
     assert request["request_id"] == response["request_id"]
+    # the guard is told which server and tool the texts belong to
+    assert request["route"] == "mcp" and request["mcp"] == {"server": f"{kind}-safe", "tools": ["store"]}
+    assert response["mcp"] == request["mcp"]
 
 
 @pytest.mark.parametrize("kind", ["json", "sse"])

@@ -4,6 +4,9 @@ The gateway POSTs, for each screened request (after the built-in detectors, so i
 
     {"phase": "request", "request_id": "...", "route": "openai.chat", "model": "gpt-x", "texts": ["...", ...]}
 
+(for an MCP call `route` is "mcp", `model` null, and `"mcp": {"server": "<slug>", "tools": ["<tool>", ...]}`
+says which server and tools the texts are the arguments or results of)
+
 signed with HMAC-SHA256 over `{timestamp}.{body}` (headers `X-Odock-Timestamp`, `X-Odock-Signature:
 sha256=<hex>`), and expects `{"action": "allow"}`, `{"action": "block", "category": "..."}` or
 `{"action": "modify", "texts": [...]}` (the same number of texts, each replacing its original). A timeout, a

@@ -160,14 +160,21 @@ class McpGuard:
             changed = bool(redacted)
         if any(m.method in SCREENED_METHODS for m in self.state.messages):
             # only calls that carry text in or out: listings, pings and the handshake do not pay a session look-up
-            await safety._session(self.call, screen)
+            await safety.session_score(self.call, screen)
         if safety.guard is not None and carriers:
-            swap = await safety._verdict(self.call, screen, "request", _guard_texts(carriers, walk_arguments))
+            texts = _guard_texts(carriers, walk_arguments)
+            swap = await safety.guard_verdict(self.call, screen, "request", texts, self._about())
             if swap is not None:
                 for message in carriers:
                     walk_arguments(message, swap)
                 changed = True
         return changed
+
+    def _about(self) -> dict[str, Any]:
+        """What the guard is told of an MCP call besides its texts: the server, and the tools called."""
+        state = self.state
+        server = state.server
+        return {"mcp": {"server": server.slug if server is not None else state.ref, "tools": state.tools}}
 
     def _screener(self, phase: str) -> tuple[Callable[[str], str], list[str]]:
         """SafetySec's visit of one phase's texts (each distinct text screened once), and the texts it changed."""
@@ -234,7 +241,8 @@ class McpGuard:
         safety = self.safety
         if screen is not None and safety is not None and safety.guard is not None:
             # every answer is a whole JSON-RPC message (one SSE event at most): the guard sees complete results
-            swap = await safety._verdict(self.call, screen, "response", _guard_texts(results, walk_result))
+            texts = _guard_texts(results, walk_result)
+            swap = await safety.guard_verdict(self.call, screen, "response", texts, self._about())
             if swap is not None:
                 for result in results:
                     walk_result(result, swap)

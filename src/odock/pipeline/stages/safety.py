@@ -81,11 +81,11 @@ class SafetySec(Stage):
             call.step_aside(self)
         if policy.active("request"):
             self.engine.screen_request(call.json, call.request, screen)
-        await self._session(call, screen)
+        await self.session_score(call, screen)
         if self.guard is not None and call.json is not None:
             await self._external(call, screen)
 
-    async def _session(self, call: Call, screen: Screen) -> None:
+    async def session_score(self, call: Call, screen: Screen) -> None:
         """Raise the session's score by this request's signals; block a session at the threshold."""
         ctx = call.ctx
         increment = sum(SIGNAL_SCORES[s] for s in screen.signals)
@@ -118,17 +118,23 @@ class SafetySec(Stage):
 
     async def _external(self, call: Call, screen: Screen) -> None:
         assert call.json is not None
-        swap = await self._verdict(call, screen, "request", list(dict.fromkeys(texts_of(call.json))))
+        swap = await self.guard_verdict(call, screen, "request", list(dict.fromkeys(texts_of(call.json))))
         if swap is not None:
             walk_json(call.json, swap)
             if call.request is not None:
                 walk_request(call.request, swap)
 
-    async def _verdict(
-        self, call: Call, screen: Screen, phase: str, texts: list[str]
+    async def guard_verdict(
+        self,
+        call: Call,
+        screen: Screen,
+        phase: str,
+        texts: list[str],
+        about: dict[str, Any] | None = None,
     ) -> Callable[[str], str] | None:
-        """Ask the external guard about one phase's texts: raises on a block (or a failure failing closed);
-        returns the replacement of each text on a modify, None otherwise."""
+        """Ask the external guard about one phase's texts (`about`: more of what the call is, e.g. an MCP server
+        and tool): raises on a block (or a failure failing closed); returns the replacement of each text on a
+        modify, None otherwise."""
         assert self.guard is not None
         if not texts:
             return None
@@ -138,6 +144,7 @@ class SafetySec(Stage):
             "request_id": ctx.request_id,
             "route": ctx.route,
             "model": ctx.requested_model,
+            **(about or {}),
             "texts": texts,
         }
         metrics.child(metrics.SECURITY_MODULE_RUNS, phase, "external").inc()
@@ -183,7 +190,7 @@ class SafetySec(Stage):
         if screen.policy.active("response"):
             self.engine.screen_response(response, screen)
         if self.guard is not None:
-            swap = await self._verdict(call, screen, "response", response_texts(response))
+            swap = await self.guard_verdict(call, screen, "response", response_texts(response))
             if swap is not None:
                 walk_response(response, swap)
 
