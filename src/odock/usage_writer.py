@@ -43,10 +43,8 @@ REPLY_TIMEOUT_S = 120.0
 # CPU over that time is starved (every core it may run on is busy)
 PATIENCE_S = 2.0
 STARVED_SHARE = 0.05
-# after a starved child, batches are written by the gateway itself until the CPUs the child may use were at
-# least SPARE_SHARE idle over the last INLINE_HOLD_S or more (a child started sooner would only starve again)
+# after a starved child, batches are written by the gateway itself for this long before a child is tried again
 INLINE_HOLD_S = 2.0
-SPARE_SHARE = 0.25
 
 _OK, _REFUSED, _UNAVAILABLE = b"ok\n", b"refused\n", b"unavailable\n"
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -54,24 +52,6 @@ _TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 def _unavailable(why: str) -> DependencyUnavailable:
     return DependencyUnavailable(f"usage writer process: {why}", code="store_unavailable")
-
-
-def _idle_ticks(cpus: frozenset[int]) -> tuple[int, int] | None:
-    """Idle and total clock ticks of `cpus` since boot (None where /proc cannot tell)."""
-    idle = total = 0
-    try:
-        with open("/proc/stat", "rb") as stat:
-            for line in stat:
-                if not line.startswith(b"cpu") or line[3:4] == b" ":
-                    continue
-                name, *values = line.split()
-                if int(name[3:]) in cpus:
-                    ticks = [int(v) for v in values[:8]]
-                    idle += ticks[3] + ticks[4]  # idle, iowait
-                    total += sum(ticks)
-    except (OSError, ValueError):
-        return None
-    return idle, total
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -92,8 +72,7 @@ class WriterProcess:
     slice behind a batch, and one request in fifty was 2-3 ms late (bench: added p99 at one connection 2.3 ms;
     0.6 ms at the idle priority). An idle-priority process runs only on spare CPU: when the machine has none, the
     child gets (next to) no time, so one found starved while a batch is out is ended and the gateway writes the
-    batch itself (`inline`), as it would without a child, until the CPUs have spare time again (`SPARE_SHARE`),
-    checked every `INLINE_HOLD_S`: a saturated gateway writes inline without starting children to starve."""
+    batch itself (`inline`), as it would without a child, for `INLINE_HOLD_S` before it tries a child again."""
 
     def __init__(
         self,
@@ -109,9 +88,7 @@ class WriterProcess:
         if cpus:
             self._env["ODOCK_USAGE_WRITER_CPUS"] = ",".join(map(str, cpus))
         self.inline = inline
-        self._cpus = frozenset(cpus or (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ()))
-        self.inline_until = 0.0  # monotonic time: batches are written inline at least until then
-        self._ticks: tuple[int, int] | None = None  # the CPUs' idle and total ticks when the hold began
+        self.inline_until = 0.0  # monotonic time: batches are written inline until then
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # one batch in flight
 
@@ -140,14 +117,13 @@ class WriterProcess:
     async def write(self, lines: Sequence[bytes], *, behind: bool = False) -> None:
         """Write one batch of records (JSON lines); raise as the store would."""
         async with self._lock:
-            if self.inline_until and not self._spare_again():
+            if time.monotonic() < self.inline_until:
                 await self.inline.write(lines)
                 return
             reply = await self._send(b"%d\n" % sum(map(len, lines)) + b"".join(lines))
             if reply is None:  # starved: written here instead
-                log.info("usage writer: no spare CPU for its process; batches are written inline meanwhile")
+                log.info("usage writer: no spare CPU for its process; batches are written inline for a while")
                 self.inline_until = time.monotonic() + INLINE_HOLD_S
-                self._ticks = _idle_ticks(self._cpus)
                 await self.inline.write(lines)
                 return
         if reply == _OK:
@@ -155,25 +131,6 @@ class WriterProcess:
         if reply == _REFUSED:
             raise BadRequest("a usage record the store cannot hold", "usage_refused")
         raise _unavailable("the store cannot be reached" if reply == _UNAVAILABLE else "exited")
-
-    def _spare_again(self) -> bool:
-        """Whether an inline hold is over: `INLINE_HOLD_S` passed and the CPUs had spare time meanwhile (checked
-        again over the next `INLINE_HOLD_S` when they had not)."""
-        now = time.monotonic()
-        if now < self.inline_until:
-            return False
-        ticks, before = _idle_ticks(self._cpus), self._ticks
-        spare = (
-            ticks is None
-            or before is None
-            or ticks[1] == before[1]
-            or (ticks[0] - before[0]) / (ticks[1] - before[1]) >= SPARE_SHARE
-        )
-        if spare:
-            self.inline_until, self._ticks = 0.0, None
-        else:
-            self.inline_until, self._ticks = now + INLINE_HOLD_S, ticks
-        return spare
 
     async def _send(self, payload: bytes) -> bytes | None:
         """One batch to the child and its reply line (b"" when it ended; None when it was found starved and ended)."""
