@@ -94,8 +94,18 @@ def descendants(pid: int) -> set[int]:
 
 
 def stdio_processes(pid: int) -> set[int]:
-    """The processes below `pid` but its usage writer (a child of every gateway with a database file)."""
-    return {p for p in descendants(pid) if b"odock.usage_writer" not in _cmdline(p)}
+    """The lean stdio servers below `pid` (the gateway's usage writer is a child too, and may be started again
+    while the gateway is saturated: it is not one of them)."""
+    return {p for p in descendants(pid) if LEAN.encode() in _cmdline(p) or _zombie(p)}
+
+
+def _zombie(pid: int) -> bool:
+    """An ended child never waited for (a leak as well; its command line is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def _cmdline(pid: int) -> bytes:
