@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             "ODOCK_SECRET_KEY": secret_key,
             "ODOCK_LOG_LEVEL": "warning",
         }
+        if load_cpu is not None:  # the usage writer process off the gateway's core, as in the main bench
+            env["ODOCK_USAGE_WRITER_CPUS"] = str(load_cpu)
         gateway = sup.start("odock", [sys.executable, "-m", "odock", "serve"], gw_port, env=env, cpu=sut_cpu)
         gateway.wait_ready("/v1/health")
         pin_tree(upstream.pid, load_cpu)

@@ -378,6 +378,10 @@ def start_gateway(ctx: Ctx, catalogue: str, env_extra: dict[str, str], name: str
     cfg.write_text(yaml.safe_dump(CATALOGUES[catalogue](CatalogueSpec(ctx.mock_url)), sort_keys=False))
     port = free_port()
     env = {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port), "ODOCK_LOG_LEVEL": "warning", **env_extra}
+    if ctx.load_cpu is not None:
+        # the usage writer process off the event loop's core, as on any machine with a second core (its work is
+        # the ledger database's, like PostgreSQL's server processes in cluster mode)
+        env.setdefault("ODOCK_USAGE_WRITER_CPUS", str(ctx.load_cpu))
     env.setdefault("ODOCK_DATABASE_URL", f"sqlite:///{work / (name + '.db')}")
     svc = ctx.sup.start(
         name, [*odock_argv(ctx.args), "serve", "--config", str(cfg)], port, env=env, cpu=ctx.sut_cpu, cwd=work

@@ -34,7 +34,7 @@ from odock.settings import Settings
 from odock.state.catalogue import Catalogue
 from odock.state.redis import redis_errors
 from odock.transport.base import Transport
-from odock.usage import InlineWriter, UsageRecorder, UsageSpool, shared_database, spool_path
+from odock.usage import UsageRecorder, UsageSpool, shared_database, spool_path
 from odock.usage_writer import WriterProcess
 
 if TYPE_CHECKING:
@@ -102,10 +102,7 @@ class Gateway:
         writer = None
         if settings.usage_writer == "process" and shared_database(settings.database_url):
             writer = WriterProcess(
-                settings.database_url,
-                InlineWriter(store),
-                secret_key=settings.secret_key,
-                cpus=settings.usage_writer_cpus,
+                settings.database_url, secret_key=settings.secret_key, cpus=settings.usage_writer_cpus
             )
         self.recorder = UsageRecorder(
             store,

@@ -4,7 +4,7 @@ Why a process: written in the gateway process, each batch's rows were prepared o
 a driver thread that takes the GIL back after every row, so at one connection a request in fifty waited behind a
 batch (a p99 tail of ~2 ms), and a lower priority for that thread made it worse (holding the GIL, it kept the loop
 waiting). A thread cannot take Python work off the loop; a process can, and the kernel schedules it like any
-other: on spare CPU (it runs at the idle priority, see `WriterProcess`), on another core when it has one
+other: below the loop (it runs at a lower priority) when they share a core, on another core when it has one
 (`ODOCK_USAGE_WRITER_CPUS`).
 
 The gateway encodes each record once, when it is recorded (the same JSON line the spool keeps), and sends a batch
@@ -23,72 +23,36 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from odock.errors import BadRequest, DependencyUnavailable
 from odock.state.records import UsageRecord
 
-if TYPE_CHECKING:
-    from odock.usage import UsageWriter
-
 log = logging.getLogger("odock.usage")
 
 # a batch not answered within this is abandoned: the child is killed and the batch retried by the next flush
 REPLY_TIMEOUT_S = 120.0
-# every this often while a batch is out, the child's CPU time is read: one that got less than STARVED_SHARE of a
-# CPU over that time is starved (every core it may run on is busy)
-PATIENCE_S = 2.0
-STARVED_SHARE = 0.05
-# after a starved child, batches are written by the gateway itself for this long before a child is tried again
-INLINE_HOLD_S = 2.0
+# the writer's priority below the event loop's: when both share a core, the loop runs first whenever it wakes
+WRITER_NICE = 5
 
 _OK, _REFUSED, _UNAVAILABLE = b"ok\n", b"refused\n", b"unavailable\n"
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
 
 def _unavailable(why: str) -> DependencyUnavailable:
     return DependencyUnavailable(f"usage writer process: {why}", code="store_unavailable")
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """The CPU time `pid` has used (None where /proc cannot tell)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
-
-
 class WriterProcess:
-    """The gateway's side: starts the child, sends it one batch at a time.
+    """The gateway's side: starts the child on the first batch and sends it one batch at a time."""
 
-    The child runs at the idle priority (SCHED_IDLE): any other process that wakes on its core takes the CPU from
-    it at once. At a normal priority, even niced, a waking event loop or load generator waited up to a scheduler
-    slice behind a batch, and one request in fifty was 2-3 ms late (bench: added p99 at one connection 2.3 ms;
-    0.6 ms at the idle priority). An idle-priority process runs only on spare CPU: when the machine has none, the
-    child gets (next to) no time, so one found starved while a batch is out is ended and the gateway writes the
-    batch itself (`inline`), as it would without a child, for `INLINE_HOLD_S` before it tries a child again."""
-
-    def __init__(
-        self,
-        database_url: str,
-        inline: UsageWriter,
-        *,
-        secret_key: str = "",
-        cpus: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, database_url: str, *, secret_key: str = "", cpus: Sequence[int] | None = None) -> None:
         self._env = {**os.environ, "ODOCK_DATABASE_URL": database_url}
         if secret_key:
             self._env["ODOCK_SECRET_KEY"] = secret_key
         if cpus:
             self._env["ODOCK_USAGE_WRITER_CPUS"] = ",".join(map(str, cpus))
-        self.inline = inline
-        self.inline_until = 0.0  # monotonic time: batches are written inline until then
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()  # one batch in flight
 
@@ -116,51 +80,26 @@ class WriterProcess:
 
     async def write(self, lines: Sequence[bytes], *, behind: bool = False) -> None:
         """Write one batch of records (JSON lines); raise as the store would."""
+        payload = b"".join(lines)
         async with self._lock:
-            if time.monotonic() < self.inline_until:
-                await self.inline.write(lines)
+            process = await self._running()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(b"%d\n" % len(payload))
+                process.stdin.write(payload)
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    await process.stdin.drain()
+                    reply = await process.stdout.readline()
+            except (OSError, TimeoutError) as exc:
+                await self._end(process)
+                raise _unavailable(type(exc).__name__) from None
+            if reply == _OK:
                 return
-            reply = await self._send(b"%d\n" % sum(map(len, lines)) + b"".join(lines))
-            if reply is None:  # starved: written here instead
-                log.info("usage writer: no spare CPU for its process; batches are written inline for a while")
-                self.inline_until = time.monotonic() + INLINE_HOLD_S
-                await self.inline.write(lines)
-                return
-        if reply == _OK:
-            return
-        if reply == _REFUSED:
-            raise BadRequest("a usage record the store cannot hold", "usage_refused")
-        raise _unavailable("the store cannot be reached" if reply == _UNAVAILABLE else "exited")
-
-    async def _send(self, payload: bytes) -> bytes | None:
-        """One batch to the child and its reply line (b"" when it ended; None when it was found starved and ended)."""
-        process = await self._running()
-        assert process.stdin is not None and process.stdout is not None
-        reply = asyncio.ensure_future(process.stdout.readline())
-        try:
-            process.stdin.write(payload)
-            deadline = time.monotonic() + REPLY_TIMEOUT_S
-            used = _cpu_seconds(process.pid)
-            while True:
-                done, _ = await asyncio.wait((reply,), timeout=PATIENCE_S)
-                if done:
-                    line = reply.result()
-                    break
-                now_used = _cpu_seconds(process.pid)
-                if used is not None and now_used is not None and now_used - used < STARVED_SHARE * PATIENCE_S:
-                    await self._end(process)  # mid-batch: its transaction, if it had begun, rolls back
-                    return None
-                if time.monotonic() > deadline:
-                    await self._end(process)
-                    raise _unavailable("no answer in time")
-                used = now_used
-        except OSError:
-            line = b""  # its pipe broke: it ended
-        finally:
-            reply.cancel()
-        if line not in (_OK, _REFUSED, _UNAVAILABLE):
-            await self._end(process)  # ended (its own log says why), or out of step: the batch is retried
-        return line
+            if reply == _REFUSED:
+                raise BadRequest("a usage record the store cannot hold", "usage_refused")
+            if reply != _UNAVAILABLE:  # the child ended (its own log says why)
+                await self._end(process)
+            raise _unavailable("the store cannot be reached" if reply == _UNAVAILABLE else "exited")
 
     async def _end(self, process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -216,10 +155,6 @@ async def _serve() -> None:
 
 
 def main() -> None:
-    # the idle priority first of all, so that even this process's start runs on spare CPU only (a process may
-    # always lower its own priority)
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     from odock import logs
     from odock.settings import load_settings
 
@@ -230,6 +165,8 @@ def main() -> None:
             os.sched_setaffinity(0, settings.usage_writer_cpus)
         except OSError as exc:
             log.warning("usage writer: ODOCK_USAGE_WRITER_CPUS not applied (%s)", exc.strerror)
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICE)
     # Ctrl-C or a supervisor's SIGTERM reaches the whole process group: the gateway drains its queue through
     # this process before it stops, and its stdin closing is what ends it
     signal.signal(signal.SIGINT, signal.SIG_IGN)

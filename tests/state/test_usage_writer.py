@@ -21,7 +21,7 @@ from odock.settings import Settings
 from odock.state import schema
 from odock.state.records import UsageRecord
 from odock.state.sql import SqlStore
-from odock.usage import InlineWriter, UsageRecorder
+from odock.usage import UsageRecorder
 from odock.usage_writer import WriterProcess
 
 
@@ -62,7 +62,7 @@ def _alive(pid: int) -> bool:
 
 
 def _recorder(store: SqlStore, db: tuple[str, Settings]) -> tuple[UsageRecorder, WriterProcess]:
-    writer = WriterProcess(db[0], InlineWriter(store), secret_key=db[1].secret_key)
+    writer = WriterProcess(db[0], secret_key=db[1].secret_key)
     return UsageRecorder(store, flush_interval_s=60, writer=writer), writer
 
 
@@ -134,7 +134,7 @@ async def test_the_child_ends_when_its_gateway_dies(tmp_path: Path) -> None:
         "import asyncio, sys\n"
         "from odock.usage_writer import WriterProcess\n"
         "async def main():\n"
-        f"    writer = WriterProcess({url!r}, None)\n"
+        f"    writer = WriterProcess({url!r})\n"
         "    await writer.start()\n"
         "    print(writer.pid, flush=True)\n"
         "    await asyncio.sleep(60)\n"
@@ -173,54 +173,3 @@ async def test_the_child_waits_out_a_group_wide_signal_for_its_gateways_drain(
     await recorder.stop()  # the drain, through the same child
     assert await _request_ids(store) == ["r0", "r1", "r2"]
     assert not _alive(child)
-
-
-async def test_the_writer_runs_at_the_idle_priority(store: SqlStore, db: tuple[str, Settings]) -> None:
-    """SCHED_IDLE: any process that wakes on its core (the event loop, a load generator) takes the CPU from it."""
-    recorder, writer = _recorder(store, db)
-    await recorder.start()
-    recorder.record(_record(0))
-    assert await recorder.flush() == 1  # answered: past its start, where it set its priority
-    assert writer.pid is not None and os.sched_getscheduler(writer.pid) == os.SCHED_IDLE
-    await recorder.stop()
-
-
-async def test_a_starved_writer_is_ended_and_the_gateway_writes_inline_for_a_while(
-    store: SqlStore, db: tuple[str, Settings]
-) -> None:
-    """With its only CPU kept busy, the idle-priority child gets no time: within a few PATIENCE_S it is ended,
-    the batch is written by the gateway itself, and so are the next ones until INLINE_HOLD_S has passed."""
-    cpu = sorted(os.sched_getaffinity(0))[-1]
-    writer = WriterProcess(db[0], InlineWriter(store), secret_key=db[1].secret_key, cpus=[cpu])
-    recorder = UsageRecorder(store, flush_interval_s=60, batch_size=5000, writer=writer)  # flushed here only
-    await recorder.start()
-    recorder.record(_record(0))
-    assert await recorder.flush() == 1  # the child is up and placed on `cpu`
-    starved = writer.pid
-    assert starved is not None
-    spin = (
-        await asyncio.create_subprocess_exec(  # a busy loop on that CPU (ended below, and by itself in 30 s)
-            sys.executable,
-            "-c",
-            f"import os, time\nos.sched_setaffinity(0, [{cpu}])\nprint(flush=True)\n"
-            "end = time.time() + 30\nwhile time.time() < end: pass",
-            stdout=asyncio.subprocess.PIPE,
-        )
-    )
-    try:
-        assert spin.stdout is not None
-        await asyncio.wait_for(spin.stdout.readline(), 30)  # on that CPU, spinning
-        # an idle-priority process still gets a trickle of CPU (its scheduler weight is 3 to a normal one's 1024):
-        # a batch that needs more than a trickle
-        for n in range(1, 2001):
-            recorder.record(_record(n))
-        assert await recorder.flush() == 2000
-        assert not _alive(starved) and writer.pid is None
-        assert writer.inline_until > time.monotonic()
-        recorder.record(_record(9999))
-        assert await recorder.flush() == 1 and writer.pid is None  # inline: no child started meanwhile
-        assert len(await _request_ids(store)) == 2002
-    finally:
-        spin.kill()
-        await spin.wait()
-        await recorder.stop()
