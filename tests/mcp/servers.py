@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,24 @@ INITIALIZE: dict[str, Any] = {
         "clientInfo": {"name": "t", "version": "1"},
     },
 }
+
+
+# a stdio MCP server with one `echo` tool and nothing else to load (cheap to start, for process tests)
+LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
+
+
+async def seed_lean_stdio(service: Any, config: dict[str, Any] | None = None) -> str:
+    """An organisation, a key granted the lean stdio server `lean` (with `config`), in a live gateway's catalogue
+    (`GatewayProcess.open_service()`); return the key's secret."""
+    await service.create_organisation({"name": "acme"})
+    created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
+    mcp = McpCatalogueService(service.store)
+    await mcp.create_mcp_server(
+        {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
+         "stdio_args": [LEAN], **({"config": config} if config else {})}
+    )  # fmt: skip
+    await mcp.add_mcp_grant(created.key.id, "lean")
+    return str(created.secret)
 
 
 def demo_server(name: str = "demo") -> MCPServer:

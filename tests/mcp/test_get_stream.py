@@ -23,9 +23,7 @@ from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.types import JSONRPCMessage, ResourceUpdatedNotification
 
 from bench.mcp_upstream import app as bench_upstream
-from tests.mcp.servers import INITIALIZE, McpEnv, demo_server, mcp_gateway, serve
-
-LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
+from tests.mcp.servers import INITIALIZE, LEAN, McpEnv, demo_server, mcp_gateway, serve
 
 
 def announcing_server(name: str) -> MCPServer:

@@ -16,13 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from odock.mcp.service import McpCatalogueService
 from odock.mcp.stdio import STDERR_RING_BYTES, StdioPools
 from tests.harness import GatewayProcess
-from tests.mcp.servers import McpEnv, client, mcp_gateway
+from tests.mcp.servers import LEAN, McpEnv, client, mcp_gateway, seed_lean_stdio
 
 SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
-LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
 CALLS = 1000
 CONCURRENCY = 16
 
@@ -126,20 +124,13 @@ async def test_1000_calls_keep_the_gateways_processes_and_fds_flat(tmp_path: Pat
     proc = GatewayProcess(tmp_path)
     service = await proc.open_service()
     try:
-        await service.create_organisation({"name": "acme"})
-        created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
-        mcp = McpCatalogueService(service.store)
-        await mcp.create_mcp_server(
-            {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
-             "stdio_args": [LEAN], "config": {"max_processes": 2}}
-        )  # fmt: skip
-        await mcp.add_mcp_grant(created.key.id, "lean")
+        secret = await seed_lean_stdio(service, {"max_processes": 2})
         proc.start()
         assert proc.proc is not None
         pid = proc.proc.pid
         assert stdio_processes(pid) == set()  # no stdio process before the first call
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-        headers = {"Authorization": f"Bearer {created.secret}"}
+        headers = {"Authorization": f"Bearer {secret}"}
         async with httpx.AsyncClient(
             base_url=proc.base_url, headers=headers, timeout=30, limits=limits
         ) as http:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,16 +17,14 @@ import pytest
 import sqlalchemy as sa
 
 from odock.app import admin_app_for
-from odock.mcp.service import McpCatalogueService
 from odock.state import schema
 from odock.state.records import McpUsage, UsageRecord
 from odock.state.sql import SqlStore
 from tests.harness import GatewayProcess, wait_usage
-from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, serve
+from tests.mcp.servers import McpEnv, demo_server, mcp_gateway, seed_lean_stdio, serve
 from tests.sql_fixtures import db, store  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 ADMIN = "mcp-usage-admin"
-LEAN = str(Path(__file__).with_name("lean_stdio_server.py"))
 
 
 def call(rid: int, tool: str = "echo", **arguments: Any) -> dict[str, Any]:
@@ -184,16 +181,9 @@ async def test_sigkill_loses_no_mcp_usage_record(tmp_path: Path) -> None:
     proc = GatewayProcess(tmp_path, env={"ODOCK_USAGE_FLUSH_INTERVAL": "10m"})
     service = await proc.open_service()
     try:
-        await service.create_organisation({"name": "acme"})
-        created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
-        mcp = McpCatalogueService(service.store)
-        await mcp.create_mcp_server(
-            {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
-             "stdio_args": [LEAN]}
-        )  # fmt: skip
-        await mcp.add_mcp_grant(created.key.id, "lean")
+        secret = await seed_lean_stdio(service)
         proc.start()
-        headers = {"Authorization": f"Bearer {created.secret}"}
+        headers = {"Authorization": f"Bearer {secret}"}
         async with httpx.AsyncClient(base_url=proc.base_url, headers=headers, timeout=20) as http:
             for n in range(6):
                 resp = await http.post(
@@ -219,17 +209,10 @@ async def test_graceful_shutdown_flushes_mcp_usage(tmp_path: Path) -> None:
     proc = GatewayProcess(tmp_path, env={"ODOCK_USAGE_FLUSH_INTERVAL": "10m"})
     service = await proc.open_service()
     try:
-        await service.create_organisation({"name": "acme"})
-        created = await service.create_key({"organisation": "acme", "name": "k", "type": "ORGANISATION"})
-        mcp = McpCatalogueService(service.store)
-        await mcp.create_mcp_server(
-            {"organisation": "acme", "name": "lean", "transport": "STDIO", "stdio_command": sys.executable,
-             "stdio_args": [LEAN]}
-        )  # fmt: skip
-        await mcp.add_mcp_grant(created.key.id, "lean")
+        secret = await seed_lean_stdio(service)
         proc.start()
         async with httpx.AsyncClient(
-            base_url=proc.base_url, headers={"Authorization": f"Bearer {created.secret}"}, timeout=20
+            base_url=proc.base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=20
         ) as http:
             answers = await asyncio.gather(
                 *(http.post("/v1/mcp/lean", json=call(n, text="y")) for n in range(4))
