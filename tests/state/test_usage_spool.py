@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -19,25 +18,7 @@ from odock.state import schema
 from odock.state.records import UsageRecord
 from odock.state.sql import SqlStore
 from odock.usage import UsageRecorder, UsageSpool, spool_path
-
-
-def _record(n: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"r{n}",
-        created_at=datetime.now(UTC),
-        organisation_id="org",
-        api_key_id="key",
-        route="openai.chat",
-        status=200,
-        outcome="success",
-        model="m",
-        input_tokens=n,
-        output_tokens=2 * n,
-        cost_nanos=1000 + n,
-        pricing={"input": 1.5},
-        raw_usage={"prompt_tokens": n},
-        routing={"decision": "direct", "attempts": []},
-    )
+from tests.state.records import usage_record
 
 
 @pytest.fixture()
@@ -74,7 +55,7 @@ def killed(recorder: UsageRecorder) -> None:
 async def test_records_of_a_killed_recorder_are_replayed_on_start(store: SqlStore) -> None:
     """Records queued but never flushed are written, field for field, by the next recorder's recover()."""
     first = UsageRecorder(store, spool=spool_of(store))
-    records = [_record(n) for n in range(5)]
+    records = [usage_record(n) for n in range(5)]
     for record in records:
         first.record(record)
     killed(first)
@@ -108,11 +89,11 @@ async def test_a_commit_cuts_its_records_and_keeps_the_ones_that_arrived_meanwhi
     gated = GatedStore(store)
     first = UsageRecorder(gated, spool=spool_of(store))  # type: ignore[arg-type]
     for n in range(3):
-        first.record(_record(n))
+        first.record(usage_record(n))
     flushing = asyncio.create_task(first.flush())
     await gated.writing.wait()
     for n in range(3, 5):  # arrive while the batch is being written
-        first.record(_record(n))
+        first.record(usage_record(n))
     gated.release.set()
     assert await flushing == 3
     assert first.spool is not None
@@ -146,10 +127,10 @@ async def test_a_flush_failing_midway_keeps_its_sealed_file_until_every_record_i
     """A half-committed flush leaves the sealed file; a kill then replays sealed and new records once each."""
     first = UsageRecorder(FailingSecondBatch(store), batch_size=2, spool=spool_of(store))  # type: ignore[arg-type]
     for n in range(4):
-        first.record(_record(n))
+        first.record(usage_record(n))
     with pytest.raises(DependencyUnavailable):
         await first.flush()
-    first.record(_record(4))
+    first.record(usage_record(4))
     assert first.spool is not None and first.spool.sealed_path.exists()
     assert len(first.spool.path.read_bytes().splitlines()) == 1  # r4, after the seal
     killed(first)
@@ -164,7 +145,7 @@ async def test_replay_skips_records_already_committed(store: SqlStore) -> None:
     """A kill between a commit and the spool's cut replays those records again: their ids make it a no-op."""
     first = UsageRecorder(store, spool=spool_of(store))
     for n in range(4):
-        first.record(_record(n))
+        first.record(usage_record(n))
     await store.insert_usage(
         [msgspec.json.decode(line, type=UsageRecord) for line in first._queue]
     )  # committed, but killed before the spool was cut
@@ -179,7 +160,7 @@ async def test_a_torn_last_line_is_skipped(store: SqlStore) -> None:
     """A line cut short (a machine crash mid-write) is skipped and dropped; the whole lines are replayed."""
     first = UsageRecorder(store, spool=spool_of(store))
     for n in range(2):
-        first.record(_record(n))
+        first.record(usage_record(n))
     killed(first)
     path = spool_of(store).path
     with path.open("ab") as fh:
@@ -196,10 +177,10 @@ async def test_a_full_spool_counts_what_it_cannot_keep_and_the_records_are_still
 ) -> None:
     """Above the size cap records are queued without a copy, counted in gateway_usage_unspooled_total."""
     before = metrics.REGISTRY.get_sample_value("gateway_usage_unspooled_total") or 0.0
-    line = len(msgspec.json.encode(_record(1))) + 1  # records 1 to 5 have lines of one size
+    line = len(msgspec.json.encode(usage_record(1))) + 1  # records 1 to 5 have lines of one size
     recorder = UsageRecorder(store, spool=spool_of(store, max_bytes=2 * line + 10))
     for n in range(1, 6):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     assert (metrics.REGISTRY.get_sample_value("gateway_usage_unspooled_total") or 0.0) - before == 3
     assert recorder.spool is not None and recorder.spool.size <= 2 * line + 10
     await recorder.flush()
@@ -249,7 +230,11 @@ async def test_a_record_the_store_refuses_is_set_aside(tmp_path: Path) -> None:
     store = PickyStore()
     recorder = UsageRecorder(store, flush_interval_s=60)  # type: ignore[arg-type]
     before = metrics.USAGE_REFUSED._value.get()
-    for record in (_record(1), msgspec.structs.replace(_record(2), request_id="bad"), _record(3)):
+    for record in (
+        usage_record(1),
+        msgspec.structs.replace(usage_record(2), request_id="bad"),
+        usage_record(3),
+    ):
         recorder.record(record)
     assert await recorder.flush() == 3
     assert store.rows == ["r1", "r3"] and recorder.pending == 0

@@ -9,38 +9,18 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 import sqlalchemy as sa
 
 from odock import metrics
 from odock.errors import DependencyUnavailable
 from odock.settings import Settings
 from odock.state import schema
-from odock.state.records import UsageRecord
 from odock.state.sql import SqlStore
 from odock.usage import UsageRecorder
 from odock.usage_writer import WriterProcess
-
-
-def _record(n: int, **changes: object) -> UsageRecord:
-    record = UsageRecord(
-        request_id=f"r{n}",
-        created_at=datetime.now(UTC),
-        organisation_id="org",
-        api_key_id="key",
-        route="openai.chat",
-        status=200,
-        outcome="success",
-        model="m",
-        input_tokens=n,
-        output_tokens=2 * n,
-        cost_nanos=1000 + n,
-        routing={"decision": "direct", "attempts": []},
-    )
-    return msgspec.structs.replace(record, **changes) if changes else record
+from tests.state.records import usage_record
 
 
 async def _request_ids(store: SqlStore) -> list[str]:
@@ -71,7 +51,7 @@ async def test_batches_are_written_by_a_child_process(store: SqlStore, db: tuple
     recorder, writer = _recorder(store, db)
     await recorder.start()
     for n in range(40):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     assert await recorder.flush() == 40
     child = writer.pid
     assert child is not None and child != os.getpid() and _alive(child)
@@ -90,13 +70,13 @@ async def test_a_killed_writer_is_replaced_and_its_batch_written_once(
 ) -> None:
     recorder, writer = _recorder(store, db)
     await recorder.start()
-    recorder.record(_record(0))
+    recorder.record(usage_record(0))
     assert await recorder.flush() == 1
     first = writer.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
     for n in range(1, 6):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     deadline = time.monotonic() + 20
     while True:  # the batch that finds the child dead fails (503 to the writer loop) and is retried
         try:
@@ -118,7 +98,7 @@ async def test_a_record_the_store_refuses_is_set_aside(store: SqlStore, db: tupl
     recorder, _ = _recorder(store, db)
     await recorder.start()
     before = metrics.USAGE_REFUSED._value.get()
-    for record in (_record(1), _record(2, provider="p" * 500), _record(3)):
+    for record in (usage_record(1), usage_record(2, provider="p" * 500), usage_record(3)):
         recorder.record(record)
     assert await recorder.flush() == 3
     assert await _request_ids(store) == ["r1", "r3"] and recorder.pending == 0
@@ -161,15 +141,15 @@ async def test_the_child_waits_out_a_group_wide_signal_for_its_gateways_drain(
     still goes through it, and it ends when its stdin closes."""
     recorder, writer = _recorder(store, db)
     await recorder.start()
-    recorder.record(_record(0))
+    recorder.record(usage_record(0))
     assert await recorder.flush() == 1
     child = writer.pid
     assert child is not None
     for sig in (signal.SIGINT, signal.SIGTERM):  # it has served a batch: its handlers are in place
         os.kill(child, sig)
-    recorder.record(_record(1))
+    recorder.record(usage_record(1))
     assert await recorder.flush() == 1 and writer.pid == child
-    recorder.record(_record(2))
+    recorder.record(usage_record(2))
     await recorder.stop()  # the drain, through the same child
     assert await _request_ids(store) == ["r0", "r1", "r2"]
     assert not _alive(child)
