@@ -23,13 +23,13 @@ class Tally:
 
     FLUSH_S = 0.25
 
-    __slots__ = ("_armed", "_bounds", "_counts", "_observed")
+    __slots__ = ("_armed", "_counts", "_observed")
 
     def __init__(self) -> None:
         self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
-        # per histogram and labels: a count per bucket (the last one +Inf), then the sum of the values
-        self._observed: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
-        self._bounds: dict[Any, tuple[float, ...]] = {}
+        # per histogram and labels: its finite bucket bounds, and a count per bucket (the last one +Inf) then the
+        # sum of the values
+        self._observed: dict[tuple[Any, tuple[str, ...]], tuple[tuple[float, ...], list[float]]] = {}
         self._armed = False
 
     def inc(self, counter: Any, labels: tuple[str, ...] = (), amount: float = 1) -> None:
@@ -40,14 +40,13 @@ class Tally:
 
     def observe(self, histogram: Any, value: float, labels: tuple[str, ...] = ()) -> None:
         key = (histogram, labels)
-        slot = self._observed.get(key)
-        if slot is None:
-            bounds = self._bounds.get(histogram)
-            if bounds is None:  # the finite bucket bounds
-                bounds = self._bounds[histogram] = tuple(histogram._upper_bounds[:-1])
-            slot = self._observed[key] = [0] * (len(bounds) + 2)
+        entry = self._observed.get(key)
+        if entry is None:
+            bounds = tuple(histogram._upper_bounds[:-1])
+            entry = self._observed[key] = (bounds, [0] * (len(bounds) + 2))
+        bounds, slot = entry
         # Prometheus counts a value in the first bucket whose bound is >= it (past the last bound: +Inf)
-        slot[bisect_left(self._bounds[histogram], value)] += 1
+        slot[bisect_left(bounds, value)] += 1
         slot[-1] += value
         if not self._armed:
             self._arm()
@@ -66,7 +65,7 @@ class Tally:
         for (counter, labels), amount in counts.items():
             (child(counter, *labels) if labels else counter).inc(amount)
         observed, self._observed = self._observed, {}
-        for (histogram, labels), slot in observed.items():
+        for (histogram, labels), (_, slot) in observed.items():
             target = child(histogram, *labels) if labels else histogram
             # the bucket values and the sum `observe` itself adds to (prometheus_client's Histogram internals,
             # pinned by the lock file; tests/observability/test_tally.py compares with observe())
