@@ -147,9 +147,7 @@ class UsageWriter(Protocol):
 
     async def start(self) -> None: ...
 
-    async def write(self, lines: Sequence[bytes], *, behind: bool = False) -> None:
-        """`behind`: more batches are queued after this one (the writer may need more CPU)."""
-        ...
+    async def write(self, lines: Sequence[bytes]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -163,7 +161,7 @@ class InlineWriter:
     async def start(self) -> None:
         pass
 
-    async def write(self, lines: Sequence[bytes], *, behind: bool = False) -> None:
+    async def write(self, lines: Sequence[bytes]) -> None:
         await self.store.insert_usage([_decode_record(line) for line in lines])
 
     async def close(self) -> None:
@@ -275,11 +273,10 @@ class UsageRecorder:
             # behind (several batches queued): bigger transactions. On a saturated event loop each of a write's
             # ~14 driver round trips waits for a loop turn, so a batch costs nearly the same whatever its size and
             # 500-row batches fell behind a stream of cache hits (~4,600 rows/s written beside 6,400 hits/s)
-            behind = left > _BEHIND * self.batch_size
-            size = _CATCH_UP * self.batch_size if behind else self.batch_size
+            size = self.batch_size if left <= _BEHIND * self.batch_size else _CATCH_UP * self.batch_size
             batch = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
             try:
-                await self.writer.write(batch, behind=behind)
+                await self.writer.write(batch)
             except BadRequest:
                 # a record the store cannot hold (a value too wide for its column): write the others one by one
                 # and set that one aside, or it would block every later batch of the process for good

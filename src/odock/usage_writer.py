@@ -45,7 +45,8 @@ def _unavailable(why: str) -> DependencyUnavailable:
 
 
 class WriterProcess:
-    """The gateway's side: starts the child on the first batch and sends it one batch at a time."""
+    """The gateway's side: starts the child (at the gateway's start, and again after it died) and sends it one
+    batch at a time."""
 
     def __init__(self, database_url: str, *, secret_key: str = "", cpus: Sequence[int] | None = None) -> None:
         self._env = {**os.environ, "ODOCK_DATABASE_URL": database_url}
@@ -78,7 +79,7 @@ class WriterProcess:
             )
         return process
 
-    async def write(self, lines: Sequence[bytes], *, behind: bool = False) -> None:
+    async def write(self, lines: Sequence[bytes]) -> None:
         """Write one batch of records (JSON lines); raise as the store would."""
         payload = b"".join(lines)
         async with self._lock:
@@ -147,6 +148,9 @@ async def _serve() -> None:
                 reply = _REFUSED
             except DependencyUnavailable as exc:
                 log.warning("usage writer: %s", exc)
+                reply = _UNAVAILABLE
+            except Exception:  # a failure of this batch, not of the process: retried by the gateway's backoff
+                log.exception("usage writer: the batch could not be written")
                 reply = _UNAVAILABLE
             out.write(reply)
             out.flush()

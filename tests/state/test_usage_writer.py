@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+import pytest
 import sqlalchemy as sa
 
 from odock import metrics
@@ -153,3 +155,20 @@ async def test_the_child_waits_out_a_group_wide_signal_for_its_gateways_drain(
     await recorder.stop()  # the drain, through the same child
     assert await _request_ids(store) == ["r0", "r1", "r2"]
     assert not _alive(child)
+
+
+async def test_a_batch_that_fails_in_the_child_is_an_error_and_the_child_carries_on(
+    store: SqlStore, db: tuple[str, Settings]
+) -> None:
+    """A batch the child cannot write for an unexpected reason is answered `unavailable` (the gateway retries it
+    later) instead of ending the process; the next batch goes to the same child."""
+    recorder, writer = _recorder(store, db)
+    await recorder.start()
+    recorder.record(usage_record(0))
+    assert await recorder.flush() == 1
+    child = writer.pid
+    with pytest.raises(DependencyUnavailable, match="cannot be reached"):
+        await writer.write([b"not a usage record\n"])
+    await writer.write([msgspec.json.encode(usage_record(1)) + b"\n"])
+    assert writer.pid == child and await _request_ids(store) == ["r0", "r1"]
+    await recorder.stop()
