@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from odock import metrics
 from odock.errors import DependencyUnavailable
-from odock.settings import Settings
+from odock.settings import Settings, load_settings
 from odock.state import schema
 from odock.state.sql import SqlStore
 from odock.usage import UsageRecorder
@@ -172,3 +172,18 @@ async def test_a_batch_that_fails_in_the_child_is_an_error_and_the_child_carries
     await writer.write([msgspec.json.encode(usage_record(1)) + b"\n"])
     assert writer.pid == child and await _request_ids(store) == ["r0", "r1"]
     await recorder.stop()
+
+
+def test_writer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ODOCK_USAGE_WRITER is `process` or `inline`; ODOCK_USAGE_WRITER_CPUS a CPU list as taskset takes it; anything
+    else stops the start with the variable's name."""
+    monkeypatch.setenv("ODOCK_USAGE_WRITER_CPUS", "0,2-3")
+    assert load_settings().usage_writer_cpus == [0, 2, 3]
+    for bad in ("abc", "3-1", ",", "-1"):
+        monkeypatch.setenv("ODOCK_USAGE_WRITER_CPUS", bad)
+        with pytest.raises(SystemExit, match="ODOCK_USAGE_WRITER_CPUS"):
+            load_settings()
+    monkeypatch.delenv("ODOCK_USAGE_WRITER_CPUS")
+    monkeypatch.setenv("ODOCK_USAGE_WRITER", "thread")
+    with pytest.raises(SystemExit, match="ODOCK_USAGE_WRITER"):
+        load_settings()
