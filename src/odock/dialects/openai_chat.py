@@ -493,6 +493,66 @@ class StreamDecoder:
         return out
 
 
+# --- plain chunks, read and rewritten in place (native routes screening whole events) ------------------------
+
+
+class _PlainDelta(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    content: str | None = None
+    refusal: None = None
+
+
+class _PlainChoice(msgspec.Struct, forbid_unknown_fields=True):
+    index: int
+    delta: _PlainDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class _PlainChunk(msgspec.Struct):
+    choices: list[_PlainChoice]
+    usage: dict[str, Any] | None = None
+
+
+_plain = msgspec.json.Decoder(_PlainChunk)
+
+
+class PlainChunk(msgspec.Struct):
+    """What a plain chunk holds: its text, and whether it finishes the answer, carries usage, has choices."""
+
+    text: str
+    finish: bool
+    usage: dict[str, Any] | None
+    choices: bool
+
+
+def plain_chunk(payload: bytes) -> PlainChunk | None:
+    """Read a chunk whose only text is choice 0's `content`: no tool calls, reasoning, refusal, log
+    probabilities or fields this reader does not know in a choice (None: not plain; the caller decodes it whole,
+    so nothing it cannot screen is forwarded as it came)."""
+    try:
+        chunk = _plain.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if not chunk.choices:
+        return PlainChunk("", False, chunk.usage, False)
+    if len(chunk.choices) > 1 or chunk.choices[0].index != 0:
+        return None
+    choice = chunk.choices[0]
+    return PlainChunk(choice.delta.content or "", choice.finish_reason is not None, chunk.usage, True)
+
+
+def with_content(payload: bytes, text: str, continuation: bool) -> bytes:
+    """A plain chunk's SSE event with other content (`continuation`: the rest of a split chunk, its role
+    already sent)."""
+    chunk = msgspec.json.decode(payload)
+    delta = chunk["choices"][0]["delta"]
+    delta["content"] = text
+    if continuation:
+        delta.pop("role", None)
+    return b"data: " + _encode(chunk) + b"\n\n"
+
+
 class StreamEncoder:
     """Encode normalized stream events as OpenAI `chat.completion.chunk` SSE (the unified endpoint's stream)."""
 

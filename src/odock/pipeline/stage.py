@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from odock.model import GatewayResponse, StreamEvent
     from odock.pipeline.call import Call
+    from odock.safety.stream import FramedText, Reframe
 
 
 class Stage:
@@ -54,6 +55,12 @@ class Stage:
 
     async def after(self, call: Call, response: GatewayResponse | None) -> None:
         """Run once the upstream answered; `response` is decoded only when some stage needs it."""
+
+    def framed(self, call: Call, reframe: Reframe) -> FramedText | None:
+        """A stage whose delta hook only screens the answer's text with bounded hold-back may offer to do it over
+        the upstream's own events (`odock.safety.stream.FramedText`; `reframe` writes an event with other text):
+        a native route whose only delta stage does then forwards the upstream's bytes instead of re-encoding."""
+        return None
 
     def rewrote(self, call: Call) -> bool:
         """Whether this call's after-hook may have changed the decoded answer; when no stage did, a native route

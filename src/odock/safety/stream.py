@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from odock.model import StreamEvent, StreamStart, StreamStop, TextDelta, ThinkingDelta, ToolCallDelta
-from odock.safety.detectors import Finding
+from odock.safety.detectors import Finding, marker
 from odock.safety.engine import SafetyEngine, Screen, apply_redactions, blocked
 
-__all__ = ["MIN_RELEASE", "HeldText", "StreamGuard", "StreamRedactor"]
+__all__ = ["MIN_RELEASE", "Frame", "FramedText", "HeldText", "StreamGuard", "StreamRedactor", "guard_hits"]
 
 # a run without whitespace longer than this is cut anyway (no secret or marker-worthy token is this long)
 MAX_WORD = 4096
@@ -88,21 +89,30 @@ class HeldText:
         """(text safe to send, text still held) of one channel's buffer."""
         if not buffer:
             return "", ""
-        hits = self.hits(buffer)
-        cut = len(buffer) if final else _boundary(buffer, max(0, len(buffer) - self.hold))
-        for finding, _ in hits:
-            if finding.start < cut < finding.end:
-                cut = finding.start
-                break  # findings are sorted and disjoint: no later one starts before this cut
-        redacted: list[Finding] = []
-        for finding, action in hits:
-            if finding.end > cut:
-                break
-            if self.note is not None:
-                self.note(finding, action)
-            if action == "redact":
-                redacted.append(finding)
+        cut, redacted = screened_cut(buffer, self.hits(buffer), self.hold, final, self.note)
         return apply_redactions(buffer[:cut], redacted), buffer[cut:]
+
+
+def screened_cut(
+    buffer: str, hits: list[tuple[Finding, str]], hold: int, final: bool, note: Note | None
+) -> tuple[int, list[Finding]]:
+    """Where a screened buffer may be cut (everything at the end; else `hold` characters behind its newest
+    character, at a word boundary, never inside a finding), and the findings before the cut that are redacted
+    (each finding before the cut is noted)."""
+    cut = len(buffer) if final else _boundary(buffer, max(0, len(buffer) - hold))
+    for finding, _ in hits:
+        if finding.start < cut < finding.end:
+            cut = finding.start
+            break  # findings are sorted and disjoint: no later one starts before this cut
+    redacted: list[Finding] = []
+    for finding, action in hits:
+        if finding.end > cut:
+            break
+        if note is not None:
+            note(finding, action)
+        if action == "redact":
+            redacted.append(finding)
+    return cut, redacted
 
 
 @dataclass(slots=True)
@@ -193,25 +203,134 @@ class StreamGuard(StreamRedactor):
     """SafetySec's response phase over one streamed answer (lives in the call's stage state): a block anywhere
     in the held text ends the stream before the match leaves."""
 
-    __slots__ = ("engine", "screen")
+    __slots__ = ()
 
     def __init__(self, engine: SafetyEngine, screen: Screen) -> None:
-        self.engine = engine
-        self.screen = screen
         super().__init__(
             engine.config.hold_chars,
-            self._hits,
+            guard_hits(engine, screen),
             lambda text: engine.screen_text(text, screen, "response"),
             lambda finding, action: screen.note("response", finding, action),
         )
 
-    def _hits(self, buffer: str) -> list[tuple[Finding, str]]:
-        screen = self.screen
-        hits = self.engine.guarded(
-            lambda: self.engine.findings(buffer, screen.policy, "response"), screen.policy, "response"
+
+def guard_hits(engine: SafetyEngine, screen: Screen) -> Hits:
+    """SafetySec's response-phase findings of a held buffer; a block raises (and is noted) at once."""
+
+    def hits(buffer: str) -> list[tuple[Finding, str]]:
+        found = engine.guarded(
+            lambda: engine.findings(buffer, screen.policy, "response"), screen.policy, "response"
         )
-        for finding, action in hits:
+        for finding, action in found:
             if action == "block":
                 screen.note("response", finding, action)
                 raise blocked("response", finding.module, finding.category)
-        return hits
+        return found
+
+    return hits
+
+
+# --- whole upstream events (native routes) ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Frame:
+    """One upstream event of a native route: its bytes, and the text it adds to the answer ("" for an event
+    without any: a role, a finish, usage, a comment)."""
+
+    raw: bytes | None  # None for the held rest of a split event: re-encoded from `template` when released
+    text: str
+    template: Any  # what the dialect re-encodes the event from, with other text (its payload)
+    continuation: bool = False  # the rest of a split event (its role, say, already went out)
+
+
+Reframe = Callable[[Any, str, bool], bytes]  # (template, text, continuation) -> the event's bytes
+
+
+class FramedText:
+    """Bounded hold-back over whole upstream events: what `HeldText` does for one text channel, with the
+    upstream's own events as the unit of release, so a native route forwards the upstream's bytes (ids,
+    fingerprints, field order, every field the gateway does not model) instead of decoding and re-encoding each
+    event.
+
+    Events queue while any text is held; once at least `MIN_RELEASE` characters could be released (and at the
+    end) the held text is screened whole and cut as `HeldText` cuts it. The events before the cut leave as they
+    came unless a redaction touches their text (then they are re-encoded with their share of the redacted text:
+    a finding's marker goes where it starts); an event the cut falls inside is split, its first part released
+    re-encoded and the rest held. An event without text goes out at once when nothing is held, else behind the
+    text before it. The caller decides which events are plain enough to frame (the dialect's `frame` reader)."""
+
+    __slots__ = ("frames", "held", "hits", "hold", "note", "reframe")
+
+    def __init__(self, hold: int, hits: Hits, reframe: Reframe, note: Note | None = None) -> None:
+        self.hold = hold
+        self.hits = hits
+        self.reframe = reframe
+        self.note = note
+        self.frames: list[Frame] = []  # held, in order
+        self.held = ""  # their text
+
+    def push(self, frame: Frame) -> bytes:
+        """Queue one event; return what may be released now."""
+        if not self.frames and not frame.text:
+            assert frame.raw is not None
+            return frame.raw
+        self.frames.append(frame)
+        self.held += frame.text
+        if len(self.held) < self.hold + MIN_RELEASE:
+            return b""
+        return self._release(final=False)
+
+    def flush(self) -> bytes:
+        """Everything held, screened as complete text (the answer's end)."""
+        return self._release(final=True) if self.frames else b""
+
+    def take(self) -> list[Frame]:
+        """Hand the held events over unscreened (the stream leaves this path; their text is screened there)."""
+        frames, self.frames, self.held = self.frames, [], ""
+        return frames
+
+    def _release(self, *, final: bool) -> bytes:
+        buffer = self.held
+        hits = self.hits(buffer) if buffer else []
+        cut, redacted = screened_cut(buffer, hits, self.hold, final, self.note)
+        out: list[bytes] = []
+        pos = 0
+        for i, frame in enumerate(self.frames):
+            end = pos + len(frame.text)
+            if end > cut or (pos == cut and frame.text):
+                if pos < cut:  # the cut falls inside this event: its first part goes, the rest is held
+                    out.append(self._emit(frame, buffer, pos, cut, redacted))
+                    rest = Frame(None, buffer[cut:end], frame.template, True)
+                    self.frames = [rest, *self.frames[i + 1 :]]
+                else:
+                    self.frames = self.frames[i:]
+                self.held = buffer[cut:]
+                return b"".join(out)
+            out.append(self._emit(frame, buffer, pos, end, redacted))
+            pos = end
+        self.frames, self.held = [], ""
+        return b"".join(out)
+
+    def _emit(self, frame: Frame, buffer: str, start: int, end: int, redacted: list[Finding]) -> bytes:
+        """The event for buffer[start:end] (its text), redacted: its own bytes when nothing changed it."""
+        text = _redacted_span(buffer, start, end, redacted) if redacted else buffer[start:end]
+        if frame.raw is not None and end - start == len(frame.text) and text == frame.text:
+            return frame.raw
+        return self.reframe(frame.template, text, frame.continuation)
+
+
+def _redacted_span(buffer: str, start: int, end: int, redacted: list[Finding]) -> str:
+    """buffer[start:end] with the redacted findings' text removed, and the marker of each finding that starts in
+    the span put where it starts (a finding spread over several events is marked once, in the first)."""
+    out: list[str] = []
+    pos = start
+    for f in redacted:
+        if f.end <= start or f.start >= end:
+            continue
+        if f.start >= start:
+            out.append(buffer[pos : f.start])
+            out.append(marker(f.category))
+        pos = max(pos, min(f.end, end))
+    out.append(buffer[pos:end])
+    return "".join(out)

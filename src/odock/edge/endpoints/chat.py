@@ -12,6 +12,7 @@ from odock.dialects import openai_chat
 from odock.dialects.contract import Dialect, StreamOptions
 from odock.dialects.registry import dialect
 from odock.edge.endpoint import LLMEndpoint
+from odock.edge.endpoints.framed import framed_stream
 from odock.edge.endpoints.inspection import inspect_unary, inspected_stream, translate_stream, upstream_json
 from odock.edge.endpoints.passthrough import ask_for_stream_usage, openai_sse, want_stream_usage
 from odock.errors import BadRequest, UpstreamError
@@ -77,7 +78,7 @@ class OpenAIChatEndpoint(LLMEndpoint):
         assert upstream is not None
         if call.ctx.stream:
             show_usage = bool(call.route_state)
-            inspected = inspected_stream(
+            inspected = framed_stream(call, upstream, show_usage) or inspected_stream(
                 call, self.dialect, upstream, StreamOptions(include_usage=show_usage)
             )
             produce, fail = inspected or (
@@ -344,4 +345,4 @@ class UnifiedChatEndpoint(LLMEndpoint):
                 model=name, request_id=ctx.request_id, options=StreamOptions(include_usage=show_usage)
             )
             decoder = upstream_dialect.upstream.stream_decoder()
-            await call.stream(translate_stream(call, upstream, decoder, encoder), encoder.fail)
+            await call.stream(translate_stream(call, upstream.iter_chunks(), decoder, encoder), encoder.fail)

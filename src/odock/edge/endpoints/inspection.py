@@ -8,7 +8,7 @@ the normalized model does not carry (a provider's newest options) still reach th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -62,13 +62,18 @@ def inspected_stream(
     )
     decoder = dialect.upstream.stream_decoder()
 
-    return translate_stream(call, upstream, decoder, encoder), encoder.fail
+    return translate_stream(call, upstream.iter_chunks(), decoder, encoder), encoder.fail
 
 
 async def translate_stream(
-    call: Call, resp: UpstreamResponse, decoder: StreamDecoder, encoder: StreamEncoder
+    call: Call,
+    chunks: AsyncIterator[bytes],
+    decoder: StreamDecoder,
+    encoder: StreamEncoder,
+    prelude: Sequence[StreamEvent] = (),
 ) -> AsyncIterator[bytes]:
-    """Decode an upstream stream in its dialect and re-encode every event in the client's dialect."""
+    """Decode an upstream stream in its dialect and re-encode every event in the client's dialect (`prelude`:
+    events already decoded, taken before the chunks)."""
     parser = SSEParser()
     inspect = bool(call.delta_stages)
 
@@ -85,7 +90,8 @@ async def translate_stream(
                 out.append(encoder.event(passed))
         return b"".join(out)
 
-    chunks = resp.iter_chunks()
+    if prelude:
+        yield encode(list(prelude))
     async for chunk in chunks:
         out = b"".join(encode(decoder.feed(sse_event)) for sse_event in parser.feed(chunk))
         if decoder.ended:  # the upstream's terminal event: the answer ends here, the rest is drained

@@ -33,7 +33,7 @@ from odock.safety.engine import (
 from odock.safety.guard import GuardFailed, WebhookGuard
 from odock.safety.sessions import SCRIPT as SESSION_SCRIPT
 from odock.safety.sessions import RedisSessions
-from odock.safety.stream import StreamGuard
+from odock.safety.stream import FramedText, Reframe, StreamGuard, guard_hits
 
 if TYPE_CHECKING:
     from odock.context import CallContext
@@ -174,6 +174,17 @@ class SafetySec(Stage):
         if guard is None:
             guard = state[_STREAM] = StreamGuard(self.engine, state[_SCREEN])
         return guard.feed(event)
+
+    def framed(self, call: Call, reframe: Reframe) -> FramedText | None:
+        state = call.stage_state
+        assert state is not None
+        screen = state[_SCREEN]
+        return FramedText(
+            self.engine.config.hold_chars,
+            guard_hits(self.engine, screen),
+            reframe,
+            lambda finding, action: screen.note("response", finding, action),
+        )
 
     def rewrote(self, call: Call) -> bool:
         # every change to an answer (a detector's, a pattern's or the external guard's redaction) is noted as a
