@@ -16,6 +16,7 @@ TARGET_VS_LITELLM = 15.0
 TARGET_SOAK_GROWTH_PCT = 5.0
 SOAKS = ("soak", "soak-cluster")  # embedded, cluster
 TARGET_TRANSLATED_VS_NATIVE = 1.5  # a translated call's added p50 over the same-dialect call's
+TARGET_SAFETY_ON_VS_OFF = 2.0  # SafetySec on: added p50 over the same call's with it off (issue 12)
 # the streamed route of each other dialect keeps the core latency target; the unified endpoint translating
 # to a provider is held against that provider's own route
 DIALECT_STREAMS = ("anthropic-stream", "gemini-stream")
@@ -286,6 +287,28 @@ def _governance_rows(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _safety_rows(results: dict[str, Any]) -> list[str]:
+    """SafetySec on against off (`--safety`): in the main table, and in the alternating rounds."""
+    runs: dict[str, Any] = results.get("runs", {})
+    rows = []
+    for kind in ("unary", "stream"):
+        on, off = _added_ms(runs, f"safety-{kind}"), _added_ms(runs, f"safety-off-{kind}")
+        if on is not None and off is not None and off > 0:
+            rows.append(
+                f"| SafetySec on: added p50 ≤ {TARGET_SAFETY_ON_VS_OFF:g}× off (safety-{kind}, table) | "
+                f"{on / off:.2f}× ({on:.3f} vs {off:.3f} ms) | {_verdict(on / off <= TARGET_SAFETY_ON_VS_OFF)} |"
+            )
+        rounds = results.get("safety_rounds", {}).get(kind)
+        if rounds and rounds["ratio"] is not None:
+            rows.append(
+                f"| SafetySec on: added p50 ≤ {TARGET_SAFETY_ON_VS_OFF:g}× off (safety-{kind}, median of "
+                f"{rounds['rounds']} alternating rounds) | {rounds['ratio']:.2f}× ({rounds['added_p50_on_ms']:.3f} "
+                f"vs {rounds['added_p50_off_ms']:.3f} ms; per round {rounds['round_ratios']}) | "
+                f"{_verdict(rounds['ratio'] <= TARGET_SAFETY_ON_VS_OFF)} |"
+            )
+    return rows
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     runs: dict[str, Any] = results.get("runs", {})
     rows = ["| target | measured | verdict |", "|---|---|---|"]
@@ -315,6 +338,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
         if hit in runs:
             rows += _cache_rows(runs, hit, uncached)
     rows.extend(_governance_rows(results))
+    rows.extend(_safety_rows(results))
     rows.extend(_tail_rows(runs))
     for name in SOAKS:
         soak = results.get(name)

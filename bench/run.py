@@ -98,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the MCP comparison: tools/call through /v1/mcp/{slug} vs direct (see bench/mcp.py)",
     )
     p.add_argument("--mcp-rounds", type=int, default=5, help="alternating direct/gateway rounds of --mcp")
+    p.add_argument(
+        "--safety-rounds",
+        type=int,
+        default=5,
+        help="alternating direct/on/off rounds of --safety's SafetySec comparison (0: none)",
+    )
     p.add_argument("--no-gateway", action="store_true", help="skip the Odock gateway (direct and peers only)")
     p.add_argument(
         "--soak",
@@ -717,6 +723,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - older than the c
             gateway_ok = False
         if gateway_ok and not args.soak_only:
             run_gateway(ctx, scenarios, cluster=False)
+            if args.safety and args.safety_rounds > 0:
+                from bench import safety_rounds
+
+                by_name = {sc.name: sc for sc in scenarios}
+                results["safety_rounds"] = safety_rounds.measure(
+                    ctx, by_name, args.safety_rounds, args.requests
+                )
             if args.cluster:
                 run_gateway(ctx, scenarios, cluster=True)
         if (args.peers or any("governance" in s.tags for s in scenarios)) and not args.soak_only:

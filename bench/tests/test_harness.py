@@ -343,3 +343,35 @@ def test_low_latency_idle_reports_its_state(tmp_path: Path, monkeypatch: pytest.
     refused.open()
     assert refused.state.startswith("default (") and "missing" in refused.state
     refused.close()
+
+
+def test_report_holds_safetysec_to_twice_the_added_latency_without_it() -> None:
+    """SafetySec on against off: from the main table, and from the alternating rounds when they ran."""
+    runs = {
+        "safety-unary": {"direct": _run(100, 1), "odock": _run(400, 1)},
+        "safety-off-unary": {"direct": _run(100, 1), "odock": _run(250, 1)},
+        "safety-stream": {"direct": _run(200, 1), "odock": _run(700, 1)},
+        "safety-off-stream": {"direct": _run(200, 1), "odock": _run(400, 1)},
+    }
+    rounds = {
+        "stream": {
+            "added_p50_on_ms": 0.39,
+            "added_p50_off_ms": 0.2,
+            "ratio": 1.95,
+            "round_ratios": [1.9, 1.95, 2.1],
+            "rounds": 3,
+        }
+    }
+    text = report.markdown({"meta": {}, "runs": runs, "safety_rounds": rounds})
+    assert (
+        "| SafetySec on: added p50 ≤ 2× off (safety-unary, table) | 2.00× (0.300 vs 0.150 ms) | PASS |"
+        in text
+    )
+    assert (
+        "| SafetySec on: added p50 ≤ 2× off (safety-stream, table) | 2.50× (0.500 vs 0.200 ms) | FAIL |"
+        in text
+    )
+    assert (
+        "| SafetySec on: added p50 ≤ 2× off (safety-stream, median of 3 alternating rounds) | 1.95× (0.390 vs "
+        "0.200 ms; per round [1.9, 1.95, 2.1]) | PASS |" in text
+    )
