@@ -66,8 +66,51 @@ class _HeadCoalescingTransport:
         self.flush()
         self._transport.close()
 
-    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
-        return getattr(self._transport, name)
+    def writelines(self, chunks: Any) -> None:
+        self.flush()
+        self._transport.writelines(chunks)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    # the rest of asyncio.Transport, the real transport's: spelt out, since a `__getattr__` would slow down every
+    # attribute read of this class (each goes through the type's getattr hook), a dozen per request
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
 
 
 class ConnectionLimits(NamedTuple):
