@@ -10,6 +10,7 @@ A stage keeps what it learnt in the call's `McpRequest` (`call.route_state`).
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime
@@ -47,13 +48,18 @@ def mcp_request(call: Call) -> McpRequest:
 
 def parse_path(path: str) -> McpRequest:
     """`/v1/mcp/{slug|id}[/{path}]`: the server reference and the rest; 400 invalid_mcp_ref when malformed."""
+    return McpRequest(*_split_path(path))
+
+
+@functools.lru_cache(maxsize=256)  # a client calls the same few servers' paths again and again
+def _split_path(path: str) -> tuple[str, str]:
     rest = path[len(PREFIX) + 1 :] if path.startswith(PREFIX + "/") else ""
     ref, _, subpath = rest.partition("/")
     if not _REF.match(ref):
         raise BadRequest("the path must name an MCP server: /v1/mcp/{slug or id}[/{path}]", "invalid_mcp_ref")
     if "." in subpath and any(part in (".", "..") for part in subpath.split("/")):
         raise BadRequest("the MCP path must not hold '.' or '..' segments", "invalid_mcp_ref")
-    return McpRequest(ref, subpath)
+    return ref, subpath
 
 
 class ResolveMcpServer(Stage):
