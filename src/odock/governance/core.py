@@ -497,7 +497,8 @@ class Governance:
             return
         receipt.done = True
         usage = ctx.usage
-        await self._release_limits(receipt, usage.total if usage is not None else 0)
+        if receipt.leases or receipt.tokens:  # (most calls hold none: no coroutine for nothing)
+            await self._release_limits(receipt, usage.total if usage is not None else 0)
         if receipt.ledger is None or receipt.reservation_id is None:
             return
         try:
