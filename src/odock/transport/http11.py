@@ -26,6 +26,8 @@ from odock.transport.base import UpstreamRequest
 # a streamed body buffered above this is not read from the socket until the consumer catches up
 _HIGH_WATER = 256 * 1024
 _MAX_IDLE_PER_ORIGIN = 256
+# what the transport writes itself (or never sends): a caller's own value for them is left out
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -326,11 +328,9 @@ class Http11Transport:
         head = [
             f"{request.method} {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {len(body)}\r\n"
         ]
-        head.extend(
-            f"{name}: {value}\r\n"
-            for name, value in request.headers.items()
-            if name.lower() not in ("host", "content-length", "transfer-encoding", "connection")
-        )
+        for name, value in request.headers.items():
+            if name.lower() not in _OWN_HEADERS:
+                head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         payload = "".join(head).encode("latin-1") + body
         t = request.timeouts
