@@ -178,8 +178,8 @@ class McpGate(Stage):
 
 def _clip(value: str | None, width: int) -> str | None:
     """A client-given name as the ledger can hold it: no NUL (PostgreSQL text refuses one), at most `width`."""
-    if value is None:
-        return None
+    if not value:
+        return value
     return value.replace("\x00", "")[:width]
 
 
