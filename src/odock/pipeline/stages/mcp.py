@@ -239,26 +239,30 @@ class McpRecordUsage(Stage):
                 upstream_status=mcp.upstream_status,
                 metadata={"tools": [_clip(t, 200) for t in tools[:50]]} if len(tools) > 1 else None,
             )
-        self.recorder.record(
-            UsageRecord(
-                request_id=ctx.request_id,
-                created_at=datetime.now(UTC),
-                organisation_id=key.organisation_id,
-                team_id=key.team_id,
-                user_id=key.user_id,
-                api_key_id=key.id,
-                route="mcp",
-                status=status,
-                outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
-                model=server.slug if server else None,
-                provider="mcp",
-                stream=ctx.stream,
-                latency_ms=ctx.elapsed_ms(),
-                error_code=ctx.error_code,
-                cost_nanos=ctx.cost_nanos,
-                pricing=server.pricing if server and server.pricing else None,
-                # SafetySec decisions and plugin runs (never text), on a server that opted in
-                metadata=call_metadata(ctx) if ctx.security or ctx.plugin_runs else None,
-                mcp=details,
-            )
+        # at most 15 keywords: with more, CPython 3.11 compiles the call to build a dict of them (several times
+        # the cost), so the fields most calls leave unset are set after
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            created_at=datetime.now(UTC),
+            organisation_id=key.organisation_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            api_key_id=key.id,
+            route="mcp",
+            status=status,
+            outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
+            model=server.slug if server else None,
+            provider="mcp",
+            stream=ctx.stream,
+            latency_ms=ctx.elapsed_ms(),
+            cost_nanos=ctx.cost_nanos,
+            mcp=details,
         )
+        if ctx.error_code is not None:
+            record.error_code = ctx.error_code
+        if server is not None and server.pricing:
+            record.pricing = server.pricing
+        if ctx.security or ctx.plugin_runs:
+            # SafetySec decisions and plugin runs (never text), on a server that opted in
+            record.metadata = call_metadata(ctx)
+        self.recorder.record(record)
