@@ -189,7 +189,8 @@ class Call:
     def governed_headers(self) -> list[tuple[bytes, bytes]]:
         if self.headers_from is None:
             return []
-        return [(k.lower().encode(), v.encode()) for k, v in self.headers_from(self.ctx).items()]
+        headers = self.headers_from(self.ctx)
+        return [(k.lower().encode(), v.encode()) for k, v in headers.items()] if headers else []
 
     # --- upstream ----------------------------------------------------------------------------------------
 
