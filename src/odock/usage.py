@@ -108,10 +108,12 @@ class UsageSpool:
         """Append one record's line; False when it does not fit (OSError when it cannot be written)."""
         if self.size + self.sealed_size + len(line) > self.max_bytes:
             return False
-        view = memoryview(line)
-        while view:
-            # an error mid-line leaves a partial line: load() skips it
-            view = view[os.write(self._fd, view) :]
+        written = os.write(self._fd, line)
+        if written < len(line):  # a short write (rare): the rest
+            view = memoryview(line)[written:]
+            while view:
+                # an error mid-line leaves a partial line: load() skips it
+                view = view[os.write(self._fd, view) :]
         self.size += len(line)
         return True
 

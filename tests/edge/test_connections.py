@@ -57,6 +57,20 @@ async def timeouts_gateway(
 
 
 @pytest.fixture(scope="module")
+async def short_idle_gateway(
+    tmp_path_factory: pytest.TempPathFactory, mock: MockServer
+) -> AsyncIterator[tuple[GatewayProcess, str]]:
+    """A gateway whose idle timeout is shorter than its header timeout (both on one clock per connection)."""
+    proc, secret = await _started(
+        tmp_path_factory.mktemp("conn-short-idle"),
+        mock,
+        {"HTTP_READ_HEADER_TIMEOUT": f"{IDLE_TIMEOUT_S * 2}s", "HTTP_IDLE_TIMEOUT": f"{HEADER_TIMEOUT_S}s"},
+    )
+    yield proc, secret
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 async def capped_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> AsyncIterator[tuple[GatewayProcess, str]]:
@@ -241,6 +255,18 @@ def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
         assert read_response(reader)[0] == 200
         elapsed = wait_closed(sock, within=IDLE_TIMEOUT_S + 4)
     assert elapsed >= IDLE_TIMEOUT_S * 0.9
+
+
+def test_an_idle_timeout_shorter_than_the_header_timeout_is_kept(
+    short_idle_gateway: tuple[GatewayProcess, str],
+) -> None:
+    """The idle deadline comes before the pending header deadline: the connection still closes at the idle one."""
+    proc, _ = short_idle_gateway
+    with connect(proc) as sock, sock.makefile("rb") as reader:
+        sock.sendall(HEALTH)
+        assert read_response(reader)[0] == 200
+        elapsed = wait_closed(sock, within=IDLE_TIMEOUT_S * 2)
+    assert HEADER_TIMEOUT_S * 0.9 <= elapsed < IDLE_TIMEOUT_S * 2 * 0.9
 
 
 @pytest.fixture()

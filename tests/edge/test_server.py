@@ -22,7 +22,7 @@ class RecordingTransport:
     def is_closing(self) -> bool:
         return self.closed
 
-    def get_extra_info(self, name: str) -> Any:
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
         return f"info:{name}"
 
 

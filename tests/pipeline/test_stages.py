@@ -33,12 +33,16 @@ REFERENCE_ORDER = [
 
 
 class Probe(Stage):
-    """Registers a compensation that notes its name, so the order of the unwinding can be checked."""
+    """Registers a compensation that notes its name, so the order of the unwinding can be checked (an async one,
+    or with `plain` a plain function)."""
 
-    def __init__(self, name: str, log: list[str], fail: GatewayError | None = None) -> None:
+    def __init__(
+        self, name: str, log: list[str], fail: GatewayError | None = None, *, plain: bool = False
+    ) -> None:
         self.name = name  # type: ignore[misc]
         self.log = log
         self.fail = fail
+        self.plain = plain
 
     async def before(self, call: Call) -> None:
         self.log.append(f"before:{self.name}")
@@ -46,7 +50,7 @@ class Probe(Stage):
         async def undo() -> None:
             self.log.append(f"undo:{self.name}")
 
-        call.defer(undo)
+        call.defer((lambda: self.log.append(f"undo:{self.name}")) if self.plain else undo)
         if self.fail is not None:
             raise self.fail
 
@@ -128,7 +132,7 @@ async def test_a_blocking_stage_unwinds_in_reverse_and_speaks_the_route_dialect(
     (the governance post-flight and the usage record included), and the Anthropic SDK raises its own class."""
     log: list[str] = []
     blocked = Forbidden("blocked by policy", "safety_blocked")
-    stages = [Probe("first", log), Probe("second", log, fail=blocked)]
+    stages = [Probe("first", log, plain=True), Probe("second", log, fail=blocked)]
     async with in_process_gateway(tmp_path, pre_upstream=stages) as gw:
         client = anthropic.AsyncAnthropic(
             base_url="http://gateway.test",

@@ -96,27 +96,44 @@ class Request:
                 )
         chunks: list[bytes] = []
         total = 0
+        # asyncio.timeout's own way, without its bookkeeping (on 3.11 each of its state checks is an Enum class
+        # attribute, looked up through EnumType.__getattr__): a timer cancels this task; the cancellation it
+        # caused becomes the 408, any other goes on
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
         try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        self._disconnected = True
-                        raise ClientDisconnected()
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        total += len(chunk)
-                        if total > limit:
-                            raise PayloadTooLarge(
-                                f"request body exceeds the limit of {limit} bytes", "payload_too_large"
-                            )
-                        chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise RequestTimeout(
-                f"request body not received within {timeout_s:g}s", "request_timeout"
-            ) from None
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    self._disconnected = True
+                    raise ClientDisconnected()
+                chunk = message.get("body", b"")
+                if chunk:
+                    total += len(chunk)
+                    if total > limit:
+                        raise PayloadTooLarge(
+                            f"request body exceeds the limit of {limit} bytes", "payload_too_large"
+                        )
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if expired and task.uncancel() <= cancelling:
+                raise RequestTimeout(
+                    f"request body not received within {timeout_s:g}s", "request_timeout"
+                ) from None
+            raise
+        finally:
+            timer.cancel()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def respond(

@@ -66,8 +66,51 @@ class _HeadCoalescingTransport:
         self.flush()
         self._transport.close()
 
-    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
-        return getattr(self._transport, name)
+    def writelines(self, chunks: Any) -> None:
+        self.flush()
+        self._transport.writelines(chunks)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    # the rest of asyncio.Transport, the real transport's: spelt out, since a `__getattr__` would slow down every
+    # attribute read of this class (each goes through the type's getattr hook), a dozen per request
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
 
 
 class ConnectionLimits(NamedTuple):
@@ -123,8 +166,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     Between the end of one request (or the connection's start) and the end of the next head, the bytes received are
     counted and a deadline runs; both stop at the head's end, so a request's body costs nothing extra. One timer
-    per connection serves every head: it is not cancelled when a head completes, and on firing re-arms itself for a
-    later head's deadline, so a keep-alive request costs a clock read rather than a timer.
+    per connection serves every head and the idle time between requests (uvicorn would arm a timer after each
+    response): it is not cancelled when a head completes, and on firing re-arms itself for a later deadline, so a
+    keep-alive request costs a clock read rather than a timer.
     """
 
     def __init__(
@@ -139,8 +183,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._max_head_bytes = limits.max_header_bytes
         self._header_timeout_s = limits.header_timeout_s
         self._max_requests = limits.max_concurrent_requests
-        # uvicorn arms it after each response; it declares int seconds, call_later takes any
-        self.timeout_keep_alive = limits.idle_timeout_s  # type: ignore[assignment]
+        self._idle_timeout_s = limits.idle_timeout_s
         # uvicorn's cap counts connections; ours (on_headers_complete) counts requests being served
         self.limit_concurrency = None
         self._awaiting_head = True  # from a message's end (or the connection's start) to the next head's end
@@ -148,7 +191,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_deadline: float | None = (
             None  # set from the first byte of a head (or the connection's start)
         )
-        self._head_timer: asyncio.TimerHandle | None = None
+        # set from a response's end (no request pipelined behind it) to the next bytes received
+        self._idle_deadline: float | None = None
+        self._clock: asyncio.TimerHandle | None = None  # the connection's one timer, for both deadlines
+        self._clock_at = 0.0  # when it fires
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         coalescing: Any = _HeadCoalescingTransport(transport, self.loop)
@@ -156,12 +202,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._start_head_clock()  # a connection that never sends a byte is closed at the header timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes | memoryview) -> None:
+        self._idle_deadline = None
         if self._awaiting_head:
             if self._head_deadline is None:
                 self._start_head_clock()
@@ -198,19 +245,43 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _start_head_clock(self) -> None:
         self._head_deadline = deadline = self.loop.time() + self._header_timeout_s
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_at(deadline, self._head_clock_fired)
+        self._wake_by(deadline)
 
-    def _head_clock_fired(self) -> None:
-        self._head_timer = None
-        deadline = self._head_deadline
-        if deadline is None:  # no head being read: the next one starts the clock again
+    def _wake_by(self, deadline: float) -> None:
+        """Have the clock fire by `deadline` (it is re-armed only when due later: deadlines mostly grow)."""
+        clock = self._clock
+        if clock is None or self._clock_at > deadline:
+            if clock is not None:
+                clock.cancel()
+            self._clock_at = deadline
+            self._clock = self.loop.call_at(deadline, self._clock_fired)
+
+    def _clock_fired(self) -> None:
+        self._clock = None
+        head = self._head_deadline
+        deadline = head if head is not None else self._idle_deadline
+        if deadline is None:  # a request being served: the next head or idle time starts the clock again
             return
-        if self.loop.time() < deadline:  # a later head's deadline
-            self._head_timer = self.loop.call_at(deadline, self._head_clock_fired)
+        if self.loop.time() < deadline:  # a later deadline
+            self._wake_by(deadline)
+        elif head is not None:
+            # too slow a head: close now, or after the response in progress when this head was pipelined behind it
+            self.shutdown()
+        else:
+            self.timeout_keep_alive_handler()  # idle too long (uvicorn's own close)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the idle timeout, which the connection's clock keeps
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
             return
-        # too slow: close now, or after the response in progress when this head was pipelined behind it
-        self.shutdown()
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waits: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_deadline = deadline = self.loop.time() + self._idle_timeout_s
+            self._wake_by(deadline)
 
     def on_headers_complete(self) -> None:
         self._awaiting_head = False

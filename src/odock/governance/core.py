@@ -103,7 +103,7 @@ class Held(Item):
 
 def _token() -> str:
     """A lease/reservation owner token: unique, not secret (no system call per call, unlike os.urandom)."""
-    return f"{random.getrandbits(128):032x}"
+    return random.getrandbits(128).to_bytes(16, "big").hex()  # 32 hex digits, cheaper than a format spec
 
 
 class Rider(Protocol):
@@ -497,7 +497,8 @@ class Governance:
             return
         receipt.done = True
         usage = ctx.usage
-        await self._release_limits(receipt, usage.total if usage is not None else 0)
+        if receipt.leases or receipt.tokens:  # (most calls hold none: no coroutine for nothing)
+            await self._release_limits(receipt, usage.total if usage is not None else 0)
         if receipt.ledger is None or receipt.reservation_id is None:
             return
         try:

@@ -35,7 +35,8 @@ log = logging.getLogger("odock.call")
 
 __all__ = ["Answered", "Call", "FinalChunk", "aclose", "estimate_tokens", "upstream_error_body"]
 
-Compensation = Callable[[], Awaitable[None]]
+# async, or plain when it has nothing to wait for (no coroutine to make and run for it)
+Compensation = Callable[[], Awaitable[None] | None]
 
 
 def estimate_tokens(size_bytes: int) -> int:
@@ -120,7 +121,9 @@ class Call:
         deferred, self._deferred = self._deferred, []
         for compensation in reversed(deferred):
             try:
-                await compensation()
+                pending = compensation()
+                if pending is not None:
+                    await pending
             except Exception:
                 log.exception("compensation failed", extra={"request_id": self.ctx.request_id})
 
@@ -139,11 +142,8 @@ class Call:
                 except Exception:
                     log.exception("%s failed", what, extra={"request_id": self.ctx.request_id})
 
-        async def at_end() -> None:
-            run()
-
         self.exchange.before_end = run
-        self.defer(at_end)
+        self.defer(run)
 
     def step_aside(self, stage: Any) -> None:
         """`stage` has nothing to do on this call: its delta and after hooks are left out, and when no stage
@@ -189,7 +189,8 @@ class Call:
     def governed_headers(self) -> list[tuple[bytes, bytes]]:
         if self.headers_from is None:
             return []
-        return [(k.lower().encode(), v.encode()) for k, v in self.headers_from(self.ctx).items()]
+        headers = self.headers_from(self.ctx)
+        return [(k.lower().encode(), v.encode()) for k, v in headers.items()] if headers else []
 
     # --- upstream ----------------------------------------------------------------------------------------
 

@@ -192,6 +192,9 @@ class Catalogue:
         )
 
     async def organisation(self, organisation_id: str) -> Organisation | None:
+        hit = self._orgs.get(organisation_id, time.monotonic())
+        if hit is not None and hit[1]:  # the common case, without a load closure and a second coroutine
+            return hit[0]
         return await self._cached(  # type: ignore[no-any-return]
             self._orgs,
             organisation_id,
@@ -200,6 +203,9 @@ class Catalogue:
         )
 
     async def team(self, team_id: str) -> Team | None:
+        hit = self._teams.get(team_id, time.monotonic())
+        if hit is not None and hit[1]:  # as `organisation`
+            return hit[0]
         return await self._cached(  # type: ignore[no-any-return]
             self._teams, team_id, lambda: self.store.get_team(team_id), self.model_ttl_s
         )

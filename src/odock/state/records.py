@@ -91,7 +91,9 @@ def new_usage_id() -> str:
     Time order keeps inserts at the end of the primary-key index (a random key touches a different page of it
     for nearly every row). The random bits only need to be unique, not secret: Python's generator (seeded from
     the OS at start, reseeded in a forked child) costs no system call, os.urandom one per governed call."""
-    return f"{time.time_ns() // 1000:014x}{random.getrandbits(72):018x}"
+    # as one 128-bit number (bytes.hex costs a fraction of two format specs); the microseconds fit 56 bits
+    # until the year 4253
+    return (((time.time_ns() // 1000) << 72) | random.getrandbits(72)).to_bytes(16, "big").hex()
 
 
 class McpUsage(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -26,6 +26,8 @@ from odock.transport.base import UpstreamRequest
 # a streamed body buffered above this is not read from the socket until the consumer catches up
 _HIGH_WATER = 256 * 1024
 _MAX_IDLE_PER_ORIGIN = 256
+# what the transport writes itself (or never sends): a caller's own value for them is left out
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -52,6 +54,9 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.alive = True
         self.idle_since = 0.0
+        # the response's one deadline timer (see `watch`) and the loop time its whole body is due by
+        self.timer: asyncio.TimerHandle | None = None
+        self._body_due = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -153,9 +158,30 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def expire(self, what: str) -> None:
-        """Timer callback: the response took too long; fail whoever waits on it and drop the connection."""
+        """The response took too long: fail whoever waits on it and drop the connection."""
         if not self.complete and self.error is None:
             self._fail(_timeout_error(what))
+
+    def watch(self, loop: asyncio.AbstractEventLoop, head_due: float, body_due: float) -> None:
+        """Time the response with one timer (loop times; `head_due` <= `body_due`): first the head's deadline,
+        then, once the head is in, the whole body's (one timer per call rather than one for each)."""
+        self._body_due = body_due
+        self.timer = loop.call_at(head_due, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        if self.head is not None and not self.head.done():
+            self.expire("did not answer in time")
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._body_due:
+            self.timer = loop.call_at(self._body_due, self._deadline_passed)
+        else:
+            self.expire("exceeded its total timeout")
+
+    def unwatch(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def take(self) -> bytes:
         data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
@@ -182,19 +208,14 @@ class _Connection(asyncio.Protocol):
 class Http11Response:
     """A response whose body is read (or streamed) from its connection, which returns to the pool when done."""
 
-    __slots__ = ("_conn", "_done", "_pool", "_timer", "headers", "status")
+    __slots__ = ("_conn", "_done", "_pool", "headers", "status")
 
-    def __init__(self, conn: _Connection, pool: deque[_Connection], deadline: float) -> None:
+    def __init__(self, conn: _Connection, pool: deque[_Connection]) -> None:
         self._conn = conn
         self._pool = pool
         self._done = False
         self.status = conn.status
         self.headers = conn.headers
-        # one timer for the whole body (cheaper than a timeout context around every read)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(
-            loop.time() + max(0.0, deadline - time.monotonic()), conn.expire, "exceeded its total timeout"
-        )
 
     async def _next(self) -> bytes | None:
         """The next body bytes, or None at the end of the body."""
@@ -235,8 +256,8 @@ class Http11Response:
         if self._done:
             return
         self._done = True
-        self._timer.cancel()
         conn = self._conn
+        conn.unwatch()
         if (
             conn.complete
             and conn.error is None
@@ -252,7 +273,7 @@ class Http11Response:
     def close(self) -> None:
         if not self._done:
             self._done = True
-            self._timer.cancel()
+            self._conn.unwatch()
             self._conn.close()
 
 
@@ -307,37 +328,35 @@ class Http11Transport:
         head = [
             f"{request.method} {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {len(body)}\r\n"
         ]
-        head.extend(
-            f"{name}: {value}\r\n"
-            for name, value in request.headers.items()
-            if name.lower() not in ("host", "content-length", "transfer-encoding", "connection")
-        )
+        for name, value in request.headers.items():
+            if name.lower() not in _OWN_HEADERS:
+                head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         payload = "".join(head).encode("latin-1") + body
         t = request.timeouts
-        deadline = time.monotonic() + t.total_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total_s
         for attempt in (1, 2):
             conn = self._idle(pool)
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(scheme, host, port, min(t.connect_s, t.total_s))
             head_future = conn.send(payload)
-            loop = asyncio.get_running_loop()
-            wait_s = max(0.0, min(t.first_byte_s, deadline - time.monotonic()))
-            timer = loop.call_at(loop.time() + wait_s, conn.expire, "did not answer in time")
+            # the head within first_byte_s, the whole response within total_s (the response cancels the timer)
+            conn.watch(loop, min(loop.time() + t.first_byte_s, deadline), deadline)
             try:
                 await head_future
             except UpstreamError as err:
+                conn.unwatch()
                 conn.close()
                 if attempt == 1 and reused and not conn.received_any and err.kind != "timeout":
                     continue  # a pooled connection the server had already closed: retry once on a fresh one
                 raise
             except BaseException:
+                conn.unwatch()
                 conn.close()  # cancelled (the client left): this connection's response is never read
                 raise
-            finally:
-                timer.cancel()
-            return Http11Response(conn, pool, deadline)
+            return Http11Response(conn, pool)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

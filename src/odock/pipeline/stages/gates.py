@@ -46,11 +46,7 @@ class EarlyGate(Stage):
         length = call.exchange.headers.get("content-length")
         ctx.body_bytes = int(length) if length and length.isdigit() else 0
         governance, pricer = self.governance, self.pricer
-
-        async def post_flight() -> None:
-            await governance.complete(ctx, pricer.cost(ctx))
-
-        call.defer(post_flight)
+        call.defer(lambda: governance.complete(ctx, pricer.cost(ctx)))  # (priced when the call ends)
         call.headers_from = governance.response_headers
         await governance.early(ctx)
 

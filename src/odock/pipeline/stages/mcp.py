@@ -10,6 +10,7 @@ A stage keeps what it learnt in the call's `McpRequest` (`call.route_state`).
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime
@@ -47,13 +48,18 @@ def mcp_request(call: Call) -> McpRequest:
 
 def parse_path(path: str) -> McpRequest:
     """`/v1/mcp/{slug|id}[/{path}]`: the server reference and the rest; 400 invalid_mcp_ref when malformed."""
+    return McpRequest(*_split_path(path))
+
+
+@functools.lru_cache(maxsize=256)  # a client calls the same few servers' paths again and again
+def _split_path(path: str) -> tuple[str, str]:
     rest = path[len(PREFIX) + 1 :] if path.startswith(PREFIX + "/") else ""
     ref, _, subpath = rest.partition("/")
     if not _REF.match(ref):
         raise BadRequest("the path must name an MCP server: /v1/mcp/{slug or id}[/{path}]", "invalid_mcp_ref")
     if "." in subpath and any(part in (".", "..") for part in subpath.split("/")):
         raise BadRequest("the MCP path must not hold '.' or '..' segments", "invalid_mcp_ref")
-    return McpRequest(ref, subpath)
+    return ref, subpath
 
 
 class ResolveMcpServer(Stage):
@@ -172,8 +178,8 @@ class McpGate(Stage):
 
 def _clip(value: str | None, width: int) -> str | None:
     """A client-given name as the ledger can hold it: no NUL (PostgreSQL text refuses one), at most `width`."""
-    if value is None:
-        return None
+    if not value:
+        return value
     return value.replace("\x00", "")[:width]
 
 
@@ -233,26 +239,30 @@ class McpRecordUsage(Stage):
                 upstream_status=mcp.upstream_status,
                 metadata={"tools": [_clip(t, 200) for t in tools[:50]]} if len(tools) > 1 else None,
             )
-        self.recorder.record(
-            UsageRecord(
-                request_id=ctx.request_id,
-                created_at=datetime.now(UTC),
-                organisation_id=key.organisation_id,
-                team_id=key.team_id,
-                user_id=key.user_id,
-                api_key_id=key.id,
-                route="mcp",
-                status=status,
-                outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
-                model=server.slug if server else None,
-                provider="mcp",
-                stream=ctx.stream,
-                latency_ms=ctx.elapsed_ms(),
-                error_code=ctx.error_code,
-                cost_nanos=ctx.cost_nanos,
-                pricing=server.pricing if server and server.pricing else None,
-                # SafetySec decisions and plugin runs (never text), on a server that opted in
-                metadata=call_metadata(ctx) if ctx.security or ctx.plugin_runs else None,
-                mcp=details,
-            )
+        # at most 15 keywords: with more, CPython 3.11 compiles the call to build a dict of them (several times
+        # the cost), so the fields most calls leave unset are set after
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            created_at=datetime.now(UTC),
+            organisation_id=key.organisation_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            api_key_id=key.id,
+            route="mcp",
+            status=status,
+            outcome="failed" if outcome in ("blocked", "failed") else ctx.outcome,
+            model=server.slug if server else None,
+            provider="mcp",
+            stream=ctx.stream,
+            latency_ms=ctx.elapsed_ms(),
+            cost_nanos=ctx.cost_nanos,
+            mcp=details,
         )
+        if ctx.error_code is not None:
+            record.error_code = ctx.error_code
+        if server is not None and server.pricing:
+            record.pricing = server.pricing
+        if ctx.security or ctx.plugin_runs:
+            # SafetySec decisions and plugin runs (never text), on a server that opted in
+            record.metadata = call_metadata(ctx)
+        self.recorder.record(record)

@@ -10,6 +10,7 @@ of one, or a header.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from typing import TYPE_CHECKING, Any
@@ -103,12 +104,7 @@ class RequestLog(Stage):
         self.sample_rate = sample_rate
 
     async def before(self, call: Call) -> None:
-        ctx = call.ctx
-
-        async def write() -> None:
-            self.write(ctx)
-
-        call.defer(write)
+        call.defer(functools.partial(self.write, call.ctx))
 
     def wanted(self, ctx: CallContext) -> bool:
         if self.mode == "all" or failed(ctx):
