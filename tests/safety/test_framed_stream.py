@@ -81,8 +81,8 @@ def client_text(body: bytes) -> str:
     """The answer a client reads, each event checked against the openai SDK's chunk type."""
     text = ""
     for block in body.split(b"\n\n"):
-        if not block or block == b"data: [DONE]":
-            continue
+        if not block or block == b"data: [DONE]" or block.startswith(b":"):
+            continue  # an SSE comment is not an event
         chunk = ChatCompletionChunk.model_validate_json(block.removeprefix(b"data: "))
         text += "".join(c.delta.content or "" for c in chunk.choices)
     return text
@@ -206,3 +206,12 @@ async def test_the_native_route_keeps_the_upstreams_frames(tmp_path: Path) -> No
         assert "[REDACTED_EMAIL]" in text and "jane.doe@example.com" not in text
         assert {c.system_fingerprint for c in chunks} == {"fp_mock"}
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+async def test_a_keep_alive_comment_keeps_its_place_and_the_answer_is_intact() -> None:
+    """A read that is not all plain chunks (an SSE comment here) is queued event by event, in order."""
+    body = wire(["Mail jane.doe", "@example.com now"], tail=[b": keep-alive\n\n"])
+    out, _ = await relay([body])
+    assert client_text(out) == "Mail [REDACTED_EMAIL] now"
+    assert out.index(b": keep-alive") > out.index(b"[REDACTED_EMAIL]")
+    assert b"jane.doe" not in out

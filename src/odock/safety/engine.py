@@ -9,6 +9,7 @@ text, content blocks and parts, tool-call arguments and tool results, Responses 
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,23 +91,25 @@ class SafetyEngine:
     def __init__(self, config: SafetyConfig) -> None:
         self.config = config
         self._policies: dict[tuple[int, ...], tuple[tuple[Any, ...], SafetyPolicy]] = {}
+        self._chosen: dict[int, tuple[Mapping[str, str], frozenset[str]]] = {}
 
     # --- policy -------------------------------------------------------------------------------------------
 
     def policy(self, *policies: Mapping[str, Any] | None) -> SafetyPolicy:
         """The effective policy of the scopes' policy envelopes (broadest first); resolved once per set of
         envelopes (records are replaced, never mutated, when the catalogue changes)."""
+        key = tuple(map(id, policies))
+        hit = self._policies.get(key)
+        if hit is not None and all(map(operator.is_, hit[0], policies)):
+            return hit[1]
         sections = tuple(safety_section(p) for p in policies)
         if not self.config.enabled and all(s is None for s in sections):
-            return OFF  # the common case: nothing anywhere turns SafetySec on
-        key = tuple(map(id, sections))
-        hit = self._policies.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], sections, strict=True)):
-            return hit[1]
-        policy = resolve(self.config.enabled, self.config.allow_disable, sections)
+            policy = OFF  # the common case: nothing anywhere turns SafetySec on
+        else:
+            policy = resolve(self.config.enabled, self.config.allow_disable, sections)
         if len(self._policies) > 4096:
             self._policies.clear()
-        self._policies[key] = (sections, policy)
+        self._policies[key] = (policies, policy)
         return policy
 
     # --- screening ----------------------------------------------------------------------------------------
@@ -114,7 +117,9 @@ class SafetyEngine:
     def findings(self, text: str, policy: SafetyPolicy, phase: str) -> list[tuple[Finding, str]]:
         """Every finding of the phase's active detectors in `text`, with the action the policy gives it."""
         actions = policy.actions(phase)
-        found = scan(text, actions.keys()) if actions else []
+        found = scan(text, self._categories(actions)) if actions else []
+        if not policy.patterns:
+            return [(f, actions[f.category]) for f in found]
         custom = [p for p in policy.patterns if phase in p.phases and p.action != "off"]
         if custom:
             found += [
@@ -125,6 +130,15 @@ class SafetyEngine:
             found = resolve_overlaps(found)
         by_name = {p.name: p.action for p in custom}
         return [(f, by_name[f.category] if f.module == "custom" else actions[f.category]) for f in found]
+
+    def _categories(self, actions: Mapping[str, str]) -> frozenset[str]:
+        """A phase's categories as the scanner takes them, made once per resolved policy (policies are cached)."""
+        hit = self._chosen.get(id(actions))
+        if hit is None or hit[0] is not actions:
+            if len(self._chosen) > 4096:
+                self._chosen.clear()
+            hit = self._chosen[id(actions)] = (actions, frozenset(actions))
+        return hit[1]
 
     def screen_text(self, text: str, screen: Screen, phase: str) -> str:
         """`text` after the phase's decision: redacted where the policy redacts; raises on a block."""
