@@ -65,7 +65,7 @@ class Screen:
         if finding.category in SIGNAL_SCORES:
             self.signals.add(finding.category)
         if action == "redact":
-            metrics.child(metrics.SECURITY_REDACTIONS, phase, finding.category).inc()
+            metrics.TALLY.inc(metrics.SECURITY_REDACTIONS, (phase, finding.category))
 
     def outcome(self, phase: str) -> str:
         """The phase's decision: the strictest action taken, or allow."""
@@ -191,13 +191,13 @@ class SafetyEngine:
             walk_json(body, visit)
         if request is not None:
             walk_request(request, visit)
-        metrics.child(metrics.SECURITY_MODULE_RUNS, "request", "builtin").inc()
+        metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("request", "builtin"))
 
     # --- response phase (unary) ---------------------------------------------------------------------------
 
     def screen_response(self, response: GatewayResponse, screen: Screen) -> None:
         walk_response(response, self._screen_once(screen, "response"))
-        metrics.child(metrics.SECURITY_MODULE_RUNS, "response", "builtin").inc()
+        metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("response", "builtin"))
 
     def _screen_once(self, screen: Screen, phase: str) -> Visit:
         """`screen_text` for one phase that scans a text met twice once (a decoded answer holds its text both

@@ -24,6 +24,7 @@ of servers that do not: zero cost when off. Decisions go to the usage record as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -81,7 +82,7 @@ class McpScreening(Stage):
             )
             if policy.enabled:
                 screen = Screen(policy, sink=ctx)
-                call.defer(lambda: count_decisions(screen))
+                call.defer(partial(count_decisions, screen))
         plugins = self.plugins if plan.plugins else None
         if screen is None and plugins is None:
             return
@@ -156,7 +157,7 @@ class McpGuard:
             visit, redacted = self._screener("request")
             for message in carriers:
                 walk_arguments(message, visit)
-            metrics.child(metrics.SECURITY_MODULE_RUNS, "request", "builtin").inc()
+            metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("request", "builtin"))
             changed = bool(redacted)
         if any(m.method in SCREENED_METHODS for m in self.state.messages):
             # only calls that carry text in or out: listings, pings and the handshake do not pay a session look-up
@@ -236,7 +237,7 @@ class McpGuard:
             visit, redacted = self._screener("response")
             for result in results:
                 walk_result(result, visit)
-            metrics.child(metrics.SECURITY_MODULE_RUNS, "response", "builtin").inc()
+            metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("response", "builtin"))
             changed = bool(redacted)
         safety = self.safety
         if screen is not None and safety is not None and safety.guard is not None:

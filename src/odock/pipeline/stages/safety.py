@@ -14,6 +14,7 @@ phase is the built-in detectors' and the operator's patterns'.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from odock import metrics
@@ -76,7 +77,7 @@ class SafetySec(Stage):
         if call.stage_state is None:
             call.stage_state = {}
         call.stage_state[_SCREEN] = screen
-        call.defer(lambda: count_decisions(screen))
+        call.defer(partial(count_decisions, screen))
         if not policy.active("response") and (self.guard is None or call.ctx.stream):
             call.step_aside(self)
         if policy.active("request"):
@@ -147,7 +148,7 @@ class SafetySec(Stage):
             **(about or {}),
             "texts": texts,
         }
-        metrics.child(metrics.SECURITY_MODULE_RUNS, phase, "external").inc()
+        metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, (phase, "external"))
         try:
             verdict = await self.guard.check(payload)
         except GuardFailed:
@@ -259,7 +260,7 @@ class _SessionRider:
             metrics.child(metrics.SECURITY_ERRORS, "request", "session", "open").inc()
 
 
-async def count_decisions(screen: Screen) -> None:
+def count_decisions(screen: Screen) -> None:
     for phase in ("request", "response"):
         if screen.policy.active(phase):
-            metrics.child(metrics.SECURITY_DECISIONS, phase, screen.outcome(phase)).inc()
+            metrics.TALLY.inc(metrics.SECURITY_DECISIONS, (phase, screen.outcome(phase)))
