@@ -364,6 +364,17 @@ def texts_of(node: dict[str, Any]) -> Iterator[str]:
 
 
 def fingerprint(client_ip: str, key_id: str | None, user_agent: str | None) -> str:
-    """The session fingerprint (reference §7.5): the client IP, the key once known, and the user agent."""
-    raw = f"{client_ip}\x00{key_id or ''}\x00{user_agent or ''}".encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    """The session fingerprint (reference §7.5): the client IP, the key once known, and the user agent (a
+    client's calls repeat all three: each triple is hashed once while it stays among the recent ones)."""
+    triple = (client_ip, key_id, user_agent)
+    known = _FINGERPRINTS.get(triple)
+    if known is None:
+        raw = f"{client_ip}\x00{key_id or ''}\x00{user_agent or ''}".encode()
+        known = hashlib.sha256(raw).hexdigest()[:32]
+        if len(_FINGERPRINTS) >= 4096:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[triple] = known
+    return known
+
+
+_FINGERPRINTS: dict[tuple[str, str | None, str | None], str] = {}
