@@ -257,8 +257,9 @@ class FramedText:
     end) the held text is screened whole and cut as `HeldText` cuts it. The events before the cut leave as they
     came unless a redaction touches their text (then they are re-encoded with their share of the redacted text:
     a finding's marker goes where it starts); an event the cut falls inside is split, its first part released
-    re-encoded and the rest held. An event without text goes out at once when nothing is held, else behind the
-    text before it. The caller decides which events are plain enough to frame (the dialect's `frame` reader)."""
+    re-encoded and the rest held. An event without text (a role, usage, a keep-alive) keeps its place in the
+    queue and leaves with the text before it: the first bytes a client gets are the first screened text, as on
+    the decoded path, in one write. The caller decides which events are plain enough to frame."""
 
     __slots__ = ("frames", "held", "hits", "hold", "note", "reframe")
 
@@ -272,9 +273,6 @@ class FramedText:
 
     def push(self, frame: Frame) -> bytes:
         """Queue one event; return what may be released now."""
-        if not self.frames and not frame.text:
-            assert frame.raw is not None
-            return frame.raw
         self.frames.append(frame)
         self.held += frame.text
         if len(self.held) < self.hold + MIN_RELEASE:
