@@ -1,6 +1,7 @@
 """SafetySec as a stage (reference §7): the request phase at `pre_reserve` (after model access, so the model's
 policy is known; before the reservations, so a block has nothing to release), the response phase in the
-after-hook (unary) and the delta hook (streams, with bounded hold-back: `odock.safety.stream`).
+after-hook (unary) and the delta hook (streams, with bounded hold-back: `odock.safety.stream`), or over the
+upstream's own events where a native route can keep them (`framed`).
 
 A call whose resolved policy is off stands down at once (`call.skip`): its native route stays a byte relay.
 
