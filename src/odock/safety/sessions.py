@@ -44,6 +44,10 @@ class MemorySessions:
         self._scores: dict[str, tuple[float, float]] = {}  # fingerprint -> (score, expires at, monotonic)
 
     async def bump(self, fingerprint: str, increment: float, ttl_s: float) -> float:
+        return self.bump_now(fingerprint, increment, ttl_s)
+
+    def bump_now(self, fingerprint: str, increment: float, ttl_s: float) -> float:
+        """`bump` without a coroutine (the stage calls it directly in embedded mode)."""
         now = time.monotonic()
         score, expires = self._scores.get(fingerprint, (0.0, 0.0))
         if expires <= now:

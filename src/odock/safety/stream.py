@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from odock.model import StreamEvent, StreamStart, StreamStop, TextDelta, ThinkingDelta, ToolCallDelta
 from odock.safety.detectors import Finding, marker
 from odock.safety.engine import SafetyEngine, Screen, apply_redactions, blocked
@@ -233,8 +235,7 @@ def guard_hits(engine: SafetyEngine, screen: Screen) -> Hits:
 # --- whole upstream events (native routes) ------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Frame:
+class Frame(msgspec.Struct):
     """One upstream event of a native route: its bytes, and the text it adds to the answer ("" for an event
     without any: a role, a finish, usage, a comment)."""
 

@@ -34,7 +34,7 @@ from odock.safety.engine import (
 )
 from odock.safety.guard import GuardFailed, WebhookGuard
 from odock.safety.sessions import SCRIPT as SESSION_SCRIPT
-from odock.safety.sessions import RedisSessions
+from odock.safety.sessions import MemorySessions, RedisSessions
 from odock.safety.stream import FramedText, Reframe, StreamGuard, guard_hits
 
 if TYPE_CHECKING:
@@ -102,8 +102,12 @@ class SafetySec(Stage):
             ctx.redis_riders = [*(ctx.redis_riders or ()), rider]
             call.defer(rider.count_if_left)
             return
+        sessions = self.sessions
         try:
-            score = await self.sessions.bump(fp, increment, ttl_s)
+            if isinstance(sessions, MemorySessions):
+                score = sessions.bump_now(fp, increment, ttl_s)
+            else:
+                score = await sessions.bump(fp, increment, ttl_s)
         except self.session_errors:
             self.session_failed()
         self.decide(score, screen, ctx)
