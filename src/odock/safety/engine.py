@@ -91,7 +91,6 @@ class SafetyEngine:
     def __init__(self, config: SafetyConfig) -> None:
         self.config = config
         self._policies: dict[tuple[int, ...], tuple[tuple[Any, ...], SafetyPolicy]] = {}
-        self._chosen: dict[int, tuple[Mapping[str, str], frozenset[str]]] = {}
 
     # --- policy -------------------------------------------------------------------------------------------
 
@@ -117,7 +116,7 @@ class SafetyEngine:
     def findings(self, text: str, policy: SafetyPolicy, phase: str) -> list[tuple[Finding, str]]:
         """Every finding of the phase's active detectors in `text`, with the action the policy gives it."""
         actions = policy.actions(phase)
-        found = scan(text, self._categories(actions)) if actions else []
+        found = scan(text, policy.categories(phase)) if actions else []
         if not policy.patterns:
             return [(f, actions[f.category]) for f in found]
         custom = [p for p in policy.patterns if phase in p.phases and p.action != "off"]
@@ -130,15 +129,6 @@ class SafetyEngine:
             found = resolve_overlaps(found)
         by_name = {p.name: p.action for p in custom}
         return [(f, by_name[f.category] if f.module == "custom" else actions[f.category]) for f in found]
-
-    def _categories(self, actions: Mapping[str, str]) -> frozenset[str]:
-        """A phase's categories as the scanner takes them, made once per resolved policy (policies are cached)."""
-        hit = self._chosen.get(id(actions))
-        if hit is None or hit[0] is not actions:
-            if len(self._chosen) > 4096:
-                self._chosen.clear()
-            hit = self._chosen[id(actions)] = (actions, frozenset(actions))
-        return hit[1]
 
     def screen_text(self, text: str, screen: Screen, phase: str) -> str:
         """`text` after the phase's decision: redacted where the policy redacts; raises on a block."""

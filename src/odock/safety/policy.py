@@ -67,15 +67,20 @@ class SafetyPolicy:
     request: Mapping[str, str] = field(default_factory=dict)  # category -> action (off left out)
     response: Mapping[str, str] = field(default_factory=dict)
     patterns: tuple[CustomPattern, ...] = ()
-    # whether each phase (request, response) has anything to do: worked out once, a policy is resolved once per
-    # set of scopes and asked on every call
+    # per phase (request, response), worked out once (a policy is resolved once per set of scopes and asked on
+    # every call): whether it has anything to do, and its categories as the scanner takes them
     _active: tuple[bool, bool] = field(init=False, repr=False, compare=False)
+    _categories: tuple[frozenset[str], frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_active", (self._phase_active("request"), self._phase_active("response")))
+        object.__setattr__(self, "_categories", (frozenset(self.request), frozenset(self.response)))
 
     def actions(self, phase: str) -> Mapping[str, str]:
         return self.request if phase == "request" else self.response
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_active", (self._phase_active("request"), self._phase_active("response")))
+    def categories(self, phase: str) -> frozenset[str]:
+        return self._categories[0 if phase == "request" else 1]
 
     def active(self, phase: str) -> bool:
         return self._active[0 if phase == "request" else 1]
