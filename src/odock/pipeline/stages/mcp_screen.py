@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from odock.plugins import Plugins
 
 T = TypeVar("T")
+Walk = Callable[[T, Callable[[str], str]], None]  # a walk over the texts of one item, replacing each
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -154,21 +155,12 @@ class McpGuard:
         assert safety is not None and screen is not None
         changed = False
         if carriers and screen.policy.active("request"):
-            visit, redacted = self._screener("request")
-            for message in carriers:
-                walk_arguments(message, visit)
-            metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("request", "builtin"))
-            changed = bool(redacted)
+            changed = self._builtin("request", carriers, walk_arguments)
         if any(m.method in SCREENED_METHODS for m in self.state.messages):
             # only calls that carry text in or out: listings, pings and the handshake do not pay a session look-up
             await safety.session_score(self.call, screen)
         if safety.guard is not None and carriers:
-            texts = _guard_texts(carriers, walk_arguments)
-            swap = await safety.guard_verdict(self.call, screen, "request", texts, self._about())
-            if swap is not None:
-                for message in carriers:
-                    walk_arguments(message, swap)
-                changed = True
+            changed = await self._guarded("request", carriers, walk_arguments) or changed
         return changed
 
     def _about(self) -> dict[str, Any]:
@@ -177,23 +169,40 @@ class McpGuard:
         server = state.server
         return {"mcp": {"server": server.slug if server is not None else state.ref, "tools": state.tools}}
 
-    def _screener(self, phase: str) -> tuple[Callable[[str], str], list[str]]:
-        """SafetySec's visit of one phase's texts (each distinct text screened once), and the texts it changed."""
+    def _builtin(self, phase: str, items: list[T], walk: Walk[T]) -> bool:
+        """SafetySec's detectors over one phase's texts in `items` (each distinct text screened once), in place;
+        returns whether any changed (raises on a block)."""
         safety, screen = self.safety, self.screen
         assert safety is not None and screen is not None
         engine = safety.engine
         done: dict[str, str] = {}
-        redacted: list[str] = []
+        changed = False
 
         def visit(text: str) -> str:
+            nonlocal changed
             out = done.get(text)
             if out is None:
                 out = done[text] = engine.screen_text(text, screen, phase)
-                if out != text:
-                    redacted.append(text)
+                changed = changed or out != text
             return out
 
-        return visit, redacted
+        for item in items:
+            walk(item, visit)
+        metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, (phase, "builtin"))
+        return changed
+
+    async def _guarded(self, phase: str, items: list[T], walk: Walk[T]) -> bool:
+        """The external guard's verdict on one phase's texts in `items`, applied in place; returns whether it
+        changed them (raises on a block)."""
+        safety, screen = self.safety, self.screen
+        assert safety is not None and screen is not None
+        texts = _guard_texts(items, walk)
+        swap = await safety.guard_verdict(self.call, screen, phase, texts, self._about())
+        if swap is None:
+            return False
+        for item in items:
+            walk(item, swap)
+        return True
 
     # --- response phase -----------------------------------------------------------------------------------------
 
@@ -234,20 +243,11 @@ class McpGuard:
         changed = False
         screen = self.screen
         if screen is not None and screen.policy.active("response"):
-            visit, redacted = self._screener("response")
-            for result in results:
-                walk_result(result, visit)
-            metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("response", "builtin"))
-            changed = bool(redacted)
+            changed = self._builtin("response", results, walk_result)
         safety = self.safety
         if screen is not None and safety is not None and safety.guard is not None:
             # every answer is a whole JSON-RPC message (one SSE event at most): the guard sees complete results
-            texts = _guard_texts(results, walk_result)
-            swap = await safety.guard_verdict(self.call, screen, "response", texts, self._about())
-            if swap is not None:
-                for result in results:
-                    walk_result(result, swap)
-                changed = True
+            changed = await self._guarded("response", results, walk_result) or changed
         if self.plugins is not None and self.plugins.phase("post_upstream"):
             changed = await self._post_upstream(results) or changed
         return changed
@@ -296,7 +296,7 @@ def _adopt_arguments(request: GatewayRequest, carriers: list[Any], sent: list[st
     return changed
 
 
-def _texts(items: list[T], walk: Callable[[T, Callable[[str], str]], None]) -> list[str]:
+def _texts(items: list[T], walk: Walk[T]) -> list[str]:
     """Every text `walk` visits in `items`, in order."""
     texts: list[str] = []
 
@@ -309,6 +309,6 @@ def _texts(items: list[T], walk: Callable[[T, Callable[[str], str]], None]) -> l
     return texts
 
 
-def _guard_texts(items: list[T], walk: Callable[[T, Callable[[str], str]], None]) -> list[str]:
+def _guard_texts(items: list[T], walk: Walk[T]) -> list[str]:
     """The texts the external guard is sent: each distinct non-empty one, once."""
     return list(dict.fromkeys(text for text in _texts(items, walk) if text))
