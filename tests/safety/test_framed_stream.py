@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from odock.dialects import openai_chat
 from odock.edge.endpoints.framed import _frames
-from odock.errors import Forbidden
+from odock.errors import Forbidden, UpstreamError
 from odock.safety.engine import SafetyConfig, SafetyEngine, Screen
 from odock.safety.policy import resolve
 from odock.safety.stream import MIN_RELEASE, Frame, FramedText, guard_hits
@@ -215,3 +216,38 @@ async def test_a_keep_alive_comment_keeps_its_place_and_the_answer_is_intact() -
     assert client_text(out) == "Mail [REDACTED_EMAIL] now"
     assert out.index(b": keep-alive") > out.index(b"[REDACTED_EMAIL]")
     assert b"jane.doe" not in out
+
+
+async def test_a_stream_cut_before_done_is_an_error_not_an_end() -> None:
+    """The body ends without [DONE]: the framed path raises (the route ends the stream with its error event),
+    and nothing it held leaves."""
+    body = wire(["The key is sk-proj-Abc123Def456Ghi789Jkl012Mno345 and", " that is all."])
+    cut = body[: body.index(b"data: [DONE]")]
+    sent: list[bytes] = []
+    with pytest.raises(UpstreamError):
+        ctx = SimpleNamespace(usage=None, raw_usage=None)
+        async for chunk in _frames(SimpleNamespace(ctx=ctx), _chunks([cut]), framed(), True):  # type: ignore[arg-type]
+            sent.append(chunk)
+    assert b"sk-proj-" not in b"".join(sent)
+
+
+@pytest.mark.parametrize("directive", ["error_after=3", "cut_after=3"])
+async def test_an_upstream_failing_mid_stream_ends_with_an_error_the_sdk_raises(
+    tmp_path: Path, directive: str
+) -> None:
+    """An upstream error event (not a plain chunk: the decoded path takes over and raises) or a cut connection
+    mid-answer: the client's SDK raises on the gateway's error event; no clean end, no held text."""
+    async with in_process_gateway(tmp_path) as gw:
+        k = await keys(gw)
+        stream = await oai(gw, k["response_redact"]).chat.completions.create(
+            model="gpt-test",
+            messages=[
+                {"role": "user", "content": f"say jane.doe@example.com back [[mock chunks=8 {directive}]]"}
+            ],
+            stream=True,
+        )
+        seen = ""
+        with pytest.raises(openai.APIError):
+            async for chunk in stream:
+                seen += "".join(c.delta.content or "" for c in chunk.choices)
+        assert "jane.doe@example.com" not in seen
