@@ -950,13 +950,14 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
 # one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates): the `in` tests it
 # replaces cost a pass each. An ASCII text's pass also finds the phrase rules' lead words as the folding will spell
 # them (case and leetspeak as character classes) where a word ends (candidates, checked as whole words by
-# `_exact_leads`), the shape of a spelt-out word (the text is split into words only then) and the start of a
-# number shape. Runs of token characters and IPv6 colons are found by C-speed byte translations and substring
-# tests; only the regions found are scanned.
+# `_exact_leads`), the shape of a spelt-out word (the text is split into words only then), the start of a
+# number shape and two colons close enough for an IPv6 address. Runs of token characters are found by a C-speed
+# byte translation and substring tests; only the regions found are scanned.
 _GATES = tuple(sorted({g for d in DETECTORS for g in d.gate}))
 _SPELT = len(_GATES)
 _NUMBER = _SPELT + 1
-_LEAD0 = _SPELT + 2
+_IPV6 = _SPELT + 2
+_LEAD0 = _SPELT + 3
 _PREFILTER = _re2_set([re.escape(g) for g in _GATES])
 _IPV6_SHAPE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # two colons close enough for an IPv6 address
 
@@ -975,6 +976,7 @@ _ASCII_SET = _re2_set(
         *(re.escape(g) for g in _GATES),
         "[ .\\-_*]".join([_FOLDS_TO_LETTER] * 4),  # `_SPACED`'s shortest match, before folding
         r"[0-9][0-9 .()\-]{5}",  # how every number-shaped region (`_NUMERIC_BYTES`) starts
+        _IPV6_SHAPE.pattern,
         *("".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)" for word in _LEADS),
     ]
 )
@@ -1035,9 +1037,13 @@ def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
     if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
         n = len(text)
         cache["long"] = [(start, min(n, end + 1)) for start, end in plan.runs if end - start >= _LONG_WORD]
-    if ":" not in text or _IPV6_SHAPE.search(text) is None:
+    ascii_hits = plan.ascii_hits
+    if ascii_hits is not None:
+        if _IPV6 not in ascii_hits:
+            cache["ipv6"] = []
+    elif ":" not in text or _IPV6_SHAPE.search(text) is None:
         cache["ipv6"] = []
-    if plan.ascii_hits is not None and _NUMBER not in plan.ascii_hits:
+    if ascii_hits is not None and _NUMBER not in ascii_hits:
         cache["numeric"] = cache["near_numeric"] = []
     detectors = selection.detectors
     if gates is None:  # no prefilter: each detector's own substring tests

@@ -176,10 +176,13 @@ class SafetyEngine:
     ) -> None:
         """Screen every text surface of the request: the client's JSON (native routes forward it), and the
         normalized request when the route translates from it (the unified route)."""
-        visit = self._screen_once(screen, "request")
-        if body is not None:
-            walk_json(body, visit)
-        if request is not None:
+        if request is None:  # one walk (a native route): no text is met twice, nothing to remember
+            if body is not None:
+                walk_json(body, lambda text: self.screen_text(text, screen, "request"))
+        else:
+            visit = self._screen_once(screen, "request")
+            if body is not None:
+                walk_json(body, visit)
             walk_request(request, visit)
         metrics.TALLY.inc(metrics.SECURITY_MODULE_RUNS, ("request", "builtin"))
 
