@@ -247,7 +247,11 @@ class Call:
         stream with an explicit error event (never a clean-looking end)."""
         ctx, req = self.ctx, self.exchange
         ctx.status = 200
-        await req.start_stream(200, content_type, self.governed_headers())
+        head: _HeldHead | None = None
+        if self.delta_stages:  # a stage may hold the first bytes back: the head waits for them (one write)
+            head = _HeldHead(req, content_type, self.governed_headers())
+        else:
+            await req.start_stream(200, content_type, self.governed_headers())
         # the chunks are pumped in this task; a watcher cancels it when the client disconnects (one extra task
         # per stream, no asyncio.wait), and cancelling closes the upstream response, which stops the upstream
         this = asyncio.current_task()
@@ -275,13 +279,21 @@ class Call:
                         # the server reports a finished response as a disconnect: stop watching first
                         watcher.cancel()
                         ended = True
+                        if head is not None:
+                            await head.sent()
+                            head = None
                         await req.end(chunk)
                     elif chunk:
+                        if head is not None:
+                            await head.sent()
+                            head = None
                         await req.write(chunk)
             finally:
                 watcher.cancel()
         except asyncio.CancelledError:
             if not left:
+                if head is not None:
+                    head.cancel()
                 raise  # cancelled from outside (shutdown): not ours to swallow
         except ClientDisconnected:
             left = True
@@ -296,6 +308,8 @@ class Call:
             # the watcher may have fired after the last chunk, leaving a cancellation pending: absorb it before
             # awaiting anything else, so it cannot land in the bookkeeping below
             await _absorb_cancellation(this)
+            if head is not None:
+                head.cancel()
             outcome, ctx.outcome, ctx.error_code = "cancelled", "cancelled", "client_disconnected"
         elif error is not None and ended:
             # the client already has the complete answer; only the upstream's trailing bytes went wrong
@@ -308,9 +322,15 @@ class Call:
             outcome, ctx.outcome, ctx.error_code = "failed", "failed", error.code
             log.warning("stream failed mid-way: %s", error.code, extra={"request_id": ctx.request_id})
             with contextlib.suppress(ClientDisconnected):
+                if head is not None:
+                    await head.sent()
+                    head = None
                 await req.write(fail(error))
                 await req.end()
         elif not ended:
+            if head is not None:
+                await head.sent()
+                head = None
             await req.end()
         await aclose(produce)
         metrics.child(metrics.STREAMS, ctx.route, outcome).inc()
@@ -323,6 +343,47 @@ class Call:
         self.ctx.status = err.status
         self.ctx.error_code = err.code
         self.ctx.outcome = "failed"
+
+
+# the longest a stream's head waits for the first bytes a stage held back: the client's SDK returns its stream
+# object only once the head is in, and a short answer screened whole usually ends well within this
+HEAD_WAIT_S = 0.025
+
+
+class _HeldHead:
+    """A stream's response head held until its first bytes (the transport then sends both in one write, where a
+    head sent at once goes alone: a syscall and a TCP segment more, and a client woken twice), or until
+    HEAD_WAIT_S has passed, whatever the stages still hold."""
+
+    __slots__ = ("_args", "_req", "_task", "_timer")
+
+    def __init__(self, req: Exchange, content_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._req = req
+        self._args = (200, content_type, headers)
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            HEAD_WAIT_S, self._due
+        )
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.get_running_loop().create_task(self._req.start_stream(*self._args))
+
+    async def sent(self) -> None:
+        """Send the head now unless its timer already did (the bytes that follow go after it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            await self._req.start_stream(*self._args)
+        elif self._task is not None:
+            await self._task
+
+    def cancel(self) -> None:
+        """The stream ends without a byte for the client (it left, or the server stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        elif self._task is not None:
+            self._task.cancel()
 
 
 def _fan_out(call: Call, events: list[StreamEvent], stages: tuple[Stage, ...]) -> list[StreamEvent]:
