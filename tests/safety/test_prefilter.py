@@ -7,7 +7,11 @@ from __future__ import annotations
 import base64
 import random
 
-from odock.safety.detectors import PHRASE_RULES, _phrase_hits, _words, normalize, scan
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from odock.safety.detectors import PHRASE_RULES, PhraseRule, _phrase_hits, _words, normalize, scan
 from tests.safety.corpus import attacks, benign
 
 PIECES = [
@@ -91,3 +95,17 @@ def test_the_phrase_rules_run_by_lead_word_find_what_every_rule_finds() -> None:
             if m.start() == 0 or not folded[m.start() - 1].isalnum()
         ]
         assert list(_phrase_hits(folded, words, {"injection", "jailbreak"})) == every_rule, text
+
+
+@pytest.mark.parametrize("rule", PHRASE_RULES, ids=lambda rule: f"{rule.category}-{rule.lead}")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_match_of_a_rule_spells_its_need_words(rule: PhraseRule, data: st.DataObject) -> None:
+    # an ASCII text runs a rule only when the RE2 pass saw a word of each of its `need` groups: a group the
+    # pattern can match without would lose that finding there (the unprefiltered path would still have it)
+    match = data.draw(st.from_regex(rule.pattern, fullmatch=True))
+    for group in rule.need:
+        assert any(word in match for word in group), (group, match)
+    if match.isascii() and (match[:1].isalnum() or rule.punctuation):
+        text = "Please note: " + match + " (thanks)."
+        assert scan(text) == scan(text + " \ud800")

@@ -558,6 +558,12 @@ _OVERRIDE = (
 )
 _UNBOUND = r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|amoral|unaligned|unethical)"
 _LIMITS = r"(?:restrictions|filters|limits|limitations|rules|guidelines|ethics|morals|censorship|safety)"
+# what each of those vocabularies always spells, for the rules' `need` groups (one word of a group must occur)
+_NOUNS_NEED = (
+    "instruction prompt rule direct guid context message command order constraint programming training"
+)
+_UNBOUND_NEED = "unrestrict unfilter uncensor jailbr evil rogue amoral unalign unethic"
+_LIMITS_NEED = "restriction filter limit rule guideline ethic moral censor safety"
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,16 +573,25 @@ class PhraseRule:
     also: frozenset[str]  # and one of these words, when given
     pattern: re.Pattern[str]
     punctuation: str = ""  # the character a marker's pattern starts with (absent: the rule cannot match)
+    # groups of letters a match always spells somewhere (a word of the lead phrase or the tail), one of each group
+    need: tuple[tuple[str, ...], ...] = ()
 
 
-def _rules(category: str, leads: str, tail: str, also: str = "") -> list[PhraseRule]:
-    """One rule per lead phrase ("tell me" leads with "tell"), each compiled as `lead phrase` + `tail`."""
+def _rules(
+    category: str, leads: str, tail: str, also: str = "", need: Sequence[str] = ()
+) -> list[PhraseRule]:
+    """One rule per lead phrase ("tell me" leads with "tell"), each compiled as `lead phrase` + `tail`; `need`:
+    space-separated groups of what the tail always spells, one of each group (a multi-word lead phrase's later
+    words are a group of their own)."""
     out = []
     for phrase in leads.split("|"):
         first, *rest = phrase.split(" ")
         head = re.escape(first) + "".join(r"\s+" + re.escape(w) for w in rest)
         gate = re.split(r"[^a-z0-9]", first)[0]  # the text's words are split at apostrophes and hyphens
-        out.append(PhraseRule(category, gate, frozenset(also.split()), re.compile(head + tail)))
+        groups = [tuple(group.split()) for group in need] + ([(max(rest, key=len),)] if rest else [])
+        out.append(
+            PhraseRule(category, gate, frozenset(also.split()), re.compile(head + tail), need=tuple(groups))
+        )
     return out
 
 
@@ -593,11 +608,13 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         "injection",
         "ignore|ignoring|disregard|forget|skip|neglect|overlook|drop|abandon|set aside",
         rf"\s+(?:all\s+|any\s+|of\s+)?(?:{_PREV}\s+)*{_NOUNS}\b",
+        need=[_NOUNS_NEED],
     ),
     *_rules(
         "injection",
         "forget",
         r"\s+(?:everything|all)\s+(?:you\s+(?:were|have\s+been)\s+told|above|before|so\s+far)",
+        need=["all everything"],
     ),
     *_rules(
         "injection",
@@ -611,79 +628,120 @@ PHRASE_RULES: tuple[PhraseRule, ...] = (
         "what",
         r"\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions"
         r"|original\s+instructions)\b",
+        need=["your", "prompt instruction"],
     ),
-    *_rules("injection", "new", r"\s+(?:system\s+)?instructions\s*:"),
-    *_rules("injection", "end|ignore", r"\s+of\s+(?:the\s+)?system\s+prompt\b"),
+    *_rules("injection", "new", r"\s+(?:system\s+)?instructions\s*:", need=["instruction"]),
+    *_rules("injection", "end|ignore", r"\s+of\s+(?:the\s+)?system\s+prompt\b", need=["system", "prompt"]),
     *_rules(
         "injection",
         "do not|don't|dont",
         r"\s+follow\s+(?:your|the|any)\s+(?:previous\s+|prior\s+|original\s+)?(?:instructions|rules|guidelines)\b",
+        need=["follow", "instruction rule guideline"],
     ),
-    *_rules("injection", "prompt", r"\s+injection\s+(?:test|attack|payload)\s*:"),
+    *_rules("injection", "prompt", r"\s+injection\s+(?:test|attack|payload)\s*:", need=["injection"]),
     *_rules(
         "injection",
         "repeat|print|output|copy|recite|reproduce",
         r"\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?(?:text|words|content|everything|messages?|lines)\s+above\b",
+        need=["above"],
     ),
-    *_rules("injection", "override|bypass|circumvent|disable|turn off|deactivate", _OVERRIDE),
-    *_rules("injection", "you", r"\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b"),
+    *_rules(
+        "injection",
+        "override|bypass|circumvent|disable|turn off|deactivate",
+        _OVERRIDE,
+        need=["instruction rule restriction guideline safety filter guardrail content polic"],
+    ),
+    *_rules(
+        "injection",
+        "you",
+        r"\s+(?:must|will|shall)\s+now\s+(?:ignore|obey|follow\s+only)\b",
+        need=["now", "ignore obey follow"],
+    ),
     _marker("injection", "system", r"<\|\s*im_start\s*\|>\s*system\b|<\|?\s*system\s*\|?>"),
     _marker("injection", "system", r"\[\s*/?\s*system\s*\]\s*(?:you|ignore|new|override)"),
     _marker("injection", "inst", r"\[\s*/?\s*inst\s*\]\s*(?:you|ignore|new|override)"),
     _marker("injection", "system", r"##+\s*system\s*(?:override|prompt|message)?\s*:"),
-    *_rules("jailbreak", "do", r"\s+anything\s+now\b"),
-    *_rules("jailbreak", "dan", r"\s+mode\b"),
-    *_rules("jailbreak", "you are|you're", rf"\s+(?:now\s+)?(?:dan|stan|dude|an?\s+{_UNBOUND})\b"),
+    *_rules("jailbreak", "do", r"\s+anything\s+now\b", need=["anything"]),
+    *_rules("jailbreak", "dan", r"\s+mode\b", need=["mode"]),
+    *_rules(
+        "jailbreak",
+        "you are|you're",
+        rf"\s+(?:now\s+)?(?:dan|stan|dude|an?\s+{_UNBOUND})\b",
+        need=["dan stan dude " + _UNBOUND_NEED],
+    ),
     *_rules(
         "jailbreak",
         "you are",
         r"\s+now\s+(?:free|unrestricted|unfiltered|uncensored|jailbroken|liberated|in\s+developer\s+mode)\b",
+        need=["now", "free unrestrict unfilter uncensor jailbr liberat developer"],
     ),
     *_rules(
         "jailbreak",
         "act|behave|respond|pretend|roleplay|role-play|role play",
         rf"\s+(?:as|like)\s+(?:if\s+you\s+(?:were|are)\s+)?(?:an?\s+)?{_UNBOUND}\b",
+        need=[_UNBOUND_NEED],
     ),
     *_rules(
         "jailbreak",
         "act|pretend|roleplay|role-play",
         rf"\s+(?:as|like|that)\s+.{{0,40}}?\b(?:without|with\s+no|free\s+(?:of|from))\s+(?:any\s+)?{_LIMITS}\b",
+        need=["with free", _LIMITS_NEED],  # "without" spells "with"
     ),
     *_rules(
         "jailbreak",
         "without|with no|free of",
         r"\s+(?:any\s+)?(?:ethical|moral|safety|content)\s+(?:guidelines|restrictions|constraints|filters|limits"
         r"|boundaries)\b",
+        need=["ethical moral safety content"],
     ),
     _marker("jailbreak", "jailbroken", r"jailbroken\b"),
     _marker("jailbreak", "jailbreak", r"jailbreak\s+(?:mode|prompt|enabled|activated)\b"),
-    *_rules("jailbreak", "no longer", r"\s+(?:bound|restricted|limited)\s+by\b"),
-    *_rules("jailbreak", "you", r"\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b"),
+    *_rules(
+        "jailbreak", "no longer", r"\s+(?:bound|restricted|limited)\s+by\b", need=["bound restrict limit"]
+    ),
+    *_rules(
+        "jailbreak",
+        "you",
+        r"\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|guidelines|filters)\b",
+        need=["restriction rule limit guideline filter"],
+    ),
     *_rules(
         "jailbreak",
         "hypothetically",
         r",?\s+if\s+you\s+(?:had|were)\s+no\s+(?:restrictions|rules|filters|guidelines)\b",
+        need=["restriction rule filter guideline"],
     ),
     *_rules(
         "jailbreak",
         "developer|god|jailbreak|unrestricted|debug",
         r"\s+mode\s+(?:enabled|activated|on|unlocked)\b",
+        need=["mode"],
     ),
     *_rules(
         "jailbreak",
         "enable|activate|enter|switch to|unlock",
         r"\s+(?:the\s+)?(?:god|jailbreak|unrestricted|evil)\s+mode\b",
+        need=["mode"],
     ),
     *_rules(
         "jailbreak",
         "override|bypass|ignore",
         r"\s+(?:your\s+|the\s+|all\s+)?(?:safety|content|usage|openai|anthropic)\s+(?:policy|policies|guidelines"
         r"|filters|restrictions)\b",
+        need=["polic guideline filter restriction"],
     ),
     *_rules(
-        "jailbreak", "answer|respond", r"\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b"
+        "jailbreak",
+        "answer|respond",
+        r"\s+(?:both\s+)?as\s+(?:chatgpt|claude|gpt|the\s+ai)\s+and\s+as\b",
+        need=["gpt claude ai"],
     ),
-    *_rules("jailbreak", "stay", r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b"),
+    *_rules(
+        "jailbreak",
+        "stay",
+        r"\s+in\s+character\s+(?:no\s+matter|whatever|at\s+all\s+costs)\b",
+        need=["character"],
+    ),
 )
 
 
@@ -709,6 +767,7 @@ _RULES_BY_LEAD: dict[str, tuple[int, ...]] = {
     for lead in {rule.lead for rule in PHRASE_RULES}
 }
 _RULE_LEADS = frozenset(_RULES_BY_LEAD)
+_NEEDS = tuple(sorted({word for rule in PHRASE_RULES for group in rule.need for word in group}))
 _LEAD_BYTES = frozenset(word.encode() for word in _LEADS)
 
 # zero-width and bidi controls an attacker threads through a phrase
@@ -750,23 +809,39 @@ def _words(folded: str) -> frozenset[str]:
 def normalize(text: str) -> tuple[str, list[int] | None]:
     """Text folded for phrase matching (NFKC, invisible controls removed, casefold, homoglyphs, leetspeak,
     spelt-out words joined), and the index in `text` of each of its characters (None: the same index)."""
-    folded, index, _ = _prepare(text)
+    if text.isascii():
+        folded = _fold_ascii(text)
+        if _SPACED.search(folded) is None:
+            return folded, None
+        return _join_spelt_out(folded, list(range(len(text))))
+    folded, index, _, _ = _prepare(text)
     return folded, index
 
 
-def _prepare(text: str, hits: Sequence[int] | None = None) -> tuple[str, list[int] | None, frozenset[str]]:
-    """`hits`: what `_ASCII_SET` found in an ASCII `text`, when the caller has it already."""
+def _prepare(
+    text: str, hits: Sequence[int] | None = None
+) -> tuple[str, list[int] | None, frozenset[str], frozenset[str] | None]:
+    """The folded text, its index (as `normalize`), the lead and `also` words it holds, and the rules' `need`
+    words it spells (None: not known; every need counts as met). `hits`: what `_ASCII_SET` found in an ASCII
+    `text`, when the caller has it already. An ASCII text where no rule can run is not folded ("")."""
     if text.isascii():
         if hits is None:
             hits = _ASCII_SET.Match(text.encode("ascii")) or ()
-        folded = _fold_ascii(text)
         if _SPELT not in hits:
-            return folded, None, _exact_leads(folded, [_LEADS[i - _LEAD0] for i in hits if i >= _LEAD0])
+            needs = frozenset(_NEEDS[i - _NEED0] for i in hits if i >= _NEED0)
+            candidates = _worth_checking(
+                [_LEADS[i - _LEAD0] for i in hits if _LEAD0 <= i < _NEED0], text, needs
+            )
+            if not candidates:
+                return "", None, frozenset(), needs
+            folded = _fold_ascii(text)
+            return folded, None, _exact_leads(folded, candidates), needs
+        folded = _fold_ascii(text)
         words = _words(folded)
         if len(words & _SINGLE_LETTERS) < 3 or _SPACED.search(folded) is None:
-            return folded, None, words
+            return folded, None, words, None
         folded, index = _join_spelt_out(folded, list(range(len(text))))
-        return folded, index, _words(folded)
+        return folded, index, _words(folded), None
     chars: list[str] = []
     index = []
     for i, ch in enumerate(text):
@@ -785,7 +860,7 @@ def _prepare(text: str, hits: Sequence[int] | None = None) -> tuple[str, list[in
     folded = _fold_ascii(folded) if folded.isascii() else "".join(_LEET.get(c, c) for c in folded.lower())
     if _spelt_out_possible(folded):
         folded, index = _join_spelt_out(folded, index)
-    return folded, index, _lead_words(folded)
+    return folded, index, _lead_words(folded), None
 
 
 # letters as b"a", the separators of a spelt-out word as b"s": a spelt-out word ("i g n o r e") shows as
@@ -795,6 +870,28 @@ _SPELT_MAP = bytes(97 if 97 <= b <= 122 else 115 if chr(b) in " .-_*" else 120 f
 
 def _spelt_out_possible(folded: str) -> bool:
     return b"asasasa" in folded.encode("utf-8", "surrogatepass").translate(_SPELT_MAP)
+
+
+def _runnable(rule: PhraseRule, text: str, needs: frozenset[str] | None) -> bool:
+    """Whether `rule` can match at all: a marker's punctuation occurs (folding keeps punctuation, so `text` may
+    be folded or not), and a word of each of its `need` groups (`needs`: those the text spells; None: unknown)."""
+    if rule.punctuation and rule.punctuation not in text:
+        return False
+    return needs is None or all(not needs.isdisjoint(group) for group in rule.need)
+
+
+def _worth_checking(candidates: list[str], text: str, needs: frozenset[str]) -> list[str]:
+    """The candidates worth a whole-word check: the lead words with a rule that can run, and the `also` words
+    those rules ask for (the checks cost a pass over the text each; the need words came with the RE2 pass)."""
+    leads: set[str] = set()
+    wanted: set[str] = set()
+    for word in candidates:
+        for i in _RULES_BY_LEAD.get(word, ()):
+            rule = PHRASE_RULES[i]
+            if _runnable(rule, text, needs):
+                leads.add(word)
+                wanted |= rule.also
+    return [word for word in candidates if word in leads or word in wanted]
 
 
 def _exact_leads(folded: str, candidates: list[str]) -> frozenset[str]:
@@ -829,7 +926,7 @@ def _join_spelt_out(folded: str, index: list[int]) -> tuple[str, list[int]]:
 
 
 def _phrase_hits(
-    folded: str, words: frozenset[str], active: Collection[str]
+    folded: str, words: frozenset[str], active: Collection[str], needs: frozenset[str] | None = None
 ) -> Iterator[tuple[str, int, int]]:
     leads = _RULE_LEADS.intersection(words)
     if not leads:
@@ -840,7 +937,7 @@ def _phrase_hits(
             continue
         if rule.also and rule.also.isdisjoint(words):
             continue
-        if rule.punctuation and rule.punctuation not in folded:
+        if not _runnable(rule, folded, needs):
             continue
         for m in rule.pattern.finditer(folded):
             start = m.start()
@@ -857,9 +954,9 @@ def _phrases(
     """Phrase findings of the `active` categories; `runs` are an ASCII text's runs of 20+ token characters and
     `hits` what `_ASCII_SET` found in it (None: not ASCII)."""
     # an ASCII text where the prefilter saw no lead word and no spelt-out word holds no phrase: not folded
-    if hits is None or _SPELT in hits or (hits and max(hits) >= _LEAD0):
-        folded, index, words = _prepare(text, hits)
-        for category, start, end in _phrase_hits(folded, words, active):
+    if hits is None or _SPELT in hits or any(_LEAD0 <= i < _NEED0 for i in hits):
+        folded, index, words, needs = _prepare(text, hits)
+        for category, start, end in _phrase_hits(folded, words, active, needs):
             if index is None:
                 yield Finding(start, end, category, category)
             else:
@@ -871,8 +968,8 @@ def _phrases(
         decoded = _decode_base64(m.group())
         if decoded is None:
             continue
-        inner, _, inner_words = _prepare(decoded)
-        for category, _start, _end in _phrase_hits(inner, inner_words, active):
+        inner, _, inner_words, inner_needs = _prepare(decoded)
+        for category, _start, _end in _phrase_hits(inner, inner_words, active, inner_needs):
             yield Finding(m.start(), m.end(), category, category)
             break
 
@@ -950,14 +1047,16 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
 # one RE2 pass over the text tells which detectors' tell-tale substrings occur (their gates): the `in` tests it
 # replaces cost a pass each. An ASCII text's pass also finds the phrase rules' lead words as the folding will spell
 # them (case and leetspeak as character classes) where a word ends (candidates, checked as whole words by
-# `_exact_leads`), the shape of a spelt-out word (the text is split into words only then), the start of a
-# number shape and two colons close enough for an IPv6 address. Runs of token characters are found by a C-speed
+# `_exact_leads` when a rule of theirs can run), the words the rules' matches always spell (their `need`), the
+# shape of a spelt-out word (the text is split into words only then), the start of a number shape and two colons
+# close enough for an IPv6 address. Runs of token characters are found by a C-speed
 # byte translation and substring tests; only the regions found are scanned.
 _GATES = tuple(sorted({g for d in DETECTORS for g in d.gate}))
 _SPELT = len(_GATES)
 _NUMBER = _SPELT + 1
 _IPV6 = _SPELT + 2
 _LEAD0 = _SPELT + 3
+_NEED0 = _LEAD0 + len(_LEADS)
 _PREFILTER = _re2_set([re.escape(g) for g in _GATES])
 _IPV6_SHAPE = re.compile(r":[0-9A-Fa-f]{0,4}:")  # two colons close enough for an IPv6 address
 
@@ -978,9 +1077,10 @@ _ASCII_SET = _re2_set(
         r"[0-9][0-9 .()\-]{5}",  # how every number-shaped region (`_NUMERIC_BYTES`) starts
         _IPV6_SHAPE.pattern,
         *("".join(_folds_to(c) for c in word) + rf"(?:[^{_FOLDED_WORD}]|$)" for word in _LEADS),
+        *("".join(_folds_to(c) for c in word) for word in _NEEDS),
     ]
 )
-assert all(word.isalpha() and word.islower() for word in _LEADS)  # what `_folds_to` can spell
+assert all(word.isalpha() and word.islower() for word in _LEADS + _NEEDS)  # what `_folds_to` can spell
 
 
 @dataclass(slots=True)
