@@ -1128,10 +1128,25 @@ def _selection(chosen: frozenset[str] | None) -> _Selection:
 
 # the keys of the detectors without a gate: each runs unless the prefilter found its region empty
 _REGION_KEYS = tuple(sorted({"@" + d.region for d in DETECTORS if not d.gate}))
+# what rules those regions out: no token run (long), no number shape (numeric), no IPv6 shape (`_nothing_to_find`)
+assert {key[1:] for key in _REGION_KEYS} <= {"long", "numeric", "near_numeric", "ipv6"}
+
+
+def _nothing_to_find(plan: _Prefiltered, selection: _Selection) -> bool:
+    """Whether the prefilter ruled out every detector of an ASCII text: no gate, no number or IPv6 shape and no
+    token run, and for the phrase categories no lead or spelt-out word either (a short answer, usually)."""
+    hits = plan.ascii_hits
+    if hits is None or plan.runs:
+        return False
+    if selection.phrases:
+        return not hits
+    return all(i == _SPELT or i >= _LEAD0 for i in hits)
 
 
 def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
     plan = _prefilter(text)
+    if _nothing_to_find(plan, selection):
+        return
     gates = plan.gates
     cache: dict[str, list[tuple[int, int]]] = {}
     if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
