@@ -487,47 +487,30 @@ def _ipv6_windows(text: str) -> list[tuple[int, int]]:
     return _merge(sorted(windows))
 
 
-def _email_windows(text: str) -> list[tuple[int, int]]:
-    windows: list[tuple[int, int]] = []
-    at = text.find("@")
-    while at != -1:
-        start, end = max(0, at - 64), min(len(text), at + 256)
-        if windows and start <= windows[-1][1]:
-            windows[-1] = (windows[-1][0], end)
-        else:
-            windows.append((start, end))
-        at = text.find("@", at + 1)
-    return windows
-
-
 _LOCAL_PART = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_EMAIL_SPAN = 256  # how far past its '@' an address is looked for (the local part is at most 64 before it)
 
 
 def _email_matches(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
-    """The e-mail pattern's `finditer` over the '@' windows, tried only where a match can start.
+    """The e-mail pattern's matches, tried only where one can start.
 
     A match holds one '@' and its local part is the (up to 64) local-part characters right before it, starting
     with a letter or digit: for each '@' that one start is found at C speed (rstrip/lstrip) and the pattern is
-    matched there once, where `finditer` would try and fail at every position of the window."""
-    ats = _positions(text, "@")
-    i = 0
-    for window_start, window_end in _email_windows(text):
-        pos = window_start
-        while i < len(ats) and ats[i] < window_end:
-            at = ats[i]
-            i += 1
-            if at <= pos:
-                continue
+    matched there once, where `finditer` would try and fail at every position around it."""
+    pos = 0  # the end of the last match: the next starts after it
+    at = text.find("@")
+    while at != -1:
+        if at > pos:
             before = text[max(pos, at - 64) : at]
             start = at - (len(before) - len(before.rstrip(_LOCAL_PART)))
             local = text[start:at]
             start += len(local) - len(local.lstrip("._%+-"))
-            if start >= at:
-                continue
-            m = pattern.match(text, start, window_end)
-            if m is not None:
-                yield m
-                pos = m.end()
+            if start < at:
+                m = pattern.match(text, start, at + _EMAIL_SPAN)
+                if m is not None:
+                    yield m
+                    pos = m.end()
+        at = text.find("@", at + 1)
 
 
 # --- injection and jailbreak phrases over normalized text -------------------------------------------------
@@ -1034,8 +1017,6 @@ def _regions(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) ->
             regions = _ipv6_windows(text)
         elif d.region.startswith("digits"):
             regions = [(0, len(text))] if digits >= int(d.region[6:]) else []
-        elif d.region == "email":
-            regions = _email_windows(text)
         elif d.region == "long":
             regions = [(0, len(text))] if _has_long_word(text) else []
         else:
@@ -1085,7 +1066,7 @@ assert all(word.isalpha() and word.islower() for word in _LEADS + _NEEDS)  # wha
 
 @dataclass(slots=True)
 class _Prefiltered:
-    gates: frozenset[str] | None  # the gates present (None: test each by substring)
+    gates: list[str] | None  # the gates present (None: test each by substring)
     ascii_hits: Sequence[int] | None  # `_ASCII_SET`'s hits (None: not ASCII)
     runs: list[tuple[int, int]] | None  # runs of 20+ token characters (None: not ASCII)
 
@@ -1094,12 +1075,12 @@ def _prefilter(text: str) -> _Prefiltered:
     if text.isascii():
         raw = text.encode("ascii")
         hits = _ASCII_SET.Match(raw) or ()
-        return _Prefiltered(frozenset(_GATES[i] for i in hits if i < _SPELT), hits, _runs(raw, 20))
+        return _Prefiltered([_GATES[i] for i in hits if i < _SPELT], hits, _runs(raw, 20))
     try:
         hits = _PREFILTER.Match(text.encode("utf-8")) or ()
     except UnicodeEncodeError:  # a lone surrogate: not valid UTF-8 for RE2
         return _Prefiltered(None, None, None)
-    return _Prefiltered(frozenset(_GATES[i] for i in hits), None, None)
+    return _Prefiltered([_GATES[i] for i in hits], None, None)
 
 
 @dataclass(frozen=True, slots=True)
