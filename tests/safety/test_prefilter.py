@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from odock.safety.detectors import PHRASE_RULES, PhraseRule, _phrase_hits, _words, normalize, scan
+from odock.safety.detectors import DETECTORS, PHRASE_RULES, PhraseRule, _phrase_hits, _words, normalize, scan
 from tests.safety.corpus import attacks, benign
 
 PIECES = [
@@ -109,3 +109,26 @@ def test_every_match_of_a_rule_spells_its_need_words(rule: PhraseRule, data: st.
     if match.isascii() and (match[:1].isalnum() or rule.punctuation):
         text = "Please note: " + match + " (thanks)."
         assert scan(text) == scan(text + " \ud800")
+
+
+IPV6 = next(d for d in DETECTORS if d.region == "ipv6")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789abcdefgz_: \n", max_size=120))
+def test_ipv6_runs_find_what_trying_every_position_finds(text: str) -> None:
+    # each run of hex digits and colons is matched once; the pattern tried at every position (and its
+    # validator) must find the same addresses
+    assert IPV6.validator is not None
+    every_position = [
+        (m.start(), m.end()) for m in IPV6.pattern.finditer(text) if IPV6.validator(text, m.start(), m.end())
+    ]
+    found = [(f.start, f.end) for f in scan(text, {"ip"})]
+    assert found == every_position
+
+
+def test_ipv6_in_text_dense_with_colons() -> None:
+    # past 256 colons the windows give way to the whole text; a long run of them is no address and costs one try
+    text = ":1a2b" * 300 + " then fe80::1 and 2001:db8:0:0:0:0:2:1, not 12:30:45 nor abc::defg"
+    found = [text[f.start : f.end] for f in scan(text, {"ip"})]
+    assert found == ["fe80::1", "2001:db8:0:0:0:0:2:1"]

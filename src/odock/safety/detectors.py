@@ -196,6 +196,8 @@ def _ipv6(text: str, start: int, end: int) -> bool:
     candidate = text[start:end]
     if not _left_free(text, start, _WORD | {":"}) or not any(c.isdigit() for c in candidate):
         return False
+    if "::" not in candidate and candidate.count(":") != 7:  # neither compressed nor eight groups: no address
+        return False
     try:
         ipaddress.IPv6Address(candidate)
     except ValueError:
@@ -475,9 +477,13 @@ def _positions(text: str, needle: str) -> list[int]:
 
 
 def _ipv6_windows(text: str) -> list[tuple[int, int]]:
-    """Around "::" (a compressed address), or where seven colons fall within 39 characters (a full one)."""
+    """Around "::" (a compressed address), or where seven colons fall within 39 characters (a full one); the whole
+    text when colons are too many to place each (`_ipv6_matches` is linear in the text either way)."""
+    count = text.count(":")
+    if count > _MANY_COLONS:
+        return [(0, len(text))]
     windows = _around(text, "::", 40, 40) if "::" in text else []
-    if text.count(":") >= 7:
+    if count >= 7:
         colons = _positions(text, ":")
         windows += [
             (max(0, colons[i] - 4), min(len(text), colons[i + 6] + 5))
@@ -485,6 +491,30 @@ def _ipv6_windows(text: str) -> list[tuple[int, int]]:
             if colons[i + 6] - colons[i] <= 39
         ]
     return _merge(sorted(windows))
+
+
+_MANY_COLONS = 256
+_HEX_RUN = re.compile(r"[0-9A-Fa-f:]+")
+_IPV6_LONGEST = 39  # eight groups of four and seven colons
+
+
+def _ipv6_matches(
+    pattern: re.Pattern[str], text: str, windows: list[tuple[int, int]]
+) -> Iterator[re.Match[str]]:
+    """The IPv6 pattern's matches in `windows`, each a whole run of hex digits and colons: the validator takes
+    none with a word character or colon before it and the pattern none with one after it, so each run of at most
+    39 characters holding two colons is matched once, where `finditer` would try (and backtrack) at every
+    position of a long run (4 KB of them took milliseconds)."""
+    for start, end in windows:
+        for run in _HEX_RUN.finditer(text, start, end):
+            run_start, run_end = run.span()
+            if run_end == end:  # cut by the window: its real end
+                run_end = _HEX_RUN.match(text, run_start).end()  # type: ignore[union-attr]
+            if run_end - run_start > _IPV6_LONGEST or text.count(":", run_start, run_end) < 2:
+                continue
+            m = pattern.match(text, run_start)
+            if m is not None and m.end() == run_end:
+                yield m
 
 
 _LOCAL_PART = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
@@ -1124,25 +1154,39 @@ def _nothing_to_find(plan: _Prefiltered, selection: _Selection) -> bool:
     return all(i == _SPELT or i >= _LEAD0 for i in hits)
 
 
-def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
-    plan = _prefilter(text)
-    if _nothing_to_find(plan, selection):
-        return
-    gates = plan.gates
+def _ruled_out(text: str, plan: _Prefiltered) -> dict[str, list[tuple[int, int]]]:
+    """The regions the prefilter already knows (`_regions`' cache): the 32-character token runs of an ASCII
+    text, and empty ones where it saw no IPv6 or number shape."""
     cache: dict[str, list[tuple[int, int]]] = {}
     if plan.runs is not None:  # the token detectors need a 32-character run: only those runs are scanned
         n = len(text)
         cache["long"] = [(start, min(n, end + 1)) for start, end in plan.runs if end - start >= _LONG_WORD]
-    ascii_hits = plan.ascii_hits
-    if ascii_hits is not None:
-        if _IPV6 not in ascii_hits:
+    hits = plan.ascii_hits
+    if hits is not None:
+        if _IPV6 not in hits:
             cache["ipv6"] = []
+        if _NUMBER not in hits:
+            cache["numeric"] = cache["near_numeric"] = []
     elif ":" not in text or _IPV6_SHAPE.search(text) is None:
         cache["ipv6"] = []
-    if ascii_hits is not None and _NUMBER not in ascii_hits:
-        cache["numeric"] = cache["near_numeric"] = []
+    return cache
+
+
+def _matches(d: Detector, text: str, cache: dict[str, list[tuple[int, int]]]) -> Iterator[re.Match[str]]:
+    if d.region == "email":
+        return _email_matches(d.pattern, text)
+    if d.region == "ipv6":
+        return _ipv6_matches(d.pattern, text, _regions(d, text, cache))
+    return (m for start, end in _regions(d, text, cache) for m in d.pattern.finditer(text, start, end))
+
+
+def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
+    plan = _prefilter(text)
+    if _nothing_to_find(plan, selection):
+        return
+    cache = _ruled_out(text, plan)
     detectors = selection.detectors
-    if gates is None:  # no prefilter: each detector's own substring tests
+    if plan.gates is None:  # no prefilter: each detector's own substring tests
         run = [
             d
             for d in detectors
@@ -1151,16 +1195,11 @@ def _raw_findings(text: str, selection: _Selection) -> Iterator[Finding]:
     else:
         # only the detectors whose gate occurred, or whose region was not ruled out, in their order
         by_key = selection.by_key
-        keys = [*gates, *(k for k in _REGION_KEYS if cache.get(k[1:]) != [])]
+        keys = [*plan.gates, *(k for k in _REGION_KEYS if cache.get(k[1:]) != [])]
         run = [detectors[i] for i in sorted({i for key in keys for i in by_key.get(key, ())})]
     for d in run:
         validator = d.validator
-        matches = (
-            _email_matches(d.pattern, text)
-            if d.region == "email"
-            else (m for start, end in _regions(d, text, cache) for m in d.pattern.finditer(text, start, end))
-        )
-        for m in matches:
+        for m in _matches(d, text, cache):
             if validator is None or validator(text, m.start(), m.end()):
                 yield Finding(m.start(), m.end(), d.category, d.module)
     if selection.phrases:
