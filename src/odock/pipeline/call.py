@@ -244,7 +244,8 @@ class Call:
         content_type: bytes = b"text/event-stream",
     ) -> None:
         """Stream `produce` to the client; cut the upstream when the client leaves; end a broken upstream
-        stream with an explicit error event (never a clean-looking end)."""
+        stream with an explicit error event (never a clean-looking end). When a stage sees the deltas (and may
+        hold the first ones back), the head goes with the first bytes, or after HEAD_WAIT_S (`_HeldHead`)."""
         ctx, req = self.ctx, self.exchange
         ctx.status = 200
         head: _HeldHead | None = None

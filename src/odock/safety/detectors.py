@@ -822,11 +822,12 @@ def _words(folded: str) -> frozenset[str]:
 def normalize(text: str) -> tuple[str, list[int] | None]:
     """Text folded for phrase matching (NFKC, invisible controls removed, casefold, homoglyphs, leetspeak,
     spelt-out words joined), and the index in `text` of each of its characters (None: the same index)."""
-    if text.isascii():
+    if text.isascii():  # as `_prepare` folds it, whether or not a rule could run
         folded = _fold_ascii(text)
-        if _SPACED.search(folded) is None:
-            return folded, None
-        return _join_spelt_out(folded, list(range(len(text))))
+        spelt = _SPELT in (_ASCII_SET.Match(text.encode("ascii")) or ())
+        if spelt and len(_words(folded) & _SINGLE_LETTERS) >= 3 and _SPACED.search(folded) is not None:
+            return _join_spelt_out(folded, list(range(len(text))))
+        return folded, None
     folded, index, _, _ = _prepare(text)
     return folded, index
 

@@ -176,7 +176,7 @@ class SafetyEngine:
     ) -> None:
         """Screen every text surface of the request: the client's JSON (native routes forward it), and the
         normalized request when the route translates from it (the unified route)."""
-        if request is None:  # one walk (a native route): no text is met twice, nothing to remember
+        if request is None:  # one walk (a native route): a text it meets twice is scanned twice, not hashed
             if body is not None:
                 walk_json(body, lambda text: self.screen_text(text, screen, "request"))
         else:

@@ -158,7 +158,9 @@ class McpGuard:
             changed = self._builtin("request", carriers, walk_arguments)
         if any(m.method in SCREENED_METHODS for m in self.state.messages):
             # only calls that carry text in or out: listings, pings and the handshake do not pay a session look-up
-            await safety.session_score(self.call, screen)
+            pending = safety.session_score(self.call, screen)
+            if pending is not None:
+                await pending
         if safety.guard is not None and carriers:
             changed = await self._guarded("request", carriers, walk_arguments) or changed
         return changed

@@ -14,7 +14,7 @@ phase is the built-in detectors' and the operator's patterns'.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -83,12 +83,16 @@ class SafetySec(Stage):
             call.step_aside(self)
         if policy.active("request"):
             self.engine.screen_request(call.json, call.request, screen)
-        await self.session_score(call, screen)
+        pending = self.session_score(call, screen)
+        if pending is not None:
+            await pending
         if self.guard is not None and call.json is not None:
             await self._external(call, screen)
 
-    async def session_score(self, call: Call, screen: Screen) -> None:
-        """Raise the session's score by this request's signals; block a session at the threshold."""
+    def session_score(self, call: Call, screen: Screen) -> Awaitable[None] | None:
+        """Raise the session's score by this request's signals; block a session at the threshold. Returns what
+        to await when the store is asked on its own (None: done already, as in memory, or left to the final
+        gate's round trip)."""
         ctx = call.ctx
         increment = sum(SIGNAL_SCORES[s] for s in screen.signals)
         fp = fingerprint(
@@ -101,13 +105,15 @@ class SafetySec(Stage):
             rider = _SessionRider(self, screen, ctx, *RedisSessions.call(fp, increment, ttl_s))
             ctx.redis_riders = [*(ctx.redis_riders or ()), rider]
             call.defer(rider.count_if_left)
-            return
-        sessions = self.sessions
+            return None
+        if isinstance(self.sessions, MemorySessions):
+            self.decide(self.sessions.bump_now(fp, increment, ttl_s), screen, ctx)
+            return None
+        return self._bump(fp, increment, ttl_s, screen, ctx)
+
+    async def _bump(self, fp: str, increment: float, ttl_s: float, screen: Screen, ctx: CallContext) -> None:
         try:
-            if isinstance(sessions, MemorySessions):
-                score = sessions.bump_now(fp, increment, ttl_s)
-            else:
-                score = await sessions.bump(fp, increment, ttl_s)
+            score = await self.sessions.bump(fp, increment, ttl_s)
         except self.session_errors:
             self.session_failed()
         self.decide(score, screen, ctx)
