@@ -493,7 +493,7 @@ def _ipv6_windows(text: str) -> list[tuple[int, int]]:
     return _merge(sorted(windows))
 
 
-_MANY_COLONS = 256
+_MANY_COLONS = 1024
 _HEX_RUN = re.compile(r"[0-9A-Fa-f:]+")
 _IPV6_LONGEST = 39  # eight groups of four and seven colons
 
