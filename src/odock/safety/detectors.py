@@ -895,17 +895,28 @@ def _runnable(rule: PhraseRule, text: str, needs: frozenset[str] | None) -> bool
 
 
 def _worth_checking(candidates: list[str], text: str, needs: frozenset[str]) -> list[str]:
-    """The candidates worth a whole-word check: the lead words with a rule that can run, and the `also` words
-    those rules ask for (the checks cost a pass over the text each; the need words came with the RE2 pass)."""
+    """The candidates worth a whole-word check: the lead words with a rule that can run (`_runnable`), and the
+    `also` words those rules ask for (the checks cost a pass over the text each; the need words came with the RE2
+    pass)."""
     leads: set[str] = set()
     wanted: set[str] = set()
     for word in candidates:
-        for i in _RULES_BY_LEAD.get(word, ()):
-            rule = PHRASE_RULES[i]
-            if _runnable(rule, text, needs):
-                leads.add(word)
-                wanted |= rule.also
+        for punctuation, groups, also in _GATES_BY_LEAD.get(word, ()):
+            if (punctuation and punctuation not in text) or any(map(needs.isdisjoint, groups)):
+                continue
+            leads.add(word)
+            wanted |= also
     return [word for word in candidates if word in leads or word in wanted]
+
+
+# a lead word -> what `_worth_checking` asks of each of its rules: punctuation, need groups, `also` words
+_GATES_BY_LEAD: dict[str, tuple[tuple[str, tuple[frozenset[str], ...], frozenset[str]], ...]] = {
+    lead: tuple(
+        (rule.punctuation, tuple(map(frozenset, rule.need)), rule.also)
+        for rule in (PHRASE_RULES[i] for i in rules)
+    )
+    for lead, rules in _RULES_BY_LEAD.items()
+}
 
 
 def _exact_leads(folded: str, candidates: list[str]) -> frozenset[str]:
