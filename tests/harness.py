@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,24 @@ async def seed_basic(service: CatalogueService, mock_url: str, *, org: str = "ac
         {"organisation": org, "name": "main", "type": "ORGANISATION", "models": granted}
     )
     return {"org": org, "secret": created.secret, "key_id": created.key.id, "models": models}
+
+
+@asynccontextmanager
+async def seeded_gateway(
+    workdir: Path, mock_url: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[GatewayProcess, str]]:
+    """A gateway process on a `seed_basic` catalogue, started, with its key's secret; stopped on exit."""
+    proc = GatewayProcess(workdir, env=env)
+    service = await proc.open_service()
+    try:
+        secret = str((await seed_basic(service, mock_url))["secret"])
+    finally:
+        await service.store.close()
+    proc.start()
+    try:
+        yield proc, secret
+    finally:
+        proc.stop()
 
 
 async def usage_rows(store: SqlStore, request_id: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 
 from odock.mock.testing import MockServer
 from odock.settings import load_settings
-from tests.harness import GatewayProcess, seed_basic
+from tests.harness import GatewayProcess, seeded_gateway
 
 HEADER_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 2.0
@@ -27,33 +26,21 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_CONCURRENT = 4
 
 
-async def _started(workdir: Path, mock: MockServer, env: dict[str, str]) -> tuple[GatewayProcess, str]:
-    proc = GatewayProcess(workdir, env=env)
-    service = await proc.open_service()
-    try:
-        secret = str((await seed_basic(service, mock.base_url))["secret"])
-    finally:
-        await service.store.close()
-    proc.start()
-    return proc, secret
-
-
 @pytest.fixture(scope="module")
 async def timeouts_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway with short header and idle timeouts and a small head cap."""
-    proc, secret = await _started(
+    async with seeded_gateway(
         tmp_path_factory.mktemp("conn-timeouts"),
-        mock,
+        mock.base_url,
         {
             "HTTP_READ_HEADER_TIMEOUT": f"{HEADER_TIMEOUT_S}s",
             "HTTP_IDLE_TIMEOUT": f"{IDLE_TIMEOUT_S}s",
             "HTTP_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
         },
-    )
-    yield proc, secret
-    proc.stop()
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +48,12 @@ async def short_idle_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway whose idle timeout is shorter than its header timeout (both on one clock per connection)."""
-    proc, secret = await _started(
+    async with seeded_gateway(
         tmp_path_factory.mktemp("conn-short-idle"),
-        mock,
+        mock.base_url,
         {"HTTP_READ_HEADER_TIMEOUT": f"{IDLE_TIMEOUT_S * 2}s", "HTTP_IDLE_TIMEOUT": f"{HEADER_TIMEOUT_S}s"},
-    )
-    yield proc, secret
-    proc.stop()
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +61,14 @@ async def capped_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway serving at most MAX_CONCURRENT requests at once (header timeout left at its default)."""
-    proc, secret = await _started(
+    async with seeded_gateway(
         tmp_path_factory.mktemp("conn-cap"),
-        mock,
+        mock.base_url,
         {
             "HTTP_MAX_CONCURRENT_REQUESTS": str(MAX_CONCURRENT),
         },
-    )
-    yield proc, secret
-    proc.stop()
+    ) as started:
+        yield started
 
 
 def connect(proc: GatewayProcess) -> socket.socket:

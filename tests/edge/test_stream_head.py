@@ -13,8 +13,8 @@ import pytest
 
 from odock.mock.testing import MockServer
 from odock.pipeline.call import HEAD_WAIT_S
-from tests.edge.test_connections import _started, connect
-from tests.harness import GatewayProcess
+from tests.edge.test_connections import connect
+from tests.harness import GatewayProcess, seeded_gateway
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,10 @@ async def screening_gateway(
     tmp_path_factory: pytest.TempPathFactory, mock: MockServer
 ) -> AsyncIterator[tuple[GatewayProcess, str]]:
     """A gateway with SafetySec on everywhere (its defaults redact personal data and secrets in answers)."""
-    proc, secret = await _started(
-        tmp_path_factory.mktemp("stream-head"), mock, {"SAFETY_ENGINE_MODE": "security"}
-    )
-    yield proc, secret
-    proc.stop()
+    async with seeded_gateway(
+        tmp_path_factory.mktemp("stream-head"), mock.base_url, {"SAFETY_ENGINE_MODE": "security"}
+    ) as started:
+        yield started
 
 
 def _stream_request(secret: str, directives: str) -> bytes:
@@ -78,3 +77,20 @@ def test_a_slow_screened_answer_gets_its_head_before_its_text(
     assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"\r\n\r\n"), first  # the head, alone
     assert HEAD_WAIT_S <= waited < 0.35, waited  # at the timer, not with the text (over a second later)
     assert b"data: " in rest and rest.count(b"data: [DONE]") == 1
+
+
+def test_a_client_leaving_while_the_head_is_held_leaves_nothing_behind(
+    screening_gateway: tuple[GatewayProcess, str],
+) -> None:
+    # the head's timer and the task it would start are cancelled: no error logged, and the next call is served
+    proc, secret = screening_gateway
+    with connect(proc) as sock:
+        sock.sendall(_stream_request(secret, "chunks=3 chunk_delay_ms=400"))
+        time.sleep(HEAD_WAIT_S / 5)  # the gateway has the request; its head is still held
+    time.sleep(HEAD_WAIT_S * 4)  # past the head's timer
+    with connect(proc) as sock:
+        sock.sendall(_stream_request(secret, "chunks=2"))
+        first, _, rest = _first_read_and_rest(sock)
+    assert first.startswith(b"HTTP/1.1 200") and (first + rest).count(b"data: [DONE]") == 1
+    log = proc.log()
+    assert "Traceback" not in log and "exception" not in log.lower(), log
