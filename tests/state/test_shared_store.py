@@ -4,7 +4,6 @@ one error mapping (a constraint violation is 409 wherever it happens, only an un
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,10 +12,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from odock.errors import DependencyUnavailable, GatewayError
 from odock.governance.store import Budget, GovernanceStore
 from odock.state.crypto import SecretBox, generate_key_text
-from odock.state.records import UsageRecord
 from odock.state.service import CatalogueService
 from odock.state.sql import SqlStore, normalize_database_url
 from tests.harness import free_port
+from tests.state.records import usage_record
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -24,20 +23,6 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 def budget(budget_id: str = "") -> Budget:
     return Budget(
         id=budget_id, name="b", owner_type="ORG", owner_id="org-1", period="MONTHLY", amount_nanos=10**9
-    )
-
-
-def usage(n: int) -> UsageRecord:
-    return UsageRecord(
-        id=uuid.uuid4().hex,
-        request_id=f"req-{n}",
-        created_at=datetime.now(UTC),
-        organisation_id="org-1",
-        api_key_id="key-1",
-        route="openai.chat",
-        status=200,
-        outcome="success",
-        input_tokens=n,
     )
 
 
@@ -80,7 +65,7 @@ async def test_concurrent_writers_share_one_store(store: SqlStore) -> None:
         await catalogue.create_organisation({"name": f"org-{n}"})
 
     async def usage_batch(n: int) -> None:
-        await store.insert_usage([usage(n * 100 + i) for i in range(50)])
+        await store.insert_usage([usage_record(n * 100 + i) for i in range(50)])
 
     async def charges(n: int) -> None:
         await governance.record_charges([(f"r{n}", w[0], 1) for w in windows])
@@ -95,7 +80,7 @@ async def test_concurrent_writers_share_one_store(store: SqlStore) -> None:
     assert len(await governance.list_budgets()) == 15
     assert await governance.windows_used(windows) == [15] * 4
     rows = await catalogue.usage_summary("key")
-    assert [(row.group, row.requests) for row in rows] == [("key-1", 15 * 50)]
+    assert [(row.group, row.requests) for row in rows] == [("key", 15 * 50)]
 
 
 async def test_charge_conflict_keeps_the_writer_connection(postgres_url: str) -> None:

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from odock.state.records import UsageRecord
 from odock.usage import UsageRecorder
-
-
-def _record(n: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"r{n}",
-        created_at=datetime.now(UTC),
-        organisation_id="org",
-        api_key_id="key",
-        route="/v1/chat/completions",
-        status=200,
-        outcome="success",
-    )
+from tests.state.records import usage_record
 
 
 class GatedStore:
@@ -42,11 +30,11 @@ async def test_flush_writes_what_was_queued_in_batches_and_leaves_late_arrivals_
     store = GatedStore()
     recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
     for n in range(3):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     flushing = asyncio.create_task(recorder.flush())
     await store.writing.wait()
     for n in range(3, 6):  # arrive while the first batch is being written
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     store.release.set()
     assert await flushing == 3
     assert store.batches == [["r0", "r1"], ["r2"]]
@@ -60,7 +48,7 @@ async def test_two_flushes_at_once_write_each_record_once() -> None:
     store = GatedStore()
     recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
     for n in range(3):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     first = asyncio.create_task(recorder.flush())
     await store.writing.wait()
     second = asyncio.create_task(recorder.flush())
@@ -77,7 +65,7 @@ async def test_stop_drains_everything_queued() -> None:
     recorder = UsageRecorder(store, batch_size=4, flush_interval_s=60)  # type: ignore[arg-type]
     await recorder.start()
     for n in range(10):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     await recorder.stop()
     assert [rid for batch in store.batches for rid in batch] == [f"r{n}" for n in range(10)]
 
@@ -89,7 +77,7 @@ async def test_a_recorder_behind_writes_bigger_transactions() -> None:
     store.release.set()
     recorder = UsageRecorder(store, batch_size=2)  # type: ignore[arg-type]
     for n in range(25):
-        recorder.record(_record(n))
+        recorder.record(usage_record(n))
     assert await recorder.flush() == 25
     assert [len(batch) for batch in store.batches] == [20, 2, 2, 1]
     assert [r for batch in store.batches for r in batch] == [f"r{n}" for n in range(25)]
